@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a bare Debian
+# machine (OpenSSH's sshd, the Python dependencies in ./.venv), then runs
+# ruff and the whole pytest suite. Extra arguments go to pytest.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing openssh-server (sshd is missing; the tests run a real sshd fleet)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+  else
+    echo "sshd is missing: install openssh-server (the tests run real sshd processes)" >&2
+    exit 2
+  fi
+fi
+# shellcheck source=scripts/venv.sh
+. "$root/scripts/venv.sh"
+ruff format --check --quiet . && ruff check --quiet .
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+  exit 1
+fi
+exit "$rc"
