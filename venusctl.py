@@ -1,0 +1,1731 @@
+"""venusctl: see and steer the sealing threads of every worker host, over SSH.
+
+usage: venusctl [-i INVENTORY] [--json] [--debug] [--forks N] COMMAND ...
+
+commands:
+  list [-l LIMIT] [--expiration 10m] [--wide]
+                            one row per host: Name Dest Threads Empty Paused Errors LastPing
+                            (LastPing gets a "!" when older than --expiration)
+  info HOST [--wide]        one row per sealing thread of HOST
+  pause HOST INDEX          pause thread INDEX; it stops at its next stage boundary
+  resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE
+
+HOST is a host's name, its address, or address:port in the inventory. LIMIT
+is a comma-separated list of host names, group names and shell globs.
+
+The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
+Each host is reached over SSH (known_hosts checked, ~/.ssh/config and
+ssh-agent honoured) through a direct-streamlocal channel to the agent's Unix
+socket, or by running `venus-worker worker -c CONFIG ... --json` on it when
+the server forbids that (transport = "auto"); transport = "local" talks to an
+agent on this machine without SSH. All hosts are asked in parallel.
+
+exit status: 0 all done, 1 some host or operation failed, 2 usage or
+configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import enum
+import fnmatch
+import getpass
+import hashlib
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# paramiko and tabulate are imported inside the functions that need them: a
+# `local` run or a --json run then never pays for them (paramiko alone costs
+# ~0.13 s of import time, see DESIGN.md field notes).
+
+__all__ = [
+    "ExitStatus",
+    "VenusctlError",
+    "UsageError",
+    "InventoryError",
+    "HostError",
+    "AgentRefused",
+    "Host",
+    "Inventory",
+    "load_inventory",
+    "parse_inventory",
+    "resolve_target",
+    "select_hosts",
+    "parse_duration",
+    "format_duration",
+    "status_argv",
+    "pause_argv",
+    "resume_argv",
+    "parse_index",
+    "parse_state",
+    "JsonRpcClient",
+    "RpcAgent",
+    "CliAgent",
+    "HostStatus",
+    "fan_out",
+    "main",
+]
+
+# =============================================================================
+# Exit codes
+# =============================================================================
+
+
+class ExitStatus(enum.IntEnum):
+    """What `main` returns; the monitoring-plugin codes of `health` come later."""
+
+    OK = 0
+    FAILED = 1  # some host or operation failed; the others were still done
+    USAGE = 2  # bad command line or inventory; nothing was contacted
+    INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+# =============================================================================
+# Errors
+# =============================================================================
+
+
+class VenusctlError(Exception):
+    """An error that ends the whole run with `exit_status` and a one-line message."""
+
+    exit_status = ExitStatus.FAILED
+
+
+class UsageError(VenusctlError):
+    """Bad command line, unknown target, or bad inventory: exit 2 before any connection."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class InventoryError(UsageError):
+    """The inventory file is unreadable or invalid; the message names file and line or key."""
+
+
+class HostError(Exception):
+    """One host could not be asked; becomes that host's row, never the end of the run.
+
+    `kind` is stable for scripts (`--json`); the message is the reason an
+    operator reads in the table.
+    """
+
+    kind = "error"
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": str(self)}
+
+
+class ConnectionRefused(HostError):
+    kind = "connection-refused"
+
+
+class HostTimeout(HostError):
+    kind = "timeout"
+
+
+class HostKeyMismatch(HostError):
+    kind = "host-key-mismatch"
+
+
+class UnknownHostKey(HostError):
+    kind = "unknown-host-key"
+
+
+class AuthenticationFailed(HostError):
+    kind = "authentication-failed"
+
+
+class AgentNotRunning(HostError):
+    kind = "agent-not-running"
+
+
+class AgentNotInstalled(HostError):
+    kind = "agent-not-installed"
+
+
+class UnreadableReply(HostError):
+    kind = "unreadable-reply"
+
+
+class StreamForbidden(HostError):
+    """sshd refused the direct-streamlocal channel (AllowStreamLocalForwarding no)."""
+
+    kind = "stream-forbidden"
+
+
+class AgentRefused(HostError):
+    """The agent answered with a JSON-RPC error: shown to the operator as it is."""
+
+    kind = "agent-refused"
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "code": self.code, "message": str(self)}
+
+
+# JSON-RPC code the agent CLI uses for "agent not running at SOCK" (docs/protocol.md).
+CLI_NOT_RUNNING_CODE = -32099
+
+
+# =============================================================================
+# Inventory
+# =============================================================================
+
+DEFAULT_INVENTORY = "inventory.toml"
+INVENTORY_ENV = "VENUSCTL_INVENTORY"
+
+# The systemd layout the deployment playbook installs on every worker host.
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "user": None,  # None: ~/.ssh/config's User, else the local user name
+    "port": None,  # None: ~/.ssh/config's Port, else 22
+    "identity_file": None,  # None: ~/.ssh/config's IdentityFile, ssh-agent, ~/.ssh/id_*
+    "known_hosts": "~/.ssh/known_hosts",
+    "ssh_config": "~/.ssh/config",
+    "agent": "venus-worker",
+    "config": "/etc/venus-worker/venus-worker.toml",
+    "socket": "/run/venus-worker/venus-worker.sock",
+    "connect_timeout": 5.0,
+    "command_timeout": 15.0,
+    "host_key_policy": "reject",
+    "transport": "auto",
+    "backend": "venus",
+}
+HOST_ONLY_KEYS = ("name", "address", "groups")
+TRANSPORTS = ("auto", "stream", "exec", "local")
+HOST_KEY_POLICIES = ("reject", "accept-new")
+# "damocles" (the original Rust worker, JSON-RPC through a direct-tcpip
+# channel to its loopback port) is planned; it gets its own agent client.
+BACKENDS = ("venus",)
+PLANNED_BACKENDS = ("damocles",)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Local paths in the inventory are relative to the inventory's directory.
+LOCAL_PATH_KEYS = ("identity_file", "known_hosts", "ssh_config")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One worker host, with every setting resolved from [defaults] and its table."""
+
+    name: str
+    address: str | None
+    port: int | None
+    user: str | None
+    groups: tuple[str, ...]
+    identity_file: str | None
+    known_hosts: str
+    ssh_config: str
+    agent: str
+    config: str
+    socket: str
+    connect_timeout: float
+    command_timeout: float
+    host_key_policy: str
+    transport: str
+    backend: str
+
+    @property
+    def dest(self) -> str:
+        """How the operator sees where the host is: address:port, or the local socket."""
+        if self.transport == "local":
+            return f"unix:{self.socket}"
+        return f"{self.address}:{self.port or 22}"
+
+    @property
+    def agent_argv(self) -> list[str]:
+        return shlex.split(self.agent)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    hosts: tuple[Host, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [host.name for host in self.hosts]
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted({group for host in self.hosts for group in host.groups})
+
+
+def inventory_path(option: str | None, environ: dict[str, str]) -> Path:
+    """-i wins, then $VENUSCTL_INVENTORY, then ./inventory.toml."""
+    return Path(option or environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+def load_inventory(path: Path) -> Inventory:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InventoryError(f"{path}: cannot read inventory: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise InventoryError(f"{path}: inventory is not UTF-8 text") from error
+    return parse_inventory(text, path)
+
+
+def parse_inventory(text: str, path: Path) -> Inventory:
+    """Parse and validate inventory text; every problem is one InventoryError line."""
+    import tomlkit
+    from tomlkit.exceptions import ParseError
+
+    try:
+        document = tomlkit.parse(text).unwrap()
+    except ParseError as error:
+        raise InventoryError(f"{path}:{error.line}: TOML error: {error}") from error
+    locator = _KeyLocator(text, path)
+    unknown_tables = sorted(set(document) - {"defaults", "host"})
+    if unknown_tables:
+        raise InventoryError(
+            f"{locator.where(unknown_tables[0])}: unknown key {unknown_tables[0]!r} "
+            "(expected [defaults] and [[host]] tables)"
+        )
+    defaults = document.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise InventoryError(f"{locator.where('defaults')}: 'defaults' must be a table")
+    merged_defaults = dict(BUILTIN_DEFAULTS)
+    for key, value in defaults.items():
+        if key not in BUILTIN_DEFAULTS:
+            raise InventoryError(
+                f"{locator.where(key, 'defaults')}: unknown key 'defaults.{key}'"
+                f" (known: {', '.join(BUILTIN_DEFAULTS)})"
+            )
+        merged_defaults[key] = _check_value(key, value, locator.where(key, "defaults"))
+    tables = document.get("host", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise InventoryError(f"{locator.where('host')}: hosts must be [[host]] tables")
+    hosts: list[Host] = []
+    for position, table in enumerate(tables):
+        host = _parse_host(table, position, merged_defaults, locator, path.parent)
+        if host.name in (seen.name for seen in hosts):
+            where = locator.where("name", "host", position)
+            raise InventoryError(f"{where}: duplicate host name {host.name!r}")
+        hosts.append(host)
+    return Inventory(path=path, hosts=tuple(hosts))
+
+
+def _parse_host(
+    table: dict[str, Any],
+    position: int,
+    defaults: dict[str, Any],
+    locator: _KeyLocator,
+    base: Path,
+) -> Host:
+    label = f"host[{position}]" + (
+        f" ({table['name']})" if isinstance(table.get("name"), str) else ""
+    )
+    values = dict(defaults)
+    for key, value in table.items():
+        where = locator.where(key, "host", position)
+        if key not in BUILTIN_DEFAULTS and key not in HOST_ONLY_KEYS:
+            raise InventoryError(f"{where}: {label}: unknown key {key!r}")
+        values[key] = _check_value(key, value, where)
+    header = locator.where(None, "host", position)
+    if "name" not in table:
+        raise InventoryError(f"{header}: {label}: missing 'name'")
+    if "address" not in table and values["transport"] != "local":
+        raise InventoryError(f"{header}: {label}: missing 'address'")
+    for key in LOCAL_PATH_KEYS:
+        values[key] = _local_path(values[key], base)
+    if values["transport"] == "local":
+        # For a local agent, config and socket are paths on this machine too.
+        values["config"] = _local_path(values["config"], base)
+        values["socket"] = _local_path(values["socket"], base)
+    return Host(
+        name=values["name"],
+        address=values.get("address"),
+        port=values["port"],
+        user=values["user"],
+        groups=tuple(values.get("groups", ())),
+        identity_file=values["identity_file"],
+        known_hosts=values["known_hosts"],
+        ssh_config=values["ssh_config"],
+        agent=values["agent"],
+        config=values["config"],
+        socket=values["socket"],
+        connect_timeout=float(values["connect_timeout"]),
+        command_timeout=float(values["command_timeout"]),
+        host_key_policy=values["host_key_policy"],
+        transport=values["transport"],
+        backend=values["backend"],
+    )
+
+
+def _local_path(value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    expanded = Path(os.path.expanduser(value))
+    return str(expanded if expanded.is_absolute() else base / expanded)
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    """Validate one inventory value; returns it (unchanged) or raises InventoryError."""
+    problem = _value_problem(key, value)
+    if problem:
+        raise InventoryError(f"{where}: {key}: {problem}, got {value!r}")
+    return value
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    if key == "port":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+        return None if ok else "must be an integer from 1 to 65535"
+    if key in ("connect_timeout", "command_timeout"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        return None if ok else "must be a number of seconds > 0"
+    if key == "groups":
+        ok = isinstance(value, list) and all(
+            isinstance(g, str) and NAME_PATTERN.match(g) for g in value
+        )
+        return None if ok else "must be a list of names (letters, digits, . _ -)"
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty string"
+    if key == "name" and not NAME_PATTERN.match(value):
+        return "must be letters, digits, '.', '_' or '-' (no spaces or glob characters)"
+    if key == "transport" and value not in TRANSPORTS:
+        return f"must be one of {', '.join(TRANSPORTS)}"
+    if key == "host_key_policy" and value not in HOST_KEY_POLICIES:
+        return f"must be one of {', '.join(HOST_KEY_POLICIES)}"
+    if key == "backend" and value in PLANNED_BACKENDS:
+        return f"backend {value!r} is not supported yet (supported: {', '.join(BACKENDS)})"
+    if key == "backend" and value not in BACKENDS:
+        return f"must be one of {', '.join(BACKENDS)}"
+    if key == "agent" and not _splits(value):
+        return "must be a command, e.g. 'venus-worker' or '/opt/venus/bin/venus-worker'"
+    return None
+
+
+def _splits(command: str) -> bool:
+    try:
+        return bool(shlex.split(command))
+    except ValueError:
+        return False
+
+
+class _KeyLocator:
+    """Finds the line of a key in the inventory text, for error messages.
+
+    tomlkit keeps no line numbers after parsing, and the inventory is small
+    and flat, so scanning for table headers and `key =` lines is enough.
+    """
+
+    _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?")
+
+    def __init__(self, text: str, path: Path) -> None:
+        self.lines = text.splitlines()
+        self.path = path
+
+    def where(self, key: str | None, table: str | None = None, position: int = 0) -> str:
+        line = self._find(key, table, position)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def _find(self, key: str | None, table: str | None, position: int) -> int | None:
+        current, seen = None, -1
+        key_line = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=") if key else None
+        for number, line in enumerate(self.lines, start=1):
+            header = self._HEADER.match(line)
+            if header:
+                current = header.group(1)
+                if current == table:
+                    seen += 1
+                    if key is None and seen == position:
+                        return number
+                if table is None and key == current:
+                    return number
+                continue
+            in_table = current == table and (table is None or seen == position)
+            if in_table and key_line and key_line.match(line):
+                return number
+        return None
+
+
+def resolve_target(inventory: Inventory, target: str) -> Host:
+    """A host named by its name, its address, or address:port; else UsageError (exit 2)."""
+    for host in inventory.hosts:
+        if host.name == target:
+            return host
+    matches = [host for host in inventory.hosts if _address_matches(host, target)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(host.name for host in matches)
+        raise UsageError(f"{target!r} matches several hosts ({names}): use a name or address:port")
+    raise UsageError(f"unknown host {target!r}; known hosts: {_known_names(inventory)}")
+
+
+def _address_matches(host: Host, target: str) -> bool:
+    if host.address is None:
+        return False
+    return target in (host.address, f"{host.address}:{host.port or 22}")
+
+
+def select_hosts(inventory: Inventory, limits: Sequence[str] | None) -> list[Host]:
+    """Hosts matching any of the comma-separated names, groups or globs (all if none)."""
+    patterns = [p.strip() for limit in limits or () for p in limit.split(",") if p.strip()]
+    if not patterns:
+        return list(inventory.hosts)
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matched = [host.name for host in inventory.hosts if _limit_matches(host, pattern)]
+        if not matched:
+            raise UsageError(
+                f"--limit {pattern!r} matches no host; known hosts: {_known_names(inventory)}"
+                + (f"; groups: {', '.join(inventory.groups)}" if inventory.groups else "")
+            )
+        chosen.update(matched)
+    return [host for host in inventory.hosts if host.name in chosen]
+
+
+def _limit_matches(host: Host, pattern: str) -> bool:
+    labels = [host.name, *host.groups]
+    if host.address:
+        labels += [host.address, f"{host.address}:{host.port or 22}"]
+    return any(fnmatch.fnmatchcase(label, pattern) for label in labels)
+
+
+def _known_names(inventory: Inventory) -> str:
+    return ", ".join(inventory.names) or "(none: the inventory has no [[host]])"
+
+
+# =============================================================================
+# Pure formatting and validation
+# =============================================================================
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def parse_duration(text: str) -> float:
+    """'10m', '90s', '1h30m', '1.5h', '500ms' or plain seconds ('600') to seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"invalid duration {text!r} (examples: 30s, 10m, 1h30m)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def format_duration(seconds: float | None) -> str:
+    """2.7s, 17s, 13m42s, 336h41m13s (Go style, without days); '-' for None.
+
+    Floats under a minute keep one decimal (a heartbeat age); whole seconds
+    (thread elapsed times) print without one.
+    """
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s" if float(seconds).is_integer() else f"{seconds:.1f}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
+
+
+def parse_index(text: str) -> int:
+    """A thread index from the command line: a whole number >= 0, nothing else."""
+    if not re.fullmatch(r"\d{1,9}", text.strip()):
+        raise ValueError(f"invalid thread index {text!r}: must be a whole number >= 0")
+    return int(text)
+
+
+def parse_state(text: str) -> str:
+    """A state name from the command line: letters and digits only (e.g. C1Done)."""
+    if not STATE_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid state {text!r}: a state name is letters and digits only")
+    return text
+
+
+def _agent_command(host: Host, *command: str) -> list[str]:
+    return [*host.agent_argv, "worker", "-c", host.config, *command]
+
+
+def status_argv(host: Host) -> list[str]:
+    return _agent_command(host, "status", "--json")
+
+
+def pause_argv(host: Host, index: int) -> list[str]:
+    return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
+
+
+def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
+    argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
+    if state is not None:
+        argv += ["--state", parse_state(state)]
+    return [*argv, "--json"]
+
+
+def _checked_index(index: int) -> int:
+    # Second line of defence: the parser already validated it, but an argv
+    # for a remote shell is only ever built from checked values.
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"invalid thread index {index!r}")
+    return index
+
+
+@dataclass
+class HostStatus:
+    """What one host said about itself: the heartbeat report and the live thread list.
+
+    `threads` is None when the daemon could not be asked (then `error` says
+    why, and `report` may still hold the last heartbeat written to disk).
+    """
+
+    report: dict[str, Any] | None
+    threads: list[dict[str, Any]] | None
+    error: HostError | None = None
+    via: str = ""
+
+
+SUMMARY_KEYS = ("Threads", "Empty", "Paused", "Running", "Waiting", "Errors")
+
+
+def summarize_threads(threads: list[dict[str, Any]]) -> dict[str, int]:
+    """The heartbeat's summary, computed from a live WorkerList (same rules as the agent)."""
+    states = [thread.get("thread_state", {}).get("state") for thread in threads]
+    return {
+        "Threads": len(threads),
+        "Empty": sum(1 for thread in threads if not thread.get("job_id")),
+        "Paused": states.count("Paused"),
+        "Running": states.count("Running"),
+        "Waiting": states.count("Waiting"),
+        "Errors": sum(1 for thread in threads if thread.get("last_error")),
+    }
+
+
+def host_summary(status: HostStatus) -> dict[str, int] | None:
+    """Live counts when the daemon answered, else the last heartbeat's counts."""
+    if status.threads is not None:
+        return summarize_threads(status.threads)
+    if status.report and isinstance(status.report.get("summary"), dict):
+        return {key: status.report["summary"].get(key) for key in SUMMARY_KEYS}
+    return None
+
+
+def report_age(report: dict[str, Any] | None) -> float | None:
+    age = (report or {}).get("age")
+    return float(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else None
+
+
+def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: float) -> dict:
+    """One host's `list --json` object (also what the table is made from)."""
+    status = outcome if isinstance(outcome, HostStatus) else HostStatus(None, None)
+    error = status.error if isinstance(outcome, HostStatus) else outcome
+    age = report_age(status.report)
+    return {
+        "name": host.name,
+        "dest": host.dest,
+        "transport": host.transport,
+        "via": status.via or None,
+        "version": (status.report or {}).get("version"),
+        "summary": host_summary(status),
+        "last_ping": age,
+        "expired": age is not None and age > expiration,
+        "error": error_json(error),
+    }
+
+
+def error_json(error: BaseException | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    if isinstance(error, HostError):
+        return error.as_json()
+    return {"kind": "internal-error", "message": describe_unexpected(error)}
+
+
+def describe_unexpected(error: BaseException) -> str:
+    return f"internal error: {type(error).__name__}: {error} (run with --debug)"
+
+
+def error_text(error: BaseException) -> str:
+    return str(error) if isinstance(error, HostError) else describe_unexpected(error)
+
+
+LIST_HEADERS = ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPing"]
+LIST_WIDE_HEADERS = [
+    "Name",
+    "Dest",
+    "Version",
+    "Threads",
+    "Empty",
+    "Paused",
+    "Running",
+    "Waiting",
+    "Errors",
+    "LastPing",
+]
+
+
+def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of `venusctl list`; an Error column only when a host failed."""
+    headers = list(LIST_WIDE_HEADERS if wide else LIST_HEADERS)
+    with_errors = any(entry["error"] for entry in entries)
+    if with_errors:
+        headers.append("Error")
+    rows = []
+    for entry in entries:
+        summary = entry["summary"] or {}
+        cells = {
+            "Name": entry["name"],
+            "Dest": entry["dest"],
+            "Version": entry["version"] or "-",
+            "LastPing": _last_ping_cell(entry),
+            "Error": entry["error"]["message"] if entry["error"] else "",
+        }
+        for key in SUMMARY_KEYS:
+            cells[key] = _cell(summary.get(key))
+        rows.append([cells[header] for header in headers])
+    return headers, rows
+
+
+def _last_ping_cell(entry: dict) -> str:
+    if entry["last_ping"] is None:
+        return "-"
+    return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", "LastErr"]
+INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
+
+
+def info_table(threads: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of `venusctl info`: one row per sealing thread (WorkerInfo)."""
+    headers = INFO_WIDE_HEADERS if wide else INFO_HEADERS
+    rows = []
+    for thread in threads:
+        thread_state = thread.get("thread_state") or {}
+        paused = thread_state.get("state") == "Paused"
+        cells = {
+            "Index": _cell(thread.get("index")),
+            "Loc": _cell(thread.get("location")),
+            "SectorID": _cell(thread.get("job_id")),
+            "Paused": "true" if paused else "false",
+            "PausedElapsed": format_duration(thread_state.get("elapsed")) if paused else "-",
+            "State": _cell(thread.get("job_state")),
+            "Plan": _cell(thread.get("plan")),
+            "Stage": _cell(thread.get("job_stage")),
+            "ThreadState": format_thread_state(thread_state),
+            "LastErr": _cell(thread.get("last_error")),
+        }
+        rows.append([cells[header] for header in headers])
+    return headers, rows
+
+
+def format_thread_state(thread_state: dict[str, Any]) -> str:
+    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
+    state = thread_state.get("state") or "-"
+    elapsed = thread_state.get("elapsed")
+    text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
+    proc = thread_state.get("proc")
+    return f"{text} {proc}" if proc else text
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> str:
+    from tabulate import simple_separated_format, tabulate
+
+    # The seed's layout: left-aligned columns two spaces apart, no rules. The
+    # header goes in as the first row because tabulate pads real headers by
+    # two more spaces; numparse off so an index or a count is never reformatted.
+    table = tabulate(
+        [headers, *rows], tablefmt=simple_separated_format("  "), disable_numparse=True
+    )
+    return "\n".join(line.rstrip() for line in table.splitlines())
+
+
+def action_line(host: Host, action: Action, error: BaseException | None) -> str:
+    """The one line `pause`/`resume` print about the outcome."""
+    subject = f"{host.name} #{action.index}"
+    if error is not None:
+        verb = "refused" if isinstance(error, AgentRefused) else "failed"
+        return f"{subject}: {action.kind} {verb}: {error_text(error)}"
+    if action.kind == "pause":
+        return f"{subject}: paused (a stage in flight finishes first)"
+    if action.state:
+        return f"{subject}: resumed in state {action.state}"
+    return f"{subject}: resumed"
+
+
+# =============================================================================
+# Transports: JSON-RPC over a byte stream, the agent clients, SSH and local
+# sessions, and the parallel fan-out
+# =============================================================================
+
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+RPC_NAMESPACE = "VenusWorker."
+
+
+class JsonRpcClient:
+    """JSON-RPC 2.0 over HTTP/1.1 on one connected byte stream, kept alive.
+
+    The stream is anything with sendall/recv/settimeout/close: a Unix socket
+    (transport local) or a paramiko channel (stream; later direct-tcpip for
+    the damocles backend). One `batch` is one HTTP request: one round trip.
+    """
+
+    def __init__(self, stream: Any, timeout: float) -> None:
+        self.stream = stream
+        self.timeout = timeout
+        self._buffer = b""
+        self._next_id = 0
+        stream.settimeout(timeout)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        (reply,) = self.batch([(method, params)])
+        if isinstance(reply, AgentRefused):
+            raise reply
+        return reply
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Results in call order; a JSON-RPC error comes back as an AgentRefused value."""
+        requests = []
+        for method, params in calls:
+            self._next_id += 1
+            requests.append(
+                {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params}
+            )
+        replies = self._post(requests)
+        if not isinstance(replies, list):
+            raise UnreadableReply(f"unreadable reply: expected a batch reply, got {replies!r:.80}")
+        by_id = {reply.get("id"): reply for reply in replies if isinstance(reply, dict)}
+        return [self._result(by_id.get(request["id"])) for request in requests]
+
+    @staticmethod
+    def _result(reply: dict[str, Any] | None) -> Any:
+        if reply is None:
+            raise UnreadableReply("unreadable reply: a batch reply is missing")
+        error = reply.get("error")
+        if isinstance(error, dict):
+            return AgentRefused(error.get("code", 0), str(error.get("message", error)))
+        if "result" not in reply:
+            raise UnreadableReply(f"unreadable reply: {reply!r:.80}")
+        return reply["result"]
+
+    def _post(self, payload: Any) -> Any:
+        body = json.dumps(payload).encode()
+        head = (
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            self.stream.sendall(head + body)
+            status, headers = self._read_head()
+            reply = self._read_exactly(self._content_length(headers))
+        except TimeoutError as error:
+            raise HostTimeout(f"timeout after {self.timeout:g}s waiting for the agent") from error
+        if status != 200:
+            raise UnreadableReply(f"unreadable reply: agent answered HTTP {status}")
+        try:
+            return json.loads(reply)
+        except ValueError as error:
+            raise UnreadableReply(f"unreadable reply: {reply[:80]!r}") from error
+
+    def _read_head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self._buffer:
+            if len(self._buffer) > 65536:
+                raise UnreadableReply("unreadable reply: HTTP header too long")
+            self._fill()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        match = re.match(r"HTTP/1\.[01] (\d{3})", status_line)
+        if not match:
+            raise UnreadableReply(f"unreadable reply: {status_line[:80]!r}")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(match.group(1)), headers
+
+    @staticmethod
+    def _content_length(headers: dict[str, str]) -> int:
+        length = headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_REPLY_BYTES:
+            raise UnreadableReply(f"unreadable reply: bad Content-Length {length!r}")
+        return int(length)
+
+    def _read_exactly(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            self._fill()
+        data, self._buffer = self._buffer[:count], self._buffer[count:]
+        return data
+
+    def _fill(self) -> None:
+        chunk = self.stream.recv(65536)
+        if not chunk:
+            raise UnreadableReply("unreadable reply: the agent closed the connection")
+        self._buffer += chunk
+
+
+class RpcAgent:
+    """The agent asked through its control API (socket, stream channel)."""
+
+    def __init__(self, rpc: JsonRpcClient, via: str) -> None:
+        self.rpc = rpc
+        self.via = via
+
+    def status(self) -> HostStatus:
+        # One round trip: the live thread list and the heartbeat in one batch.
+        threads, report = self.rpc.batch(
+            [(RPC_NAMESPACE + "WorkerList", []), (RPC_NAMESPACE + "WorkerReport", [])]
+        )
+        if isinstance(threads, HostError):
+            raise threads
+        if not isinstance(threads, list):
+            raise UnreadableReply(f"unreadable reply: WorkerList gave {threads!r:.80}")
+        return HostStatus(
+            report=report if isinstance(report, dict) else None, threads=threads, via=self.via
+        )
+
+    def pause(self, index: int) -> None:
+        self.rpc.call(RPC_NAMESPACE + "WorkerPause", [index])
+
+    def resume(self, index: int, state: str | None) -> None:
+        self.rpc.call(RPC_NAMESPACE + "WorkerResume", [index, state])
+
+
+@dataclass
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+class CliAgent:
+    """The agent asked through its CLI, `<agent> worker -c CONFIG <cmd> --json`.
+
+    `run` executes an argv (remotely over SSH, or locally) and returns a
+    CommandResult. The CLI reads the heartbeat file itself, so `status`
+    still has a report when the daemon is down.
+    """
+
+    def __init__(self, host: Host, run: Callable[[list[str]], CommandResult], via: str) -> None:
+        self.host = host
+        self.run = run
+        self.via = via
+
+    def status(self) -> HostStatus:
+        result = self.run(status_argv(self.host))
+        document = parse_cli_reply(result)
+        if not isinstance(document, dict) or "report" not in document:
+            raise UnreadableReply(f"unreadable reply: {result.stdout[:80]!r}")
+        error = document.get("error")
+        threads = document.get("threads")
+        return HostStatus(
+            report=document.get("report") if isinstance(document.get("report"), dict) else None,
+            threads=threads if isinstance(threads, list) else None,
+            error=cli_error(error) if error else None,
+            via=self.via,
+        )
+
+    def pause(self, index: int) -> None:
+        self._act(pause_argv(self.host, index))
+
+    def resume(self, index: int, state: str | None) -> None:
+        self._act(resume_argv(self.host, index, state))
+
+    def _act(self, argv: list[str]) -> None:
+        document = parse_cli_reply(self.run(argv))
+        if isinstance(document, dict) and document.get("error"):
+            raise cli_error(document["error"])
+        if document is not True:
+            raise UnreadableReply(f"unreadable reply: {json.dumps(document)[:80]}")
+
+
+def parse_cli_reply(result: CommandResult) -> Any:
+    """The one JSON document the agent CLI prints, or the HostError its exit status means."""
+    if result.exit_status == 127:
+        return_text = _last_line(result.stderr)
+        raise AgentNotInstalled(
+            "agent not installed" + (f" ({return_text})" if return_text else "")
+        )
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        pass
+    if result.exit_status == 3:
+        raise AgentNotRunning("agent not running")
+    detail = _last_line(result.stderr) or repr(result.stdout[:80])
+    raise UnreadableReply(f"unreadable reply (exit {result.exit_status}): {detail}")
+
+
+def cli_error(error: Any) -> HostError:
+    if not isinstance(error, dict):
+        return UnreadableReply(f"unreadable reply: error {error!r:.80}")
+    code, message = error.get("code"), str(error.get("message", ""))
+    if code == CLI_NOT_RUNNING_CODE:
+        return AgentNotRunning("agent not running")
+    return AgentRefused(code if isinstance(code, int) else 0, message)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+# -- sessions: how a host is reached -----------------------------------------
+
+
+class LocalSession:
+    """An agent on this machine: its Unix socket, and its CLI as a subprocess."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def open_rpc(self) -> RpcAgent:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.host.connect_timeout)
+        try:
+            sock.connect(self.host.socket)
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            sock.close()
+            raise AgentNotRunning(f"agent not running at {self.host.socket}") from error
+        except OSError as error:
+            sock.close()
+            raise HostError(f"cannot connect to {self.host.socket}: {error.strerror}") from error
+        return RpcAgent(JsonRpcClient(sock, self.host.command_timeout), via="local")
+
+    def cli(self) -> CliAgent:
+        return CliAgent(self.host, self._run, via="local-exec")
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=self.host.command_timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError as error:
+            return CommandResult(127, "", f"{argv[0]}: {error.strerror}")
+        except subprocess.TimeoutExpired as error:
+            raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def close(self) -> None:
+        """Nothing stays open between calls."""
+
+
+class SshSession:
+    """One authenticated SSH connection to a host (paramiko), used for stream or exec."""
+
+    def __init__(self, host: Host, client: Any) -> None:
+        self.host = host
+        self.client = client
+
+    def open_rpc(self) -> RpcAgent:
+        from paramiko.ssh_exception import ChannelException
+
+        transport = self.client.get_transport()
+        try:
+            channel = transport.open_streamlocal(
+                self.host.socket, timeout=self.host.command_timeout
+            )
+        except ChannelException as error:
+            # RFC 4254 reason codes: 1 administratively prohibited (sshd has
+            # AllowStreamLocalForwarding no), 2 connect failed (no socket or
+            # nobody listening on it).
+            if error.code == 1:
+                raise StreamForbidden("stream forwarding forbidden by sshd") from error
+            if error.code == 2:
+                raise AgentNotRunning("agent not running") from error
+            raise HostError(f"channel refused: {error.text}") from error
+        return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
+
+    def cli(self) -> CliAgent:
+        return CliAgent(self.host, self._run, via="exec")
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
+    """Run one command over an exec channel within host.command_timeout."""
+    timeout = host.command_timeout
+    deadline = time.monotonic() + timeout
+    channel = transport.open_session(timeout=timeout)
+    try:
+        channel.exec_command(command)
+        stdout = _read_until_eof(channel, channel.recv, deadline, timeout)
+        stderr = _read_until_eof(channel, channel.recv_stderr, deadline, timeout)
+        if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+            raise HostTimeout(f"timeout after {timeout:g}s (command)")
+        return CommandResult(
+            channel.recv_exit_status(),
+            stdout.decode("utf-8", "replace"),
+            stderr.decode("utf-8", "replace"),
+        )
+    finally:
+        channel.close()
+
+
+def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: float) -> bytes:
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HostTimeout(f"timeout after {timeout:g}s (command)")
+        channel.settimeout(remaining)
+        try:
+            chunk = receive(65536)
+        except TimeoutError as error:
+            raise HostTimeout(f"timeout after {timeout:g}s (command)") from error
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class HostKeyStore:
+    """One known_hosts file, read once per run and shared by the fan-out threads.
+
+    Only the checked lookup and the accept-new append live here; paramiko
+    compares the key (a changed key raises BadHostKeyException whatever the
+    policy, as OpenSSH does).
+    """
+
+    def __init__(self, path: str) -> None:
+        import paramiko
+
+        self.path = path
+        self.lock = threading.Lock()
+        self.keys = paramiko.HostKeys()
+        if os.path.exists(path):
+            self.keys.load(path)
+
+    def lookup(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            found = self.keys.lookup(name)
+            return dict(found) if found else {}
+
+    def record(self, name: str, key: Any) -> None:
+        line = f"{name} {key.get_name()} {key.get_base64()}\n"
+        with self.lock:
+            self.keys.add(name, key.get_name(), key)
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as known_hosts:
+                known_hosts.write(line)
+
+
+def fingerprint(key: Any) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _HostKeyPolicy:
+    """paramiko MissingHostKeyPolicy: reject unknown keys, or record them (accept-new)."""
+
+    def __init__(self, store: HostKeyStore, accept_new: bool) -> None:
+        self.store = store
+        self.accept_new = accept_new
+
+    def missing_host_key(self, client: Any, name: str, key: Any) -> None:
+        if not self.accept_new:
+            raise UnknownHostKey(
+                f"unknown host key {key.get_name()} {fingerprint(key)} "
+                f'(not in {self.store.path}; host_key_policy = "accept-new" records it)'
+            )
+        self.store.record(name, key)
+
+
+@dataclass
+class SshTarget:
+    """Where and as whom to connect, after ~/.ssh/config is applied."""
+
+    hostname: str
+    port: int
+    user: str
+    identity_files: list[str]
+
+
+class SshContext:
+    """Per-run SSH state shared by all hosts: known_hosts stores, ssh_config files."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stores: dict[str, HostKeyStore] = {}
+        self._configs: dict[str, Any] = {}
+
+    def store(self, path: str) -> HostKeyStore:
+        with self._lock:
+            if path not in self._stores:
+                self._stores[path] = HostKeyStore(path)
+            return self._stores[path]
+
+    def target(self, host: Host) -> SshTarget:
+        """Inventory values win; ~/.ssh/config fills what the inventory left unset."""
+        options = self._ssh_config(host.ssh_config).lookup(host.address)
+        identity = [host.identity_file] if host.identity_file else options.get("identityfile", [])
+        return SshTarget(
+            hostname=options.get("hostname", host.address),
+            port=host.port or int(options.get("port", 22)),
+            user=host.user or options.get("user") or getpass.getuser(),
+            identity_files=[os.path.expanduser(path) for path in identity],
+        )
+
+    def _ssh_config(self, path: str) -> Any:
+        import paramiko
+
+        with self._lock:
+            if path not in self._configs:
+                exists = os.path.exists(path)
+                self._configs[path] = (
+                    paramiko.SSHConfig.from_path(path) if exists else paramiko.SSHConfig()
+                )
+            return self._configs[path]
+
+
+def connect_tcp(hostname: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection with TCP_NODELAY, so paramiko does not stall on Nagle."""
+    try:
+        sock = socket.create_connection((hostname, port), timeout=timeout)
+    except ConnectionRefusedError as error:
+        raise ConnectionRefused("connection refused") from error
+    except TimeoutError as error:
+        raise HostTimeout(f"timeout after {timeout:g}s (connect)") from error
+    except socket.gaierror as error:
+        raise HostError(f"cannot resolve {hostname}: {error.strerror}", "unreachable") from error
+    except OSError as error:
+        raise HostError(f"cannot connect: {error.strerror or error}", "unreachable") from error
+    # Measured on loopback: 116 ms -> 31 ms per host. sshd holds a packet
+    # after auth until it is ACKed, and Nagle holds ours behind it.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def connect_ssh(host: Host, context: SshContext) -> SshSession:
+    import paramiko
+
+    target = context.target(host)
+    store = context.store(host.known_hosts)
+    timeout = host.connect_timeout
+    sock = connect_tcp(target.hostname, target.port, timeout)
+    client = paramiko.SSHClient()
+    key_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+    for key_type, key in store.lookup(key_name).items():
+        client.get_host_keys().add(key_name, key_type, key)
+    client.set_missing_host_key_policy(_HostKeyPolicy(store, host.host_key_policy == "accept-new"))
+    try:
+        client.connect(
+            target.hostname,
+            port=target.port,
+            username=target.user,
+            key_filename=target.identity_files or None,
+            # An explicit key means that key (and ssh-agent), not every ~/.ssh/id_*.
+            look_for_keys=not target.identity_files,
+            allow_agent=True,
+            sock=sock,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+            transport_factory=streamlocal_transport_class(),
+        )
+    except BaseException as error:
+        client.close()
+        sock.close()
+        raise ssh_failure(error, timeout) from error
+    return SshSession(host, client)
+
+
+def ssh_failure(error: BaseException, timeout: float) -> BaseException:
+    """paramiko's exceptions as the reasons an operator reads in a host row."""
+    import paramiko
+
+    if isinstance(error, HostError):
+        return error
+    if isinstance(error, paramiko.BadHostKeyException):
+        return HostKeyMismatch(
+            "host key mismatch (possible MITM): server offers "
+            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
+            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}"
+        )
+    if isinstance(error, paramiko.AuthenticationException):
+        return AuthenticationFailed("authentication failed")
+    if isinstance(error, paramiko.SSHException):
+        text = str(error)
+        if "No authentication methods" in text:
+            return AuthenticationFailed("authentication failed (no key or ssh-agent identity)")
+        if "banner" in text or "timeout" in text.lower() or "Timeout" in text:
+            return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+        return HostError(f"SSH error: {text}", "ssh-error")
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+    if isinstance(error, (EOFError, ConnectionError)):
+        return HostError("connection closed by the server during SSH handshake", "ssh-error")
+    return error
+
+
+_STREAMLOCAL_CLASS: list[type] = []
+
+
+def streamlocal_transport_class() -> type:
+    """paramiko.Transport plus `open_streamlocal`, built on first use (lazy import).
+
+    paramiko has no API for `direct-streamlocal@openssh.com` (OpenSSH's
+    forwarding to a Unix socket, PROTOCOL 2.4): `open_channel` builds the
+    channel-open message inline. This mirrors its body with the streamlocal
+    payload — socket path, reserved string, reserved uint32 — so it touches
+    paramiko internals; setup.cfg pins paramiko for that reason and the
+    tests open the channel through a real sshd.
+    """
+    if _STREAMLOCAL_CLASS:
+        return _STREAMLOCAL_CLASS[0]
+    import paramiko
+    from paramiko.channel import Channel
+    from paramiko.common import cMSG_CHANNEL_OPEN
+    from paramiko.message import Message
+
+    class StreamlocalTransport(paramiko.Transport):
+        def open_streamlocal(self, socket_path: str, timeout: float) -> Any:
+            if not self.active:
+                raise paramiko.SSHException("SSH session not active")
+            with self.lock:
+                window_size = self._sanitize_window_size(None)
+                max_packet_size = self._sanitize_packet_size(None)
+                chanid = self._next_channel()
+                message = Message()
+                message.add_byte(cMSG_CHANNEL_OPEN)
+                message.add_string("direct-streamlocal@openssh.com")
+                message.add_int(chanid)
+                message.add_int(window_size)
+                message.add_int(max_packet_size)
+                message.add_string(socket_path)
+                message.add_string("")  # reserved
+                message.add_int(0)  # reserved
+                channel = Channel(chanid)
+                self._channels.put(chanid, channel)
+                self.channel_events[chanid] = event = threading.Event()
+                self.channels_seen[chanid] = True
+                channel._set_transport(self)
+                channel._set_window(window_size, max_packet_size)
+            self._send_user_message(message)
+            return self._wait_for_channel(chanid, event, timeout)
+
+        def _wait_for_channel(self, chanid: int, event: threading.Event, timeout: float) -> Any:
+            deadline = time.monotonic() + timeout
+            while not event.wait(0.1):
+                if not self.active:
+                    raise self.get_exception() or paramiko.SSHException("SSH session closed")
+                if time.monotonic() > deadline:
+                    raise HostTimeout(f"timeout after {timeout:g}s opening the agent channel")
+            channel = self._channels.get(chanid)
+            if channel is None:
+                raise self.get_exception() or paramiko.SSHException("channel open failed")
+            return channel
+
+    _STREAMLOCAL_CLASS.append(StreamlocalTransport)
+    return StreamlocalTransport
+
+
+def open_session(host: Host, context: SshContext) -> LocalSession | SshSession:
+    if host.transport == "local":
+        return LocalSession(host)
+    return connect_ssh(host, context)
+
+
+def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
+    """The host's report and threads, by the host's transport, with its fallbacks.
+
+    auto: stream, else exec when sshd forbids stream forwarding. auto and
+    local: when the daemon is down, the CLI still reads the stale heartbeat
+    file, so the row keeps its LastPing (with the "agent not running" error).
+    """
+    if host.transport == "exec":
+        return session.cli().status()
+    try:
+        agent = session.open_rpc()
+    except StreamForbidden:
+        if host.transport != "auto":
+            raise
+        return session.cli().status()
+    except AgentNotRunning as down:
+        if host.transport == "stream":
+            raise
+        return _stale_status(session, down)
+    try:
+        return agent.status()
+    finally:
+        agent.rpc.close()
+
+
+def _stale_status(session: LocalSession | SshSession, down: AgentNotRunning) -> HostStatus:
+    try:
+        status = session.cli().status()
+    except HostError:
+        # No CLI or no readable report: "agent not running" is still the news.
+        raise down from None
+    if status.threads is None:
+        status.error = status.error or down
+    return status
+
+
+@dataclass(frozen=True)
+class Action:
+    """pause or resume of one thread, validated before any connection."""
+
+    kind: str  # "pause" | "resume"
+    index: int
+    state: str | None = None
+
+    def via(self, agent: RpcAgent | CliAgent) -> None:
+        if self.kind == "pause":
+            agent.pause(self.index)
+        else:
+            agent.resume(self.index, self.state)
+
+
+def perform(session: LocalSession | SshSession, host: Host, action: Action) -> str:
+    """Do the action by the host's transport; returns the path used (stream, exec, ...)."""
+    if host.transport == "exec":
+        cli = session.cli()
+        action.via(cli)
+        return cli.via
+    try:
+        agent = session.open_rpc()
+    except StreamForbidden:
+        if host.transport != "auto":
+            raise
+        cli = session.cli()
+        action.via(cli)
+        return cli.via
+    try:
+        action.via(agent)
+    finally:
+        agent.rpc.close()
+    return agent.via
+
+
+def fan_out(
+    hosts: Sequence[Host], job: Callable[[Host], Any], forks: int
+) -> dict[str, Any | BaseException]:
+    """Run job(host) for every host, at most `forks` at a time.
+
+    Returns host name -> result or the exception it raised: one bad host
+    never stops the others. Workers are daemon threads so a Ctrl-C in the
+    main thread ends the run at once; each host is bounded by its own
+    connect and command timeouts.
+    """
+    results: dict[str, Any | BaseException] = {}
+    queue = list(reversed(hosts))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                host = queue.pop()
+            try:
+                outcome = job(host)
+            except Exception as error:  # noqa: BLE001 - kept as that host's result
+                outcome = error
+            with lock:
+                results[host.name] = outcome
+
+    threads = [
+        threading.Thread(target=worker, name=f"venusctl-{n}", daemon=True)
+        for n in range(max(1, min(forks, len(hosts))))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {host.name: results[host.name] for host in hosts}
+
+
+def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) -> Any:
+    session = open_session(host, context)
+    try:
+        return work(session)
+    finally:
+        session.close()
+
+
+# =============================================================================
+# Commands
+# =============================================================================
+
+
+@dataclass
+class Context:
+    """What a command needs from outside: the inventory, the streams and the flags."""
+
+    inventory: Inventory
+    out: Any = field(default_factory=lambda: sys.stdout)
+    err: Any = field(default_factory=lambda: sys.stderr)
+    as_json: bool = False
+    debug: bool = False
+    forks: int = 50
+    ssh: SshContext = field(default_factory=SshContext)
+
+    def emit_json(self, document: Any) -> None:
+        self.out.write(json.dumps(document, indent=2) + "\n")
+
+    def report_traceback(self, host: Host, error: BaseException) -> None:
+        if self.debug:
+            self.err.write(f"--- {host.name}: traceback\n")
+            self.err.write("".join(traceback.format_exception(error)))
+
+
+def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    hosts = select_hosts(ctx.inventory, args.limit)
+    outcomes = fan_out(
+        hosts,
+        lambda host: with_session(host, ctx.ssh, lambda s: query_status(s, host)),
+        ctx.forks,
+    )
+    entries = [list_entry(host, outcomes[host.name], args.expiration) for host in hosts]
+    for host in hosts:
+        _show_traceback(ctx, host, outcomes[host.name])
+    if ctx.as_json:
+        ctx.emit_json({"expiration": args.expiration, "hosts": entries})
+    else:
+        ctx.out.write(render_table(*list_table(entries, args.wide)) + "\n")
+    failed = any(entry["error"] for entry in entries)
+    return ExitStatus.FAILED if failed else ExitStatus.OK
+
+
+def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
+    if isinstance(outcome, HostStatus) and outcome.error is not None:
+        outcome = outcome.error
+    if isinstance(outcome, BaseException):
+        ctx.report_traceback(host, outcome)
+
+
+def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    host = resolve_target(ctx.inventory, args.host)
+    outcome = _one_host(ctx, host, lambda s: query_status(s, host))
+    status = outcome if isinstance(outcome, HostStatus) else None
+    error = outcome if status is None else status.error
+    if ctx.as_json:
+        ctx.emit_json(
+            {
+                "name": host.name,
+                "dest": host.dest,
+                "via": status.via if status else None,
+                "threads": status.threads if status else None,
+                "last_ping": report_age(status.report) if status else None,
+                "error": error_json(error),
+            }
+        )
+    elif status is not None and status.threads is not None:
+        ctx.out.write(render_table(*info_table(status.threads, args.wide)) + "\n")
+    else:
+        age = report_age(status.report) if status else None
+        stale = f" (last heartbeat {format_duration(age)} ago)" if age is not None else ""
+        ctx.err.write(f"venusctl: {host.name}: {error_text(error)}{stale}\n")
+    return ExitStatus.FAILED if error is not None else ExitStatus.OK
+
+
+def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    return _act(ctx, args.host, Action("pause", args.index))
+
+
+def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    return _act(ctx, args.host, Action("resume", args.index, args.state))
+
+
+def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
+    host = resolve_target(ctx.inventory, target)
+    outcome = _one_host(ctx, host, lambda s: perform(s, host, action))
+    error = outcome if isinstance(outcome, BaseException) else None
+    if ctx.as_json:
+        ctx.emit_json(
+            {
+                "name": host.name,
+                "dest": host.dest,
+                "action": action.kind,
+                "index": action.index,
+                "state": action.state,
+                "via": None if error else outcome,
+                "ok": error is None,
+                "error": error_json(error),
+            }
+        )
+    else:
+        stream = ctx.err if error else ctx.out
+        stream.write(action_line(host, action, error) + "\n")
+    return ExitStatus.FAILED if error else ExitStatus.OK
+
+
+def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
+    """Run work for one host like the fan-out does: an error becomes the result."""
+    outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
+    _show_traceback(ctx, host, outcome)
+    return outcome
+
+
+# =============================================================================
+# Argument parser
+# =============================================================================
+
+
+class _ParserExit(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of calling sys.exit, so main() returns the code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            sys.stderr.write(message)
+        raise _ParserExit(status)
+
+
+def _argument_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    convert.__name__ = name
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The common options are accepted before or after the command name; in
+    # the subcommands they default to SUPPRESS so they never undo the top level.
+    def common(parser: argparse.ArgumentParser, top: bool) -> None:
+        default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+        parser.add_argument(
+            "-i", "--inventory", default=default(None), help="inventory file (TOML)"
+        )
+        parser.add_argument(
+            "--json", action="store_true", default=default(False), help="print JSON"
+        )
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            default=default(False),
+            help="show tracebacks of failures",
+        )
+        parser.add_argument(
+            "--forks",
+            type=_argument_type(_parse_forks, "forks"),
+            default=default(50),
+            help="hosts asked at the same time (default 50)",
+        )
+
+    parser = _Parser(
+        prog="venusctl",
+        description=__doc__.split("\n\n", 1)[1],
+        usage=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    listing = commands.add_parser("list", help="one row per host")
+    common(listing, top=False)
+    listing.add_argument(
+        "-l", "--limit", action="append", help="names, groups or globs (comma-separated)"
+    )
+    listing.add_argument(
+        "--expiration",
+        type=_argument_type(parse_duration, "duration"),
+        default=600.0,
+        help="LastPing older than this gets a '!' (default 10m)",
+    )
+    listing.add_argument("--wide", action="store_true", help="add Version, Running, Waiting")
+    listing.set_defaults(handler=command_list)
+
+    info = commands.add_parser("info", help="one row per sealing thread of a host")
+    common(info, top=False)
+    info.add_argument("host", help="name, address or address:port")
+    info.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")
+    info.set_defaults(handler=command_info)
+
+    pause = commands.add_parser("pause", help="pause a sealing thread")
+    common(pause, top=False)
+    pause.add_argument("host", help="name, address or address:port")
+    pause.add_argument("index", type=_argument_type(parse_index, "index"))
+    pause.set_defaults(handler=command_pause)
+
+    resume = commands.add_parser("resume", help="resume a paused sealing thread")
+    common(resume, top=False)
+    resume.add_argument("host", help="name, address or address:port")
+    resume.add_argument("index", type=_argument_type(parse_index, "index"))
+    resume.add_argument("state", nargs="?", type=_argument_type(parse_state, "state"))
+    resume.set_defaults(handler=command_resume)
+    return parser
+
+
+def _parse_forks(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"invalid --forks {text!r}: must be a whole number >= 1")
+    return int(text)
+
+
+# =============================================================================
+# main
+# =============================================================================
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run venusctl; returns the exit status (only the __main__ guard exits)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        inventory = load_inventory(inventory_path(args.inventory, dict(os.environ)))
+        ctx = Context(inventory=inventory, as_json=args.json, debug=args.debug, forks=args.forks)
+        return int(args.handler(ctx, args))
+    except _ParserExit as done:
+        return done.status
+    except VenusctlError as error:
+        sys.stderr.write(f"venusctl: {error}\n")
+        return int(error.exit_status)
+    except KeyboardInterrupt:
+        sys.stderr.write("venusctl: interrupted\n")
+        return int(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        # `venusctl list | head`: the reader left; nothing more to say.
+        return int(ExitStatus.FAILED)
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"venusctl: {describe_unexpected(error)}\n")
+        return int(ExitStatus.FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
