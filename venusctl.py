@@ -511,7 +511,7 @@ def _known_names(inventory: Inventory) -> str:
 # Pure formatting and validation
 # =============================================================================
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -519,7 +519,7 @@ STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 def parse_duration(text: str) -> float:
     """'10m', '90s', '1h30m', '1.5h', '500ms' or plain seconds ('600') to seconds."""
     text = text.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
         return float(text)
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(number + unit for number, unit in parts) != text:
@@ -546,7 +546,7 @@ def format_duration(seconds: float | None) -> str:
 
 def parse_index(text: str) -> int:
     """A thread index from the command line: a whole number >= 0, nothing else."""
-    if not re.fullmatch(r"\d{1,9}", text.strip()):
+    if not re.fullmatch(r"[0-9]{1,9}", text):
         raise ValueError(f"invalid thread index {text!r}: must be a whole number >= 0")
     return int(text)
 
@@ -1691,7 +1691,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_forks(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
         raise ValueError(f"invalid --forks {text!r}: must be a whole number >= 1")
     return int(text)
 

@@ -1,0 +1,475 @@
+"""Pure parts of venusctl: inventory, targets, durations, formatting, argv building.
+
+No sockets or processes here; everything that talks to an agent or an sshd
+is in test_venusctl_e2e.py / test_venusctl_local.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+import venusctl
+from venusctl import (
+    AgentNotInstalled,
+    AgentNotRunning,
+    AgentRefused,
+    CommandResult,
+    HostStatus,
+    InventoryError,
+    UnreadableReply,
+    UsageError,
+)
+
+INVENTORY = """\
+[defaults]
+user = "sealer"
+identity_file = "keys/fleet"
+connect_timeout = 3
+
+[[host]]
+name = "gpu-01"
+address = "10.0.0.1"
+groups = ["gpu", "rack1"]
+
+[[host]]
+name = "gpu-02"
+address = "10.0.0.2"
+port = 2222
+groups = ["gpu"]
+command_timeout = 30
+
+[[host]]
+name = "cpu-01"
+address = "10.0.0.3"
+transport = "exec"
+agent = "/opt/venus/bin/venus-worker"
+
+[[host]]
+name = "local"
+transport = "local"
+config = "mock.toml"
+socket = "mock-tmp/venus-worker.sock"
+"""
+
+
+def parse(text: str, path: str = "/etc/venusctl/inventory.toml") -> venusctl.Inventory:
+    return venusctl.parse_inventory(text, Path(path))
+
+
+def inventory_error(text: str) -> str:
+    with pytest.raises(InventoryError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert "\n" not in message, "an inventory error is one line"
+    return message
+
+
+# -- inventory -------------------------------------------------------------------------------
+
+
+def test_inventory_merges_defaults_and_host_overrides():
+    inventory = parse(INVENTORY)
+    gpu1, gpu2, cpu1, local = inventory.hosts
+    assert inventory.names == ["gpu-01", "gpu-02", "cpu-01", "local"]
+    assert (gpu1.user, gpu1.port, gpu1.connect_timeout, gpu1.command_timeout) == (
+        "sealer",
+        None,
+        3.0,
+        15.0,
+    )
+    assert gpu2.port == 2222 and gpu2.command_timeout == 30.0
+    assert gpu1.groups == ("gpu", "rack1")
+    # local paths resolve against the inventory's folder
+    assert gpu1.identity_file == "/etc/venusctl/keys/fleet"
+    # the systemd layout is the default on the hosts
+    assert cpu1.config == "/etc/venus-worker/venus-worker.toml"
+    assert cpu1.socket == "/run/venus-worker/venus-worker.sock"
+    assert cpu1.agent_argv == ["/opt/venus/bin/venus-worker"]
+    assert gpu1.transport == "auto" and gpu1.host_key_policy == "reject"
+    assert gpu1.backend == "venus"
+    # a local agent's config and socket are local paths too
+    assert local.socket == "/etc/venusctl/mock-tmp/venus-worker.sock"
+    assert local.config == "/etc/venusctl/mock.toml"
+    assert local.dest == "unix:/etc/venusctl/mock-tmp/venus-worker.sock"
+    assert gpu2.dest == "10.0.0.2:2222" and gpu1.dest == "10.0.0.1:22"
+
+
+def test_empty_inventory_is_valid_and_has_no_hosts():
+    assert parse("").hosts == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[[host]]\nname = 'a'\naddress = \n", "inventory.toml:3: TOML error"),
+        (
+            "[[host]]\nname = 'a'\naddress = 'x'\n[[host]]\nname = 'a'\naddress = 'y'\n",
+            "inventory.toml:5: duplicate host name 'a'",
+        ),
+        ("[[host]]\nname = 'a'\n", "inventory.toml:1: host[0] (a): missing 'address'"),
+        ("[[host]]\naddress = 'x'\n", "inventory.toml:1: host[0]: missing 'name'"),
+        (
+            "[[host]]\nname = 'a'\naddress = 'x'\nport = 70000\n",
+            "inventory.toml:4: port: must be an integer from 1 to 65535, got 70000",
+        ),
+        ("[[host]]\nname = 'a'\naddress = 'x'\nport = '22'\n", "inventory.toml:4: port:"),
+        (
+            "[[host]]\nname = 'a'\naddress = 'x'\n\nflavour = 'x'\n",
+            "inventory.toml:5: host[0] (a): unknown key 'flavour'",
+        ),
+        ("[defaults]\nuser = 'a'\nprot = 22\n", "inventory.toml:3: unknown key 'defaults.prot'"),
+        ("[hosts]\nname = 'a'\n", "inventory.toml:1: unknown key 'hosts'"),
+        (
+            "[defaults]\nhost_key_policy = 'yes'\n",
+            "inventory.toml:2: host_key_policy: must be one of reject, accept-new",
+        ),
+        ("[defaults]\ntransport = 'telnet'\n", "transport: must be one of auto, stream"),
+        ("[defaults]\nconnect_timeout = 0\n", "connect_timeout: must be a number of seconds > 0"),
+        ("[defaults]\nbackend = 'lotus'\n", "backend: must be one of venus"),
+        ("[defaults]\nbackend = 'damocles'\n", "not supported yet"),
+        ("[[host]]\nname = 'a b'\naddress = 'x'\n", "inventory.toml:2: name: must be letters"),
+        ("[[host]]\nname = 'gpu*'\naddress = 'x'\n", "name: must be letters"),
+        ("[[host]]\nname = 'a'\naddress = 'x'\ngroups = 'gpu'\n", "groups: must be a list"),
+        ("[[host]]\nname = 'a'\naddress = ''\n", "address: must be a non-empty string"),
+        ("[[host]]\nname = 'a'\naddress = 'x'\nagent = '\"'\n", "agent: must be a command"),
+        ("host = 3\n", "hosts must be [[host]] tables"),
+    ],
+)
+def test_bad_inventory_is_one_line_with_file_and_line_or_key(text, expected):
+    message = inventory_error(text)
+    assert message.startswith("/etc/venusctl/inventory.toml")
+    assert expected in message
+
+
+def test_unreadable_inventory_names_the_file(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(InventoryError, match=r"nope\.toml: cannot read inventory"):
+        venusctl.load_inventory(missing)
+
+
+def test_inventory_path_option_then_environment_then_cwd():
+    environ = {"VENUSCTL_INVENTORY": "/srv/fleet.toml"}
+    assert venusctl.inventory_path("x.toml", environ) == Path("x.toml")
+    assert venusctl.inventory_path(None, environ) == Path("/srv/fleet.toml")
+    assert venusctl.inventory_path(None, {}) == Path("inventory.toml")
+
+
+def test_shipped_inventory_is_valid_and_local():
+    root = Path(__file__).resolve().parent.parent
+    inventory = venusctl.load_inventory(root / "inventory.toml")
+    assert inventory.names == ["local"]
+    (local,) = inventory.hosts
+    assert local.transport == "local"
+    assert local.config == str(root / "worker_agent/assets/venus-worker.mock.toml")
+    assert Path(local.config).is_file()
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+def test_target_by_name_address_or_address_port():
+    inventory = parse(INVENTORY)
+    assert venusctl.resolve_target(inventory, "gpu-02").name == "gpu-02"
+    assert venusctl.resolve_target(inventory, "10.0.0.1").name == "gpu-01"
+    assert venusctl.resolve_target(inventory, "10.0.0.1:22").name == "gpu-01"
+    assert venusctl.resolve_target(inventory, "10.0.0.2:2222").name == "gpu-02"
+
+
+def test_unknown_target_lists_known_names():
+    inventory = parse(INVENTORY)
+    with pytest.raises(UsageError) as caught:
+        venusctl.resolve_target(inventory, "10.0.0.2:22")
+    assert "unknown host '10.0.0.2:22'" in str(caught.value)
+    assert "gpu-01, gpu-02, cpu-01, local" in str(caught.value)
+    assert caught.value.exit_status == 2
+
+
+def test_address_shared_by_two_hosts_is_ambiguous():
+    text = "[[host]]\nname='a'\naddress='h'\nport=1\n[[host]]\nname='b'\naddress='h'\nport=2\n"
+    inventory = parse(text)
+    with pytest.raises(UsageError, match="matches several hosts"):
+        venusctl.resolve_target(inventory, "h")
+    assert venusctl.resolve_target(inventory, "h:2").name == "b"
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        (None, ["gpu-01", "gpu-02", "cpu-01", "local"]),
+        (["gpu"], ["gpu-01", "gpu-02"]),
+        (["rack1"], ["gpu-01"]),
+        (["cpu-01,local"], ["cpu-01", "local"]),
+        (["local", "gpu-0[2]"], ["gpu-02", "local"]),
+        (["*-01"], ["gpu-01", "cpu-01"]),
+        (["10.0.0.3"], ["cpu-01"]),
+    ],
+)
+def test_limit_takes_names_groups_and_globs_in_inventory_order(limits, expected):
+    hosts = venusctl.select_hosts(parse(INVENTORY), limits)
+    assert [host.name for host in hosts] == expected
+
+
+def test_limit_matching_nothing_is_a_usage_error_listing_names_and_groups():
+    with pytest.raises(UsageError) as caught:
+        venusctl.select_hosts(parse(INVENTORY), ["gpu,storage*"])
+    assert "'storage*' matches no host" in str(caught.value)
+    assert "groups: gpu, rack1" in str(caught.value)
+
+
+# -- durations ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10m", 600), ("30s", 30), ("1h30m", 5400), ("1.5h", 5400), ("500ms", 0.5), ("90", 90)],
+)
+def test_parse_duration(text, seconds):
+    assert venusctl.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "m", "10x", "10m5", "-5s", "1 h", "ten"])
+def test_parse_duration_rejects_garbage(text):
+    with pytest.raises(ValueError, match="invalid duration"):
+        venusctl.parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (2.756922465, "2.8s"),
+        (0.04, "0.0s"),
+        (17, "17s"),
+        (59.94, "59.9s"),
+        (822, "13m42s"),
+        (60, "1m0s"),
+        (1212073, "336h41m13s"),
+        (None, "-"),
+        (-3.2, "0s"),  # clock skew: never a negative age
+    ],
+)
+def test_format_duration(seconds, text):
+    assert venusctl.format_duration(seconds) == text
+
+
+# -- argv building and validation ------------------------------------------------------------
+
+
+def host(**overrides) -> venusctl.Host:
+    table = {"name": "h", "address": "10.0.0.9", **overrides}
+    body = "\n".join(f"{key} = {json.dumps(value)}" for key, value in table.items())
+    return parse("[[host]]\n" + body + "\n").hosts[0]
+
+
+def test_status_pause_resume_argv():
+    worker = host(agent="/opt/vw/venus-worker", config="/etc/vw.toml")
+    assert venusctl.status_argv(worker) == [
+        "/opt/vw/venus-worker",
+        "worker",
+        "-c",
+        "/etc/vw.toml",
+        "status",
+        "--json",
+    ]
+    assert venusctl.pause_argv(worker, 3)[-4:] == ["pause", "--index", "3", "--json"]
+    assert venusctl.resume_argv(worker, 0, None)[-4:] == ["resume", "--index", "0", "--json"]
+    assert venusctl.resume_argv(worker, 1, "C1Done")[-6:] == [
+        "resume",
+        "--index",
+        "1",
+        "--state",
+        "C1Done",
+        "--json",
+    ]
+
+
+def test_inventory_values_with_shell_characters_stay_one_word_on_the_remote_shell():
+    worker = host(config="/etc/venus worker/$(reboot);x.toml")
+    command = shlex.join(venusctl.status_argv(worker))
+    assert shlex.split(command)[3] == "/etc/venus worker/$(reboot);x.toml"
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5", "0;touch x", "1 2", "$(id)", "", "0x1", "１"])
+def test_parse_index_refuses_anything_but_a_whole_number(text):
+    with pytest.raises(ValueError, match="invalid thread index"):
+        venusctl.parse_index(text)
+
+
+@pytest.mark.parametrize("text", ["C1Done;touch x", "C1 Done", "$(id)", "", "`id`", "Ab-c", "É"])
+def test_parse_state_refuses_anything_but_letters_and_digits(text):
+    with pytest.raises(ValueError, match="invalid state"):
+        venusctl.parse_state(text)
+
+
+def test_argv_builders_refuse_unchecked_values_too():
+    worker = host()
+    with pytest.raises(ValueError):
+        venusctl.pause_argv(worker, "0; reboot")
+    with pytest.raises(ValueError):
+        venusctl.pause_argv(worker, -1)
+    with pytest.raises(ValueError):
+        venusctl.resume_argv(worker, 0, "C1Done;reboot")
+
+
+def test_parse_index_and_state_accept_good_values():
+    assert venusctl.parse_index("0") == 0 and venusctl.parse_index("12") == 12
+    assert venusctl.parse_state("TreeDBuilt") == "TreeDBuilt"
+
+
+# -- replies of the agent CLI --------------------------------------------------------------------
+
+
+def test_cli_reply_exit_127_is_agent_not_installed():
+    with pytest.raises(AgentNotInstalled, match="agent not installed"):
+        venusctl.parse_cli_reply(CommandResult(127, "", "bash: venus-worker: command not found"))
+
+
+def test_cli_reply_exit_3_without_json_is_agent_not_running():
+    with pytest.raises(AgentNotRunning):
+        venusctl.parse_cli_reply(CommandResult(3, "", "agent not running at /x.sock"))
+
+
+def test_cli_reply_garbage_is_unreadable():
+    with pytest.raises(UnreadableReply, match="unreadable reply"):
+        venusctl.parse_cli_reply(CommandResult(0, "Welcome to the jungle\n{", ""))
+
+
+def test_cli_action_error_document_is_the_agents_refusal():
+    worker = host()
+    reply = {"error": {"code": 1001, "message": "worker #0 is not paused"}}
+    agent = venusctl.CliAgent(worker, lambda argv: CommandResult(1, json.dumps(reply), ""), "x")
+    with pytest.raises(AgentRefused) as caught:
+        agent.resume(0, None)
+    assert (caught.value.code, str(caught.value)) == (1001, "worker #0 is not paused")
+
+
+def test_cli_status_while_daemon_down_keeps_the_report():
+    report = {"version": "0.1.0", "age": 900.5, "summary": {"Threads": 2, "Paused": 1}}
+    document = {"report": report, "threads": None, "error": {"code": -32099, "message": "x"}}
+    agent = venusctl.CliAgent(host(), lambda argv: CommandResult(3, json.dumps(document), ""), "e")
+    status = agent.status()
+    assert status.threads is None and status.report == report
+    assert isinstance(status.error, AgentNotRunning)
+
+
+# -- tables and JSON entries ----------------------------------------------------------------------
+
+THREADS = [
+    {
+        "index": 0,
+        "location": "/srv/store1",
+        "plan": "sealer",
+        "job_id": "s-t010000-2",
+        "job_state": "C1Done",
+        "job_stage": "C2",
+        "thread_state": {"state": "Paused", "elapsed": 822, "proc": None},
+        "state_elapsed": 900,
+        "last_error": "permanent: No cached parameters found",
+    },
+    {
+        "index": 1,
+        "location": "/srv/store2",
+        "plan": "snapup",
+        "job_id": None,
+        "job_state": "",
+        "job_stage": None,
+        "thread_state": {"state": "Idle", "elapsed": None, "proc": None},
+        "state_elapsed": None,
+        "last_error": None,
+    },
+    {
+        "index": 2,
+        "location": "/srv/store3",
+        "plan": "sealer",
+        "job_id": "s-t010000-5",
+        "job_state": "PC1Done",
+        "job_stage": "PC2",
+        "thread_state": {"state": "Running", "elapsed": 63, "proc": "mock"},
+        "state_elapsed": 63,
+        "last_error": None,
+    },
+]
+
+
+def test_info_table_has_the_seeds_columns():
+    headers, rows = venusctl.info_table(THREADS, wide=False)
+    assert headers == ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", "LastErr"]
+    assert rows[0] == [
+        "0",
+        "/srv/store1",
+        "s-t010000-2",
+        "true",
+        "13m42s",
+        "C1Done",
+        "permanent: No cached parameters found",
+    ]
+    assert rows[1] == ["1", "/srv/store2", "-", "false", "-", "-", "-"]
+
+
+def test_info_wide_adds_plan_stage_and_thread_state():
+    headers, rows = venusctl.info_table(THREADS, wide=True)
+    assert headers[-4:] == ["Plan", "Stage", "ThreadState", "LastErr"]
+    assert rows[0][-4:-1] == ["sealer", "C2", "Paused(13m42s)"]
+    assert rows[1][-4:-1] == ["snapup", "-", "Idle"]
+    assert rows[2][-4:-1] == ["sealer", "PC2", "Running(1m3s) mock"]
+
+
+def test_list_entry_counts_live_threads_and_flags_expired_pings():
+    worker = host()
+    report = {"version": "0.1.0", "age": 700.0, "summary": {"Threads": 9}}
+    entry = venusctl.list_entry(worker, HostStatus(report, THREADS, via="stream"), 600)
+    assert entry["summary"] == {
+        "Threads": 3,
+        "Empty": 1,
+        "Paused": 1,
+        "Running": 1,
+        "Waiting": 0,
+        "Errors": 1,
+    }
+    assert entry["expired"] is True and entry["last_ping"] == 700.0 and entry["error"] is None
+    headers, rows = venusctl.list_table([entry], wide=False)
+    assert headers == ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPing"]
+    assert rows == [["h", "10.0.0.9:22", "3", "1", "1", "1", "11m40s!"]]
+
+
+def test_list_row_of_a_dead_agent_uses_the_stale_report():
+    report = {"version": "0.1.0", "age": 5.25, "summary": dict.fromkeys(venusctl.SUMMARY_KEYS, 2)}
+    status = HostStatus(report, None, AgentNotRunning("agent not running"), via="exec")
+    entry = venusctl.list_entry(host(), status, 600)
+    assert entry["error"] == {"kind": "agent-not-running", "message": "agent not running"}
+    headers, rows = venusctl.list_table([entry], wide=True)
+    assert headers[-1] == "Error"
+    assert rows[0][2:] == ["0.1.0", "2", "2", "2", "2", "2", "2", "5.2s", "agent not running"]
+
+
+def test_list_row_of_an_unreachable_host_has_only_its_reason():
+    entry = venusctl.list_entry(host(), venusctl.ConnectionRefused("connection refused"), 600)
+    headers, rows = venusctl.list_table([entry], wide=False)
+    assert rows == [["h", "10.0.0.9:22", "-", "-", "-", "-", "-", "connection refused"]]
+    assert entry["error"]["kind"] == "connection-refused"
+
+
+def test_render_table_is_left_aligned_two_spaces_apart():
+    text = venusctl.render_table(["Name", "Threads"], [["local", "3"], ["a-much-longer", "12"]])
+    assert text.splitlines() == [
+        "Name           Threads",
+        "local          3",
+        "a-much-longer  12",
+    ]
+
+
+def test_fan_out_keeps_every_hosts_result_or_exception():
+    hosts = parse(INVENTORY).hosts
+
+    def job(worker):
+        if worker.name == "cpu-01":
+            raise venusctl.HostTimeout("timeout after 5s (connect)")
+        return worker.name.upper()
+
+    results = venusctl.fan_out(hosts, job, forks=2)
+    assert list(results) == ["gpu-01", "gpu-02", "cpu-01", "local"]
+    assert results["gpu-01"] == "GPU-01"
+    assert isinstance(results["cpu-01"], venusctl.HostTimeout)
