@@ -1,0 +1,297 @@
+"""venus-worker: run the sealing daemon, or manage a running one.
+
+    venus-worker daemon -c CONFIG
+    venus-worker worker [-c CONFIG | --socket PATH] list   [--json]
+    venus-worker worker [-c CONFIG | --socket PATH] pause  --index N [--json]
+    venus-worker worker [-c CONFIG | --socket PATH] resume --index N [--state S] [--json]
+    venus-worker worker [-c CONFIG | --state-dir DIR] report [--json]
+    venus-worker worker [-c CONFIG] status [--json]
+
+The config may also come from $VENUS_WORKER_CONFIG. With --json, stdout is
+exactly one JSON document (docs/protocol.md).
+
+Exit codes: 0 done; 1 the agent refused (RPC error); 2 usage or
+configuration error; 3 agent not running (no socket, or connection refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, TextIO
+
+from worker_agent import __version__
+from worker_agent.client import AgentClient, AgentNotRunning
+from worker_agent.config import ConfigError, load_config
+from worker_agent.protocol import AGENT_NOT_RUNNING, INTERNAL_ERROR, RpcError
+
+__all__ = ["ExitStatus", "format_list_line", "humantime", "main"]
+
+CONFIG_ERROR = -32098  # --json code for a usage/config error (exit 2)
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    REFUSED = 1
+    USAGE = 2
+    NOT_RUNNING = 3
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def humantime(seconds: int) -> str:
+    """Rust humantime's style: 17s, 13m 42s, 1h 2m, 2days 3h."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    days, rest = divmod(int(seconds), 86400)
+    if days:
+        parts.append(f"{days}day" + ("s" if days > 1 else ""))
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts)
+
+
+def rust_debug(text: str) -> str:
+    """A string quoted the way Rust's {:?} prints it (the original list shows last_err so)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _option(value: Any) -> str:
+    return "None" if value is None else f"Some({value})"
+
+
+def format_list_line(info: dict) -> str:
+    """One thread in the seed's format (venus-worker 0.2's `worker list`)."""
+    thread_state = info["thread_state"]
+    paused = thread_state["state"] == "Paused"
+    elapsed = thread_state.get("elapsed")
+    paused_elapsed = humantime(elapsed) if paused and elapsed is not None else None
+    last_error = info.get("last_error")
+    return (
+        f"#{info['index']}: {rust_debug(info['location'])}; "
+        f"sector_id={_option(info['job_id'])}, "
+        f"paused={'true' if paused else 'false'}, "
+        f"paused_elapsed={_option(paused_elapsed)}, "
+        f"state={info['job_state'] or 'Empty'}, "
+        f"last_err={_option(rust_debug(last_error) if last_error is not None else None)}"
+    )
+
+
+def format_report(report: dict) -> str:
+    summary = " ".join(f"{key}={value}" for key, value in report["summary"].items())
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report["time"]))
+    return (
+        f"name: {report['name']}  version: {report['version']}  pid: {report['pid']}\n"
+        f"last ping: {stamp} (age {report['age']:.1f}s, every {report['ping_interval']:g}s)\n"
+        f"summary: {summary}"
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+
+class Output:
+    """Where results go: text lines, or exactly one JSON document."""
+
+    def __init__(self, as_json: bool, stdout: TextIO, stderr: TextIO):
+        self.as_json, self.stdout, self.stderr = as_json, stdout, stderr
+
+    def result(self, value: Any, text: str) -> None:
+        if self.as_json:
+            json.dump(value, self.stdout)
+            self.stdout.write("\n")
+        elif text:
+            print(text, file=self.stdout)
+
+    def error(self, code: int, message: str) -> None:
+        if self.as_json:
+            json.dump({"error": {"code": code, "message": message}}, self.stdout)
+            self.stdout.write("\n")
+        else:
+            print(f"venus-worker: {message}", file=self.stderr)
+
+
+def _config_path(args) -> str | None:
+    return args.config or os.environ.get("VENUS_WORKER_CONFIG")
+
+
+def _socket_path(args) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    path = _config_path(args)
+    if not path:
+        raise ConfigError("no agent given: use -c CONFIG or --socket PATH")
+    return load_config(path).socket
+
+
+def _state_dir(args) -> Path:
+    if args.state_dir:
+        return Path(args.state_dir)
+    path = _config_path(args)
+    if not path:
+        raise ConfigError("no agent given: use -c CONFIG or --state-dir DIR")
+    return load_config(path).state_dir
+
+
+def read_report(state_dir: Path) -> dict | None:
+    """The heartbeat report with its age on this host's clock; None if never written."""
+    from worker_agent.daemon import report_path  # the file name lives with its writer
+
+    try:
+        report = json.loads(report_path(state_dir).read_text())
+    except FileNotFoundError:
+        return None
+    report["age"] = round(time.time() - report["time"], 3)
+    return report
+
+
+def cmd_list(args, out: Output) -> int:
+    with AgentClient(_socket_path(args)) as client:
+        infos = client.call("VenusWorker.WorkerList")
+    out.result(infos, "\n".join(format_list_line(info) for info in infos))
+    return ExitStatus.OK
+
+
+def cmd_pause(args, out: Output) -> int:
+    with AgentClient(_socket_path(args)) as client:
+        done = client.call("VenusWorker.WorkerPause", args.index)
+    out.result(done, f"#{args.index} worker pause done={str(done).lower()}")
+    return ExitStatus.OK
+
+
+def cmd_resume(args, out: Output) -> int:
+    with AgentClient(_socket_path(args)) as client:
+        done = client.call("VenusWorker.WorkerResume", args.index, args.state)
+    out.result(done, f"#{args.index} worker resume done={str(done).lower()}")
+    return ExitStatus.OK
+
+
+def cmd_report(args, out: Output) -> int:
+    state_dir = _state_dir(args)
+    report = read_report(state_dir)
+    if report is None:
+        message = f"no heartbeat report in {state_dir} (has the agent ever run?)"
+        out.error(AGENT_NOT_RUNNING, message)
+        return ExitStatus.NOT_RUNNING
+    out.result(report, format_report(report))
+    return ExitStatus.OK
+
+
+def cmd_status(args, out: Output) -> int:
+    report = read_report(_state_dir(args))
+    threads, error, status = None, None, ExitStatus.OK
+    try:
+        with AgentClient(_socket_path(args)) as client:
+            threads = client.call("VenusWorker.WorkerList")
+    except AgentNotRunning as exc:
+        error, status = exc, ExitStatus.NOT_RUNNING
+    except RpcError as exc:
+        error, status = exc, ExitStatus.REFUSED
+    document = {
+        "report": report,
+        "threads": threads,
+        "error": error.to_json() if error else None,
+    }
+    lines = [format_report(report) if report else "no heartbeat report yet"]
+    lines += [format_list_line(info) for info in threads or []]
+    if error:
+        lines.append(f"error: {error.message}")
+    out.result(document, "\n".join(lines))
+    return status
+
+
+def cmd_daemon(args, out: Output) -> int:
+    from worker_agent.daemon import DaemonError, run_daemon  # not needed by client commands
+    from worker_agent.server import ServerError
+    from worker_agent.store import StoreError
+
+    config = load_config(args.config)
+    try:
+        return run_daemon(config)
+    except (DaemonError, ServerError, StoreError, OSError) as exc:
+        print(f"venus-worker: cannot start: {exc}", file=out.stderr)
+        return ExitStatus.REFUSED
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="venus-worker",
+        description="Sealing worker agent with a Unix-socket control API.",
+        epilog="exit codes: 0 done, 1 agent refused, 2 usage/config error, 3 agent not running",
+    )
+    parser.add_argument("--version", action="version", version=f"venus-worker {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    daemon = commands.add_parser("daemon", help="run the sealing daemon in the foreground")
+    daemon.add_argument("-c", "--config", required=True, help="TOML config file")
+    daemon.set_defaults(func=cmd_daemon, json=False)
+
+    worker = commands.add_parser("worker", help="manage a running daemon")
+    worker.add_argument("-c", "--config", help="the daemon's config file (finds its socket)")
+    worker.add_argument("--socket", help="the daemon's control socket")
+    worker.add_argument("--state-dir", help="the daemon's state folder (report.json)")
+    _add_json(worker)
+    actions = worker.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="one line per sealing thread")
+    listing.set_defaults(func=cmd_list)
+    pause = actions.add_parser("pause", help="pause a thread at its next stage boundary")
+    pause.add_argument("-i", "--index", type=int, required=True)
+    pause.set_defaults(func=cmd_pause)
+    resume = actions.add_parser("resume", help="resume a paused thread")
+    resume.add_argument("-i", "--index", type=int, required=True)
+    resume.add_argument("-s", "--state", help="move the task to this state first")
+    resume.set_defaults(func=cmd_resume)
+    report = actions.add_parser("report", help="the last heartbeat (works without the daemon)")
+    report.set_defaults(func=cmd_report)
+    status = actions.add_parser("status", help="heartbeat and thread list in one call")
+    status.set_defaults(func=cmd_status)
+    for sub in (listing, pause, resume, report, status):
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="print one JSON document")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:  # fmt: skip
+    """Entry point; returns the exit status (only the __main__ guard exits)."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage or --help
+        return int(exc.code or 0)
+    out = Output(bool(getattr(args, "json", False)), stdout, stderr)
+    try:
+        return int(args.func(args, out))
+    except ConfigError as exc:
+        out.error(CONFIG_ERROR, f"config error: {exc}")
+        return ExitStatus.USAGE
+    except AgentNotRunning as exc:
+        out.error(exc.code, exc.message)
+        return ExitStatus.NOT_RUNNING
+    except RpcError as exc:
+        out.error(exc.code, exc.message)
+        return ExitStatus.REFUSED
+    except OSError as exc:  # e.g. permission denied on the socket
+        out.error(INTERNAL_ERROR, f"cannot reach the agent: {exc}")
+        return ExitStatus.REFUSED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,93 @@
+"""A small JSON-RPC client for the agent's Unix socket (stdlib only).
+
+One ``AgentClient`` keeps one HTTP/1.1 connection open across calls. A
+missing socket or a refused connection raises ``AgentNotRunning`` (the CLI's
+exit 3); an error reply raises ``protocol.RpcError``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from pathlib import Path
+from typing import Any
+
+from worker_agent.protocol import (
+    AGENT_NOT_RUNNING,
+    INTERNAL_ERROR,
+    RpcError,
+    make_request,
+    parse_reply,
+)
+
+__all__ = ["AgentClient", "AgentNotRunning"]
+
+
+class AgentNotRunning(RpcError):
+    """Nothing answers on the socket."""
+
+    def __init__(self, path: Path | str, detail: str = ""):
+        message = f"agent not running at {path}" + (f" ({detail})" if detail else "")
+        super().__init__(AGENT_NOT_RUNNING, message)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AgentClient:
+    def __init__(self, path: Path | str, timeout: float = 10.0):
+        self.path = str(path)
+        self._conn = _UnixConnection(self.path, timeout)
+        self._next_id = 0
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def call(self, method: str, *params: Any) -> Any:
+        """Call `method` with positional `params`; returns its result."""
+        self._next_id += 1
+        body = make_request(method, list(params), self._next_id)
+        status, reply = self._post(body)
+        if status != 200:
+            raise RpcError(INTERNAL_ERROR, f"agent answered HTTP {status}: {reply[:200]!r}")
+        return parse_reply(reply)
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        reused = self._conn.sock is not None
+        try:
+            return self._exchange(body)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise AgentNotRunning(self.path) from exc
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            self._conn.close()
+            if not reused:
+                raise
+            # The server had closed our idle keep-alive connection: one fresh try.
+            try:
+                return self._exchange(body)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise AgentNotRunning(self.path) from exc
+
+    def _exchange(self, body: bytes) -> tuple[int, bytes]:
+        self._conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
+        response = self._conn.getresponse()
+        return response.status, response.read()

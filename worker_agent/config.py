@@ -1,0 +1,451 @@
+"""The daemon's TOML configuration: parsing, defaults and validation.
+
+Every problem is reported as one line naming the file and the key
+(``ConfigError``), e.g. ``cfg.toml: sealing.recover_interval: bad duration
+"3x" (expected e.g. "30s", "1m", "500ms", "1h30m")``; the CLI exits 2 on it.
+Unknown keys are errors, not warnings: a typo must not silently fall back to
+a default. Relative paths resolve against the config file's folder.
+
+Layout (all keys optional except ``location``)::
+
+    [worker]
+    name = "worker-1"                  # default: host name
+    socket = "/run/venus-worker/venus-worker.sock"
+    socket_group = "venus"             # socket mode 0660 for that group (default 0600)
+    state_dir = "/var/lib/venus-worker"
+    ping_interval = "30s"
+
+    [sealing]                          # defaults for every thread
+    miner = 10000                      # sectors are named s-t0<miner>-<number>
+    max_retries = 5
+    recover_interval = "60s"
+    seal_interval = "30s"
+
+    [[sealing_thread]]
+    location = "/srv/store1"
+    plan = "sealer"                    # sealer | snapup | rebuild | unseal
+    sealing.max_retries = 3            # per-thread override of any [sealing] key
+
+    [processors]
+    kind = "mock"                      # mock | command
+
+    [processors.mock]
+    duration = "100ms"                 # every compute stage
+    wait_duration = "200ms"            # WaitPCLanded, WaitSeed, WaitProofLanded
+    durations = { PC1 = "2s" }         # per stage label
+    [[processors.mock.faults]]
+    stage = "C2"
+    level = "permanent"                # temporary | permanent | abort | critical
+    message = "..."
+    probability = 1.0                  # chance per run of the stage
+    times = 2                          # fail only the first N runs per thread (default: always)
+    threads = [0, 2]                   # only these thread indexes (default: all)
+
+    [processors.command]
+    timeout = "2h"                     # default per-stage timeout (default: none)
+    default = ["/usr/local/bin/seal-stage"]   # run for stages not listed below
+    [processors.command.stages]
+    PC1 = { argv = ["/usr/local/bin/pc1"], timeout = "4h" }
+    C2 = ["/usr/local/bin/c2"]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker_agent.states import PLANS, Level, State
+
+__all__ = [
+    "CommandStage",
+    "Config",
+    "ConfigError",
+    "Fault",
+    "MockConfig",
+    "SealingConfig",
+    "ThreadConfig",
+    "load_config",
+    "parse_duration",
+]
+
+DEFAULT_SOCKET = "/run/venus-worker/venus-worker.sock"
+DEFAULT_STATE_DIR = "/var/lib/venus-worker"
+# sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is the one line shown to the user."""
+
+
+# ---------------------------------------------------------------- durations
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)\s*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a humantime-like duration ("500ms", "30s", "1m", "1h30m").
+
+    Raises ValueError for anything else, including bare numbers: "30" could
+    mean seconds or milliseconds, so we make the writer say which.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(text)
+    total, pos = 0.0, 0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if not match:
+            raise ValueError(text)
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return total
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class SealingConfig:
+    miner: int = 10000
+    max_retries: int = 5
+    recover_interval: float = 60.0
+    seal_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class ThreadConfig:
+    index: int
+    location: Path
+    plan: str
+    sealing: SealingConfig
+
+
+@dataclass(frozen=True)
+class Fault:
+    stage: str
+    level: Level
+    message: str
+    probability: float = 1.0
+    times: int | None = None
+    threads: frozenset[int] | None = None
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    duration: float = 0.1
+    wait_duration: float = 0.2
+    durations: dict[str, float] = field(default_factory=dict)
+    faults: tuple[Fault, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommandStage:
+    argv: tuple[str, ...]
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    stages: dict[str, CommandStage] = field(default_factory=dict)
+    default: CommandStage | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    name: str
+    socket: Path
+    socket_group: str | None
+    state_dir: Path
+    ping_interval: float
+    threads: tuple[ThreadConfig, ...]
+    processor: str
+    mock: MockConfig
+    command: CommandConfig
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _all_stage_labels() -> frozenset[str]:
+    labels = {plan.stage(s) for plan in PLANS.values() for s in State}
+    return frozenset(labels - {"-"})
+
+
+STAGE_LABELS = _all_stage_labels()
+
+
+class _Table:
+    """A TOML table being consumed key by key; leftovers are unknown keys."""
+
+    def __init__(self, file: Path, prefix: str, data: Any):
+        self.file, self.prefix = file, prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self._error("", f"expected a table, got {_type_name(data)}")
+        self._data = dict(data)
+
+    def _error(self, key: str, problem: str) -> ConfigError:
+        name = f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
+        return ConfigError(f"{self.file}: {name}: {problem}")
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return self._error(key, problem)
+
+    def names(self) -> list[str]:
+        return list(self._data)
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        return self._data.pop(key, default)
+
+    def string(self, key: str, default: str | None = None) -> str | None:
+        value = self.raw(key, default)
+        if value is not None and not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_type_name(value)}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_type_name(value)}")
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def duration(self, key: str, default: float | None) -> float | None:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError:
+            shown = value if isinstance(value, str) else repr(value)
+            raise self.error(
+                key, f'bad duration "{shown}" (expected e.g. "30s", "1m", "500ms", "1h30m")'
+            ) from None
+
+    def path(self, key: str, default: str | None, base: Path) -> Path | None:
+        value = self.string(key, default)
+        if value is None:
+            return None
+        if not value:
+            raise self.error(key, "must not be empty")
+        return Path(os.path.normpath(base / os.path.expanduser(value)))
+
+    def table(self, key: str) -> _Table:
+        name = f"{self.prefix}.{key}" if self.prefix else key
+        return _Table(self.file, name, self.raw(key))
+
+    def finish(self) -> None:
+        """Refuse whatever keys were not consumed: they are typos or unsupported."""
+        if self._data:
+            key = sorted(self._data)[0]
+            raise self.error(key, "unknown key")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a table", list: "an array", bool: "a boolean", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _parse_toml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    try:
+        import tomllib  # Python 3.11+: fast, and its errors carry line and column
+
+        return tomllib.loads(text)
+    except ImportError:
+        pass
+    except ValueError as exc:  # tomllib.TOMLDecodeError
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    import tomlkit  # Python 3.10
+    from tomlkit.exceptions import ParseError
+
+    try:
+        return tomlkit.parse(text).unwrap()
+    except ParseError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+
+
+def _sealing(section: _Table, base: SealingConfig) -> SealingConfig:
+    config = SealingConfig(
+        miner=section.integer("miner", base.miner, minimum=1),
+        max_retries=section.integer("max_retries", base.max_retries),
+        recover_interval=section.duration("recover_interval", base.recover_interval),
+        seal_interval=section.duration("seal_interval", base.seal_interval),
+    )
+    section.finish()
+    return config
+
+
+def _threads(root: _Table, folder: Path, sealing: SealingConfig) -> tuple[ThreadConfig, ...]:
+    entries = root.raw("sealing_thread", [])
+    if not isinstance(entries, list) or not entries:
+        raise root.error("sealing_thread", "at least one [[sealing_thread]] is required")
+    threads, seen = [], {}
+    for index, entry in enumerate(entries):
+        section = _Table(root.file, f"sealing_thread[{index}]", entry)
+        location = section.path("location", None, folder)
+        if location is None:
+            raise section.error("location", "missing (every sealing thread needs a store folder)")
+        canonical = os.path.realpath(location)
+        if canonical in seen:
+            # damocles skips the duplicate and shifts every later index: refuse instead.
+            raise section.error(
+                "location", f"{location} is already used by sealing_thread[{seen[canonical]}]"
+            )
+        seen[canonical] = index
+        plan = section.string("plan", "sealer")
+        if plan not in PLANS:
+            raise section.error("plan", f'unknown plan "{plan}" (valid: {", ".join(PLANS)})')
+        own = _sealing(section.table("sealing"), sealing)
+        section.finish()
+        threads.append(ThreadConfig(index, location, plan, own))
+    return tuple(threads)
+
+
+def _stage_key(section: _Table, key: str) -> str:
+    if key not in STAGE_LABELS:
+        raise section.error(key, f"unknown stage (valid: {', '.join(sorted(STAGE_LABELS))})")
+    return key
+
+
+def _mock(section: _Table, thread_count: int) -> MockConfig:
+    duration = section.duration("duration", MockConfig.duration)
+    wait_duration = section.duration("wait_duration", MockConfig.wait_duration)
+    per_stage = section.table("durations")
+    durations = {}
+    for key in per_stage.names():
+        durations[_stage_key(per_stage, key)] = per_stage.duration(key, None)
+    faults_raw = section.raw("faults", [])
+    if not isinstance(faults_raw, list):
+        raise section.error("faults", "expected an array of tables ([[processors.mock.faults]])")
+    faults = tuple(
+        _fault(_Table(section.file, f"{section.prefix}.faults[{i}]", raw), thread_count)
+        for i, raw in enumerate(faults_raw)
+    )
+    section.finish()
+    return MockConfig(duration, wait_duration, durations, faults)
+
+
+def _fault(section: _Table, thread_count: int) -> Fault:
+    stage = section.string("stage")
+    if stage is None:
+        raise section.error("stage", "missing")
+    _stage_key(section, stage)
+    level_name = section.string("level", "permanent")
+    try:
+        level = Level(level_name)
+    except ValueError:
+        valid = ", ".join(level.value for level in Level)
+        raise section.error("level", f'unknown level "{level_name}" (valid: {valid})') from None
+    message = section.string("message", f"injected {level_name} fault in {stage}")
+    probability = section.raw("probability", 1.0)
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)):
+        raise section.error("probability", "expected a number between 0 and 1")
+    if not 0 <= probability <= 1:
+        raise section.error("probability", f"must be between 0 and 1, got {probability}")
+    times = section.raw("times")
+    if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+        raise section.error("times", "expected a positive integer")
+    threads = section.raw("threads")
+    if threads is not None:
+        if not isinstance(threads, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < thread_count
+            for t in threads
+        ):
+            raise section.error("threads", f"expected thread indexes 0..{thread_count - 1}")
+        threads = frozenset(threads)
+    section.finish()
+    return Fault(stage, level, message, float(probability), times, threads)
+
+
+def _command_stage(section: _Table, key: str, default_timeout: float | None) -> CommandStage:
+    value = section.raw(key)
+    if isinstance(value, dict):
+        entry = _Table(section.file, f"{section.prefix}.{key}", value)
+        argv = entry.raw("argv")
+        timeout = entry.duration("timeout", default_timeout)
+        entry.finish()
+        where, name = entry, "argv"
+    else:
+        argv, timeout, where, name = value, default_timeout, section, key
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+        raise where.error(name, "expected a non-empty array of strings (argv, no shell)")
+    return CommandStage(tuple(argv), timeout)
+
+
+def _command(section: _Table) -> CommandConfig:
+    timeout = section.duration("timeout", None)
+    default = _command_stage(section, "default", timeout) if section.has("default") else None
+    stages_table = section.table("stages")
+    stages = {}
+    for key in stages_table.names():
+        stages[_stage_key(stages_table, key)] = _command_stage(stages_table, key, timeout)
+    section.finish()
+    return CommandConfig(stages, default)
+
+
+def _processors(root: _Table, thread_count: int) -> tuple[str, MockConfig, CommandConfig]:
+    section = root.table("processors")
+    kind = section.string("kind", "mock")
+    if kind not in ("mock", "command"):
+        raise section.error("kind", f'unknown processor "{kind}" (valid: mock, command)')
+    mock = _mock(section.table("mock"), thread_count)
+    command = _command(section.table("command"))
+    section.finish()
+    return kind, mock, command
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate the config file at `path`; raises ConfigError."""
+    file = Path(path).absolute()
+    folder = file.parent
+    root = _Table(file, "", _parse_toml(file))
+    worker = root.table("worker")
+    name = worker.string("name") or socket.gethostname()
+    state_dir = worker.path("state_dir", DEFAULT_STATE_DIR, folder)
+    sock = worker.path("socket", DEFAULT_SOCKET, folder)
+    if len(os.fsencode(sock)) > MAX_SOCKET_PATH:
+        raise worker.error("socket", f"path longer than {MAX_SOCKET_PATH} bytes: {sock}")
+    group = worker.string("socket_group")
+    ping_interval = worker.duration("ping_interval", 30.0)
+    if ping_interval <= 0:
+        raise worker.error("ping_interval", "must be greater than zero")
+    worker.finish()
+    sealing = _sealing(root.table("sealing"), SealingConfig())
+    threads = _threads(root, folder, sealing)
+    kind, mock, command = _processors(root, len(threads))
+    root.finish()
+    return Config(
+        path=file,
+        name=name,
+        socket=sock,
+        socket_group=group,
+        state_dir=state_dir,
+        ping_interval=ping_interval,
+        threads=threads,
+        processor=kind,
+        mock=mock,
+        command=command,
+    )
+
+
+def socket_from_config(path: str | os.PathLike) -> Path:
+    """Just the socket path, for client commands (still validates the whole file)."""
+    return load_config(path).socket

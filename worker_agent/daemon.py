@@ -1,0 +1,191 @@
+"""The daemon: sealing threads + control server + heartbeat reporter.
+
+Start order matters: the state folder is locked (one daemon per state_dir),
+every record is loaded (a bad one stops the start with its file named), the
+sector counter is raised above every number found in the records, the
+socket is bound, the first heartbeat is written, and only then do the
+threads start. Stop (SIGTERM/SIGINT): stop accepting, let every thread reach
+a boundary (its state is already saved), write a last heartbeat, remove the
+socket. Signal handlers only set an event; the main thread does the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from worker_agent import __version__
+from worker_agent.config import Config
+from worker_agent.processors import make_processor
+from worker_agent.protocol import handle_body
+from worker_agent.server import ControlServer
+from worker_agent.service import WorkerService, summarize
+from worker_agent.store import SCHEMA, SectorCounter, TaskStore, write_json_atomic
+from worker_agent.thread import SealingThread
+
+__all__ = ["Daemon", "DaemonError", "run_daemon"]
+
+REPORT_NAME = "report.json"
+LOCK_NAME = "daemon.lock"
+STOP_TIMEOUT = 30.0
+
+log = logging.getLogger("venus_worker.daemon")
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; str() says why."""
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.threads: list[SealingThread] = []
+        self.server: ControlServer | None = None
+        self._report: dict | None = None
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ start
+
+    def start(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir()
+        counter = SectorCounter(config.state_dir)
+        counter.load()
+        processor = make_processor(config)
+        for thread_config in config.threads:
+            store = TaskStore(thread_config.location)
+            store.prepare()
+            thread = SealingThread(thread_config, store, counter, processor)
+            task = thread.record.task
+            if task is not None and task.number is not None:
+                # Guards against a lost or restored-from-backup counter file.
+                counter.ensure_above(task.miner, task.number)
+            self.threads.append(thread)
+        service = WorkerService(self.threads, lambda: self._report)
+        self.server = ControlServer(
+            config.socket, lambda body: handle_body(body, service.methods), config.socket_group
+        )
+        self.write_report()
+        for thread in self.threads:
+            worker = threading.Thread(
+                target=thread.run, name=f"sealing-{thread.index}", daemon=True
+            )
+            worker.start()
+            self._workers.append(worker)
+        reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
+        reporter.start()
+        self._workers.append(reporter)
+        self.server.start()
+        log.info(
+            "venus-worker %s: %d sealing threads, control socket %s",
+            __version__,
+            len(self.threads),
+            config.socket,
+        )
+
+    def _lock_state_dir(self) -> None:
+        path = self.config.state_dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonError(
+                f"another daemon is using state_dir {self.config.state_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    # ------------------------------------------------------------ heartbeat
+
+    def build_report(self) -> dict:
+        infos = [thread.info() for thread in self.threads]
+        return {
+            "schema": SCHEMA,
+            "name": self.config.name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "time": round(time.time(), 3),
+            "socket": str(self.config.socket),
+            "ping_interval": self.config.ping_interval,
+            "summary": summarize(infos),
+        }
+
+    def write_report(self) -> None:
+        report = self.build_report()
+        write_json_atomic(self.config.state_dir / REPORT_NAME, report)
+        self._report = report
+
+    def _report_loop(self) -> None:
+        while not self._stop.wait(self.config.ping_interval):
+            try:
+                self.write_report()
+            except OSError as exc:  # keep trying: a full disk may recover
+                log.error("cannot write heartbeat report: %s", exc)
+
+    # ------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.stop()
+        for thread in self.threads:
+            thread.request_stop()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("%s still busy at shutdown (a stage is running)", worker.name)
+        with contextlib.suppress(OSError):
+            self.write_report()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("VENUS_WORKER_LOG", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_daemon(config: Config) -> int:
+    """Run in the foreground until SIGTERM or SIGINT; returns the exit status."""
+    _setup_logging()
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()  # only flag it: the main thread does the shutdown work
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # WorkerList must not wait behind busy threads for the default 5 ms GIL slice.
+    sys.setswitchinterval(0.001)
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.stop()
+        raise
+    stop.wait()
+    log.info("stopping: letting every thread reach a stage boundary")
+    daemon.stop()
+    log.info("stopped")
+    return 0
+
+
+def report_path(state_dir: Path) -> Path:
+    return state_dir / REPORT_NAME

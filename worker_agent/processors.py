@@ -1,0 +1,228 @@
+"""Processors: what actually performs a stage.
+
+A processor gets a ``StageContext`` and returns an outcome: ``Done`` (with the
+event to apply, or None for the plan's ordinary one), ``Failed`` (level and
+message) or ``Interrupted`` (a wait was cut short by pause/stop; the state
+does not change). Processors never touch the task record.
+
+- ``MockProcessor`` sleeps a configured time per stage and injects configured
+  faults. Chain waits (WaitSeed ...) are interrupted at once by a pause;
+  compute stages only by a daemon stop (the simulated work is then redone).
+- ``CommandProcessor`` runs the stage's argv without a shell, in the
+  location, with ``VENUS_*`` environment variables. Exit 0 is success (a last
+  stdout line naming an event of the state selects that branch, e.g.
+  ``ReSubmitPC``); otherwise the last stderr line's ``temporary:`` /
+  ``permanent:`` / ``abort:`` / ``critical:`` prefix gives the level (default
+  permanent). A stage with no command configured succeeds at once. The
+  command always runs to its end (or its timeout): killing a real sealing
+  tool mid-stage would waste hours of work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker_agent.config import CommandConfig, CommandStage, Config, MockConfig
+from worker_agent.states import WAIT_STAGES, Event, Level, Plan, State
+
+__all__ = [
+    "CommandProcessor",
+    "Done",
+    "Failed",
+    "Interrupted",
+    "MockProcessor",
+    "Outcome",
+    "StageContext",
+    "make_processor",
+]
+
+MAX_MESSAGE = 4000
+
+
+@dataclass(frozen=True)
+class Done:
+    event: Event | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    level: Level
+    message: str
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    pass
+
+
+Outcome = Done | Failed | Interrupted
+
+
+@dataclass(frozen=True)
+class StageContext:
+    index: int
+    location: Path
+    data_dir: Path
+    plan: Plan
+    state: State
+    stage: str
+    sector_id: str | None
+    miner: int
+    number: int | None
+    # wait(seconds) -> True if cut short by a pause or stop request
+    wait: Callable[[float], bool]
+    # sleep(seconds) -> True if cut short by a stop request (pauses do not cut it)
+    sleep: Callable[[float], bool]
+
+
+class MockProcessor:
+    """Simulated stages: configurable durations and injected faults."""
+
+    name = "mock"
+
+    def __init__(self, config: MockConfig, rng: random.Random | None = None):
+        self.config = config
+        self._rng = rng or random.Random()
+        self._runs: dict[tuple[int, str], int] = {}
+        self._lock = threading.Lock()
+
+    def run(self, ctx: StageContext) -> Outcome:
+        is_wait = ctx.stage in WAIT_STAGES
+        default = self.config.wait_duration if is_wait else self.config.duration
+        seconds = self.config.durations.get(ctx.stage, default)
+        interrupted = ctx.wait(seconds) if is_wait else ctx.sleep(seconds)
+        if interrupted:
+            return Interrupted()
+        fault = self._fault_for(ctx)
+        if fault is not None:
+            return fault
+        if not is_wait:
+            # A visible trace of the "work", so tests can see abort/finish clear the data folder.
+            (ctx.data_dir / f"{ctx.sector_id}.{ctx.stage}").write_text(ctx.state.value + "\n")
+        return Done()
+
+    def _fault_for(self, ctx: StageContext) -> Failed | None:
+        with self._lock:
+            key = (ctx.index, ctx.stage)
+            runs = self._runs.get(key, 0) + 1
+            self._runs[key] = runs
+            for fault in self.config.faults:
+                if fault.stage != ctx.stage:
+                    continue
+                if fault.threads is not None and ctx.index not in fault.threads:
+                    continue
+                if fault.times is not None and runs > fault.times:
+                    continue
+                if fault.probability < 1 and self._rng.random() >= fault.probability:
+                    continue
+                return Failed(fault.level, fault.message)
+        return None
+
+
+_LEVEL_PREFIX = re.compile(r"^\s*(temporary|permanent|abort|critical):\s*(.*)$")
+
+
+def classify_failure(returncode: int, stderr: str, stage: str) -> Failed:
+    """Level and message of a failed command from its exit status and last stderr line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    match = _LEVEL_PREFIX.match(last)
+    if match:
+        return Failed(Level(match.group(1)), match.group(2)[:MAX_MESSAGE])
+    if returncode < 0:
+        status = f"killed by signal {-returncode}"
+    else:
+        status = f"exited with status {returncode}"
+    message = f"stage {stage}: command {status}" + (f": {last}" if last else "")
+    return Failed(Level.PERMANENT, message[:MAX_MESSAGE])
+
+
+def stage_environment(ctx: StageContext) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        VENUS_SECTOR_ID=ctx.sector_id or "",
+        VENUS_SECTOR_NUMBER="" if ctx.number is None else str(ctx.number),
+        VENUS_MINER=str(ctx.miner),
+        VENUS_STATE=ctx.state.value,
+        VENUS_STAGE=ctx.stage,
+        VENUS_LOCATION=str(ctx.location),
+        VENUS_DATA_DIR=str(ctx.data_dir),
+        VENUS_PLAN=ctx.plan.name,
+        VENUS_THREAD_INDEX=str(ctx.index),
+    )
+    return env
+
+
+class CommandProcessor:
+    """Each stage runs a configured argv (no shell)."""
+
+    name = "command"
+
+    def __init__(self, config: CommandConfig):
+        self.config = config
+
+    def command_for(self, stage: str) -> CommandStage | None:
+        return self.config.stages.get(stage, self.config.default)
+
+    def run(self, ctx: StageContext) -> Outcome:
+        command = self.command_for(ctx.stage)
+        if command is None:
+            return Done()
+        try:
+            proc = subprocess.Popen(
+                command.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=ctx.location,
+                env=stage_environment(ctx),
+                text=True,
+                errors="replace",
+                start_new_session=True,  # so a timeout can kill the whole process group
+            )
+        except OSError as exc:
+            return Failed(
+                Level.PERMANENT, f"stage {ctx.stage}: cannot run {command.argv[0]}: {exc}"
+            )
+        try:
+            stdout, stderr = proc.communicate(timeout=command.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.communicate()
+            return Failed(
+                Level.PERMANENT,
+                f"stage {ctx.stage}: command timed out after {command.timeout:g}s and was killed",
+            )
+        if proc.returncode != 0:
+            return classify_failure(proc.returncode, stderr, ctx.stage)
+        return Done(_event_from_stdout(stdout, ctx))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # ProcessLookupError: it ended between the timeout and the kill; nothing left to stop.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _event_from_stdout(stdout: str, ctx: StageContext) -> Event | None:
+    """A branch event named on the last stdout line, if it is one this state allows."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        return None
+    allowed = {event.value: event for event, _ in ctx.plan.table.get(ctx.state, ())}
+    return allowed.get(lines[-1])
+
+
+def make_processor(config: Config) -> MockProcessor | CommandProcessor:
+    if config.processor == "command":
+        return CommandProcessor(config.command)
+    return MockProcessor(config.mock)

@@ -1,0 +1,208 @@
+"""HTTP/1.1 on a Unix socket, carrying the JSON-RPC of protocol.py.
+
+- ``POST /`` only (others: 405). ``Content-Length`` required (411 without),
+  at most ``MAX_BODY`` (413, connection closed, body never read). A request
+  that is not HTTP gets 400 and the connection is closed.
+- Keep-alive: requests may follow each other on one connection. A connection
+  idle or stalled mid-request for ``IDLE_TIMEOUT`` seconds is closed, so a
+  half-sent request cannot hold a worker thread forever; other clients are
+  served meanwhile (one thread per connection, at most ``MAX_CONNECTIONS``).
+- The socket file is created under ``umask(0o177)`` so it is ``0600`` from the
+  first instant (no chmod race); with a group it is then opened to ``0660``.
+  A stale socket is unlinked only if it *is* a socket and nobody answers on
+  it; any other file at that path is an error. Sockets are close-on-exec
+  (Python's default). No TCP or UDP socket is ever created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+__all__ = ["ControlServer", "ServerError", "MAX_BODY", "IDLE_TIMEOUT"]
+
+MAX_BODY = 1 << 20
+IDLE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+
+log = logging.getLogger("venus_worker.server")
+
+BodyHandler = Callable[[bytes], "bytes | None"]
+
+
+class ServerError(Exception):
+    """The control socket cannot be set up; str() says why."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    timeout = IDLE_TIMEOUT  # applied to the connection: bounds idle and stalled reads
+    server_version = "venus-worker"
+    sys_version = ""
+
+    def address_string(self) -> str:
+        return "unix"  # Unix peers have no address; the base class would index into ""
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - base class signature
+        log.debug("%s", format % args)
+
+    def _reply(self, status: int, body: bytes = b"", close: bool = False) -> None:
+        self.send_response(status)
+        if body:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        self._reply(status, body, close=True)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(411, "chunked bodies are not supported; send Content-Length")
+            return
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            self._refuse(411, "Content-Length required")
+            return
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError(length_text)
+        except ValueError:
+            self._refuse(400, "bad Content-Length")
+            return
+        if length > MAX_BODY:
+            self._refuse(413, f"body larger than {MAX_BODY} bytes")
+            return
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # the client went away mid-body
+            return
+        reply = self.server.handle_body(body)
+        if reply is None:
+            self._reply(204)
+        else:
+            self._reply(200, reply)
+
+    def _not_allowed(self) -> None:
+        self.send_response(405)
+        self.send_header("Allow", "POST")
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _not_allowed  # noqa: N815
+
+
+class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, path: str, handle_body: BodyHandler, group: str | None):
+        self.handle_body = handle_body
+        self._group = group
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(path, _Handler, bind_and_activate=True)
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        _remove_stale_socket(path)
+        old = os.umask(0o177)  # the socket is born 0600: never briefly world-connectable
+        try:
+            self.socket.bind(path)
+        finally:
+            os.umask(old)
+        if self._group is not None:
+            _open_to_group(path, self._group)
+        self.server_address = self.socket.getsockname()
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("too many control connections; closing a new one")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.exception("control connection failed")
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ServerError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ServerError(f"cannot check existing socket {path}: {exc}") from None
+    else:
+        raise ServerError(f"another agent is already listening on {path}")
+    finally:
+        probe.close()
+    os.unlink(path)
+
+
+def _open_to_group(path: str, group: str) -> None:
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ServerError(f"socket_group {group!r} does not exist") from None
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
+
+
+class ControlServer:
+    """The control socket, served from a background thread."""
+
+    def __init__(self, path: Path, handle_body: BodyHandler, group: str | None = None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = _ThreadingUnixServer(str(path), handle_body, group)
+        except OSError as exc:
+            raise ServerError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="control-server", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close the socket and remove its file."""
+        if self._thread.is_alive():
+            self._server.shutdown()  # waits for serve_forever, so only when it runs
+        self._server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)

@@ -1,0 +1,442 @@
+"""The sealing thread: one loop driving one location's tasks through its plan.
+
+``SealingThread.step()`` does one unit of work (start a task, run one stage
+and apply its outcome, finish or drop a task); ``run()`` repeats it in a real
+thread. Time comes in through a clock object so the logic is tested without
+sleeping (see ``RealClock``). All state changes go through ``change_state``;
+every change of the record is persisted before anyone can observe it
+(``_commit``).
+
+Behaviour (and where it improves on damocles-worker):
+
+- Temporary errors are retried up to ``max_retries`` times, ``recover_interval``
+  apart, then become permanent. Permanent and critical errors pause the
+  thread with ``last_error`` = "<level>: <message>". Abort clears
+  ``<location>/data`` and starts a new task after ``seal_interval``.
+- Pause takes effect at the next stage boundary; the stage in flight finishes
+  **and its result is kept** (damocles drops it and redoes the stage). Waits
+  (between tasks, retry back-offs, chain waits) are interrupted at once.
+  Pausing a paused thread changes nothing.
+- Resume acts only on a paused thread (``NotPaused`` otherwise). A target
+  state must belong to the task's plan (``InvalidState`` lists the valid
+  ones), bypasses the table, and ``Aborted`` drops the task.
+- The paused flag and last error are persisted, so they survive a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from worker_agent.config import ThreadConfig
+from worker_agent.processors import Done, Interrupted, Outcome, StageContext
+from worker_agent.states import NO_STAGE, WAIT_STAGES, Event, Level, Plan, State, plan_named
+from worker_agent.store import SectorCounter, Task, TaskStore, ThreadRecord
+
+__all__ = [
+    "IllegalTransition",
+    "InvalidState",
+    "NoTask",
+    "NotPaused",
+    "RealClock",
+    "SealingThread",
+    "change_state",
+]
+
+log = logging.getLogger("venus_worker.thread")
+
+
+class IllegalTransition(Exception):
+    """A move the plan's table does not allow."""
+
+
+class NotPaused(Exception):
+    """Resume of a thread that is not paused."""
+
+
+class InvalidState(Exception):
+    """A resume target that is not a state of the thread's plan."""
+
+
+class NoTask(Exception):
+    """A resume target state for a thread that has no task to move."""
+
+
+class RealClock:
+    """Wall and monotonic time, and waits on a condition (which the caller holds)."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(
+        self, cond: threading.Condition, predicate: Callable[[], bool], timeout: float | None
+    ) -> bool:
+        return cond.wait_for(predicate, timeout)
+
+
+def change_state(task: Task, to: State, event: Event | None, now: float) -> None:
+    """Move `task` to `to`; the one place a task's state changes.
+
+    With an `event`, the plan's table must allow (state, event) -> `to`;
+    without one (an operator's resume --state) the table is bypassed but `to`
+    must still be a state of the plan.
+    """
+    plan = plan_named(task.plan)
+    if event is not None:
+        expected = plan.next_state(task.state, event)
+        if expected is not to:
+            raise IllegalTransition(
+                f"unexpected event {event} for state {task.state} in plan {plan.name}"
+            )
+    elif to not in plan.states:
+        raise IllegalTransition(f"state {to} is not part of plan {plan.name}")
+    task.prev_state, task.state, task.entered_at = task.state, to, now
+
+
+@dataclass
+class _Activity:
+    """What the thread is doing right now (WorkerInfo.thread_state); in memory only."""
+
+    state: str  # Idle | Running | Waiting | Paused
+    since: float  # monotonic
+    proc: str | None = None
+
+
+class SealingThread:
+    """One sealing thread. Public methods are safe to call from any thread."""
+
+    def __init__(
+        self,
+        config: ThreadConfig,
+        store: TaskStore,
+        counter: SectorCounter,
+        processor,
+        clock=None,
+    ):
+        self.config = config
+        self.index = config.index
+        self.store = store
+        self.counter = counter
+        self.processor = processor
+        self.clock = clock or RealClock()
+        self._cond = threading.Condition()  # guards everything below
+        self._save_lock = threading.Lock()  # orders writes of the record
+        self.record: ThreadRecord = store.load()
+        self._pause_requested = False
+        self._stopping = False
+        self._next_task_at = self.clock.monotonic()
+        self._activity = _Activity("Paused" if self.record.paused else "Idle", self._mono())
+
+    # ------------------------------------------------------------ helpers
+
+    def _mono(self) -> float:
+        return self.clock.monotonic()
+
+    def _set_activity(self, state: str, proc: str | None = None) -> None:
+        with self._cond:
+            if self._activity.state != state or self._activity.proc != proc:
+                self._activity = _Activity(state, self._mono(), proc)
+
+    def _commit(self, mutate: Callable[[ThreadRecord], None]) -> None:
+        """Apply `mutate` to the record and persist it before returning.
+
+        The state lock is held only while mutating (so WorkerList never waits
+        for a disk flush); the save lock keeps the writes in mutation order.
+        If `mutate` raises, nothing changes and nothing is written.
+        """
+        with self._save_lock:
+            with self._cond:
+                mutate(self.record)
+                data = self.record.to_json()
+                self._cond.notify_all()
+            self.store.save(data)
+
+    def _interrupt_requested(self) -> bool:
+        return self._pause_requested or self._stopping
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True if a pause or stop request cut it short."""
+        with self._cond:
+            if seconds <= 0:
+                return self._interrupt_requested()
+            return self.clock.wait(self._cond, self._interrupt_requested, seconds)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True if a stop request cut it short (pauses do not)."""
+        with self._cond:
+            if seconds <= 0:
+                return self._stopping
+            return self.clock.wait(self._cond, lambda: self._stopping, seconds)
+
+    @property
+    def plan(self) -> Plan:
+        task = self.record.task
+        return plan_named(task.plan if task else self.config.plan)
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        """Thread body: step until stopped; block without polling while paused."""
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                if self.record.paused:
+                    self._cond.wait_for(lambda: self._stopping or not self.record.paused)
+                    continue
+            try:
+                self.step()
+            except Exception as exc:  # a bug or disk failure must pause this thread, not kill it
+                log.exception("thread #%d: unexpected failure", self.index)
+                self._pause_after_crash(f"{Level.CRITICAL}: {type(exc).__name__}: {exc}")
+
+    def step(self) -> None:
+        """One unit of work; returns at every stage boundary."""
+        if self._take_pause_request():
+            return
+        task = self.record.task
+        if task is None:
+            self._start_task_when_due()
+        elif task.state in (State.Finished, State.Aborted):
+            self._drop_task(task.state)
+        elif task.state is not State.Empty and task.state not in plan_named(task.plan).table:
+            self._pause(f"{Level.CRITICAL}: unexpected state {task.state} in plan {task.plan}")
+        else:
+            outcome = self._execute(task)
+            self._apply(task, outcome)
+
+    def _take_pause_request(self) -> bool:
+        """At a boundary: True if the thread is stopping or paused (now or before)."""
+        with self._cond:
+            if self._stopping or self.record.paused:
+                return True
+            if not self._pause_requested:
+                return False
+        self._pause(None)
+        return True
+
+    def _start_task_when_due(self) -> None:
+        self._set_activity("Idle")
+        if self._wait(self._next_task_at - self._mono()):
+            return
+        miner = self.config.sealing.miner
+        number = self.counter.next(miner)  # persisted before any record uses it
+        plan = plan_named(self.config.plan)
+        now = self.clock.now()
+
+        def start(record: ThreadRecord) -> None:
+            task = Task(plan.name, State.Empty, None, miner, number, 0, now)
+            change_state(task, plan.next_state(State.Empty, plan.happy_event(State.Empty)),
+                         plan.happy_event(State.Empty), now)  # fmt: skip
+            record.task = task
+
+        self._commit(start)
+        log.info("thread #%d: new task %s (%s)", self.index, self.record.task.sector_id, plan.name)
+
+    def _drop_task(self, state: State) -> None:
+        """Finished or Aborted: clear the data folder, forget the task, wait seal_interval."""
+        self.store.clear_data()
+
+        def drop(record: ThreadRecord) -> None:
+            record.task = None
+
+        sector = self.record.task.sector_id
+        self._commit(drop)
+        self._next_task_at = self._mono() + self.config.sealing.seal_interval
+        log.info("thread #%d: task %s %s", self.index, sector, state.value.lower())
+
+    def _context(self, task: Task, plan: Plan) -> StageContext:
+        return StageContext(
+            index=self.index,
+            location=self.config.location,
+            data_dir=self.store.data_dir,
+            plan=plan,
+            state=task.state,
+            stage=plan.stage(task.state),
+            sector_id=task.sector_id,
+            miner=task.miner,
+            number=task.number,
+            wait=self._wait,
+            sleep=self._sleep,
+        )
+
+    def _execute(self, task: Task) -> Outcome:
+        plan = plan_named(task.plan)
+        if task.state is State.Empty:
+            return Done()  # a task reset to Empty keeps its sector: just allocate again
+        stage = plan.stage(task.state)
+        if stage in WAIT_STAGES:
+            self._set_activity("Waiting")
+        else:
+            self._set_activity("Running", self.processor.name)
+        try:
+            return self.processor.run(self._context(task, plan))
+        finally:
+            self._set_activity("Idle")
+
+    def _apply(self, task: Task, outcome: Outcome) -> None:
+        if isinstance(outcome, Interrupted):
+            return  # state unchanged; the next step sees the pause or stop request
+        if isinstance(outcome, Done):
+            self._advance(task, outcome.event)
+        elif outcome.level is Level.TEMPORARY:
+            self._retry_later(outcome.message)
+        elif outcome.level is Level.ABORT:
+            self._abort(outcome.message)
+        else:
+            self._pause(f"{outcome.level}: {outcome.message}")
+
+    def _advance(self, task: Task, event: Event | None) -> None:
+        plan = plan_named(task.plan)
+        event = event or plan.happy_event(task.state)
+        to = plan.next_state(task.state, event)
+        if to is None:
+            self._pause(f"{Level.CRITICAL}: unexpected event {event} for state {task.state}")
+            return
+        now = self.clock.now()
+        self._commit(lambda record: change_state(record.task, to, event, now))
+
+    def _retry_later(self, message: str) -> None:
+        limit = self.config.sealing.max_retries
+        if self.record.task.retry >= limit:
+            # Escalate: reset the count and pause in one write, so a crash cannot split them.
+            self._pause(
+                f"{Level.PERMANENT}: {message} (still failing after {limit} retries)",
+                also=lambda record: setattr(record.task, "retry", 0),
+            )
+            return
+
+        def count(record: ThreadRecord) -> None:
+            record.task.retry += 1
+
+        self._commit(count)
+        log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message,
+                    self.record.task.retry, limit)  # fmt: skip
+        self._set_activity("Idle")
+        self._wait(self.config.sealing.recover_interval)
+
+    def _abort(self, message: str) -> None:
+        log.warning("thread #%d: abort: %s", self.index, message)
+        now = self.clock.now()
+        # Persist Aborted first: a crash during the clean-up then finishes it on restart.
+        self._commit(lambda record: change_state(record.task, State.Aborted, None, now))
+        self._drop_task(State.Aborted)
+
+    def _pause(
+        self, last_error: str | None, also: Callable[[ThreadRecord], None] | None = None
+    ) -> None:
+        now = self.clock.now()
+
+        def pause(record: ThreadRecord) -> None:
+            if also is not None:
+                also(record)
+            record.paused, record.paused_at, record.last_error = True, now, last_error
+            self._pause_requested = False
+            self._activity = _Activity("Paused", self._mono())
+
+        self._commit(pause)
+        if last_error:
+            log.error("thread #%d: paused: %s", self.index, last_error)
+        else:
+            log.info("thread #%d: paused", self.index)
+
+    def _pause_after_crash(self, last_error: str) -> None:
+        try:
+            self._pause(last_error)
+        except OSError as exc:
+            # The disk refuses even this write: pause in memory so an operator sees it.
+            log.error("thread #%d: cannot persist pause: %s", self.index, exc)
+            with self._cond:
+                self.record.paused, self.record.last_error = True, last_error
+                self.record.paused_at = self.clock.now()
+                self._activity = _Activity("Paused", self._mono())
+
+    # ------------------------------------------------------------ control
+
+    def request_pause(self) -> None:
+        """Pause at the next boundary; waits end at once. No-op on a paused thread."""
+        with self._cond:
+            if not self.record.paused:
+                self._pause_requested = True
+                self._cond.notify_all()
+
+    def resume(self, state_name: str | None = None) -> None:
+        """Resume a paused thread, optionally moving its task to `state_name` first."""
+        target = self._resume_target(state_name)
+        now = self.clock.now()
+
+        def resume(record: ThreadRecord) -> None:
+            if not record.paused:
+                raise NotPaused(f"worker #{self.index} is not paused")
+            if target is not None:
+                if record.task is None:
+                    if target not in (State.Empty, State.Aborted):
+                        raise NoTask(f"worker #{self.index} has no task to move to {target}")
+                elif target is not record.task.state:
+                    change_state(record.task, target, None, now)
+                    record.task.retry = 0
+            record.paused, record.paused_at, record.last_error = False, None, None
+            self._pause_requested = False
+            self._activity = _Activity("Idle", self._mono())
+
+        self._commit(resume)
+        log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
+
+    def _resume_target(self, state_name: str | None) -> State | None:
+        if state_name is None:
+            return None
+        with self._cond:
+            plan = self.plan
+        valid = [s.value for s in plan.states]
+        if state_name not in valid:
+            raise InvalidState(
+                f'invalid state "{state_name}" for plan {plan.name}; valid states: '
+                + ", ".join(valid)
+            )
+        return State(state_name)
+
+    def request_stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ views
+
+    def info(self) -> dict:
+        """This thread as a WorkerInfo (docs/protocol.md)."""
+        with self._cond:
+            record, activity = self.record, self._activity
+            task = record.task
+            now, mono = self.clock.now(), self._mono()
+            if activity.state == "Paused" and record.paused_at is not None:
+                elapsed = int(max(0.0, now - record.paused_at))
+            elif activity.state == "Idle":
+                elapsed = None
+            else:
+                elapsed = int(max(0.0, mono - activity.since))
+            stage = plan_named(task.plan).stage(task.state) if task else NO_STAGE
+            return {
+                "index": self.index,
+                "location": str(self.config.location),
+                "plan": task.plan if task else self.config.plan,
+                "job_id": task.sector_id if task else None,
+                "job_state": task.state.value if task else "",
+                "job_stage": None if stage == NO_STAGE else stage,
+                "thread_state": {
+                    "state": activity.state,
+                    "elapsed": elapsed,
+                    "proc": activity.proc if activity.state == "Running" else None,
+                },
+                "state_elapsed": int(max(0.0, now - task.entered_at)) if task else None,
+                "last_error": record.last_error,
+            }
+
+    def highest_sector_number(self) -> int | None:
+        task = self.record.task
+        return task.number if task else None
