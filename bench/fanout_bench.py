@@ -1,0 +1,646 @@
+"""Fleet fan-out benchmark: `venusctl list` against the other ways to ask N hosts.
+
+    .venv/bin/python bench/fanout_bench.py [--sizes 1,10,30] [--runs 5]
+
+Starts max(sizes) real OpenSSH sshd hosts on loopback (tests/sshfleet.py), each with a live
+`venus-worker daemon` (own config, socket, state dir, a few mock threads), then, for every
+size N (the first N hosts), times in the same run, round-robin:
+
+  venusctl   `python venusctl.py -i INV list`, whole-command wall time
+  (a) ssh    OpenSSH's client in parallel, `xargs -P N`, running
+             `venus-worker worker -c CFG report --json` on every host
+  (b) ansible `ansible all -m command -a '... report --json' --forks N` (ansible's defaults,
+             so ssh ControlPersist is on: timed runs reuse the warm-up run's connections)
+  (c) floor  paramiko connect + authenticate to every host in parallel threads, nothing run,
+             timed in-process (TCP_NODELAY set), plus `python -c "import paramiko"` wall time
+             measured separately; "(c) total" = both, the least any Python+paramiko tool pays
+
+and `venusctl list` against one agent over the local transport (no SSH). Each method gets one
+untimed warm-up run ("cold" column), then --runs timed runs; the table shows medians. ansible
+is pip-installed into the venv on first use (it is not a project dependency).
+
+Everything started here (sshd, agents, ansible's ssh control masters) is stopped on exit,
+Ctrl-C included. Only 127.0.0.x addresses are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from sshfleet import SshFleet, SshHost  # noqa: E402
+
+VENV_BIN = REPO / ".venv" / "bin"
+PYTHON = VENV_BIN / "python"
+AGENT = VENV_BIN / "venus-worker"
+ANSIBLE = VENV_BIN / "ansible"
+VENUSCTL = REPO / "venusctl.py"
+AGENT_START_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 300.0
+AGENT_THREADS = 3
+TARGET_SIZE = 30
+# Targets of issue 3 item 7, at N = 30.
+TARGET_VS_OPENSSH = 0.7  # venusctl <= 0.7 x (a)
+TARGET_ANSIBLE_FACTOR = 10.0  # (b) >= 10 x venusctl
+TARGET_VS_FLOOR = 1.5  # venusctl <= 1.5 x (c) total
+
+
+class BenchError(RuntimeError):
+    """A method failed or gave a wrong answer: its timings would mean nothing."""
+
+
+# --------------------------------------------------------------------------- the fleet
+
+
+@dataclass
+class Node:
+    """One sshd host with its venus-worker agent."""
+
+    host: SshHost
+    process: subprocess.Popen | None = None
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.host.dir / "agent"
+
+    @property
+    def config(self) -> Path:
+        return self.agent_dir / "venus-worker.toml"
+
+    @property
+    def socket(self) -> Path:
+        return self.agent_dir / "agent.sock"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.agent_dir / "state"
+
+    @property
+    def log(self) -> Path:
+        return self.agent_dir / "daemon.log"
+
+
+def agent_config_text(node: Node, miner: int) -> str:
+    # Long mock stages: threads sit Running instead of cycling, so 30 agents do not load the
+    # 2 shared cores during the timings. The last thread fails at once and stays paused with
+    # an error, so the list has something in every column.
+    threads = "".join(
+        f'[[sealing_thread]]\nlocation = "{node.agent_dir / f"store{index}"}"\n\n'
+        for index in range(AGENT_THREADS)
+    )
+    return f"""[worker]
+name = "{node.name}"
+socket = "{node.socket}"
+state_dir = "{node.state_dir}"
+ping_interval = "30s"
+
+[sealing]
+miner = {miner}
+
+{threads}[processors]
+kind = "mock"
+
+[processors.mock]
+duration = "1h"
+wait_duration = "1h"
+
+[[processors.mock.faults]]
+stage = "AcquireDeals"
+level = "permanent"
+message = "bench: injected fault"
+threads = [{AGENT_THREADS - 1}]
+"""
+
+
+def start_agents(nodes: list[Node]) -> None:
+    """Start every agent, then wait for all of them (their start-ups overlap)."""
+    for miner, node in enumerate(nodes, start=10000):
+        node.agent_dir.mkdir(parents=True, exist_ok=True)
+        node.config.write_text(agent_config_text(node, miner))
+        with open(node.log, "wb") as log:
+            node.process = subprocess.Popen(
+                [str(AGENT), "daemon", "-c", str(node.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own session: Ctrl-C reaches only the bench, which then stops agents in order.
+                start_new_session=True,
+            )
+    for node in nodes:
+        wait_for_agent(node)
+
+
+def wait_for_agent(node: Node) -> None:
+    deadline = time.monotonic() + AGENT_START_TIMEOUT
+    while not (node.socket.exists() and (node.state_dir / "report.json").exists()):
+        if node.process.poll() is not None:
+            raise BenchError(f"agent {node.name} exited: {node.log.read_text().strip()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"agent {node.name} not ready after {AGENT_START_TIMEOUT:.0f}s")
+        time.sleep(0.05)
+
+
+def stop_agents(nodes: list[Node]) -> None:
+    running = [node.process for node in nodes if node.process and node.process.poll() is None]
+    for process in running:
+        process.terminate()
+    for process in running:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --------------------------------------------------------------------------- inventories
+
+
+def toml_string(value: object) -> str:
+    # A TOML basic string; the paths here have no quotes, backslashes or control characters.
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def venusctl_inventory(fleet: SshFleet, nodes: list[Node]) -> str:
+    lines = [
+        "[defaults]",
+        f"user = {toml_string(fleet.user)}",
+        f"identity_file = {toml_string(fleet.client_key)}",
+        f"known_hosts = {toml_string(fleet.known_hosts)}",
+        # Keep the machine's ~/.ssh/config out of the measurement.
+        'ssh_config = "/dev/null"',
+        f"agent = {toml_string(AGENT)}",
+        "",
+    ]
+    for node in nodes:
+        lines += [
+            "[[host]]",
+            f"name = {toml_string(node.name)}",
+            f"address = {toml_string(node.host.address)}",
+            f"port = {node.host.port}",
+            f"config = {toml_string(node.config)}",
+            f"socket = {toml_string(node.socket)}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def local_inventory(node: Node) -> str:
+    return "\n".join(
+        [
+            "[[host]]",
+            'name = "local"',
+            'transport = "local"',
+            f"agent = {toml_string(AGENT)}",
+            f"config = {toml_string(node.config)}",
+            f"socket = {toml_string(node.socket)}",
+            "",
+        ]
+    )
+
+
+def ansible_inventory(fleet: SshFleet, nodes: list[Node]) -> str:
+    ssh_args = (
+        f"-F /dev/null -o UserKnownHostsFile={fleet.known_hosts} "
+        "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+    )
+    lines = ["[fleet]"]
+    lines += [
+        f"{node.name} ansible_host={node.host.address} ansible_port={node.host.port} "
+        f"agent_config={node.config}"
+        for node in nodes
+    ]
+    lines += [
+        "",
+        "[fleet:vars]",
+        f"ansible_user={fleet.user}",
+        f"ansible_ssh_private_key_file={fleet.client_key}",
+        f"ansible_ssh_common_args='{ssh_args}'",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ansible_cfg(root: Path) -> str:
+    # Its own config file so no ansible.cfg of the working directory or of ~ applies;
+    # everything ansible writes stays under root. ssh_connection keeps ansible's defaults.
+    return f"""[defaults]
+host_key_checking = True
+interpreter_python = /usr/bin/python3
+local_tmp = {root}/ansible/local
+remote_tmp = {root}/ansible/remote
+
+[ssh_connection]
+control_path_dir = {root}/ansible/cp
+"""
+
+
+def openssh_lines(fleet: SshFleet, nodes: list[Node]) -> str:
+    """One line per host: ssh's arguments after argv[0], quoted the way xargs reads them."""
+    lines = []
+    for node in nodes:
+        argv = fleet.ssh_argv(
+            node.host, str(AGENT), "worker", "-c", str(node.config), "report", "--json"
+        )
+        lines.append(shlex.join(argv[1:]))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the methods
+
+
+def bench_environment() -> dict[str, str]:
+    # No ssh-agent for anyone: every tool authenticates with the fleet's key file alone.
+    env = dict(os.environ)
+    env.pop("SSH_AUTH_SOCK", None)
+    env.pop("SSH_AGENT_PID", None)
+    return env
+
+
+def timed_run(argv: list[str], env: dict[str, str], stdin_path: Path | None = None):
+    """Run argv, return (seconds, completed process)."""
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        start = time.perf_counter()
+        done = subprocess.run(
+            argv, stdin=stdin, capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        if stdin_path:
+            stdin.close()
+    return elapsed, done
+
+
+def require(done: subprocess.CompletedProcess, ok: bool, what: str) -> None:
+    if done.returncode != 0 or not ok:
+        raise BenchError(
+            f"{what}: exit {done.returncode}\n--- stdout\n{done.stdout[-2000:]}"
+            f"\n--- stderr\n{done.stderr[-2000:]}"
+        )
+
+
+def venusctl_list(inventory: Path, names: list[str], env: dict[str, str]) -> Callable[[], float]:
+    argv = [str(PYTHON), str(VENUSCTL), "-i", str(inventory), "list"]
+
+    def run() -> float:
+        elapsed, done = timed_run(argv, env)
+        rows = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
+        require(done, set(names) <= rows, "venusctl list")
+        return elapsed
+
+    return run
+
+
+def openssh_xargs(lines_file: Path, count: int, env: dict[str, str]) -> Callable[[], float]:
+    argv = ["xargs", "-P", str(count), "-L", "1", shutil.which("ssh") or "/usr/bin/ssh"]
+
+    def run() -> float:
+        elapsed, done = timed_run(argv, env, stdin_path=lines_file)
+        require(done, done.stdout.count('"summary"') == count, "ssh via xargs")
+        return elapsed
+
+    return run
+
+
+def ansible_command(inventory: Path, count: int, env: dict[str, str]) -> Callable[[], float]:
+    command = f"{AGENT} worker -c {{{{ agent_config }}}} report --json"
+    argv = [str(ANSIBLE), "all", "-i", str(inventory), "-m", "command", "-a", command]
+    argv += ["--forks", str(count), "--one-line"]
+
+    def run() -> float:
+        elapsed, done = timed_run(argv, env)
+        require(done, done.stdout.count("| CHANGED |") == count, "ansible")
+        return elapsed
+
+    return run
+
+
+def paramiko_floor(fleet: SshFleet, nodes: list[Node]) -> Callable[[], float]:
+    import paramiko
+
+    def handshake(host: SshHost, key, known) -> None:
+        sock = socket.create_connection((host.address, host.port), timeout=10)
+        # As DESIGN.md's field notes: without these paramiko stalls on Nagle / delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        transport = paramiko.Transport(sock)
+        try:
+            transport.start_client(timeout=10)
+            offered = transport.get_remote_server_key()
+            expected = (known.lookup(f"[{host.address}]:{host.port}") or {}).get(offered.get_name())
+            if expected != offered:
+                raise BenchError(f"{host.name}: host key not in known_hosts")
+            transport.auth_publickey(fleet.user, key)
+            if not transport.is_authenticated():
+                raise BenchError(f"{host.name}: not authenticated")
+        finally:
+            transport.close()
+
+    def run() -> float:
+        start = time.perf_counter()
+        # Reading the key and known_hosts is part of what any tool pays per run.
+        key = paramiko.Ed25519Key.from_private_key_file(str(fleet.client_key))
+        known = paramiko.HostKeys(str(fleet.known_hosts))
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            for future in [pool.submit(handshake, node.host, key, known) for node in nodes]:
+                future.result()
+        return time.perf_counter() - start
+
+    return run
+
+
+def python_command(code: str, env: dict[str, str]) -> Callable[[], float]:
+    argv = [str(PYTHON), "-c", code]
+
+    def run() -> float:
+        elapsed, done = timed_run(argv, env)
+        require(done, True, f"python -c {code!r}")
+        return elapsed
+
+    return run
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Samples:
+    cold: float | None = None
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+
+def measure(methods: dict[str, Callable[[], float]], runs: int) -> dict[str, Samples]:
+    """One warm-up each, then `runs` rounds taking every method in turn, so that load from
+    the other users of this machine spreads over all methods rather than hitting one."""
+    samples = {name: Samples() for name in methods}
+    for name, run in methods.items():
+        samples[name].cold = run()
+    for _ in range(runs):
+        for name, run in methods.items():
+            samples[name].runs.append(run())
+    return samples
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def print_size_table(size: int, samples: dict[str, Samples]) -> None:
+    print(f"\nN = {size}: wall time in ms (median of {len(next(iter(samples.values())).runs)})")
+    print(f"  {'method':<28} {'median':>8} {'min':>8} {'max':>8} {'cold':>8}")
+    for name, sample in samples.items():
+        print(
+            f"  {name:<28} {ms(sample.median):>8} {ms(min(sample.runs)):>8} "
+            f"{ms(max(sample.runs)):>8} {ms(sample.cold):>8}"
+        )
+
+
+def summary_rows(results: dict[int, dict[str, float]]) -> list[list[str]]:
+    rows = []
+    for size, medians in results.items():
+        venusctl = medians.get("venusctl list")
+        floor = medians["(c) paramiko connect+auth"] + medians["python -c 'import paramiko'"]
+        row = [str(size)]
+        row.append(ms(venusctl))
+        row += [ms(medians["(a) ssh, xargs -P N"]), ms(medians.get("(b) ansible -m command"))]
+        row += [ms(medians["(c) paramiko connect+auth"]), ms(floor)]
+        if venusctl:
+            row.append(f"{venusctl / medians['(a) ssh, xargs -P N']:.2f}")
+            ansible = medians.get("(b) ansible -m command")
+            row.append(f"{ansible / venusctl:.1f}" if ansible else "-")
+            row.append(f"{venusctl / floor:.2f}")
+        else:
+            row += ["-", "-", "-"]
+        rows.append(row)
+    return rows
+
+
+SUMMARY_HEADERS = [
+    "N",
+    "venusctl",
+    "(a) ssh",
+    "(b) ansible",
+    "(c) connect",
+    "(c) total",
+    "venusctl/(a)",
+    "(b)/venusctl",
+    "venusctl/(c)",
+]
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def target_verdicts(medians: dict[str, float]) -> list[str]:
+    venusctl = medians.get("venusctl list")
+    if venusctl is None:
+        return ["venusctl not measured"]
+    openssh = medians["(a) ssh, xargs -P N"]
+    ansible = medians.get("(b) ansible -m command")
+    floor = medians["(c) paramiko connect+auth"] + medians["python -c 'import paramiko'"]
+    verdicts = [
+        verdict("venusctl <= 0.7 x (a)", venusctl / openssh, TARGET_VS_OPENSSH, "x (a)"),
+        verdict("venusctl <= 1.5 x (c) total", venusctl / floor, TARGET_VS_FLOOR, "x (c)"),
+    ]
+    if ansible:
+        ratio = ansible / venusctl
+        ok = ratio >= TARGET_ANSIBLE_FACTOR
+        verdicts.append(
+            f"(b) >= 10 x venusctl: {ratio:.1f}x -> {'met' if ok else 'MISSED'}"
+            + ("" if ok else f" (venusctl would need {ms(ansible / 10)} ms)")
+        )
+    return verdicts
+
+
+def verdict(label: str, ratio: float, limit: float, unit: str) -> str:
+    if ratio <= limit:
+        return f"{label}: {ratio:.2f} {unit} -> met"
+    return f"{label}: {ratio:.2f} {unit} -> MISSED by {(ratio / limit - 1) * 100:.0f}%"
+
+
+def command_output(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (done.stdout or done.stderr).strip()
+
+
+def machine_description() -> list[str]:
+    model = re.search(r"Model name:\s*(.+)", command_output(["lscpu"]))
+    memory = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+    paramiko_version = command_output(
+        [str(PYTHON), "-c", "import paramiko; print(paramiko.__version__)"]
+    )
+    ansible_version = command_output([str(ANSIBLE), "--version"]).splitlines()[:1]
+    return [
+        f"CPU: nproc {command_output(['nproc'])}, {model.group(1) if model else '?'}",
+        f"memory: {int(memory.group(1)) / 1024 / 1024:.1f} GiB" if memory else "memory: ?",
+        f"kernel: {platform.release()}",
+        f"Python: {command_output([str(PYTHON), '-VV'])}",
+        f"OpenSSH: {command_output(['ssh', '-V'])}",
+        f"paramiko: {paramiko_version}",
+        f"ansible: {ansible_version[0] if ansible_version else 'not installed'}",
+    ]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def ensure_ansible() -> bool:
+    if ANSIBLE.exists():
+        return True
+    # ansible-core is not a dependency of the project: installed here, on demand, into the
+    # venv. On Python 3.11 pip picks 2.19.x (2.20+ needs 3.12).
+    print("installing ansible-core into .venv (bench only) ...", flush=True)
+    done = subprocess.run([str(PYTHON), "-m", "pip", "install", "-q", "ansible-core"])
+    return done.returncode == 0 and ANSIBLE.exists()
+
+
+def stop_control_masters(root: Path) -> None:
+    """ansible leaves ssh ControlPersist masters behind; ask each to exit."""
+    control_dir = root / "ansible" / "cp"
+    if not control_dir.is_dir():
+        return
+    for control in control_dir.iterdir():
+        subprocess.run(
+            ["ssh", "-F", "/dev/null", "-O", "exit", "-o", f"ControlPath={control}", "bench"],
+            capture_output=True,
+            timeout=10,
+        )
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def methods_for_size(
+    size: int, fleet: SshFleet, nodes: list[Node], root: Path, options, env: dict[str, str]
+) -> dict[str, Callable[[], float]]:
+    chosen = nodes[:size]
+    directory = root / f"n{size}"
+    directory.mkdir()
+    methods = {}
+    if options.venusctl:
+        inventory = write(directory / "inventory.toml", venusctl_inventory(fleet, chosen))
+        methods["venusctl list"] = venusctl_list(inventory, [n.name for n in chosen], env)
+    lines = write(directory / "ssh-lines", openssh_lines(fleet, chosen))
+    methods["(a) ssh, xargs -P N"] = openssh_xargs(lines, size, env)
+    if options.ansible:
+        inventory = write(directory / "ansible.ini", ansible_inventory(fleet, chosen))
+        methods["(b) ansible -m command"] = ansible_command(inventory, size, env)
+    methods["(c) paramiko connect+auth"] = paramiko_floor(fleet, chosen)
+    methods["python -c 'import paramiko'"] = python_command("import paramiko", env)
+    return methods
+
+
+def run_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
+    env = bench_environment()
+    env["ANSIBLE_CONFIG"] = str(write(root / "ansible.cfg", ansible_cfg(root)))
+    results: dict[int, dict[str, float]] = {}
+    for size in options.sizes:
+        samples = measure(methods_for_size(size, fleet, nodes, root, options, env), options.runs)
+        print_size_table(size, samples)
+        results[size] = {name: sample.median for name, sample in samples.items()}
+    local = {"python -c pass": python_command("pass", env)}
+    if options.venusctl:
+        inventory = write(root / "local.toml", local_inventory(nodes[0]))
+        local["venusctl list (local transport)"] = venusctl_list(inventory, ["local"], env)
+    local_samples = measure(local, options.runs)
+    print_size_table(1, local_samples)
+
+    print("\nmachine:\n  " + "\n  ".join(machine_description()))
+    print("\nmedians, ms:\n")
+    print(markdown_table(SUMMARY_HEADERS, summary_rows(results)))
+    for name, sample in local_samples.items():
+        print(f"\n{name}: {ms(sample.median)} ms", end="")
+    print()
+    largest = max(results)
+    print(
+        f"\ntargets at N = {largest}"
+        + ("" if largest == TARGET_SIZE else " (targets are for N = 30)")
+    )
+    for line in target_verdicts(results[largest]):
+        print("  " + line)
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,10,30", help="comma-separated fleet sizes")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per method (median)")
+    parser.add_argument("--no-ansible", dest="ansible", action="store_false")
+    parser.add_argument("--no-venusctl", dest="venusctl", action="store_false")
+    options = parser.parse_args(argv)
+    options.sizes = sorted({int(size) for size in options.sizes.split(",")})
+    if options.runs < 1 or options.sizes[0] < 1:
+        parser.error("--runs and every size must be at least 1")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    if options.ansible and not ensure_ansible():
+        print("ansible-core could not be installed; running without (b)", file=sys.stderr)
+        options.ansible = False
+    # SIGTERM unwinds like Ctrl-C, through the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    root = Path(tempfile.mkdtemp(prefix="vfb-", dir="/tmp"))
+    fleet = SshFleet(root)
+    nodes: list[Node] = []
+    try:
+        for index in range(max(options.sizes)):
+            nodes.append(Node(fleet.add_host(f"h{index + 1:02d}")))
+            nodes[-1].host.start()
+        start_agents(nodes)
+        run_bench(options, root, fleet, nodes)
+    except BenchError as error:
+        print(f"bench failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not abandon the clean-up half way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_control_masters(root)
+        stop_agents(nodes)
+        fleet.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
