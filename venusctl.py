@@ -33,6 +33,7 @@ import fnmatch
 import getpass
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -1056,7 +1057,11 @@ class SshSession:
             if error.code == 1:
                 raise StreamForbidden("stream forwarding forbidden by sshd") from error
             if error.code == 2:
-                raise AgentNotRunning("agent not running") from error
+                # OpenSSH also says "connect failed" when AllowStreamLocalForwarding
+                # is off; auto then asks the CLI, which can tell the two apart.
+                raise AgentNotRunning(
+                    "agent not running (or sshd forbids stream forwarding)"
+                ) from error
             raise HostError(f"channel refused: {error.text}") from error
         return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
 
@@ -1228,6 +1233,11 @@ def connect_tcp(hostname: str, port: int, timeout: float) -> socket.socket:
 def connect_ssh(host: Host, context: SshContext) -> SshSession:
     import paramiko
 
+    # paramiko logs a failed connection from its own thread; without a
+    # handler Python prints that to stderr, next to the host row that
+    # already says what went wrong.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
     target = context.target(host)
     store = context.store(host.known_hosts)
     timeout = host.connect_timeout
@@ -1278,7 +1288,9 @@ def ssh_failure(error: BaseException, timeout: float) -> BaseException:
         text = str(error)
         if "No authentication methods" in text:
             return AuthenticationFailed("authentication failed (no key or ssh-agent identity)")
-        if "banner" in text or "timeout" in text.lower() or "Timeout" in text:
+        # "No existing session": start_client gave up waiting for the key
+        # exchange (paramiko does not raise on that timeout itself).
+        if "banner" in text or "timeout" in text.lower() or "No existing session" in text:
             return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
         return HostError(f"SSH error: {text}", "ssh-error")
     if isinstance(error, (TimeoutError, socket.timeout)):
@@ -1359,36 +1371,34 @@ def open_session(host: Host, context: SshContext) -> LocalSession | SshSession:
 def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
     """The host's report and threads, by the host's transport, with its fallbacks.
 
-    auto: stream, else exec when sshd forbids stream forwarding. auto and
-    local: when the daemon is down, the CLI still reads the stale heartbeat
-    file, so the row keeps its LastPing (with the "agent not running" error).
+    auto: the stream channel, else the CLI over exec. sshd answers "connect
+    failed" both when the socket is missing and when it forbids stream
+    forwarding, so only the CLI can tell a dead agent from a closed door.
+    Its `status` reads the heartbeat file, so a dead agent's row keeps its
+    (stale) LastPing. local: the CLI likewise when the socket is dead.
     """
     if host.transport == "exec":
         return session.cli().status()
     try:
         agent = session.open_rpc()
-    except StreamForbidden:
-        if host.transport != "auto":
-            raise
-        return session.cli().status()
-    except AgentNotRunning as down:
+    except (StreamForbidden, AgentNotRunning) as refused:
         if host.transport == "stream":
             raise
-        return _stale_status(session, down)
+        return _status_from_cli(session, refused)
     try:
         return agent.status()
     finally:
         agent.rpc.close()
 
 
-def _stale_status(session: LocalSession | SshSession, down: AgentNotRunning) -> HostStatus:
+def _status_from_cli(session: LocalSession | SshSession, refused: HostError) -> HostStatus:
     try:
         status = session.cli().status()
     except HostError:
-        # No CLI or no readable report: "agent not running" is still the news.
-        raise down from None
-    if status.threads is None:
-        status.error = status.error or down
+        # No usable CLI either: what the socket said is the better reason.
+        raise refused from None
+    if status.threads is None and status.error is None:
+        status.error = refused
     return status
 
 
@@ -1408,24 +1418,26 @@ class Action:
 
 
 def perform(session: LocalSession | SshSession, host: Host, action: Action) -> str:
-    """Do the action by the host's transport; returns the path used (stream, exec, ...)."""
-    if host.transport == "exec":
-        cli = session.cli()
-        action.via(cli)
-        return cli.via
-    try:
-        agent = session.open_rpc()
-    except StreamForbidden:
-        if host.transport != "auto":
-            raise
-        cli = session.cli()
-        action.via(cli)
-        return cli.via
-    try:
-        action.via(agent)
-    finally:
-        agent.rpc.close()
-    return agent.via
+    """Do the action by the host's transport; returns the path used (stream, exec, ...).
+
+    auto falls back to the CLI when the channel is refused (see query_status);
+    local does not: its CLI would only find the same dead socket.
+    """
+    if host.transport != "exec":
+        try:
+            agent = session.open_rpc()
+        except (StreamForbidden, AgentNotRunning):
+            if host.transport != "auto":
+                raise
+        else:
+            try:
+                action.via(agent)
+            finally:
+                agent.rpc.close()
+            return agent.via
+    cli = session.cli()
+    action.via(cli)
+    return cli.via
 
 
 def fan_out(

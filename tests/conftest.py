@@ -1,0 +1,253 @@
+"""Session fixtures: a real fleet of loopback sshd hosts, each with its own running agent.
+
+`ssh_fleet` starts OpenSSH sshd processes (tests/sshfleet.py: generated host
+keys, one client key, a known_hosts file) and one `venus-worker daemon` per
+worker host, with its own config, socket and state directory. Every worker
+runs the mock processor fast: thread #0 fails C2 permanently and stays
+paused at C1Done with an error (like the seed's example), thread #1 keeps
+sealing, so both a paused and a running thread exist to act on.
+
+Hosts (all in one SshFleet):
+
+- w1, w2, w3: plain workers (w3 is the one the pause/resume tests change);
+- nostream: a worker whose sshd has AllowStreamLocalForwarding no;
+- dead: a worker whose agent was stopped after writing its heartbeat;
+- down: an sshd that is not running;
+- rekey: an sshd (no agent) whose host key the tests may change.
+
+`write_inventory` turns host names into an inventory file for venusctl.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import tomlkit
+from sshfleet import SshFleet, SshHost
+
+BIN = Path(sys.executable).parent
+AGENT_COMMAND = str(BIN / "venus-worker")
+VENUSCTL_COMMAND = str(BIN / "venusctl")
+AGENT_START_TIMEOUT = 15.0
+
+AGENT_CONFIG = """\
+[worker]
+name = "{name}"
+socket = "{dir}/agent.sock"
+state_dir = "{dir}/state"
+ping_interval = "1s"
+
+[sealing]
+miner = 10000
+max_retries = 1
+recover_interval = "100ms"
+seal_interval = "200ms"
+
+[[sealing_thread]]
+location = "{dir}/store1"
+
+[[sealing_thread]]
+location = "{dir}/store2"
+
+[processors]
+kind = "mock"
+
+[processors.mock]
+duration = "200ms"
+wait_duration = "200ms"
+
+[[processors.mock.faults]]
+stage = "C2"
+level = "permanent"
+message = "No cached parameters found for stacked-proof-of-replication (test fleet)"
+threads = [0]
+"""
+
+
+class Agent:
+    """One `venus-worker daemon` with its own config, socket and state directory."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        self.name = name
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "venus-worker.toml"
+        self.socket = self.dir / "agent.sock"
+        self.report = self.dir / "state" / "report.json"
+        self.log = self.dir / "daemon.log"
+        self.config.write_text(AGENT_CONFIG.format(name=name, dir=self.dir))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [AGENT_COMMAND, "daemon", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_until_ready()
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"agent {self.name} exited: {self.log.read_text()[-2000:]}")
+            if self.report.exists() and self._accepts():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"agent {self.name} not ready: {self.log.read_text()[-2000:]}")
+
+    def wait_for_paused_thread_0(self) -> None:
+        """Thread #0 fails C2 and pauses at C1Done within about a second."""
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while time.monotonic() < deadline:
+            done = subprocess.run(
+                [AGENT_COMMAND, "worker", "-c", str(self.config), "list"],
+                capture_output=True,
+                text=True,
+            )
+            first = done.stdout.splitlines()[:1]
+            if first and "paused=true" in first[0] and "state=C1Done" in first[0]:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"agent {self.name}: thread #0 never paused at C1Done")
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+            return True
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Fleet:
+    """The running test fleet and how to write inventories for it."""
+
+    root: Path
+    ssh: SshFleet
+    hosts: dict[str, SshHost]
+    agents: dict[str, Agent] = field(default_factory=dict)
+    scripts: dict[str, Path] = field(default_factory=dict)
+
+    def host_table(self, sshd_name: str, /, **overrides: object) -> dict[str, object]:
+        """The [[host]] table for sshd `sshd_name` (with its agent's config and socket)."""
+        sshd = self.hosts[sshd_name]
+        table: dict[str, object] = {"name": sshd_name, "address": sshd.address, "port": sshd.port}
+        agent = self.agents.get(sshd_name)
+        if agent is not None:
+            table.update(config=str(agent.config), socket=str(agent.socket))
+        table.update(overrides)
+        return table
+
+    def defaults(self, **overrides: object) -> dict[str, object]:
+        values: dict[str, object] = {
+            "user": self.ssh.user,
+            "identity_file": str(self.ssh.client_key),
+            "known_hosts": str(self.ssh.known_hosts),
+            # no ~/.ssh/config of whoever runs the tests
+            "ssh_config": str(self.root / "no-ssh-config"),
+            "agent": AGENT_COMMAND,
+            "connect_timeout": 3,
+            "command_timeout": 5,
+        }
+        values.update(overrides)
+        return values
+
+
+def write_inventory(path: Path, hosts: list[dict], **defaults: object) -> Path:
+    document = tomlkit.document()
+    document["defaults"] = defaults
+    tables = tomlkit.aot()
+    for table in hosts:
+        tables.append(table)
+    document["host"] = tables
+    path.write_text(tomlkit.dumps(document))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ssh_fleet():
+    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()):
+        pytest.fail("sshd is missing: install openssh-server (scripts/test.sh does)")
+    # Short root: Unix socket paths must fit in 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="vc-", dir="/tmp"))
+    ssh = SshFleet(root / "ssh")
+    fleet = Fleet(root=root, ssh=ssh, hosts={})
+    try:
+        for name in ("w1", "w2", "w3", "nostream", "dead", "down", "rekey"):
+            options = {"AllowStreamLocalForwarding": "no"} if name == "nostream" else None
+            fleet.hosts[name] = ssh.add_host(name, sshd_options=options)
+        for name, sshd in fleet.hosts.items():
+            if name != "down":
+                sshd.start()
+        for name in ("w1", "w2", "w3", "nostream", "dead"):
+            fleet.agents[name] = Agent(name, root / "agents" / name)
+            fleet.agents[name].start()
+        for agent in fleet.agents.values():
+            agent.wait_for_paused_thread_0()
+        fleet.agents["dead"].stop()
+        fleet.scripts = _write_fake_agents(root / "fake-agents")
+        yield fleet
+    finally:
+        for agent in fleet.agents.values():
+            agent.stop()
+        ssh.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_fake_agents(directory: Path) -> dict[str, Path]:
+    """Stand-ins for a broken agent command on a host: garbage output, a hang."""
+    directory.mkdir(parents=True)
+    scripts = {
+        "garbage": "#!/bin/sh\necho 'Welcome to worker-7!'\necho '{\"report\": '\n",
+        # exec: the hang must end with the SSH channel, not keep sshd's session
+        "hang": "#!/bin/sh\nexec sleep 30\n",
+    }
+    paths = {}
+    for name, body in scripts.items():
+        path = directory / name
+        path.write_text(textwrap.dedent(body))
+        path.chmod(0o755)
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """A HOME of its own: no ~/.ssh of the machine, no ssh-agent of the user."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv("VENUSCTL_INVENTORY", raising=False)
+    return home
+
+
+def free_loopback_port(address: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]

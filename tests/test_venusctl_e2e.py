@@ -1,0 +1,575 @@
+"""venusctl end to end: real sshd hosts, real agents, real paramiko connections.
+
+The fleet (conftest.py) is shared by the session; tests that change a host
+(pause/resume on w3, a new host key on rekey) keep to their own host.
+venusctl.main runs in-process (capsys); a few tests run the console script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AGENT_COMMAND, VENUSCTL_COMMAND, free_loopback_port, write_inventory
+
+import venusctl
+
+DURATION = r"(\d+\.\ds|\d+s|\d+m\d+s|\d+h\d+m\d+s)"
+
+
+@pytest.fixture(autouse=True)
+def _no_user_environment(isolated_home):
+    """Nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in."""
+
+
+def run(capsys, inventory: Path, *argv: str) -> tuple[int, str, str]:
+    status = venusctl.main(["-i", str(inventory), *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def run_json(capsys, inventory: Path, *argv: str) -> tuple[int, dict]:
+    status, out, err = run(capsys, inventory, *argv, "--json")
+    return status, json.loads(out)
+
+
+def inventory(tmp_path, fleet, *tables, name="inventory.toml", **defaults) -> Path:
+    return write_inventory(tmp_path / name, list(tables), **fleet.defaults(**defaults))
+
+
+def rows_by_name(out: str) -> tuple[list[str], dict[str, list[str]]]:
+    header, *lines = out.splitlines()
+    headers = header.split()
+    rows = {}
+    for line in lines:
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = cells
+    return headers, rows
+
+
+def hosts_by_name(document: dict) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in document["hosts"]}
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+
+def test_list_shows_every_host_of_the_fleet_over_stream(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, *(ssh_fleet.host_table(n) for n in ("w1", "w2", "w3")))
+    status, out, err = run(capsys, path, "list")
+    assert status == 0, err
+    headers, rows = rows_by_name(out)
+    assert headers == ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPing"]
+    assert sorted(rows) == ["w1", "w2", "w3"]
+    w1 = rows["w1"]
+    sshd = ssh_fleet.hosts["w1"]
+    assert w1[1] == f"{sshd.address}:{sshd.port}"
+    assert w1[2] == "2"  # two sealing threads
+    assert int(w1[4]) >= 1 and int(w1[5]) >= 1  # thread #0 paused with its C2 error
+    assert re.fullmatch(DURATION, w1[6]), w1[6]  # fresh: no "!"
+
+
+def test_list_json_says_how_each_host_was_reached(tmp_path, capsys, ssh_fleet):
+    tables = [ssh_fleet.host_table("w1"), ssh_fleet.host_table("nostream")]
+    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    assert status == 0
+    assert document["expiration"] == 600.0
+    hosts = hosts_by_name(document)
+    assert hosts["w1"]["via"] == "stream"
+    # sshd forbids stream forwarding there: auto fell back to exec
+    assert hosts["nostream"]["via"] == "exec"
+    for entry in hosts.values():
+        assert entry["error"] is None and entry["expired"] is False
+        assert entry["version"] == "0.1.0"
+        assert entry["summary"]["Threads"] == 2 and entry["summary"]["Errors"] >= 1
+        assert set(entry["summary"]) == set(venusctl.SUMMARY_KEYS)
+        assert 0 <= entry["last_ping"] < 5
+
+
+def test_list_wide_adds_version_running_waiting(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"))
+    status, out, _ = run(capsys, path, "list", "--wide")
+    assert status == 0
+    headers, rows = rows_by_name(out)
+    assert headers == [
+        "Name",
+        "Dest",
+        "Version",
+        "Threads",
+        "Empty",
+        "Paused",
+        "Running",
+        "Waiting",
+        "Errors",
+        "LastPing",
+    ]
+    assert rows["w1"][2] == "0.1.0"
+
+
+def test_list_limit_by_group_and_glob(tmp_path, capsys, ssh_fleet):
+    tables = [
+        ssh_fleet.host_table("w1", groups=["gpu"]),
+        ssh_fleet.host_table("w2", groups=["cpu"]),
+        ssh_fleet.host_table("down"),  # would fail if it were asked
+    ]
+    path = inventory(tmp_path, ssh_fleet, *tables)
+    status, document = run_json(capsys, path, "list", "-l", "gpu", "--limit", "w[2]")
+    assert status == 0
+    assert [entry["name"] for entry in document["hosts"]] == ["w1", "w2"]
+    status, _, err = run(capsys, path, "list", "-l", "storage-*")
+    assert status == 2
+    assert "'storage-*' matches no host; known hosts: w1, w2, down; groups: cpu, gpu" in err
+
+
+def test_unreachable_hosts_get_rows_with_their_reason_and_exit_1(tmp_path, capsys, ssh_fleet):
+    w1 = ssh_fleet.hosts["w1"]
+    tables = [
+        ssh_fleet.host_table("w1"),
+        ssh_fleet.host_table("down"),  # sshd not running
+        ssh_fleet.host_table("w2", name="wrongport", port=free_loopback_port(w1.address)),
+    ]
+    status, out, _ = run(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    assert status == 1
+    headers, rows = rows_by_name(out)
+    assert headers[-1] == "Error"
+    assert rows["down"][2:] == ["-", "-", "-", "-", "-", "connection refused"]
+    assert rows["wrongport"][-1] == "connection refused"
+    assert rows["w1"][2] == "2" and len(rows["w1"]) == 7  # the good host is unaffected
+
+
+def test_a_host_that_never_speaks_ssh_times_out(tmp_path, capsys, ssh_fleet):
+    with socket.socket() as silent:  # the kernel accepts; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        tables = [
+            ssh_fleet.host_table("w1"),
+            {"name": "silent", "address": "127.0.0.1", "port": silent.getsockname()[1]},
+        ]
+        path = inventory(tmp_path, ssh_fleet, *tables, connect_timeout=1)
+        started = time.monotonic()
+        status, document = run_json(capsys, path, "list")
+        elapsed = time.monotonic() - started
+    hosts = hosts_by_name(document)
+    assert status == 1
+    assert hosts["silent"]["error"]["kind"] == "timeout"
+    assert "timeout after 1s" in hosts["silent"]["error"]["message"]
+    assert hosts["w1"]["error"] is None
+    assert elapsed < 5
+
+
+# -- host keys and authentication --------------------------------------------------------------
+
+
+def test_unknown_host_key_is_rejected(tmp_path, capsys, ssh_fleet):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), known_hosts=str(empty))
+    status, document = run_json(capsys, path, "list")
+    assert status == 1
+    error = document["hosts"][0]["error"]
+    assert error["kind"] == "unknown-host-key"
+    assert error["message"].startswith("unknown host key ssh-ed25519 SHA256:")
+    assert empty.read_text() == ""  # nothing recorded under the default policy
+
+
+def test_accept_new_records_the_key_then_it_is_known(tmp_path, capsys, ssh_fleet):
+    known_hosts = tmp_path / "known_hosts"
+    table = ssh_fleet.host_table("w1")
+    path = inventory(
+        tmp_path, ssh_fleet, table, known_hosts=str(known_hosts), host_key_policy="accept-new"
+    )
+    status, out, err = run(capsys, path, "list")
+    assert status == 0, out + err
+    assert known_hosts.read_text() == ssh_fleet.hosts["w1"].known_hosts_line() + "\n"
+    # the recorded key now passes the strict default policy
+    strict = inventory(tmp_path, ssh_fleet, table, name="strict.toml", known_hosts=str(known_hosts))
+    assert run(capsys, strict, "list")[0] == 0
+
+
+def test_changed_host_key_is_rejected_even_with_accept_new(tmp_path, capsys, ssh_fleet):
+    rekey = ssh_fleet.hosts["rekey"]
+    old_known_hosts = tmp_path / "known_hosts"
+    old_known_hosts.write_text(rekey.known_hosts_line() + "\n")
+    rekey.regenerate_host_key()  # the server now offers another key
+    for policy in ("reject", "accept-new"):
+        path = inventory(
+            tmp_path,
+            ssh_fleet,
+            ssh_fleet.host_table("rekey"),
+            name=f"{policy}.toml",
+            known_hosts=str(old_known_hosts),
+            host_key_policy=policy,
+        )
+        status, out, _ = run(capsys, path, "list")
+        assert status == 1
+        assert "host key mismatch (possible MITM)" in rows_by_name(out)[1]["rekey"][-1]
+    assert old_known_hosts.read_text() == rekey_line_before(old_known_hosts)
+
+
+def rekey_line_before(path: Path) -> str:
+    # The file was never rewritten: still exactly the one old line.
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    return lines[0] + "\n"
+
+
+def test_a_key_the_host_does_not_authorize_fails_authentication(tmp_path, capsys, ssh_fleet):
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), identity_file=str(stranger))
+    status, document = run_json(capsys, path, "list")
+    assert status == 1
+    assert document["hosts"][0]["error"] == {
+        "kind": "authentication-failed",
+        "message": "authentication failed",
+    }
+
+
+def test_ssh_config_supplies_hostname_port_user_and_identity(tmp_path, capsys, ssh_fleet):
+    w2 = ssh_fleet.hosts["w2"]
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        f"Host worker-two\n  HostName {w2.address}\n  Port {w2.port}\n"
+        f"  User {ssh_fleet.ssh.user}\n  IdentityFile {ssh_fleet.ssh.client_key}\n"
+    )
+    agent = ssh_fleet.agents["w2"]
+    table = {
+        "name": "w2",
+        "address": "worker-two",
+        "config": str(agent.config),
+        "socket": str(agent.socket),
+    }
+    defaults = ssh_fleet.defaults(ssh_config=str(ssh_config))
+    del defaults["user"], defaults["identity_file"]
+    path = write_inventory(tmp_path / "inventory.toml", [table], **defaults)
+    status, out, err = run(capsys, path, "list")
+    assert status == 0, out + err
+    assert rows_by_name(out)[1]["w2"][1] == "worker-two:22"  # Dest is the inventory's name
+
+
+def test_ssh_agent_identity_is_used(tmp_path, capsys, ssh_fleet, monkeypatch):
+    started = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True)
+    variables = dict(re.findall(r"(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;]+);", started.stdout))
+    try:
+        env = {**os.environ, **variables}
+        subprocess.run(
+            ["ssh-add", "-q", str(ssh_fleet.ssh.client_key)], env=env, check=True, timeout=10
+        )
+        monkeypatch.setenv("SSH_AUTH_SOCK", variables["SSH_AUTH_SOCK"])
+        defaults = ssh_fleet.defaults()
+        del defaults["identity_file"]  # no key file anywhere: only the agent has it
+        path = write_inventory(tmp_path / "inv.toml", [ssh_fleet.host_table("w1")], **defaults)
+        status, out, err = run(capsys, path, "list")
+        assert status == 0, out + err
+    finally:
+        os.kill(int(variables["SSH_AGENT_PID"]), signal.SIGTERM)
+
+
+# -- agent failures -----------------------------------------------------------------------------
+
+
+def test_stream_forbidden_by_sshd(tmp_path, capsys, ssh_fleet):
+    tables = [
+        ssh_fleet.host_table("nostream", transport="stream"),
+        ssh_fleet.host_table("nostream", name="nostream-exec", transport="exec"),
+    ]
+    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    hosts = hosts_by_name(document)
+    assert status == 1
+    # OpenSSH answers "connect failed" as for a missing socket: stream alone cannot tell
+    assert hosts["nostream"]["error"] == {
+        "kind": "agent-not-running",
+        "message": "agent not running (or sshd forbids stream forwarding)",
+    }
+    assert hosts["nostream-exec"]["error"] is None and hosts["nostream-exec"]["via"] == "exec"
+
+
+def test_stopped_agent_shows_its_stale_heartbeat_with_a_bang(tmp_path, capsys, ssh_fleet):
+    report = json.loads(ssh_fleet.agents["dead"].report.read_text())
+    while time.time() - report["time"] < 1.2:  # the agent stopped well after its last beat
+        time.sleep(0.1)
+    tables = [
+        ssh_fleet.host_table("dead"),
+        ssh_fleet.host_table("dead", name="dead-stream", transport="stream"),
+        ssh_fleet.host_table("w1"),
+    ]
+    path = inventory(tmp_path, ssh_fleet, *tables)
+    status, out, _ = run(capsys, path, "list", "--expiration", "1s")
+    assert status == 1
+    _, rows = rows_by_name(out)
+    dead = rows["dead"]
+    summary = report["summary"]  # the counts come from the last heartbeat
+    assert dead[2:6] == [str(summary[key]) for key in ("Threads", "Empty", "Paused", "Errors")]
+    assert re.fullmatch(DURATION + "!", dead[6]), dead[6]
+    assert dead[7] == "agent not running"
+    # stream only: no exec, so no report to read
+    assert rows["dead-stream"][2:7] == ["-", "-", "-", "-", "-"]
+    assert rows["dead-stream"][7].startswith("agent not running")
+    assert not rows["w1"][6].endswith("!")
+    # the same host within a generous expiration has no "!"
+    status, document = run_json(capsys, path, "list", "-l", "dead")
+    assert document["hosts"][0]["expired"] is False and document["hosts"][0]["last_ping"] > 1
+
+
+def test_info_of_a_stopped_agent_says_so_with_the_heartbeat_age(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("dead"))
+    status, out, err = run(capsys, path, "info", "dead")
+    assert status == 1 and out == ""
+    assert re.fullmatch(
+        rf"venusctl: dead: agent not running \(last heartbeat {DURATION} ago\)\n", err
+    )
+
+
+def test_garbage_on_stdout_is_an_unreadable_reply(tmp_path, capsys, ssh_fleet):
+    table = ssh_fleet.host_table("w1", transport="exec", agent=str(ssh_fleet.scripts["garbage"]))
+    status, out, _ = run(capsys, inventory(tmp_path, ssh_fleet, table), "list")
+    assert status == 1
+    assert rows_by_name(out)[1]["w1"][-1].startswith("unreadable reply")
+
+
+def test_missing_agent_command_is_agent_not_installed(tmp_path, capsys, ssh_fleet):
+    table = ssh_fleet.host_table("w1", transport="exec", agent="/opt/nowhere/venus-worker")
+    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, table), "list")
+    assert status == 1
+    assert document["hosts"][0]["error"]["kind"] == "agent-not-installed"
+    assert document["hosts"][0]["error"]["message"].startswith("agent not installed")
+
+
+def test_a_hanging_host_times_out_without_holding_up_the_others(tmp_path, capsys, ssh_fleet):
+    hang = str(ssh_fleet.scripts["hang"])
+    tables = [
+        ssh_fleet.host_table("w2", name="hung", transport="exec", agent=hang, command_timeout=1),
+        ssh_fleet.host_table("w1"),
+        ssh_fleet.host_table("w3"),
+    ]
+    started = time.monotonic()
+    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    elapsed = time.monotonic() - started
+    hosts = hosts_by_name(document)
+    assert status == 1
+    assert hosts["hung"]["error"] == {"kind": "timeout", "message": "timeout after 1s (command)"}
+    assert hosts["w1"]["error"] is None and hosts["w3"]["error"] is None
+    assert 1 <= elapsed < 3.5  # bounded by the one timeout, hosts asked in parallel
+
+
+def test_ctrl_c_stops_cleanly_with_130(tmp_path, ssh_fleet):
+    table = ssh_fleet.host_table(
+        "w2", name="hung", transport="exec", agent=str(ssh_fleet.scripts["hang"])
+    )
+    path = inventory(tmp_path, ssh_fleet, table, command_timeout=30)
+    process = subprocess.Popen(
+        [VENUSCTL_COMMAND, "-i", str(path), "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # connected and waiting on the hung command
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 130
+    assert err == "venusctl: interrupted\n"
+    assert out == ""
+
+
+# -- info, pause, resume --------------------------------------------------------------------------
+
+
+def test_info_by_name_and_by_address_port(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), ssh_fleet.host_table("w2"))
+    status, out, err = run(capsys, path, "info", "w1")
+    assert status == 0, err
+    header, first, second = out.splitlines()
+    assert header.split() == [
+        "Index",
+        "Loc",
+        "SectorID",
+        "Paused",
+        "PausedElapsed",
+        "State",
+        "LastErr",
+    ]
+    cells = re.split(r"\s{2,}", first)
+    agent_dir = ssh_fleet.agents["w1"].dir
+    assert cells[:2] == ["0", f"{agent_dir}/store1"]
+    assert re.fullmatch(r"s-t010000-\d+", cells[2])
+    assert cells[3:4] == ["true"] and re.fullmatch(DURATION, cells[4])
+    assert cells[5] == "C1Done"
+    assert cells[6].startswith("permanent: No cached parameters found")
+    assert second.startswith("1 ")
+    w2 = ssh_fleet.hosts["w2"]
+    status, out, _ = run(capsys, path, "info", f"{w2.address}:{w2.port}")
+    assert status == 0 and str(ssh_fleet.agents["w2"].dir / "store1") in out
+
+
+def test_info_wide_and_json(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"))
+    status, out, _ = run(capsys, path, "info", "w1", "--wide")
+    assert status == 0
+    header, first, _ = out.splitlines()
+    assert header.split()[-4:] == ["Plan", "Stage", "ThreadState", "LastErr"]
+    assert re.search(r"\ssealer\s+C2\s+Paused\(" + DURATION + r"\)\s+permanent: ", first)
+    status, document = run_json(capsys, path, "info", "w1")
+    assert status == 0 and document["error"] is None and document["via"] == "stream"
+    assert [thread["index"] for thread in document["threads"]] == [0, 1]
+    assert document["threads"][0]["job_state"] == "C1Done"
+
+
+def test_info_of_an_unknown_host_is_a_usage_error(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), ssh_fleet.host_table("w2"))
+    status, out, err = run(capsys, path, "info", "w9")
+    assert status == 2 and out == ""
+    assert err == "venusctl: unknown host 'w9'; known hosts: w1, w2\n"
+
+
+def wait_for_thread_state(path: Path, capsys, host: str, index: int, state: str) -> dict:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, document = run_json(capsys, path, "info", host)
+        thread = document["threads"][index]
+        if thread["thread_state"]["state"] == state:
+            return thread
+        time.sleep(0.1)
+    raise AssertionError(f"{host} #{index} never reached {state}: {thread}")
+
+
+def test_pause_then_resume_a_running_thread(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w3"))
+    status, out, err = run(capsys, path, "pause", "w3", "1")
+    assert (status, err) == (0, "")
+    assert out == "w3 #1: paused (a stage in flight finishes first)\n"
+    thread = wait_for_thread_state(path, capsys, "w3", 1, "Paused")
+    assert thread["last_error"] is None  # paused by hand, not by an error
+    status, out, _ = run(capsys, path, "resume", "w3", "1")
+    assert (status, out) == (0, "w3 #1: resumed\n")
+    # a thread that is not paused: the agent's refusal, shown as it is
+    status, out, err = run(capsys, path, "resume", "w3", "1")
+    assert (status, out) == (1, "")
+    assert err == "w3 #1: resume refused: worker #1 is not paused\n"
+    status, document = run_json(capsys, path, "resume", "w3", "1")
+    assert status == 1
+    assert document["error"] == {
+        "kind": "agent-refused",
+        "code": 1001,
+        "message": "worker #1 is not paused",
+    }
+
+
+def test_resume_into_a_state_and_refusals(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w3"))
+    wait_for_thread_state(path, capsys, "w3", 0, "Paused")
+    status, out, err = run(capsys, path, "resume", "w3", "0", "Bogus")
+    assert status == 1
+    assert err.startswith('w3 #0: resume refused: invalid state "Bogus" for plan sealer; valid')
+    assert "C1Done" in err
+    status, document = run_json(capsys, path, "resume", "w3", "0", "C1Done")
+    assert status == 0
+    assert document == {
+        "name": "w3",
+        "dest": ssh_fleet.host_table("w3")["address"] + f":{ssh_fleet.hosts['w3'].port}",
+        "action": "resume",
+        "index": 0,
+        "state": "C1Done",
+        "via": "stream",
+        "ok": True,
+        "error": None,
+    }
+    status, out, err = run(capsys, path, "pause", "w3", "9")
+    assert status == 1 and err == "w3 #9: pause refused: worker #9 not found\n"
+
+
+def test_pause_and_resume_fall_back_to_exec_where_stream_is_forbidden(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("nostream"))
+    status, document = run_json(capsys, path, "pause", "nostream", "1")
+    assert (status, document["via"], document["ok"]) == (0, "exec", True)
+    wait_for_thread_state(path, capsys, "nostream", 1, "Paused")
+    status, out, _ = run(capsys, path, "resume", "nostream", "1")
+    assert (status, out) == (0, "nostream #1: resumed\n")
+    status, out, err = run(capsys, path, "resume", "nostream", "1")
+    assert status == 1 and err == "nostream #1: resume refused: worker #1 is not paused\n"
+
+
+def test_pause_on_a_stopped_agent_fails(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("dead"))
+    status, out, err = run(capsys, path, "pause", "dead", "0")
+    assert status == 1 and err == "dead #0: pause failed: agent not running\n"
+
+
+# -- injection and validation before any connection ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["resume", "trap", "0", "C1Done;touch {marker}"],
+        ["resume", "trap", "0", "$(touch {marker})"],
+        ["pause", "trap", "0;touch {marker}"],
+        ["resume", "trap", "-1"],
+        ["pause", "trap", "1 2"],
+    ],
+)
+def test_injection_attempts_are_refused_before_any_connection(tmp_path, capsys, ssh_fleet, argv):
+    marker = tmp_path / "x"
+    with socket.socket() as trap:  # any connection attempt would be queued here
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        table = {"name": "trap", "address": "127.0.0.1", "port": trap.getsockname()[1]}
+        path = inventory(tmp_path, ssh_fleet, table, transport="exec")
+        args = [arg.format(marker=marker) for arg in argv]
+        status, out, err = run(capsys, path, *args)
+        readable, _, _ = select.select([trap], [], [], 0.2)
+    assert status == 2 and out == ""
+    assert err.startswith("venusctl: argument ")
+    assert readable == [], "venusctl connected although the arguments were invalid"
+    assert not marker.exists()
+
+
+# -- the console script ---------------------------------------------------------------------------
+
+
+def test_console_script_list_with_inventory_from_the_environment(tmp_path, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"))
+    env = {**os.environ, "VENUSCTL_INVENTORY": str(path)}
+    done = subprocess.run(
+        [VENUSCTL_COMMAND, "list"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].startswith("w1  ")
+
+
+def test_console_script_bad_inventory_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "inventory.toml"
+    bad.write_text('[[host]]\nname = "a"\naddress = "10.0.0.1"\nport = 0\n')
+    done = subprocess.run(
+        [VENUSCTL_COMMAND, "-i", str(bad), "list"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"venusctl: {bad}:4: port: must be an integer from 1 to 65535, got 0\n")
+
+
+def test_console_script_help_is_the_docstring(tmp_path):
+    done = subprocess.run([VENUSCTL_COMMAND, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "resume HOST INDEX [STATE]" in done.stdout
+    assert "exit status: 0 all done, 1 some host or operation failed" in done.stdout
+
+
+def test_debug_shows_the_traceback_of_a_failing_host(tmp_path, capsys, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("down"))
+    status, out, err = run(capsys, path, "list", "--debug")
+    assert status == 1
+    assert "--- down: traceback" in err and "ConnectionRefusedError" in err
+    status, out, err = run(capsys, path, "list")
+    assert "Traceback" not in err
+
+
+def test_agent_cli_is_where_the_tests_expect_it():
+    # The fleet runs the venv's agent by absolute path: sshd sessions have no venv PATH.
+    assert os.access(AGENT_COMMAND, os.X_OK)
