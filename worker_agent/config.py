@@ -14,6 +14,7 @@ Layout (all keys optional except ``location``)::
     socket_group = "venus"             # socket mode 0660 for that group (default 0600)
     state_dir = "/var/lib/venus-worker"
     ping_interval = "30s"
+    request_timeout = "10s"            # close a control connection idle/stalled this long
 
     [sealing]                          # defaults for every thread
     miner = 10000                      # sectors are named s-t0<miner>-<number>
@@ -84,7 +85,7 @@ class ConfigError(Exception):
 
 # ---------------------------------------------------------------- durations
 
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)\s*")
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|min|sec|s|m|h|d)\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
@@ -163,6 +164,7 @@ class Config:
     socket_group: str | None
     state_dir: Path
     ping_interval: float
+    request_timeout: float
     threads: tuple[ThreadConfig, ...]
     processor: str
     mock: MockConfig
@@ -427,6 +429,9 @@ def load_config(path: str | os.PathLike) -> Config:
     ping_interval = worker.duration("ping_interval", 30.0)
     if ping_interval <= 0:
         raise worker.error("ping_interval", "must be greater than zero")
+    request_timeout = worker.duration("request_timeout", 10.0)
+    if request_timeout <= 0:
+        raise worker.error("request_timeout", "must be greater than zero")
     worker.finish()
     sealing = _sealing(root.table("sealing"), SealingConfig())
     threads = _threads(root, folder, sealing)
@@ -439,6 +444,7 @@ def load_config(path: str | os.PathLike) -> Config:
         socket_group=group,
         state_dir=state_dir,
         ping_interval=ping_interval,
+        request_timeout=request_timeout,
         threads=threads,
         processor=kind,
         mock=mock,

@@ -73,7 +73,10 @@ class Daemon:
             self.threads.append(thread)
         service = WorkerService(self.threads, lambda: self._report)
         self.server = ControlServer(
-            config.socket, lambda body: handle_body(body, service.methods), config.socket_group
+            config.socket,
+            lambda body: handle_body(body, service.methods),
+            config.socket_group,
+            config.request_timeout,
         )
         self.write_report()
         for thread in self.threads:

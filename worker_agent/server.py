@@ -4,7 +4,8 @@
   at most ``MAX_BODY`` (413, connection closed, body never read). A request
   that is not HTTP gets 400 and the connection is closed.
 - Keep-alive: requests may follow each other on one connection. A connection
-  idle or stalled mid-request for ``IDLE_TIMEOUT`` seconds is closed, so a
+  idle or stalled mid-request for ``request_timeout`` seconds (10 s by
+  default, ``[worker] request_timeout``) is closed, so a
   half-sent request cannot hold a worker thread forever; other clients are
   served meanwhile (one thread per connection, at most ``MAX_CONNECTIONS``).
 - The socket file is created under ``umask(0o177)`` so it is ``0600`` from the
@@ -50,6 +51,14 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_TIMEOUT  # applied to the connection: bounds idle and stalled reads
     server_version = "venus-worker"
     sys_version = ""
+    # Answer garbage with a proper status line (the base class would answer it as HTTP/0.9).
+    default_request_version = "HTTP/1.1"
+    error_message_format = '{"error": "%(code)d %(message)s"}'
+    error_content_type = "application/json"
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout
+        super().setup()
 
     def address_string(self) -> str:
         return "unix"  # Unix peers have no address; the base class would index into ""
@@ -116,8 +125,11 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, path: str, handle_body: BodyHandler, group: str | None):
+    def __init__(
+        self, path: str, handle_body: BodyHandler, group: str | None, request_timeout: float
+    ):
         self.handle_body = handle_body
+        self.request_timeout = request_timeout
         self._group = group
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(path, _Handler, bind_and_activate=True)
@@ -184,11 +196,17 @@ def _open_to_group(path: str, group: str) -> None:
 class ControlServer:
     """The control socket, served from a background thread."""
 
-    def __init__(self, path: Path, handle_body: BodyHandler, group: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        handle_body: BodyHandler,
+        group: str | None = None,
+        request_timeout: float = IDLE_TIMEOUT,
+    ):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._server = _ThreadingUnixServer(str(path), handle_body, group)
+            self._server = _ThreadingUnixServer(str(path), handle_body, group, request_timeout)
         except OSError as exc:
             raise ServerError(f"cannot listen on {path}: {exc.strerror or exc}") from None
         self._thread = threading.Thread(

@@ -1,0 +1,239 @@
+"""Helpers for the worker_agent tests: configs, a real daemon process, a fake clock."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worker_agent.cli import main as cli_main
+from worker_agent.client import AgentClient
+
+REPO = Path(__file__).resolve().parent.parent
+SEED_MESSAGE = (
+    "No cached parameters found for stacked-proof-of-replication-merkletree-poseidon_hasher-"
+    "8-0-0-sha256_hasher-032d3138d22506ec0082ed72b2dcba18df18477904e35bafee82b3793b06832f "
+    "[failure finding /var/tmp/filecoin-proof-parameters/v28-stacked-proof-of-replication-"
+    "merkletree-poseidon_hasher-8-0-0-sha256_hasher-"
+    "032d3138d22506ec0082ed72b2dcba18df18477904e35bafee82b3793b06832f.params]"
+)
+
+
+@contextlib.contextmanager
+def short_tmp():
+    """A temp folder with a short path: Unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="va-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def write_config(
+    folder: Path,
+    threads: int = 2,
+    *,
+    sealing: str = 'seal_interval = "10ms"\nrecover_interval = "20ms"\nmax_retries = 2',
+    mock: str = 'duration = "10ms"\nwait_duration = "10ms"',
+    faults: str = "",
+    extra_thread: str = "",
+    processors: str = "",
+    worker: str = 'ping_interval = "200ms"',
+    name: str = "agent.toml",
+) -> Path:
+    """Write a config whose socket, state and stores all live in `folder`."""
+    lines = [
+        "[worker]",
+        'name = "test-worker"',
+        'socket = "agent.sock"',
+        'state_dir = "state"',
+        worker,
+        "[sealing]",
+        "miner = 10000",
+        sealing,
+    ]
+    for index in range(threads):
+        lines += ["[[sealing_thread]]", f'location = "store{index}"', extra_thread]
+    if processors:
+        lines.append(processors)
+    else:
+        lines += ["[processors]", 'kind = "mock"', "[processors.mock]", mock, faults]
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def seed_fault(stage: str = "C2", level: str = "permanent", message: str = SEED_MESSAGE) -> str:
+    return (
+        f'[[processors.mock.faults]]\nstage = "{stage}"\nlevel = "{level}"\nmessage = "{message}"\n'
+    )
+
+
+class Agent:
+    """A real `venus-worker daemon` process on a real socket."""
+
+    def __init__(self, config: Path):
+        self.config = config
+        self.folder = config.parent
+        self.socket = self.folder / "agent.sock"
+        self.state_dir = self.folder / "state"
+        self.proc: subprocess.Popen | None = None
+        self.log = self.folder / "daemon.log"
+
+    def start(self, wait: bool = True) -> Agent:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker_agent", "daemon", "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log_text()}")
+            try:
+                with AgentClient(self.socket, timeout=2) as client:
+                    client.call("VenusWorker.WorkerVersion")
+                return True
+            except OSError:
+                return False
+            except Exception:
+                return False
+
+        wait_until(ready, timeout, what="daemon socket")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def call(self, method: str, *params):
+        with AgentClient(self.socket, timeout=10) as client:
+            return client.call(f"VenusWorker.{method}", *params)
+
+    def infos(self) -> list[dict]:
+        return self.call("WorkerList")
+
+    def wait_for(self, predicate, timeout: float = 10.0, what: str = "thread state"):
+        def check():
+            infos = self.infos()
+            return infos if predicate(infos) else None
+
+        return wait_until(check, timeout, what=what)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def running_agent(config: Path):
+    agent = Agent(config).start()
+    try:
+        yield agent
+    finally:
+        agent.close()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run venus-worker's main() in-process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    status = cli_main(list(args), stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def cli_json(*args: str):
+    status, out, _ = cli(*args, "--json")
+    return status, json.loads(out)
+
+
+def raw_http(path: Path, data: bytes, timeout: float = 5.0, shut_write: bool = False) -> bytes:
+    """Send raw bytes on the socket and read until the server closes or the timeout."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def post(body: bytes, extra_headers: str = "") -> bytes:
+    head = (
+        f"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra_headers}\r\n"
+    )
+    return head.encode() + body
+
+
+class FakeClock:
+    """Time that only moves when the thread under test waits."""
+
+    def __init__(self):
+        self.wall = 1_800_000_000.0
+        self.mono = 100.0
+        self.waits: list[float | None] = []
+        self.on_wait = None  # called once when a wait starts: "something happens meanwhile"
+
+    def now(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+    def wait(self, cond, predicate, timeout):
+        if self.on_wait is not None:
+            hook, self.on_wait = self.on_wait, None
+            hook()
+        if predicate():
+            return True
+        self.waits.append(timeout)
+        if timeout is None:
+            raise AssertionError("the thread would block forever")
+        self.advance(timeout)
+        return predicate()

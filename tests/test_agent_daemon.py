@@ -1,0 +1,457 @@
+"""A real daemon process on a real Unix socket: API, HTTP edge cases, CLI, lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import threading
+import time
+
+import pytest
+from agent_helpers import (
+    SEED_MESSAGE,
+    Agent,
+    cli,
+    cli_json,
+    post,
+    raw_http,
+    running_agent,
+    seed_fault,
+    short_tmp,
+    wait_until,
+    write_config,
+)
+
+from worker_agent.client import AgentClient
+from worker_agent.protocol import RpcError
+
+# Threads 0 and 1 pause at C1Done on the seed's C2 error; thread 2 (unseal, one task
+# per hour) is never paused, for the "not paused" cases.
+SHARED_CONFIG = dict(
+    threads=2,
+    faults=seed_fault() + "threads = [0, 1]\n",
+    worker='ping_interval = "200ms"\nrequest_timeout = "1s"',
+)
+UNSEAL_THREAD = (
+    '[[sealing_thread]]\nlocation = "store2"\nplan = "unseal"\nsealing.seal_interval = "1h"\n'
+)
+
+
+@pytest.fixture(scope="module")
+def agent():
+    with short_tmp() as folder:
+        config = write_config(folder, **SHARED_CONFIG)
+        text = config.read_text().replace("[processors]", UNSEAL_THREAD + "[processors]")
+        config.write_text(text)
+        with running_agent(config) as running:
+            running.wait_for(
+                lambda infos: (
+                    [i["job_state"] for i in infos[:2]] == ["C1Done", "C1Done"]
+                    and all(i["thread_state"]["state"] == "Paused" for i in infos[:2])
+                ),
+                what="threads 0 and 1 paused at C1Done",
+            )
+            yield running
+
+
+def rpc(agent: Agent, body: bytes) -> tuple[int, dict | list | None]:
+    reply = raw_http(agent.socket, post(body), timeout=5)
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return status, json.loads(payload) if payload else None
+
+
+# ---------------------------------------------------------------- API
+
+
+def test_list_shows_the_seed_lines(agent):
+    status, out, _ = cli("worker", "--socket", str(agent.socket), "list")
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 3
+    for index in (0, 1):
+        assert lines[index].startswith(
+            f'#{index}: "{agent.folder}/store{index}"; sector_id=Some(s-t010000-'
+        )
+        assert ", paused=true, paused_elapsed=Some(" in lines[index]
+        assert lines[index].endswith(f', state=C1Done, last_err=Some("permanent: {SEED_MESSAGE}")')
+    assert ", paused=false, paused_elapsed=None, " in lines[2] and lines[2].endswith(
+        "last_err=None"
+    )
+
+
+def test_list_json_is_worker_info(agent):
+    status, infos = cli_json("worker", "--socket", str(agent.socket), "list")
+    assert status == 0
+    first = infos[0]
+    assert set(first) == {
+        "index", "location", "plan", "job_id", "job_state", "job_stage", "thread_state",
+        "state_elapsed", "last_error",
+    }  # fmt: skip
+    assert (first["plan"], first["job_state"], first["job_stage"]) == ("sealer", "C1Done", "C2")
+    assert first["thread_state"]["state"] == "Paused" and first["thread_state"]["proc"] is None
+    assert isinstance(first["thread_state"]["elapsed"], int)
+    assert first["last_error"] == f"permanent: {SEED_MESSAGE}"
+    assert infos[2]["plan"] == "unseal" and infos[2]["last_error"] is None
+
+
+def test_pause_is_idempotent_on_a_paused_thread(agent):
+    before = agent.infos()[0]
+    assert cli("worker", "--socket", str(agent.socket), "pause", "--index", "0")[:2] == (
+        0,
+        "#0 worker pause done=true\n",
+    )
+    assert cli_json("worker", "--socket", str(agent.socket), "pause", "-i", "0") == (0, True)
+    after = agent.infos()[0]
+    assert after["last_error"] == before["last_error"] and after["job_state"] == "C1Done"
+
+
+def test_resume_of_a_thread_that_is_not_paused_is_error_1001(agent):
+    status, reply = cli_json("worker", "--socket", str(agent.socket), "resume", "--index", "2")
+    assert status == 1
+    assert reply == {"error": {"code": 1001, "message": "worker #2 is not paused"}}
+
+
+def test_resume_with_a_bad_state_lists_the_valid_ones(agent):
+    status, out, err = cli(
+        "worker", "--socket", str(agent.socket), "resume", "-i", "0", "-s", "PC9"
+    )
+    assert status == 1 and out == ""
+    assert 'invalid state "PC9" for plan sealer; valid states: Empty, Allocated,' in err
+    assert agent.infos()[0]["thread_state"]["state"] == "Paused"
+
+
+def test_bad_index(agent):
+    status, reply = cli_json("worker", "--socket", str(agent.socket), "pause", "--index", "9")
+    assert status == 1 and reply["error"] == {"code": -32602, "message": "worker #9 not found"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.Nope","params":[]}', -32601),
+        (b'{"jsonrpc":"1.0","id":1,"method":"VenusWorker.WorkerList"}', -32600),
+        (b'"just a string"', -32600),
+        (b"[]", -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerList","params":[1]}', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerPause","params":["0"]}', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerPause","params":{"i":0}}', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerResume","params":[0,5]}', -32602),
+        (b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerPause","params":[true]}', -32602),
+    ],
+)
+def test_bad_requests_get_json_rpc_errors_and_the_daemon_keeps_serving(agent, body, code):
+    status, reply = rpc(agent, body)
+    assert status == 200 and reply["error"]["code"] == code and reply["jsonrpc"] == "2.0"
+    assert agent.call("WorkerVersion") == "0.1.0"
+
+
+def test_batch_and_notifications(agent):
+    batch = [
+        {"jsonrpc": "2.0", "id": "a", "method": "VenusWorker.WorkerVersion"},
+        {"jsonrpc": "2.0", "method": "VenusWorker.WorkerPause", "params": [0]},
+        {"jsonrpc": "2.0", "id": 7, "method": "VenusWorker.Missing", "params": []},
+    ]
+    status, replies = rpc(agent, json.dumps(batch).encode())
+    assert status == 200
+    assert [r["id"] for r in replies] == ["a", 7]
+    assert replies[0]["result"] == "0.1.0" and replies[1]["error"]["code"] == -32601
+    only_notifications = json.dumps(batch[1:2]).encode()
+    assert rpc(agent, only_notifications) == (204, None)
+
+
+def test_http_edges(agent):
+    assert raw_http(agent.socket, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 405")
+    no_length = b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert raw_http(agent.socket, no_length).startswith(b"HTTP/1.1 411")
+    assert raw_http(agent.socket, b"\x16\x03\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+
+def test_a_body_over_1_mib_is_refused_without_being_read(agent):
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % ((1 << 20) + 1)
+    reply = raw_http(agent.socket, head + b"[" * 4096)
+    assert reply.startswith(b"HTTP/1.1 413") and b"Connection: close" in reply
+    at_limit = b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerVersion"}'
+    at_limit += b" " * ((1 << 20) - len(at_limit))
+    status, body = rpc(agent, at_limit)
+    assert status == 200 and body["result"] == "0.1.0"
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(agent):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(agent.socket))
+        body = b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerVersion"}'
+        sock.sendall(post(body) * 3)
+        received = b""
+        while received.count(b'"result":"0.1.0"') < 3:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed early"
+            received += chunk
+        assert received.count(b"HTTP/1.1 200") == 3
+
+
+def test_a_stalled_half_request_is_closed_while_others_are_served(agent):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(str(agent.socket))
+        stalled.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Len")  # ...and nothing more
+        started = time.monotonic()
+        for _ in range(5):  # meanwhile other clients are served promptly
+            t0 = time.monotonic()
+            assert agent.call("WorkerVersion") == "0.1.0"
+            assert time.monotonic() - t0 < 0.5
+        stalled.settimeout(5)
+        assert stalled.recv(100) == b""  # the server hung up (request_timeout = 1s)
+        assert 0.8 < time.monotonic() - started < 4
+
+
+def test_a_stalled_body_is_closed_too(agent):
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+    started = time.monotonic()
+    assert raw_http(agent.socket, head, timeout=5) == b""
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_works_as_a_client(agent):
+    request = '{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerList","params":[]}'
+    result = subprocess.run(
+        ["curl", "-sS", "--unix-socket", str(agent.socket), "-d", request, "http://localhost/"],
+        capture_output=True,
+        timeout=20,
+        check=True,
+    )
+    reply = json.loads(result.stdout)
+    assert reply["id"] == 1 and [i["index"] for i in reply["result"]] == [0, 1, 2]
+
+
+def test_socket_is_mode_0600(agent):
+    mode = os.lstat(agent.socket).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _proc_net_inodes(name: str) -> set[int]:
+    try:
+        with open(f"/proc/net/{name}") as table:
+            lines = table.read().splitlines()[1:]
+    except FileNotFoundError:
+        return set()
+    column = 9 if name != "unix" else 6
+    return {int(line.split()[column]) for line in lines if len(line.split()) > column}
+
+
+def test_no_tcp_or_udp_socket_is_open(agent):
+    with AgentClient(agent.socket) as client:  # hold a connection so the daemon has >1 socket
+        client.call("VenusWorker.WorkerVersion")
+        inodes = _socket_inodes(agent.proc.pid)
+    assert inodes & _proc_net_inodes("unix"), "the inode check does not see the unix socket"
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        assert not inodes & _proc_net_inodes(table), f"daemon has a {table} socket"
+
+
+def test_heartbeat_report_is_rewritten_every_ping_interval(agent):
+    path = agent.state_dir / "report.json"
+    first = json.loads(path.read_text())
+    wait_until(lambda: json.loads(path.read_text())["time"] > first["time"], 5, what="new report")
+    report = json.loads(path.read_text())
+    assert report["name"] == "test-worker" and report["pid"] == agent.proc.pid
+    summary = report["summary"]
+    assert (summary["Threads"], summary["Paused"], summary["Errors"]) == (3, 2, 2)
+    assert set(summary) == {"Threads", "Empty", "Paused", "Running", "Waiting", "Errors"}
+    assert report["schema"] == 1 and report["ping_interval"] == 0.2
+    via_rpc = agent.call("WorkerReport")
+    assert 0 <= via_rpc["age"] < 5 and via_rpc["summary"]["Threads"] == 3
+
+
+def test_status_json_has_report_threads_and_no_error(agent):
+    status, document = cli_json("worker", "--socket", str(agent.socket),
+                                "--state-dir", str(agent.state_dir), "status")  # fmt: skip
+    assert status == 0 and document["error"] is None
+    assert document["report"]["summary"]["Threads"] == 3 and document["report"]["age"] >= 0
+    assert len(document["threads"]) == 3
+
+
+# ---------------------------------------------------------------- behaviour, own daemons
+
+
+def test_pause_mid_stage_keeps_the_stages_result_and_resume_continues():
+    with short_tmp() as folder:
+        config = write_config(
+            folder, threads=1, mock='duration = "10ms"\ndurations = { PC1 = "1500ms" }'
+        )
+        with running_agent(config) as agent:
+            running = agent.wait_for(
+                lambda i: i[0]["job_stage"] == "PC1" and i[0]["thread_state"]["state"] == "Running",
+                what="PC1 running",
+            )[0]
+            assert running["thread_state"]["proc"] == "mock"
+            assert agent.call("WorkerPause", 0) is True
+            agent.wait_for(lambda i: i[0]["thread_state"]["state"] == "Paused", what="paused")
+            paused = agent.infos()[0]
+            assert paused["job_state"] == "PC1Done" and paused["last_error"] is None
+            record = json.loads((folder / "store0/meta/task.json").read_text())
+            assert record["paused"] is True and record["task"]["state"] == "PC1Done"
+            assert (folder / f"store0/data/{paused['job_id']}.PC1").exists()
+            assert cli("worker", "-c", str(config), "resume", "-i", "0")[0] == 0
+            agent.wait_for(lambda i: i[0]["job_state"] not in ("PC1Done",), what="moved on")
+
+
+def test_pause_interrupts_a_chain_wait_at_once():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=1, mock='duration = "10ms"\nwait_duration = "1h"')
+        with running_agent(config) as agent:
+            waiting = agent.wait_for(
+                lambda i: (
+                    i[0]["job_stage"] == "WaitPCLanded" and i[0]["thread_state"]["state"] != "Idle"
+                ),
+                what="waiting",
+            )[0]
+            assert waiting["thread_state"] == {"state": "Waiting", "elapsed": 0, "proc": None}
+            started = time.monotonic()
+            agent.call("WorkerPause", 0)
+            agent.wait_for(lambda i: i[0]["thread_state"]["state"] == "Paused", 2, "paused")
+            assert time.monotonic() - started < 1.0
+            assert agent.infos()[0]["job_state"] == "PCSubmitted"
+
+
+def test_resume_to_aborted_drops_the_task_and_its_data():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=1, faults=seed_fault())
+        with running_agent(config) as agent:
+            agent.wait_for(lambda i: i[0]["last_error"] is not None, what="C2 failure")
+            assert agent.infos()[0]["job_id"] == "s-t010000-1"
+            assert any((folder / "store0/data").iterdir())
+            status, out, _ = cli(
+                "worker", "-c", str(config), "resume", "-i", "0", "--state", "Aborted"
+            )
+            assert (status, out) == (0, "#0 worker resume done=true\n")
+            agent.wait_for(lambda i: i[0]["job_id"] == "s-t010000-2", what="next sector")
+            leftovers = [p.name for p in (folder / "store0/data").iterdir()]
+            assert not [name for name in leftovers if name.startswith("s-t010000-1.")]
+
+
+def test_paused_threads_stay_paused_across_a_kill_and_restart():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=2, faults=seed_fault() + "threads = [0]\n")
+        agent = Agent(config).start()
+        try:
+            agent.wait_for(lambda i: i[0]["last_error"] is not None, what="thread 0 paused")
+            agent.call("WorkerPause", 1)
+            agent.wait_for(lambda i: i[1]["thread_state"]["state"] == "Paused", what="1 paused")
+            before = agent.infos()
+            agent.kill()
+            agent.start()
+            after = agent.infos()
+            for old, new in zip(before, after, strict=True):
+                assert new["thread_state"]["state"] == "Paused"
+                for key in ("job_id", "job_state", "last_error"):
+                    assert new[key] == old[key]
+                assert new["thread_state"]["elapsed"] >= old["thread_state"]["elapsed"]
+        finally:
+            agent.close()
+
+
+def test_sigterm_stops_cleanly_and_removes_the_socket():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=2, mock='duration = "300ms"')
+        agent = Agent(config).start()
+        try:
+            agent.wait_for(lambda i: all(x["job_id"] for x in i), what="tasks started")
+            started = time.monotonic()
+            assert agent.terminate() == 0
+            assert time.monotonic() - started < 5
+            assert not agent.socket.exists()
+            assert "stopped" in agent.log_text()
+            for index in (0, 1):
+                record = json.loads((folder / f"store{index}/meta/task.json").read_text())
+                assert record["schema"] == 1 and record["task"]["sector_id"]
+            status, out, err = cli("worker", "-c", str(config), "list")
+            assert status == 3 and err == f"venus-worker: agent not running at {agent.socket}\n"
+            status, reply = cli_json("worker", "-c", str(config), "list")
+            assert status == 3 and reply["error"]["code"] == -32099
+            status, report = cli_json("worker", "-c", str(config), "report")
+            assert status == 0 and report["summary"]["Threads"] == 2 and report["age"] >= 0
+            status, document = cli_json("worker", "-c", str(config), "status")
+            assert status == 3 and document["threads"] is None
+            assert document["report"]["name"] == "test-worker"
+            assert document["error"]["message"].startswith("agent not running at")
+        finally:
+            agent.close()
+
+
+def test_report_before_any_daemon_ran_says_so():
+    with short_tmp() as folder:
+        config = write_config(folder)
+        status, reply = cli_json("worker", "-c", str(config), "report")
+        assert status == 3 and "no heartbeat report" in reply["error"]["message"]
+        status, document = cli_json("worker", "-c", str(config), "status")
+        assert status == 3 and document["report"] is None and document["threads"] is None
+
+
+def test_stale_socket_is_replaced_but_other_files_are_not():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=1)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(folder / "agent.sock"))
+        stale.close()  # a socket file nobody listens on, as after a crash
+        with running_agent(config) as agent:
+            assert agent.call("WorkerVersion") == "0.1.0"
+            second = Agent(config).start(wait=False)
+            assert second.proc.wait(20) == 1
+            assert "another daemon is using state_dir" in second.log_text()
+            assert agent.call("WorkerVersion") == "0.1.0"  # the first one is untouched
+        (folder / "agent.sock").unlink(missing_ok=True)
+        (folder / "agent.sock").write_text("not a socket")
+        refused = Agent(config).start(wait=False)
+        assert refused.proc.wait(20) == 1
+        assert "exists and is not a socket" in refused.log_text()
+        assert (folder / "agent.sock").read_text() == "not a socket"
+
+
+def test_another_agent_on_the_same_socket_is_refused():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=1)
+        other = write_config(folder, threads=1, name="other.toml")
+        other.write_text(other.read_text().replace('state_dir = "state"', 'state_dir = "state2"')
+                         .replace('"store0"', '"store9"'))  # fmt: skip
+        with running_agent(config) as agent:
+            second = Agent(other).start(wait=False)
+            assert second.proc.wait(20) == 1
+            assert "another agent is already listening on" in second.log_text()
+            assert agent.socket.exists() and agent.call("WorkerVersion") == "0.1.0"
+
+
+def test_concurrent_clients_are_all_served(agent):
+    errors = []
+
+    def hammer():
+        try:
+            with AgentClient(agent.socket) as client:
+                for _ in range(30):
+                    client.call("VenusWorker.WorkerList")
+        except (RpcError, OSError) as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=hammer) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert errors == []
+    assert agent.proc.poll() is None

@@ -1,0 +1,328 @@
+"""The sealing thread's logic, stepped by hand with a fake clock: no sleeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from agent_helpers import FakeClock
+
+from worker_agent.config import SealingConfig, ThreadConfig
+from worker_agent.processors import Done, Failed, Interrupted
+from worker_agent.states import Event, Level, State
+from worker_agent.store import SectorCounter, TaskStore
+from worker_agent.thread import (
+    IllegalTransition,
+    InvalidState,
+    NoTask,
+    NotPaused,
+    SealingThread,
+    change_state,
+)
+
+
+class ScriptedProcessor:
+    """Returns queued outcomes per stage (Done when none); can run a hook mid-stage."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.outcomes: dict[str, list] = {}
+        self.hooks: dict[str, object] = {}
+        self.ran: list[str] = []
+
+    def fail(self, stage: str, *outcomes) -> None:
+        self.outcomes.setdefault(stage, []).extend(outcomes)
+
+    def run(self, ctx):
+        self.ran.append(ctx.stage)
+        hook = self.hooks.pop(ctx.stage, None)
+        if hook:
+            hook(ctx)
+        queue = self.outcomes.get(ctx.stage)
+        if queue:
+            return queue.pop(0)
+        (ctx.data_dir / f"{ctx.sector_id}.{ctx.stage}").write_text("x")
+        return Done()
+
+
+@pytest.fixture
+def world(tmp_path):
+    clock = FakeClock()
+    processor = ScriptedProcessor()
+    counter = SectorCounter(tmp_path / "state")
+    (tmp_path / "state").mkdir()
+
+    def make(plan="sealer", max_retries=2, recover=60.0, seal=30.0):
+        config = ThreadConfig(
+            0, tmp_path / "store", plan, SealingConfig(10000, max_retries, recover, seal)
+        )
+        store = TaskStore(config.location)
+        store.prepare()
+        return SealingThread(config, store, counter, processor, clock)
+
+    return clock, processor, counter, make
+
+
+def step_until(thread: SealingThread, predicate, limit: int = 100) -> None:
+    for _ in range(limit):
+        if predicate(thread):
+            return
+        thread.step()
+    raise AssertionError(f"not reached after {limit} steps: {thread.info()}")
+
+
+def state_of(thread: SealingThread) -> str:
+    return thread.info()["job_state"]
+
+
+def test_runs_a_sector_from_allocation_to_finished_then_starts_the_next(world):
+    clock, processor, counter, make = world
+    thread = make()
+    thread.step()
+    assert thread.info()["job_id"] == "s-t010000-1" and state_of(thread) == "Allocated"
+    step_until(thread, lambda t: t.record.task is None)
+    assert processor.ran[0] == "AcquireDeals" and processor.ran[-1] == "WaitProofLanded"
+    assert list(thread.store.data_dir.iterdir()) == []  # finished: data cleaned
+    waited_before = list(clock.waits)
+    thread.step()  # waits seal_interval, then allocates the next sector
+    assert clock.waits[len(waited_before) :] == [30.0]
+    assert thread.info()["job_id"] == "s-t010000-2"
+    assert counter.last(10000) == 2
+
+
+def test_temporary_errors_retry_with_recover_interval_then_become_permanent(world):
+    clock, processor, _, make = world
+    thread = make(max_retries=2, recover=60.0)
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    processor.fail("PC1", *[Failed(Level.TEMPORARY, "disk busy")] * 3)
+    clock.waits.clear()
+    thread.step()
+    thread.step()
+    assert thread.record.task.retry == 2 and clock.waits == [60.0, 60.0]
+    thread.step()  # third failure: retries exhausted
+    info = thread.info()
+    assert info["thread_state"]["state"] == "Paused"
+    assert info["last_error"] == "permanent: disk busy (still failing after 2 retries)"
+    assert info["job_state"] == "TicketAssigned" and thread.record.task.retry == 0
+
+
+def test_temporary_error_then_success_moves_on(world):
+    clock, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    processor.fail("PC1", Failed(Level.TEMPORARY, "flaky"))
+    thread.step()
+    thread.step()
+    assert state_of(thread) == "PC1Done" and not thread.record.paused
+
+
+@pytest.mark.parametrize("level", [Level.PERMANENT, Level.CRITICAL])
+def test_permanent_and_critical_errors_pause_with_prefixed_last_error(world, level):
+    _, processor, _, make = world
+    thread = make()
+    processor.fail("C2", Failed(level, "No cached parameters found"))
+    step_until(thread, lambda t: t.record.paused)
+    info = thread.info()
+    assert info["job_state"] == "C1Done" and info["job_stage"] == "C2"
+    assert info["last_error"] == f"{level.value}: No cached parameters found"
+    thread.step()  # paused: a step does nothing
+    assert state_of(thread) == "C1Done"
+
+
+def test_abort_clears_data_and_starts_a_new_task(world):
+    clock, processor, _, make = world
+    thread = make()
+    processor.fail("PC2", Failed(Level.ABORT, "ticket expired"))
+    step_until(thread, lambda t: state_of(t) == "PC1Done")
+    assert any(thread.store.data_dir.iterdir())
+    thread.step()
+    assert thread.record.task is None and not thread.record.paused
+    assert list(thread.store.data_dir.iterdir()) == []
+    thread.step()
+    assert thread.info()["job_id"] == "s-t010000-2"  # never reuses number 1
+
+
+def test_pause_during_a_stage_keeps_that_stages_result(world):
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    processor.hooks["PC1"] = lambda ctx: thread.request_pause()
+    thread.step()  # PC1 completes although a pause arrived while it ran
+    assert state_of(thread) == "PC1Done"
+    assert thread.store.load().task.state is State.PC1Done  # persisted, not thrown away
+    thread.step()  # the boundary: now it pauses
+    assert thread.info()["thread_state"]["state"] == "Paused"
+    assert thread.info()["last_error"] is None  # paused by hand: no error
+    assert processor.ran.count("PC1") == 1
+
+
+def test_pause_interrupts_a_retry_back_off_at_once(world):
+    clock, processor, _, make = world
+    thread = make(recover=3600.0)
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    processor.fail("PC1", Failed(Level.TEMPORARY, "busy"))
+    clock.on_wait = thread.request_pause  # the pause arrives during the one-hour back-off
+    before = clock.monotonic()
+    thread.step()
+    assert clock.monotonic() == before  # the back-off ended at once
+    thread.step()
+    assert thread.record.paused and state_of(thread) == "TicketAssigned"
+
+
+def test_pause_interrupts_the_wait_between_tasks(world):
+    clock, _, _, make = world
+    thread = make(seal=3600.0)
+    thread._next_task_at = clock.monotonic() + 3600.0
+    clock.on_wait = thread.request_pause
+    thread.step()
+    thread.step()
+    assert thread.record.paused and thread.record.task is None and clock.waits == []
+
+
+def test_chain_wait_is_cut_short_by_pause(world):
+    clock, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "PersistanceSubmitted")
+
+    def wait_for_seed(ctx):
+        thread.request_pause()
+        processor.fail("WaitSeed", Interrupted() if ctx.wait(600) else Done())
+
+    processor.hooks["WaitSeed"] = wait_for_seed
+    clock.waits.clear()
+    thread.step()
+    thread.step()
+    assert clock.waits == []  # the 600 s wait never started counting
+    assert thread.record.paused and state_of(thread) == "PersistanceSubmitted"
+
+
+def test_pausing_twice_changes_nothing_and_resume_clears_error(world):
+    _, processor, _, make = world
+    thread = make()
+    processor.fail("C2", Failed(Level.PERMANENT, "boom"))
+    step_until(thread, lambda t: t.record.paused)
+    paused_at = thread.record.paused_at
+    thread.request_pause()
+    thread.step()
+    assert thread.record.paused_at == paused_at and thread.info()["last_error"] == "permanent: boom"
+    thread.resume()
+    assert not thread.record.paused and thread.info()["last_error"] is None
+    thread.step()
+    assert state_of(thread) == "C2Done"  # retried C2 from C1Done, no stale pause token
+
+
+def test_resume_of_a_running_thread_is_refused(world):
+    _, _, _, make = world
+    thread = make()
+    thread.step()
+    with pytest.raises(NotPaused, match="worker #0 is not paused"):
+        thread.resume()
+
+
+def test_resume_state_is_checked_against_the_plan(world):
+    _, processor, _, make = world
+    thread = make(plan="unseal")
+    processor.fail("Unseal", Failed(Level.PERMANENT, "no piece"))
+    step_until(thread, lambda t: t.record.paused)
+    with pytest.raises(InvalidState) as caught:
+        thread.resume("PC1Done")
+    assert str(caught.value) == (
+        'invalid state "PC1Done" for plan unseal; valid states: '
+        "Empty, Allocated, Finished, Aborted, Unsealed"
+    )
+    assert thread.record.paused  # refused: still paused
+
+
+def test_resume_to_a_state_bypasses_the_table(world):
+    _, processor, _, make = world
+    thread = make()
+    processor.fail("C2", Failed(Level.PERMANENT, "boom"))
+    step_until(thread, lambda t: t.record.paused)
+    thread.resume("TreeDBuilt")  # not reachable by any event from C1Done
+    task = thread.store.load().task
+    assert (task.state, task.prev_state) == (State.TreeDBuilt, State.C1Done)
+    thread.step()
+    assert state_of(thread) == "TicketAssigned"
+
+
+def test_resume_to_aborted_drops_the_task(world):
+    _, processor, counter, make = world
+    thread = make()
+    processor.fail("PC2", Failed(Level.PERMANENT, "bad"))
+    step_until(thread, lambda t: t.record.paused)
+    thread.resume("Aborted")
+    thread.step()
+    assert thread.record.task is None and list(thread.store.data_dir.iterdir()) == []
+    thread.step()
+    assert thread.info()["job_id"] == "s-t010000-2"
+
+
+def test_resume_with_state_needs_a_task(world):
+    _, _, _, make = world
+    thread = make()
+    thread.request_pause()
+    thread.step()
+    assert thread.record.paused and thread.record.task is None
+    with pytest.raises(NoTask):
+        thread.resume("PC1Done")
+    thread.resume("Empty")
+    assert not thread.record.paused
+
+
+def test_a_restarted_thread_continues_where_it_was_and_stays_paused(world):
+    clock, processor, counter, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "SeedAssigned")
+    thread.request_pause()
+    thread.step()
+    again = make()  # same location: as after a daemon restart
+    assert again.record.paused and state_of(again) == "SeedAssigned"
+    assert again.info()["thread_state"]["state"] == "Paused"
+    again.step()
+    assert state_of(again) == "SeedAssigned"
+    again.resume()
+    again.step()
+    assert state_of(again) == "C1Done"
+
+
+def test_change_state_refuses_moves_off_the_table(world):
+    _, _, _, make = world
+    thread = make()
+    thread.step()
+    task = thread.record.task
+    with pytest.raises(IllegalTransition, match="unexpected event C2 for state Allocated"):
+        change_state(task, State.C2Done, Event.C2, 0.0)
+    with pytest.raises(IllegalTransition, match="not part of plan sealer"):
+        change_state(task, State.SnapEncoded, None, 0.0)
+    assert task.state is State.Allocated
+
+
+def test_an_unknown_event_from_a_stage_pauses_critically(world):
+    _, processor, _, make = world
+    thread = make()
+    processor.fail("AcquireDeals", Done(Event.C2))
+    thread.step()
+    thread.step()
+    assert thread.info()["last_error"] == "critical: unexpected event C2 for state Allocated"
+
+
+def test_info_reports_times_from_the_clock(world):
+    clock, processor, _, make = world
+    thread = make()
+    processor.fail("C2", Failed(Level.PERMANENT, "boom"))
+    step_until(thread, lambda t: t.record.paused)
+    clock.advance(17.4)
+    info = thread.info()
+    assert info["thread_state"] == {"state": "Paused", "elapsed": 17, "proc": None}
+    assert info["state_elapsed"] == 17 and info["plan"] == "sealer"
+
+
+def test_counter_survives_and_is_raised_above_numbers_in_records(tmp_path: Path):
+    counter = SectorCounter(tmp_path)
+    assert [counter.next(10000), counter.next(10000), counter.next(20000)] == [1, 2, 1]
+    reloaded = SectorCounter(tmp_path)
+    reloaded.load()
+    assert reloaded.next(10000) == 3
+    reloaded.ensure_above(10000, 41)
+    assert reloaded.next(10000) == 42
