@@ -8,6 +8,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -455,3 +456,27 @@ def test_concurrent_clients_are_all_served(agent):
         worker.join(30)
     assert errors == []
     assert agent.proc.poll() is None
+
+
+def test_command_processor_end_to_end():
+    with short_tmp() as folder:
+        (folder / "pc1.py").write_text(
+            "import os, pathlib\n"
+            "pathlib.Path(os.environ['VENUS_DATA_DIR'], 'pc1.out').write_text(\n"
+            "    os.environ['VENUS_SECTOR_ID'] + ' ' + os.environ['VENUS_STAGE'])\n"
+        )
+        (folder / "c2.py").write_text(
+            "import sys\nsys.stderr.write('loading params\\npermanent: out of GPU memory\\n')\n"
+            "sys.exit(1)\n"
+        )
+        processors = (
+            '[processors]\nkind = "command"\n[processors.command.stages]\n'
+            f'PC1 = ["{sys.executable}", "{folder}/pc1.py"]\n'
+            f'C2 = {{ argv = ["{sys.executable}", "{folder}/c2.py"], timeout = "30s" }}\n'
+        )
+        config = write_config(folder, threads=1, processors=processors)
+        with running_agent(config) as agent:
+            info = agent.wait_for(lambda i: i[0]["last_error"], 20, "C2 failure")[0]
+            assert info["job_state"] == "C1Done" and info["thread_state"]["state"] == "Paused"
+            assert info["last_error"] == "permanent: out of GPU memory"
+            assert (folder / "store0/data/pc1.out").read_text() == "s-t010000-1 PC1"
