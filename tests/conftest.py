@@ -135,12 +135,17 @@ class Agent:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        # SIGTERM again every second: a SIGTERM that lands just after start-up is
+        # sometimes not acted on by the daemon (reported to the agent's owner).
+        for _ in range(10):
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=1)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        self.process.kill()
+        self.process.wait()
 
 
 @dataclass
