@@ -132,6 +132,11 @@ class SealingThread:
         self._stopping = False
         self._next_task_at = self.clock.monotonic()
         self._activity = _Activity("Paused" if self.record.paused else "Idle", self._mono())
+        # info() is on the WorkerList hot path: its unchanging part is rebuilt only after
+        # a change (the version moves), so a call costs a dict copy and three subtractions.
+        self._version = 0
+        self._view_version = -1
+        self._view: dict = {}
 
     # ------------------------------------------------------------ helpers
 
@@ -142,6 +147,7 @@ class SealingThread:
         with self._cond:
             if self._activity.state != state or self._activity.proc != proc:
                 self._activity = _Activity(state, self._mono(), proc)
+                self._version += 1
 
     def _commit(self, mutate: Callable[[ThreadRecord], None]) -> None:
         """Apply `mutate` to the record and persist it before returning.
@@ -153,6 +159,7 @@ class SealingThread:
         with self._save_lock:
             with self._cond:
                 mutate(self.record)
+                self._version += 1
                 data = self.record.to_json()
                 self._cond.notify_all()
             self.store.save(data)
@@ -356,6 +363,7 @@ class SealingThread:
                 self.record.paused, self.record.last_error = True, last_error
                 self.record.paused_at = self.clock.now()
                 self._activity = _Activity("Paused", self._mono())
+                self._version += 1
 
     # ------------------------------------------------------------ control
 
@@ -411,31 +419,43 @@ class SealingThread:
     def info(self) -> dict:
         """This thread as a WorkerInfo (docs/protocol.md)."""
         with self._cond:
-            record, activity = self.record, self._activity
-            task = record.task
-            now, mono = self.clock.now(), self._mono()
+            if self._view_version != self._version:
+                self._view = self._static_info()
+                self._view_version = self._version
+            view, record, activity = self._view, self.record, self._activity
+            now = self.clock.now()
             if activity.state == "Paused" and record.paused_at is not None:
                 elapsed = int(max(0.0, now - record.paused_at))
             elif activity.state == "Idle":
                 elapsed = None
             else:
-                elapsed = int(max(0.0, mono - activity.since))
-            stage = plan_named(task.plan).stage(task.state) if task else NO_STAGE
-            return {
-                "index": self.index,
-                "location": str(self.config.location),
-                "plan": task.plan if task else self.config.plan,
-                "job_id": task.sector_id if task else None,
-                "job_state": task.state.value if task else "",
-                "job_stage": None if stage == NO_STAGE else stage,
-                "thread_state": {
-                    "state": activity.state,
-                    "elapsed": elapsed,
-                    "proc": activity.proc if activity.state == "Running" else None,
-                },
-                "state_elapsed": int(max(0.0, now - task.entered_at)) if task else None,
-                "last_error": record.last_error,
-            }
+                elapsed = int(max(0.0, self._mono() - activity.since))
+            task = record.task
+            state_elapsed = int(max(0.0, now - task.entered_at)) if task else None
+        info = dict(view)
+        info["thread_state"] = {
+            "state": activity.state,
+            "elapsed": elapsed,
+            "proc": activity.proc if activity.state == "Running" else None,
+        }
+        info["state_elapsed"] = state_elapsed
+        return info
+
+    def _static_info(self) -> dict:
+        """The WorkerInfo fields that change only with the record (caller holds the lock)."""
+        task = self.record.task
+        stage = plan_named(task.plan).stage(task.state) if task else NO_STAGE
+        return {
+            "index": self.index,
+            "location": str(self.config.location),
+            "plan": task.plan if task else self.config.plan,
+            "job_id": task.sector_id if task else None,
+            "job_state": task.state.value if task else "",
+            "job_stage": None if stage == NO_STAGE else stage,
+            "thread_state": None,
+            "state_elapsed": None,
+            "last_error": self.record.last_error,
+        }
 
     def highest_sector_number(self) -> int | None:
         task = self.record.task
