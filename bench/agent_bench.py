@@ -167,9 +167,7 @@ def main() -> int:
         busy_cpu_start, busy_wall_start = cpu_seconds(proc.pid), time.monotonic()
         keep_alive = latency_keep_alive(sock, args.calls)
         fresh = latency_new_connection(sock, max(200, args.calls // 10))
-        busy_cpu = (cpu_seconds(proc.pid) - busy_cpu_start) / (
-            time.monotonic() - busy_wall_start
-        )
+        busy_cpu = (cpu_seconds(proc.pid) - busy_cpu_start) / (time.monotonic() - busy_wall_start)
         rss_busy, rss_peak = rss_mb(proc.pid)
         pause_all(sock, args.threads)
         time.sleep(1.0)  # let the last writes settle
