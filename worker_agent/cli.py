@@ -33,6 +33,7 @@ from worker_agent.protocol import AGENT_NOT_RUNNING, INTERNAL_ERROR, RpcError
 __all__ = ["ExitStatus", "format_list_line", "humantime", "main"]
 
 CONFIG_ERROR = -32098  # --json code for a usage/config error (exit 2)
+SUMMARY_ORDER = ("Threads", "Empty", "Paused", "Running", "Waiting", "Errors")
 
 
 class ExitStatus(IntEnum):
@@ -89,7 +90,8 @@ def format_list_line(info: dict) -> str:
 
 
 def format_report(report: dict) -> str:
-    summary = " ".join(f"{key}={value}" for key, value in report["summary"].items())
+    counts = report["summary"]
+    summary = " ".join(f"{key}={counts[key]}" for key in SUMMARY_ORDER if key in counts)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report["time"]))
     return (
         f"name: {report['name']}  version: {report['version']}  pid: {report['pid']}\n"
@@ -290,8 +292,13 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None,
     except RpcError as exc:
         out.error(exc.code, exc.message)
         return ExitStatus.REFUSED
-    except OSError as exc:  # e.g. permission denied on the socket
-        out.error(INTERNAL_ERROR, f"cannot reach the agent: {exc}")
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, as other CLI tools do.
+        if stdout is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitStatus.REFUSED
+    except OSError as exc:
+        out.error(INTERNAL_ERROR, f"error: {exc}")
         return ExitStatus.REFUSED
     except KeyboardInterrupt:
         return 130

@@ -20,7 +20,7 @@ from worker_agent.protocol import (
     parse_reply,
 )
 
-__all__ = ["AgentClient", "AgentNotRunning"]
+__all__ = ["AgentClient", "AgentNotRunning", "AgentUnreachable"]
 
 
 class AgentNotRunning(RpcError):
@@ -29,6 +29,13 @@ class AgentNotRunning(RpcError):
     def __init__(self, path: Path | str, detail: str = ""):
         message = f"agent not running at {path}" + (f" ({detail})" if detail else "")
         super().__init__(AGENT_NOT_RUNNING, message)
+
+
+class AgentUnreachable(RpcError):
+    """The socket is there but talking to it failed (permission, timeout, reset)."""
+
+    def __init__(self, path: Path | str, error: Exception):
+        super().__init__(INTERNAL_ERROR, f"cannot talk to the agent at {path}: {error}")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -75,19 +82,30 @@ class AgentClient:
         reused = self._conn.sock is not None
         try:
             return self._exchange(body)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise AgentNotRunning(self.path) from exc
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+        except _DROPPED as exc:
             self._conn.close()
             if not reused:
-                raise
-            # The server had closed our idle keep-alive connection: one fresh try.
-            try:
-                return self._exchange(body)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise AgentNotRunning(self.path) from exc
+                raise AgentUnreachable(self.path, exc) from exc
+        # The server had closed our idle keep-alive connection: one fresh try.
+        try:
+            return self._exchange(body)
+        except _DROPPED as exc:
+            self._conn.close()
+            raise AgentUnreachable(self.path, exc) from exc
 
     def _exchange(self, body: bytes) -> tuple[int, bytes]:
-        self._conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
-        response = self._conn.getresponse()
-        return response.status, response.read()
+        try:
+            self._conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
+            response = self._conn.getresponse()
+            return response.status, response.read()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self._conn.close()
+            raise AgentNotRunning(self.path) from exc
+        except _DROPPED:
+            raise
+        except (OSError, http.client.HTTPException) as exc:  # permission denied, timeout ...
+            self._conn.close()
+            raise AgentUnreachable(self.path, exc) from exc
+
+
+_DROPPED = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
