@@ -199,6 +199,30 @@ def raw_http(path: Path, data: bytes, timeout: float = 5.0, shut_write: bool = F
         return b"".join(chunks)
 
 
+def one_response(path: Path, data: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+    """Send one request and read exactly one response (status, body), keep-alive or not."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(data)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed before the headers: {received!r}"
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])
+        }
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed mid-body"
+            body += chunk
+        return int(lines[0].split()[1]), body
+
+
 def post(body: bytes, extra_headers: str = "") -> bytes:
     head = (
         f"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"

@@ -18,6 +18,7 @@ from agent_helpers import (
     Agent,
     cli,
     cli_json,
+    one_response,
     post,
     raw_http,
     running_agent,
@@ -60,9 +61,7 @@ def agent():
 
 
 def rpc(agent: Agent, body: bytes) -> tuple[int, dict | list | None]:
-    reply = raw_http(agent.socket, post(body), timeout=5)
-    head, _, payload = reply.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
+    status, payload = one_response(agent.socket, post(body))
     return status, json.loads(payload) if payload else None
 
 

@@ -267,13 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = actions.add_parser("status", help="heartbeat and thread list in one call")
     status.set_defaults(func=cmd_status)
     for sub in (listing, pause, resume, report, status):
-        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                         help="print one JSON document")  # fmt: skip
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+        )
     return parser
 
 
-def main(argv: list[str] | None = None, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:  # fmt: skip
+def main(
+    argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
     """Entry point; returns the exit status (only the __main__ guard exits)."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     try:

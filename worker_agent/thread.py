@@ -235,12 +235,13 @@ class SealingThread:
         miner = self.config.sealing.miner
         number = self.counter.next(miner)  # persisted before any record uses it
         plan = plan_named(self.config.plan)
+        event = plan.happy_event(State.Empty)
+        to = plan.next_state(State.Empty, event)
         now = self.clock.now()
 
         def start(record: ThreadRecord) -> None:
             task = Task(plan.name, State.Empty, None, miner, number, 0, now)
-            change_state(task, plan.next_state(State.Empty, plan.happy_event(State.Empty)),
-                         plan.happy_event(State.Empty), now)  # fmt: skip
+            change_state(task, to, event, now)
             record.task = task
 
         self._commit(start)
@@ -323,8 +324,8 @@ class SealingThread:
             record.task.retry += 1
 
         self._commit(count)
-        log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message,
-                    self.record.task.retry, limit)  # fmt: skip
+        retry = self.record.task.retry
+        log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message, retry, limit)
         self._set_activity("Idle")
         self._wait(self.config.sealing.recover_interval)
 
