@@ -17,8 +17,9 @@ The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
 Each host is reached over SSH (known_hosts checked, ~/.ssh/config and
 ssh-agent honoured) through a direct-streamlocal channel to the agent's Unix
 socket, or by running `venus-worker worker -c CONFIG ... --json` on it when
-the server forbids that (transport = "auto"); transport = "local" talks to an
-agent on this machine without SSH. All hosts are asked in parallel.
+sshd refuses that channel (transport = "auto"; the CLI also reads the last
+heartbeat of a stopped daemon); transport = "local" talks to an agent on this
+machine without SSH. All hosts are asked in parallel.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error, 130 interrupted.
@@ -1681,7 +1682,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common(parser, top=True)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, prog="venusctl"
+    )
 
     listing = commands.add_parser("list", help="one row per host")
     common(listing, top=False)
@@ -1706,14 +1709,23 @@ def build_parser() -> argparse.ArgumentParser:
     pause = commands.add_parser("pause", help="pause a sealing thread")
     common(pause, top=False)
     pause.add_argument("host", help="name, address or address:port")
-    pause.add_argument("index", type=_argument_type(parse_index, "index"))
+    pause.add_argument(
+        "index", type=_argument_type(parse_index, "index"), help="thread index, as `info` shows"
+    )
     pause.set_defaults(handler=command_pause)
 
     resume = commands.add_parser("resume", help="resume a paused sealing thread")
     common(resume, top=False)
     resume.add_argument("host", help="name, address or address:port")
-    resume.add_argument("index", type=_argument_type(parse_index, "index"))
-    resume.add_argument("state", nargs="?", type=_argument_type(parse_state, "state"))
+    resume.add_argument(
+        "index", type=_argument_type(parse_index, "index"), help="thread index, as `info` shows"
+    )
+    resume.add_argument(
+        "state",
+        nargs="?",
+        type=_argument_type(parse_state, "state"),
+        help="move the task to this state first (e.g. C1Done, TreeDBuilt, Aborted)",
+    )
     resume.set_defaults(handler=command_resume)
     return parser
 

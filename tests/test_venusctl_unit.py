@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -473,3 +475,23 @@ def test_fan_out_keeps_every_hosts_result_or_exception():
     assert list(results) == ["gpu-01", "gpu-02", "cpu-01", "local"]
     assert results["gpu-01"] == "GPU-01"
     assert isinstance(results["cpu-01"], venusctl.HostTimeout)
+
+
+def test_fan_out_runs_at_most_forks_hosts_at_once():
+    hosts = parse("".join(f"[[host]]\nname = 'h{n}'\naddress = 'x{n}'\n" for n in range(8))).hosts
+    lock = threading.Lock()
+    running, peak = 0, 0
+
+    def job(worker):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return worker.name
+
+    results = venusctl.fan_out(hosts, job, forks=3)
+    assert list(results.values()) == [f"h{n}" for n in range(8)]
+    assert peak == 3
