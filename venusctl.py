@@ -184,8 +184,11 @@ class AgentRefused(HostError):
         return {"kind": self.kind, "code": self.code, "message": str(self)}
 
 
-# JSON-RPC code the agent CLI uses for "agent not running at SOCK" (docs/protocol.md).
+# Codes the agent CLI puts in its --json error for failures that are not the
+# daemon's answer: "agent not running at SOCK" (docs/protocol.md) and a usage
+# or configuration error on the host (exit 2; the agent's cli.py).
 CLI_NOT_RUNNING_CODE = -32099
+CLI_CONFIG_ERROR_CODE = -32098
 
 
 # =============================================================================
@@ -935,6 +938,8 @@ class CliAgent:
     def status(self) -> HostStatus:
         result = self.run(status_argv(self.host))
         document = parse_cli_reply(result)
+        if isinstance(document, dict) and "report" not in document and document.get("error"):
+            raise cli_error(document["error"])
         if not isinstance(document, dict) or "report" not in document:
             raise UnreadableReply(f"unreadable reply: {result.stdout[:80]!r}")
         error = document.get("error")
@@ -983,6 +988,8 @@ def cli_error(error: Any) -> HostError:
     code, message = error.get("code"), str(error.get("message", ""))
     if code == CLI_NOT_RUNNING_CODE:
         return AgentNotRunning("agent not running")
+    if code == CLI_CONFIG_ERROR_CODE:
+        return HostError(f"agent: {message}", "agent-config-error")
     return AgentRefused(code if isinstance(code, int) else 0, message)
 
 

@@ -343,6 +343,15 @@ def test_missing_agent_command_is_agent_not_installed(tmp_path, capsys, ssh_flee
     assert document["hosts"][0]["error"]["message"].startswith("agent not installed")
 
 
+def test_agent_config_missing_on_the_host_is_reported_as_such(tmp_path, capsys, ssh_fleet):
+    table = ssh_fleet.host_table("w1", transport="exec", config="/etc/nowhere/venus-worker.toml")
+    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, table), "list")
+    assert status == 1
+    error = document["hosts"][0]["error"]
+    assert error["kind"] == "agent-config-error"
+    assert error["message"].startswith("agent: config error: /etc/nowhere/venus-worker.toml")
+
+
 def test_a_hanging_host_times_out_without_holding_up_the_others(tmp_path, capsys, ssh_fleet):
     hang = str(ssh_fleet.scripts["hang"])
     tables = [

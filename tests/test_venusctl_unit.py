@@ -348,6 +348,16 @@ def test_cli_action_error_document_is_the_agents_refusal():
     assert (caught.value.code, str(caught.value)) == (1001, "worker #0 is not paused")
 
 
+def test_cli_config_error_on_the_host_is_not_an_agent_refusal():
+    reply = {"error": {"code": -32098, "message": "config error: /etc/vw.toml: cannot read"}}
+    agent = venusctl.CliAgent(host(), lambda argv: CommandResult(2, json.dumps(reply), ""), "x")
+    with pytest.raises(venusctl.HostError) as caught:
+        agent.pause(0)
+    assert not isinstance(caught.value, AgentRefused)
+    assert caught.value.kind == "agent-config-error"
+    assert str(caught.value) == "agent: config error: /etc/vw.toml: cannot read"
+
+
 def test_cli_status_while_daemon_down_keeps_the_report():
     report = {"version": "0.1.0", "age": 900.5, "summary": {"Threads": 2, "Paused": 1}}
     document = {"report": report, "threads": None, "error": {"code": -32099, "message": "x"}}
