@@ -4,7 +4,9 @@
 Measures, against a real daemon process on a real Unix socket:
 
 - WorkerList latency over one keep-alive connection (p50/p99/max over N calls),
-  and with a new connection per call (what the CLI does);
+  and with a new connection per call (what the CLI does), while the threads
+  are busy; and once more after all threads are paused (separates the cost of
+  the busy threads from the cost of the request itself);
 - the daemon's RSS (current and peak) while the threads are busy;
 - the daemon's CPU while idle (all 128 threads paused), in % of one core.
 
@@ -49,6 +51,7 @@ def write_config(folder: Path, threads: int, stage: str) -> Path:
     for index in range(threads):
         lines += ["[[sealing_thread]]", f'location = "stores/{index}"']
     lines += ["[processors.mock]", f'duration = "{stage}"', f'wait_duration = "{stage}"']
+    lines += ["jitter = 0.5"]  # real stages do not all end in the same millisecond
     path = folder / "bench.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -145,7 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=128)
     parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--stage", default="200ms", help="mock stage duration (busy threads)")
+    parser.add_argument("--stage", default="1s", help="mock stage duration (busy threads)")
     parser.add_argument("--busy-seconds", type=float, default=3.0, help="warm-up while busy")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     args = parser.parse_args()
@@ -171,6 +174,7 @@ def main() -> int:
         rss_busy, rss_peak = rss_mb(proc.pid)
         pause_all(sock, args.threads)
         time.sleep(1.0)  # let the last writes settle
+        paused_latency = latency_keep_alive(sock, args.calls)
         cpu_start, wall_start = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(args.idle_seconds)
         idle_cpu = (cpu_seconds(proc.pid) - cpu_start) / (time.monotonic() - wall_start)
@@ -189,6 +193,7 @@ def main() -> int:
         "mock_stage": args.stage,
         "worker_list_keep_alive": summary(keep_alive),
         "worker_list_new_connection": summary(fresh),
+        "worker_list_keep_alive_all_paused": summary(paused_latency),
         "daemon_cpu_while_busy_and_queried_percent": round(busy_cpu * 100, 1),
         "rss_mb_busy": round(rss_busy, 1),
         "rss_mb_peak": round(rss_peak, 1),

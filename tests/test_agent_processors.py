@@ -148,3 +148,12 @@ def test_mock_durations_faults_and_interruption(tmp_path):
     assert mock.run(other) == Done() and waited[-1] == 0.5
     interrupted = StageContext(**{**ctx.__dict__, "sleep": lambda s: True})
     assert mock.run(interrupted) == Interrupted()
+
+
+def test_mock_jitter_stays_within_its_bounds(tmp_path):
+    waited = []
+    mock = MockProcessor(MockConfig(duration=1.0, jitter=0.5))
+    ctx = context(tmp_path, waited=waited)
+    for _ in range(200):
+        mock.run(ctx)
+    assert 0.5 <= min(waited) < 0.7 and 1.3 < max(waited) <= 1.5

@@ -34,6 +34,7 @@ Layout (all keys optional except ``location``)::
     duration = "100ms"                 # every compute stage
     wait_duration = "200ms"            # WaitPCLanded, WaitSeed, WaitProofLanded
     durations = { PC1 = "2s" }         # per stage label
+    jitter = 0.2                       # each run lasts duration * (1 ± jitter), default 0
     [[processors.mock.faults]]
     stage = "C2"
     level = "permanent"                # temporary | permanent | abort | critical
@@ -142,6 +143,7 @@ class MockConfig:
     wait_duration: float = 0.2
     durations: dict[str, float] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
+    jitter: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,9 @@ def _stage_key(section: _Table, key: str) -> str:
 def _mock(section: _Table, thread_count: int) -> MockConfig:
     duration = section.duration("duration", MockConfig.duration)
     wait_duration = section.duration("wait_duration", MockConfig.wait_duration)
+    jitter = section.raw("jitter", 0.0)
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+        raise section.error("jitter", "expected a number from 0 up to (not including) 1")
     per_stage = section.table("durations")
     durations = {}
     for key in per_stage.names():
@@ -342,7 +347,7 @@ def _mock(section: _Table, thread_count: int) -> MockConfig:
         for i, raw in enumerate(faults_raw)
     )
     section.finish()
-    return MockConfig(duration, wait_duration, durations, faults)
+    return MockConfig(duration, wait_duration, durations, faults, float(jitter))
 
 
 def _fault(section: _Table, thread_count: int) -> Fault:

@@ -99,6 +99,9 @@ class MockProcessor:
         is_wait = ctx.stage in WAIT_STAGES
         default = self.config.wait_duration if is_wait else self.config.duration
         seconds = self.config.durations.get(ctx.stage, default)
+        if self.config.jitter:
+            with self._lock:  # random.Random is not meant to be shared unlocked
+                seconds *= 1 + self._rng.uniform(-self.config.jitter, self.config.jitter)
         interrupted = ctx.wait(seconds) if is_wait else ctx.sleep(seconds)
         if interrupted:
             return Interrupted()
