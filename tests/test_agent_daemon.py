@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -479,3 +481,30 @@ def test_command_processor_end_to_end():
             assert info["job_state"] == "C1Done" and info["thread_state"]["state"] == "Paused"
             assert info["last_error"] == "permanent: out of GPU memory"
             assert (folder / "store0/data/pc1.out").read_text() == "s-t010000-1 PC1"
+
+
+def test_sigint_stops_cleanly_too():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=1)
+        agent = Agent(config).start()
+        try:
+            agent.proc.send_signal(signal.SIGINT)
+            assert agent.proc.wait(15) == 0
+            assert not agent.socket.exists()
+        finally:
+            agent.close()
+
+
+def test_socket_group_opens_the_socket_to_that_group_only():
+    group = grp.getgrgid(os.getgid()).gr_name
+    with short_tmp() as folder:
+        worker = f'ping_interval = "1s"\nsocket_group = "{group}"'
+        config = write_config(folder, threads=1, worker=worker)
+        with running_agent(config) as agent:
+            info = os.lstat(agent.socket)
+            assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == os.getgid()
+        missing = write_config(folder, threads=1, worker='socket_group = "no-such-group-x"')
+        refused = Agent(missing).start(wait=False)
+        assert refused.proc.wait(20) == 1
+        assert "socket_group 'no-such-group-x' does not exist" in refused.log_text()
+        assert not (folder / "agent.sock").exists()

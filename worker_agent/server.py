@@ -143,7 +143,11 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
         finally:
             os.umask(old)
         if self._group is not None:
-            _open_to_group(path, self._group)
+            try:
+                _open_to_group(path, self._group)
+            except BaseException:
+                os.unlink(path)  # never leave a socket file behind that nobody serves
+                raise
         self.server_address = self.socket.getsockname()
 
     def process_request(self, request, client_address) -> None:
