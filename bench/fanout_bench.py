@@ -26,6 +26,7 @@ Ctrl-C included. Only 127.0.0.x addresses are used.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -104,8 +105,8 @@ class Node:
 
 def agent_config_text(node: Node, miner: int) -> str:
     # Long mock stages: threads sit Running instead of cycling, so 30 agents do not load the
-    # 2 shared cores during the timings. The last thread fails at once and stays paused with
-    # an error, so the list has something in every column.
+    # 2 shared cores during the timings. The first stage is quick and the last thread fails
+    # it for good (paused, with an error), so the list has something in every column.
     threads = "".join(
         f'[[sealing_thread]]\nlocation = "{node.agent_dir / f"store{index}"}"\n\n'
         for index in range(AGENT_THREADS)
@@ -125,6 +126,7 @@ kind = "mock"
 [processors.mock]
 duration = "1h"
 wait_duration = "1h"
+durations = {{ AcquireDeals = "10ms" }}
 
 [[processors.mock.faults]]
 stage = "AcquireDeals"
@@ -275,6 +277,9 @@ def bench_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("SSH_AUTH_SOCK", None)
     env.pop("SSH_AGENT_PID", None)
+    # An operator's shell does not set this; with it, every run recompiles the project's
+    # modules instead of using cached bytecode.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -311,6 +316,18 @@ def venusctl_list(inventory: Path, names: list[str], env: dict[str, str]) -> Cal
         return elapsed
 
     return run
+
+
+def check_venusctl_uses_stream(inventory: Path, env: dict[str, str]) -> None:
+    """Before timing: every host answers, through the stream channel (not the exec fallback,
+    which would measure something else)."""
+    argv = [str(PYTHON), str(VENUSCTL), "-i", str(inventory), "--json", "list"]
+    _, done = timed_run(argv, env)
+    require(done, True, "venusctl --json list")
+    hosts = json.loads(done.stdout)["hosts"]
+    not_stream = [h["name"] for h in hosts if h.get("via") != "stream" or h.get("error")]
+    if not_stream:
+        raise BenchError(f"venusctl did not use the stream transport for {not_stream}")
 
 
 def openssh_xargs(lines_file: Path, count: int, env: dict[str, str]) -> Callable[[], float]:
@@ -414,12 +431,12 @@ def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
 
 
-def print_size_table(size: int, samples: dict[str, Samples]) -> None:
-    print(f"\nN = {size}: wall time in ms (median of {len(next(iter(samples.values())).runs)})")
-    print(f"  {'method':<28} {'median':>8} {'min':>8} {'max':>8} {'cold':>8}")
+def print_size_table(title: str, samples: dict[str, Samples]) -> None:
+    print(f"\n{title}: wall time in ms (median of {len(next(iter(samples.values())).runs)})")
+    print(f"  {'method':<32} {'median':>8} {'min':>8} {'max':>8} {'cold':>8}")
     for name, sample in samples.items():
         print(
-            f"  {name:<28} {ms(sample.median):>8} {ms(min(sample.runs)):>8} "
+            f"  {name:<32} {ms(sample.median):>8} {ms(min(sample.runs)):>8} "
             f"{ms(max(sample.runs)):>8} {ms(sample.cold):>8}"
         )
 
@@ -556,6 +573,7 @@ def methods_for_size(
     methods = {}
     if options.venusctl:
         inventory = write(directory / "inventory.toml", venusctl_inventory(fleet, chosen))
+        check_venusctl_uses_stream(inventory, env)
         methods["venusctl list"] = venusctl_list(inventory, [n.name for n in chosen], env)
     lines = write(directory / "ssh-lines", openssh_lines(fleet, chosen))
     methods["(a) ssh, xargs -P N"] = openssh_xargs(lines, size, env)
@@ -573,14 +591,14 @@ def run_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
     results: dict[int, dict[str, float]] = {}
     for size in options.sizes:
         samples = measure(methods_for_size(size, fleet, nodes, root, options, env), options.runs)
-        print_size_table(size, samples)
+        print_size_table(f"N = {size}", samples)
         results[size] = {name: sample.median for name, sample in samples.items()}
     local = {"python -c pass": python_command("pass", env)}
     if options.venusctl:
         inventory = write(root / "local.toml", local_inventory(nodes[0]))
         local["venusctl list (local transport)"] = venusctl_list(inventory, ["local"], env)
     local_samples = measure(local, options.runs)
-    print_size_table(1, local_samples)
+    print_size_table("one agent, no SSH", local_samples)
 
     print("\nmachine:\n  " + "\n  ".join(machine_description()))
     print("\nmedians, ms:\n")
