@@ -358,6 +358,9 @@ def test_paused_threads_stay_paused_across_a_kill_and_restart():
             agent.wait_for(lambda i: i[1]["thread_state"]["state"] == "Paused", what="1 paused")
             before = agent.infos()
             agent.kill()
+            assert agent.socket.exists()  # SIGKILL leaves the socket file: nobody answers on it
+            status, out, err = cli("worker", "-c", str(config), "list")
+            assert (status, out) == (3, "") and "agent not running at" in err
             agent.start()
             after = agent.infos()
             for old, new in zip(before, after, strict=True):
@@ -507,4 +510,15 @@ def test_socket_group_opens_the_socket_to_that_group_only():
         refused = Agent(missing).start(wait=False)
         assert refused.proc.wait(20) == 1
         assert "socket_group 'no-such-group-x' does not exist" in refused.log_text()
+        assert not (folder / "agent.sock").exists()
+
+
+def test_an_unreadable_record_stops_the_start_naming_the_file():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=2)
+        (folder / "store1/meta").mkdir(parents=True)
+        (folder / "store1/meta/task.json").write_text('{"schema": 1, "paused": tru')
+        refused = Agent(config).start(wait=False)
+        assert refused.proc.wait(20) == 1
+        assert f"{folder}/store1/meta/task.json: not valid JSON" in refused.log_text()
         assert not (folder / "agent.sock").exists()
