@@ -608,7 +608,7 @@ SUMMARY_KEYS = ("Threads", "Empty", "Paused", "Running", "Waiting", "Errors")
 
 def summarize_threads(threads: list[dict[str, Any]]) -> dict[str, int]:
     """The heartbeat's summary, computed from a live WorkerList (same rules as the agent)."""
-    states = [thread.get("thread_state", {}).get("state") for thread in threads]
+    states = [(thread.get("thread_state") or {}).get("state") for thread in threads]
     return {
         "Threads": len(threads),
         "Empty": sum(1 for thread in threads if not thread.get("job_id")),
@@ -803,29 +803,33 @@ class JsonRpcClient:
         self.stream.close()
 
     def call(self, method: str, params: list[Any]) -> Any:
-        (reply,) = self.batch([(method, params)])
-        if isinstance(reply, AgentRefused):
-            raise reply
-        return reply
+        """One request, one reply; a JSON-RPC error is raised as AgentRefused."""
+        request = self._request(method, params)
+        reply = self._post(request)
+        if not isinstance(reply, dict) or reply.get("id") != request["id"]:
+            raise UnreadableReply(f"unreadable reply: {reply!r:.80}")
+        result = self._result(reply)
+        if isinstance(result, AgentRefused):
+            raise result
+        return result
 
     def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
         """Results in call order; a JSON-RPC error comes back as an AgentRefused value."""
-        requests = []
-        for method, params in calls:
-            self._next_id += 1
-            requests.append(
-                {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params}
-            )
+        requests = [self._request(method, params) for method, params in calls]
         replies = self._post(requests)
         if not isinstance(replies, list):
             raise UnreadableReply(f"unreadable reply: expected a batch reply, got {replies!r:.80}")
         by_id = {reply.get("id"): reply for reply in replies if isinstance(reply, dict)}
         return [self._result(by_id.get(request["id"])) for request in requests]
 
+    def _request(self, method: str, params: list[Any]) -> dict[str, Any]:
+        self._next_id += 1
+        return {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params}
+
     @staticmethod
     def _result(reply: dict[str, Any] | None) -> Any:
         if reply is None:
-            raise UnreadableReply("unreadable reply: a batch reply is missing")
+            raise UnreadableReply("unreadable reply: a reply is missing from the batch")
         error = reply.get("error")
         if isinstance(error, dict):
             return AgentRefused(error.get("code", 0), str(error.get("message", error)))
@@ -845,6 +849,8 @@ class JsonRpcClient:
             reply = self._read_exactly(self._content_length(headers))
         except TimeoutError as error:
             raise HostTimeout(f"timeout after {self.timeout:g}s waiting for the agent") from error
+        except OSError as error:
+            raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
         if status != 200:
             raise UnreadableReply(f"unreadable reply: agent answered HTTP {status}")
         try:
@@ -902,10 +908,10 @@ class RpcAgent:
         )
         if isinstance(threads, HostError):
             raise threads
-        if not isinstance(threads, list):
-            raise UnreadableReply(f"unreadable reply: WorkerList gave {threads!r:.80}")
         return HostStatus(
-            report=report if isinstance(report, dict) else None, threads=threads, via=self.via
+            report=report if isinstance(report, dict) else None,
+            threads=checked_threads(threads),
+            via=self.via,
         )
 
     def pause(self, index: int) -> None:
@@ -946,7 +952,7 @@ class CliAgent:
         threads = document.get("threads")
         return HostStatus(
             report=document.get("report") if isinstance(document.get("report"), dict) else None,
-            threads=threads if isinstance(threads, list) else None,
+            threads=None if threads is None else checked_threads(threads),
             error=cli_error(error) if error else None,
             via=self.via,
         )
@@ -963,6 +969,17 @@ class CliAgent:
             raise cli_error(document["error"])
         if document is not True:
             raise UnreadableReply(f"unreadable reply: {json.dumps(document)[:80]}")
+
+
+def checked_threads(threads: Any) -> list[dict[str, Any]]:
+    """A WorkerList result as the tables need it: a list of objects, thread_state an object."""
+    valid = isinstance(threads, list) and all(
+        isinstance(thread, dict) and isinstance(thread.get("thread_state") or {}, dict)
+        for thread in threads
+    )
+    if not valid:
+        raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
+    return threads
 
 
 def parse_cli_reply(result: CommandResult) -> Any:
@@ -1034,6 +1051,10 @@ class LocalSession:
             )
         except FileNotFoundError as error:
             return CommandResult(127, "", f"{argv[0]}: {error.strerror}")
+        except OSError as error:
+            raise HostError(
+                f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
+            ) from error
         except subprocess.TimeoutExpired as error:
             raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
         return CommandResult(done.returncode, done.stdout, done.stderr)
@@ -1076,7 +1097,15 @@ class SshSession:
         return CliAgent(self.host, self._run, via="exec")
 
     def _run(self, argv: list[str]) -> CommandResult:
-        return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
+        import paramiko
+
+        try:
+            return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
+        except paramiko.SSHException as error:
+            # e.g. sshd refused the session channel (MaxSessions) or dropped the connection
+            raise HostError(f"SSH error: {error}", "ssh-error") from error
+        except (EOFError, OSError) as error:
+            raise HostError(f"connection lost: {error}", "connection-lost") from error
 
     def close(self) -> None:
         self.client.close()

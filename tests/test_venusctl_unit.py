@@ -7,7 +7,9 @@ is in test_venusctl_e2e.py / test_venusctl_local.py.
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import socket
 import threading
 import time
 from pathlib import Path
@@ -505,3 +507,108 @@ def test_fan_out_runs_at_most_forks_hosts_at_once():
     results = venusctl.fan_out(hosts, job, forks=3)
     assert list(results.values()) == [f"h{n}" for n in range(8)]
     assert peak == 3
+
+
+# -- JSON-RPC over a byte stream (a real socket pair; the far end is scripted) -------------------
+
+
+def scripted_peer(replies: list[bytes]):
+    """A socket pair whose far end answers each request with the next canned bytes."""
+    near, far = socket.socketpair()
+    requests: list[bytes] = []
+
+    def serve():
+        with far:
+            for reply in replies:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += far.recv(65536)
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+                while len(body) < length:
+                    body += far.recv(65536)
+                requests.append(body)
+                for piece in (reply[:7], reply[7:30], reply[30:]):  # split reads on purpose
+                    try:
+                        far.sendall(piece)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the client gave up on a bad reply before its end: fine
+                    time.sleep(0.01)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return near, requests
+
+
+def http_reply(document: object, status: str = "200 OK") -> bytes:
+    body = json.dumps(document).encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
+
+
+def test_json_rpc_batch_and_keep_alive_over_one_connection():
+    batch = [
+        {"jsonrpc": "2.0", "id": 2, "result": {"age": 1.5}},
+        {"jsonrpc": "2.0", "id": 1, "result": [{"index": 0}]},
+    ]
+    refusal = {"jsonrpc": "2.0", "id": 3, "error": {"code": 1001, "message": "not paused"}}
+    near, requests = scripted_peer([http_reply(batch), http_reply(refusal)])
+    client = venusctl.JsonRpcClient(near, timeout=5)
+    # replies are matched by id, whatever their order in the batch
+    assert client.batch([("VenusWorker.WorkerList", []), ("VenusWorker.WorkerReport", [])]) == [
+        [{"index": 0}],
+        {"age": 1.5},
+    ]
+    with pytest.raises(AgentRefused) as caught:
+        client.call("VenusWorker.WorkerResume", [0, None])
+    assert (caught.value.code, str(caught.value)) == (1001, "not paused")
+    sent = [json.loads(body) for body in requests]
+    assert [request["method"] for request in sent[0]] == [
+        "VenusWorker.WorkerList",
+        "VenusWorker.WorkerReport",
+    ]
+    # a single call is a plain request object, as curl would send it
+    assert sent[1] == {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "VenusWorker.WorkerResume",
+        "params": [0, None],
+    }
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (http_reply({"x": 1}, status="405 Method Not Allowed"), "agent answered HTTP 405"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "unreadable reply: b'hello'"),
+        (b"HTTP/1.1 200 OK\r\n\r\n[]", "bad Content-Length ''"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "unreadable reply: 'SSH-2.0-OpenSSH_9.2'"),
+        (http_reply({"jsonrpc": "2.0", "id": 1, "result": True}), "expected a batch reply"),
+    ],
+)
+def test_json_rpc_replies_that_break_the_contract_are_unreadable(reply, message):
+    near, _ = scripted_peer([reply])
+    client = venusctl.JsonRpcClient(near, timeout=5)
+    with pytest.raises(UnreadableReply) as caught:
+        client.batch([("VenusWorker.WorkerList", [])])
+    assert message in str(caught.value)
+    client.close()
+
+
+def test_json_rpc_peer_that_never_answers_is_a_timeout():
+    near, far = socket.socketpair()
+    client = venusctl.JsonRpcClient(near, timeout=0.2)
+    with pytest.raises(venusctl.HostTimeout, match="timeout after 0.2s waiting for the agent"):
+        client.call("VenusWorker.WorkerList", [])
+    client.close()
+    far.close()
+
+
+@pytest.mark.parametrize(
+    "threads",
+    [{"index": 0}, [1, 2], [{"index": 0, "thread_state": "Paused"}], "[]"],
+)
+def test_thread_lists_of_the_wrong_shape_are_unreadable(threads):
+    with pytest.raises(UnreadableReply):
+        venusctl.checked_threads(threads)
