@@ -455,8 +455,3 @@ def load_config(path: str | os.PathLike) -> Config:
         mock=mock,
         command=command,
     )
-
-
-def socket_from_config(path: str | os.PathLike) -> Path:
-    """Just the socket path, for client commands (still validates the whole file)."""
-    return load_config(path).socket

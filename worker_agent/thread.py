@@ -457,7 +457,3 @@ class SealingThread:
             "state_elapsed": None,
             "last_error": self.record.last_error,
         }
-
-    def highest_sector_number(self) -> int | None:
-        task = self.record.task
-        return task.number if task else None
