@@ -762,6 +762,41 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in table.splitlines())
 
 
+def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
+    """`info --json`: the agent's WorkerInfo list unchanged, or why there is none."""
+    status = outcome if isinstance(outcome, HostStatus) else None
+    return {
+        "name": host.name,
+        "dest": host.dest,
+        "via": status.via if status else None,
+        "threads": status.threads if status else None,
+        "last_ping": report_age(status.report) if status else None,
+        "error": error_json(status.error if status else outcome),
+    }
+
+
+def info_failure_line(entry: dict) -> str:
+    """Why `info` has no table, with the stale heartbeat's age when there is one."""
+    age = entry["last_ping"]
+    stale = f" (last heartbeat {format_duration(age)} ago)" if age is not None else ""
+    return f"{entry['name']}: {entry['error']['message']}{stale}"
+
+
+def action_entry(host: Host, action: Action, outcome: str | BaseException) -> dict:
+    """`pause`/`resume --json`; outcome is the path used (stream, exec, ...) or the error."""
+    error = outcome if isinstance(outcome, BaseException) else None
+    return {
+        "name": host.name,
+        "dest": host.dest,
+        "action": action.kind,
+        "index": action.index,
+        "state": action.state,
+        "via": None if error else outcome,
+        "ok": error is None,
+        "error": error_json(error),
+    }
+
+
 def action_line(host: Host, action: Action, error: BaseException | None) -> str:
     """The one line `pause`/`resume` print about the outcome."""
     subject = f"{host.name} #{action.index}"
@@ -1593,26 +1628,14 @@ def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
 def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     host = resolve_target(ctx.inventory, args.host)
     outcome = _one_host(ctx, host, lambda s: query_status(s, host))
-    status = outcome if isinstance(outcome, HostStatus) else None
-    error = outcome if status is None else status.error
+    entry = info_entry(host, outcome)
     if ctx.as_json:
-        ctx.emit_json(
-            {
-                "name": host.name,
-                "dest": host.dest,
-                "via": status.via if status else None,
-                "threads": status.threads if status else None,
-                "last_ping": report_age(status.report) if status else None,
-                "error": error_json(error),
-            }
-        )
-    elif status is not None and status.threads is not None:
-        ctx.out.write(render_table(*info_table(status.threads, args.wide)) + "\n")
+        ctx.emit_json(entry)
+    elif entry["threads"] is not None:
+        ctx.out.write(render_table(*info_table(entry["threads"], args.wide)) + "\n")
     else:
-        age = report_age(status.report) if status else None
-        stale = f" (last heartbeat {format_duration(age)} ago)" if age is not None else ""
-        ctx.err.write(f"venusctl: {host.name}: {error_text(error)}{stale}\n")
-    return ExitStatus.FAILED if error is not None else ExitStatus.OK
+        ctx.err.write(f"venusctl: {info_failure_line(entry)}\n")
+    return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
 
 
 def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -1628,18 +1651,7 @@ def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
     outcome = _one_host(ctx, host, lambda s: perform(s, host, action))
     error = outcome if isinstance(outcome, BaseException) else None
     if ctx.as_json:
-        ctx.emit_json(
-            {
-                "name": host.name,
-                "dest": host.dest,
-                "action": action.kind,
-                "index": action.index,
-                "state": action.state,
-                "via": None if error else outcome,
-                "ok": error is None,
-                "error": error_json(error),
-            }
-        )
+        ctx.emit_json(action_entry(host, action, outcome))
     else:
         stream = ctx.err if error else ctx.out
         stream.write(action_line(host, action, error) + "\n")

@@ -176,8 +176,9 @@ class Fleet:
             # no ~/.ssh/config of whoever runs the tests
             "ssh_config": str(self.root / "no-ssh-config"),
             "agent": AGENT_COMMAND,
-            "connect_timeout": 3,
-            "command_timeout": 5,
+            # generous: a loaded CI machine must not turn into a timeout row
+            "connect_timeout": 10,
+            "command_timeout": 20,
         }
         values.update(overrides)
         return values
