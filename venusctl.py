@@ -9,6 +9,8 @@ commands:
   info HOST [--wide]        one row per sealing thread of HOST
   pause HOST INDEX          pause thread INDEX; it stops at its next stage boundary
   resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE
+  inventory [--ansible]     the hosts as read from the inventory (no connection);
+                            --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
 HOST is a host's name, its address, or address:port in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
@@ -44,7 +46,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -748,6 +750,67 @@ def format_thread_state(thread_state: dict[str, Any]) -> str:
     text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
     proc = thread_state.get("proc")
     return f"{text} {proc}" if proc else text
+
+
+INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
+
+
+def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
+    """`venusctl inventory`: the hosts as venusctl resolved them (no connection)."""
+    rows = [
+        [host.name, host.dest, host.user or "-", host.transport, ",".join(host.groups) or "-"]
+        for host in inventory.hosts
+    ]
+    return INVENTORY_HEADERS, rows
+
+
+def inventory_json(inventory: Inventory) -> list[dict[str, Any]]:
+    """Every host with every setting resolved (`venusctl inventory --json`)."""
+    return [{**asdict(host), "dest": host.dest} for host in inventory.hosts]
+
+
+def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
+    """Ansible's dynamic-inventory JSON for the same hosts (`venusctl inventory --ansible`).
+
+    Groups come from the hosts' `groups`; `_meta.hostvars` carries how to
+    reach each host and where its agent's command, config and socket are,
+    so playbooks and venusctl never disagree about the fleet.
+    """
+    groups: dict[str, list[str]] = {}
+    for host in inventory.hosts:
+        for group in host.groups or ("ungrouped",):
+            groups.setdefault(group, []).append(host.name)
+    document: dict[str, Any] = {"all": {"children": sorted(groups)}}
+    document.update({group: {"hosts": names} for group, names in sorted(groups.items())})
+    document["_meta"] = {
+        "hostvars": {host.name: ansible_hostvars(host) for host in inventory.hosts}
+    }
+    return document
+
+
+def ansible_hostvars(host: Host) -> dict[str, Any]:
+    agent = {
+        "venus_worker_bin": host.agent,
+        "venus_worker_config": host.config,
+        "venus_worker_socket": host.socket,
+    }
+    if host.transport == "local":
+        return {"ansible_connection": "local", **agent}
+    strict = "accept-new" if host.host_key_policy == "accept-new" else "yes"
+    ssh_args = (
+        [] if host.ssh_config == os.path.expanduser("~/.ssh/config") else ["-F", host.ssh_config]
+    )
+    ssh_args += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
+    ssh_args += ["-o", f"StrictHostKeyChecking={strict}"]
+    hostvars: dict[str, Any] = {"ansible_host": host.address}
+    if host.port is not None:
+        hostvars["ansible_port"] = host.port
+    if host.user is not None:
+        hostvars["ansible_user"] = host.user
+    if host.identity_file is not None:
+        hostvars["ansible_ssh_private_key_file"] = host.identity_file
+    hostvars["ansible_ssh_common_args"] = shlex.join(ssh_args)
+    return {**hostvars, **agent}
 
 
 def render_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -1658,6 +1721,16 @@ def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
     return ExitStatus.FAILED if error else ExitStatus.OK
 
 
+def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.ansible:
+        ctx.emit_json(ansible_inventory(ctx.inventory))
+    elif ctx.as_json:
+        ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
+    else:
+        ctx.out.write(render_table(*inventory_table(ctx.inventory)) + "\n")
+    return ExitStatus.OK
+
+
 def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
     """Run work for one host like the fan-out does: an error becomes the result."""
     outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
@@ -1775,6 +1848,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="move the task to this state first (e.g. C1Done, TreeDBuilt, Aborted)",
     )
     resume.set_defaults(handler=command_resume)
+
+    listing = commands.add_parser("inventory", help="the hosts as venusctl reads them")
+    common(listing, top=False)
+    listing.add_argument(
+        "--ansible", action="store_true", help="Ansible's dynamic-inventory JSON (playbooks/)"
+    )
+    listing.set_defaults(handler=command_inventory)
     return parser
 
 

@@ -612,3 +612,49 @@ def test_json_rpc_peer_that_never_answers_is_a_timeout():
 def test_thread_lists_of_the_wrong_shape_are_unreadable(threads):
     with pytest.raises(UnreadableReply):
         venusctl.checked_threads(threads)
+
+
+# -- venusctl inventory (no connection) ------------------------------------------------------------
+
+
+def test_ansible_inventory_has_groups_and_how_to_reach_each_host():
+    text = INVENTORY.replace("[defaults]\n", '[defaults]\nknown_hosts = "/etc/venusctl/kh"\n')
+    text += '\n[[host]]\nname = "tofu"\naddress = "10.0.0.7"\nhost_key_policy = "accept-new"\n'
+    text += 'ssh_config = "/dev/null"\n'
+    document = venusctl.ansible_inventory(parse(text))
+    assert document["all"] == {"children": ["gpu", "rack1", "ungrouped"]}
+    assert document["gpu"] == {"hosts": ["gpu-01", "gpu-02"]}
+    assert document["ungrouped"] == {"hosts": ["cpu-01", "local", "tofu"]}
+    hostvars = document["_meta"]["hostvars"]
+    assert hostvars["gpu-02"] == {
+        "ansible_host": "10.0.0.2",
+        "ansible_port": 2222,
+        "ansible_user": "sealer",
+        "ansible_ssh_private_key_file": "/etc/venusctl/keys/fleet",
+        "ansible_ssh_common_args": hostvars["gpu-02"]["ansible_ssh_common_args"],
+        "venus_worker_bin": "venus-worker",
+        "venus_worker_config": "/etc/venus-worker/venus-worker.toml",
+        "venus_worker_socket": "/run/venus-worker/venus-worker.sock",
+    }
+    assert "ansible_port" not in hostvars["gpu-01"]  # left to ~/.ssh/config, like venusctl
+    assert hostvars["gpu-01"]["ansible_ssh_common_args"].endswith(
+        "-o UserKnownHostsFile=/etc/venusctl/kh -o StrictHostKeyChecking=yes"
+    )
+    assert hostvars["tofu"]["ansible_ssh_common_args"] == (
+        "-F /dev/null -o UserKnownHostsFile=/etc/venusctl/kh -o StrictHostKeyChecking=accept-new"
+    )
+    assert hostvars["local"]["ansible_connection"] == "local"
+    assert hostvars["cpu-01"]["venus_worker_bin"] == "/opt/venus/bin/venus-worker"
+
+
+def test_inventory_command_lists_hosts_without_connecting(tmp_path, capsys):
+    path = tmp_path / "inventory.toml"
+    path.write_text(INVENTORY)
+    assert venusctl.main(["-i", str(path), "inventory"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["Name", "Dest", "User", "Transport", "Groups"]
+    assert lines[1].split() == ["gpu-01", "10.0.0.1:22", "sealer", "auto", "gpu,rack1"]
+    assert venusctl.main(["-i", str(path), "inventory", "--json"]) == 0
+    hosts = json.loads(capsys.readouterr().out)["hosts"]
+    assert hosts[1]["port"] == 2222 and hosts[1]["dest"] == "10.0.0.2:2222"
+    assert hosts[3]["socket"] == str(tmp_path / "mock-tmp/venus-worker.sock")
