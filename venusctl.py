@@ -1325,11 +1325,18 @@ class SshContext:
 
     def target(self, host: Host) -> SshTarget:
         """Inventory values win; ~/.ssh/config fills what the inventory left unset."""
-        options = self._ssh_config(host.ssh_config).lookup(host.address)
+        import paramiko
+
+        try:
+            options = self._ssh_config(host.ssh_config).lookup(host.address)
+            port = host.port or int(options.get("port", 22))
+        except (OSError, ValueError, paramiko.SSHException) as error:
+            # One row per host says so; a broken ssh_config is not worth a traceback.
+            raise HostError(f"cannot use {host.ssh_config}: {error}", "ssh-config") from error
         identity = [host.identity_file] if host.identity_file else options.get("identityfile", [])
         return SshTarget(
             hostname=options.get("hostname", host.address),
-            port=host.port or int(options.get("port", 22)),
+            port=port,
             user=host.user or options.get("user") or getpass.getuser(),
             identity_files=[os.path.expanduser(path) for path in identity],
         )

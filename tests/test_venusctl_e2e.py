@@ -588,3 +588,15 @@ def test_debug_shows_the_traceback_of_a_failing_host(tmp_path, capsys, ssh_fleet
 def test_agent_cli_is_where_the_tests_expect_it():
     # The fleet runs the venv's agent by absolute path: sshd sessions have no venv PATH.
     assert os.access(AGENT_COMMAND, os.X_OK)
+
+
+def test_a_broken_ssh_config_is_that_hosts_row_not_a_crash(tmp_path, capsys, ssh_fleet):
+    broken = tmp_path / "ssh_config"
+    broken.write_text("Host *\n  ThisLineHasNoValue\n")
+    tables = [ssh_fleet.host_table("w1", ssh_config=str(broken)), ssh_fleet.host_table("w2")]
+    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    hosts = hosts_by_name(document)
+    assert status == 1
+    assert hosts["w1"]["error"]["kind"] == "ssh-config"
+    assert hosts["w1"]["error"]["message"].startswith(f"cannot use {broken}:")
+    assert hosts["w2"]["error"] is None
