@@ -50,9 +50,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# paramiko and tabulate are imported inside the functions that need them: a
-# `local` run or a --json run then never pays for them (paramiko alone costs
-# ~0.13 s of import time, see DESIGN.md field notes).
+# paramiko, tomlkit and tabulate are imported inside the functions that need
+# them: a `local` run never pays for paramiko (~0.13-0.2 s of imports, see
+# DESIGN.md field notes), a --json run never pays for tabulate (~0.05 s).
 
 __all__ = [
     "ExitStatus",
@@ -78,6 +78,11 @@ __all__ = [
     "RpcAgent",
     "CliAgent",
     "HostStatus",
+    "list_table",
+    "info_table",
+    "ansible_inventory",
+    "query_status",
+    "perform",
     "fan_out",
     "main",
 ]
