@@ -17,7 +17,7 @@ size N (the first N hosts), times in the same run, round-robin:
 
 and `venusctl list` against one agent over the local transport (no SSH). Each method gets one
 untimed warm-up run ("cold" column), then --runs timed runs; the table shows medians. ansible
-is pip-installed into the venv on first use (it is not a project dependency).
+comes with the `test` extra (playbook tests); when .venv lacks it, the bench pip-installs it.
 
 Everything started here (sshd, agents, ansible's ssh control masters) is stopped on exit,
 Ctrl-C included. Only 127.0.0.x addresses are used.
@@ -539,8 +539,8 @@ def machine_description() -> list[str]:
 def ensure_ansible() -> bool:
     if ANSIBLE.exists():
         return True
-    # ansible-core is not a dependency of the project: installed here, on demand, into the
-    # venv. On Python 3.11 pip picks 2.19.x (2.20+ needs 3.12).
+    # A venv made before ansible-core joined the test extra lacks it: install it on demand.
+    # On Python 3.11 pip picks 2.19.x (2.20+ needs 3.12).
     print("installing ansible-core into .venv (bench only) ...", flush=True)
     done = subprocess.run([str(PYTHON), "-m", "pip", "install", "-q", "ansible-core"])
     return done.returncode == 0 and ANSIBLE.exists()
