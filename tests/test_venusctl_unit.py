@@ -654,7 +654,8 @@ def test_inventory_command_lists_hosts_without_connecting(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["Name", "Dest", "User", "Transport", "Groups"]
     assert lines[1].split() == ["gpu-01", "10.0.0.1:22", "sealer", "auto", "gpu,rack1"]
-    assert venusctl.main(["-i", str(path), "inventory", "--json"]) == 0
+    # common options go before or after the command name
+    assert venusctl.main(["--json", "-i", str(path), "inventory"]) == 0
     hosts = json.loads(capsys.readouterr().out)["hosts"]
     assert hosts[1]["port"] == 2222 and hosts[1]["dest"] == "10.0.0.2:2222"
     assert hosts[3]["socket"] == str(tmp_path / "mock-tmp/venus-worker.sock")
