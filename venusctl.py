@@ -1235,7 +1235,7 @@ def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
 
 
 def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: float) -> bytes:
-    chunks = []
+    chunks, received = [], 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -1248,6 +1248,10 @@ def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: f
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        received += len(chunk)
+        if received > MAX_REPLY_BYTES:
+            # The CLI prints a few kB; a flood is not a reply worth keeping in memory.
+            raise UnreadableReply(f"unreadable reply: more than {MAX_REPLY_BYTES} bytes")
 
 
 class HostKeyStore:
