@@ -500,8 +500,10 @@ def test_resume_into_a_state_and_refusals(tmp_path, capsys, ssh_fleet):
     assert status == 1 and err == "w3 #9: pause refused: worker #9 not found\n"
 
 
-def test_pause_and_resume_fall_back_to_exec_where_stream_is_forbidden(tmp_path, capsys, ssh_fleet):
+def test_info_pause_resume_fall_back_to_exec_where_stream_is_forbidden(tmp_path, capsys, ssh_fleet):
     path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("nostream"))
+    status, document = run_json(capsys, path, "info", "nostream")
+    assert (status, document["via"], len(document["threads"])) == (0, "exec", 2)
     status, document = run_json(capsys, path, "pause", "nostream", "1")
     assert (status, document["via"], document["ok"]) == (0, "exec", True)
     wait_for_thread_state(path, capsys, "nostream", 1, "Paused")
