@@ -36,6 +36,7 @@ import fnmatch
 import getpass
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -785,8 +786,7 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
     for host in inventory.hosts:
         for group in host.groups or ("ungrouped",):
             groups.setdefault(group, []).append(host.name)
-    document: dict[str, Any] = {"all": {"children": sorted(groups)}}
-    document.update({group: {"hosts": names} for group, names in sorted(groups.items())})
+    document: dict[str, Any] = {group: {"hosts": names} for group, names in sorted(groups.items())}
     document["_meta"] = {
         "hostvars": {host.name: ansible_hostvars(host) for host in inventory.hosts}
     }
@@ -794,11 +794,10 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
 
 
 def ansible_hostvars(host: Host) -> dict[str, Any]:
-    agent = {
-        "venus_worker_bin": host.agent,
-        "venus_worker_config": host.config,
-        "venus_worker_socket": host.socket,
-    }
+    agent = {"venus_worker_config": host.config, "venus_worker_socket": host.socket}
+    if host.agent != BUILTIN_DEFAULTS["agent"]:
+        # Only a command the inventory names; else the playbooks' own install path.
+        agent["venus_worker_bin"] = host.agent
     if host.transport == "local":
         return {"ansible_connection": "local", **agent}
     strict = "accept-new" if host.host_key_policy == "accept-new" else "yes"
@@ -815,6 +814,7 @@ def ansible_hostvars(host: Host) -> dict[str, Any]:
     if host.identity_file is not None:
         hostvars["ansible_ssh_private_key_file"] = host.identity_file
     hostvars["ansible_ssh_common_args"] = shlex.join(ssh_args)
+    hostvars["ansible_ssh_timeout"] = math.ceil(host.connect_timeout)  # ssh wants whole seconds
     return {**hostvars, **agent}
 
 

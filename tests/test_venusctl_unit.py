@@ -622,7 +622,7 @@ def test_ansible_inventory_has_groups_and_how_to_reach_each_host():
     text += '\n[[host]]\nname = "tofu"\naddress = "10.0.0.7"\nhost_key_policy = "accept-new"\n'
     text += 'ssh_config = "/dev/null"\n'
     document = venusctl.ansible_inventory(parse(text))
-    assert document["all"] == {"children": ["gpu", "rack1", "ungrouped"]}
+    assert sorted(document) == ["_meta", "gpu", "rack1", "ungrouped"]
     assert document["gpu"] == {"hosts": ["gpu-01", "gpu-02"]}
     assert document["ungrouped"] == {"hosts": ["cpu-01", "local", "tofu"]}
     hostvars = document["_meta"]["hostvars"]
@@ -632,7 +632,7 @@ def test_ansible_inventory_has_groups_and_how_to_reach_each_host():
         "ansible_user": "sealer",
         "ansible_ssh_private_key_file": "/etc/venusctl/keys/fleet",
         "ansible_ssh_common_args": hostvars["gpu-02"]["ansible_ssh_common_args"],
-        "venus_worker_bin": "venus-worker",
+        "ansible_ssh_timeout": 3,  # connect_timeout, whole seconds
         "venus_worker_config": "/etc/venus-worker/venus-worker.toml",
         "venus_worker_socket": "/run/venus-worker/venus-worker.sock",
     }
