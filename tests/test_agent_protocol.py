@@ -8,7 +8,7 @@ import os
 import pytest
 
 from worker_agent.cli import format_list_line, humantime, rust_debug
-from worker_agent.protocol import RpcError, handle_body, parse_reply
+from worker_agent.protocol import RawJSON, RpcError, handle_body, parse_reply
 from worker_agent.store import SCHEMA, StoreError, TaskStore, ThreadRecord, write_json_atomic
 
 
@@ -16,7 +16,11 @@ def boom(params):
     raise ZeroDivisionError("division by zero")
 
 
-METHODS = {"echo": lambda params: params, "boom": boom}
+METHODS = {
+    "echo": lambda params: params,
+    "boom": boom,
+    "raw": lambda params: RawJSON('[{"a":1},"x"]'),
+}
 
 
 def call(payload) -> dict | list | None:
@@ -109,3 +113,21 @@ def test_records_refuse_other_schemas_and_garbage(tmp_path):
     (store.meta_dir / "task.json.tmp-1-2").write_text("half")
     store.prepare()
     assert not (store.meta_dir / "task.json.tmp-1-2").exists()
+
+
+def test_pre_encoded_results_are_spliced_into_the_reply():
+    assert call({"jsonrpc": "2.0", "id": 3, "method": "raw"}) == {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "result": [{"a": 1}, "x"],
+    }
+    batch = call(
+        [
+            {"jsonrpc": "2.0", "id": 1, "method": "raw"},
+            {"jsonrpc": "2.0", "id": 2, "method": "echo"},
+        ]
+    )
+    assert batch == [
+        {"jsonrpc": "2.0", "id": 1, "result": [{"a": 1}, "x"]},
+        {"jsonrpc": "2.0", "id": 2, "result": []},
+    ]

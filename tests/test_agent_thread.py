@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -326,3 +327,17 @@ def test_counter_survives_and_is_raised_above_numbers_in_records(tmp_path: Path)
     assert reloaded.next(10000) == 3
     reloaded.ensure_above(10000, 41)
     assert reloaded.next(10000) == 42
+
+
+def test_info_json_is_cached_until_something_in_it_changes(world):
+    clock, processor, _, make = world
+    thread = make()
+    thread.step()
+    first = thread.info_json()
+    assert json.loads(first) == thread.info()
+    assert thread.info_json() is first  # nothing changed: the same encoded text
+    clock.advance(1.0)  # state_elapsed moved on
+    second = thread.info_json()
+    assert second is not first and json.loads(second)["state_elapsed"] == 1
+    thread.step()
+    assert json.loads(thread.info_json())["job_state"] == "DealsAcquired"

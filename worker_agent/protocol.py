@@ -59,6 +59,7 @@ __all__ = [
     "METHOD_NOT_FOUND",
     "NOT_PAUSED",
     "PARSE_ERROR",
+    "RawJSON",
     "RpcError",
     "handle_body",
     "make_request",
@@ -76,6 +77,13 @@ AGENT_NOT_RUNNING = -32099
 Handler = Callable[[list], Any]
 
 log = logging.getLogger("venus_worker.protocol")
+
+
+class RawJSON(str):
+    """A handler result that is already JSON text; it is spliced into the reply as is.
+
+    For hot paths only (WorkerList): it lets a handler reuse cached encodings.
+    """
 
 
 class RpcError(Exception):
@@ -149,6 +157,14 @@ def handle_body(body: bytes, methods: Mapping[str, Handler]) -> bytes | None:
 
 
 def _encode(reply: Any) -> bytes:
+    if isinstance(reply, list):
+        return b"[" + b",".join(_encode(item) for item in reply) + b"]"
+    result = reply.get("result") if isinstance(reply, dict) else None
+    if isinstance(result, RawJSON):
+        envelope = json.dumps(
+            {k: v for k, v in reply.items() if k != "result"}, separators=(",", ":")
+        )
+        return (envelope[:-1] + ',"result":' + result + "}").encode()
     return json.dumps(reply, separators=(",", ":")).encode()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker_agent import __version__
-from worker_agent.protocol import INTERNAL_ERROR, INVALID_PARAMS, NOT_PAUSED, RpcError
+from worker_agent.protocol import INTERNAL_ERROR, INVALID_PARAMS, NOT_PAUSED, RawJSON, RpcError
 from worker_agent.thread import InvalidState, NoTask, NotPaused, SealingThread
 
 __all__ = ["WorkerService", "summarize"]
@@ -64,9 +64,9 @@ class WorkerService:
             raise RpcError(INVALID_PARAMS, f"worker #{value} not found")
         return self.threads[value]
 
-    def worker_list(self, params: list) -> list[dict]:
+    def worker_list(self, params: list) -> RawJSON:
         _check_count(params, 0, 0)
-        return [thread.info() for thread in self.threads]
+        return RawJSON("[" + ",".join(thread.info_json() for thread in self.threads) + "]")
 
     def worker_pause(self, params: list) -> bool:
         _check_count(params, 1, 1)

@@ -25,6 +25,7 @@ Behaviour (and where it improves on damocles-worker):
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -137,6 +138,8 @@ class SealingThread:
         self._version = 0
         self._view_version = -1
         self._view: dict = {}
+        self._json_key: tuple | None = None
+        self._json = ""
 
     # ------------------------------------------------------------ helpers
 
@@ -420,20 +423,42 @@ class SealingThread:
     def info(self) -> dict:
         """This thread as a WorkerInfo (docs/protocol.md)."""
         with self._cond:
-            if self._view_version != self._version:
-                self._view = self._static_info()
-                self._view_version = self._version
-            view, record, activity = self._view, self.record, self._activity
-            now = self.clock.now()
-            if activity.state == "Paused" and record.paused_at is not None:
-                elapsed = int(max(0.0, now - record.paused_at))
-            elif activity.state == "Idle":
-                elapsed = None
-            else:
-                elapsed = int(max(0.0, self._mono() - activity.since))
-            task = record.task
-            state_elapsed = int(max(0.0, now - task.entered_at)) if task else None
-        info = dict(view)
+            return self._info(*self._elapsed())
+
+    def info_json(self) -> str:
+        """info() as JSON text, re-encoded only when something in it changed.
+
+        WorkerList is the hot path of the control API (fleet tools poll it):
+        with this cache a call costs a few comparisons per thread instead of
+        building and encoding every WorkerInfo again.
+        """
+        with self._cond:
+            key = (self._version, *self._elapsed())
+            if key != self._json_key:
+                self._json = json.dumps(self._info(key[1], key[2]), separators=(",", ":"))
+                self._json_key = key
+            return self._json
+
+    def _elapsed(self) -> tuple[int | None, int | None]:
+        """(thread-state elapsed, state_elapsed) in whole seconds; caller holds the lock."""
+        record, activity = self.record, self._activity
+        now = self.clock.now()
+        if activity.state == "Paused" and record.paused_at is not None:
+            elapsed = int(max(0.0, now - record.paused_at))
+        elif activity.state == "Idle":
+            elapsed = None
+        else:
+            elapsed = int(max(0.0, self._mono() - activity.since))
+        task = record.task
+        return elapsed, int(max(0.0, now - task.entered_at)) if task else None
+
+    def _info(self, elapsed: int | None, state_elapsed: int | None) -> dict:
+        """The WorkerInfo dict; caller holds the lock."""
+        if self._view_version != self._version:
+            self._view = self._static_info()
+            self._view_version = self._version
+        activity = self._activity
+        info = dict(self._view)
         info["thread_state"] = {
             "state": activity.state,
             "elapsed": elapsed,
