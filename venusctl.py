@@ -1268,8 +1268,11 @@ class HostKeyStore:
         self.path = path
         self.lock = threading.Lock()
         self.keys = paramiko.HostKeys()
-        if os.path.exists(path):
-            self.keys.load(path)
+        try:
+            if os.path.exists(path):
+                self.keys.load(path)
+        except (OSError, UnicodeDecodeError) as error:
+            raise HostError(f"cannot read known_hosts {path}: {error}", "known-hosts") from error
 
     def lookup(self, name: str) -> dict[str, Any]:
         with self.lock:
@@ -1403,7 +1406,9 @@ def connect_ssh(host: Host, context: SshContext) -> SshSession:
     # paramiko logs a failed connection from its own thread; without a
     # handler Python prints that to stderr, next to the host row that
     # already says what went wrong.
-    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    paramiko_log = logging.getLogger("paramiko")
+    if not paramiko_log.handlers:
+        paramiko_log.addHandler(logging.NullHandler())
 
     target = context.target(host)
     store = context.store(host.known_hosts)
