@@ -68,12 +68,15 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
     # Compact on purpose: with indent, json falls back to its pure-Python encoder (3x slower),
     # and records are rewritten at every state change of every thread.
     payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        with os.fdopen(fd, "wb", closefd=True) as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(payload)
+            while view:  # plain syscalls: this runs at every state change of every thread
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
