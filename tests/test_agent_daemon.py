@@ -205,7 +205,7 @@ def test_a_stalled_half_request_is_closed_while_others_are_served(agent):
         for _ in range(5):  # meanwhile other clients are served promptly
             t0 = time.monotonic()
             assert agent.call("WorkerVersion") == "0.1.0"
-            assert time.monotonic() - t0 < 0.5
+            assert time.monotonic() - t0 < 1.0
         stalled.settimeout(5)
         assert stalled.recv(100) == b""  # the server hung up (request_timeout = 1s)
         assert 0.8 < time.monotonic() - started < 4
@@ -324,11 +324,14 @@ def test_pause_interrupts_a_chain_wait_at_once():
                 ),
                 what="waiting",
             )[0]
-            assert waiting["thread_state"] == {"state": "Waiting", "elapsed": 0, "proc": None}
+            assert waiting["thread_state"]["state"] == "Waiting"
+            assert (
+                waiting["thread_state"]["proc"] is None and waiting["thread_state"]["elapsed"] < 5
+            )
             started = time.monotonic()
             agent.call("WorkerPause", 0)
             agent.wait_for(lambda i: i[0]["thread_state"]["state"] == "Paused", 2, "paused")
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 3  # the wait was one hour
             assert agent.infos()[0]["job_state"] == "PCSubmitted"
 
 
