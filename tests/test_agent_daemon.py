@@ -330,7 +330,7 @@ def test_pause_interrupts_a_chain_wait_at_once():
             )
             started = time.monotonic()
             agent.call("WorkerPause", 0)
-            agent.wait_for(lambda i: i[0]["thread_state"]["state"] == "Paused", 2, "paused")
+            agent.wait_for(lambda i: i[0]["thread_state"]["state"] == "Paused", 10, "paused")
             assert time.monotonic() - started < 3  # the wait was one hour
             assert agent.infos()[0]["job_state"] == "PCSubmitted"
 
