@@ -21,7 +21,10 @@ ssh-agent honoured) through a direct-streamlocal channel to the agent's Unix
 socket, or by running `venus-worker worker -c CONFIG ... --json` on it when
 sshd refuses that channel (transport = "auto"; the CLI also reads the last
 heartbeat of a stopped daemon); transport = "local" talks to an agent on this
-machine without SSH. All hosts are asked in parallel.
+machine without SSH. A host with backend = "damocles" is an original
+damocles-worker: its JSON-RPC port (rpc = "127.0.0.1:17890") is reached
+through a direct-tcpip channel of the SSH connection, nothing installed on
+it. All hosts are asked in parallel.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error, 130 interrupted.
@@ -78,6 +81,11 @@ __all__ = [
     "JsonRpcClient",
     "RpcAgent",
     "CliAgent",
+    "DamoclesAgent",
+    "normalize_worker_info",
+    "check_resume_state",
+    "parse_rpc_address",
+    "ActionOutcome",
     "HostStatus",
     "list_table",
     "info_table",
@@ -179,6 +187,18 @@ class StreamForbidden(HostError):
     kind = "stream-forbidden"
 
 
+class TcpForwardingForbidden(HostError):
+    """sshd refused the direct-tcpip channel to a damocles host's RPC (AllowTcpForwarding no)."""
+
+    kind = "tcp-forwarding-forbidden"
+
+
+class DamoclesNotReachable(HostError):
+    """Nothing accepts connections at the damocles host's `rpc` address (worker down)."""
+
+    kind = "damocles-not-reachable"
+
+
 class AgentRefused(HostError):
     """The agent answered with a JSON-RPC error: shown to the operator as it is."""
 
@@ -221,14 +241,19 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "host_key_policy": "reject",
     "transport": "auto",
     "backend": "venus",
+    # backend "damocles": the worker's RPC address as seen from the worker
+    # host itself, reached through a direct-tcpip channel of the SSH connection.
+    "rpc": "127.0.0.1:17890",
 }
 HOST_ONLY_KEYS = ("name", "address", "groups")
 TRANSPORTS = ("auto", "stream", "exec", "local")
 HOST_KEY_POLICIES = ("reject", "accept-new")
-# "damocles" (the original Rust worker, JSON-RPC through a direct-tcpip
-# channel to its loopback port) is planned; it gets its own agent client.
-BACKENDS = ("venus",)
-PLANNED_BACKENDS = ("damocles",)
+# venus: our agent (worker_agent), on its Unix socket or through its CLI.
+# damocles: the original Rust damocles-worker (formerly venus-worker),
+# nothing of ours installed: its JSON-RPC port, through the SSH connection.
+BACKENDS = ("venus", "damocles")
+# A damocles host is only reachable over SSH, and there is no CLI of ours to exec.
+DAMOCLES_TRANSPORTS = ("auto", "stream")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Local paths in the inventory are relative to the inventory's directory.
 LOCAL_PATH_KEYS = ("identity_file", "known_hosts", "ssh_config")
@@ -254,6 +279,7 @@ class Host:
     host_key_policy: str
     transport: str
     backend: str
+    rpc: str = BUILTIN_DEFAULTS["rpc"]
 
     @property
     def dest(self) -> str:
@@ -265,6 +291,11 @@ class Host:
     @property
     def agent_argv(self) -> list[str]:
         return shlex.split(self.agent)
+
+    @property
+    def rpc_address(self) -> tuple[str, int]:
+        """backend damocles: (host, port) of the worker's RPC, as the worker host sees it."""
+        return parse_rpc_address(self.rpc)
 
 
 @dataclass(frozen=True)
@@ -359,6 +390,7 @@ def _parse_host(
         raise InventoryError(f"{header}: {label}: missing 'address'")
     for key in LOCAL_PATH_KEYS:
         values[key] = _local_path(values[key], base)
+    _check_backend(table, values, label, locator, position)
     if values["transport"] == "local":
         # For a local agent, config and socket are paths on this machine too.
         values["config"] = _local_path(values["config"], base)
@@ -380,7 +412,35 @@ def _parse_host(
         host_key_policy=values["host_key_policy"],
         transport=values["transport"],
         backend=values["backend"],
+        rpc=values["rpc"],
     )
+
+
+def _check_backend(
+    table: dict[str, Any],
+    values: dict[str, Any],
+    label: str,
+    locator: _KeyLocator,
+    position: int,
+) -> None:
+    """A damocles host is reached over SSH only; `rpc` means nothing to our agent."""
+    if values["backend"] == "damocles" and values["transport"] not in DAMOCLES_TRANSPORTS:
+        in_table = "transport" in table
+        where = locator.where("transport", "host" if in_table else "defaults", position)
+        why = (
+            "its RPC port is reached through the SSH connection"
+            if values["transport"] == "local"
+            else "nothing of venusctl's is installed there to exec"
+        )
+        raise InventoryError(
+            f"{where}: {label}: transport {values['transport']!r} cannot reach a damocles"
+            f' backend ({why}); use transport = "auto" or "stream"'
+        )
+    if values["backend"] != "damocles" and "rpc" in table:
+        raise InventoryError(
+            f"{locator.where('rpc', 'host', position)}: {label}: 'rpc' is only used with"
+            ' backend = "damocles"'
+        )
 
 
 def _local_path(value: str | None, base: Path) -> str | None:
@@ -418,13 +478,28 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f"must be one of {', '.join(TRANSPORTS)}"
     if key == "host_key_policy" and value not in HOST_KEY_POLICIES:
         return f"must be one of {', '.join(HOST_KEY_POLICIES)}"
-    if key == "backend" and value in PLANNED_BACKENDS:
-        return f"backend {value!r} is not supported yet (supported: {', '.join(BACKENDS)})"
     if key == "backend" and value not in BACKENDS:
         return f"must be one of {', '.join(BACKENDS)}"
     if key == "agent" and not _splits(value):
         return "must be a command, e.g. 'venus-worker' or '/opt/venus/bin/venus-worker'"
+    if key == "rpc":
+        try:
+            parse_rpc_address(value)
+        except ValueError as error:
+            return str(error)
     return None
+
+
+def parse_rpc_address(text: str) -> tuple[str, int]:
+    """'127.0.0.1:17890', 'localhost:17890' or '[::1]:17890' to (host, port)."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([A-Za-z0-9.-]+):([0-9]{1,5})", text)
+    if not match:
+        raise ValueError("must be host:port, e.g. '127.0.0.1:17890'")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be from 1 to 65535")
+    return host, port
 
 
 def _splits(command: str) -> bool:
@@ -614,17 +689,118 @@ class HostStatus:
 SUMMARY_KEYS = ("Threads", "Empty", "Paused", "Running", "Waiting", "Errors")
 
 
-def summarize_threads(threads: list[dict[str, Any]]) -> dict[str, int]:
-    """The heartbeat's summary, computed from a live WorkerList (same rules as the agent)."""
+def summarize_threads(threads: list[dict[str, Any]]) -> dict[str, int | None]:
+    """The heartbeat's summary, computed from a live WorkerList (same rules as the agent).
+
+    Running and Waiting are None when a thread's state is unknown (a 2022
+    damocles-worker only tells paused from not paused).
+    """
     states = [(thread.get("thread_state") or {}).get("state") for thread in threads]
+    unknown = None in states
     return {
         "Threads": len(threads),
         "Empty": sum(1 for thread in threads if not thread.get("job_id")),
         "Paused": states.count("Paused"),
-        "Running": states.count("Running"),
-        "Waiting": states.count("Waiting"),
+        "Running": None if unknown else states.count("Running"),
+        "Waiting": None if unknown else states.count("Waiting"),
         "Errors": sum(1 for thread in threads if thread.get("last_error")),
     }
+
+
+def normalize_worker_info(info: Any) -> dict[str, Any]:
+    """One WorkerInfo of a damocles-worker, of either API generation, in our agent's shape.
+
+    Every command downstream sees one shape (docs/protocol.md). The current
+    shape (damocles v0.9+, reference §4) only gains the keys the original
+    leaves out (`elapsed`, `proc`, `state_elapsed`). The 2022 shape
+    (`sector_id, paused, paused_elapsed, state`) becomes job_id/job_state and
+    a Paused thread state; not paused is state None (it does not tell
+    running from idle), and plan and stage are None (not reported).
+    Anything else is an UnreadableReply.
+    """
+    if not isinstance(info, dict) or not _is_int(info.get("index")):
+        raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
+    if isinstance(info.get("thread_state"), dict):
+        thread_state = info["thread_state"]
+        return {
+            "index": info["index"],
+            "location": info.get("location"),
+            "plan": info.get("plan"),
+            "job_id": info.get("job_id"),
+            "job_state": info.get("job_state") or "",
+            "job_stage": info.get("job_stage"),
+            "thread_state": {
+                "state": thread_state.get("state"),
+                "elapsed": thread_state.get("elapsed"),
+                "proc": thread_state.get("proc"),
+            },
+            "state_elapsed": None,
+            "last_error": info.get("last_error"),
+        }
+    if isinstance(info.get("paused"), bool):
+        paused = info["paused"]
+        return {
+            "index": info["index"],
+            "location": info.get("location"),
+            "plan": None,
+            "job_id": info.get("sector_id"),
+            "job_state": info.get("state") or "",
+            "job_stage": None,
+            "thread_state": {
+                "state": "Paused" if paused else None,
+                "elapsed": info.get("paused_elapsed") if paused else None,
+                "proc": None,
+            },
+            "state_elapsed": None,
+            "last_error": info.get("last_error"),
+        }
+    raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
+WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
+
+
+def resume_states(thread: dict[str, Any]) -> tuple[str, str]:
+    """(plan, its valid resume states) for a thread in our WorkerInfo shape.
+
+    The names come from worker_agent.states (the same distribution; imported
+    only here). A thread without a plan (2022 shape) is a sealer, unless its
+    current state belongs to another plan only (a snapup thread in SnapEncoded).
+    Raises ValueError for a plan venusctl does not know.
+    """
+    from worker_agent.states import PLANS
+
+    names = {plan: tuple(state.value for state in PLANS[plan].states) for plan in PLANS}
+    names["wdpost"] = WDPOST_STATES
+    plan = thread.get("plan")
+    if plan is None:
+        current = thread.get("job_state")
+        owners = [name for name in PLANS if current in names[name]]
+        plan = "sealer" if "sealer" in owners or not owners else owners[0]
+    if plan not in names:
+        raise ValueError(f"venusctl does not know the states of plan {plan!r}")
+    return plan, names[plan]
+
+
+def check_resume_state(thread: dict[str, Any], state: str) -> None:
+    """Refuse a resume state outside the thread's plan, as our agent does (-32602).
+
+    The original damocles-worker ignores an unknown name and resumes anyway,
+    and a known state of another plan aborts the task ("unexpected state").
+    """
+    try:
+        plan, valid = resume_states(thread)
+    except ValueError as error:
+        raise AgentRefused(-32602, f"{error}: resume without a state") from None
+    if state not in valid:
+        raise AgentRefused(
+            -32602, f'invalid state "{state}" for plan {plan}; valid states: {", ".join(valid)}'
+        )
 
 
 def host_summary(status: HostStatus) -> dict[str, int] | None:
@@ -650,6 +826,7 @@ def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: floa
         "name": host.name,
         "dest": host.dest,
         "transport": host.transport,
+        "backend": host.backend,
         "via": status.via or None,
         "version": (status.report or {}).get("version"),
         "summary": host_summary(status),
@@ -764,10 +941,22 @@ INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
 def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
     """`venusctl inventory`: the hosts as venusctl resolved them (no connection)."""
     rows = [
-        [host.name, host.dest, host.user or "-", host.transport, ",".join(host.groups) or "-"]
+        [
+            host.name,
+            host.dest,
+            host.user or "-",
+            _transport_cell(host),
+            ",".join(host.groups) or "-",
+        ]
         for host in inventory.hosts
     ]
     return INVENTORY_HEADERS, rows
+
+
+def _transport_cell(host: Host) -> str:
+    return (
+        f"{host.transport} -> damocles {host.rpc}" if host.backend == "damocles" else host.transport
+    )
 
 
 def inventory_json(inventory: Inventory) -> list[dict[str, Any]]:
@@ -780,16 +969,16 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
 
     Groups come from the hosts' `groups`; `_meta.hostvars` carries how to
     reach each host and where its agent's command, config and socket are,
-    so playbooks and venusctl never disagree about the fleet.
+    so playbooks and venusctl never disagree about the fleet. damocles hosts
+    are left out: the playbooks deploy and drive our agent, which they do not run.
     """
     groups: dict[str, list[str]] = {}
-    for host in inventory.hosts:
+    hosts = [host for host in inventory.hosts if host.backend != "damocles"]
+    for host in hosts:
         for group in host.groups or ("ungrouped",):
             groups.setdefault(group, []).append(host.name)
     document: dict[str, Any] = {group: {"hosts": names} for group, names in sorted(groups.items())}
-    document["_meta"] = {
-        "hostvars": {host.name: ansible_hostvars(host) for host in inventory.hosts}
-    }
+    document["_meta"] = {"hostvars": {host.name: ansible_hostvars(host) for host in hosts}}
     return document
 
 
@@ -836,6 +1025,7 @@ def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
     return {
         "name": host.name,
         "dest": host.dest,
+        "backend": host.backend,
         "via": status.via if status else None,
         "threads": status.threads if status else None,
         "last_ping": report_age(status.report) if status else None,
@@ -850,27 +1040,33 @@ def info_failure_line(entry: dict) -> str:
     return f"{entry['name']}: {entry['error']['message']}{stale}"
 
 
-def action_entry(host: Host, action: Action, outcome: str | BaseException) -> dict:
-    """`pause`/`resume --json`; outcome is the path used (stream, exec, ...) or the error."""
+def action_entry(host: Host, action: Action, outcome: ActionOutcome | BaseException) -> dict:
+    """`pause`/`resume --json`; outcome is how it was done (path, note) or the error."""
     error = outcome if isinstance(outcome, BaseException) else None
+    done = outcome if isinstance(outcome, ActionOutcome) else None
     return {
         "name": host.name,
         "dest": host.dest,
         "action": action.kind,
         "index": action.index,
         "state": action.state,
-        "via": None if error else outcome,
+        "via": done.via if done else None,
         "ok": error is None,
+        "note": done.note if done else None,
         "error": error_json(error),
     }
 
 
-def action_line(host: Host, action: Action, error: BaseException | None) -> str:
+def action_line(
+    host: Host, action: Action, error: BaseException | None, note: str | None = None
+) -> str:
     """The one line `pause`/`resume` print about the outcome."""
     subject = f"{host.name} #{action.index}"
     if error is not None:
         verb = "refused" if isinstance(error, AgentRefused) else "failed"
         return f"{subject}: {action.kind} {verb}: {error_text(error)}"
+    if note:
+        return f"{subject}: {note}"
     if action.kind == "pause":
         return f"{subject}: paused (a stage in flight finishes first)"
     if action.state:
@@ -1017,11 +1213,87 @@ class RpcAgent:
             via=self.via,
         )
 
-    def pause(self, index: int) -> None:
+    def pause(self, index: int) -> str | None:
         self.rpc.call(RPC_NAMESPACE + "WorkerPause", [index])
+        return None
 
-    def resume(self, index: int, state: str | None) -> None:
+    def resume(self, index: int, state: str | None) -> str | None:
         self.rpc.call(RPC_NAMESPACE + "WorkerResume", [index, state])
+        return None
+
+
+class DamoclesAgent:
+    """The original damocles-worker, asked on its own JSON-RPC port (both API generations).
+
+    It has no heartbeat report: `status` is the live WorkerList (normalized
+    to our shape) and its version, with LastPing the age of this very answer
+    (0). Its pause and resume answer `true`/`false` instead of errors; this
+    class turns them into what our agent would have said.
+    """
+
+    def __init__(self, rpc: JsonRpcClient, via: str) -> None:
+        self.rpc = rpc
+        self.via = via
+
+    def threads(self) -> list[dict[str, Any]]:
+        threads = self.rpc.call(RPC_NAMESPACE + "WorkerList", [])
+        if not isinstance(threads, list):
+            raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
+        return [normalize_worker_info(thread) for thread in threads]
+
+    def status(self) -> HostStatus:
+        threads = self.threads()
+        report = {"version": self._version(), "age": 0.0, "heartbeat": False}
+        return HostStatus(report=report, threads=threads, via=self.via)
+
+    def _version(self) -> str | None:
+        # A second request on the same keep-alive connection (the 2022 API may
+        # lack the method): the thread list matters, the version is a bonus.
+        try:
+            version = self.rpc.call(RPC_NAMESPACE + "WorkerVersion", [])
+        except (AgentRefused, UnreadableReply):
+            return None
+        return version if isinstance(version, str) else None
+
+    def pause(self, index: int) -> str:
+        """Pause, without stacking a second pause on a paused thread.
+
+        damocles queues a pause token even for a paused thread, and that stale
+        token re-pauses it right after the next resume (reference §3): a
+        paused thread is left alone.
+        """
+        state = self._thread(index)["thread_state"]["state"]
+        if state == "Paused":
+            return "already paused (nothing sent)"
+        answer = self.rpc.call(RPC_NAMESPACE + "WorkerPause", [index])
+        if not isinstance(answer, bool):
+            raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
+        if not answer:
+            return "pause already queued (nothing changed)"
+        if state in ("Running", "Waiting"):
+            # damocles drops the result of a stage it pauses after (reference §3).
+            return "pause queued: it stops after its running stage, which damocles redoes on resume"
+        if state == "Idle":
+            return "paused (an idle thread takes the pause at once)"
+        return "pause queued: it stops at its next stage boundary"
+
+    def resume(self, index: int, state: str | None) -> str | None:
+        if state is not None:
+            # damocles ignores a name it does not know: check it here first.
+            check_resume_state(self._thread(index), state)
+        answer = self.rpc.call(RPC_NAMESPACE + "WorkerResume", [index, state])
+        if answer is False:
+            # Our agent's code for the same case, so scripts see one answer.
+            raise AgentRefused(1001, f"worker #{index} is not paused")
+        if answer is not True:
+            raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
+        return None
+
+    def _thread(self, index: int) -> dict[str, Any]:
+        for thread in self.threads():
+            if thread["index"] == index:
+                return thread
+        raise AgentRefused(-32602, f"worker #{index} not found")
 
 
 @dataclass
@@ -1060,11 +1332,13 @@ class CliAgent:
             via=self.via,
         )
 
-    def pause(self, index: int) -> None:
+    def pause(self, index: int) -> str | None:
         self._act(pause_argv(self.host, index))
+        return None
 
-    def resume(self, index: int, state: str | None) -> None:
+    def resume(self, index: int, state: str | None) -> str | None:
         self._act(resume_argv(self.host, index, state))
+        return None
 
     def _act(self, argv: list[str]) -> None:
         document = parse_cli_reply(self.run(argv))
@@ -1173,9 +1447,11 @@ class SshSession:
         self.host = host
         self.client = client
 
-    def open_rpc(self) -> RpcAgent:
+    def open_rpc(self) -> RpcAgent | DamoclesAgent:
         from paramiko.ssh_exception import ChannelException
 
+        if self.host.backend == "damocles":
+            return self._open_damocles()
         transport = self.client.get_transport()
         try:
             channel = transport.open_streamlocal(
@@ -1195,6 +1471,39 @@ class SshSession:
                 ) from error
             raise HostError(f"channel refused: {error.text}") from error
         return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
+
+    def _open_damocles(self) -> DamoclesAgent:
+        """A direct-tcpip channel to the worker's RPC port, as the worker host sees it.
+
+        The port can stay bound to the host's loopback: sshd makes the TCP
+        connection on the host, so nothing but SSH is open to the network.
+        """
+        import paramiko
+
+        timeout = self.host.connect_timeout
+        try:
+            channel = self.client.get_transport().open_channel(
+                "direct-tcpip", self.host.rpc_address, ("127.0.0.1", 0), timeout=timeout
+            )
+        except paramiko.ChannelException as error:
+            # RFC 4254 reason codes, as for the stream channel above.
+            if error.code == 1:
+                raise TcpForwardingForbidden(
+                    "TCP forwarding forbidden by sshd (AllowTcpForwarding)"
+                ) from error
+            if error.code == 2:
+                raise DamoclesNotReachable(
+                    f"damocles RPC not reachable at {self.host.rpc}"
+                ) from error
+            raise HostError(f"channel refused: {error.text}") from error
+        except paramiko.SSHException as error:
+            # paramiko's only signal that the channel did not open in time
+            if "Timeout" in str(error):
+                raise HostTimeout(f"timeout after {timeout:g}s opening the RPC channel") from error
+            raise HostError(f"SSH error: {error}", "ssh-error") from error
+        except (EOFError, OSError) as error:
+            raise HostError(f"connection lost: {error}", "connection-lost") from error
+        return DamoclesAgent(JsonRpcClient(channel, self.host.command_timeout), via="direct-tcpip")
 
     def cli(self) -> CliAgent:
         return CliAgent(self.host, self._run, via="exec")
@@ -1582,15 +1891,23 @@ class Action:
     index: int
     state: str | None = None
 
-    def via(self, agent: RpcAgent | CliAgent) -> None:
+    def via(self, agent: RpcAgent | CliAgent | DamoclesAgent) -> str | None:
+        """Do it; returns a note when the answer was more than "done" (damocles)."""
         if self.kind == "pause":
-            agent.pause(self.index)
-        else:
-            agent.resume(self.index, self.state)
+            return agent.pause(self.index)
+        return agent.resume(self.index, self.state)
 
 
-def perform(session: LocalSession | SshSession, host: Host, action: Action) -> str:
-    """Do the action by the host's transport; returns the path used (stream, exec, ...).
+@dataclass(frozen=True)
+class ActionOutcome:
+    """How an action was done: the path used (stream, exec, ...) and the agent's note."""
+
+    via: str
+    note: str | None = None
+
+
+def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
+    """Do the action by the host's transport; returns the path used and any note.
 
     auto falls back to the CLI when the channel is refused (see query_status);
     local does not: its CLI would only find the same dead socket.
@@ -1603,13 +1920,12 @@ def perform(session: LocalSession | SshSession, host: Host, action: Action) -> s
                 raise
         else:
             try:
-                action.via(agent)
+                note = action.via(agent)
             finally:
                 agent.rpc.close()
-            return agent.via
+            return ActionOutcome(agent.via, note)
     cli = session.cli()
-    action.via(cli)
-    return cli.via
+    return ActionOutcome(cli.via, action.via(cli))
 
 
 def fan_out(
@@ -1738,7 +2054,8 @@ def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
         ctx.emit_json(action_entry(host, action, outcome))
     else:
         stream = ctx.err if error else ctx.out
-        stream.write(action_line(host, action, error) + "\n")
+        note = outcome.note if isinstance(outcome, ActionOutcome) else None
+        stream.write(action_line(host, action, error, note) + "\n")
     return ExitStatus.FAILED if error else ExitStatus.OK
 
 

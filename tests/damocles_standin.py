@@ -9,9 +9,13 @@ namespace ``VenusWorker``. It serves either result shape:
 - ``v2022`` (venus-cluster v0.3): ``location, sector_id, index, paused,
   paused_elapsed, state, last_error``.
 
-Behaviours kept on purpose because a client must cope with them:
-``WorkerPause`` answers ``false`` when a pause is already queued;
-``WorkerResume`` answers ``false`` (no error) when the thread is not paused;
+Behaviours kept on purpose because a client must cope with them (§3):
+``WorkerPause`` queues a pause token and answers ``false`` when one is
+already queued; the token is consumed at once by an idle thread, only after
+the running stage by a running one (here: never, PC1 runs "for hours"), and
+by a paused thread right after its next resume, which re-pauses it (stale
+token); ``WorkerResume`` answers ``false`` (no error) when the thread is not
+paused;
 an unknown resume state is silently ignored by ``current`` and rejected with
 invalid params by ``v2022``; a bad index is invalid params
 ``worker #N not found``.
@@ -118,14 +122,13 @@ class Worker:
 
     @staticmethod
     def pause(thread):
-        if thread.paused_at is None:
-            thread.paused_at = time.time()
-            thread.proc = None
-            return True
-        # The original queues a token even for a paused thread, once.
+        # The original queues a token whatever the thread does (bounded(1)).
         if thread.pause_queued:
             return False
-        thread.pause_queued = True
+        if thread.paused_at is None and not thread.proc:
+            thread.paused_at = time.time()  # an idle wait takes the token at once
+            return True
+        thread.pause_queued = True  # taken after the stage, or after the next resume
         return True
 
     def resume(self, thread, state):
@@ -137,11 +140,14 @@ class Worker:
             state = None  # current damocles only logs "unknown state" and goes on
         thread.paused_at = None
         thread.last_error = None
-        thread.pause_queued = False
         if state == "Aborted":
             thread.job_id, thread.job_state = None, ""
         elif state is not None:
             thread.job_state = state
+        if thread.pause_queued:
+            # a stale token: the resumed thread takes it and pauses again
+            thread.pause_queued = False
+            thread.paused_at = time.time()
         return True
 
 
