@@ -425,8 +425,10 @@ def _check_backend(
 ) -> None:
     """A damocles host is reached over SSH only; `rpc` means nothing to our agent."""
     if values["backend"] == "damocles" and values["transport"] not in DAMOCLES_TRANSPORTS:
-        in_table = "transport" in table
-        where = locator.where("transport", "host" if in_table else "defaults", position)
+        if "transport" in table:
+            where = locator.where("transport", "host", position)
+        else:
+            where = locator.where("transport", "defaults")
         why = (
             "its RPC port is reached through the SSH connection"
             if values["transport"] == "local"
