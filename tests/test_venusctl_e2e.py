@@ -494,6 +494,7 @@ def test_resume_into_a_state_and_refusals(tmp_path, capsys, ssh_fleet):
         "state": "C1Done",
         "via": "stream",
         "ok": True,
+        "note": None,
         "error": None,
     }
     status, out, err = run(capsys, path, "pause", "w3", "9")
