@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a bare Debian
-# machine (OpenSSH's sshd, the Python dependencies in ./.venv), then runs
+# machine (OpenSSH's sshd, curl, the Python dependencies in ./.venv), then runs
 # ruff and the whole pytest suite. Extra arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+need=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing openssh-server (sshd is missing; the tests run a real sshd fleet)"
+    echo "installing ${need[*]} (the tests run a real sshd fleet and curl)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "sshd is missing: install openssh-server (the tests run real sshd processes)" >&2
+    echo "missing: ${need[*]} (the tests run real sshd processes and curl); install them" >&2
     exit 2
   fi
 fi

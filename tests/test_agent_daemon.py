@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -487,6 +489,34 @@ def test_command_processor_end_to_end():
             assert info["job_state"] == "C1Done" and info["thread_state"]["state"] == "Paused"
             assert info["last_error"] == "permanent: out of GPU memory"
             assert (folder / "store0/data/pc1.out").read_text() == "s-t010000-1 PC1"
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Send a signal to one thread of another process (what the kernel may pick)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234 if platform.machine() == "x86_64" else 131  # aarch64: 131
+    if libc.syscall(sys_tgkill, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+def test_sigterm_delivered_to_any_thread_stops_the_daemon():
+    # Regression: the main thread slept in Event.wait(); a process signal the
+    # kernel delivered to a sealing or server thread never woke it, and the
+    # daemon ignored SIGTERM. Deliver it to a non-main thread on purpose.
+    with short_tmp() as folder:
+        config = write_config(folder, threads=2, mock='duration = "50ms"')
+        agent = Agent(config).start()
+        try:
+            pid = agent.proc.pid
+            others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+            assert others, "the daemon runs sealing threads"
+            # The oldest threads are the long-lived sealing threads, not a
+            # short-lived connection handler that might be gone already.
+            _tgkill(pid, others[0], signal.SIGTERM)
+            assert agent.proc.wait(timeout=10) == 0, agent.log_text()
+            assert not agent.socket.exists()
+        finally:
+            agent.close()
 
 
 def test_sigint_stops_cleanly_too():

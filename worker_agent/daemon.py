@@ -168,10 +168,17 @@ def _setup_logging() -> None:
 def run_daemon(config: Config) -> int:
     """Run in the foreground until SIGTERM or SIGINT; returns the exit status."""
     _setup_logging()
-    stop = threading.Event()
+    # The main thread sleeps in a read on a pipe that the C-level signal handler
+    # writes to (set_wakeup_fd), whichever thread the kernel delivers the signal
+    # to. The Python handler itself does nothing: it must take no lock, since it
+    # runs on the main thread, which may hold that lock (Event.set() from a
+    # handler that interrupted Event.wait() can deadlock).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
 
     def on_signal(signum, frame) -> None:
-        stop.set()  # only flag it: the main thread does the shutdown work
+        """The byte in the wake-up pipe is the message; nothing else to do."""
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -183,7 +190,7 @@ def run_daemon(config: Config) -> int:
     except BaseException:
         daemon.stop()
         raise
-    stop.wait()
+    os.read(wake_read, 1)  # until SIGTERM or SIGINT
     log.info("stopping: letting every thread reach a stage boundary")
     daemon.stop()
     log.info("stopped")
