@@ -581,6 +581,12 @@ def test_ansible_inventory_groups_and_hostvars(tmp_path):
         transport = "local"
         config = "mock.toml"
         socket = "mock.sock"
+
+        [[host]]
+        name = "old-01"
+        address = "10.0.0.99"
+        backend = "damocles"
+        groups = ["gpu"]
         """,
         tmp_path,
     )
@@ -590,6 +596,8 @@ def test_ansible_inventory_groups_and_hostvars(tmp_path):
         "ungrouped": {"hosts": ["cpu-01", "local"]},
     }
     hostvars = document["_meta"]["hostvars"]
+    # An original damocles-worker runs nothing the playbooks deploy or drive.
+    assert "old-01" not in hostvars
     assert hostvars["gpu-01"] == {
         "ansible_host": "10.0.0.11",
         "ansible_user": "sealer",
