@@ -9,6 +9,11 @@ commands:
   info HOST [--wide]        one row per sealing thread of HOST
   pause HOST INDEX          pause thread INDEX; it stops at its next stage boundary
   resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE
+  health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
+         [--stuck STAGE=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
+                            judge the fleet for cron and monitoring: a plugin line,
+                            one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
+                            3 UNKNOWN (see venusctl health --help)
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
@@ -27,13 +32,15 @@ through a direct-tcpip channel of the SSH connection, nothing installed on
 it. All hosts are asked in parallel.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
-configuration error, 130 interrupted.
+configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
+3 UNKNOWN.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import enum
 import fnmatch
 import getpass
@@ -46,6 +53,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -60,6 +68,7 @@ from typing import Any
 
 __all__ = [
     "ExitStatus",
+    "Severity",
     "VenusctlError",
     "UsageError",
     "InventoryError",
@@ -90,6 +99,15 @@ __all__ = [
     "list_table",
     "info_table",
     "ansible_inventory",
+    "HealthSettings",
+    "Thresholds",
+    "Finding",
+    "HealthReport",
+    "judge_fleet",
+    "health_text",
+    "health_json",
+    "prometheus_text",
+    "write_textfile",
     "query_status",
     "perform",
     "fan_out",
@@ -102,12 +120,26 @@ __all__ = [
 
 
 class ExitStatus(enum.IntEnum):
-    """What `main` returns; the monitoring-plugin codes of `health` come later."""
+    """What `main` returns, except for `health` (see Severity)."""
 
     OK = 0
     FAILED = 1  # some host or operation failed; the others were still done
     USAGE = 2  # bad command line or inventory; nothing was contacted
     INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+class Severity(enum.IntEnum):
+    """`health`'s findings and exit status: the monitoring-plugin convention.
+
+    Nagios, Icinga, Sensu and friends read the exit status as the state, so
+    UNKNOWN (the check itself could not run: bad inventory or arguments, the
+    deadline passed) is 3, never venusctl's usual 2.
+    """
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
 
 
 # =============================================================================
@@ -299,9 +331,26 @@ class Host:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """The optional [health] table: the fleet's own defaults for `venusctl health`.
+
+    None (or an empty `stuck`) means "not set here"; the command line wins
+    over these, and these over the built-in defaults (HEALTH_DEFAULTS).
+    """
+
+    expiration: float | None = None
+    paused_warn: float | None = None
+    paused_crit: float | None = None
+    stuck: dict[str, float] = field(default_factory=dict)
+    deadline: float | None = None
+    prometheus: str | None = None
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     hosts: tuple[Host, ...]
+    health: HealthSettings = field(default_factory=HealthSettings)
 
     @property
     def names(self) -> list[str]:
@@ -337,11 +386,11 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     except ParseError as error:
         raise InventoryError(f"{path}:{error.line}: TOML error: {error}") from error
     locator = _KeyLocator(text, path)
-    unknown_tables = sorted(set(document) - {"defaults", "host"})
+    unknown_tables = sorted(set(document) - {"defaults", "host", "health"})
     if unknown_tables:
         raise InventoryError(
             f"{locator.where(unknown_tables[0])}: unknown key {unknown_tables[0]!r} "
-            "(expected [defaults] and [[host]] tables)"
+            "(expected [defaults], [[host]] and [health] tables)"
         )
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -364,7 +413,58 @@ def parse_inventory(text: str, path: Path) -> Inventory:
             where = locator.where("name", "host", position)
             raise InventoryError(f"{where}: duplicate host name {host.name!r}")
         hosts.append(host)
-    return Inventory(path=path, hosts=tuple(hosts))
+    health = _parse_health(document.get("health", {}), locator, path.parent)
+    return Inventory(path=path, hosts=tuple(hosts), health=health)
+
+
+HEALTH_KEYS = ("expiration", "paused_warn", "paused_crit", "stuck", "deadline", "prometheus")
+
+
+def _parse_health(table: Any, locator: _KeyLocator, base: Path) -> HealthSettings:
+    """The [health] table, checked like the rest: one line naming the file and the key."""
+    if not isinstance(table, dict):
+        raise InventoryError(f"{locator.where('health')}: 'health' must be a table")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = locator.where(key, "health")
+        if key not in HEALTH_KEYS:
+            raise InventoryError(
+                f"{where}: unknown key 'health.{key}' (known: {', '.join(HEALTH_KEYS)})"
+            )
+        if key == "prometheus":
+            if not isinstance(value, str) or not value.strip():
+                raise InventoryError(f"{where}: health.prometheus: must be a file path")
+            values[key] = _local_path(value, base)
+        elif key == "stuck":
+            values[key] = _parse_stuck_table(value, locator)
+        else:
+            values[key] = _inventory_duration(f"health.{key}", value, where)
+    return HealthSettings(**values)
+
+
+def _parse_stuck_table(table: Any, locator: _KeyLocator) -> dict[str, float]:
+    if not isinstance(table, dict):
+        where = locator.where("stuck", "health")
+        raise InventoryError(f'{where}: health.stuck: must be a table, e.g. {{PC1 = "14h"}}')
+    stuck = {}
+    for key, value in table.items():
+        # `[health.stuck]` puts each key on its own line; an inline table does not.
+        own_line = locator._find(key, "health.stuck", 0)
+        where = locator.where(key, "health.stuck") if own_line else locator.where("stuck", "health")
+        try:
+            stuck[check_stuck_key(key)] = _inventory_duration(f"health.stuck.{key}", value, where)
+        except ValueError as error:
+            raise InventoryError(f"{where}: health.stuck: {error}") from error
+    return stuck
+
+
+def _inventory_duration(name: str, value: Any, where: str) -> float:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise InventoryError(f"{where}: {name}: {error}") from error
+    raise InventoryError(f'{where}: {name}: must be a duration such as "10m", got {value!r}')
 
 
 def _parse_host(
@@ -1074,6 +1174,447 @@ def action_line(
     if action.state:
         return f"{subject}: resumed in state {action.state}"
     return f"{subject}: resumed"
+
+
+# -- health: judging a fleet, and the report's three forms --------------------
+
+# How long a job may stay in one state before `health` calls it stuck, by the
+# stage label of the work done from that state (WorkerInfo `job_stage`, the
+# damocles labels). Compute stages get what a healthy 32 GiB sector needs
+# plus a margin; submits are a message to the chain and should take minutes;
+# chain waits are bounded by the chain (WaitSeed: 150 epochs = 75 min).
+STUCK_DEFAULTS: dict[str, float] = {
+    "AcquireDeals": 1 * 3600,
+    "AddPieces": 2 * 3600,
+    "TreeD": 2 * 3600,
+    "AssignTicket": 1 * 3600,
+    "PC1": 12 * 3600,
+    "PC2": 4 * 3600,
+    "SyntheticPoRep": 4 * 3600,
+    "SubmitPreCommit": 1 * 3600,
+    "WaitPCLanded": 6 * 3600,
+    "PersistFiles": 2 * 3600,
+    "SubmitPersisted": 1 * 3600,
+    "WaitSeed": 3 * 3600,
+    "C1": 1 * 3600,
+    "C2": 4 * 3600,
+    "SubmitProof": 1 * 3600,
+    "WaitProofLanded": 6 * 3600,
+    "SnapEncode": 4 * 3600,
+    "SnapProve": 4 * 3600,
+    "SubmitSnapupProof": 1 * 3600,
+    "PrepareForSnapup": 2 * 3600,
+    "Unseal": 12 * 3600,
+    "UploadPiece": 2 * 3600,
+    # any stage not listed (a newer worker's): `--stuck default=...`
+    "default": 6 * 3600,
+}
+# Task states of every plan (damocles' names): `--stuck` also takes these,
+# and a state beats its stage label (e.g. SeedAssigned=30m vs C1=1h).
+STATE_NAMES = (
+    "Empty Allocated DealsAcquired PieceAdded TreeDBuilt TicketAssigned PC1Done PC2Done "
+    "SyntheticPoRepNeeded PCSubmitted PCLanded Persisted PersistanceSubmitted SeedAssigned "
+    "C1Done C2Done ProofSubmitted Finished Aborted SnapEncoded SnapProved SealedChecked "
+    "SnapPieceAdded SnapTreeDBuilt SnapDone Unsealed"
+).split()
+HEALTH_DEFAULTS = {
+    "expiration": 600.0,
+    "paused_warn": 3600.0,
+    "paused_crit": 6 * 3600.0,
+    "deadline": 60.0,
+}
+
+
+def check_stuck_key(key: str) -> str:
+    """A `--stuck` key: a stage label, a state name or `default`; a typo is refused."""
+    if key in STUCK_DEFAULTS or key in STATE_NAMES:
+        return key
+    raise ValueError(
+        f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
+        f" states: {', '.join(STATE_NAMES)})"
+    )
+
+
+def parse_stuck_option(text: str) -> tuple[str, float]:
+    """`--stuck PC1=14h` -> ('PC1', 50400.0)."""
+    key, sep, duration = text.partition("=")
+    if not sep:
+        raise ValueError(f"invalid --stuck {text!r}: expected KEY=DURATION, e.g. PC1=14h")
+    return check_stuck_key(key.strip()), parse_duration(duration)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What `health` judges against, all in seconds (see HEALTH_DEFAULTS, STUCK_DEFAULTS)."""
+
+    expiration: float = HEALTH_DEFAULTS["expiration"]
+    paused_warn: float = HEALTH_DEFAULTS["paused_warn"]
+    paused_crit: float = HEALTH_DEFAULTS["paused_crit"]
+    stuck: dict[str, float] = field(default_factory=lambda: dict(STUCK_DEFAULTS))
+
+    def stuck_after(self, state: str | None, stage: str | None) -> tuple[str, float]:
+        """The threshold for a job in `state` (stage label `stage`), and the key it came from."""
+        for key in (state, stage, "default"):
+            if key and key in self.stuck:
+                return key, self.stuck[key]
+        return "default", STUCK_DEFAULTS["default"]
+
+
+class NoAnswer(HostError):
+    """The host was still being asked when `health --deadline` passed."""
+
+    kind = "no-answer"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong, on a host or on one of its threads (index None: the host)."""
+
+    severity: Severity
+    kind: str  # host-unreachable agent-not-running heartbeat-expired no-answer
+    #            internal-error thread-error thread-paused thread-stuck
+    host: str
+    message: str
+    index: int | None = None
+    sector: str | None = None
+    state: str | None = None
+    stage: str | None = None
+    duration: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "severity": self.severity.name}
+
+
+@dataclass
+class HostHealth:
+    """One host's counts and findings; `up` means its live thread list was read."""
+
+    name: str
+    up: bool
+    heartbeat_age: float | None = None
+    thread_states: dict[str, int] = field(default_factory=dict)  # Idle Running Waiting Paused
+    job_states: dict[str, int] = field(default_factory=dict)  # C1Done: 2, ...
+    threads: int = 0
+    empty: int = 0
+    errors: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["findings"] = [finding.as_json() for finding in self.findings]
+        return document
+
+
+THREAD_STATES = ("Idle", "Running", "Waiting", "Paused")
+
+
+@dataclass
+class HealthReport:
+    status: Severity
+    hosts: list[HostHealth]
+    findings: list[Finding]
+    time: float
+    deadline: float | None = None  # set when the deadline passed before every host answered
+
+
+# Worst first: CRITICAL before UNKNOWN (a host we know is down matters more
+# than one we could not judge), UNKNOWN before WARNING.
+_SEVERITY_RANK = {
+    Severity.OK: 0,
+    Severity.WARNING: 1,
+    Severity.UNKNOWN: 2,
+    Severity.CRITICAL: 3,
+}
+
+
+def judge_fleet(
+    outcomes: dict[str, HostStatus | BaseException],
+    thresholds: Thresholds,
+    now: float,
+    deadline: float | None = None,
+) -> HealthReport:
+    """Hosts' outcomes (in inventory order) -> findings and the overall status. No I/O.
+
+    `deadline` is given when the run stopped waiting: the hosts whose outcome
+    is a NoAnswer were still being asked, and the whole report is UNKNOWN.
+    """
+    hosts = [judge_host(name, outcome, thresholds) for name, outcome in outcomes.items()]
+    findings = [finding for host in hosts for finding in host.findings]
+    findings.sort(key=lambda finding: -_SEVERITY_RANK[finding.severity])  # stable: host order
+    status = max((f.severity for f in findings), key=_SEVERITY_RANK.get, default=Severity.OK)
+    missed = deadline is not None and any(f.kind == "no-answer" for f in findings)
+    return HealthReport(
+        status=Severity.UNKNOWN if missed else status,
+        hosts=hosts,
+        findings=findings,
+        time=now,
+        deadline=deadline if missed else None,
+    )
+
+
+def judge_host(
+    name: str, outcome: HostStatus | BaseException, thresholds: Thresholds
+) -> HostHealth:
+    if isinstance(outcome, BaseException):
+        return HostHealth(name, up=False, findings=[_host_failure(name, outcome)])
+    age = report_age(outcome.report)
+    health = HostHealth(name, up=outcome.threads is not None, heartbeat_age=age)
+    if outcome.threads is None:
+        health.findings.append(_agent_down(name, outcome, age, thresholds.expiration))
+        return health
+    if age is not None and age > thresholds.expiration:
+        # The daemon answers but has not written its heartbeat: its reporter
+        # (or the disk under its state folder) is stuck. A host without any
+        # report (a damocles worker writes none) is never judged on this.
+        limit = format_duration(thresholds.expiration)
+        message = (
+            f"heartbeat {format_duration(age)} old, over the {limit} expiration"
+            " (the agent answers but its reporter is stuck)"
+        )
+        health.findings.append(
+            Finding(Severity.CRITICAL, "heartbeat-expired", name, message, duration=age)
+        )
+    _count_threads(health, outcome.threads)
+    for thread in outcome.threads:
+        finding = judge_thread(name, thread, thresholds)
+        if finding is not None:
+            health.findings.append(finding)
+    return health
+
+
+def _host_failure(name: str, error: BaseException) -> Finding:
+    if isinstance(error, NoAnswer):
+        return Finding(Severity.UNKNOWN, "no-answer", name, str(error))
+    if isinstance(error, AgentNotRunning):
+        return Finding(Severity.CRITICAL, "agent-not-running", name, str(error))
+    if isinstance(error, HostError):
+        return Finding(Severity.CRITICAL, "host-unreachable", name, f"unreachable: {error}")
+    # A bug of ours, not a fact about the host: we cannot judge it.
+    return Finding(Severity.UNKNOWN, "internal-error", name, describe_unexpected(error))
+
+
+def _agent_down(name: str, status: HostStatus, age: float | None, expiration: float) -> Finding:
+    """The host answered over SSH, but not its daemon (the CLI may have read its heartbeat)."""
+    error = status.error
+    kind = (
+        "agent-not-running"
+        if error is None or isinstance(error, AgentNotRunning)
+        else ("host-unreachable")
+    )
+    message = error_text(error) if error is not None else "agent not running"
+    if age is not None:
+        expired = " (expired)" if age > expiration else ""
+        message += f"; last heartbeat {format_duration(age)} ago{expired}"
+    return Finding(Severity.CRITICAL, kind, name, message, duration=age)
+
+
+def _count_threads(health: HostHealth, threads: list[dict[str, Any]]) -> None:
+    health.threads = len(threads)
+    health.thread_states = dict.fromkeys(THREAD_STATES, 0)
+    for thread in threads:
+        state = (thread.get("thread_state") or {}).get("state")
+        if isinstance(state, str):
+            health.thread_states[state] = health.thread_states.get(state, 0) + 1
+        job_state = thread.get("job_state")
+        if job_state:
+            health.job_states[job_state] = health.job_states.get(job_state, 0) + 1
+        health.empty += not thread.get("job_id")
+        health.errors += bool(thread.get("last_error"))
+
+
+def judge_thread(host: str, thread: dict[str, Any], thresholds: Thresholds) -> Finding | None:
+    """At most one finding per thread: in error, paused by hand, or stuck."""
+    thread_state = thread.get("thread_state") or {}
+    state, stage = thread.get("job_state") or None, thread.get("job_stage")
+    where = {
+        "host": host,
+        "index": thread.get("index"),
+        "sector": thread.get("job_id"),
+        "state": state,
+        "stage": stage if stage not in (None, "-") else None,
+    }
+    paused_for = _seconds(thread_state.get("elapsed"))
+    error = thread.get("last_error")
+    if error:
+        # The agent pauses a thread on a permanent or critical error and
+        # keeps last_error until resume: an operator has to look.
+        critical = paused_for is not None and paused_for >= thresholds.paused_crit
+        severity = Severity.CRITICAL if critical else Severity.WARNING
+        message = f"paused by an error for {format_duration(paused_for)}: {error}"
+        return Finding(severity, "thread-error", message=message, duration=paused_for, **where)
+    if thread_state.get("state") == "Paused":
+        if paused_for is None or paused_for < thresholds.paused_warn:
+            return None
+        message = (
+            f"paused by hand for {format_duration(paused_for)}"
+            f" (warning after {format_duration(thresholds.paused_warn)})"
+        )
+        return Finding(
+            Severity.WARNING, "thread-paused", message=message, duration=paused_for, **where
+        )
+    return _stuck(thread, where, thresholds)
+
+
+def _stuck(thread: dict[str, Any], where: dict[str, Any], thresholds: Thresholds) -> Finding | None:
+    if not where["state"]:
+        return None  # no task: idle and empty threads are counted, not judged
+    # state_elapsed is ours; a damocles worker only has the thread state's
+    # elapsed, which is the time in the current stage while it runs.
+    in_state = _seconds(thread.get("state_elapsed"))
+    if in_state is None:
+        in_state = _seconds((thread.get("thread_state") or {}).get("elapsed"))
+    key, limit = thresholds.stuck_after(where["state"], where["stage"])
+    if in_state is None or in_state < limit:
+        return None
+    doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
+    message = (
+        f"{doing} for {format_duration(in_state)}"
+        f" (stuck after {format_duration(limit)}, --stuck {key})"
+    )
+    return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
+
+
+def _seconds(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def fleet_counts(report: HealthReport) -> dict[str, int]:
+    """The plugin line's performance data: the whole fleet in numbers."""
+    up = [host for host in report.hosts if host.up]
+    return {
+        "hosts": len(report.hosts),
+        "threads": sum(host.threads for host in up),
+        "running": sum(host.thread_states.get("Running", 0) for host in up),
+        "waiting": sum(host.thread_states.get("Waiting", 0) for host in up),
+        "paused": sum(host.thread_states.get("Paused", 0) for host in up),
+        "errors": sum(host.errors for host in up),
+        "unreachable": len(report.hosts) - len(up),
+        "idle": sum(host.thread_states.get("Idle", 0) for host in up),
+        "empty": sum(host.empty for host in up),
+    }
+
+
+# What the first line says about each kind of finding (one, several).
+_FINDING_PHRASES = {
+    "no-answer": ("host did not answer in time", "hosts did not answer in time"),
+    "host-unreachable": ("host unreachable", "hosts unreachable"),
+    "agent-not-running": ("agent not running", "agents not running"),
+    "heartbeat-expired": ("heartbeat expired", "heartbeats expired"),
+    "internal-error": ("host not judged (internal error)", "hosts not judged (internal error)"),
+    "thread-error": ("thread in error", "threads in error"),
+    "thread-stuck": ("thread stuck", "threads stuck"),
+    "thread-paused": ("thread paused by hand too long", "threads paused by hand too long"),
+}
+
+
+def health_summary(report: HealthReport) -> str:
+    """The first line, e.g. `VENUS CRITICAL - 1 host unreachable, 2 threads in error | hosts=..`."""
+    counts = fleet_counts(report)
+    by_kind: dict[str, int] = {}
+    for finding in report.findings:
+        by_kind[finding.kind] = by_kind.get(finding.kind, 0) + 1
+    phrases = [
+        f"{by_kind[kind]} {one if by_kind[kind] == 1 else several}"
+        for kind, (one, several) in _FINDING_PHRASES.items()
+        if kind in by_kind
+    ]
+    if report.deadline is not None:
+        phrases.insert(0, f"deadline of {format_duration(report.deadline)} passed")
+    if not phrases:
+        phrases = [f"{counts['hosts']} hosts, {counts['threads']} threads"]
+    perfdata = " ".join(f"{key}={value}" for key, value in counts.items())
+    return f"VENUS {report.status.name} - {', '.join(phrases)} | {perfdata}"
+
+
+def finding_line(finding: Finding) -> str:
+    """`CRITICAL w1 #0 s-t010000-1 C1Done: paused by an error for 6h0m3s: permanent: ...`."""
+    subject = finding.host
+    if finding.index is not None:
+        subject += f" #{finding.index} {finding.sector or '-'} {finding.state or '-'}"
+    return f"{finding.severity.name} {subject}: {finding.message}"
+
+
+def health_text(report: HealthReport) -> str:
+    lines = [health_summary(report), *(finding_line(finding) for finding in report.findings)]
+    return "\n".join(lines) + "\n"
+
+
+def health_json(report: HealthReport) -> dict[str, Any]:
+    return {
+        "status": report.status.name,
+        "summary": health_summary(report),
+        "findings": [finding.as_json() for finding in report.findings],
+        "hosts": [host.as_json() for host in report.hosts],
+    }
+
+
+def prometheus_text(report: HealthReport) -> str:
+    """The report in node_exporter's textfile format (text exposition format 0.0.4)."""
+    metrics = _Metrics()
+    metrics.declare("venus_host_up", "1 if the host's agent answered with its threads, else 0.")
+    metrics.declare("venus_heartbeat_age_seconds", "Age of the agent's last heartbeat report.")
+    metrics.declare("venus_threads", "Sealing threads by thread state.")
+    metrics.declare("venus_job_threads", "Sealing threads by the state of their job.")
+    metrics.declare("venus_threads_paused", "Paused sealing threads (by hand or by an error).")
+    metrics.declare("venus_threads_errors", "Sealing threads paused by an error.")
+    metrics.declare("venus_threads_empty", "Sealing threads without a job.")
+    metrics.declare("venus_health_findings", "Health findings by severity.")
+    metrics.declare(
+        "venus_health_status", "Overall status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+    )
+    metrics.declare(
+        "venus_health_last_run_timestamp_seconds", "When venusctl health last judged the fleet."
+    )
+    for host in report.hosts:
+        label = {"host": host.name}
+        metrics.add("venus_host_up", label, int(host.up))
+        if host.heartbeat_age is not None:
+            metrics.add("venus_heartbeat_age_seconds", label, host.heartbeat_age)
+        if host.up:
+            for state, count in host.thread_states.items():
+                metrics.add("venus_threads", {**label, "state": state}, count)
+            for state, count in sorted(host.job_states.items()):
+                metrics.add("venus_job_threads", {**label, "job_state": state}, count)
+            metrics.add("venus_threads_paused", label, host.thread_states.get("Paused", 0))
+            metrics.add("venus_threads_errors", label, host.errors)
+            metrics.add("venus_threads_empty", label, host.empty)
+        for severity in (Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN):
+            count = sum(1 for finding in host.findings if finding.severity == severity)
+            metrics.add("venus_health_findings", {**label, "severity": severity.name}, count)
+    metrics.add("venus_health_status", {}, int(report.status))
+    metrics.add("venus_health_last_run_timestamp_seconds", {}, report.time)
+    return metrics.render()
+
+
+class _Metrics:
+    """Gauges with HELP and TYPE, samples grouped under their metric as the format wants."""
+
+    def __init__(self) -> None:
+        self.help: dict[str, str] = {}
+        self.samples: dict[str, list[str]] = {}
+
+    def declare(self, name: str, text: str) -> None:
+        self.help[name] = text
+        self.samples[name] = []
+
+    def add(self, name: str, labels: dict[str, str], value: float) -> None:
+        pairs = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
+        number = str(value) if isinstance(value, int) else repr(float(value))
+        self.samples[name].append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
+
+    def render(self) -> str:
+        lines = []
+        for name, text in self.help.items():
+            if self.samples[name]:
+                help_text = text.replace("\\", "\\\\").replace("\n", "\\n")
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+                lines += self.samples[name]
+        return "\n".join(lines) + "\n"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 # =============================================================================
@@ -2090,6 +2631,131 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
+def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
+    """Judge the fleet; print only on trouble with --quiet; write the textfile if asked."""
+    settings = ctx.inventory.health
+    thresholds = health_thresholds(settings, args)
+    deadline = _first_set(args.deadline, settings.deadline, HEALTH_DEFAULTS["deadline"])
+    textfile = args.prometheus or settings.prometheus
+    hosts = select_hosts(ctx.inventory, args.limit)
+    outcomes = fan_out_until(
+        hosts,
+        lambda host: with_session(host, ctx.ssh, lambda s: query_status(s, host)),
+        ctx.forks,
+        deadline,
+    )
+    for host in hosts:
+        _show_traceback(ctx, host, outcomes[host.name])
+    missed = any(isinstance(outcome, NoAnswer) for outcome in outcomes.values())
+    report = judge_fleet(outcomes, thresholds, time.time(), deadline if missed else None)
+    status = report.status
+    if textfile:
+        try:
+            write_textfile(Path(textfile), prometheus_text(report))
+        except OSError as error:
+            # The fleet was still judged: print that, and let the check say
+            # its metrics are missing (never hide a CRITICAL behind it).
+            ctx.err.write(f"venusctl: cannot write {textfile}: {error.strerror or error}\n")
+            status = max(status, Severity.UNKNOWN, key=_SEVERITY_RANK.get)
+    if ctx.as_json:
+        ctx.emit_json(health_json(report))
+    elif status != Severity.OK or not args.quiet:
+        # One write: two overlapping runs sharing a log or a mail never interleave lines.
+        ctx.out.write(health_text(report))
+        ctx.out.flush()
+    return status
+
+
+def health_thresholds(settings: HealthSettings, args: argparse.Namespace) -> Thresholds:
+    """Command line, then the inventory's [health], then the built-in defaults."""
+    stuck = {**STUCK_DEFAULTS, **settings.stuck, **dict(args.stuck or ())}
+    return Thresholds(
+        expiration=_first_set(args.expiration, settings.expiration, HEALTH_DEFAULTS["expiration"]),
+        paused_warn=_first_set(
+            args.paused_warn, settings.paused_warn, HEALTH_DEFAULTS["paused_warn"]
+        ),
+        paused_crit=_first_set(
+            args.paused_crit, settings.paused_crit, HEALTH_DEFAULTS["paused_crit"]
+        ),
+        stuck=stuck,
+    )
+
+
+def _first_set(*values: float | None) -> float:
+    return next(value for value in values if value is not None)
+
+
+def fan_out_until(
+    hosts: Sequence[Host], job: Callable[[Host], Any], forks: int, seconds: float
+) -> dict[str, Any | BaseException]:
+    """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
+
+    The fan-out runs in a daemon thread and its workers are daemon threads
+    too, so a host that hangs past its own timeouts never keeps a cron run
+    (or the process exit) waiting.
+    """
+    finished: dict[str, Any | BaseException] = {}
+    lock = threading.Lock()
+
+    def recorded(host: Host) -> Any:
+        try:
+            outcome = job(host)
+        except BaseException as error:
+            with lock:
+                finished[host.name] = error
+            raise
+        with lock:
+            finished[host.name] = outcome
+        return outcome
+
+    done = threading.Event()
+    runner = threading.Thread(
+        target=lambda: (fan_out(hosts, recorded, forks), done.set()),
+        name="venusctl-health",
+        daemon=True,
+    )
+    runner.start()
+    done.wait(seconds)
+    with lock:
+        outcomes = dict(finished)
+    late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
+    return {host.name: outcomes.get(host.name, late) for host in hosts}
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Replace `path` atomically: a unique temp file beside it, fsync, rename, fsync the folder.
+
+    node_exporter (and two overlapping cron runs) only ever see the old file
+    or the new one, complete. Raises OSError when it cannot.
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    # A dot name: node_exporter reads only *.prom, never a half-written temp file.
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from node_exporter
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder is; a folder that cannot be
+    # opened for it (some network file systems) still has the complete file.
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
 def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
     """Run work for one host like the fan-out does: an error becomes the result."""
     outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
@@ -2129,6 +2795,30 @@ def _argument_type(parse: Callable[[str], Any], name: str) -> Callable[[str], An
 
     convert.__name__ = name
     return convert
+
+
+HEALTH_HELP = f"""\
+Judge every host (or those of --limit) in one pass, for cron and monitoring.
+
+findings:
+  CRITICAL  host unreachable (any SSH or transport error)
+  CRITICAL  agent not running (its last heartbeat, if any, is shown)
+  CRITICAL  heartbeat older than --expiration while the agent answers
+  WARNING   thread paused by an error; CRITICAL once paused --paused-crit
+  WARNING   thread paused by hand for --paused-warn or longer
+  WARNING   job in the same state for its --stuck threshold or longer
+  UNKNOWN   host still not answered when --deadline passed (the whole run is UNKNOWN)
+Idle and empty threads are counted, not judged.
+
+The first line is a monitoring plugin's (`VENUS CRITICAL - ... | perfdata`),
+then one line per finding. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also
+for a bad inventory or bad arguments). Defaults can be set in the inventory's
+[health] table (expiration, paused_warn, paused_crit, stuck, deadline,
+prometheus); the command line wins.
+
+stuck thresholds by stage (--stuck KEY=DURATION; KEY may also be a state name):
+{chr(10).join(f"  {key:<18}{value / 3600:g}h" for key, value in STUCK_DEFAULTS.items())}
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -2208,6 +2898,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.set_defaults(handler=command_resume)
 
+    health = commands.add_parser(
+        "health",
+        help="judge the fleet for cron and monitoring (exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN)",
+        description=HEALTH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(health, top=False)
+    duration = _argument_type(parse_duration, "duration")
+    health.add_argument(
+        "-l", "--limit", action="append", help="names, groups or globs (comma-separated)"
+    )
+    health.add_argument(
+        "--expiration",
+        type=duration,
+        metavar="DURATION",
+        help="heartbeat older than this is CRITICAL (default 10m)",
+    )
+    health.add_argument(
+        "--paused-warn",
+        type=duration,
+        metavar="DURATION",
+        help="a thread paused by hand this long is a WARNING (default 1h)",
+    )
+    health.add_argument(
+        "--paused-crit",
+        type=duration,
+        metavar="DURATION",
+        help="a thread paused by an error this long is CRITICAL, before that WARNING (default 6h)",
+    )
+    health.add_argument(
+        "--stuck",
+        action="append",
+        metavar="KEY=DURATION",
+        type=_argument_type(parse_stuck_option, "KEY=DURATION"),
+        help="a job this long in a stage (PC1, C2, WaitSeed, ...) or state (C1Done, ...)"
+        " is stuck: a WARNING; repeatable; a state beats its stage; 'default' for the rest",
+    )
+    health.add_argument(
+        "--deadline",
+        type=duration,
+        metavar="DURATION",
+        help="the whole run ends by then, else UNKNOWN (default 60s)",
+    )
+    health.add_argument("--prometheus", metavar="FILE", help="write node_exporter's textfile")
+    health.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing when the status is OK"
+    )
+    health.set_defaults(handler=command_health)
+
     listing = commands.add_parser("inventory", help="the hosts as venusctl reads them")
     common(listing, top=False)
     listing.add_argument(
@@ -2230,7 +2969,8 @@ def _parse_forks(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run venusctl; returns the exit status (only the __main__ guard exits)."""
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
         inventory = load_inventory(inventory_path(args.inventory, dict(os.environ)))
@@ -2239,8 +2979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _ParserExit as done:
         return done.status
     except VenusctlError as error:
-        sys.stderr.write(f"venusctl: {error}\n")
-        return int(error.exit_status)
+        return _fail(argv, str(error), error.exit_status)
     except KeyboardInterrupt:
         sys.stderr.write("venusctl: interrupted\n")
         return int(ExitStatus.INTERRUPTED)
@@ -2250,8 +2989,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"venusctl: {describe_unexpected(error)}\n")
-        return int(ExitStatus.FAILED)
+        return _fail(argv, describe_unexpected(error), ExitStatus.FAILED)
+
+
+def _fail(argv: Sequence[str], message: str, status: int) -> int:
+    """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
+    if requested_command(argv) == "health":
+        sys.stdout.write(f"VENUS UNKNOWN - {message}\n")
+        return int(Severity.UNKNOWN)
+    sys.stderr.write(f"venusctl: {message}\n")
+    return int(status)
+
+
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The command word of argv, even when argv does not parse (options before it skipped)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-i", "--inventory", "--forks"):
+            next(words, None)  # the option's value, not the command
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 if __name__ == "__main__":
