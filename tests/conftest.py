@@ -13,7 +13,10 @@ Hosts (all in one SshFleet):
 - nostream: a worker whose sshd has AllowStreamLocalForwarding no;
 - dead: a worker whose agent was stopped after writing its heartbeat;
 - down: an sshd that is not running;
-- rekey: an sshd (no agent) whose host key the tests may change.
+- rekey: an sshd (no agent) whose host key the tests may change;
+- calm: a worker without faults whose chain waits last an hour, so its
+  threads sit healthy in WaitPCLanded (the `health` tests pause, judge as
+  stuck with short thresholds, and resume them).
 
 `write_inventory` turns host names into an inventory file for venusctl.
 """
@@ -73,11 +76,17 @@ message = "No cached parameters found for stacked-proof-of-replication (test fle
 threads = [0]
 """
 
+# No faults; every stage is quick except the chain waits, which last an hour
+# (a pause cuts a wait short at once, so its threads can be paused at will).
+CALM_AGENT_CONFIG = AGENT_CONFIG.split("[[processors.mock.faults]]")[0].replace(
+    'wait_duration = "200ms"', 'wait_duration = "1h"'
+)
+
 
 class Agent:
     """One `venus-worker daemon` with its own config, socket and state directory."""
 
-    def __init__(self, name: str, directory: Path) -> None:
+    def __init__(self, name: str, directory: Path, template: str = AGENT_CONFIG) -> None:
         self.name = name
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +94,7 @@ class Agent:
         self.socket = self.dir / "agent.sock"
         self.report = self.dir / "state" / "report.json"
         self.log = self.dir / "daemon.log"
-        self.config.write_text(AGENT_CONFIG.format(name=name, dir=self.dir))
+        self.config.write_text(template.format(name=name, dir=self.dir))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -204,7 +213,7 @@ def ssh_fleet():
     ssh = SshFleet(root / "ssh")
     fleet = Fleet(root=root, ssh=ssh, hosts={})
     try:
-        for name in ("w1", "w2", "w3", "nostream", "dead", "down", "rekey"):
+        for name in ("w1", "w2", "w3", "nostream", "dead", "down", "rekey", "calm"):
             options = {"AllowStreamLocalForwarding": "no"} if name == "nostream" else None
             fleet.hosts[name] = ssh.add_host(name, sshd_options=options)
         for name, sshd in fleet.hosts.items():
@@ -215,6 +224,8 @@ def ssh_fleet():
             fleet.agents[name].start()
         for agent in fleet.agents.values():
             agent.wait_for_paused_thread_0()
+        fleet.agents["calm"] = Agent("calm", root / "agents" / "calm", CALM_AGENT_CONFIG)
+        fleet.agents["calm"].start()
         fleet.agents["dead"].stop()
         fleet.scripts = _write_fake_agents(root / "fake-agents")
         yield fleet
