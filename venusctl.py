@@ -1231,7 +1231,7 @@ def check_stuck_key(key: str) -> str:
         return key
     raise ValueError(
         f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
-        f" states: {', '.join(STATE_NAMES)})"
+        " or a state name such as C1Done)"
     )
 
 
@@ -1300,9 +1300,8 @@ class HostHealth:
     findings: list[Finding] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        document = asdict(self)
-        document["findings"] = [finding.as_json() for finding in self.findings]
-        return document
+        # The findings are listed once, at the top of the report, with their host.
+        return {key: value for key, value in asdict(self).items() if key != "findings"}
 
 
 THREAD_STATES = ("Idle", "Running", "Waiting", "Paused")
@@ -1522,9 +1521,13 @@ def health_summary(report: HealthReport) -> str:
     if report.deadline is not None:
         phrases.insert(0, f"deadline of {format_duration(report.deadline)} passed")
     if not phrases:
-        phrases = [f"{counts['hosts']} hosts, {counts['threads']} threads"]
+        phrases = [_plural(counts["hosts"], "host") + ", " + _plural(counts["threads"], "thread")]
     perfdata = " ".join(f"{key}={value}" for key, value in counts.items())
     return f"VENUS {report.status.name} - {', '.join(phrases)} | {perfdata}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def finding_line(finding: Finding) -> str:

@@ -208,6 +208,13 @@ def test_json_has_status_summary_findings_and_hosts():
     }
     w1 = document["hosts"][1]
     assert (w1["name"], w1["up"], w1["threads"], w1["heartbeat_age"]) == ("w1", True, 1, 2.5)
+    assert w1["thread_states"] == {"Idle": 0, "Running": 1, "Waiting": 0, "Paused": 0}
+    assert w1["job_states"] == {"PC1Done": 1} and "findings" not in w1
+
+
+def test_ok_line_counts_in_the_singular_too():
+    text = venusctl.health_text(judge({"w1": status(thread(0))}))
+    assert text.startswith("VENUS OK - 1 host, 1 thread | hosts=1 threads=1 ")
 
 
 def samples(text):
