@@ -1394,13 +1394,9 @@ def _host_failure(name: str, error: BaseException) -> Finding:
 
 def _agent_down(name: str, status: HostStatus, age: float | None, expiration: float) -> Finding:
     """The host answered over SSH, but not its daemon (the CLI may have read its heartbeat)."""
-    error = status.error
-    kind = (
-        "agent-not-running"
-        if error is None or isinstance(error, AgentNotRunning)
-        else ("host-unreachable")
-    )
-    message = error_text(error) if error is not None else "agent not running"
+    error = status.error or AgentNotRunning("agent not running")
+    kind = "agent-not-running" if isinstance(error, AgentNotRunning) else "host-unreachable"
+    message = error_text(error)
     if age is not None:
         expired = " (expired)" if age > expiration else ""
         message += f"; last heartbeat {format_duration(age)} ago{expired}"
@@ -2712,12 +2708,12 @@ def fan_out_until(
         return outcome
 
     done = threading.Event()
-    runner = threading.Thread(
-        target=lambda: (fan_out(hosts, recorded, forks), done.set()),
-        name="venusctl-health",
-        daemon=True,
-    )
-    runner.start()
+
+    def run_all() -> None:
+        fan_out(hosts, recorded, forks)
+        done.set()
+
+    threading.Thread(target=run_all, name="venusctl-health", daemon=True).start()
     done.wait(seconds)
     with lock:
         outcomes = dict(finished)
