@@ -1215,7 +1215,7 @@ STATE_NAMES = (
     "Empty Allocated DealsAcquired PieceAdded TreeDBuilt TicketAssigned PC1Done PC2Done "
     "SyntheticPoRepNeeded PCSubmitted PCLanded Persisted PersistanceSubmitted SeedAssigned "
     "C1Done C2Done ProofSubmitted Finished Aborted SnapEncoded SnapProved SealedChecked "
-    "SnapPieceAdded SnapTreeDBuilt SnapDone Unsealed"
+    "SnapPieceAdded SnapTreeDBuilt SnapDone Unsealed Generated"
 ).split()
 HEALTH_DEFAULTS = {
     "expiration": 600.0,
@@ -1356,7 +1356,7 @@ def judge_host(
 ) -> HostHealth:
     if isinstance(outcome, BaseException):
         return HostHealth(name, up=False, findings=[_host_failure(name, outcome)])
-    age = report_age(outcome.report)
+    age = heartbeat_age(outcome.report)
     health = HostHealth(name, up=outcome.threads is not None, heartbeat_age=age)
     if outcome.threads is None:
         health.findings.append(_agent_down(name, outcome, age, thresholds.expiration))
@@ -1381,10 +1381,21 @@ def judge_host(
     return health
 
 
+def heartbeat_age(report: dict[str, Any] | None) -> float | None:
+    """The heartbeat's age; None for a worker that writes no heartbeat.
+
+    A damocles status says `"heartbeat": false`; its `age` is that of the
+    answer itself, nothing to judge an agent by.
+    """
+    if report is not None and report.get("heartbeat") is False:
+        return None
+    return report_age(report)
+
+
 def _host_failure(name: str, error: BaseException) -> Finding:
     if isinstance(error, NoAnswer):
         return Finding(Severity.UNKNOWN, "no-answer", name, str(error))
-    if isinstance(error, AgentNotRunning):
+    if isinstance(error, (AgentNotRunning, DamoclesNotReachable)):
         return Finding(Severity.CRITICAL, "agent-not-running", name, str(error))
     if isinstance(error, HostError):
         return Finding(Severity.CRITICAL, "host-unreachable", name, f"unreachable: {error}")

@@ -106,6 +106,11 @@ def test_a_host_without_any_heartbeat_report_is_judged_on_its_threads_only():
     # A damocles worker writes no report: never "stale heartbeat".
     no_report = HostStatus(report=None, threads=[thread(0)], via="stream")
     assert judge({"d1": no_report}, expiration=0.0).status == Severity.OK
+    answered = {"version": "v0.9.0", "age": 3.0, "heartbeat": False}  # DamoclesAgent.status
+    damocles = HostStatus(report=answered, threads=[thread(0)], via="direct-tcpip")
+    report = judge({"d2": damocles}, expiration=0.0)
+    assert report.status == Severity.OK and report.hosts[0].heartbeat_age is None
+    assert "venus_heartbeat_age_seconds" not in venusctl.prometheus_text(report)
 
 
 def test_error_pause_is_warning_then_critical_after_paused_crit():

@@ -348,3 +348,39 @@ def test_one_list_of_our_agents_and_damocles_workers(
         "w2": ("venus", "stream"),
         "dam-old": ("damocles", "direct-tcpip"),
     }
+
+
+def test_health_judges_damocles_workers_on_their_threads_without_a_heartbeat(
+    tmp_path, capsys, ssh_fleet, damocles_sshd, standin
+):
+    closed = free_loopback_port()
+    path = write_inventory(
+        tmp_path / "mixed.toml",
+        [
+            ssh_fleet.host_table("calm"),
+            damocles_table(damocles_sshd, "dam-now", standin("current")),
+            damocles_table(damocles_sshd, "dam-old", standin("v2022")),
+            damocles_table(damocles_sshd, "dam-down", closed),
+        ],
+        **ssh_fleet.defaults(),
+    )
+    # --expiration 1ms: only calm has a heartbeat to expire; --stuck PC1=0s:
+    # dam-now's running PC1 thread is judged on its thread state's elapsed.
+    argv = ["-i", str(path), "health", "--expiration", "1ms", "--stuck", "PC1=0s"]
+    status = venusctl.main(argv)
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 2
+    assert lines[0].startswith(
+        "VENUS CRITICAL - 1 agent not running, 1 heartbeat expired, 2 threads in error,"
+    ), lines
+    assert "hosts=4 threads=8 " in lines[0] and "unreachable=1" in lines[0]
+    assert lines[1].startswith("CRITICAL calm: heartbeat ")  # worst first, in inventory order
+    assert lines[2] == f"CRITICAL dam-down: damocles RPC not reachable at 127.0.0.1:{closed}"
+    damocles = [line for line in lines[3:] if " dam-" in line]
+    error = rf"paused by an error for \d+s: {re.escape(C2_ERROR)}"
+    assert re.fullmatch(rf"WARNING dam-now #0 \S+ C1Done: {error}", damocles[0]), damocles
+    stuck = r"stage PC1 for \d+\w+ \(stuck after 0s, --stuck PC1\)"
+    assert re.fullmatch(rf"WARNING dam-now #1 \S+ TicketAssigned: {stuck}", damocles[1])
+    assert re.fullmatch(rf"WARNING dam-old #0 \S+ C1Done: {error}", damocles[2])
+    # the 2022 API has no elapsed time for a running thread: never judged stuck
+    assert len(damocles) == 3
