@@ -298,3 +298,20 @@ def test_overlapping_runs_never_leave_a_half_written_textfile(tmp_path, ssh_flee
         polling.join(timeout=10)
     assert problems == [] and len(reads) > 10
     assert sorted(os.listdir(tmp_path)) == ["home", "inventory.toml", "venus.prom"]
+
+
+def test_the_readme_cron_command_mails_nothing_when_ok_and_skips_while_locked(tmp_path, ssh_fleet):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("calm"))
+    lock, textfile = tmp_path / "venus-health.lock", tmp_path / "venus.prom"
+    command = [
+        *("flock", "-n", str(lock), VENUSCTL_COMMAND, "-i", str(path), "health", "--quiet"),
+        *("--deadline", "30s", "--prometheus", str(textfile)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")  # cron mails nothing
+    assert "\nvenus_health_status 0\n" in textfile.read_text()
+    # A run still holding the lock: the next one skips at once, silently.
+    with open(lock, "w") as held:
+        subprocess.run(["flock", "-n", str(held.fileno())], pass_fds=[held.fileno()], check=True)
+        skipped = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert (skipped.returncode, skipped.stdout, skipped.stderr) == (1, "", "")
