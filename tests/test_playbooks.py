@@ -137,6 +137,8 @@ class Site:
             ANSIBLE_HOME=str(root / "ah"),
             ANSIBLE_REMOTE_TMP=str(root / "ah" / "remote"),
             ANSIBLE_LOCAL_TEMP=str(root / "ah" / "local"),
+            # Ours, so that teardown can end the ControlPersist masters (not ~/.ansible/cp).
+            ANSIBLE_SSH_CONTROL_PATH_DIR=str(root / "ah" / "cp"),
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_FORCE_COLOR="0",
             # Ansible refuses to start unless the locale's encoding is UTF-8.
@@ -152,6 +154,14 @@ class Site:
         return subprocess.run(
             argv, env=self.env, capture_output=True, text=True, timeout=300, cwd=self.root
         )
+
+    def close_ssh_masters(self) -> None:
+        for control in (self.root / "ah" / "cp").glob("*"):
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={control}", "-O", "exit", "w1"],
+                capture_output=True,
+                timeout=10,
+            )
 
     def worker(self, *argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -209,6 +219,7 @@ def site():
         yield made
     finally:
         made.stop_agent()
+        made.close_ssh_masters()
         made.fleet.stop_all()
         shutil.rmtree(root, ignore_errors=True)
 
