@@ -467,6 +467,27 @@ def test_concurrent_clients_are_all_served(agent):
     assert agent.proc.poll() is None
 
 
+def test_a_burst_of_connections_is_queued_not_refused(agent):
+    # A fleet tool or overlapping cron checks connect many clients at once; with
+    # socketserver's default backlog of 5 the sixth failed at once (EAGAIN).
+    body = b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerVersion","params":[]}'
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    clients = []
+    try:
+        for _ in range(60):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(5)
+            client.connect(str(agent.socket))
+            clients.append(client)
+        for client in clients:
+            client.sendall(request)
+        for client in clients:
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_command_processor_end_to_end():
     with short_tmp() as folder:
         (folder / "pc1.py").write_text(

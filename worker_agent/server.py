@@ -124,6 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog of 5 makes a burst of clients (a fleet
+    # tool, health checks from cron) fail at once with EAGAIN on a Unix socket.
+    request_queue_size = 128
 
     def __init__(
         self, path: str, handle_body: BodyHandler, group: str | None, request_timeout: float
