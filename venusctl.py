@@ -6,6 +6,11 @@ commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
                             one row per host: Name Dest Threads Empty Paused Errors LastPing
                             (LastPing gets a "!" when older than --expiration)
+  list ... --watch [SECONDS] [--count N]
+                            refresh every SECONDS (default 2) over kept connections
+  threads [SELECTORS] [--wide] [--watch [SECONDS]]
+                            every matching thread of the fleet, one table (Host +
+                            the info columns), a count line, unreachable hosts after
   info HOST [--wide]        one row per sealing thread of HOST
   pause HOST INDEX          pause thread INDEX; it stops at its next stage boundary
   resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE
@@ -14,11 +19,22 @@ commands:
                             judge the fleet for cron and monitoring: a plugin line,
                             one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
                             3 UNKNOWN (see venusctl health --help)
+  pause SELECTORS [--yes | --dry-run]
+  resume SELECTORS [--to-state STATE] [--yes | --dry-run]
+                            the same for every selected thread: prints the plan,
+                            acts with --yes or after y/N on a terminal
+  drain HOST|SELECTORS [--timeout 2h] [--interval 2s]
+                            pause every selected thread at its next stage boundary
+                            and wait until none is Running or Waiting
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
 HOST is a host's name, its address, or address:port in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
+SELECTORS: -l LIMIT, --state S[,S...], --stage X, --plan P, --paused,
+--errors, --error-match REGEX, --idle; a thread is selected when every one
+given holds. pause, resume and drain need at least one (-l '*' is the whole
+fleet): an action never covers every host by default.
 
 The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
 Each host is reached over SSH (known_hosts checked, ~/.ssh/config and
@@ -110,7 +126,12 @@ __all__ = [
     "write_textfile",
     "query_status",
     "perform",
+    "perform_all",
     "fan_out",
+    "Selector",
+    "select_threads",
+    "plan_steps",
+    "SessionPool",
     "main",
 ]
 
@@ -1627,6 +1648,313 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+# -- fleet-wide threads: selection, bulk plans, drain --------------------------------
+
+THREAD_STATES = ("Idle", "Running", "Waiting", "Paused")
+BUSY_THREAD_STATES = ("Running", "Waiting")
+PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which sealing threads a fleet-wide command is about: every given criterion holds.
+
+    A pure predicate over WorkerInfo objects (docs/protocol.md), so what
+    `threads` shows is exactly what `pause`/`resume`/`drain` act on.
+    """
+
+    states: tuple[str, ...] = ()
+    stage: str | None = None
+    plan: str | None = None
+    paused: bool = False
+    errors: bool = False
+    error_match: re.Pattern[str] | None = None
+    idle: bool = False
+
+    @property
+    def given(self) -> bool:
+        """True when at least one criterion narrows the selection."""
+        return bool(
+            self.states
+            or self.stage
+            or self.plan
+            or self.paused
+            or self.errors
+            or self.error_match
+            or self.idle
+        )
+
+    def matches(self, thread: dict[str, Any]) -> bool:
+        thread_state = (thread.get("thread_state") or {}).get("state")
+        error = thread.get("last_error") or ""
+        return all(
+            (
+                not self.states or thread.get("job_state") in self.states,
+                self.stage is None or thread.get("job_stage") == self.stage,
+                self.plan is None or thread.get("plan") == self.plan,
+                not self.paused or thread_state == "Paused",
+                not self.idle or thread_state == "Idle",
+                not self.errors or bool(error),
+                self.error_match is None or bool(error and self.error_match.search(error)),
+            )
+        )
+
+
+def parse_state_list(text: str) -> tuple[str, ...]:
+    """--state C1Done,PC1Done: comma-separated state names, each letters and digits."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not any(names):
+        raise ValueError(f"invalid state list {text!r}: give one or more names, e.g. C1Done")
+    return tuple(parse_state(name) for name in names if name)
+
+
+def parse_stage(text: str) -> str:
+    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed)."""
+    if not STATE_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid stage {text!r}: a stage label is letters and digits only")
+    return text
+
+
+def parse_plan_name(text: str) -> str:
+    if not PLAN_NAME_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid plan {text!r}: e.g. sealer, snapup, rebuild, unseal")
+    return text
+
+
+def compile_error_match(text: str) -> re.Pattern[str]:
+    """--error-match REGEX, searched in last_error; a bad regex is one usage line."""
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise ValueError(f"invalid regular expression {text!r}: {error}") from error
+
+
+@dataclass(frozen=True)
+class FleetThread:
+    """One sealing thread of one host, as WorkerList reported it."""
+
+    host: Host
+    info: dict[str, Any]
+
+    @property
+    def index(self) -> int:
+        index = self.info.get("index")
+        return index if isinstance(index, int) else -1
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.host.name, self.index)
+
+    @property
+    def thread_state(self) -> str | None:
+        return (self.info.get("thread_state") or {}).get("state")
+
+    @property
+    def label(self) -> str:
+        return f"{self.host.name} #{self.index}"
+
+
+def select_threads(
+    hosts: Sequence[Host], outcomes: dict[str, Any], selector: Selector
+) -> tuple[list[FleetThread], list[dict[str, Any]]]:
+    """The matching threads sorted by host and index, and an entry per host that did not answer.
+
+    A host whose daemon could not be asked (an exception, or a HostStatus
+    without threads) is unreachable: its threads are unknown, never "none".
+    """
+    matched: list[FleetThread] = []
+    unreachable: list[dict[str, Any]] = []
+    for host in hosts:
+        outcome = outcomes[host.name]
+        if not isinstance(outcome, HostStatus) or outcome.threads is None:
+            unreachable.append(info_entry(host, outcome))
+            continue
+        matched += [FleetThread(host, info) for info in outcome.threads if selector.matches(info)]
+    matched.sort(key=lambda thread: thread.key)
+    unreachable.sort(key=lambda entry: entry["name"])
+    return matched, unreachable
+
+
+def count_line(threads: Sequence[FleetThread]) -> str:
+    """'5 threads on 3 hosts'."""
+    hosts = len({thread.host.name for thread in threads})
+    return f"{_plural(len(threads), 'thread')} on {_plural(hosts, 'host')}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def threads_table(threads: Sequence[FleetThread], wide: bool) -> tuple[list[str], list[list[str]]]:
+    """`venusctl threads`: a Host column, then the `info` columns."""
+    headers, rows = info_table([thread.info for thread in threads], wide)
+    return ["Host", *headers], [
+        [thread.host.name, *row] for thread, row in zip(threads, rows, strict=True)
+    ]
+
+
+def fleet_thread_json(thread: FleetThread) -> dict[str, Any]:
+    return {"host": thread.host.name, **thread.info}
+
+
+def unreachable_lines(unreachable: Sequence[dict[str, Any]]) -> list[str]:
+    """After a fleet-wide table: one line per host that did not answer, with why."""
+    if not unreachable:
+        return []
+    return [f"unreachable ({len(unreachable)}):"] + [
+        f"  {info_failure_line(entry)}" for entry in unreachable
+    ]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a bulk plan: a thread and what will be done to it (None: skipped)."""
+
+    thread: FleetThread
+    action: Action | None
+    note: str
+
+
+def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) -> list[Step]:
+    """What a bulk pause or resume does to each selected thread.
+
+    Pause skips threads already paused (pausing them changes nothing);
+    resume skips threads that are not paused (the agent would refuse).
+    """
+    steps = []
+    for thread in threads:
+        paused = thread.thread_state == "Paused"
+        if kind == "pause" and paused:
+            steps.append(Step(thread, None, "skip: already paused"))
+        elif kind == "pause":
+            busy = thread.thread_state in BUSY_THREAD_STATES
+            note = "pause after the stage in flight" if busy else "pause"
+            steps.append(Step(thread, Action("pause", thread.index), note))
+        elif not paused:
+            steps.append(Step(thread, None, "skip: not paused"))
+        else:
+            note = f"resume in {to_state}" if to_state else "resume"
+            steps.append(Step(thread, Action("resume", thread.index, to_state), note))
+    return steps
+
+
+def invalid_resume_state(
+    steps: Sequence[Step], state: str, plan_states: Callable[[str], Sequence[str] | None]
+) -> str | None:
+    """Why `resume --to-state STATE` cannot go to some selected thread, or None.
+
+    plan_states(plan) lists a plan's valid states (None: a plan this side
+    does not know; the agent still checks). Checked before anything is sent.
+    """
+    for step in steps:
+        if step.action is None:
+            continue
+        plan = step.thread.info.get("plan") or "sealer"
+        valid = plan_states(plan)
+        if valid is not None and state not in valid:
+            return (
+                f"state {state!r} is not valid for plan {plan} ({step.thread.label}); "
+                f"valid states: {', '.join(valid)} (narrow the selection with --plan)"
+            )
+    return None
+
+
+PLAN_HEADERS = ["Host", "Index", "SectorID", "State", "ThreadState", "LastErr", "Action"]
+
+
+def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for step in steps:
+        info = step.thread.info
+        rows.append(
+            [
+                step.thread.host.name,
+                _cell(info.get("index")),
+                _cell(info.get("job_id")),
+                _cell(info.get("job_state")),
+                format_thread_state(info.get("thread_state") or {}),
+                _cell(info.get("last_error")),
+                step.note,
+            ]
+        )
+    return PLAN_HEADERS, rows
+
+
+def plan_summary(kind: str, steps: Sequence[Step]) -> str:
+    """'plan: pause 4 threads on 2 hosts; 1 skipped'."""
+    acting = [step.thread for step in steps if step.action]
+    skipped = len(steps) - len(acting)
+    return f"plan: {kind} {count_line(acting)}" + (f"; {skipped} skipped" if skipped else "")
+
+
+def step_json(step: Step) -> dict[str, Any]:
+    info = step.thread.info
+    return {
+        "host": step.thread.host.name,
+        "index": step.thread.index,
+        "job_id": info.get("job_id"),
+        "job_state": info.get("job_state"),
+        "thread_state": (info.get("thread_state") or {}).get("state"),
+        "last_error": info.get("last_error"),
+        "action": step.action.kind if step.action else None,
+        "state": step.action.state if step.action else None,
+        "note": step.note,
+    }
+
+
+def results_summary(kind: str, outcomes: Sequence[tuple[Step, Any]]) -> str:
+    """'resumed 3 of 4 threads on 2 hosts, 1 failed'."""
+    done = [step.thread for step, outcome in outcomes if not isinstance(outcome, BaseException)]
+    failed = len(outcomes) - len(done)
+    verb = "paused" if kind == "pause" else "resumed"
+    hosts = len({step.thread.host.name for step, _ in outcomes})
+    text = f"{verb} {len(done)} of {_plural(len(outcomes), 'thread')} on {_plural(hosts, 'host')}"
+    return text + (f", {failed} failed" if failed else "")
+
+
+def thread_progress(thread: dict[str, Any]) -> tuple[str | None, str | None]:
+    """What drain compares between polls: the thread state and the task state."""
+    return (thread.get("thread_state") or {}).get("state"), thread.get("job_state")
+
+
+def describe_thread(thread: dict[str, Any]) -> str:
+    """'Running(3s) mock at PC1 (TicketAssigned)' for drain's progress lines."""
+    text = format_thread_state(thread.get("thread_state") or {})
+    stage = thread.get("job_stage")
+    state = thread.get("job_state")
+    if stage and (thread.get("thread_state") or {}).get("state") in BUSY_THREAD_STATES:
+        text += f" at {stage}"
+    return text + (f" ({state})" if state else "")
+
+
+DRAIN_HEADERS = ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
+
+
+def drain_table(
+    targets: Sequence[FleetThread],
+    latest: dict[tuple[str, int], dict[str, Any]],
+    failed: dict[tuple[str, int], BaseException],
+) -> tuple[list[str], list[list[str]]]:
+    """drain's last word: each thread's task state before and now, and its thread state."""
+    headers = DRAIN_HEADERS + (["Error"] if failed else [])
+    rows = []
+    for thread in targets:
+        now = latest[thread.key]
+        row = [
+            thread.host.name,
+            str(thread.index),
+            _cell(now.get("job_id")),
+            _cell(thread.info.get("job_state")),
+            _cell(now.get("job_state")),
+            format_thread_state(now.get("thread_state") or {}),
+        ]
+        if failed:
+            error = failed.get(thread.key)
+            row.append(f"pause failed: {error_text(error)}" if error else "")
+        rows.append(row)
+    return headers, rows
+
+
 # =============================================================================
 # Transports: JSON-RPC over a byte stream, the agent clients, SSH and local
 # sessions, and the parallel fan-out
@@ -2005,6 +2333,9 @@ class LocalSession:
             raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
+    def alive(self) -> bool:
+        return True
+
     def close(self) -> None:
         """Nothing stays open between calls."""
 
@@ -2090,6 +2421,10 @@ class SshSession:
             raise HostError(f"SSH error: {error}", "ssh-error") from error
         except (EOFError, OSError) as error:
             raise HostError(f"connection lost: {error}", "connection-lost") from error
+
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return transport is not None and transport.is_active()
 
     def close(self) -> None:
         self.client.close()
@@ -2484,31 +2819,61 @@ def perform(session: LocalSession | SshSession, host: Host, action: Action) -> A
     auto falls back to the CLI when the channel is refused (see query_status);
     local does not: its CLI would only find the same dead socket.
     """
+    outcome = perform_all(session, host, [action])[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def perform_all(
+    session: LocalSession | SshSession, host: Host, actions: Sequence[Action]
+) -> list[ActionOutcome | HostError]:
+    """Do the actions in order over one agent connection; each gets its outcome or its error.
+
+    A refusal of one thread (not paused, bad state) does not stop the next;
+    a host that cannot be reached at all raises, as for one action.
+    """
+    agent = _action_agent(session, host)
+    try:
+        outcomes: list[ActionOutcome | HostError] = []
+        for action in actions:
+            try:
+                note = action.via(agent)
+            except HostError as error:
+                outcomes.append(error)
+            else:
+                outcomes.append(ActionOutcome(agent.via, note))
+        return outcomes
+    finally:
+        if not isinstance(agent, CliAgent):
+            agent.rpc.close()
+
+
+def _action_agent(
+    session: LocalSession | SshSession, host: Host
+) -> RpcAgent | CliAgent | DamoclesAgent:
     if host.transport != "exec":
         try:
-            agent = session.open_rpc()
+            return session.open_rpc()
         except (StreamForbidden, AgentNotRunning):
             if host.transport != "auto":
                 raise
-        else:
-            try:
-                note = action.via(agent)
-            finally:
-                agent.rpc.close()
-            return ActionOutcome(agent.via, note)
-    cli = session.cli()
-    return ActionOutcome(cli.via, action.via(cli))
+    return session.cli()
 
 
 def fan_out(
-    hosts: Sequence[Host], job: Callable[[Host], Any], forks: int
+    hosts: Sequence[Host],
+    job: Callable[[Host], Any],
+    forks: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any | BaseException]:
     """Run job(host) for every host, at most `forks` at a time.
 
     Returns host name -> result or the exception it raised: one bad host
     never stops the others. Workers are daemon threads so a Ctrl-C in the
     main thread ends the run at once; each host is bounded by its own
-    connect and command timeouts.
+    connect and command timeouts. progress(done, total) is called after
+    each host, from the worker threads, one call at a time.
     """
     results: dict[str, Any | BaseException] = {}
     queue = list(reversed(hosts))
@@ -2526,6 +2891,8 @@ def fan_out(
                 outcome = error
             with lock:
                 results[host.name] = outcome
+                if progress is not None:
+                    progress(len(results), len(hosts))
 
     threads = [
         threading.Thread(target=worker, name=f"venusctl-{n}", daemon=True)
@@ -2546,6 +2913,94 @@ def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) ->
         session.close()
 
 
+class SessionPool:
+    """Sessions kept open across refreshes (watch, drain, a bulk plan then its actions).
+
+    One session per host, and for status its agent channel too, so a
+    refresh over a kept stream connection is one round trip. A session
+    whose SSH connection dropped is opened again on next use; a channel the
+    agent closed (idle timeout) is reopened once. Fan-out threads each ask
+    a different host, the lock only guards the dictionaries.
+    """
+
+    def __init__(self, context: SshContext) -> None:
+        self.context = context
+        self._lock = threading.Lock()
+        self._sessions: dict[str, LocalSession | SshSession] = {}
+        self._agents: dict[str, RpcAgent | DamoclesAgent] = {}
+
+    def session(self, host: Host) -> LocalSession | SshSession:
+        with self._lock:
+            session = self._sessions.get(host.name)
+        if session is not None and session.alive():
+            return session
+        self.forget(host)
+        session = open_session(host, self.context)
+        with self._lock:
+            self._sessions[host.name] = session
+        return session
+
+    def run(self, host: Host, work: Callable[[Any], Any]) -> Any:
+        """work(session) on the host's kept session; a dead connection is not kept."""
+        session = self.session(host)
+        try:
+            return work(session)
+        finally:
+            if not session.alive():
+                self.forget(host)
+
+    def status(self, host: Host) -> HostStatus:
+        """The host's status, through its kept agent channel when there is one."""
+        with self._lock:
+            agent = self._agents.pop(host.name, None)
+        if agent is not None:
+            try:
+                status = agent.status()
+            except HostError:
+                agent.rpc.close()  # closed by the agent or the network: one fresh try below
+            else:
+                self._keep(host, agent)
+                return status
+        return self.run(host, lambda session: self._fresh_status(session, host))
+
+    def _fresh_status(self, session: LocalSession | SshSession, host: Host) -> HostStatus:
+        if host.transport == "exec":
+            return query_status(session, host)
+        try:
+            agent = session.open_rpc()
+        except (StreamForbidden, AgentNotRunning):
+            return query_status(session, host)  # the same fallbacks as a one-shot run
+        try:
+            status = agent.status()
+        except BaseException:
+            agent.rpc.close()
+            raise
+        self._keep(host, agent)
+        return status
+
+    def _keep(self, host: Host, agent: RpcAgent | DamoclesAgent) -> None:
+        with self._lock:
+            self._agents[host.name] = agent
+
+    def forget(self, host: Host) -> None:
+        self._forget_name(host.name)
+
+    def close(self) -> None:
+        with self._lock:
+            names = list(self._sessions) + list(self._agents)
+        for name in dict.fromkeys(names):
+            self._forget_name(name)
+
+    def _forget_name(self, name: str) -> None:
+        with self._lock:
+            agent = self._agents.pop(name, None)
+            session = self._sessions.pop(name, None)
+        if agent is not None:
+            agent.rpc.close()
+        if session is not None:
+            session.close()
+
+
 # =============================================================================
 # Commands
 # =============================================================================
@@ -2553,15 +3008,18 @@ def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) ->
 
 @dataclass
 class Context:
-    """What a command needs from outside: the inventory, the streams and the flags."""
+    """What a command needs from outside: the inventory, the streams, the clock and the flags."""
 
     inventory: Inventory
     out: Any = field(default_factory=lambda: sys.stdout)
     err: Any = field(default_factory=lambda: sys.stderr)
+    stdin: Any = field(default_factory=lambda: sys.stdin)
     as_json: bool = False
     debug: bool = False
     forks: int = 50
     ssh: SshContext = field(default_factory=SshContext)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
     def emit_json(self, document: Any) -> None:
         self.out.write(json.dumps(document, indent=2) + "\n")
@@ -2571,23 +3029,60 @@ class Context:
             self.err.write(f"--- {host.name}: traceback\n")
             self.err.write("".join(traceback.format_exception(error)))
 
+    @staticmethod
+    def is_terminal(stream: Any) -> bool:
+        try:
+            return bool(stream.isatty())
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            return False
+
+    def fan_out(
+        self, hosts: Sequence[Host], job: Callable[[Host], Any], progress: bool = True
+    ) -> dict[str, Any]:
+        """fan_out with this run's forks, tracebacks under --debug, and `12/30 hosts` on
+        stderr while it runs when stderr is a terminal (nothing extra otherwise)."""
+        show = progress and len(hosts) > 1 and self.is_terminal(self.err)
+        outcomes = fan_out(hosts, job, self.forks, self._show_progress if show else None)
+        for host in hosts:
+            _show_traceback(self, host, outcomes[host.name])
+        return outcomes
+
+    def _show_progress(self, done: int, total: int) -> None:
+        # \r rewrites the line; the last call erases it, so the table starts clean.
+        self.err.write(f"\r{done}/{total} hosts" if done < total else "\r\x1b[K")
+        self.err.flush()
+
 
 def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     hosts = select_hosts(ctx.inventory, args.limit)
-    outcomes = fan_out(
-        hosts,
-        lambda host: with_session(host, ctx.ssh, lambda s: query_status(s, host)),
-        ctx.forks,
-    )
+    pool = SessionPool(ctx.ssh)
+    try:
+        if args.watch is not None:
+            return watch(ctx, args, lambda: list_report(ctx, args, hosts, pool, progress=False))
+        return show_report(ctx, *list_report(ctx, args, hosts, pool, progress=True))
+    finally:
+        pool.close()
+
+
+def list_report(
+    ctx: Context, args: argparse.Namespace, hosts: list[Host], pool: SessionPool, progress: bool
+) -> tuple[Any, ExitStatus]:
+    """One `list` answer: the JSON document or the table text, and the exit status."""
+    outcomes = ctx.fan_out(hosts, pool.status, progress)
     entries = [list_entry(host, outcomes[host.name], args.expiration) for host in hosts]
-    for host in hosts:
-        _show_traceback(ctx, host, outcomes[host.name])
-    if ctx.as_json:
-        ctx.emit_json({"expiration": args.expiration, "hosts": entries})
-    else:
-        ctx.out.write(render_table(*list_table(entries, args.wide)) + "\n")
     failed = any(entry["error"] for entry in entries)
-    return ExitStatus.FAILED if failed else ExitStatus.OK
+    status = ExitStatus.FAILED if failed else ExitStatus.OK
+    if ctx.as_json:
+        return {"expiration": args.expiration, "hosts": entries}, status
+    return render_table(*list_table(entries, args.wide)), status
+
+
+def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
+    if ctx.as_json:
+        ctx.emit_json(report)
+    else:
+        ctx.out.write(report + "\n")
+    return status
 
 
 def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
@@ -2595,6 +3090,103 @@ def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
         outcome = outcome.error
     if isinstance(outcome, BaseException):
         ctx.report_traceback(host, outcome)
+
+
+def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    hosts = select_hosts(ctx.inventory, args.limit)
+    selector = selector_from(args)
+    pool = SessionPool(ctx.ssh)
+    try:
+        if args.watch is not None:
+            return watch(ctx, args, lambda: threads_report(ctx, args, hosts, selector, pool, False))
+        return show_report(ctx, *threads_report(ctx, args, hosts, selector, pool, True))
+    finally:
+        pool.close()
+
+
+def threads_report(
+    ctx: Context,
+    args: argparse.Namespace,
+    hosts: list[Host],
+    selector: Selector,
+    pool: SessionPool,
+    progress: bool,
+) -> tuple[Any, ExitStatus]:
+    """The matching threads of every host: a table, a count line, then who did not answer."""
+    outcomes = ctx.fan_out(hosts, pool.status, progress)
+    threads, unreachable = select_threads(hosts, outcomes, selector)
+    status = ExitStatus.FAILED if unreachable else ExitStatus.OK
+    if ctx.as_json:
+        document = {
+            "count": len(threads),
+            "hosts": len({thread.host.name for thread in threads}),
+            "threads": [fleet_thread_json(thread) for thread in threads],
+            "unreachable": unreachable,
+        }
+        return document, status
+    lines = [render_table(*threads_table(threads, args.wide))] if threads else []
+    lines += [count_line(threads), *unreachable_lines(unreachable)]
+    return "\n".join(lines), status
+
+
+def selector_from(args: argparse.Namespace) -> Selector:
+    return Selector(
+        states=args.states or (),
+        stage=args.stage,
+        plan=args.plan,
+        paused=args.paused,
+        errors=args.errors,
+        error_match=args.error_match,
+        idle=args.idle,
+    )
+
+
+WATCH_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+FRAME_SEPARATOR = "\f\n"
+
+
+def watch(
+    ctx: Context, args: argparse.Namespace, refresh: Callable[[], tuple[Any, ExitStatus]]
+) -> ExitStatus:
+    """Refresh every args.watch seconds over kept connections until Ctrl-C or --count frames.
+
+    On a terminal each frame redraws the screen; otherwise frames follow
+    each other separated by a form feed line (JSON: one line per frame), so
+    a script or a test can read them. Returns the last frame's status with
+    --count, 0 on Ctrl-C.
+    """
+    terminal = ctx.is_terminal(ctx.out)
+    frames = 0
+    try:
+        while True:
+            started = ctx.clock()
+            report, status = refresh()
+            took = ctx.clock() - started
+            write_frame(ctx, report, args.watch, took, first=frames == 0, terminal=terminal)
+            frames += 1
+            if args.count is not None and frames >= args.count:
+                return status
+            ctx.sleep(max(0.0, args.watch - (ctx.clock() - started)))
+    except KeyboardInterrupt:
+        if terminal:
+            ctx.out.write("\n")
+        return ExitStatus.OK
+
+
+def write_frame(
+    ctx: Context, report: Any, interval: float, took: float, first: bool, terminal: bool
+) -> None:
+    if ctx.as_json:
+        document = {"time": round(time.time(), 3), "refresh_ms": round(took * 1000, 1), **report}
+        ctx.out.write(json.dumps(document) + "\n")
+    else:
+        header = (
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}  every {format_duration(interval)}"
+            f"  refresh {took * 1000:.0f} ms" + ("  (Ctrl-C to stop)" if terminal else "")
+        )
+        start = WATCH_CLEAR if terminal else ("" if first else FRAME_SEPARATOR)
+        ctx.out.write(f"{start}{header}\n\n{report}\n")
+    ctx.out.flush()
 
 
 def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -2611,11 +3203,26 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
 
 
 def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.host is None:
+        return bulk_action(ctx, args, "pause", None)
+    _check_single_form(args, "pause")
     return _act(ctx, args.host, Action("pause", args.index))
 
 
 def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.host is None:
+        return bulk_action(ctx, args, "resume", args.to_state)
+    _check_single_form(args, "resume")
+    if args.to_state:
+        raise UsageError("--to-state is for selectors; after HOST INDEX give the STATE itself")
     return _act(ctx, args.host, Action("resume", args.index, args.state))
+
+
+def _check_single_form(args: argparse.Namespace, kind: str) -> None:
+    if args.index is None:
+        raise UsageError(f"{kind} HOST INDEX: missing INDEX (or select threads, see --help)")
+    if selector_from(args).given or args.limit or args.dry_run:
+        raise UsageError(f"{kind}: give either HOST INDEX or selectors, not both")
 
 
 def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
@@ -2629,6 +3236,342 @@ def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
         note = outcome.note if isinstance(outcome, ActionOutcome) else None
         stream.write(action_line(host, action, error, note) + "\n")
     return ExitStatus.FAILED if error else ExitStatus.OK
+
+
+def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> list[Host]:
+    """The hosts of a bulk command; refuses to act on the whole fleet by default."""
+    if not selector_from(args).given and not args.limit:
+        raise UsageError(
+            f"{command}: select threads (--state, --errors, -l HOST ...); an action never"
+            " covers the whole fleet by default (-l '*' does)"
+        )
+    return select_hosts(ctx.inventory, args.limit)
+
+
+def bulk_action(
+    ctx: Context, args: argparse.Namespace, kind: str, to_state: str | None
+) -> ExitStatus:
+    """pause/resume by selectors: the plan first, then the actions if confirmed."""
+    hosts = _selected_hosts(ctx, args, kind)
+    pool = SessionPool(ctx.ssh)
+    try:
+        outcomes = ctx.fan_out(hosts, pool.status)
+        threads, unreachable = select_threads(hosts, outcomes, selector_from(args))
+        steps = plan_steps(kind, threads, to_state)
+        problem = to_state and invalid_resume_state(steps, to_state, plan_state_names)
+        if problem:
+            raise UsageError(problem)
+        document = {
+            "action": kind,
+            "state": to_state,
+            "plan": [step_json(step) for step in steps],
+            "unreachable": unreachable,
+            "results": None,
+        }
+        if not ctx.as_json:
+            show_plan(ctx, kind, steps, unreachable)
+        acting = [step for step in steps if step.action]
+        if not acting or args.dry_run:
+            return _without_action(ctx, document, steps, unreachable, args.dry_run)
+        if not confirmed(ctx, args, f"{kind} {count_line([s.thread for s in acting])}?"):
+            if ctx.as_json:
+                ctx.emit_json(document)
+            return ExitStatus.FAILED
+        results = act_on_steps(ctx, pool, acting)
+    finally:
+        pool.close()
+    return show_results(ctx, kind, document, results, unreachable)
+
+
+def plan_state_names(plan: str) -> tuple[str, ...] | None:
+    """A plan's valid states from the agent's own tables (None: a plan not known here)."""
+    try:
+        from worker_agent.states import PLANS
+    except ImportError:  # venusctl.py copied alone onto a laptop: the agent still checks
+        return None
+    known = PLANS.get(plan)
+    return None if known is None else tuple(state.value for state in known.states)
+
+
+def show_plan(
+    ctx: Context, kind: str, steps: Sequence[Step], unreachable: Sequence[dict[str, Any]]
+) -> None:
+    if steps:
+        ctx.out.write(render_table(*plan_table(steps)) + "\n")
+        ctx.out.write(plan_summary(kind, steps) + "\n")
+    for line in unreachable_lines(unreachable):
+        ctx.out.write(line + "\n")
+    ctx.out.flush()
+
+
+def _without_action(
+    ctx: Context,
+    document: dict[str, Any],
+    steps: Sequence[Step],
+    unreachable: Sequence[dict[str, Any]],
+    dry_run: bool,
+) -> ExitStatus:
+    """Nothing matched, nothing to do, or --dry-run: say so, act on nothing."""
+    if ctx.as_json:
+        ctx.emit_json(document)
+    if not steps:
+        ctx.err.write("venusctl: no thread matches the selection\n")
+        return ExitStatus.FAILED
+    if dry_run:
+        if not ctx.as_json:
+            ctx.out.write("dry run: nothing was sent\n")
+        return ExitStatus.OK
+    if not ctx.as_json:
+        ctx.out.write("nothing to do\n")
+    return ExitStatus.FAILED if unreachable else ExitStatus.OK
+
+
+def confirmed(ctx: Context, args: argparse.Namespace, question: str) -> bool:
+    """--yes, or a y/N answer on the terminal; without a terminal a UsageError (exit 2)."""
+    if args.yes:
+        return True
+    if not ctx.is_terminal(ctx.stdin):
+        raise UsageError("not confirmed: stdin is not a terminal; add --yes to act")
+    ctx.err.write(f"{question} [y/N] ")
+    ctx.err.flush()
+    if ctx.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    ctx.err.write("venusctl: cancelled, nothing was sent\n")
+    return False
+
+
+def act_on_steps(
+    ctx: Context, pool: SessionPool, steps: Sequence[Step]
+) -> list[tuple[Step, ActionOutcome | BaseException]]:
+    """Each host's actions in order over its one kept session; all hosts in parallel."""
+    by_host: dict[str, list[Step]] = {}
+    for step in steps:
+        by_host.setdefault(step.thread.host.name, []).append(step)
+    hosts = [host_steps[0].thread.host for host_steps in by_host.values()]
+
+    def job(host: Host) -> list[ActionOutcome | HostError]:
+        actions = [step.action for step in by_host[host.name]]
+        return pool.run(host, lambda session: perform_all(session, host, actions))
+
+    outcomes = ctx.fan_out(hosts, job)
+    results: list[tuple[Step, ActionOutcome | BaseException]] = []
+    for host in hosts:
+        outcome = outcomes[host.name]
+        host_steps = by_host[host.name]
+        per_step = outcome if isinstance(outcome, list) else [outcome] * len(host_steps)
+        results += zip(host_steps, per_step, strict=True)
+    return results
+
+
+def show_results(
+    ctx: Context,
+    kind: str,
+    document: dict[str, Any],
+    results: Sequence[tuple[Step, ActionOutcome | BaseException]],
+    unreachable: Sequence[dict[str, Any]],
+) -> ExitStatus:
+    failed = any(isinstance(outcome, BaseException) for _, outcome in results)
+    if ctx.as_json:
+        document["results"] = [
+            action_entry(step.thread.host, step.action, outcome) for step, outcome in results
+        ]
+        ctx.emit_json(document)
+    else:
+        for step, outcome in results:
+            error = outcome if isinstance(outcome, BaseException) else None
+            note = outcome.note if isinstance(outcome, ActionOutcome) else None
+            ctx.out.write(action_line(step.thread.host, step.action, error, note) + "\n")
+        ctx.out.write(results_summary(kind, results) + "\n")
+    return ExitStatus.FAILED if failed or unreachable else ExitStatus.OK
+
+
+def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.target is not None:
+        if args.limit:
+            raise UsageError("drain: give a HOST or -l LIMIT, not both")
+        hosts = [resolve_target(ctx.inventory, args.target)]
+    else:
+        hosts = _selected_hosts(ctx, args, "drain")
+    pool = SessionPool(ctx.ssh)
+    try:
+        return Drain(ctx, pool, hosts, selector_from(args), args).run()
+    finally:
+        pool.close()
+
+
+def _state_json(info: dict[str, Any]) -> dict[str, Any]:
+    thread_state, job_state = thread_progress(info)
+    return {
+        "job_state": job_state,
+        "job_stage": info.get("job_stage"),
+        "thread_state": thread_state,
+    }
+
+
+DRAIN_QUIET_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+
+
+class Drain:
+    """Pause every selected thread at its next stage boundary, then wait until none runs.
+
+    The agent keeps the result of the stage in flight (docs/protocol.md), so
+    a drained thread is Paused one stage further, never a stage back.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        pool: SessionPool,
+        hosts: list[Host],
+        selector: Selector,
+        args: argparse.Namespace,
+    ) -> None:
+        self.ctx, self.pool, self.hosts, self.selector = ctx, pool, hosts, selector
+        self.timeout: float = args.timeout
+        self.interval: float = args.interval
+        self.terminal = ctx.is_terminal(ctx.err)
+        self.targets: list[FleetThread] = []
+        self.latest: dict[tuple[str, int], dict[str, Any]] = {}
+        self.failed: dict[tuple[str, int], BaseException] = {}
+        self.host_errors: dict[str, BaseException] = {}
+        self.unreachable: list[dict[str, Any]] = []
+        self.last_line = -math.inf
+
+    def run(self) -> ExitStatus:
+        started = self.ctx.clock()
+        outcomes = self.ctx.fan_out(self.hosts, self.pool.status)
+        self.targets, self.unreachable = select_threads(self.hosts, outcomes, self.selector)
+        if not self.targets:
+            for line in unreachable_lines(self.unreachable):
+                self.ctx.err.write(line + "\n")
+            self.ctx.err.write("venusctl: no thread matches the selection: nothing to drain\n")
+            return ExitStatus.FAILED
+        self.latest = {thread.key: thread.info for thread in self.targets}
+        acting = [step for step in plan_steps("pause", self.targets, None) if step.action]
+        for step, outcome in act_on_steps(self.ctx, self.pool, acting):
+            if isinstance(outcome, BaseException):
+                self.failed[step.thread.key] = outcome
+        self._progress(
+            f"drain: pausing {count_line(self.targets)} at their next stage boundary"
+            f" (timeout {format_duration(self.timeout)})"
+        )
+        deadline = started + self.timeout
+        while True:
+            self.poll()
+            busy = self.busy()
+            now = self.ctx.clock()
+            if not busy or now >= deadline:
+                break
+            self._quiet_progress(busy, now - started)
+            self.ctx.sleep(min(self.interval, deadline - now))
+        return self.report(busy, self.ctx.clock() - started)
+
+    def poll(self) -> None:
+        hosts = list({thread.host.name: thread.host for thread in self.targets}.values())
+        outcomes = self.ctx.fan_out(hosts, self.pool.status, progress=False)
+        for host in hosts:
+            outcome = outcomes[host.name]
+            if isinstance(outcome, HostStatus) and outcome.threads is not None:
+                self.host_errors.pop(host.name, None)
+                self._update(host, outcome.threads)
+            else:
+                self.host_errors[host.name] = (
+                    outcome.error if isinstance(outcome, HostStatus) else outcome
+                )
+
+    def _update(self, host: Host, threads: list[dict[str, Any]]) -> None:
+        for info in threads:
+            key = (host.name, info.get("index"))
+            old = self.latest.get(key)
+            if old is None:
+                continue
+            if thread_progress(old) != thread_progress(info) and self.terminal:
+                self.ctx.err.write(
+                    f"{host.name} #{key[1]}: {describe_thread(old)} -> {describe_thread(info)}\n"
+                )
+            self.latest[key] = info
+
+    def busy(self) -> list[FleetThread]:
+        """Threads not yet stopped: Running or Waiting, or on a host not answering now."""
+        return [
+            thread
+            for thread in self.targets
+            if thread.key not in self.failed
+            and (
+                thread.host.name in self.host_errors
+                or thread_progress(self.latest[thread.key])[0] in BUSY_THREAD_STATES
+            )
+        ]
+
+    def _progress(self, line: str) -> None:
+        self.ctx.err.write(line + "\n")
+        self.ctx.err.flush()
+
+    def _quiet_progress(self, busy: list[FleetThread], elapsed: float) -> None:
+        # On a terminal every change has its line already; a log gets a line
+        # per poll at most every few seconds, not one per interval.
+        if self.terminal or self.ctx.clock() - self.last_line < DRAIN_QUIET_PROGRESS_EVERY:
+            return
+        self.last_line = self.ctx.clock()
+        names = ", ".join(thread.label for thread in busy[:5]) + (", ..." if len(busy) > 5 else "")
+        self._progress(
+            f"drain: {len(busy)} of {_plural(len(self.targets), 'thread')} still running"
+            f" after {format_duration(round(elapsed))}: {names}"
+        )
+
+    def report(self, busy: list[FleetThread], elapsed: float) -> ExitStatus:
+        drained = not busy
+        if self.ctx.as_json:
+            self.ctx.emit_json(self.as_json(busy, elapsed))
+        else:
+            self._write_report(busy, elapsed)
+        ok = drained and not self.failed and not self.unreachable
+        return ExitStatus.OK if ok else ExitStatus.FAILED
+
+    def _write_report(self, busy: list[FleetThread], elapsed: float) -> None:
+        out = self.ctx.out
+        out.write(render_table(*drain_table(self.targets, self.latest, self.failed)) + "\n")
+        for line in unreachable_lines(self.unreachable):
+            out.write(line + "\n")
+        if busy:
+            still = "; ".join(f"{thread.label} {self._why_busy(thread)}" for thread in busy)
+            self.ctx.err.write(
+                f"venusctl: drain timed out after {format_duration(self.timeout)};"
+                f" still running: {still}\n"
+            )
+            return
+        failed = f", {len(self.failed)} could not be paused" if self.failed else ""
+        out.write(
+            f"drained {count_line(self.targets)} in {format_duration(round(elapsed, 1))}:"
+            f" none is running{failed}\n"
+        )
+
+    def _why_busy(self, thread: FleetThread) -> str:
+        error = self.host_errors.get(thread.host.name)
+        if error is not None:
+            return f"(host not answering: {error_text(error)})"
+        return f"({describe_thread(self.latest[thread.key])})"
+
+    def as_json(self, busy: list[FleetThread], elapsed: float) -> dict[str, Any]:
+        busy_keys = {thread.key for thread in busy}
+        return {
+            "drained": not busy,
+            "elapsed": round(elapsed, 3),
+            "timeout": self.timeout,
+            "threads": [
+                {
+                    "host": thread.host.name,
+                    "index": thread.index,
+                    "job_id": self.latest[thread.key].get("job_id"),
+                    "before": _state_json(thread.info),
+                    "after": _state_json(self.latest[thread.key]),
+                    "running": thread.key in busy_keys,
+                    "error": error_json(self.failed.get(thread.key)),
+                }
+                for thread in self.targets
+            ],
+            "unreachable": self.unreachable,
+        }
 
 
 def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -2878,7 +3821,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="LastPing older than this gets a '!' (default 10m)",
     )
     listing.add_argument("--wide", action="store_true", help="add Version, Running, Waiting")
+    add_watch(listing)
     listing.set_defaults(handler=command_list)
+
+    threads = commands.add_parser(
+        "threads", help="every matching sealing thread of the fleet, one table"
+    )
+    common(threads, top=False)
+    add_selectors(threads)
+    threads.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")
+    add_watch(threads)
+    threads.set_defaults(handler=command_threads)
 
     info = commands.add_parser("info", help="one row per sealing thread of a host")
     common(info, top=False)
@@ -2886,19 +3839,38 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")
     info.set_defaults(handler=command_info)
 
-    pause = commands.add_parser("pause", help="pause a sealing thread")
-    common(pause, top=False)
-    pause.add_argument("host", help="name, address or address:port")
-    pause.add_argument(
-        "index", type=_argument_type(parse_index, "index"), help="thread index, as `info` shows"
+    pause = commands.add_parser(
+        "pause",
+        help="pause a sealing thread, or every selected one",
+        description="Pause HOST's thread INDEX, or every thread the selectors match: the"
+        " plan is printed first, then acted on with --yes or a y/N answer on a terminal.",
     )
+    common(pause, top=False)
+    pause.add_argument("host", nargs="?", help="name, address or address:port")
+    pause.add_argument(
+        "index",
+        nargs="?",
+        type=_argument_type(parse_index, "index"),
+        help="thread index, as `info` shows",
+    )
+    add_selectors(pause)
+    add_confirmation(pause)
     pause.set_defaults(handler=command_pause)
 
-    resume = commands.add_parser("resume", help="resume a paused sealing thread")
+    resume = commands.add_parser(
+        "resume",
+        help="resume a paused sealing thread, or every selected one",
+        description="Resume HOST's thread INDEX, or every paused thread the selectors match"
+        " (--to-state S moves each to S first): the plan is printed first, then acted on"
+        " with --yes or a y/N answer on a terminal.",
+    )
     common(resume, top=False)
-    resume.add_argument("host", help="name, address or address:port")
+    resume.add_argument("host", nargs="?", help="name, address or address:port")
     resume.add_argument(
-        "index", type=_argument_type(parse_index, "index"), help="thread index, as `info` shows"
+        "index",
+        nargs="?",
+        type=_argument_type(parse_index, "index"),
+        help="thread index, as `info` shows",
     )
     resume.add_argument(
         "state",
@@ -2906,6 +3878,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_argument_type(parse_state, "state"),
         help="move the task to this state first (e.g. C1Done, TreeDBuilt, Aborted)",
     )
+    add_selectors(resume)
+    resume.add_argument(
+        "--to-state",
+        metavar="STATE",
+        type=_argument_type(parse_state, "state"),
+        help="with selectors: move each task to STATE first (checked against its plan)",
+    )
+    add_confirmation(resume)
     resume.set_defaults(handler=command_resume)
 
     health = commands.add_parser(
@@ -2956,6 +3936,30 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="print nothing when the status is OK"
     )
     health.set_defaults(handler=command_health)
+    drain = commands.add_parser(
+        "drain",
+        help="pause every selected thread at its next stage boundary and wait",
+        description="Pause every thread of HOST (or every thread the selectors match) at"
+        " its next stage boundary, keeping the finished stage's result, then wait until"
+        " none is Running or Waiting. Exit 0 when drained, 1 on timeout (naming the"
+        " threads still running).",
+    )
+    common(drain, top=False)
+    drain.add_argument("target", nargs="?", metavar="HOST", help="name, address or address:port")
+    add_selectors(drain)
+    drain.add_argument(
+        "--timeout",
+        type=_argument_type(parse_duration, "duration"),
+        default=7200.0,
+        help="give up after this long (default 2h)",
+    )
+    drain.add_argument(
+        "--interval",
+        type=_argument_type(_positive_duration, "duration"),
+        default=2.0,
+        help="time between polls (default 2s)",
+    )
+    drain.set_defaults(handler=command_drain)
 
     listing = commands.add_parser("inventory", help="the hosts as venusctl reads them")
     common(listing, top=False)
@@ -2964,6 +3968,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.set_defaults(handler=command_inventory)
     return parser
+
+
+def add_selectors(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("thread selectors (every one given must hold)")
+    group.add_argument(
+        "-l", "--limit", action="append", help="hosts: names, groups or globs (comma-separated)"
+    )
+    group.add_argument(
+        "--state",
+        dest="states",  # not "state": resume HOST INDEX [STATE] has that one
+        type=_argument_type(parse_state_list, "states"),
+        help="task state, or several comma-separated (e.g. C1Done,PC1Done)",
+    )
+    group.add_argument(
+        "--stage", type=_argument_type(parse_stage, "stage"), help="stage label (e.g. PC1, C2)"
+    )
+    group.add_argument(
+        "--plan", type=_argument_type(parse_plan_name, "plan"), help="sealer, snapup, ..."
+    )
+    group.add_argument("--paused", action="store_true", help="paused threads")
+    group.add_argument("--errors", action="store_true", help="threads with a last error")
+    group.add_argument(
+        "--error-match",
+        metavar="REGEX",
+        type=_argument_type(compile_error_match, "regex"),
+        help="last error matching REGEX (Python re, searched anywhere in the text)",
+    )
+    group.add_argument("--idle", action="store_true", help="idle threads (no stage to run)")
+
+
+def add_confirmation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-y", "--yes", action="store_true", help="act without asking (needed without a terminal)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan, send nothing, exit 0"
+    )
+
+
+def add_watch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        type=_argument_type(_positive_duration, "duration"),
+        help="refresh every SECONDS (default 2) over kept connections, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--count",
+        metavar="N",
+        type=_argument_type(_parse_count, "count"),
+        help="with --watch: stop after N frames (exit status of the last one)",
+    )
+
+
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be more than 0")
+    return seconds
+
+
+def _parse_count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
+        raise ValueError(f"invalid count {text!r}: must be a whole number >= 1")
+    return int(text)
 
 
 def _parse_forks(text: str) -> int:

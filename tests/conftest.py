@@ -17,6 +17,9 @@ Hosts (all in one SshFleet):
 - calm: a worker without faults whose chain waits last an hour, so its
   threads sit healthy in WaitPCLanded (the `health` tests pause, judge as
   stuck with short thresholds, and resume them).
+- b1, b2: plain workers for the bulk pause/resume tests (test_venusctl_bulk_e2e.py);
+- drainme: two threads with 1 s stages and no faults, for drain to wait on;
+- stuck: one thread in a 1 h stage, for drain to time out on.
 
 `write_inventory` turns host names into an inventory file for venusctl.
 """
@@ -81,6 +84,54 @@ threads = [0]
 CALM_AGENT_CONFIG = AGENT_CONFIG.split("[[processors.mock.faults]]")[0].replace(
     'wait_duration = "200ms"', 'wait_duration = "1h"'
 )
+
+
+# Slow stages that always succeed: drain has something Running to wait for.
+DRAIN_AGENT_CONFIG = """\
+[worker]
+name = "{name}"
+socket = "{dir}/agent.sock"
+state_dir = "{dir}/state"
+ping_interval = "1s"
+
+[sealing]
+miner = 20000
+seal_interval = "200ms"
+
+[[sealing_thread]]
+location = "{dir}/store1"
+
+[[sealing_thread]]
+location = "{dir}/store2"
+
+[processors]
+kind = "mock"
+
+[processors.mock]
+duration = "1s"
+wait_duration = "1s"
+"""
+
+# One stage that outlasts any test: drain times out on it (a stop cuts it short).
+STUCK_AGENT_CONFIG = """\
+[worker]
+name = "{name}"
+socket = "{dir}/agent.sock"
+state_dir = "{dir}/state"
+ping_interval = "1s"
+
+[sealing]
+miner = 30000
+
+[[sealing_thread]]
+location = "{dir}/store1"
+
+[processors]
+kind = "mock"
+
+[processors.mock]
+duration = "1h"
+"""
 
 
 class Agent:
@@ -213,19 +264,26 @@ def ssh_fleet():
     ssh = SshFleet(root / "ssh")
     fleet = Fleet(root=root, ssh=ssh, hosts={})
     try:
-        for name in ("w1", "w2", "w3", "nostream", "dead", "down", "rekey", "calm"):
+        plain = ("w1", "w2", "w3", "nostream", "dead", "b1", "b2")
+        special = {
+            "calm": CALM_AGENT_CONFIG,
+            "drainme": DRAIN_AGENT_CONFIG,
+            "stuck": STUCK_AGENT_CONFIG,
+        }
+        for name in (*plain, "down", "rekey", *special):
             options = {"AllowStreamLocalForwarding": "no"} if name == "nostream" else None
             fleet.hosts[name] = ssh.add_host(name, sshd_options=options)
         for name, sshd in fleet.hosts.items():
             if name != "down":
                 sshd.start()
-        for name in ("w1", "w2", "w3", "nostream", "dead"):
+        for name in plain:
             fleet.agents[name] = Agent(name, root / "agents" / name)
             fleet.agents[name].start()
-        for agent in fleet.agents.values():
-            agent.wait_for_paused_thread_0()
-        fleet.agents["calm"] = Agent("calm", root / "agents" / "calm", CALM_AGENT_CONFIG)
-        fleet.agents["calm"].start()
+        for name, config in special.items():
+            fleet.agents[name] = Agent(name, root / "agents" / name, config)
+            fleet.agents[name].start()
+        for name in plain:
+            fleet.agents[name].wait_for_paused_thread_0()
         fleet.agents["dead"].stop()
         fleet.scripts = _write_fake_agents(root / "fake-agents")
         yield fleet

@@ -1,0 +1,436 @@
+"""venusctl threads, bulk pause/resume, drain and watch, end to end.
+
+Real sshd hosts and real agents (conftest.py): b1 and b2 are the hosts the
+bulk actions change, drainme and stuck the ones drain changes, down is an
+sshd that is not running (the partial failure). Confirmation is answered
+through a real pseudo-terminal; "not a terminal" is the console script with
+stdin from /dev/null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import VENUSCTL_COMMAND, write_inventory
+
+import venusctl
+from worker_agent.states import PLANS, State
+
+DURATION = r"(\d+\.\ds|\d+s|\d+m\d+s|\d+h\d+m\d+s)"
+
+
+@pytest.fixture(autouse=True)
+def _no_user_environment(isolated_home):
+    """Nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in."""
+
+
+def fleet_inventory(tmp_path: Path, fleet, *names: str) -> Path:
+    tables = [fleet.host_table(name) for name in names]
+    return write_inventory(tmp_path / "inventory.toml", tables, **fleet.defaults())
+
+
+def run(capsys, inventory: Path, *argv: str) -> tuple[int, str, str]:
+    status = venusctl.main(["-i", str(inventory), *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def run_json(capsys, inventory: Path, *argv: str) -> tuple[int, dict]:
+    status, out, err = run(capsys, inventory, *argv, "--json")
+    return status, json.loads(out)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The rows of a two-space separated table (header included), until a blank-free end."""
+    return [re.split(r"\s{2,}", line.strip()) for line in text.splitlines()]
+
+
+def threads_of(capsys, inventory: Path, host: str) -> list[dict]:
+    status, document = run_json(capsys, inventory, "info", host)
+    assert status == 0, document
+    return document["threads"]
+
+
+def wait_until(what: str, check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"never happened: {what}")
+
+
+def console(inventory: Path, *argv: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [VENUSCTL_COMMAND, "-i", str(inventory), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **options,
+    )
+
+
+def under_pty(inventory: Path, argv: list[str], answer: str | None) -> tuple[int, str]:
+    """Run the console script with stdin and stderr on a real pty; type `answer` when asked.
+
+    Returns the exit status and everything the terminal showed (stderr and
+    the echo of the answer); stdout is a pipe, read separately by callers
+    that need it (here it is discarded).
+    """
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        [VENUSCTL_COMMAND, "-i", str(inventory), *argv],
+        stdin=slave,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        answered = answer is None
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                shown += chunk
+                if not answered and b"[y/N]" in shown:
+                    os.write(master, answer.encode() + b"\n")
+                    answered = True
+                if not chunk and process.poll() is not None:
+                    break
+            elif process.poll() is not None:
+                break
+        status = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(master)
+    return status, shown.decode(errors="replace")
+
+
+# -- threads -------------------------------------------------------------------------------------
+
+
+def test_threads_shows_matching_threads_of_every_host_and_who_did_not_answer(
+    tmp_path, capsys, ssh_fleet
+):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w2", "w1", "down", "dead")
+    status, out, err = run(capsys, path, "threads", "--errors", "--error-match", "No cached")
+    assert (status, err) == (1, "")  # down and dead did not answer
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "Host",
+        "Index",
+        "Loc",
+        "SectorID",
+        "Paused",
+        "PausedElapsed",
+        "State",
+        "LastErr",
+    ]
+    rows = table_rows("\n".join(lines[1:3]))
+    assert [row[:2] for row in rows] == [["w1", "0"], ["w2", "0"]]  # sorted by host, not inventory
+    for row in rows:
+        assert row[4:7] == ["true", row[5], "C1Done"] and re.fullmatch(DURATION, row[5])
+        assert row[7].startswith("permanent: No cached parameters")
+    assert lines[3] == "2 threads on 2 hosts"
+    assert lines[4] == "unreachable (2):"
+    assert re.fullmatch(r"  dead: agent not running \(last heartbeat .* ago\)", lines[5])
+    assert lines[6] == "  down: connection refused"
+
+
+def test_threads_selectors_combine_and_json_carries_the_worker_info(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2")
+    status, document = run_json(capsys, path, "threads", "--state", "C1Done,PC1Done", "--paused")
+    assert status == 0
+    assert document["count"] == 2 and document["hosts"] == 2
+    assert [(t["host"], t["index"]) for t in document["threads"]] == [("w1", 0), ("w2", 0)]
+    assert document["threads"][0]["plan"] == "sealer" and document["unreachable"] == []
+    # every criterion must hold: paused and idle together is nobody
+    status, out, _ = run(capsys, path, "threads", "--paused", "--idle")
+    assert (status, out) == (0, "0 threads on 0 hosts\n")
+    status, out, _ = run(capsys, path, "threads", "--plan", "snapup")
+    assert out == "0 threads on 0 hosts\n"
+    status, out, _ = run(capsys, path, "threads", "-l", "w2", "--wide")
+    assert out.splitlines()[0].split()[-4:] == ["Plan", "Stage", "ThreadState", "LastErr"]
+    assert out.splitlines()[-1] == "2 threads on 1 host"
+
+
+def test_threads_bad_selector_is_one_line_and_exit_2(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    status, out, err = run(capsys, path, "threads", "--error-match", "No (cached")
+    assert (status, out) == (2, "")
+    assert len(err.splitlines()) == 1 and "invalid regular expression 'No (cached'" in err
+    status, out, err = run(capsys, path, "threads", "--state", "C1Done,rm -rf")
+    assert (status, out) == (2, "")
+    assert "invalid state 'rm -rf'" in err and len(err.splitlines()) == 1
+
+
+# -- bulk pause / resume -------------------------------------------------------------------------
+
+
+def test_bulk_resume_dry_run_prints_the_plan_and_sends_nothing(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2", "down")
+    argv = ["resume", "--errors", "--error-match", "No cached parameters", "--to-state", "C1Done"]
+    status, out, err = run(capsys, path, *argv, "--dry-run")
+    assert (status, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "Host",
+        "Index",
+        "SectorID",
+        "State",
+        "ThreadState",
+        "LastErr",
+        "Action",
+    ]
+    rows = table_rows("\n".join(lines[1:3]))
+    assert [(row[0], row[1], row[-1]) for row in rows] == [
+        ("b1", "0", "resume in C1Done"),
+        ("b2", "0", "resume in C1Done"),
+    ]
+    assert lines[3:] == [
+        "plan: resume 2 threads on 2 hosts",
+        "unreachable (1):",
+        "  down: connection refused",
+        "dry run: nothing was sent",
+    ]
+    for host in ("b1", "b2"):  # still paused with the error: nothing was sent
+        thread = threads_of(capsys, path, host)[0]
+        assert thread["thread_state"]["state"] == "Paused" and thread["last_error"]
+
+
+def test_bulk_action_without_a_terminal_prints_the_plan_and_refuses(tmp_path, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "b1")
+    done = console(path, "pause", "-l", "b1", stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert done.stderr == "venusctl: not confirmed: stdin is not a terminal; add --yes to act\n"
+    assert "plan: pause 1 thread on 1 host; 1 skipped" in done.stdout
+    assert re.search(r"^b1 +0 .*skip: already paused$", done.stdout, re.M)
+    # thread #1 still seals: the refusal sent nothing
+    info = json.loads(console(path, "info", "b1", "--json").stdout)
+    assert info["threads"][1]["thread_state"]["state"] != "Paused"
+
+
+def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2", "down")
+    status, out, err = run(capsys, path, "pause", "-l", "b1,b2,down", "--yes")
+    assert (status, err) == (1, "")  # down could not be asked: a partial failure
+    assert "plan: pause 2 threads on 2 hosts; 2 skipped" in out
+    assert "  down: connection refused" in out
+    tail = out.splitlines()[-3:]
+    assert tail == [
+        "b1 #1: paused (a stage in flight finishes first)",
+        "b2 #1: paused (a stage in flight finishes first)",
+        "paused 2 of 2 threads on 2 hosts",
+    ]
+    for host in ("b1", "b2"):
+        wait_until(
+            f"{host} #1 paused",
+            lambda host=host: (
+                threads_of(capsys, path, host)[1]["thread_state"]["state"] == "Paused"
+            ),
+        )
+
+    # resume to a state the thread's plan does not have: refused before anything is sent
+    status, out, err = run(capsys, path, "resume", "-l", "b1", "--to-state", "SnapDone", "--yes")
+    assert status == 2
+    assert "state 'SnapDone' is not valid for plan sealer (b1 #0); valid states: Empty," in err
+    assert threads_of(capsys, path, "b1")[1]["thread_state"]["state"] == "Paused"
+
+    status, document = run_json(capsys, path, "resume", "-l", "b1,b2", "--paused", "--yes")
+    assert status == 0
+    assert [(r["name"], r["index"], r["ok"]) for r in document["results"]] == [
+        ("b1", 0, True),
+        ("b1", 1, True),
+        ("b2", 0, True),
+        ("b2", 1, True),
+    ]
+    assert {r["via"] for r in document["results"]} == {"stream"}
+    # #0 fails C2 again and pauses itself; #1 seals on
+    for host in ("b1", "b2"):
+        wait_until(
+            f"{host} back to its error",
+            lambda host=host: (
+                threads_of(capsys, path, host)[0]["thread_state"]["state"] == "Paused"
+            ),
+        )
+        assert threads_of(capsys, path, host)[1]["thread_state"]["state"] != "Paused"
+
+
+def test_bulk_action_refusals(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2")
+    # no selector: never the whole fleet by default
+    status, out, err = run(capsys, path, "pause", "--yes")
+    assert (status, out) == (2, "")
+    assert "an action never covers the whole fleet by default (-l '*' does)" in err
+    # a selector that matches nothing says so
+    status, out, err = run(capsys, path, "resume", "--error-match", "no such error", "--yes")
+    assert (status, out, err) == (1, "", "venusctl: no thread matches the selection\n")
+    # HOST INDEX and selectors do not mix
+    status, _, err = run(capsys, path, "pause", "b1", "1", "--errors")
+    assert status == 2 and "give either HOST INDEX or selectors, not both" in err
+
+
+def test_bulk_resume_asks_on_a_terminal(tmp_path, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "b2")
+    argv = ["resume", "-l", "b2", "--errors", "--to-state", "C1Done"]
+    status, shown = under_pty(path, argv, "n")
+    assert status == 1
+    assert "resume 1 thread on 1 host? [y/N]" in shown
+    assert "cancelled, nothing was sent" in shown
+    status, shown = under_pty(path, argv, "y")
+    assert status == 0, shown
+
+
+# -- drain ---------------------------------------------------------------------------------------
+
+
+def test_drain_pauses_at_stage_boundaries_and_waits(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "drainme")
+    wait_until(
+        "a thread of drainme running",
+        lambda: any(
+            t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
+        ),
+    )
+    status, out, err = run(
+        capsys, path, "drain", "drainme", "--interval", "200ms", "--timeout", "30s", "--json"
+    )
+    assert status == 0, err
+    document = json.loads(out)
+    assert document["drained"] is True and document["unreachable"] == []
+    assert err.startswith("drain: pausing 2 threads on 1 host at their next stage boundary")
+    sealer = PLANS["sealer"]
+    was_running = 0
+    for thread in document["threads"]:
+        before, after = thread["before"], thread["after"]
+        assert after["thread_state"] == "Paused" and thread["running"] is False
+        # no stage lost: the task state only moves forward...
+        assert State(after["job_state"]) in sealer.reachable_from(State(before["job_state"]))
+        if before["thread_state"] == "Running":
+            # ...and the stage that was in flight finished and was kept
+            was_running += 1
+            assert after["job_state"] != before["job_state"], thread
+    assert was_running >= 1
+    # drained for real: the agent agrees, a moment later too
+    time.sleep(0.5)
+    assert {t["thread_state"]["state"] for t in threads_of(capsys, path, "drainme")} == {"Paused"}
+
+
+def test_drain_times_out_naming_the_threads_still_running(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "stuck", "down")
+    status, out, err = run(
+        capsys, path, "drain", "-l", "stuck,down", "--timeout", "1s", "--interval", "200ms"
+    )
+    assert status == 1
+    assert re.search(
+        r"^venusctl: drain timed out after 1s; still running: stuck #0 \(Running\(\d+s\) mock"
+        r" at \w+ \(\w+\)\)$",
+        err,
+        re.M,
+    ), err
+    rows = table_rows(out)
+    assert rows[0] == ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
+    assert rows[1][:2] == ["stuck", "0"] and rows[1][5].startswith("Running(")
+    assert "  down: connection refused" in out
+
+
+def test_drain_needs_a_target(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "stuck")
+    status, _, err = run(capsys, path, "drain")
+    assert status == 2 and "drain: select threads" in err
+    status, _, err = run(capsys, path, "drain", "nosuchhost")
+    assert status == 2 and "unknown host 'nosuchhost'" in err
+
+
+# -- watch ---------------------------------------------------------------------------------------
+
+
+def test_list_watch_prints_successive_frames(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2", "down")
+    status, out, err = run(capsys, path, "list", "--watch", "300ms", "--count", "3")
+    assert (status, err) == (1, "")  # down is a row in every frame
+    frames = out.split("\f\n")
+    assert len(frames) == 3
+    for frame in frames:
+        header, blank, *table = frame.splitlines()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  every 0.3s  refresh \d+ ms", header)
+        assert blank == ""
+        assert table[0].split()[0] == "Name"
+        assert [row.split()[0] for row in table[1:]] == ["w1", "w2", "down"]
+        assert table[-1].endswith("connection refused")
+
+
+def test_threads_watch_json_is_one_document_per_frame(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2")
+    status, out, _ = run(
+        capsys, path, "threads", "--errors", "--watch", "0.2", "--count", "2", "--json"
+    )
+    assert status == 0
+    documents = [json.loads(line) for line in out.splitlines()]
+    assert len(documents) == 2
+    assert documents[1]["time"] > documents[0]["time"]
+    for document in documents:
+        assert document["count"] == 2 and document["refresh_ms"] >= 0
+
+
+def test_watch_ends_cleanly_on_ctrl_c(tmp_path, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    process = subprocess.Popen(
+        [VENUSCTL_COMMAND, "-i", str(path), "list", "--watch", "200ms"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = process.stdout.readline()
+        assert "every 0.2s" in first
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert status == 0
+    assert process.stderr.read() == ""
+
+
+def test_session_pool_keeps_connections_and_reconnects_a_dropped_one(tmp_path, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    host = venusctl.load_inventory(path).hosts[0]
+    pool = venusctl.SessionPool(venusctl.SshContext())
+    try:
+        first = pool.status(host)
+        session = pool.session(host)
+        second = pool.status(host)
+        assert pool.session(host) is session  # one SSH connection for both refreshes
+        assert first.via == second.via == "stream" and len(second.threads) == 2
+        session.client.get_transport().close()  # the connection drops
+        third = pool.status(host)
+        assert pool.session(host) is not session and third.threads is not None
+    finally:
+        pool.close()
+
+
+def test_fan_out_progress_on_a_terminal_only(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2", "w3")
+    status, shown = under_pty(path, ["list"], answer=None)
+    assert status == 0
+    assert re.search(r"\r[12]/3 hosts", shown), repr(shown)
+    status, out, err = run(capsys, path, "list")
+    assert (status, err) == (0, "")
