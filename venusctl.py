@@ -1757,7 +1757,7 @@ class FleetThread:
 def select_threads(
     hosts: Sequence[Host], outcomes: dict[str, Any], selector: Selector
 ) -> tuple[list[FleetThread], list[dict[str, Any]]]:
-    """The matching threads sorted by host and index, and an entry per host that did not answer.
+    """The matching threads by host (natural order) and index, and who did not answer.
 
     A host whose daemon could not be asked (an exception, or a HostStatus
     without threads) is unreachable: its threads are unknown, never "none".
@@ -1770,9 +1770,14 @@ def select_threads(
             unreachable.append(info_entry(host, outcome))
             continue
         matched += [FleetThread(host, info) for info in outcome.threads if selector.matches(info)]
-    matched.sort(key=lambda thread: thread.key)
-    unreachable.sort(key=lambda entry: entry["name"])
+    matched.sort(key=lambda thread: (natural_key(thread.host.name), thread.index))
+    unreachable.sort(key=lambda entry: natural_key(entry["name"]))
     return matched, unreachable
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key that puts worker-2 before worker-10 (digit runs compare as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def count_line(threads: Sequence[FleetThread]) -> str:
@@ -3273,7 +3278,11 @@ def bulk_action(
         acting = [step for step in steps if step.action]
         if not acting or args.dry_run:
             return _without_action(ctx, document, steps, unreachable, args.dry_run)
-        if not confirmed(ctx, args, f"{kind} {count_line([s.thread for s in acting])}?"):
+        if not args.yes and not ctx.is_terminal(ctx.stdin):
+            if ctx.as_json:
+                ctx.emit_json(document)
+            raise UsageError("not confirmed: stdin is not a terminal; add --yes to act")
+        if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
             if ctx.as_json:
                 ctx.emit_json(document)
             return ExitStatus.FAILED
@@ -3326,12 +3335,8 @@ def _without_action(
     return ExitStatus.FAILED if unreachable else ExitStatus.OK
 
 
-def confirmed(ctx: Context, args: argparse.Namespace, question: str) -> bool:
-    """--yes, or a y/N answer on the terminal; without a terminal a UsageError (exit 2)."""
-    if args.yes:
-        return True
-    if not ctx.is_terminal(ctx.stdin):
-        raise UsageError("not confirmed: stdin is not a terminal; add --yes to act")
+def confirm(ctx: Context, question: str) -> bool:
+    """A y/N answer on the terminal (stdin); anything but y or yes is no."""
     ctx.err.write(f"{question} [y/N] ")
     ctx.err.flush()
     if ctx.stdin.readline().strip().lower() in ("y", "yes"):

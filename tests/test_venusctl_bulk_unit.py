@@ -1,0 +1,206 @@
+"""Pure tests of the fleet-wide thread selection, bulk plans and their lines.
+
+WorkerInfo objects here are shaped as docs/protocol.md says; the end-to-end
+tests (test_venusctl_bulk_e2e.py) check the same code against real agents.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import venusctl
+from venusctl import Action, AgentRefused, HostStatus, Selector, Step
+
+
+def info(index, job_state="PC1Done", thread_state="Running", **extra) -> dict:
+    document = {
+        "index": index,
+        "location": f"/srv/store{index}",
+        "plan": "sealer",
+        "job_id": f"s-t010000-{index}",
+        "job_state": job_state,
+        "job_stage": "PC2",
+        "thread_state": {"state": thread_state, "elapsed": 3, "proc": None},
+        "state_elapsed": 5,
+        "last_error": None,
+    }
+    document.update(extra)
+    return document
+
+
+INVENTORY = venusctl.parse_inventory(
+    """
+[defaults]
+user = "ops"
+[[host]]
+name = "w10"
+address = "127.0.0.10"
+[[host]]
+name = "w2"
+address = "127.0.0.2"
+[[host]]
+name = "down"
+address = "127.0.0.3"
+""",
+    Path("inventory.toml"),
+)
+W10, W2, DOWN = INVENTORY.hosts
+
+STUCK = info(
+    0, "C1Done", "Paused", last_error="permanent: No cached parameters found for stacked-po"
+)
+RETRYING = info(1, "PC1Done", "Waiting", last_error="temporary: disk full")
+RUNNING = info(2, "TicketAssigned", "Running")
+IDLE = info(3, "", "Idle", job_id=None, job_stage=None)
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        (Selector(), [0, 1, 2, 3]),
+        (Selector(errors=True), [0, 1]),
+        (Selector(error_match=re.compile("No cached parameters")), [0]),
+        (Selector(paused=True), [0]),
+        (Selector(idle=True), [3]),
+        (Selector(states=("C1Done", "PC1Done")), [0, 1]),
+        (Selector(states=("PC1Done",), errors=True), [1]),
+        (Selector(stage="PC2", paused=True), [0]),
+        (Selector(plan="snapup"), []),
+        (Selector(paused=True, idle=True), []),
+    ],
+)
+def test_selector_keeps_threads_where_every_given_criterion_holds(selector, expected):
+    threads = [STUCK, RETRYING, RUNNING, IDLE]
+    assert [t["index"] for t in threads if selector.matches(t)] == expected
+
+
+def test_selector_given_only_with_a_criterion():
+    assert not Selector().given
+    assert Selector(idle=True).given and Selector(states=("C1Done",)).given
+
+
+def test_selector_value_parsers_refuse_what_is_not_a_name():
+    assert venusctl.parse_state_list("C1Done, PC1Done") == ("C1Done", "PC1Done")
+    with pytest.raises(ValueError, match="invalid state 'C1Done;reboot'"):
+        venusctl.parse_state_list("C1Done;reboot")
+    with pytest.raises(ValueError, match="give one or more names"):
+        venusctl.parse_state_list(",")
+    with pytest.raises(ValueError, match="invalid regular expression '\\(unclosed'"):
+        venusctl.compile_error_match("(unclosed")
+    with pytest.raises(ValueError, match="invalid plan"):
+        venusctl.parse_plan_name("Sealer!")
+    with pytest.raises(ValueError, match="invalid stage"):
+        venusctl.parse_stage("PC 1")
+
+
+def test_select_threads_sorts_by_host_then_index_and_lists_who_did_not_answer():
+    outcomes = {
+        "w10": HostStatus(report=None, threads=[RUNNING, STUCK]),
+        "w2": HostStatus(report=None, threads=[IDLE]),
+        "down": venusctl.ConnectionRefused("connection refused"),
+    }
+    threads, unreachable = venusctl.select_threads(INVENTORY.hosts, outcomes, Selector())
+    # hosts in natural order (w2 before w10), then by index
+    assert [thread.label for thread in threads] == ["w2 #3", "w10 #0", "w10 #2"]
+    assert venusctl.count_line(threads) == "3 threads on 2 hosts"
+    assert venusctl.unreachable_lines(unreachable) == [
+        "unreachable (1):",
+        "  down: connection refused",
+    ]
+    headers, rows = venusctl.threads_table(threads, wide=False)
+    assert headers[:2] == ["Host", "Index"]
+    assert [row[:2] for row in rows] == [["w2", "3"], ["w10", "0"], ["w10", "2"]]
+
+
+def test_a_stopped_agent_is_unreachable_with_its_last_heartbeat():
+    outcomes = {
+        "w10": HostStatus(
+            report={"age": 4.5}, threads=None, error=venusctl.AgentNotRunning("agent not running")
+        ),
+        "w2": HostStatus(report=None, threads=[]),
+        "down": venusctl.ConnectionRefused("connection refused"),
+    }
+    threads, unreachable = venusctl.select_threads(INVENTORY.hosts, outcomes, Selector())
+    assert threads == [] and venusctl.count_line(threads) == "0 threads on 0 hosts"
+    assert venusctl.unreachable_lines(unreachable)[1:] == [
+        "  down: connection refused",
+        "  w10: agent not running (last heartbeat 4.5s ago)",
+    ]
+
+
+def fleet(*infos, host=W2):
+    return [venusctl.FleetThread(host, document) for document in infos]
+
+
+def test_bulk_plans_skip_what_would_change_nothing():
+    pause = venusctl.plan_steps("pause", fleet(STUCK, RETRYING, IDLE), None)
+    assert [(s.action, s.note) for s in pause] == [
+        (None, "skip: already paused"),
+        (Action("pause", 1), "pause after the stage in flight"),
+        (Action("pause", 3), "pause"),
+    ]
+    assert venusctl.plan_summary("pause", pause) == "plan: pause 2 threads on 1 host; 1 skipped"
+    resume = venusctl.plan_steps("resume", fleet(STUCK, RUNNING), "C1Done")
+    assert [(s.action, s.note) for s in resume] == [
+        (Action("resume", 0, "C1Done"), "resume in C1Done"),
+        (None, "skip: not paused"),
+    ]
+
+
+def test_resume_state_checked_against_each_threads_plan_before_sending():
+    snap = dict(STUCK, plan="snapup", index=5)
+    steps = venusctl.plan_steps("resume", fleet(STUCK, snap), "C1Done")
+    states = {"sealer": ("C1Done", "C2Done"), "snapup": ("SnapEncoded", "SnapDone")}
+    problem = venusctl.invalid_resume_state(steps, "C1Done", states.get)
+    assert problem == (
+        "state 'C1Done' is not valid for plan snapup (w2 #5); valid states: SnapEncoded,"
+        " SnapDone (narrow the selection with --plan)"
+    )
+    assert venusctl.invalid_resume_state(steps[:1], "C1Done", states.get) is None
+    # a plan this side does not know is left to the agent
+    assert venusctl.invalid_resume_state(steps, "C1Done", {}.get) is None
+
+
+def test_plan_state_names_come_from_the_agents_tables():
+    sealer = venusctl.plan_state_names("sealer")
+    assert "C1Done" in sealer and "Aborted" in sealer and "SnapDone" not in sealer
+    assert venusctl.plan_state_names("no-such-plan") is None
+
+
+def test_results_summary_counts_failures():
+    steps = [Step(t, Action("resume", t.index), "resume") for t in fleet(STUCK, RETRYING)]
+    steps.append(Step(fleet(STUCK, host=W10)[0], Action("resume", 0), "resume"))
+    outcomes = [
+        (steps[0], "stream"),
+        (steps[1], AgentRefused(1001, "not paused")),
+        (steps[2], "exec"),
+    ]
+    assert venusctl.results_summary("resume", outcomes) == (
+        "resumed 2 of 3 threads on 2 hosts, 1 failed"
+    )
+    assert venusctl.results_summary("pause", outcomes[:1]) == "paused 1 of 1 thread on 1 host"
+
+
+def test_describe_thread_for_drain_progress():
+    assert venusctl.describe_thread(RUNNING) == "Running(3s) at PC2 (TicketAssigned)"
+    assert venusctl.describe_thread(STUCK) == "Paused(3s) (C1Done)"
+    assert venusctl.describe_thread(IDLE) == "Idle(3s)"
+
+
+def test_bulk_forms_are_parsed_apart_from_the_single_form():
+    parser = venusctl.build_parser()
+    single = parser.parse_args(["resume", "w1", "0", "C1Done"])
+    assert (single.host, single.index, single.state, single.states) == ("w1", 0, "C1Done", None)
+    bulk = parser.parse_args(["resume", "--state", "C1Done", "--to-state", "C2Done", "-y"])
+    assert (bulk.host, bulk.states, bulk.to_state, bulk.yes) == (None, ("C1Done",), "C2Done", True)
+    watch = parser.parse_args(["list", "--watch"])
+    assert (watch.watch, watch.count) == (2.0, None)
+    watch = parser.parse_args(["threads", "--watch", "500ms", "--count", "3"])
+    assert (watch.watch, watch.count) == (0.5, 3)
+    with pytest.raises(venusctl.UsageError, match="invalid count '0'"):
+        parser.parse_args(["list", "--watch", "--count", "0"])
+    with pytest.raises(venusctl.UsageError, match="must be more than 0"):
+        parser.parse_args(["drain", "w1", "--interval", "0"])
