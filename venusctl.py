@@ -1886,10 +1886,11 @@ def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
 
 
 def plan_summary(kind: str, steps: Sequence[Step]) -> str:
-    """'plan: pause 4 threads on 2 hosts; 1 skipped'."""
+    """'plan: pause 4 threads on 2 hosts; 1 skipped', or 'plan: nothing to pause; 2 skipped'."""
     acting = [step.thread for step in steps if step.action]
     skipped = len(steps) - len(acting)
-    return f"plan: {kind} {count_line(acting)}" + (f"; {skipped} skipped" if skipped else "")
+    what = f"{kind} {count_line(acting)}" if acting else f"nothing to {kind}"
+    return f"plan: {what}" + (f"; {skipped} skipped" if skipped else "")
 
 
 def step_json(step: Step) -> dict[str, Any]:
@@ -2926,24 +2927,68 @@ class SessionPool:
     whose SSH connection dropped is opened again on next use; a channel the
     agent closed (idle timeout) is reopened once. Fan-out threads each ask
     a different host, the lock only guards the dictionaries.
+
+    background_reconnect (watch): once a host failed to connect, later
+    refreshes do not wait for it. Its last error is its row while a
+    connection is tried again in a thread of its own, so one host timing
+    out does not slow every frame by its connect_timeout.
     """
 
-    def __init__(self, context: SshContext) -> None:
+    def __init__(self, context: SshContext, background_reconnect: bool = False) -> None:
         self.context = context
+        self.background_reconnect = background_reconnect
         self._lock = threading.Lock()
         self._sessions: dict[str, LocalSession | SshSession] = {}
         self._agents: dict[str, RpcAgent | DamoclesAgent] = {}
+        self._failures: dict[str, BaseException] = {}
+        self._connecting: dict[str, threading.Thread] = {}
+        self._closed = False
 
     def session(self, host: Host) -> LocalSession | SshSession:
         with self._lock:
             session = self._sessions.get(host.name)
+            failure = self._failures.get(host.name)
         if session is not None and session.alive():
             return session
         self.forget(host)
-        session = open_session(host, self.context)
+        if failure is not None:
+            self._reconnect_in_background(host)
+            raise failure
+        return self._connect(host)
+
+    def _connect(self, host: Host) -> LocalSession | SshSession:
+        try:
+            session = open_session(host, self.context)
+        except Exception as error:
+            if self.background_reconnect:
+                with self._lock:
+                    self._failures[host.name] = error
+            raise
         with self._lock:
-            self._sessions[host.name] = session
-        return session
+            self._failures.pop(host.name, None)
+            if not self._closed:
+                self._sessions[host.name] = session
+                return session
+        session.close()  # the pool was closed while this connection was made
+        raise HostError("connection closed: venusctl is stopping", "closed")
+
+    def _reconnect_in_background(self, host: Host) -> None:
+        with self._lock:
+            running = self._connecting.get(host.name)
+            if self._closed or (running is not None and running.is_alive()):
+                return
+            thread = threading.Thread(
+                target=self._connect_quietly, args=(host,), name=f"reconnect-{host.name}"
+            )
+            thread.daemon = True
+            self._connecting[host.name] = thread
+        thread.start()
+
+    def _connect_quietly(self, host: Host) -> None:
+        try:
+            self._connect(host)
+        except Exception:  # noqa: BLE001 - _connect kept it in _failures: the next row shows it
+            return
 
     def run(self, host: Host, work: Callable[[Any], Any]) -> Any:
         """work(session) on the host's kept session; a dead connection is not kept."""
@@ -2992,6 +3037,7 @@ class SessionPool:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             names = list(self._sessions) + list(self._agents)
         for name in dict.fromkeys(names):
             self._forget_name(name)
@@ -3060,7 +3106,7 @@ class Context:
 
 def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     hosts = select_hosts(ctx.inventory, args.limit)
-    pool = SessionPool(ctx.ssh)
+    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
     try:
         if args.watch is not None:
             return watch(ctx, args, lambda: list_report(ctx, args, hosts, pool, progress=False))
@@ -3100,7 +3146,7 @@ def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
 def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     hosts = select_hosts(ctx.inventory, args.limit)
     selector = selector_from(args)
-    pool = SessionPool(ctx.ssh)
+    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
     try:
         if args.watch is not None:
             return watch(ctx, args, lambda: threads_report(ctx, args, hosts, selector, pool, False))
@@ -3320,7 +3366,7 @@ def _without_action(
     unreachable: Sequence[dict[str, Any]],
     dry_run: bool,
 ) -> ExitStatus:
-    """Nothing matched, nothing to do, or --dry-run: say so, act on nothing."""
+    """Nothing matched, nothing to do (the plan said so), or --dry-run: act on nothing."""
     if ctx.as_json:
         ctx.emit_json(document)
     if not steps:
@@ -3330,8 +3376,6 @@ def _without_action(
         if not ctx.as_json:
             ctx.out.write("dry run: nothing was sent\n")
         return ExitStatus.OK
-    if not ctx.as_json:
-        ctx.out.write("nothing to do\n")
     return ExitStatus.FAILED if unreachable else ExitStatus.OK
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -374,6 +375,28 @@ def test_list_watch_prints_successive_frames(tmp_path, capsys, ssh_fleet):
         assert table[0].split()[0] == "Name"
         assert [row.split()[0] for row in table[1:]] == ["w1", "w2", "down"]
         assert table[-1].endswith("connection refused")
+
+
+def test_watch_does_not_wait_again_for_a_host_that_timed_out(tmp_path, capsys, ssh_fleet):
+    with socket.socket() as silent:  # the kernel accepts; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        tables = [
+            ssh_fleet.host_table("w1"),
+            {"name": "silent", "address": "127.0.0.1", "port": silent.getsockname()[1]},
+        ]
+        path = write_inventory(
+            tmp_path / "inventory.toml", tables, **ssh_fleet.defaults(connect_timeout=1)
+        )
+        status, out, _ = run(capsys, path, "list", "--watch", "200ms", "--count", "4")
+    assert status == 1
+    frames = out.split("\f\n")
+    refresh_ms = [int(re.search(r"refresh (\d+) ms", frame).group(1)) for frame in frames]
+    assert refresh_ms[0] >= 1000  # the first frame waits for its connect timeout...
+    assert max(refresh_ms[1:]) < 700, refresh_ms  # ...later ones show that error meanwhile
+    for frame in frames:
+        assert re.search(r"^silent .*timeout after 1s", frame, re.M), frame
+        assert re.search(r"^w1 +127\.0\.0\.\d+:\d+ +2 ", frame, re.M), frame
 
 
 def test_threads_watch_json_is_one_document_per_frame(tmp_path, capsys, ssh_fleet):

@@ -143,6 +143,7 @@ def test_bulk_plans_skip_what_would_change_nothing():
         (Action("pause", 3), "pause"),
     ]
     assert venusctl.plan_summary("pause", pause) == "plan: pause 2 threads on 1 host; 1 skipped"
+    assert venusctl.plan_summary("pause", pause[:1]) == "plan: nothing to pause; 1 skipped"
     resume = venusctl.plan_steps("resume", fleet(STUCK, RUNNING), "C1Done")
     assert [(s.action, s.note) for s in resume] == [
         (Action("resume", 0, "C1Done"), "resume in C1Done"),
