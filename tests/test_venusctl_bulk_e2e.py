@@ -333,6 +333,23 @@ def test_drain_pauses_at_stage_boundaries_and_waits(tmp_path, capsys, ssh_fleet)
     assert {t["thread_state"]["state"] for t in threads_of(capsys, path, "drainme")} == {"Paused"}
 
 
+def test_drain_on_a_terminal_prints_each_change(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "drainme")
+    status, _, err = run(capsys, path, "resume", "-l", "drainme", "--paused", "--yes")
+    assert status == 0, err
+    wait_until(
+        "a thread of drainme running again",
+        lambda: any(
+            t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
+        ),
+    )
+    status, shown = under_pty(path, ["drain", "drainme", "--interval", "200ms"], answer=None)
+    assert status == 0, shown
+    changes = re.findall(r"^drainme #\d: (\S+).* -> (Paused\S*) ", shown, re.M)
+    assert changes and all(new.startswith("Paused") for _, new in changes), shown
+    assert any(old.startswith("Running") for old, _ in changes), shown
+
+
 def test_drain_times_out_naming_the_threads_still_running(tmp_path, capsys, ssh_fleet):
     path = fleet_inventory(tmp_path, ssh_fleet, "stuck", "down")
     status, out, err = run(
