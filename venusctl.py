@@ -1844,19 +1844,24 @@ def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) 
 
 
 def invalid_resume_state(
-    steps: Sequence[Step], state: str, plan_states: Callable[[str], Sequence[str] | None]
+    steps: Sequence[Step],
+    state: str,
+    states_of: Callable[[dict[str, Any]], tuple[str, Sequence[str]]] = resume_states,
 ) -> str | None:
     """Why `resume --to-state STATE` cannot go to some selected thread, or None.
 
-    plan_states(plan) lists a plan's valid states (None: a plan this side
-    does not know; the agent still checks). Checked before anything is sent.
+    states_of(thread) gives (plan, its valid states) as `resume_states`
+    does, or raises ValueError for a plan venusctl does not know (then the
+    thread's own resume refuses it). Checked before anything is sent.
     """
     for step in steps:
         if step.action is None:
             continue
-        plan = step.thread.info.get("plan") or "sealer"
-        valid = plan_states(plan)
-        if valid is not None and state not in valid:
+        try:
+            plan, valid = states_of(step.thread.info)
+        except ValueError:
+            continue
+        if state not in valid:
             return (
                 f"state {state!r} is not valid for plan {plan} ({step.thread.label}); "
                 f"valid states: {', '.join(valid)} (narrow the selection with --plan)"
@@ -3309,7 +3314,7 @@ def bulk_action(
         outcomes = ctx.fan_out(hosts, pool.status)
         threads, unreachable = select_threads(hosts, outcomes, selector_from(args))
         steps = plan_steps(kind, threads, to_state)
-        problem = to_state and invalid_resume_state(steps, to_state, plan_state_names)
+        problem = to_state and invalid_resume_state(steps, to_state)
         if problem:
             raise UsageError(problem)
         document = {
@@ -3336,16 +3341,6 @@ def bulk_action(
     finally:
         pool.close()
     return show_results(ctx, kind, document, results, unreachable)
-
-
-def plan_state_names(plan: str) -> tuple[str, ...] | None:
-    """A plan's valid states from the agent's own tables (None: a plan not known here)."""
-    try:
-        from worker_agent.states import PLANS
-    except ImportError:  # venusctl.py copied alone onto a laptop: the agent still checks
-        return None
-    known = PLANS.get(plan)
-    return None if known is None else tuple(state.value for state in known.states)
 
 
 def show_plan(

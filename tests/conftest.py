@@ -96,7 +96,7 @@ ping_interval = "1s"
 
 [sealing]
 miner = 20000
-seal_interval = "200ms"
+seal_interval = "50ms"
 
 [[sealing_thread]]
 location = "{dir}/store1"
@@ -109,7 +109,7 @@ kind = "mock"
 
 [processors.mock]
 duration = "1s"
-wait_duration = "1s"
+wait_duration = "100ms"
 """
 
 # One stage that outlasts any test: drain times out on it (a stop cuts it short).

@@ -20,10 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
+import test_venusctl_damocles_e2e as damocles_e2e
 from conftest import VENUSCTL_COMMAND, write_inventory
 
 import venusctl
 from worker_agent.states import PLANS, State
+
+# The damocles stand-in and its sshd hosts, as the damocles tests start them.
+damocles_sshd = damocles_e2e.damocles_sshd
+standin = damocles_e2e.standin
+damocles_table = damocles_e2e.damocles_table
 
 DURATION = r"(\d+\.\ds|\d+s|\d+m\d+s|\d+h\d+m\d+s)"
 
@@ -301,33 +307,45 @@ def test_bulk_resume_asks_on_a_terminal(tmp_path, ssh_fleet):
 # -- drain ---------------------------------------------------------------------------------------
 
 
+def drain_while_running(capsys, path: Path, attempts: int = 5) -> tuple[int, dict, str]:
+    """drain drainme --json at a moment one of its threads is in a stage.
+
+    Its stages last 1 s with short waits between, so that is nearly always
+    so; when the snapshot caught both threads between stages, resume and try
+    again rather than assert nothing.
+    """
+    for _ in range(attempts):
+        wait_until(
+            "a thread of drainme running",
+            lambda: any(
+                t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
+            ),
+        )
+        argv = ["drain", "drainme", "--interval", "200ms", "--timeout", "30s", "--json"]
+        status, out, err = run(capsys, path, *argv)
+        document = json.loads(out)
+        if any(t["before"]["thread_state"] == "Running" for t in document["threads"]):
+            return status, document, err
+        run(capsys, path, "resume", "-l", "drainme", "--paused", "--yes")
+    raise AssertionError("drainme never had a thread in a stage when drained")
+
+
 def test_drain_pauses_at_stage_boundaries_and_waits(tmp_path, capsys, ssh_fleet):
     path = fleet_inventory(tmp_path, ssh_fleet, "drainme")
-    wait_until(
-        "a thread of drainme running",
-        lambda: any(
-            t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
-        ),
-    )
-    status, out, err = run(
-        capsys, path, "drain", "drainme", "--interval", "200ms", "--timeout", "30s", "--json"
-    )
+    status, document, err = drain_while_running(capsys, path)
     assert status == 0, err
-    document = json.loads(out)
     assert document["drained"] is True and document["unreachable"] == []
     assert err.startswith("drain: pausing 2 threads on 1 host at their next stage boundary")
     sealer = PLANS["sealer"]
-    was_running = 0
     for thread in document["threads"]:
         before, after = thread["before"], thread["after"]
         assert after["thread_state"] == "Paused" and thread["running"] is False
-        # no stage lost: the task state only moves forward...
-        assert State(after["job_state"]) in sealer.reachable_from(State(before["job_state"]))
+        if before["job_state"] and after["job_state"]:  # "": between two tasks
+            # no stage lost: the task state only moves forward...
+            assert State(after["job_state"]) in sealer.reachable_from(State(before["job_state"]))
         if before["thread_state"] == "Running":
             # ...and the stage that was in flight finished and was kept
-            was_running += 1
             assert after["job_state"] != before["job_state"], thread
-    assert was_running >= 1
     # drained for real: the agent agrees, a moment later too
     time.sleep(0.5)
     assert {t["thread_state"]["state"] for t in threads_of(capsys, path, "drainme")} == {"Paused"}
@@ -474,3 +492,55 @@ def test_fan_out_progress_on_a_terminal_only(tmp_path, capsys, ssh_fleet):
     assert re.search(r"\r[12]/3 hosts", shown), repr(shown)
     status, out, err = run(capsys, path, "list")
     assert (status, err) == (0, "")
+
+
+# -- with damocles workers (backend = "damocles") ------------------------------------------------
+
+
+def test_fleet_commands_cover_damocles_workers_too(
+    tmp_path, capsys, ssh_fleet, damocles_sshd, standin
+):
+    path = write_inventory(
+        tmp_path / "mixed.toml",
+        [
+            ssh_fleet.host_table("w1"),
+            damocles_table(damocles_sshd, "dam-now", standin("current")),
+            damocles_table(damocles_sshd, "dam-old", standin("v2022")),
+        ],
+        **ssh_fleet.defaults(),
+    )
+    status, out, err = run(capsys, path, "threads", "--errors", "--error-match", "No cached")
+    assert (status, err) == (0, "")
+    assert [row[:2] for row in table_rows(out)[1:-1]] == [
+        ["dam-now", "0"],
+        ["dam-old", "0"],
+        ["w1", "0"],
+    ]
+    assert out.endswith("3 threads on 3 hosts\n")
+
+    # a state of another plan is refused for the damocles threads before anything is sent
+    argv = ["resume", "-l", "dam-*", "--errors", "--to-state", "SnapEncoded", "--yes"]
+    status, _, err = run(capsys, path, *argv)
+    assert status == 2 and "state 'SnapEncoded' is not valid for plan sealer (dam-now #0)" in err
+
+    # bulk pause: damocles' own answers, per thread
+    status, out, err = run(capsys, path, "pause", "-l", "dam-now", "--yes")
+    assert (status, err) == (0, "")
+    assert out.splitlines()[-3:] == [
+        "dam-now #1: pause queued: it stops after its running stage,"
+        " which damocles redoes on resume",
+        "dam-now #2: paused (an idle thread takes the pause at once)",
+        "paused 2 of 2 threads on 1 host",
+    ]
+
+    # drain: the stand-in's PC1 runs for hours, so the queued pause never lands
+    argv = ["drain", "dam-now", "--timeout", "500ms", "--interval", "100ms"]
+    status, out, err = run(capsys, path, *argv)
+    assert status == 1
+    assert re.search(r"still running: dam-now #1 \(Running\(\d+m?\d*s\) .*at PC1", err), err
+
+    status, out, _ = run(capsys, path, "list", "--watch", "200ms", "--count", "2")
+    frames = out.split("\f\n")
+    assert status == 0 and len(frames) == 2
+    for frame in frames:
+        assert [line.split()[0] for line in frame.splitlines()[3:]] == ["w1", "dam-now", "dam-old"]
