@@ -3110,6 +3110,7 @@ class Context:
 
 
 def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    _check_count(args)
     hosts = select_hosts(ctx.inventory, args.limit)
     pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
     try:
@@ -3149,6 +3150,7 @@ def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
 
 
 def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    _check_count(args)
     hosts = select_hosts(ctx.inventory, args.limit)
     selector = selector_from(args)
     pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
@@ -3195,6 +3197,11 @@ def selector_from(args: argparse.Namespace) -> Selector:
         error_match=args.error_match,
         idle=args.idle,
     )
+
+
+def _check_count(args: argparse.Namespace) -> None:
+    if args.count is not None and args.watch is None:
+        raise UsageError("--count goes with --watch (e.g. --watch 2 --count 5)")
 
 
 WATCH_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen

@@ -206,3 +206,12 @@ def test_bulk_forms_are_parsed_apart_from_the_single_form():
         parser.parse_args(["list", "--watch", "--count", "0"])
     with pytest.raises(venusctl.UsageError, match="must be more than 0"):
         parser.parse_args(["drain", "w1", "--interval", "0"])
+
+
+def test_count_without_watch_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "inventory.toml"
+    path.write_text('[[host]]\nname = "w1"\naddress = "127.0.0.1"\nport = 9\n')
+    assert venusctl.main(["-i", str(path), "list", "--count", "2"]) == 2
+    assert capsys.readouterr().err == (
+        "venusctl: --count goes with --watch (e.g. --watch 2 --count 5)\n"
+    )
