@@ -14,11 +14,6 @@ commands:
   info HOST [--wide]        one row per sealing thread of HOST
   pause HOST INDEX          pause thread INDEX; it stops at its next stage boundary
   resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE
-  health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
-         [--stuck STAGE=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
-                            judge the fleet for cron and monitoring: a plugin line,
-                            one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
-                            3 UNKNOWN (see venusctl health --help)
   pause SELECTORS [--yes | --dry-run]
   resume SELECTORS [--to-state STATE] [--yes | --dry-run]
                             the same for every selected thread: prints the plan,
@@ -26,6 +21,11 @@ commands:
   drain HOST|SELECTORS [--timeout 2h] [--interval 2s]
                             pause every selected thread at its next stage boundary
                             and wait until none is Running or Waiting
+  health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
+         [--stuck STAGE=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
+                            judge the fleet for cron and monitoring: a plugin line,
+                            one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
+                            3 UNKNOWN (see venusctl health --help)
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
