@@ -338,6 +338,16 @@ def test_second_deploy_changes_nothing(site, deployed):
     assert counts["changed"] == 0
 
 
+def test_deploy_refuses_a_config_the_agent_would_refuse(site, deployed):
+    before = site.config.read_bytes()
+    typo = {"venus_threads": [{"location": str(site.prefix / "stores" / "s0"), "plan": "sealr"}]}
+    done = site.playbook("deploy-agent.yml", "-e", json.dumps(typo))
+    assert done.returncode != 0 and recap(done.stdout)["w1"]["failed"] == 1, done.stdout
+    # The agent's own loader said why, and the running agent's config was not replaced.
+    assert re.search(r'sealing_thread\[0\]\.plan: unknown plan \\?"sealr', done.stdout)
+    assert site.config.read_bytes() == before
+
+
 def _position(thread: dict) -> tuple[str | None, State | None]:
     return thread["job_id"], State(thread["job_state"]) if thread["job_state"] else None
 
