@@ -86,18 +86,25 @@ def console(inventory: Path, *argv: str, **options) -> subprocess.CompletedProce
     )
 
 
-def under_pty(inventory: Path, argv: list[str], answer: str | None) -> tuple[int, str]:
+def under_pty(
+    inventory: Path,
+    argv: list[str],
+    answer: str | None,
+    before_answer=None,
+    stdout_on_pty: bool = False,
+) -> tuple[int, str, str]:
     """Run the console script with stdin and stderr on a real pty; type `answer` when asked.
 
-    Returns the exit status and everything the terminal showed (stderr and
-    the echo of the answer); stdout is a pipe, read separately by callers
-    that need it (here it is discarded).
+    before_answer() runs once the question is on screen, before the answer.
+    Returns the exit status, everything the terminal showed (stderr, the
+    echo of the answer, and stdout when stdout_on_pty) and stdout otherwise
+    (a pipe; the output here is small, so it is read at the end).
     """
     master, slave = os.openpty()
     process = subprocess.Popen(
         [VENUSCTL_COMMAND, "-i", str(inventory), *argv],
         stdin=slave,
-        stdout=subprocess.DEVNULL,
+        stdout=slave if stdout_on_pty else subprocess.PIPE,
         stderr=slave,
         close_fds=True,
     )
@@ -115,6 +122,8 @@ def under_pty(inventory: Path, argv: list[str], answer: str | None) -> tuple[int
                     chunk = b""
                 shown += chunk
                 if not answered and b"[y/N]" in shown:
+                    if before_answer is not None:
+                        before_answer()
                     os.write(master, answer.encode() + b"\n")
                     answered = True
                 if not chunk and process.poll() is not None:
@@ -122,11 +131,14 @@ def under_pty(inventory: Path, argv: list[str], answer: str | None) -> tuple[int
             elif process.poll() is not None:
                 break
         status = process.wait(timeout=10)
+        out = b"" if stdout_on_pty else process.stdout.read()
     finally:
         if process.poll() is None:
             process.kill()
+        if process.stdout is not None:
+            process.stdout.close()
         os.close(master)
-    return status, shown.decode(errors="replace")
+    return status, shown.decode(errors="replace"), out.decode(errors="replace")
 
 
 # -- threads -------------------------------------------------------------------------------------
@@ -296,12 +308,41 @@ def test_bulk_action_refusals(tmp_path, capsys, ssh_fleet):
 def test_bulk_resume_asks_on_a_terminal(tmp_path, ssh_fleet):
     path = fleet_inventory(tmp_path, ssh_fleet, "b2")
     argv = ["resume", "-l", "b2", "--errors", "--to-state", "C1Done"]
-    status, shown = under_pty(path, argv, "n")
+    status, shown, _ = under_pty(path, argv, "n")
     assert status == 1
     assert "resume 1 thread on 1 host? [y/N]" in shown
     assert "cancelled, nothing was sent" in shown
-    status, shown = under_pty(path, argv, "y")
+    status, shown, _ = under_pty(path, argv, "y")
     assert status == 0, shown
+
+
+def test_a_thread_that_changed_after_the_plan_fails_alone(tmp_path, capsys, ssh_fleet):
+    """Between the plan and the answer someone resumes b2 #1 by hand: only that one fails."""
+    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2")
+    for host in ("b1", "b2"):
+        status, _, err = run(capsys, path, "pause", host, "1")
+        assert status == 0, err
+        wait_until(
+            f"{host} #1 paused",
+            lambda host=host: (
+                threads_of(capsys, path, host)[1]["thread_state"]["state"] == "Paused"
+            ),
+        )
+
+    def resume_b2_1_by_hand() -> None:
+        assert console(path, "resume", "b2", "1").returncode == 0
+
+    argv = ["resume", "-l", "b1,b2", "--paused"]
+    status, shown, out = under_pty(path, argv, "y", before_answer=resume_b2_1_by_hand)
+    assert status == 1, shown
+    assert "resume 4 threads on 2 hosts? [y/N]" in shown
+    assert out.splitlines()[-5:] == [
+        "b1 #0: resumed",
+        "b1 #1: resumed",
+        "b2 #0: resumed",
+        "b2 #1: resume refused: worker #1 is not paused",
+        "resumed 3 of 4 threads on 2 hosts, 1 failed",
+    ]
 
 
 # -- drain ---------------------------------------------------------------------------------------
@@ -361,7 +402,7 @@ def test_drain_on_a_terminal_prints_each_change(tmp_path, capsys, ssh_fleet):
             t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
         ),
     )
-    status, shown = under_pty(path, ["drain", "drainme", "--interval", "200ms"], answer=None)
+    status, shown, _ = under_pty(path, ["drain", "drainme", "--interval", "200ms"], answer=None)
     assert status == 0, shown
     changes = re.findall(r"^drainme #\d: (\S+).* -> (Paused\S*) ", shown, re.M)
     assert changes and all(new.startswith("Paused") for _, new in changes), shown
@@ -434,6 +475,18 @@ def test_watch_does_not_wait_again_for_a_host_that_timed_out(tmp_path, capsys, s
         assert re.search(r"^w1 +127\.0\.0\.\d+:\d+ +2 ", frame, re.M), frame
 
 
+def test_watch_redraws_in_place_on_a_terminal(tmp_path, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    argv = ["threads", "--watch", "200ms", "--count", "2"]
+    status, shown, _ = under_pty(path, argv, answer=None, stdout_on_pty=True)
+    assert status == 0
+    screens = shown.split("\x1b[H\x1b[2J")  # cursor home, clear screen: one per frame
+    assert screens[0] == "" and len(screens) == 3, repr(shown)
+    for screen in screens[1:]:
+        assert "(Ctrl-C to stop)" in screen and "2 threads on 1 host" in screen
+    assert "\f" not in shown  # no frame separators on a terminal
+
+
 def test_threads_watch_json_is_one_document_per_frame(tmp_path, capsys, ssh_fleet):
     path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2")
     status, out, _ = run(
@@ -487,7 +540,7 @@ def test_session_pool_keeps_connections_and_reconnects_a_dropped_one(tmp_path, s
 
 def test_fan_out_progress_on_a_terminal_only(tmp_path, capsys, ssh_fleet):
     path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2", "w3")
-    status, shown = under_pty(path, ["list"], answer=None)
+    status, shown, _ = under_pty(path, ["list"], answer=None)
     assert status == 0
     assert re.search(r"\r[12]/3 hosts", shown), repr(shown)
     status, out, err = run(capsys, path, "list")
