@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Sourced by demo.sh and test.sh: make ./.venv with the project and its test
-# dependencies installed (editable), reinstalling only when setup.cfg changed.
-set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="$root/.venv"
-stamp="$venv/.installed-setup.cfg"
-py=${PYTHON:-python3}
-if [ ! -x "$venv/bin/python" ]; then
-  "$py" -m venv "$venv"
-fi
-if [ ! -f "$stamp" ] || ! cmp -s "$root/setup.cfg" "$stamp"; then
-  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q -e "$root[test]"
-  cp "$root/setup.cfg" "$stamp"
-fi
-export PATH="$venv/bin:$PATH"
+# Sourced by demo.sh and test.sh (or by you: `. scripts/venv.sh`): make
+# ./.venv with the project and its test dependencies installed (editable),
+# reinstalling only when setup.cfg changed, and put it first on PATH. It sets
+# no shell options and leaves no variables behind, so sourcing it leaves an
+# interactive shell as it was.
+_venusctl_venv() {
+  local root venv stamp py
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  venv="$root/.venv"
+  stamp="$venv/.installed-setup.cfg"
+  py=${PYTHON:-python3}
+  if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv" || return 1
+  fi
+  if [ ! -f "$stamp" ] || ! cmp -s "$root/setup.cfg" "$stamp"; then
+    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null || return 1
+    "$venv/bin/python" -m pip install -q -e "$root[test]" || return 1
+    cp "$root/setup.cfg" "$stamp"
+  fi
+  export PATH="$venv/bin:$PATH"
+}
+_venusctl_venv
+_venusctl_status=$?
+unset -f _venusctl_venv
+return "$_venusctl_status" 2>/dev/null || exit "$_venusctl_status"
