@@ -14,8 +14,13 @@ _venusctl_venv() {
     "$py" -m venv "$venv" || return 1
   fi
   if [ ! -f "$stamp" ] || ! cmp -s "$root/setup.cfg" "$stamp"; then
-    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null || return 1
-    "$venv/bin/python" -m pip install -q -e "$root[test]" || return 1
+    echo "installing venusctl and its test dependencies into $venv" >&2
+    # The build backend's warnings are noise here; the log is shown on failure.
+    if ! { "$venv/bin/python" -m pip install -q --upgrade pip &&
+      "$venv/bin/python" -m pip install -q -e "$root[test]"; } >"$venv/pip.log" 2>&1; then
+      cat "$venv/pip.log" >&2
+      return 1
+    fi
     cp "$root/setup.cfg" "$stamp"
   fi
   export PATH="$venv/bin:$PATH"

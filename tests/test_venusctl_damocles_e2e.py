@@ -175,7 +175,7 @@ def test_info_shows_both_shapes_in_the_same_columns(both, capsys):
     assert status == 0
     _, rows = rows_by_name(out)
     assert rows["1"][6:9] == ["sealer", "PC1", rows["1"][8]]
-    assert re.fullmatch(r"Running\(\d+m\d+s\) pc1-0", rows["1"][8]), rows["1"][8]
+    assert re.fullmatch(r"Running\((?:\d+[hms])+\) pc1-0", rows["1"][8]), rows["1"][8]
 
 
 def test_info_json_is_our_agents_worker_info_for_both_shapes(both, capsys):
