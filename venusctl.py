@@ -1335,6 +1335,7 @@ class HealthReport:
     findings: list[Finding]
     time: float
     deadline: float | None = None  # set when the deadline passed before every host answered
+    problem: str | None = None  # the run's own failure (the textfile), said first; UNKNOWN
 
 
 # Worst first: CRITICAL before UNKNOWN (a host we know is down matters more
@@ -1548,6 +1549,8 @@ def health_summary(report: HealthReport) -> str:
     ]
     if report.deadline is not None:
         phrases.insert(0, f"deadline of {format_duration(report.deadline)} passed")
+    if report.problem is not None:
+        phrases.insert(0, report.problem)
     if not phrases:
         phrases = [_plural(counts["hosts"], "host") + ", " + _plural(counts["threads"], "thread")]
     perfdata = " ".join(f"{key}={value}" for key, value in counts.items())
@@ -3652,22 +3655,21 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
         _show_traceback(ctx, host, outcomes[host.name])
     missed = any(isinstance(outcome, NoAnswer) for outcome in outcomes.values())
     report = judge_fleet(outcomes, thresholds, time.time(), deadline if missed else None)
-    status = report.status
     if textfile:
         try:
             write_textfile(Path(textfile), prometheus_text(report))
         except OSError as error:
-            # The fleet was still judged: print that, and let the check say
-            # its metrics are missing (never hide a CRITICAL behind it).
-            ctx.err.write(f"venusctl: cannot write {textfile}: {error.strerror or error}\n")
-            status = max(status, Severity.UNKNOWN, key=_SEVERITY_RANK.get)
+            # The fleet was still judged: print that, and let the first line
+            # say the metrics are missing (never hide a CRITICAL behind it).
+            report.problem = f"cannot write {textfile}: {error.strerror or error}"
+            report.status = max(report.status, Severity.UNKNOWN, key=_SEVERITY_RANK.get)
     if ctx.as_json:
         ctx.emit_json(health_json(report))
-    elif status != Severity.OK or not args.quiet:
+    elif report.status != Severity.OK or not args.quiet:
         # One write: two overlapping runs sharing a log or a mail never interleave lines.
         ctx.out.write(health_text(report))
         ctx.out.flush()
-    return status
+    return report.status
 
 
 def health_thresholds(settings: HealthSettings, args: argparse.Namespace) -> Thresholds:

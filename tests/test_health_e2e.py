@@ -253,6 +253,32 @@ def test_prometheus_textfile_parses_and_says_what_the_first_line_says(tmp_path, 
     assert sorted(p.name for p in textfile.parent.iterdir()) == ["venus.prom"]
 
 
+def test_a_textfile_that_cannot_be_written_is_unknown_on_the_first_line(
+    tmp_path, capsys, ssh_fleet
+):
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("calm"), ssh_fleet.host_table("w1"))
+    textfile = tmp_path / "no-such-folder" / "venus.prom"
+    # A healthy fleet: --quiet still speaks up, since the metrics are missing.
+    status, lines, err = health(
+        capsys, path, "-l", "calm", "--quiet", "--prometheus", str(textfile)
+    )
+    assert (status, err) == (3, "")
+    assert re.fullmatch(
+        rf"VENUS UNKNOWN - cannot write {re.escape(str(textfile))}: No such file or directory"
+        rf" \| {PERFDATA}",
+        lines[0],
+    ), lines
+    assert len(lines) == 1
+    _, document = health_json(capsys, path, "-l", "calm", "--prometheus", str(textfile))
+    assert document["status"] == "UNKNOWN" and "cannot write" in document["summary"]
+    # A CRITICAL is never hidden behind it.
+    argv = ("--paused-crit", "0s", "--prometheus", str(textfile))
+    status, lines, _ = health(capsys, path, *argv)
+    assert status == 2
+    assert lines[0].startswith(f"VENUS CRITICAL - cannot write {textfile}: ")
+    assert lines[1].startswith("CRITICAL w1 #0 ")
+
+
 def test_health_table_in_the_inventory_and_the_command_line_wins(tmp_path, capsys, ssh_fleet):
     health_table = {"paused_crit": "0s", "prometheus": "venus.prom", "deadline": "30s"}
     path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), health=health_table)
