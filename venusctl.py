@@ -3375,13 +3375,19 @@ def _without_action(
     if ctx.as_json:
         ctx.emit_json(document)
     if not steps:
-        ctx.err.write("venusctl: no thread matches the selection\n")
+        ctx.err.write(f"venusctl: {no_match_text(unreachable)}\n")
         return ExitStatus.FAILED
     if dry_run:
         if not ctx.as_json:
             ctx.out.write("dry run: nothing was sent\n")
         return ExitStatus.OK
     return ExitStatus.FAILED if unreachable else ExitStatus.OK
+
+
+def no_match_text(unreachable: Sequence[dict[str, Any]]) -> str:
+    """Says when the hosts that could not be asked may hold the threads meant."""
+    unasked = f" ({_plural(len(unreachable), 'host')} did not answer)" if unreachable else ""
+    return f"no thread matches the selection{unasked}"
 
 
 def confirm(ctx: Context, question: str) -> bool:
@@ -3496,9 +3502,14 @@ class Drain:
         outcomes = self.ctx.fan_out(self.hosts, self.pool.status)
         self.targets, self.unreachable = select_threads(self.hosts, outcomes, self.selector)
         if not self.targets:
-            for line in unreachable_lines(self.unreachable):
-                self.ctx.err.write(line + "\n")
-            self.ctx.err.write("venusctl: no thread matches the selection: nothing to drain\n")
+            if self.ctx.as_json:  # a script still gets its document: nothing was drained
+                self.ctx.emit_json(
+                    {**self.as_json([], self.ctx.clock() - started), "drained": False}
+                )
+            else:
+                for line in unreachable_lines(self.unreachable):
+                    self.ctx.err.write(line + "\n")
+            self.ctx.err.write(f"venusctl: {no_match_text(self.unreachable)}: nothing to drain\n")
             return ExitStatus.FAILED
         self.latest = {thread.key: thread.info for thread in self.targets}
         acting = [step for step in plan_steps("pause", self.targets, None) if step.action]

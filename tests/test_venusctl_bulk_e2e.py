@@ -305,6 +305,20 @@ def test_bulk_action_refusals(tmp_path, capsys, ssh_fleet):
     assert status == 2 and "give either HOST INDEX or selectors, not both" in err
 
 
+def test_nothing_selected_because_hosts_did_not_answer_says_so(tmp_path, capsys, ssh_fleet):
+    path = fleet_inventory(tmp_path, ssh_fleet, "down")
+    message = "no thread matches the selection (1 host did not answer)"
+    status, out, err = run(capsys, path, "resume", "-l", "down", "--paused", "--yes")
+    assert status == 1 and err == f"venusctl: {message}\n"
+    assert out == "unreachable (1):\n  down: connection refused\n"
+    # drain --json: a document for the script all the same, nothing drained
+    status, out, err = run(capsys, path, "drain", "down", "--json")
+    assert status == 1 and err == f"venusctl: {message}: nothing to drain\n"
+    document = json.loads(out)
+    assert (document["drained"], document["threads"]) == (False, [])
+    assert [host["name"] for host in document["unreachable"]] == ["down"]
+
+
 def test_bulk_resume_asks_on_a_terminal(tmp_path, ssh_fleet):
     path = fleet_inventory(tmp_path, ssh_fleet, "b2")
     argv = ["resume", "-l", "b2", "--errors", "--to-state", "C1Done"]
