@@ -1595,6 +1595,10 @@ def prometheus_text(report: HealthReport) -> str:
     metrics.declare("venus_threads_empty", "Sealing threads without a job.")
     metrics.declare("venus_health_findings", "Health findings by severity.")
     metrics.declare(
+        "venus_health_finding",
+        "One health finding (index empty: the host itself): 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    )
+    metrics.declare(
         "venus_health_status", "Overall status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
     )
     metrics.declare(
@@ -1616,6 +1620,11 @@ def prometheus_text(report: HealthReport) -> str:
         for severity in (Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN):
             count = sum(1 for finding in host.findings if finding.severity == severity)
             metrics.add("venus_health_findings", {**label, "severity": severity.name}, count)
+        for finding in host.findings:
+            where = {**label, "index": "" if finding.index is None else str(finding.index)}
+            metrics.add(
+                "venus_health_finding", {**where, "kind": finding.kind}, int(finding.severity)
+            )
     metrics.add("venus_health_status", {}, int(report.status))
     metrics.add("venus_health_last_run_timestamp_seconds", {}, report.time)
     return metrics.render()

@@ -248,6 +248,14 @@ def test_prometheus_textfile_parses_and_says_what_the_first_line_says(tmp_path, 
         if name == "venus_health_findings" and ("severity", "CRITICAL") in labels
     }
     assert critical == {"w1": 0, "dead": 1, "down": 1, "calm": 0}
+    per_finding = {
+        labels: value for (name, labels), value in values.items() if name == "venus_health_finding"
+    }
+    assert per_finding == {
+        (("host", "w1"), ("index", "0"), ("kind", "thread-error")): 1,
+        (("host", "dead"), ("index", ""), ("kind", "agent-not-running")): 2,
+        (("host", "down"), ("index", ""), ("kind", "host-unreachable")): 2,
+    }
     assert values[("venus_health_status", ())] == 2
     assert before <= values[("venus_health_last_run_timestamp_seconds", ())] <= time.time()
     assert sorted(p.name for p in textfile.parent.iterdir()) == ["venus.prom"]

@@ -252,6 +252,14 @@ def test_prometheus_text_parses_with_help_type_and_escaped_labels():
     assert values[("venus_threads_errors", (("host", tricky),))] == 1
     assert values[("venus_health_findings", (("host", "down"), ("severity", "CRITICAL")))] == 1
     assert values[("venus_health_findings", (("host", tricky), ("severity", "WARNING")))] == 1
+    finding = (
+        "venus_health_finding",
+        (("host", "down"), ("index", ""), ("kind", "host-unreachable")),
+    )
+    assert values[finding] == 2  # CRITICAL
+    finding = ("venus_health_finding", (("host", tricky), ("index", "0"), ("kind", "thread-error")))
+    assert values[finding] == 1  # WARNING
+    assert len([key for key in values if key[0] == "venus_health_finding"]) == 2
     assert values[("venus_health_status", ())] == 2
     assert math.isclose(values[("venus_health_last_run_timestamp_seconds", ())], NOW)
 
