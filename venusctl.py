@@ -3665,11 +3665,13 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     deadline = _first_set(args.deadline, settings.deadline, HEALTH_DEFAULTS["deadline"])
     textfile = args.prometheus or settings.prometheus
     hosts = select_hosts(ctx.inventory, args.limit)
+    show = len(hosts) > 1 and ctx.is_terminal(ctx.err)  # as Context.fan_out does
     outcomes = fan_out_until(
         hosts,
         lambda host: with_session(host, ctx.ssh, lambda s: query_status(s, host)),
         ctx.forks,
         deadline,
+        ctx._show_progress if show else None,
     )
     for host in hosts:
         _show_traceback(ctx, host, outcomes[host.name])
@@ -3712,16 +3714,27 @@ def _first_set(*values: float | None) -> float:
 
 
 def fan_out_until(
-    hosts: Sequence[Host], job: Callable[[Host], Any], forks: int, seconds: float
+    hosts: Sequence[Host],
+    job: Callable[[Host], Any],
+    forks: int,
+    seconds: float,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any | BaseException]:
     """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
 
     The fan-out runs in a daemon thread and its workers are daemon threads
     too, so a host that hangs past its own timeouts never keeps a cron run
-    (or the process exit) waiting.
+    (or the process exit) waiting. progress(done, total) as for fan_out,
+    never after the return (a late host must not write over the report).
     """
     finished: dict[str, Any | BaseException] = {}
     lock = threading.Lock()
+    stopped = False
+
+    def shown(done: int, total: int) -> None:
+        with lock:
+            if not stopped and progress is not None:
+                progress(done, total)
 
     def recorded(host: Host) -> Any:
         try:
@@ -3737,13 +3750,16 @@ def fan_out_until(
     done = threading.Event()
 
     def run_all() -> None:
-        fan_out(hosts, recorded, forks)
+        fan_out(hosts, recorded, forks, shown if progress is not None else None)
         done.set()
 
     threading.Thread(target=run_all, name="venusctl-health", daemon=True).start()
     done.wait(seconds)
     with lock:
+        stopped = True
         outcomes = dict(finished)
+        if progress is not None:
+            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
     late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
     return {host.name: outcomes.get(host.name, late) for host in hosts}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import subprocess
 import threading
 import time
@@ -218,6 +219,29 @@ def test_deadline_passed_is_unknown_3_and_the_process_does_not_wait(tmp_path, ss
     assert lines[1] == "UNKNOWN hung: no answer before the deadline of 2s"
     assert len(lines) == 2  # calm answered in time and is fine
     assert elapsed < 15, elapsed  # not the hung command's 25 s
+
+
+def test_progress_on_stderr_when_it_is_a_terminal_and_erased_before_the_report(tmp_path, ssh_fleet):
+    tables = [ssh_fleet.host_table(name) for name in ("w1", "w2", "calm")]
+    path = inventory(tmp_path, ssh_fleet, *tables)
+    master, terminal = os.openpty()
+    try:
+        run = subprocess.run(
+            [VENUSCTL_COMMAND, "-i", str(path), "health"],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=60,
+        )
+        shown = b""
+        while select.select([master], [], [], 0)[0]:
+            shown += os.read(master, 4096)  # a few bytes: the pty buffer never filled
+    finally:
+        os.close(terminal)
+        os.close(master)
+    assert run.returncode == 1 and run.stdout.startswith("VENUS WARNING - 2 threads in error | ")
+    assert re.search(rb"\r[12]/3 hosts", shown), shown
+    assert shown.endswith(b"\r\x1b[K"), shown  # erased: nothing is left on the terminal
 
 
 def test_prometheus_textfile_parses_and_says_what_the_first_line_says(tmp_path, capsys, ssh_fleet):
