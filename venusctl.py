@@ -3685,9 +3685,11 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
             # say the metrics are missing (never hide a CRITICAL behind it).
             report.problem = f"cannot write {textfile}: {error.strerror or error}"
             report.status = max(report.status, Severity.UNKNOWN, key=_SEVERITY_RANK.get)
+    if args.quiet and report.status == Severity.OK:
+        return report.status  # --json too: cron mails whatever is printed
     if ctx.as_json:
         ctx.emit_json(health_json(report))
-    elif report.status != Severity.OK or not args.quiet:
+    else:
         # One write: two overlapping runs sharing a log or a mail never interleave lines.
         ctx.out.write(health_text(report))
         ctx.out.flush()
@@ -4022,7 +4024,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--prometheus", metavar="FILE", help="write node_exporter's textfile")
     health.add_argument(
-        "-q", "--quiet", action="store_true", help="print nothing when the status is OK"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing when the status is OK (--json too)",
     )
     health.set_defaults(handler=command_health)
     drain = commands.add_parser(

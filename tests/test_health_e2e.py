@@ -79,6 +79,7 @@ def test_healthy_fleet_with_quiet_prints_nothing_and_exits_0(tmp_path, capsys, s
     path = inventory(tmp_path, ssh_fleet, *tables)
     status, lines, err = health(capsys, path, "--quiet")
     assert (status, lines, err) == (0, [], "")
+    assert health(capsys, path, "--quiet", "--json") == (0, [], "")
     status, lines, _ = health(capsys, path)
     assert status == 0
     assert re.fullmatch(rf"VENUS OK - 2 hosts, 4 threads \| {PERFDATA}", lines[0]), lines
