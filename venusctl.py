@@ -3534,7 +3534,8 @@ class Drain:
             self.poll()
             busy = self.busy()
             now = self.ctx.clock()
-            if not busy or now >= deadline:
+            # A thread whose pause failed is not waited for: nothing will stop it.
+            if now >= deadline or all(thread.key in self.failed for thread in busy):
                 break
             self._quiet_progress(busy, now - started)
             self.ctx.sleep(min(self.interval, deadline - now))
@@ -3570,11 +3571,8 @@ class Drain:
         return [
             thread
             for thread in self.targets
-            if thread.key not in self.failed
-            and (
-                thread.host.name in self.host_errors
-                or thread_progress(self.latest[thread.key])[0] in BUSY_THREAD_STATES
-            )
+            if thread.host.name in self.host_errors
+            or thread_progress(self.latest[thread.key])[0] in BUSY_THREAD_STATES
         ]
 
     def _progress(self, line: str) -> None:
@@ -3609,10 +3607,9 @@ class Drain:
             out.write(line + "\n")
         if busy:
             still = "; ".join(f"{thread.label} {self._why_busy(thread)}" for thread in busy)
-            self.ctx.err.write(
-                f"venusctl: drain timed out after {format_duration(self.timeout)};"
-                f" still running: {still}\n"
-            )
+            waited = any(thread.key not in self.failed for thread in busy)
+            why = f"timed out after {format_duration(self.timeout)}" if waited else "incomplete"
+            self.ctx.err.write(f"venusctl: drain {why}; still running: {still}\n")
             return
         failed = f", {len(self.failed)} could not be paused" if self.failed else ""
         out.write(
@@ -3624,7 +3621,9 @@ class Drain:
         error = self.host_errors.get(thread.host.name)
         if error is not None:
             return f"(host not answering: {error_text(error)})"
-        return f"({describe_thread(self.latest[thread.key])})"
+        state = describe_thread(self.latest[thread.key])
+        failed = self.failed.get(thread.key)
+        return f"(pause failed: {error_text(failed)}; {state})" if failed else f"({state})"
 
     def as_json(self, busy: list[FleetThread], elapsed: float) -> dict[str, Any]:
         busy_keys = {thread.key for thread in busy}

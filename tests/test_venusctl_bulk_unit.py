@@ -6,6 +6,8 @@ tests (test_venusctl_bulk_e2e.py) check the same code against real agents.
 
 from __future__ import annotations
 
+import argparse
+import io
 import re
 from pathlib import Path
 
@@ -215,3 +217,36 @@ def test_count_without_watch_is_a_usage_error(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "venusctl: --count goes with --watch (e.g. --watch 2 --count 5)\n"
     )
+
+
+class RefusingPool:
+    """A SessionPool stand-in for Drain's logic: fixed statuses, and every pause fails."""
+
+    def __init__(self, threads: list[dict]) -> None:
+        self.threads = threads
+
+    def status(self, host) -> HostStatus:
+        return HostStatus(report=None, threads=self.threads, via="stream")
+
+    def run(self, host, work):
+        return [venusctl.HostTimeout("timed out")]  # the outcome of the host's one pause
+
+
+def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
+    out, err, now = io.StringIO(), io.StringIO(), [0.0]
+    ctx = venusctl.Context(
+        inventory=INVENTORY,
+        out=out,
+        err=err,
+        clock=lambda: now[0],
+        sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
+    )
+    args = argparse.Namespace(timeout=7200.0, interval=2.0)
+    drain = venusctl.Drain(ctx, RefusingPool([RUNNING]), [W2], Selector(), args)
+    assert drain.run() == venusctl.ExitStatus.FAILED
+    assert now[0] < 10  # not the 2 h timeout: nothing would stop it
+    assert err.getvalue().splitlines()[-1] == (
+        "venusctl: drain incomplete; still running: w2 #2"
+        " (pause failed: timed out; Running(3s) at PC2 (TicketAssigned))"
+    )
+    assert "none is running" not in out.getvalue()
