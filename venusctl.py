@@ -1662,7 +1662,6 @@ def _escape_label(value: str) -> str:
 
 # -- fleet-wide threads: selection, bulk plans, drain --------------------------------
 
-THREAD_STATES = ("Idle", "Running", "Waiting", "Paused")
 BUSY_THREAD_STATES = ("Running", "Waiting")
 PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -1796,10 +1795,6 @@ def count_line(threads: Sequence[FleetThread]) -> str:
     """'5 threads on 3 hosts'."""
     hosts = len({thread.host.name for thread in threads})
     return f"{_plural(len(threads), 'thread')} on {_plural(hosts, 'host')}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def threads_table(threads: Sequence[FleetThread], wide: bool) -> tuple[list[str], list[list[str]]]:
