@@ -22,7 +22,7 @@ commands:
                             pause every selected thread at its next stage boundary
                             and wait until none is Running or Waiting
   health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
-         [--stuck STAGE=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
+         [--stuck KEY=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
                             judge the fleet for cron and monitoring: a plugin line,
                             one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
                             3 UNKNOWN (see venusctl health --help)
