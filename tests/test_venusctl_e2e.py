@@ -219,6 +219,35 @@ def test_changed_host_key_is_rejected_even_with_accept_new(tmp_path, capsys, ssh
     assert old_known_hosts.read_text() == rekey_line_before(old_known_hosts)
 
 
+def test_a_known_key_of_another_type_is_a_mismatch_not_a_new_key(tmp_path, capsys, ssh_fleet):
+    """known_hosts has an ECDSA key for the host, the server offers ed25519: that is a
+    changed key (as OpenSSH would have it), so accept-new must not record the offered one."""
+    other = tmp_path / "ecdsa"
+    argv = ["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(other)]
+    subprocess.run(argv, check=True)
+    w1 = ssh_fleet.hosts["w1"]
+    key_type, key = Path(f"{other}.pub").read_text().split()[:2]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[{w1.address}]:{w1.port} {key_type} {key}\n")
+    before = known_hosts.read_text()
+    path = inventory(
+        tmp_path,
+        ssh_fleet,
+        ssh_fleet.host_table("w1"),
+        known_hosts=str(known_hosts),
+        host_key_policy="accept-new",
+    )
+    status, document = run_json(capsys, path, "list")
+    assert status == 1
+    error = document["hosts"][0]["error"]
+    assert error["kind"] == "host-key-mismatch"
+    assert error["message"].startswith(
+        "host key mismatch (possible MITM): server offers ssh-ed25519"
+    )
+    assert "known_hosts has ecdsa-sha2-nistp256 SHA256:" in error["message"]
+    assert known_hosts.read_text() == before
+
+
 def rekey_line_before(path: Path) -> str:
     # The file was never rewritten: still exactly the one old line.
     lines = path.read_text().splitlines()
@@ -295,6 +324,41 @@ def test_stream_forbidden_by_sshd(tmp_path, capsys, ssh_fleet):
         "message": "agent not running (or sshd forbids stream forwarding)",
     }
     assert hosts["nostream-exec"]["error"] is None and hosts["nostream-exec"]["via"] == "exec"
+
+
+def logging_agent(directory: Path) -> tuple[Path, Path]:
+    """An agent command that logs the argv it got, one word a line, then runs the agent."""
+    log = directory / "argv.log"
+    script = directory / "logging-agent"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >>{log}\nexec {AGENT_COMMAND} "$@"\n')
+    script.chmod(0o755)
+    return script, log
+
+
+def test_stream_starts_no_process_and_exec_gets_the_argv_as_built(tmp_path, capsys, ssh_fleet):
+    script, log = logging_agent(tmp_path)
+    # A config path a shell would split and run: it must reach the agent as one word.
+    odd = tmp_path / "odd dir;touch pwned"
+    odd.mkdir()
+    (odd / "venus-worker.toml").symlink_to(ssh_fleet.agents["nostream"].config)
+    config = str(odd / "venus-worker.toml")
+    tables = [
+        ssh_fleet.host_table("w1", agent=str(script)),
+        ssh_fleet.host_table("nostream", agent=str(script), config=config),
+    ]
+    path = inventory(tmp_path, ssh_fleet, *tables)
+    status, document = run_json(capsys, path, "list", "-l", "w1")
+    assert (status, document["hosts"][0]["via"]) == (0, "stream")
+    assert not log.exists()  # w1 answered through the socket: its agent command never ran
+    status, document = run_json(capsys, path, "list", "-l", "nostream")
+    assert (status, document["hosts"][0]["via"]) == (0, "exec")
+    assert log.read_text().splitlines() == ["worker", "-c", config, "status", "--json"]
+    log.unlink()
+    status, document = run_json(capsys, path, "resume", "nostream", "9", "C1Done")
+    assert status == 1 and document["error"]["message"] == "worker #9 not found"
+    assert log.read_text().splitlines() == [
+        *("worker", "-c", config, "resume", "--index", "9", "--state", "C1Done", "--json")
+    ]
 
 
 def test_stopped_agent_shows_its_stale_heartbeat_with_a_bang(tmp_path, capsys, ssh_fleet):
@@ -524,16 +588,23 @@ def test_pause_on_a_stopped_agent_fails(tmp_path, capsys, ssh_fleet):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "refusal"),
     [
-        ["resume", "trap", "0", "C1Done;touch {marker}"],
-        ["resume", "trap", "0", "$(touch {marker})"],
-        ["pause", "trap", "0;touch {marker}"],
-        ["resume", "trap", "-1"],
-        ["pause", "trap", "1 2"],
+        (["resume", "trap", "0", "C1Done;touch {marker}"], "argument state: invalid state"),
+        (["resume", "trap", "0", "$(touch {marker})"], "argument state: invalid state"),
+        (["pause", "trap", "0;touch {marker}"], "argument index: invalid thread index"),
+        (["pause", "trap", "1;id"], "argument index: invalid thread index"),
+        (["resume", "trap", "-1"], "argument index: invalid thread index"),
+        (["pause", "trap", "1 2"], "argument index: invalid thread index"),
+        (["info", "trap;touch {marker}"], "unknown host 'trap;touch"),
+        (["pause", "$(touch {marker})", "0"], "unknown host '$(touch"),
+        (["resume", "trap ", "0"], "unknown host 'trap '"),
+        (["list", "-l", "trap;touch {marker}"], "--limit 'trap;touch"),
     ],
 )
-def test_injection_attempts_are_refused_before_any_connection(tmp_path, capsys, ssh_fleet, argv):
+def test_injection_attempts_are_refused_before_any_connection(
+    tmp_path, capsys, ssh_fleet, argv, refusal
+):
     marker = tmp_path / "x"
     with socket.socket() as trap:  # any connection attempt would be queued here
         trap.bind(("127.0.0.1", 0))
@@ -544,7 +615,7 @@ def test_injection_attempts_are_refused_before_any_connection(tmp_path, capsys, 
         status, out, err = run(capsys, path, *args)
         readable, _, _ = select.select([trap], [], [], 0.2)
     assert status == 2 and out == ""
-    assert err.startswith("venusctl: argument ")
+    assert err.startswith(f"venusctl: {refusal}") and err.count("\n") == 1
     assert readable == [], "venusctl connected although the arguments were invalid"
     assert not marker.exists()
 
