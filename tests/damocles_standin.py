@@ -20,7 +20,8 @@ an unknown resume state is silently ignored by ``current`` and rejected with
 invalid params by ``v2022``; a bad index is invalid params
 ``worker #N not found``.
 
-Run as a process: ``python damocles_standin.py --port P [--shape S]``; it
+Run as a process: ``python damocles_standin.py --port P [--shape S]
+[--without-version]``; it
 prints ``listening on 127.0.0.1:P`` once ready and binds only to loopback.
 """
 
@@ -91,8 +92,9 @@ class Thread:
 
 
 class Worker:
-    def __init__(self, shape: str, root: str):
+    def __init__(self, shape: str, root: str, version: bool = True):
         self.shape = shape
+        self.version = version
         self.lock = threading.Lock()
         self.threads = [
             Thread(0, f"{root}/store1", "s-t01000-2", "C1Done", True, C2_ERROR),
@@ -111,7 +113,7 @@ class Worker:
             if method == "VenusWorker.WorkerList":
                 render = Thread.as_current if self.shape == "current" else Thread.as_v2022
                 return [render(t) for t in self.threads]
-            if method == "VenusWorker.WorkerVersion":
+            if method == "VenusWorker.WorkerVersion" and self.version:
                 return VERSION
             if method == "VenusWorker.WorkerPause":
                 return self.pause(self.thread(params))
@@ -213,9 +215,15 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--shape", choices=("current", "v2022"), default="current")
     parser.add_argument("--root", default="/mnt/damocles")
+    parser.add_argument(
+        "--without-version",
+        action="store_true",
+        help="answer WorkerVersion with -32601 Method not found, as a worker without it would",
+    )
     args = parser.parse_args(argv)
     server = ThreadingHTTPServer(
-        ("127.0.0.1", args.port), make_handler(Worker(args.shape, args.root))
+        ("127.0.0.1", args.port),
+        make_handler(Worker(args.shape, args.root, version=not args.without_version)),
     )
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop it

@@ -51,9 +51,10 @@ def standin():
     """start(shape) -> port of a fresh stand-in on 127.0.0.1; stopped after the test."""
     processes = []
 
-    def start(shape: str) -> int:
+    def start(shape: str, *options: str) -> int:
+        argv = [sys.executable, str(STANDIN), "--port", "0", "--shape", shape, "--root", "/mnt"]
         process = subprocess.Popen(
-            [sys.executable, str(STANDIN), "--port", "0", "--shape", shape, "--root", "/mnt"],
+            [*argv, *options],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -267,6 +268,17 @@ def test_a_thread_that_does_not_exist(both, capsys):
     assert status == 1 and err == "now #9: resume refused: worker #9 not found\n"
     status, _, err = run(capsys, both, "pause", "old", "9")
     assert status == 1 and err == "old #9: pause refused: worker #9 not found\n"
+
+
+def test_a_worker_without_worker_version_is_listed_without_a_version(
+    tmp_path, capsys, damocles_sshd, standin
+):
+    """WorkerVersion answered with -32601 (Method not found): the threads still count."""
+    port = standin("v2022", "--without-version")
+    path = inventory(tmp_path, damocles_sshd, damocles_table(damocles_sshd, "bare", port))
+    status, out, err = run(capsys, path, "list", "--wide")
+    assert status == 0, err
+    assert rows_by_name(out)[1]["bare"][2:] == ["-", "3", "1", "1", "-", "-", "1", "0s"]
 
 
 # -- failures ------------------------------------------------------------------------------------
