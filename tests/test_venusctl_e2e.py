@@ -87,6 +87,10 @@ def test_list_json_says_how_each_host_was_reached(tmp_path, capsys, ssh_fleet):
     # sshd forbids stream forwarding there: auto fell back to exec
     assert hosts["nostream"]["via"] == "exec"
     for entry in hosts.values():
+        assert set(entry) == {  # the shape README.md documents
+            *("name", "dest", "transport", "backend", "via", "version", "summary"),
+            *("last_ping", "expired", "error"),
+        }
         assert entry["error"] is None and entry["expired"] is False
         assert entry["version"] == "0.1.0"
         assert entry["summary"]["Threads"] == 2 and entry["summary"]["Errors"] >= 1
