@@ -2614,7 +2614,13 @@ def connect_tcp(hostname: str, port: int, timeout: float) -> socket.socket:
     # Measured on loopback: 116 ms -> 31 ms per host. sshd holds a packet
     # after auth until it is ACKed, and Nagle holds ours behind it.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return QuickAckSocket(fileno=sock.detach()) if hasattr(socket, "TCP_QUICKACK") else sock
+    if not hasattr(socket, "TCP_QUICKACK"):
+        return sock
+    quick = QuickAckSocket(fileno=sock.detach())
+    # A socket made from a descriptor starts without a timeout (and the descriptor
+    # is still non-blocking): give it back the one it had.
+    quick.settimeout(timeout)
+    return quick
 
 
 class QuickAckSocket(socket.socket):
