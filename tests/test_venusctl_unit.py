@@ -171,6 +171,18 @@ def test_shipped_inventory_is_valid_and_local():
     assert Path(local.config).is_file()
 
 
+def test_shipped_inventory_examples_are_valid_when_uncommented():
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "inventory.toml").read_text()
+    # "# [[host]]" and "# key = value" lines are examples; the other comments are prose.
+    uncommented = re.sub(r"(?m)^# (?=\[|[a-z_]+ = )", "", text)
+    assert len(re.findall(r"(?m)^\[\[host\]\]", uncommented)) == 5
+    inventory = venusctl.parse_inventory(uncommented, root / "inventory.toml")
+    assert inventory.names == ["local", "gpu-01", "gpu-02", "cpu-01", "seal-01"]
+    assert inventory.hosts[-1].backend == "damocles"
+    assert inventory.hosts[-1].rpc_address == ("127.0.0.1", 17890)
+
+
 # -- targets -----------------------------------------------------------------------------------
 
 
