@@ -105,4 +105,12 @@ def test_python_dash_m_and_help_work():
         capture_output=True, text=True, timeout=30, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0 and "list" in result.stdout and "resume" in result.stdout
+    assert "$VENUS_WORKER_CONFIG" in result.stdout and "3 agent not running" in result.stdout
+    resume = subprocess.run(
+        [sys.executable, "-m", "worker_agent", "worker", "resume", "--help"],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    help_text = " ".join(resume.stdout.split())  # argparse wraps to the terminal width
+    assert "the #N of `list`" in help_text and "bypassing the transition table" in help_text
+    assert "not paused is an error, code 1001" in help_text
     assert shutil.which("venus-worker") or (Path(sys.executable).parent / "venus-worker").exists()

@@ -233,38 +233,116 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
+EXIT_CODES = "exit codes: 0 done, 1 agent refused, 2 usage/config error, 3 agent not running"
+
+TOP_HELP = """\
+Sealing worker agent: runs sealing threads and answers a JSON-RPC control
+API on a Unix socket (no network port).
+
+examples:
+  venus-worker daemon -c worker_agent/assets/venus-worker.mock.toml
+  venus-worker worker -c CONFIG list
+  venus-worker worker -c CONFIG resume --index 0 --state PC1Done
+"""
+
+DAEMON_HELP = """\
+Run the sealing daemon in the foreground (log lines on stderr). SIGTERM or
+SIGINT stops it cleanly: every thread stops at a stage boundary with its state
+saved, then the socket is removed. A restart continues every thread where it
+was; paused threads stay paused. A config problem is one line naming the file
+and the key, exit 2."""
+
+WORKER_HELP = """\
+Talk to a running daemon. Give the daemon's config (-c, or $VENUS_WORKER_CONFIG)
+to find its socket and state folder, or name them directly with --socket /
+--state-dir. With --json, stdout is exactly one JSON document, also for errors
+({"error": {"code": ..., "message": ...}})."""
+
+RESUME_HELP = """\
+Resume a paused thread (a thread that is not paused is an error, code 1001).
+With --state, the task moves to that state first, bypassing the transition
+table; the state must belong to the thread's plan (the error lists the valid
+ones). --state Aborted drops the task and clears its data."""
+
+
+def _add_index(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-i", "--index", type=int, required=True, help="the thread's index, the #N of `list`"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="venus-worker",
-        description="Sealing worker agent with a Unix-socket control API.",
-        epilog="exit codes: 0 done, 1 agent refused, 2 usage/config error, 3 agent not running",
+        prog="venus-worker", description=TOP_HELP, epilog=EXIT_CODES, formatter_class=raw
     )
     parser.add_argument("--version", action="version", version=f"venus-worker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    daemon = commands.add_parser("daemon", help="run the sealing daemon in the foreground")
+    daemon = commands.add_parser(
+        "daemon",
+        help="run the sealing daemon in the foreground",
+        description=DAEMON_HELP,
+        epilog="exit codes: 0 stopped by a signal, 1 cannot start, 2 config error",
+        formatter_class=raw,
+    )
     daemon.add_argument("-c", "--config", required=True, help="TOML config file")
     daemon.set_defaults(func=cmd_daemon, json=False)
 
-    worker = commands.add_parser("worker", help="manage a running daemon")
+    worker = commands.add_parser(
+        "worker",
+        help="manage a running daemon (list, pause, resume, report, status)",
+        description=WORKER_HELP,
+        epilog=EXIT_CODES,
+        formatter_class=raw,
+    )
     worker.add_argument("-c", "--config", help="the daemon's config file (finds its socket)")
     worker.add_argument("--socket", help="the daemon's control socket")
     worker.add_argument("--state-dir", help="the daemon's state folder (report.json)")
     _add_json(worker)
     actions = worker.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    listing = actions.add_parser("list", help="one line per sealing thread")
+    def action(name: str, summary: str, description: str | None = None):
+        return actions.add_parser(
+            name, help=summary, description=description or summary, epilog=EXIT_CODES
+        )
+
+    listing = action(
+        "list",
+        "one line per sealing thread",
+        "One line per sealing thread: sector, paused and for how long, state, last error.",
+    )
     listing.set_defaults(func=cmd_list)
-    pause = actions.add_parser("pause", help="pause a thread at its next stage boundary")
-    pause.add_argument("-i", "--index", type=int, required=True)
+    pause = action(
+        "pause",
+        "pause a thread at its next stage boundary",
+        "Pause a thread at its next stage boundary: the running stage finishes and its "
+        "result is kept; a wait is cut short at once. Pausing a paused thread changes nothing.",
+    )
+    _add_index(pause)
     pause.set_defaults(func=cmd_pause)
-    resume = actions.add_parser("resume", help="resume a paused thread")
-    resume.add_argument("-i", "--index", type=int, required=True)
+    resume = actions.add_parser(
+        "resume",
+        help="resume a paused thread",
+        description=RESUME_HELP,
+        epilog=EXIT_CODES,
+        formatter_class=raw,
+    )
+    _add_index(resume)
     resume.add_argument("-s", "--state", help="move the task to this state first")
     resume.set_defaults(func=cmd_resume)
-    report = actions.add_parser("report", help="the last heartbeat (works without the daemon)")
+    report = action(
+        "report",
+        "the last heartbeat (works without the daemon)",
+        "The last heartbeat the daemon wrote (report.json in its state folder), with its "
+        "age in seconds on this host's clock. Works while the daemon is down.",
+    )
     report.set_defaults(func=cmd_report)
-    status = actions.add_parser("status", help="heartbeat and thread list in one call")
+    status = action(
+        "status",
+        "heartbeat and thread list in one call",
+        "The heartbeat report and the thread list in one call (the fleet tool's host row).",
+    )
     status.set_defaults(func=cmd_status)
     for sub in (listing, pause, resume, report, status):
         sub.add_argument(
