@@ -109,7 +109,7 @@ BAD_CONFIGS = [
     (MINIMAL + "[processors]\nkind = 'gpu'\n", 'processors.kind: unknown processor "gpu"'),
     (
         MINIMAL + "[[processors.mock.faults]]\nstage = 'PC9'\n",
-        "processors.mock.faults[0].PC9: unknown stage",
+        'processors.mock.faults[0].stage: unknown stage "PC9"',
     ),
     (
         MINIMAL + "[[processors.mock.faults]]\nstage = 'C2'\nlevel = 'fatal'\n",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from agent_helpers import wait_until
 
 from worker_agent.config import CommandConfig, CommandStage, Fault, MockConfig
 from worker_agent.processors import (
@@ -121,6 +123,35 @@ def test_a_stage_past_its_timeout_is_killed(tmp_path):
     assert outcome == Failed(
         Level.PERMANENT, "stage PC1: command timed out after 0.3s and was killed"
     )
+
+
+def test_a_timeout_kills_the_whole_process_group(tmp_path):
+    # The stage starts a grandchild (as a wrapper script would) that keeps the pipes open.
+    processor = python_stage(
+        tmp_path,
+        """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open("grandchild.pid", "w").write(str(child.pid))
+        time.sleep(60)
+        """,
+        timeout=1.0,
+    )
+    started = time.monotonic()
+    outcome = processor.run(context(tmp_path))
+    assert time.monotonic() - started < 10  # not stuck on the grandchild's open pipes
+    assert outcome.level is Level.PERMANENT and "timed out after 1s" in outcome.message
+    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    wait_until(lambda: not _alive(grandchild), 5, what=f"grandchild {grandchild} gone")
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone: it was killed, awaiting its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def test_missing_binary_and_unconfigured_stage(tmp_path):

@@ -354,7 +354,9 @@ def _fault(section: _Table, thread_count: int) -> Fault:
     stage = section.string("stage")
     if stage is None:
         raise section.error("stage", "missing")
-    _stage_key(section, stage)
+    if stage not in STAGE_LABELS:
+        valid = ", ".join(sorted(STAGE_LABELS))
+        raise section.error("stage", f'unknown stage "{stage}" (valid: {valid})')
     level_name = section.string("level", "permanent")
     try:
         level = Level(level_name)
