@@ -125,6 +125,10 @@ def test_resume_with_a_bad_state_lists_the_valid_ones(agent):
     )
     assert status == 1 and out == ""
     assert 'invalid state "PC9" for plan sealer; valid states: Empty, Allocated,' in err
+    status, reply = cli_json("worker", "--socket", str(agent.socket), "resume", "-i", "0",
+                             "--state", "PC9")  # fmt: skip
+    assert status == 1 and reply["error"]["code"] == -32602
+    assert reply["error"]["message"].endswith("C1Done, C2Done, ProofSubmitted, Finished, Aborted")
     assert agent.infos()[0]["thread_state"]["state"] == "Paused"
 
 
