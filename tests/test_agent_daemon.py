@@ -381,6 +381,32 @@ def test_paused_threads_stay_paused_across_a_kill_and_restart():
             agent.close()
 
 
+def test_report_follows_a_pause_at_once_and_a_restart_reports_the_loaded_records():
+    with short_tmp() as folder:
+        config = write_config(
+            folder,
+            threads=2,
+            faults=seed_fault() + "threads = [0]\n",
+            worker='ping_interval = "1h"',
+        )
+        path = folder / "state/report.json"
+        agent = Agent(config).start()
+        try:
+            # Far sooner than the hour-long ping_interval: a paused thread is news.
+            wait_until(
+                lambda: json.loads(path.read_text())["summary"]["Paused"] == 1, 5, what="report"
+            )
+            assert json.loads(path.read_text())["summary"]["Errors"] == 1
+            agent.kill()
+            agent.start()
+            report = json.loads(path.read_text())
+            assert report["pid"] == agent.proc.pid
+            assert (report["summary"]["Paused"], report["summary"]["Errors"]) == (1, 1)
+            assert report["summary"]["Empty"] <= 1  # thread 0 keeps its sector
+        finally:
+            agent.close()
+
+
 def test_sigterm_stops_cleanly_and_removes_the_socket():
     with short_tmp() as folder:
         config = write_config(folder, threads=2, mock='duration = "300ms"')

@@ -3,8 +3,8 @@
 Start order matters: the state folder is locked (one daemon per state_dir),
 every record is loaded (a bad one stops the start with its file named), the
 sector counter is raised above every number found in the records, the
-socket is bound, the first heartbeat is written, and only then do the
-threads start. Stop (SIGTERM/SIGINT): stop accepting, let every thread reach
+socket is bound, the first heartbeat is written (counting the loaded records),
+and only then do the threads start. Stop (SIGTERM/SIGINT): stop accepting, let every thread reach
 a boundary (its state is already saved), write a last heartbeat, remove the
 socket. Signal handlers only set an event; the main thread does the work.
 """
@@ -35,6 +35,10 @@ __all__ = ["Daemon", "DaemonError", "run_daemon"]
 REPORT_NAME = "report.json"
 LOCK_NAME = "daemon.lock"
 STOP_TIMEOUT = 30.0
+# How often the reporter looks for changed counts between two regular heartbeats.
+CHANGE_CHECK = 1.0
+# The counts whose change rewrites the report early (Running/Waiting flicker on busy threads).
+STICKY_COUNTS = ("Threads", "Empty", "Paused", "Errors")
 
 log = logging.getLogger("venus_worker.daemon")
 
@@ -131,7 +135,23 @@ class Daemon:
         self._report = report
 
     def _report_loop(self) -> None:
-        while not self._stop.wait(self.config.ping_interval):
+        """Rewrite the report every ping_interval, and sooner when a count that matters moved.
+
+        Without the early rewrite, `worker report` (and a fleet tool reading the file
+        while the daemon is down) would show a fresh start's threads as Empty, or miss a
+        thread that paused on an error, for up to a whole ping_interval.
+        """
+        interval = self.config.ping_interval
+        tick = min(interval, CHANGE_CHECK)
+        last_write = time.monotonic()  # not the wall clock: a clock step must not stop it
+        while not self._stop.wait(tick):
+            due = time.monotonic() - last_write >= interval - tick / 2
+            if not due:
+                counts = summarize([thread.info() for thread in self.threads])
+                due = _sticky(counts) != _sticky((self._report or {}).get("summary", {}))
+            if not due:
+                continue
+            last_write = time.monotonic()
             try:
                 self.write_report()
             except OSError as exc:  # keep trying: a full disk may recover
@@ -155,6 +175,10 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _sticky(summary: dict) -> tuple:
+    return tuple(summary.get(key) for key in STICKY_COUNTS)
 
 
 def _setup_logging() -> None:
