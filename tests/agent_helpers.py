@@ -49,6 +49,15 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         time.sleep(interval)
 
 
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone: it was killed, awaiting its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def write_config(
     folder: Path,
     threads: int = 2,

@@ -24,6 +24,7 @@ from agent_helpers import (
     cli_json,
     one_response,
     post,
+    process_alive,
     raw_http,
     running_agent,
     seed_fault,
@@ -32,7 +33,10 @@ from agent_helpers import (
     write_config,
 )
 
+from worker_agent import daemon as daemon_module
 from worker_agent.client import AgentClient
+from worker_agent.config import load_config
+from worker_agent.daemon import Daemon
 from worker_agent.protocol import RpcError
 
 # Threads 0 and 1 pause at C1Done on the seed's C2 error; thread 2 (unseal, one task
@@ -517,6 +521,35 @@ def test_a_burst_of_connections_is_queued_not_refused(agent):
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_command_still_running_at_exit_is_killed_and_its_stage_reruns(monkeypatch):
+    # In-process, to shorten the 30 s a stopping daemon grants running stages.
+    monkeypatch.setattr(daemon_module, "STOP_TIMEOUT", 0.5)
+    with short_tmp() as folder:
+        (folder / "pc1.py").write_text(
+            "import os, time\nopen('pc1.pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+        )
+        processors = (
+            '[processors]\nkind = "command"\n[processors.command.stages]\n'
+            f'PC1 = ["{sys.executable}", "{folder}/pc1.py"]\n'
+        )
+        daemon = Daemon(load_config(write_config(folder, threads=1, processors=processors)))
+        daemon.start()
+        pid_file = folder / "store0/pc1.pid"
+        try:
+            wait_until(pid_file.exists, 10, what="PC1 command started")
+        finally:
+            daemon.stop()
+        pid = int(pid_file.read_text())
+        wait_until(lambda: not process_alive(pid), 5, what=f"PC1 command {pid} killed")
+        daemon.threads[0].request_stop()
+        for worker in daemon._workers:
+            worker.join(5)
+        record = json.loads((folder / "store0/meta/task.json").read_text())
+        # Killed by the exit, not failed: no pause, no error, PC1 runs again after a restart.
+        assert (record["paused"], record["last_error"]) == (False, None)
+        assert record["task"]["state"] == "TicketAssigned"
 
 
 def test_command_processor_end_to_end():

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_helpers import wait_until
+from agent_helpers import process_alive, wait_until
 
 from worker_agent.config import CommandConfig, CommandStage, Fault, MockConfig
 from worker_agent.processors import (
@@ -142,16 +142,7 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path):
     assert time.monotonic() - started < 10  # not stuck on the grandchild's open pipes
     assert outcome.level is Level.PERMANENT and "timed out after 1s" in outcome.message
     grandchild = int((tmp_path / "grandchild.pid").read_text())
-    wait_until(lambda: not _alive(grandchild), 5, what=f"grandchild {grandchild} gone")
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone: it was killed, awaiting its reaper)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    wait_until(lambda: not process_alive(grandchild), 5, what=f"grandchild {grandchild} gone")
 
 
 def test_missing_binary_and_unconfigured_stage(tmp_path):

@@ -52,6 +52,7 @@ class Daemon:
         self.config = config
         self.threads: list[SealingThread] = []
         self.server: ControlServer | None = None
+        self.processor = None
         self._report: dict | None = None
         self._lock_fd: int | None = None
         self._stop = threading.Event()
@@ -65,7 +66,7 @@ class Daemon:
         self._lock_state_dir()
         counter = SectorCounter(config.state_dir)
         counter.load()
-        processor = make_processor(config)
+        processor = self.processor = make_processor(config)
         for thread_config in config.threads:
             store = TaskStore(thread_config.location)
             store.prepare()
@@ -170,6 +171,9 @@ class Daemon:
             worker.join(max(0.0, deadline - time.monotonic()))
             if worker.is_alive():
                 log.warning("%s still busy at shutdown (a stage is running)", worker.name)
+        kill_running = getattr(self.processor, "kill_running", None)
+        if kill_running is not None and (killed := kill_running()):
+            log.warning("killed %d stage command(s) still running; they rerun at restart", killed)
         with contextlib.suppress(OSError):
             self.write_report()
         if self._lock_fd is not None:

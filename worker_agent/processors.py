@@ -15,7 +15,9 @@ does not change). Processors never touch the task record.
   ``permanent:`` / ``abort:`` / ``critical:`` prefix gives the level (default
   permanent). A stage with no command configured succeeds at once. The
   command always runs to its end (or its timeout): killing a real sealing
-  tool mid-stage would waste hours of work.
+  tool mid-stage would waste hours of work. Only a daemon that exits with
+  commands still running kills them (``kill_running``): nobody would record
+  their result, and the stage reruns after the restart.
 """
 
 from __future__ import annotations
@@ -172,6 +174,9 @@ class CommandProcessor:
 
     def __init__(self, config: CommandConfig):
         self.config = config
+        self._running: set[subprocess.Popen] = set()
+        self._running_lock = threading.Lock()
+        self._killed_at_exit = False
 
     def command_for(self, stage: str) -> CommandStage | None:
         return self.config.stages.get(stage, self.config.default)
@@ -196,6 +201,8 @@ class CommandProcessor:
             return Failed(
                 Level.PERMANENT, f"stage {ctx.stage}: cannot run {command.argv[0]}: {exc}"
             )
+        with self._running_lock:
+            self._running.add(proc)
         try:
             stdout, stderr = proc.communicate(timeout=command.timeout)
         except subprocess.TimeoutExpired:
@@ -205,9 +212,27 @@ class CommandProcessor:
                 Level.PERMANENT,
                 f"stage {ctx.stage}: command timed out after {command.timeout:g}s and was killed",
             )
+        finally:
+            with self._running_lock:
+                self._running.discard(proc)
+        if self._killed_at_exit:
+            return Interrupted()  # not the command's failure: the state must not change
         if proc.returncode != 0:
             return classify_failure(proc.returncode, stderr, ctx.stage)
         return Done(_event_from_stdout(stdout, ctx))
+
+    def kill_running(self) -> int:
+        """Kill every command still running (the daemon is exiting without them); how many.
+
+        Their stages rerun after the restart. Left alive, a command would run on with
+        nobody to record its result, next to the rerun of the same stage.
+        """
+        with self._running_lock:
+            self._killed_at_exit = True
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc)
+        return len(running)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
