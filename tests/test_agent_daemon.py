@@ -449,6 +449,16 @@ def test_report_before_any_daemon_ran_says_so():
         assert status == 3 and document["report"] is None and document["threads"] is None
 
 
+def test_an_unreadable_report_is_one_line_exit_1(tmp_path):
+    for text in ('{"x"', "{}", "[]"):
+        (tmp_path / "report.json").write_text(text)
+        status, out, err = cli("worker", "--state-dir", str(tmp_path), "report")
+        assert (status, out) == (1, "") and err.count("\n") == 1
+        assert err.startswith(f"venus-worker: {tmp_path}/report.json: not a heartbeat report (")
+        status, reply = cli_json("worker", "--state-dir", str(tmp_path), "report")
+        assert status == 1 and reply["error"]["code"] == -32603
+
+
 def test_stale_socket_is_replaced_but_other_files_are_not():
     with short_tmp() as folder:
         config = write_config(folder, threads=1)

@@ -146,15 +146,22 @@ def _state_dir(args) -> Path:
     return load_config(path).state_dir
 
 
+class ReportError(Exception):
+    """report.json exists but is not a heartbeat report; str() names the file."""
+
+
 def read_report(state_dir: Path) -> dict | None:
     """The heartbeat report with its age on this host's clock; None if never written."""
     from worker_agent.daemon import report_path  # the file name lives with its writer
 
+    path = report_path(state_dir)
     try:
-        report = json.loads(report_path(state_dir).read_text())
+        report = json.loads(path.read_text())
+        report["age"] = round(time.time() - float(report["time"]), 3)
     except FileNotFoundError:
         return None
-    report["age"] = round(time.time() - report["time"], 3)
+    except (ValueError, TypeError, KeyError) as exc:  # the daemon writes it atomically: not ours
+        raise ReportError(f"{path}: not a heartbeat report ({type(exc).__name__}: {exc})") from None
     return report
 
 
@@ -191,7 +198,11 @@ def cmd_report(args, out: Output) -> int:
 
 
 def cmd_status(args, out: Output) -> int:
-    report = read_report(_state_dir(args))
+    try:
+        report = read_report(_state_dir(args))
+    except ReportError as exc:  # the live thread list is still worth showing
+        print(f"venus-worker: {exc}", file=out.stderr)
+        report = None
     threads, error, status = None, None, ExitStatus.OK
     try:
         with AgentClient(_socket_path(args)) as client:
@@ -371,6 +382,9 @@ def main(
         return ExitStatus.NOT_RUNNING
     except RpcError as exc:
         out.error(exc.code, exc.message)
+        return ExitStatus.REFUSED
+    except ReportError as exc:
+        out.error(INTERNAL_ERROR, str(exc))
         return ExitStatus.REFUSED
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, as other CLI tools do.
