@@ -17,6 +17,7 @@ from pathlib import Path
 
 from worker_agent.cli import main as cli_main
 from worker_agent.client import AgentClient
+from worker_agent.protocol import RpcError
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_MESSAGE = (
@@ -131,9 +132,7 @@ class Agent:
                 with AgentClient(self.socket, timeout=2) as client:
                     client.call("VenusWorker.WorkerVersion")
                 return True
-            except OSError:
-                return False
-            except Exception:
+            except (OSError, RpcError):  # not listening yet, or mid-start
                 return False
 
         wait_until(ready, timeout, what="daemon socket")
