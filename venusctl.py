@@ -460,6 +460,10 @@ def _parse_health(table: Any, locator: _KeyLocator, base: Path) -> HealthSetting
             values[key] = _parse_stuck_table(value, locator)
         else:
             values[key] = _inventory_duration(f"health.{key}", value, where)
+    if values.get("deadline") == 0:
+        raise InventoryError(
+            f"{locator.where('deadline', 'health')}: health.deadline: must be more than 0"
+        )
     return HealthSettings(**values)
 
 
@@ -4018,7 +4022,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument(
         "--deadline",
-        type=duration,
+        type=_argument_type(_positive_duration, "duration"),  # 0s: UNKNOWN every time
         metavar="DURATION",
         help="the whole run ends by then, else UNKNOWN (default 60s)",
     )

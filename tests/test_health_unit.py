@@ -333,6 +333,7 @@ def test_command_line_wins_over_the_health_table_which_wins_over_defaults(tmp_pa
         ),
         ('[health]\nstuck = "1h"\n', r":2: health\.stuck: must be a table"),
         ("[health]\nprometheus = 1\n", r":2: health\.prometheus: must be a file path"),
+        ('[health]\ndeadline = "0s"\n', r":2: health\.deadline: must be more than 0"),
     ],
 )
 def test_bad_health_table_is_one_line_with_file_line_and_key(tmp_path, table, expected):
@@ -376,3 +377,9 @@ def test_usage_errors_of_health_exit_3_with_a_plugin_line(tmp_path, capsys):
     assert "unknown key 'health.bogus'" in capsys.readouterr().out
     assert venusctl.main(["-i", str(path), "list"]) == 2  # the other commands keep their 2
     assert venusctl.main(["--forks", "0", "-i", str(Path("nowhere.toml")), "health"]) == 3
+    capsys.readouterr()
+    path.write_text(HEALTH_INVENTORY)
+    assert venusctl.main(["-i", str(path), "health", "--deadline", "0s"]) == 3
+    assert capsys.readouterr().out.startswith(
+        "VENUS UNKNOWN - argument --deadline: invalid duration '0s': must be more than 0"
+    )
