@@ -3353,10 +3353,14 @@ def bulk_action(
         acting = [step for step in steps if step.action]
         if not acting or args.dry_run:
             return _without_action(ctx, document, steps, unreachable, args.dry_run)
-        if not args.yes and not ctx.is_terminal(ctx.stdin):
+        # The question goes to stderr, the answer comes from stdin: both must be
+        # a terminal, or the operator would face a silent wait.
+        unseen = next((n for n in ("stdin", "err") if not ctx.is_terminal(getattr(ctx, n))), None)
+        if not args.yes and unseen:
             if ctx.as_json:
                 ctx.emit_json(document)
-            raise UsageError("not confirmed: stdin is not a terminal; add --yes to act")
+            where = "stdin" if unseen == "stdin" else "stderr"
+            raise UsageError(f"not confirmed: {where} is not a terminal; add --yes to act")
         if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
             if ctx.as_json:
                 ctx.emit_json(document)
