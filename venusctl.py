@@ -3353,14 +3353,11 @@ def bulk_action(
         acting = [step for step in steps if step.action]
         if not acting or args.dry_run:
             return _without_action(ctx, document, steps, unreachable, args.dry_run)
-        # The question goes to stderr, the answer comes from stdin: both must be
-        # a terminal, or the operator would face a silent wait.
-        unseen = next((n for n in ("stdin", "err") if not ctx.is_terminal(getattr(ctx, n))), None)
-        if not args.yes and unseen:
+        not_terminal = _not_a_terminal(ctx)
+        if not args.yes and not_terminal:
             if ctx.as_json:
                 ctx.emit_json(document)
-            where = "stdin" if unseen == "stdin" else "stderr"
-            raise UsageError(f"not confirmed: {where} is not a terminal; add --yes to act")
+            raise UsageError(f"not confirmed: {not_terminal} is not a terminal; add --yes to act")
         if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
             if ctx.as_json:
                 ctx.emit_json(document)
@@ -3406,6 +3403,16 @@ def no_match_text(unreachable: Sequence[dict[str, Any]]) -> str:
     """Says when the hosts that could not be asked may hold the threads meant."""
     unasked = f" ({_plural(len(unreachable), 'host')} did not answer)" if unreachable else ""
     return f"no thread matches the selection{unasked}"
+
+
+def _not_a_terminal(ctx: Context) -> str | None:
+    """Which of stdin (the answer) and stderr (the question) is not a terminal, if any.
+
+    Both must be, or the operator would face a silent wait for an answer.
+    """
+    if not ctx.is_terminal(ctx.stdin):
+        return "stdin"
+    return None if ctx.is_terminal(ctx.err) else "stderr"
 
 
 def confirm(ctx: Context, question: str) -> bool:
