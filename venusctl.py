@@ -3915,7 +3915,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, prog="venusctl"
     )
 
-    listing = commands.add_parser("list", help="one row per host")
+    listing = commands.add_parser(
+        "list",
+        help="one row per host",
+        description="One row per host of the inventory (or of --limit): Name, Dest, Threads,"
+        " Empty, Paused, Errors, LastPing. LastPing is the age of the host's last heartbeat"
+        " (of this answer for a damocles worker), with '!' once older than --expiration."
+        " A host that cannot be asked keeps its row, its reason in an Error column, and"
+        " the run exits 1.",
+    )
     common(listing, top=False)
     listing.add_argument(
         "-l", "--limit", action="append", help="names, groups or globs (comma-separated)"
@@ -3924,7 +3932,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--expiration",
         type=_argument_type(parse_duration, "duration"),
         default=600.0,
-        help="LastPing older than this gets a '!' (default 10m)",
+        metavar="DURATION",
+        help="LastPing older than this gets a '!' (default 10m; 30s, 1h30m, ...)",
     )
     listing.add_argument("--wide", action="store_true", help="add Version, Running, Waiting")
     add_watch(listing)
@@ -3939,7 +3948,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch(threads)
     threads.set_defaults(handler=command_threads)
 
-    info = commands.add_parser("info", help="one row per sealing thread of a host")
+    info = commands.add_parser(
+        "info",
+        help="one row per sealing thread of a host",
+        description="One row per sealing thread of HOST: Index, Loc, SectorID, Paused,"
+        " PausedElapsed, State, LastErr. Exit 1, with the reason on stderr, when HOST"
+        " cannot be asked.",
+    )
     common(info, top=False)
     info.add_argument("host", help="name, address or address:port")
     info.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")

@@ -636,6 +636,15 @@ def test_thread_lists_of_the_wrong_shape_are_unreadable(threads):
         venusctl.checked_threads(threads)
 
 
+@pytest.mark.parametrize(
+    ("command", "explains"),
+    [("list", "LastPing is the age of the host's last heartbeat"), ("info", "Index, Loc")],
+)
+def test_command_help_says_what_the_rows_are(capsys, command, explains):
+    assert venusctl.main([command, "--help"]) == 0
+    assert explains in " ".join(capsys.readouterr().out.split())
+
+
 # -- venusctl inventory (no connection) ------------------------------------------------------------
 
 
