@@ -2509,8 +2509,15 @@ class HostKeyStore:
         try:
             if os.path.exists(path):
                 self.keys.load(path)
-        except (OSError, UnicodeDecodeError) as error:
+        except OSError as error:
             raise HostError(f"cannot read known_hosts {path}: {error}", "known-hosts") from error
+        except (paramiko.hostkeys.InvalidHostKey, UnicodeDecodeError, ValueError) as error:
+            # paramiko stops at a key it cannot decode (OpenSSH skips the line); the
+            # line may hold this very host's key, so it is not skipped here either.
+            raise HostError(
+                f"cannot read known_hosts {path}{_bad_line(path)}: not a valid host key line",
+                "known-hosts",
+            ) from error
 
     def lookup(self, name: str) -> dict[str, Any]:
         with self.lock:
@@ -2526,6 +2533,22 @@ class HostKeyStore:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as known_hosts:
                 known_hosts.write(line)
+
+
+def _bad_line(path: str) -> str:
+    """':N' for the first line of a known_hosts file paramiko cannot read, else ''."""
+    from paramiko.hostkeys import HostKeyEntry
+
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            line = raw.decode("utf-8", "replace").strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                HostKeyEntry.from_line(line, number)
+            except Exception:  # noqa: BLE001 - finding the line paramiko failed on, whatever it raised
+                return f":{number}"
+    return ""
 
 
 def fingerprint(key: Any) -> str:

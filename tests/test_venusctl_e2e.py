@@ -252,6 +252,19 @@ def test_a_known_key_of_another_type_is_a_mismatch_not_a_new_key(tmp_path, capsy
     assert known_hosts.read_text() == before
 
 
+def test_a_corrupt_known_hosts_line_is_a_row_naming_the_file_and_line(tmp_path, capsys, ssh_fleet):
+    known_hosts = tmp_path / "known_hosts"
+    good = ssh_fleet.hosts["w1"].known_hosts_line()
+    known_hosts.write_text(f"# fleet\n{good}\n127.0.0.9 ssh-ed25519 AAAA!!!cut-short\n")
+    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), known_hosts=str(known_hosts))
+    status, document = run_json(capsys, path, "list")
+    assert status == 1
+    assert document["hosts"][0]["error"] == {
+        "kind": "known-hosts",
+        "message": f"cannot read known_hosts {known_hosts}:3: not a valid host key line",
+    }
+
+
 def rekey_line_before(path: Path) -> str:
     # The file was never rewritten: still exactly the one old line.
     lines = path.read_text().splitlines()
