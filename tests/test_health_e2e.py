@@ -326,8 +326,8 @@ def test_overlapping_runs_never_leave_a_half_written_textfile(tmp_path, ssh_flee
     # Two cron runs at once, four times each, through the local transport
     # (no SSH: more runs per second, more chances to collide); a reader
     # polls the file the whole time, as node_exporter would. Two hosts per
-    # run: the agent's listen backlog is socketserver's 5, and a connect to
-    # a full Unix-socket backlog fails at once (EAGAIN) instead of waiting.
+    # run keep the agent's connections within its listen backlog (128 now;
+    # a connect to a full Unix-socket backlog fails at once with EAGAIN).
     table = ssh_fleet.host_table("calm", transport="local")
     path = inventory(tmp_path, ssh_fleet, *(dict(table, name=f"calm{n}") for n in range(2)))
     textfile = tmp_path / "venus.prom"
