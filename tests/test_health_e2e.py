@@ -219,6 +219,7 @@ def test_deadline_passed_is_unknown_3_and_the_process_does_not_wait(tmp_path, ss
     ), lines
     assert lines[1] == "UNKNOWN hung: no answer before the deadline of 2s"
     assert len(lines) == 2  # calm answered in time and is fine
+    assert done.stderr == ""  # the abandoned SSH work says nothing at exit
     assert elapsed < 15, elapsed  # not the hung command's 25 s
 
 
