@@ -229,8 +229,10 @@ def deployed(site):
     """The first run of deploy-agent.yml, then the agent started from what it installed."""
     done = site.playbook("deploy-agent.yml")
     counts = ran_ok(done)
+    # Ansible's SSH master for w1, still up (ControlPersist): the play went through sshd.
+    masters = [str(path) for path in (site.root / "ah" / "cp").glob("*")]
     site.start_agent()
-    return counts, done.stdout
+    return counts, done.stdout, masters
 
 
 def test_every_playbook_passes_syntax_check(tmp_path):
@@ -308,9 +310,23 @@ def test_inventory_script_reports_a_bad_inventory(tmp_path):
     assert "missing 'address'" in done.stderr
 
 
+HANDLER_RAN = "RUNNING HANDLER [Restart venus-worker]"
+
+
 def test_deploy_installs_an_agent_that_runs_and_venusctl_sees(site, deployed):
-    counts, _ = deployed
+    counts, output, masters = deployed
     assert counts["changed"] > 0
+    # What changed notified the restart handler (skipped here: no systemd).
+    assert HANDLER_RAN in output
+    # Over SSH to the loopback sshd, not a local connection.
+    assert masters, "no SSH control master: the play did not go through ssh"
+    checked = subprocess.run(
+        ["ssh", "-o", f"ControlPath={masters[0]}", "-O", "check", "w1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert checked.returncode == 0, checked.stderr
     config = site.config.read_text()
     assert f'socket = "{site.socket}"' in config
     assert config.count("[[sealing_thread]]") == THREADS
@@ -334,8 +350,9 @@ def test_deploy_installs_an_agent_that_runs_and_venusctl_sees(site, deployed):
 
 
 def test_second_deploy_changes_nothing(site, deployed):
-    counts = ran_ok(site.playbook("deploy-agent.yml"))
-    assert counts["changed"] == 0
+    done = site.playbook("deploy-agent.yml")
+    assert ran_ok(done)["changed"] == 0
+    assert HANDLER_RAN not in done.stdout
 
 
 def test_deploy_refuses_a_config_the_agent_would_refuse(site, deployed):
@@ -516,7 +533,7 @@ def test_production_unit_with_a_dedicated_user_is_valid(site, deployed, tmp_path
     assert directives["PrivateDevices"] == "no"
 
 
-def test_health_cron_installs_a_flocked_job(site, tmp_path):
+def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
     cron_file = tmp_path / "venusctl-health"
     # ansible.builtin.cron insists on finding a crontab binary even when it only
     # writes cron_file (it never runs it then): a stand-in that fails if called.
@@ -534,7 +551,6 @@ def test_health_cron_installs_a_flocked_job(site, tmp_path):
                 "venus_health_cron_user": "root",
                 "venus_health_mailto": "ops@example.com",
                 "venus_health_prometheus_file": str(prom),
-                "venus_health_inventory": str(site.inventory),
                 "ansible_python_interpreter": os.path.realpath(sys.executable),
             }
         ),
@@ -561,6 +577,83 @@ def test_health_cron_installs_a_flocked_job(site, tmp_path):
     assert venusctl == str(ROOT / "venusctl.py")
     assert args == ["health", "--quiet", "--prometheus", str(prom)]
     assert run()["changed"] == 0
+
+    # The job itself, as cron runs it: /bin/sh, a bare environment plus the
+    # crontab's lines, against the deployed agent over SSH. OK: no output, exit 0.
+    cron_env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "SHELL": "/bin/sh"}
+    cron_env["VENUSCTL_INVENTORY"] = str(site.inventory)
+    done = subprocess.run(
+        ["/bin/sh", "-c", shlex.join(fields[6:])],
+        env=cron_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
+    assert 'venus_host_up{host="w1"} 1' in prom.read_text().splitlines()
+
+
+# --- pure parts: the playbooks' style, the inventory conversion, the TOML filter
+
+
+def _tasks(tasks: list[dict] | None):
+    """Every task, also those inside block/rescue/always."""
+    for task in tasks or []:
+        nested = [task.get(key) for key in ("block", "rescue", "always") if key in task]
+        yield from (inner for part in nested for inner in _tasks(part))
+        if not nested:
+            yield task
+
+
+# Task keywords (Ansible's "Playbook Keywords") the playbooks use; any other key is the module.
+TASK_KEYWORDS = {
+    "name", "when", "register", "changed_when", "failed_when", "loop", "loop_control",
+    "notify", "until", "retries", "delay", "run_once", "delegate_to", "check_mode",
+    "vars", "become", "become_user", "tags", "ignore_errors", "no_log", "environment",
+}  # fmt: skip
+
+
+def test_playbooks_use_fqcn_changed_when_and_handlers_for_restarts():
+    import yaml
+
+    for name in ALL_PLAYBOOKS:
+        for play in yaml.safe_load((PLAYBOOKS / name).read_text()):
+            for section in ("tasks", "handlers"):
+                for task in _tasks(play.get(section)):
+                    where = f"{name}: {task.get('name')!r}"
+                    modules = set(task) - TASK_KEYWORDS
+                    assert len(modules) == 1, f"{where}: not one module: {sorted(modules)}"
+                    (module,) = modules
+                    assert module.startswith("ansible.builtin."), f"{where}: {module} not FQCN"
+                    if module in ("ansible.builtin.command", "ansible.builtin.shell"):
+                        assert "changed_when" in task, f"{where}: no changed_when"
+                    args = task[module] if isinstance(task[module], dict) else {}
+                    if args.get("state") in ("restarted", "reloaded"):
+                        assert section == "handlers", f"{where}: restarts only in a handler"
+
+
+def test_readme_documents_every_variable():
+    import yaml
+
+    defaults = yaml.safe_load((PLAYBOOKS / "group_vars" / "all.yml").read_text())
+    readme = (PLAYBOOKS / "README.md").read_text()
+    undocumented = [name for name in defaults if f"`{name}`" not in readme]
+    assert not undocumented, undocumented
+    # And every venus_* variable a playbook or template reads has a default.
+    used = set()
+    for path in [*PLAYBOOKS.glob("*.yml"), *(PLAYBOOKS / "templates").glob("*.j2")]:
+        used |= set(re.findall(r"\bvenus_[a-z_]*[a-z]\b", path.read_text()))
+    registered = {
+        task["register"]
+        for name in ALL_PLAYBOOKS
+        for play in yaml.safe_load((PLAYBOOKS / name).read_text())
+        for section in ("tasks", "handlers")
+        for task in _tasks(play.get(section))
+        if "register" in task
+    }
+    play_vars = {"venus_cli", "venus_pip", "venus_health_argv", "venus_wheel_local",
+                 "venus_wheel_remote"}  # fmt: skip
+    assert used - set(defaults) - registered - play_vars == set()
 
 
 # --- pure parts: the inventory conversion and the TOML filter -----------------
