@@ -1109,13 +1109,18 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
     return document
 
 
+PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
+
+
 def ansible_hostvars(host: Host) -> dict[str, Any]:
     agent = {"venus_worker_config": host.config, "venus_worker_socket": host.socket}
     if host.agent != BUILTIN_DEFAULTS["agent"]:
         # Only a command the inventory names; else the playbooks' own install path.
         agent["venus_worker_bin"] = host.agent
     if host.transport == "local":
-        return {"ansible_connection": "local", **agent}
+        # As Ansible's implicit localhost: the Python running Ansible, no discovery.
+        local = {"ansible_connection": "local", "ansible_python_interpreter": PLAYBOOK_PYTHON}
+        return {**local, **agent}
     strict = "accept-new" if host.host_key_policy == "accept-new" else "yes"
     ssh_args = (
         [] if host.ssh_config == os.path.expanduser("~/.ssh/config") else ["-F", host.ssh_config]

@@ -731,6 +731,7 @@ def test_ansible_inventory_groups_and_hostvars(tmp_path):
     assert cpu["venus_worker_socket"] == "/run/venus/worker.sock"
     assert hostvars["local"] == {
         "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
         "venus_worker_config": str(tmp_path / "mock.toml"),
         "venus_worker_socket": str(tmp_path / "mock.sock"),
     }
