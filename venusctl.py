@@ -308,6 +308,9 @@ BACKENDS = ("venus", "damocles")
 # A damocles host is only reachable over SSH, and there is no CLI of ours to exec.
 DAMOCLES_TRANSPORTS = ("auto", "stream")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A host name, an IPv4 or IPv6 address (with a %zone): never a leading '-', which
+# ssh (the playbooks' connection) would read as an option.
+ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*$")
 # Local paths in the inventory are relative to the inventory's directory.
 LOCAL_PATH_KEYS = ("identity_file", "known_hosts", "ssh_config")
 
@@ -599,6 +602,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         return None if ok else "must be a list of names (letters, digits, . _ -)"
     if not isinstance(value, str) or not value.strip():
         return "must be a non-empty string"
+    if key == "address" and not ADDRESS_PATTERN.match(value):
+        return "must be a host name or an IP address"
     if key == "name" and not NAME_PATTERN.match(value):
         return "must be letters, digits, '.', '_' or '-' (no spaces or glob characters)"
     if key == "transport" and value not in TRANSPORTS:
@@ -2382,7 +2387,7 @@ class SshSession:
         transport = self.client.get_transport()
         try:
             channel = transport.open_streamlocal(
-                self.host.socket, timeout=self.host.command_timeout
+                self.host.socket, timeout=self.host.connect_timeout
             )
         except ChannelException as error:
             # RFC 4254 reason codes: 1 administratively prohibited (sshd has

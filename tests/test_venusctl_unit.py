@@ -138,6 +138,11 @@ def test_empty_inventory_is_valid_and_has_no_hosts():
         ("[[host]]\nname = 'gpu*'\naddress = 'x'\n", "name: must be letters"),
         ("[[host]]\nname = 'a'\naddress = 'x'\ngroups = 'gpu'\n", "groups: must be a list"),
         ("[[host]]\nname = 'a'\naddress = ''\n", "address: must be a non-empty string"),
+        (
+            "[[host]]\nname = 'a'\naddress = '-oProxyCommand=touch x'\n",
+            "inventory.toml:3: address: must be a host name or an IP address",
+        ),
+        ("[[host]]\nname = 'a'\naddress = '10.0.0.1; reboot'\n", "address: must be a host"),
         ("[[host]]\nname = 'a'\naddress = 'x'\nagent = '\"'\n", "agent: must be a command"),
         ("host = 3\n", "hosts must be [[host]] tables"),
     ],
