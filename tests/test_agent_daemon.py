@@ -650,3 +650,16 @@ def test_an_unreadable_record_stops_the_start_naming_the_file():
         assert refused.proc.wait(20) == 1
         assert f"{folder}/store1/meta/task.json: not valid JSON" in refused.log_text()
         assert not (folder / "agent.sock").exists()
+
+
+def test_a_location_that_cannot_be_created_is_one_line_exit_1():
+    with short_tmp() as folder:
+        (folder / "file").write_text("not a folder")
+        config = write_config(folder, threads=1)
+        config.write_text(config.read_text().replace('"store0"', f'"{folder}/file/store0"'))
+        refused = Agent(config).start(wait=False)  # a process: the daemon installs signal handlers
+        assert refused.proc.wait(20) == 1
+        assert refused.log_text() == (
+            f"venus-worker: cannot start: {folder}/file/store0/meta: Not a directory\n"
+        )
+        assert not (folder / "agent.sock").exists()

@@ -232,8 +232,12 @@ def cmd_daemon(args, out: Output) -> int:
     config = load_config(args.config)
     try:
         return run_daemon(config)
-    except (DaemonError, ServerError, StoreError, OSError) as exc:
+    except (DaemonError, ServerError, StoreError) as exc:
         print(f"venus-worker: cannot start: {exc}", file=out.stderr)
+        return ExitStatus.REFUSED
+    except OSError as exc:  # e.g. a state_dir or location that cannot be created
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"venus-worker: cannot start: {where}{exc.strerror or exc}", file=out.stderr)
         return ExitStatus.REFUSED
 
 
