@@ -213,6 +213,39 @@ def test_pausing_twice_changes_nothing_and_resume_clears_error(world):
     assert state_of(thread) == "C2Done"  # retried C2 from C1Done, no stale pause token
 
 
+def test_list_shows_only_saved_changes(world):
+    # WorkerList must never show a pause (or a state) that a crash could still undo.
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "C1Done")
+    processor.fail("C2", Failed(Level.PERMANENT, "boom"))
+    seen_while_saving = []
+    save = thread.store.save
+
+    def save_and_look(data):
+        seen_while_saving.append((thread.info(), json.loads(thread.info_json())))
+        save(data)
+
+    thread.store.save = save_and_look
+    thread.step()  # C2 fails: the thread pauses
+    for info in seen_while_saving[0]:
+        assert info["thread_state"]["state"] != "Paused" and info["last_error"] is None
+        assert info["job_state"] == "C1Done"
+    assert thread.info()["thread_state"]["state"] == "Paused"
+    assert thread.info()["last_error"] == "permanent: boom"
+    seen_while_saving.clear()
+    thread.resume("C2Done")
+    for info in seen_while_saving[0]:
+        assert info["thread_state"]["state"] == "Paused" and info["job_state"] == "C1Done"
+        assert info["last_error"] == "permanent: boom"
+    info = thread.info()
+    assert (info["thread_state"]["state"], info["job_state"], info["last_error"]) == (
+        "Idle",
+        "C2Done",
+        None,
+    )
+
+
 def test_resume_of_a_running_thread_is_refused(world):
     _, _, _, make = world
     thread = make()

@@ -5,7 +5,8 @@ and apply its outcome, finish or drop a task); ``run()`` repeats it in a real
 thread. Time comes in through a clock object so the logic is tested without
 sleeping (see ``RealClock``). All state changes go through ``change_state``;
 every change of the record is persisted before anyone can observe it
-(``_commit``).
+(``_commit``): WorkerList shows the last *saved* record, so a thread it shows
+paused is still paused after a crash.
 
 Behaviour (and where it improves on damocles-worker):
 
@@ -138,6 +139,8 @@ class SealingThread:
         self._version = 0
         self._view_version = -1
         self._view: dict = {}
+        self._view_times: tuple[float | None, float | None] = (None, None)
+        self._saving = False  # a changed record is being written: views keep the saved one
         self._json_key: tuple | None = None
         self._json = ""
 
@@ -152,20 +155,30 @@ class SealingThread:
                 self._activity = _Activity(state, self._mono(), proc)
                 self._version += 1
 
-    def _commit(self, mutate: Callable[[ThreadRecord], None]) -> None:
+    def _commit(self, mutate: Callable[[ThreadRecord], None], activity: str | None = None) -> None:
         """Apply `mutate` to the record and persist it before returning.
 
         The state lock is held only while mutating (so WorkerList never waits
         for a disk flush); the save lock keeps the writes in mutation order.
-        If `mutate` raises, nothing changes and nothing is written.
+        Until the write is done, views show the record as it was saved before
+        (``_saving``), and the new `activity` is set only after it. If
+        `mutate` raises, nothing changes and nothing is written.
         """
         with self._save_lock:
             with self._cond:
+                self._refresh_view()
                 mutate(self.record)
-                self._version += 1
                 data = self.record.to_json()
-                self._cond.notify_all()
-            self.store.save(data)
+                self._saving = True
+            try:
+                self.store.save(data)
+            finally:
+                with self._cond:
+                    self._saving = False
+                    if activity is not None:
+                        self._activity = _Activity(activity, self._mono())
+                    self._version += 1
+                    self._cond.notify_all()
 
     def _interrupt_requested(self) -> bool:
         return self._pause_requested or self._stopping
@@ -349,9 +362,8 @@ class SealingThread:
                 also(record)
             record.paused, record.paused_at, record.last_error = True, now, last_error
             self._pause_requested = False
-            self._activity = _Activity("Paused", self._mono())
 
-        self._commit(pause)
+        self._commit(pause, activity="Paused")
         if last_error:
             log.error("thread #%d: paused: %s", self.index, last_error)
         else:
@@ -395,9 +407,8 @@ class SealingThread:
                     record.task.retry = 0
             record.paused, record.paused_at, record.last_error = False, None, None
             self._pause_requested = False
-            self._activity = _Activity("Idle", self._mono())
 
-        self._commit(resume)
+        self._commit(resume, activity="Idle")
         log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
 
     def _resume_target(self, state_name: str | None) -> State | None:
@@ -423,6 +434,7 @@ class SealingThread:
     def info(self) -> dict:
         """This thread as a WorkerInfo (docs/protocol.md)."""
         with self._cond:
+            self._refresh_view()
             return self._info(*self._elapsed())
 
     def info_json(self) -> str:
@@ -433,6 +445,7 @@ class SealingThread:
         building and encoding every WorkerInfo again.
         """
         with self._cond:
+            self._refresh_view()
             key = (self._version, *self._elapsed())
             if key != self._json_key:
                 self._json = json.dumps(self._info(key[1], key[2]), separators=(",", ":"))
@@ -441,22 +454,27 @@ class SealingThread:
 
     def _elapsed(self) -> tuple[int | None, int | None]:
         """(thread-state elapsed, state_elapsed) in whole seconds; caller holds the lock."""
-        record, activity = self.record, self._activity
+        paused_at, entered_at = self._view_times
+        activity = self._activity
         now = self.clock.now()
-        if activity.state == "Paused" and record.paused_at is not None:
-            elapsed = int(max(0.0, now - record.paused_at))
+        if activity.state == "Paused" and paused_at is not None:
+            elapsed = int(max(0.0, now - paused_at))
         elif activity.state == "Idle":
             elapsed = None
         else:
             elapsed = int(max(0.0, self._mono() - activity.since))
-        task = record.task
-        return elapsed, int(max(0.0, now - task.entered_at)) if task else None
+        return elapsed, None if entered_at is None else int(max(0.0, now - entered_at))
+
+    def _refresh_view(self) -> None:
+        """Rebuild the cached view from the record if it changed and is saved (lock held)."""
+        if self._view_version != self._version and not self._saving:
+            self._view = self._static_info()
+            task = self.record.task
+            self._view_times = (self.record.paused_at, task.entered_at if task else None)
+            self._view_version = self._version
 
     def _info(self, elapsed: int | None, state_elapsed: int | None) -> dict:
-        """The WorkerInfo dict; caller holds the lock."""
-        if self._view_version != self._version:
-            self._view = self._static_info()
-            self._view_version = self._version
+        """The WorkerInfo dict; caller holds the lock and refreshed the view."""
         activity = self._activity
         info = dict(self._view)
         info["thread_state"] = {
