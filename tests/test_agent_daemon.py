@@ -386,6 +386,27 @@ def test_paused_threads_stay_paused_across_a_kill_and_restart():
             agent.close()
 
 
+def test_a_pause_of_a_running_stage_survives_a_kill_before_the_boundary():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=1, mock='duration = "30s"')
+        agent = Agent(config).start()
+        try:
+            running = agent.wait_for(
+                lambda i: i[0]["thread_state"]["state"] == "Running", what="a stage running"
+            )
+            assert agent.call("WorkerPause", 0) is True
+            assert agent.infos()[0]["thread_state"]["state"] == "Running"  # the stage goes on
+            agent.kill()
+            agent.start()
+            after = agent.wait_for(
+                lambda i: i[0]["thread_state"]["state"] == "Paused", what="paused after restart"
+            )
+            assert after[0]["job_state"] == running[0]["job_state"]
+            assert after[0]["last_error"] is None
+        finally:
+            agent.close()
+
+
 def test_report_follows_a_pause_at_once_and_a_restart_reports_the_loaded_records():
     with short_tmp() as folder:
         config = write_config(

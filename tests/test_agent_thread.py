@@ -198,6 +198,46 @@ def test_chain_wait_is_cut_short_by_pause(world):
     assert thread.record.paused and state_of(thread) == "PersistanceSubmitted"
 
 
+def test_a_pause_asked_for_mid_stage_survives_a_crash_before_the_boundary(world):
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    restarted = []
+
+    def crash_mid_stage(ctx):
+        thread.request_pause()
+        assert thread.store.load().pause_requested  # on disk before request_pause returns
+        restarted.append(make())  # the daemon dies here and starts again
+
+    processor.hooks["PC1"] = crash_mid_stage
+    thread.step()
+    again = restarted[0]
+    again.step()  # first boundary after the restart: the saved request pauses it
+    assert again.info()["thread_state"]["state"] == "Paused"
+    assert again.info()["last_error"] is None
+    assert state_of(again) == "TicketAssigned"  # the lost PC1 run reruns on resume
+    record = again.store.load()
+    assert record.paused and not record.pause_requested
+    assert processor.ran.count("PC1") == 1
+
+
+def test_a_pause_pending_at_shutdown_is_saved_at_the_boundary(world):
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+
+    def pause_then_stop(ctx):
+        thread.request_pause()
+        thread.request_stop()  # SIGTERM while the stage runs (a drain, then a service stop)
+
+    processor.hooks["PC1"] = pause_then_stop
+    thread.step()
+    thread.step()  # the boundary, while stopping
+    record = thread.store.load()
+    assert record.task.state is State.PC1Done and record.paused
+    assert make().info()["thread_state"]["state"] == "Paused"
+
+
 def test_pausing_twice_changes_nothing_and_resume_clears_error(world):
     _, processor, _, make = world
     thread = make()

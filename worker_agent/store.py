@@ -166,6 +166,9 @@ class ThreadRecord:
     paused_at: float | None = None
     last_error: str | None = None
     task: Task | None = None
+    # A pause asked for while a stage ran: saved at once, so a crash or a service
+    # stop before the stage boundary does not forget it.
+    pause_requested: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -173,6 +176,7 @@ class ThreadRecord:
             "paused": self.paused,
             "paused_at": self.paused_at,
             "last_error": self.last_error,
+            "pause_requested": self.pause_requested,
             "task": self.task.to_json() if self.task else None,
         }
 
@@ -188,6 +192,8 @@ class ThreadRecord:
             paused_at=data.get("paused_at"),
             last_error=data.get("last_error"),
             task=Task.from_json(task) if task is not None else None,
+            # absent in records written before it existed: same schema, no request
+            pause_requested=bool(data.get("pause_requested", False)),
         )
 
 

@@ -130,7 +130,8 @@ class SealingThread:
         self._cond = threading.Condition()  # guards everything below
         self._save_lock = threading.Lock()  # orders writes of the record
         self.record: ThreadRecord = store.load()
-        self._pause_requested = False
+        # a request saved before a crash or a stop is honoured at the first boundary
+        self._pause_requested = self.record.pause_requested and not self.record.paused
         self._stopping = False
         self._next_task_at = self.clock.monotonic()
         self._activity = _Activity("Paused" if self.record.paused else "Idle", self._mono())
@@ -237,10 +238,11 @@ class SealingThread:
     def _take_pause_request(self) -> bool:
         """At a boundary: True if the thread is stopping or paused (now or before)."""
         with self._cond:
-            if self._stopping or self.record.paused:
+            if self.record.paused:
                 return True
             if not self._pause_requested:
-                return False
+                return self._stopping
+        # Also when stopping: a drain followed by a service stop must stay paused.
         self._pause(None)
         return True
 
@@ -361,7 +363,7 @@ class SealingThread:
             if also is not None:
                 also(record)
             record.paused, record.paused_at, record.last_error = True, now, last_error
-            self._pause_requested = False
+            record.pause_requested = self._pause_requested = False
 
         self._commit(pause, activity="Paused")
         if last_error:
@@ -384,11 +386,22 @@ class SealingThread:
     # ------------------------------------------------------------ control
 
     def request_pause(self) -> None:
-        """Pause at the next boundary; waits end at once. No-op on a paused thread."""
+        """Pause at the next boundary; waits end at once. No-op on a paused thread.
+
+        The request is saved before this returns (outside the state lock: a
+        commit takes the save lock first), so it survives a crash or a stop.
+        """
         with self._cond:
-            if not self.record.paused:
-                self._pause_requested = True
-                self._cond.notify_all()
+            if self.record.paused or self._pause_requested:
+                return
+            self._pause_requested = True
+            self._cond.notify_all()
+
+        def save_request(record: ThreadRecord) -> None:
+            # The thread may have reached its boundary and paused meanwhile.
+            record.pause_requested = self._pause_requested and not record.paused
+
+        self._commit(save_request)
 
     def resume(self, state_name: str | None = None) -> None:
         """Resume a paused thread, optionally moving its task to `state_name` first."""
@@ -406,7 +419,7 @@ class SealingThread:
                     change_state(record.task, target, None, now)
                     record.task.retry = 0
             record.paused, record.paused_at, record.last_error = False, None, None
-            self._pause_requested = False
+            record.pause_requested = self._pause_requested = False
 
         self._commit(resume, activity="Idle")
         log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
