@@ -20,7 +20,7 @@ commands:
                             acts with --yes or after y/N on a terminal
   drain HOST|SELECTORS [--timeout 2h] [--interval 2s]
                             pause every selected thread at its next stage boundary
-                            and wait until none is Running or Waiting
+                            and wait until every one is Paused
   health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
          [--stuck KEY=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
                             judge the fleet for cron and monitoring: a plugin line,
@@ -3530,7 +3530,7 @@ DRAIN_QUIET_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr i
 
 
 class Drain:
-    """Pause every selected thread at its next stage boundary, then wait until none runs.
+    """Pause every selected thread at its next stage boundary, then wait until all are Paused.
 
     The agent keeps the result of the stage in flight (docs/protocol.md), so
     a drained thread is Paused one stage further, never a stage back.
@@ -3616,12 +3616,17 @@ class Drain:
             self.latest[key] = info
 
     def busy(self) -> list[FleetThread]:
-        """Threads not yet stopped: Running or Waiting, or on a host not answering now."""
+        """Threads not yet Paused, or on a host not answering now.
+
+        Not merely "not Running": between the end of its stage and its pause a
+        thread shows Idle for a moment, and an original damocles-worker only
+        takes a queued pause when its between-task sleep ends.
+        """
         return [
             thread
             for thread in self.targets
             if thread.host.name in self.host_errors
-            or thread_progress(self.latest[thread.key])[0] in BUSY_THREAD_STATES
+            or thread_progress(self.latest[thread.key])[0] != "Paused"
         ]
 
     def _progress(self, line: str) -> None:

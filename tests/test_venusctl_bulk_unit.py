@@ -250,3 +250,37 @@ def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
         " (pause failed: timed out; Running(3s) at PC2 (TicketAssigned))"
     )
     assert "none is running" not in out.getvalue()
+
+
+class ScriptedPool:
+    """A SessionPool stand-in for Drain's logic: each poll answers the next thread list."""
+
+    def __init__(self, *polls: list[dict]) -> None:
+        self.polls = list(polls)
+
+    def status(self, host) -> HostStatus:
+        threads = self.polls.pop(0) if len(self.polls) > 1 else self.polls[0]
+        return HostStatus(report=None, threads=threads, via="stream")
+
+    def run(self, host, work):
+        return [True]  # the host's one pause, accepted
+
+
+def test_drain_waits_until_paused_not_just_until_nothing_runs():
+    # Between the end of its stage and its pause a thread shows Idle for a
+    # moment: drain must not call that drained (a service stop would follow).
+    out, err, now = io.StringIO(), io.StringIO(), [0.0]
+    ctx = venusctl.Context(
+        inventory=INVENTORY,
+        out=out,
+        err=err,
+        clock=lambda: now[0],
+        sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
+    )
+    between = info(2, "PC1Done", "Idle")
+    paused = info(2, "PC1Done", "Paused")
+    pool = ScriptedPool([RUNNING], [between], [between], [paused])
+    drain = venusctl.Drain(ctx, pool, [W2], Selector(), argparse.Namespace(timeout=60, interval=2))
+    assert drain.run() == venusctl.ExitStatus.OK, err.getvalue()
+    assert now[0] == 4  # two polls saw Idle and kept waiting
+    assert pool.polls == [[paused]]
