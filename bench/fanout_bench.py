@@ -628,14 +628,15 @@ def parse_args(argv: list[str] | None):
     return options
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_args(argv)
-    if options.ansible and not ensure_ansible():
-        print("ansible-core could not be installed; running without (b)", file=sys.stderr)
-        options.ansible = False
+def run_with_fleet(options: argparse.Namespace, prefix: str, bench: Callable) -> int:
+    """Start max(sizes) loopback sshd hosts with live agents, run `bench` on them,
+    and clean everything up on any exit (Ctrl-C, SIGTERM, a failed start).
+
+    Shared with watch_bench.py. Returns the process exit status.
+    """
     # SIGTERM unwinds like Ctrl-C, through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    root = Path(tempfile.mkdtemp(prefix="vfb-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     fleet = SshFleet(root)
     nodes: list[Node] = []
     try:
@@ -643,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             nodes.append(Node(fleet.add_host(f"h{index + 1:02d}")))
             nodes[-1].host.start()
         start_agents(nodes)
-        run_bench(options, root, fleet, nodes)
+        bench(options, root, fleet, nodes)
     except BenchError as error:
         print(f"bench failed: {error}", file=sys.stderr)
         return 1
@@ -658,6 +659,14 @@ def main(argv: list[str] | None = None) -> int:
         fleet.stop_all()
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    if options.ansible and not ensure_ansible():
+        print("ansible-core could not be installed; running without (b)", file=sys.stderr)
+        options.ansible = False
+    return run_with_fleet(options, "vfb-", run_bench)
 
 
 if __name__ == "__main__":

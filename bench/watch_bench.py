@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +38,7 @@ from fanout_bench import (
     bench_environment,
     machine_description,
     measure,
-    start_agents,
-    stop_agents,
+    run_with_fleet,
     venusctl_inventory,
     venusctl_list,
     write,
@@ -159,29 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     # As for the other tools in fanout_bench: the fleet's key file alone, no ssh-agent.
     os.environ.pop("SSH_AUTH_SOCK", None)
-    # SIGTERM unwinds like Ctrl-C, through the finally below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    root = Path(tempfile.mkdtemp(prefix="vwb-", dir="/tmp"))
-    fleet = SshFleet(root)
-    nodes: list[Node] = []
-    try:
-        for index in range(max(options.sizes)):
-            nodes.append(Node(fleet.add_host(f"h{index + 1:02d}")))
-            nodes[-1].host.start()
-        start_agents(nodes)
-        run_bench(options, root, fleet, nodes)
-    except BenchError as error:
-        print(f"bench failed: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        stop_agents(nodes)
-        fleet.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return run_with_fleet(options, "vwb-", run_bench)
 
 
 if __name__ == "__main__":
