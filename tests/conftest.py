@@ -26,6 +26,7 @@ Hosts (all in one SshFleet):
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -36,6 +37,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomlkit
@@ -326,3 +328,18 @@ def free_loopback_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((address, 0))
         return probe.getsockname()[1]
+
+
+def run(capsys, inventory: Path, *argv: str) -> tuple[int, str, str]:
+    """venusctl.main in-process against `inventory`: (exit status, stdout, stderr)."""
+    import venusctl
+
+    status = venusctl.main(["-i", str(inventory), *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def run_json(capsys, inventory: Path, *argv: str) -> tuple[int, Any]:
+    """The same with --json: (exit status, the decoded document)."""
+    status, out, _ = run(capsys, inventory, *argv, "--json")
+    return status, json.loads(out)

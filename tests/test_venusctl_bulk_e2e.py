@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import test_venusctl_damocles_e2e as damocles_e2e
-from conftest import VENUSCTL_COMMAND, write_inventory
+from conftest import VENUSCTL_COMMAND, run, run_json, write_inventory
 
 import venusctl
 from worker_agent.states import PLANS, State
@@ -42,17 +42,6 @@ def _no_user_environment(isolated_home):
 def fleet_inventory(tmp_path: Path, fleet, *names: str) -> Path:
     tables = [fleet.host_table(name) for name in names]
     return write_inventory(tmp_path / "inventory.toml", tables, **fleet.defaults())
-
-
-def run(capsys, inventory: Path, *argv: str) -> tuple[int, str, str]:
-    status = venusctl.main(["-i", str(inventory), *argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def run_json(capsys, inventory: Path, *argv: str) -> tuple[int, dict]:
-    status, out, err = run(capsys, inventory, *argv, "--json")
-    return status, json.loads(out)
 
 
 def table_rows(text: str) -> list[list[str]]:

@@ -9,7 +9,6 @@ inventory fails, so nothing goes around SSH. Each test gets fresh stand-ins
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import free_loopback_port, write_inventory
+from conftest import free_loopback_port, run, run_json, write_inventory
 from sshfleet import SshFleet
 
 import venusctl
@@ -97,17 +96,6 @@ def inventory(tmp_path: Path, fleet: SshFleet, *tables: dict) -> Path:
         connect_timeout=10,
         command_timeout=20,
     )
-
-
-def run(capsys, path: Path, *argv: str) -> tuple[int, str, str]:
-    status = venusctl.main(["-i", str(path), *argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def run_json(capsys, path: Path, *argv: str) -> tuple[int, dict]:
-    status, out, _ = run(capsys, path, *argv, "--json")
-    return status, json.loads(out)
 
 
 def rows_by_name(out: str) -> tuple[list[str], dict[str, list[str]]]:

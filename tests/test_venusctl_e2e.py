@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENT_COMMAND, VENUSCTL_COMMAND, free_loopback_port, write_inventory
+from conftest import (
+    AGENT_COMMAND,
+    VENUSCTL_COMMAND,
+    free_loopback_port,
+    run,
+    run_json,
+    write_inventory,
+)
 
 import venusctl
 
@@ -28,17 +35,6 @@ DURATION = r"(\d+\.\ds|\d+s|\d+m\d+s|\d+h\d+m\d+s)"
 @pytest.fixture(autouse=True)
 def _no_user_environment(isolated_home):
     """Nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in."""
-
-
-def run(capsys, inventory: Path, *argv: str) -> tuple[int, str, str]:
-    status = venusctl.main(["-i", str(inventory), *argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def run_json(capsys, inventory: Path, *argv: str) -> tuple[int, dict]:
-    status, out, err = run(capsys, inventory, *argv, "--json")
-    return status, json.loads(out)
 
 
 def inventory(tmp_path, fleet, *tables, name="inventory.toml", **defaults) -> Path:

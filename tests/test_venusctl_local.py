@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Agent, write_inventory
-
-import venusctl
+from conftest import AGENT_COMMAND, Agent, run, write_inventory
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,15 +35,11 @@ def local_inventory(directory: Path, agent: Agent, **overrides) -> Path:
         "transport": "local",
         "config": str(agent.config),
         "socket": str(agent.socket),
+        # this venv's CLI, whatever PATH the tests run with (it reads a stopped agent's report)
+        "agent": AGENT_COMMAND,
         **overrides,
     }
     return write_inventory(directory / "inventory.toml", [table])
-
-
-def run(capsys, path: Path, *argv: str) -> tuple[int, str, str]:
-    status = venusctl.main(["-i", str(path), *argv])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def test_list_and_info_through_the_local_socket(tmp_path, capsys, local_agent):
