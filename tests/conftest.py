@@ -48,12 +48,18 @@ AGENT_COMMAND = str(BIN / "venus-worker")
 VENUSCTL_COMMAND = str(BIN / "venusctl")
 AGENT_START_TIMEOUT = 15.0
 
-AGENT_CONFIG = """\
+# Every fleet agent: its own socket and state under its folder, a heartbeat a second.
+WORKER_TABLE = """\
 [worker]
 name = "{name}"
 socket = "{dir}/agent.sock"
 state_dir = "{dir}/state"
 ping_interval = "1s"
+"""
+
+AGENT_CONFIG = (
+    WORKER_TABLE
+    + """
 
 [sealing]
 miner = 10000
@@ -80,6 +86,7 @@ level = "permanent"
 message = "No cached parameters found for stacked-proof-of-replication (test fleet)"
 threads = [0]
 """
+)
 
 # No faults; every stage is quick except the chain waits, which last an hour
 # (a pause cuts a wait short at once, so its threads can be paused at will).
@@ -89,12 +96,9 @@ CALM_AGENT_CONFIG = AGENT_CONFIG.split("[[processors.mock.faults]]")[0].replace(
 
 
 # Slow stages that always succeed: drain has something Running to wait for.
-DRAIN_AGENT_CONFIG = """\
-[worker]
-name = "{name}"
-socket = "{dir}/agent.sock"
-state_dir = "{dir}/state"
-ping_interval = "1s"
+DRAIN_AGENT_CONFIG = (
+    WORKER_TABLE
+    + """
 
 [sealing]
 miner = 20000
@@ -113,14 +117,12 @@ kind = "mock"
 duration = "1s"
 wait_duration = "100ms"
 """
+)
 
 # One stage that outlasts any test: drain times out on it (a stop cuts it short).
-STUCK_AGENT_CONFIG = """\
-[worker]
-name = "{name}"
-socket = "{dir}/agent.sock"
-state_dir = "{dir}/state"
-ping_interval = "1s"
+STUCK_AGENT_CONFIG = (
+    WORKER_TABLE
+    + """
 
 [sealing]
 miner = 30000
@@ -134,6 +136,7 @@ kind = "mock"
 [processors.mock]
 duration = "1h"
 """
+)
 
 
 class Agent:

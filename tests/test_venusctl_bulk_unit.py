@@ -232,7 +232,8 @@ class RefusingPool:
         return [venusctl.HostTimeout("timed out")]  # the outcome of the host's one pause
 
 
-def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
+def fake_time_context():
+    """A Context on StringIO streams whose sleep only moves its clock: (ctx, out, err, now)."""
     out, err, now = io.StringIO(), io.StringIO(), [0.0]
     ctx = venusctl.Context(
         inventory=INVENTORY,
@@ -241,6 +242,11 @@ def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
         clock=lambda: now[0],
         sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
     )
+    return ctx, out, err, now
+
+
+def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
+    ctx, out, err, now = fake_time_context()
     args = argparse.Namespace(timeout=7200.0, interval=2.0)
     drain = venusctl.Drain(ctx, RefusingPool([RUNNING]), [W2], Selector(), args)
     assert drain.run() == venusctl.ExitStatus.FAILED
@@ -269,14 +275,7 @@ class ScriptedPool:
 def test_drain_waits_until_paused_not_just_until_nothing_runs():
     # Between the end of its stage and its pause a thread shows Idle for a
     # moment: drain must not call that drained (a service stop would follow).
-    out, err, now = io.StringIO(), io.StringIO(), [0.0]
-    ctx = venusctl.Context(
-        inventory=INVENTORY,
-        out=out,
-        err=err,
-        clock=lambda: now[0],
-        sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
-    )
+    ctx, out, err, now = fake_time_context()
     between = info(2, "PC1Done", "Idle")
     paused = info(2, "PC1Done", "Paused")
     pool = ScriptedPool([RUNNING], [between], [between], [paused])
