@@ -15,6 +15,7 @@ Layout (all keys optional except ``location``)::
     state_dir = "/var/lib/venus-worker"
     ping_interval = "30s"
     request_timeout = "10s"            # close a control connection idle/stalled this long
+    metrics_textfile = "/var/lib/prometheus/node-exporter/venus-worker.prom"  # default: off
 
     [sealing]                          # defaults for every thread
     miner = 10000                      # sectors are named s-t0<miner>-<number>
@@ -171,6 +172,7 @@ class Config:
     processor: str
     mock: MockConfig
     command: CommandConfig
+    metrics_textfile: Path | None = None  # node_exporter textfile (metrics.py); None: off
 
 
 # ---------------------------------------------------------------- reading
@@ -421,6 +423,23 @@ def _processors(root: _Table, thread_count: int) -> tuple[str, MockConfig, Comma
     return kind, mock, command
 
 
+def _metrics_textfile(worker: _Table, folder: Path) -> Path | None:
+    """`metrics_textfile`: a `*.prom` file path (node_exporter's textfile collector reads
+    nothing else, so any other name would be exported to nobody, silently)."""
+    path = worker.path("metrics_textfile", None, folder)
+    if path is None:
+        return None
+    if path.suffix != ".prom":
+        raise worker.error(
+            "metrics_textfile",
+            f"{path}: must be a file named *.prom (node_exporter's textfile collector"
+            " reads only those), e.g. /var/lib/prometheus/node-exporter/venus-worker.prom",
+        )
+    if path.is_dir():
+        raise worker.error("metrics_textfile", f"{path} is a folder; name the file in it")
+    return path
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate the config file at `path`; raises ConfigError."""
     file = Path(path).absolute()
@@ -439,6 +458,7 @@ def load_config(path: str | os.PathLike) -> Config:
     request_timeout = worker.duration("request_timeout", 10.0)
     if request_timeout <= 0:
         raise worker.error("request_timeout", "must be greater than zero")
+    metrics_textfile = _metrics_textfile(worker, folder)
     worker.finish()
     sealing = _sealing(root.table("sealing"), SealingConfig())
     threads = _threads(root, folder, sealing)
@@ -456,4 +476,5 @@ def load_config(path: str | os.PathLike) -> Config:
         processor=kind,
         mock=mock,
         command=command,
+        metrics_textfile=metrics_textfile,
     )

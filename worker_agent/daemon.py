@@ -23,6 +23,7 @@ from pathlib import Path
 
 from worker_agent import __version__
 from worker_agent.config import Config
+from worker_agent.metrics import MetricsError, WorkerMetrics
 from worker_agent.processors import make_processor
 from worker_agent.protocol import handle_body
 from worker_agent.server import ControlServer
@@ -53,6 +54,8 @@ class Daemon:
         self.threads: list[SealingThread] = []
         self.server: ControlServer | None = None
         self.processor = None
+        # The node_exporter textfile, when metrics_textfile is set (metrics.py).
+        self.metrics = WorkerMetrics(config) if config.metrics_textfile else None
         self._report: dict | None = None
         self._lock_fd: int | None = None
         self._stop = threading.Event()
@@ -67,10 +70,15 @@ class Daemon:
         counter = SectorCounter(config.state_dir)
         counter.load()
         processor = self.processor = make_processor(config)
+        if self.metrics is not None:
+            try:
+                self.metrics.open()
+            except MetricsError as exc:
+                raise DaemonError(str(exc)) from None
         for thread_config in config.threads:
             store = TaskStore(thread_config.location)
             store.prepare()
-            thread = SealingThread(thread_config, store, counter, processor)
+            thread = SealingThread(thread_config, store, counter, processor, observer=self.metrics)
             task = thread.record.task
             if task is not None and task.number is not None:
                 # Guards against a lost or restored-from-backup counter file.
@@ -134,6 +142,8 @@ class Daemon:
         report = self.build_report()
         write_json_atomic(self.config.state_dir / REPORT_NAME, report)
         self._report = report
+        if self.metrics is not None:
+            self.metrics.write(report["time"], self.threads)  # logs its own failure
 
     def _report_loop(self) -> None:
         """Rewrite the report every ping_interval, and sooner when a count that matters moved.
@@ -176,6 +186,8 @@ class Daemon:
             log.warning("killed %d stage command(s) still running; they rerun at restart", killed)
         with contextlib.suppress(OSError):
             self.write_report()
+        if self.metrics is not None:
+            self.metrics.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -120,6 +120,7 @@ class SealingThread:
         counter: SectorCounter,
         processor,
         clock=None,
+        observer=None,
     ):
         self.config = config
         self.index = config.index
@@ -127,6 +128,9 @@ class SealingThread:
         self.counter = counter
         self.processor = processor
         self.clock = clock or RealClock()
+        # Told of each stage that completed and each task that ended (metrics.py's
+        # WorkerMetrics: stage_done(plan, stage, seconds), task_ended(location, task)).
+        self.observer = observer
         self._cond = threading.Condition()  # guards everything below
         self._save_lock = threading.Lock()  # orders writes of the record
         self.record: ThreadRecord = store.load()
@@ -141,6 +145,7 @@ class SealingThread:
         self._view_version = -1
         self._view: dict = {}
         self._view_times: tuple[float | None, float | None] = (None, None)
+        self._view_retry = 0
         self._saving = False  # a changed record is being written: views keep the saved one
         self._json_key: tuple | None = None
         self._json = ""
@@ -267,6 +272,10 @@ class SealingThread:
 
     def _drop_task(self, state: State) -> None:
         """Finished or Aborted: clear the data folder, forget the task, wait seal_interval."""
+        if self.observer is not None:
+            # Before the drop is saved: a crash in between tells it again after the
+            # restart, and the observer counts a sector once (it remembers the last one).
+            self.observer.task_ended(str(self.config.location), self.record.task)
         self.store.clear_data()
 
         def drop(record: ThreadRecord) -> None:
@@ -326,7 +335,10 @@ class SealingThread:
             self._pause(f"{Level.CRITICAL}: unexpected event {event} for state {task.state}")
             return
         now = self.clock.now()
+        entered_at, stage = task.entered_at, plan.stage(task.state)
         self._commit(lambda record: change_state(record.task, to, event, now))
+        if self.observer is not None and stage != NO_STAGE:
+            self.observer.stage_done(plan.name, stage, max(0.0, now - entered_at))
 
     def _retry_later(self, message: str) -> None:
         limit = self.config.sealing.max_retries
@@ -465,6 +477,15 @@ class SealingThread:
                 self._json_key = key
             return self._json
 
+    def metrics_view(self) -> dict:
+        """info() plus the saved record's `retry`, `paused_at` and `entered_at` (metrics.py)."""
+        with self._cond:
+            self._refresh_view()
+            info = self._info(*self._elapsed())
+            info["paused_at"], info["entered_at"] = self._view_times
+            info["retry"] = self._view_retry
+        return info
+
     def _elapsed(self) -> tuple[int | None, int | None]:
         """(thread-state elapsed, state_elapsed) in whole seconds; caller holds the lock."""
         paused_at, entered_at = self._view_times
@@ -484,6 +505,7 @@ class SealingThread:
             self._view = self._static_info()
             task = self.record.task
             self._view_times = (self.record.paused_at, task.entered_at if task else None)
+            self._view_retry = task.retry if task else 0
             self._view_version = self._version
 
     def _info(self, elapsed: int | None, state_elapsed: int | None) -> dict:
