@@ -97,7 +97,7 @@ def test_list_json_is_worker_info(agent):
     first = infos[0]
     assert set(first) == {
         "index", "location", "plan", "job_id", "job_state", "job_stage", "thread_state",
-        "state_elapsed", "last_error",
+        "state_elapsed", "last_error", "pause_requested",
     }  # fmt: skip
     assert (first["plan"], first["job_state"], first["job_stage"]) == ("sealer", "C1Done", "C2")
     assert first["thread_state"]["state"] == "Paused" and first["thread_state"]["proc"] is None
