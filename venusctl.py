@@ -78,6 +78,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker_agent import api
+from worker_agent.api import ThreadActivity, ThreadState, WorkerInfo
+
 # paramiko, tomlkit and tabulate are imported inside the functions that need
 # them: a `local` run never pays for paramiko (~0.13-0.2 s of imports, see
 # DESIGN.md field notes), a --json run never pays for tabulate (~0.05 s).
@@ -253,7 +256,7 @@ class DamoclesNotReachable(HostError):
 
 
 class AgentRefused(HostError):
-    """The agent answered with a JSON-RPC error: shown to the operator as it is."""
+    """The agent answered with a JSON-RPC error (api.RpcCode): shown to the operator as it is."""
 
     kind = "agent-refused"
 
@@ -262,14 +265,7 @@ class AgentRefused(HostError):
         self.code = code
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "code": self.code, "message": str(self)}
-
-
-# Codes the agent CLI puts in its --json error for failures that are not the
-# daemon's answer: "agent not running at SOCK" (docs/protocol.md) and a usage
-# or configuration error on the host (exit 2; the agent's cli.py).
-CLI_NOT_RUNNING_CODE = -32099
-CLI_CONFIG_ERROR_CODE = -32098
+        return {"kind": self.kind, "code": int(self.code), "message": str(self)}
 
 
 # =============================================================================
@@ -730,20 +726,13 @@ def _known_names(inventory: Inventory) -> str:
 # Pure formatting and validation
 # =============================================================================
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 
 
 def parse_duration(text: str) -> float:
-    """'10m', '90s', '1h30m', '1.5h', '500ms' or plain seconds ('600') to seconds."""
-    text = text.strip()
-    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
-        return float(text)
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise ValueError(f"invalid duration {text!r} (examples: 30s, 10m, 1h30m)")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    """The one duration grammar (api.parse_duration: '10m', '1h 30m', '5min', '500ms'),
+    where a plain number is seconds ('600'), as venusctl's options and inventory always took."""
+    return api.parse_duration(text, bare_seconds=True)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -808,85 +797,105 @@ def _checked_index(index: int) -> int:
 class HostStatus:
     """What one host said about itself: the heartbeat report and the live thread list.
 
-    `threads` is None when the daemon could not be asked (then `error` says
-    why, and `report` may still hold the last heartbeat written to disk).
+    Typed at the edge: each backend turns its wire answer into these values
+    once. `threads` is None when the daemon could not be asked (then `error`
+    says why, and `report` may still hold the last heartbeat written to
+    disk). A worker that writes no heartbeat (damocles) has `heartbeat`
+    False and its own `worker_version`.
     """
 
-    report: dict[str, Any] | None
-    threads: list[dict[str, Any]] | None
-    error: HostError | None = None
+    report: api.Report | None
+    threads: list[WorkerInfo] | None
+    error: BaseException | None = None
     via: str = ""
+    worker_version: str | None = None
+    heartbeat: bool = True
+
+    @property
+    def version(self) -> str | None:
+        return self.report.version if self.report is not None else self.worker_version
+
+    @property
+    def last_ping(self) -> float | None:
+        """The heartbeat's age; for a worker without one, the age of this very answer (0)."""
+        if not self.heartbeat:
+            return 0.0
+        return self.report.age if self.report is not None else None
+
+    @property
+    def heartbeat_age(self) -> float | None:
+        """The heartbeat's age; None for a worker that writes no heartbeat (never stale)."""
+        return self.last_ping if self.heartbeat else None
+
+    @property
+    def summary(self) -> api.Summary | None:
+        """Live counts when the daemon answered, else the last heartbeat's counts."""
+        if self.threads is not None:
+            return api.summarize(self.threads)
+        return self.report.summary if self.report is not None else None
 
 
-SUMMARY_KEYS = ("Threads", "Empty", "Paused", "Running", "Waiting", "Errors")
+def normalize_worker_info(info: Any) -> WorkerInfo:
+    """One WorkerInfo of a damocles-worker, of either API generation, as our agent's.
 
-
-def summarize_threads(threads: list[dict[str, Any]]) -> dict[str, int | None]:
-    """The heartbeat's summary, computed from a live WorkerList (same rules as the agent).
-
-    Running and Waiting are None when a thread's state is unknown (a 2022
-    damocles-worker only tells paused from not paused).
-    """
-    states = [(thread.get("thread_state") or {}).get("state") for thread in threads]
-    unknown = None in states
-    return {
-        "Threads": len(threads),
-        "Empty": sum(1 for thread in threads if not thread.get("job_id")),
-        "Paused": states.count("Paused"),
-        "Running": None if unknown else states.count("Running"),
-        "Waiting": None if unknown else states.count("Waiting"),
-        "Errors": sum(1 for thread in threads if thread.get("last_error")),
-    }
-
-
-def normalize_worker_info(info: Any) -> dict[str, Any]:
-    """One WorkerInfo of a damocles-worker, of either API generation, in our agent's shape.
-
-    Every command downstream sees one shape (docs/protocol.md). The current
+    Every command downstream sees one type (docs/protocol.md). The current
     shape (damocles v0.9+, reference §4) only gains the keys the original
-    leaves out (`elapsed`, `proc`, `state_elapsed`). The 2022 shape
-    (`sector_id, paused, paused_elapsed, state`) becomes job_id/job_state and
-    a Paused thread state; not paused is state None (it does not tell
-    running from idle), and plan and stage are None (not reported).
-    Anything else is an UnreadableReply.
+    leaves out (`elapsed`, `proc`, `state_elapsed`, `pause_requested`). The
+    2022 shape (`sector_id, paused, paused_elapsed, state`) becomes
+    job_id/job_state and a Paused thread state; not paused is state None (it
+    does not tell running from idle), and plan and stage are None (not
+    reported). Anything else is an UnreadableReply.
     """
     if not isinstance(info, dict) or not _is_int(info.get("index")):
         raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
     if isinstance(info.get("thread_state"), dict):
-        thread_state = info["thread_state"]
-        return {
-            "index": info["index"],
-            "location": info.get("location"),
-            "plan": info.get("plan"),
-            "job_id": info.get("job_id"),
-            "job_state": info.get("job_state") or "",
-            "job_stage": info.get("job_stage"),
-            "thread_state": {
-                "state": thread_state.get("state"),
-                "elapsed": thread_state.get("elapsed"),
-                "proc": thread_state.get("proc"),
-            },
-            "state_elapsed": None,
-            "last_error": info.get("last_error"),
-        }
-    if isinstance(info.get("paused"), bool):
-        paused = info["paused"]
-        return {
-            "index": info["index"],
-            "location": info.get("location"),
-            "plan": None,
-            "job_id": info.get("sector_id"),
-            "job_state": info.get("state") or "",
-            "job_stage": None,
-            "thread_state": {
-                "state": "Paused" if paused else None,
-                "elapsed": info.get("paused_elapsed") if paused else None,
-                "proc": None,
-            },
-            "state_elapsed": None,
-            "last_error": info.get("last_error"),
-        }
-    raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
+        ours = _from_damocles_current(info)
+    elif isinstance(info.get("paused"), bool):
+        ours = _from_damocles_2022(info)
+    else:
+        raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
+    try:
+        return WorkerInfo.from_json(ours, f"thread #{info['index']}")
+    except api.WireError as error:
+        raise UnreadableReply(f"unreadable reply: {error}") from None
+
+
+def _from_damocles_current(info: dict[str, Any]) -> dict[str, Any]:
+    thread_state = info["thread_state"]
+    return {
+        "index": info["index"],
+        "location": info.get("location"),
+        "plan": info.get("plan"),
+        "job_id": info.get("job_id"),
+        "job_state": info.get("job_state") or "",
+        "job_stage": info.get("job_stage"),
+        "thread_state": {
+            "state": thread_state.get("state"),
+            "elapsed": thread_state.get("elapsed"),
+            "proc": thread_state.get("proc"),
+        },
+        "state_elapsed": None,
+        "last_error": info.get("last_error"),
+    }
+
+
+def _from_damocles_2022(info: dict[str, Any]) -> dict[str, Any]:
+    paused = info["paused"]
+    return {
+        "index": info["index"],
+        "location": info.get("location"),
+        "plan": None,
+        "job_id": info.get("sector_id"),
+        "job_state": info.get("state") or "",
+        "job_stage": None,
+        "thread_state": {
+            "state": ThreadState.Paused.value if paused else None,
+            "elapsed": info.get("paused_elapsed") if paused else None,
+            "proc": None,
+        },
+        "state_elapsed": None,
+        "last_error": info.get("last_error"),
+    }
 
 
 def _is_int(value: Any) -> bool:
@@ -897,30 +906,26 @@ def _is_int(value: Any) -> bool:
 WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
 
 
-def resume_states(thread: dict[str, Any]) -> tuple[str, str]:
-    """(plan, its valid resume states) for a thread in our WorkerInfo shape.
+def resume_states(thread: WorkerInfo) -> tuple[str, tuple[str, ...]]:
+    """(plan, its valid resume states) for a thread.
 
-    The names come from worker_agent.states (the same distribution; imported
-    only here). A thread without a plan (2022 shape) is a sealer, unless its
-    current state belongs to another plan only (a snapup thread in SnapEncoded).
-    Raises ValueError for a plan venusctl does not know.
+    The names are the agent's plans (api.PLAN_STATES). A thread without a
+    plan (2022 shape) is a sealer, unless its current state belongs to
+    another plan only (a snapup thread in SnapEncoded). Raises ValueError
+    for a plan venusctl does not know.
     """
-    from worker_agent.states import PLANS
-
-    names = {plan: tuple(state.value for state in PLANS[plan].states) for plan in PLANS}
-    names["wdpost"] = WDPOST_STATES
-    plan = thread.get("plan")
+    names = {**api.PLAN_STATES, "wdpost": WDPOST_STATES}
+    plan = thread.plan
     if plan is None:
-        current = thread.get("job_state")
-        owners = [name for name in PLANS if current in names[name]]
+        owners = [name for name in api.PLAN_STATES if thread.job_state in names[name]]
         plan = "sealer" if "sealer" in owners or not owners else owners[0]
     if plan not in names:
         raise ValueError(f"venusctl does not know the states of plan {plan!r}")
     return plan, names[plan]
 
 
-def check_resume_state(thread: dict[str, Any], state: str) -> None:
-    """Refuse a resume state outside the thread's plan, as our agent does (-32602).
+def check_resume_state(thread: WorkerInfo, state: str) -> None:
+    """Refuse a resume state outside the thread's plan, as our agent does (INVALID_PARAMS).
 
     The original damocles-worker ignores an unknown name and resumes anyway,
     and a known state of another plan aborts the task ("unexpected state").
@@ -928,40 +933,28 @@ def check_resume_state(thread: dict[str, Any], state: str) -> None:
     try:
         plan, valid = resume_states(thread)
     except ValueError as error:
-        raise AgentRefused(-32602, f"{error}: resume without a state") from None
+        raise AgentRefused(api.RpcCode.INVALID_PARAMS, f"{error}: resume without a state") from None
     if state not in valid:
         raise AgentRefused(
-            -32602, f'invalid state "{state}" for plan {plan}; valid states: {", ".join(valid)}'
+            api.RpcCode.INVALID_PARAMS,
+            f'invalid state "{state}" for plan {plan}; valid states: {", ".join(valid)}',
         )
-
-
-def host_summary(status: HostStatus) -> dict[str, int] | None:
-    """Live counts when the daemon answered, else the last heartbeat's counts."""
-    if status.threads is not None:
-        return summarize_threads(status.threads)
-    if status.report and isinstance(status.report.get("summary"), dict):
-        return {key: status.report["summary"].get(key) for key in SUMMARY_KEYS}
-    return None
-
-
-def report_age(report: dict[str, Any] | None) -> float | None:
-    age = (report or {}).get("age")
-    return float(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else None
 
 
 def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: float) -> dict:
     """One host's `list --json` object (also what the table is made from)."""
     status = outcome if isinstance(outcome, HostStatus) else HostStatus(None, None)
     error = status.error if isinstance(outcome, HostStatus) else outcome
-    age = report_age(status.report)
+    age = status.last_ping
+    summary = status.summary
     return {
         "name": host.name,
         "dest": host.dest,
         "transport": host.transport,
         "backend": host.backend,
         "via": status.via or None,
-        "version": (status.report or {}).get("version"),
-        "summary": host_summary(status),
+        "version": status.version,
+        "summary": summary.to_json() if summary is not None else None,
         "last_ping": age,
         "expired": age is not None and age > expiration,
         "error": error_json(error),
@@ -1015,7 +1008,7 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
             "LastPing": _last_ping_cell(entry),
             "Error": entry["error"]["message"] if entry["error"] else "",
         }
-        for key in SUMMARY_KEYS:
+        for key in api.SUMMARY_KEYS:
             cells[key] = _cell(summary.get(key))
         rows.append([cells[header] for header in headers])
     return headers, rows
@@ -1035,36 +1028,34 @@ INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", 
 INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
 
 
-def info_table(threads: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of `venusctl info`: one row per sealing thread (WorkerInfo)."""
+def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of `venusctl info`: one row per sealing thread."""
     headers = INFO_WIDE_HEADERS if wide else INFO_HEADERS
     rows = []
     for thread in threads:
-        thread_state = thread.get("thread_state") or {}
-        paused = thread_state.get("state") == "Paused"
+        elapsed = thread.thread_state.elapsed
         cells = {
-            "Index": _cell(thread.get("index")),
-            "Loc": _cell(thread.get("location")),
-            "SectorID": _cell(thread.get("job_id")),
-            "Paused": "true" if paused else "false",
-            "PausedElapsed": format_duration(thread_state.get("elapsed")) if paused else "-",
-            "State": _cell(thread.get("job_state")),
-            "Plan": _cell(thread.get("plan")),
-            "Stage": _cell(thread.get("job_stage")),
-            "ThreadState": format_thread_state(thread_state),
-            "LastErr": _cell(thread.get("last_error")),
+            "Index": str(thread.index),
+            "Loc": _cell(thread.location),
+            "SectorID": _cell(thread.job_id),
+            "Paused": "true" if thread.paused else "false",
+            "PausedElapsed": format_duration(elapsed) if thread.paused else "-",
+            "State": _cell(thread.job_state),
+            "Plan": _cell(thread.plan),
+            "Stage": _cell(thread.job_stage),
+            "ThreadState": format_thread_state(thread.thread_state),
+            "LastErr": _cell(thread.last_error),
         }
         rows.append([cells[header] for header in headers])
     return headers, rows
 
 
-def format_thread_state(thread_state: dict[str, Any]) -> str:
+def format_thread_state(activity: ThreadActivity) -> str:
     """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
-    state = thread_state.get("state") or "-"
-    elapsed = thread_state.get("elapsed")
+    state = activity.state.value if activity.state is not None else "-"
+    elapsed = activity.elapsed
     text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
-    proc = thread_state.get("proc")
-    return f"{text} {proc}" if proc else text
+    return f"{text} {activity.proc}" if activity.proc else text
 
 
 INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
@@ -1157,15 +1148,16 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
-    """`info --json`: the agent's WorkerInfo list unchanged, or why there is none."""
+    """`info --json`: the host's WorkerInfo list, or why there is none."""
     status = outcome if isinstance(outcome, HostStatus) else None
+    threads = status.threads if status else None
     return {
         "name": host.name,
         "dest": host.dest,
         "backend": host.backend,
         "via": status.via if status else None,
-        "threads": status.threads if status else None,
-        "last_ping": report_age(status.report) if status else None,
+        "threads": [thread.to_json() for thread in threads] if threads is not None else None,
+        "last_ping": status.last_ping if status else None,
         "error": error_json(status.error if status else outcome),
     }
 
@@ -1215,9 +1207,10 @@ def action_line(
 
 # How long a job may stay in one state before `health` calls it stuck, by the
 # stage label of the work done from that state (WorkerInfo `job_stage`, the
-# damocles labels). Compute stages get what a healthy 32 GiB sector needs
-# plus a margin; submits are a message to the chain and should take minutes;
-# chain waits are bounded by the chain (WaitSeed: 150 epochs = 75 min).
+# damocles labels: each of api.STAGE_NAMES, tests/test_health_unit.py checks).
+# Compute stages get what a healthy 32 GiB sector needs plus a margin; submits
+# are a message to the chain and should take minutes; chain waits are bounded
+# by the chain (WaitSeed: 150 epochs = 75 min).
 STUCK_DEFAULTS: dict[str, float] = {
     "AcquireDeals": 1 * 3600,
     "AddPieces": 2 * 3600,
@@ -1247,11 +1240,9 @@ STUCK_DEFAULTS: dict[str, float] = {
 # Task states of every plan (damocles' names): `--stuck` also takes these,
 # and a state beats its stage label (e.g. SeedAssigned=30m vs C1=1h).
 STATE_NAMES = (
-    "Empty Allocated DealsAcquired PieceAdded TreeDBuilt TicketAssigned PC1Done PC2Done "
-    "SyntheticPoRepNeeded PCSubmitted PCLanded Persisted PersistanceSubmitted SeedAssigned "
-    "C1Done C2Done ProofSubmitted Finished Aborted SnapEncoded SnapProved SealedChecked "
-    "SnapPieceAdded SnapTreeDBuilt SnapDone Unsealed Generated"
-).split()
+    *api.STATE_NAMES,
+    *(name for name in WDPOST_STATES if name not in api.STATE_NAMES),
+)
 HEALTH_DEFAULTS = {
     "expiration": 600.0,
     "paused_warn": 3600.0,
@@ -1262,7 +1253,7 @@ HEALTH_DEFAULTS = {
 
 def check_stuck_key(key: str) -> str:
     """A `--stuck` key: a stage label, a state name or `default`; a typo is refused."""
-    if key in STUCK_DEFAULTS or key in STATE_NAMES:
+    if key in STUCK_DEFAULTS or key in api.STAGE_NAMES or key in STATE_NAMES:
         return key
     raise ValueError(
         f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
@@ -1339,7 +1330,7 @@ class HostHealth:
         return {key: value for key, value in asdict(self).items() if key != "findings"}
 
 
-THREAD_STATES = ("Idle", "Running", "Waiting", "Paused")
+THREAD_STATES = tuple(state.value for state in ThreadState)
 
 
 @dataclass
@@ -1392,7 +1383,7 @@ def judge_host(
 ) -> HostHealth:
     if isinstance(outcome, BaseException):
         return HostHealth(name, up=False, findings=[_host_failure(name, outcome)])
-    age = heartbeat_age(outcome.report)
+    age = outcome.heartbeat_age
     health = HostHealth(name, up=outcome.threads is not None, heartbeat_age=age)
     if outcome.threads is None:
         health.findings.append(_agent_down(name, outcome, age, thresholds.expiration))
@@ -1417,17 +1408,6 @@ def judge_host(
     return health
 
 
-def heartbeat_age(report: dict[str, Any] | None) -> float | None:
-    """The heartbeat's age; None for a worker that writes no heartbeat.
-
-    A damocles status says `"heartbeat": false`; its `age` is that of the
-    answer itself, nothing to judge an agent by.
-    """
-    if report is not None and report.get("heartbeat") is False:
-        return None
-    return report_age(report)
-
-
 def _host_failure(name: str, error: BaseException) -> Finding:
     if isinstance(error, NoAnswer):
         return Finding(Severity.UNKNOWN, "no-answer", name, str(error))
@@ -1450,33 +1430,31 @@ def _agent_down(name: str, status: HostStatus, age: float | None, expiration: fl
     return Finding(Severity.CRITICAL, kind, name, message, duration=age)
 
 
-def _count_threads(health: HostHealth, threads: list[dict[str, Any]]) -> None:
+def _count_threads(health: HostHealth, threads: list[WorkerInfo]) -> None:
     health.threads = len(threads)
     health.thread_states = dict.fromkeys(THREAD_STATES, 0)
     for thread in threads:
-        state = (thread.get("thread_state") or {}).get("state")
-        if isinstance(state, str):
-            health.thread_states[state] = health.thread_states.get(state, 0) + 1
-        job_state = thread.get("job_state")
-        if job_state:
-            health.job_states[job_state] = health.job_states.get(job_state, 0) + 1
-        health.empty += not thread.get("job_id")
-        health.errors += bool(thread.get("last_error"))
+        state = thread.thread_state.state
+        if state is not None:
+            health.thread_states[state.value] += 1
+        if thread.job_state:
+            health.job_states[thread.job_state] = health.job_states.get(thread.job_state, 0) + 1
+        health.empty += not thread.job_id
+        health.errors += bool(thread.last_error)
 
 
-def judge_thread(host: str, thread: dict[str, Any], thresholds: Thresholds) -> Finding | None:
+def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Finding | None:
     """At most one finding per thread: in error, paused by hand, or stuck."""
-    thread_state = thread.get("thread_state") or {}
-    state, stage = thread.get("job_state") or None, thread.get("job_stage")
+    stage = thread.job_stage
     where = {
         "host": host,
-        "index": thread.get("index"),
-        "sector": thread.get("job_id"),
-        "state": state,
+        "index": thread.index,
+        "sector": thread.job_id,
+        "state": thread.job_state or None,
         "stage": stage if stage not in (None, "-") else None,
     }
-    paused_for = _seconds(thread_state.get("elapsed"))
-    error = thread.get("last_error")
+    paused_for = _seconds(thread.thread_state.elapsed)
+    error = thread.last_error
     if error:
         # The agent pauses a thread on a permanent or critical error and
         # keeps last_error until resume: an operator has to look.
@@ -1484,7 +1462,7 @@ def judge_thread(host: str, thread: dict[str, Any], thresholds: Thresholds) -> F
         severity = Severity.CRITICAL if critical else Severity.WARNING
         message = f"paused by an error for {format_duration(paused_for)}: {error}"
         return Finding(severity, "thread-error", message=message, duration=paused_for, **where)
-    if thread_state.get("state") == "Paused":
+    if thread.paused:
         if paused_for is None or paused_for < thresholds.paused_warn:
             return None
         message = (
@@ -1497,14 +1475,14 @@ def judge_thread(host: str, thread: dict[str, Any], thresholds: Thresholds) -> F
     return _stuck(thread, where, thresholds)
 
 
-def _stuck(thread: dict[str, Any], where: dict[str, Any], thresholds: Thresholds) -> Finding | None:
+def _stuck(thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds) -> Finding | None:
     if not where["state"]:
         return None  # no task: idle and empty threads are counted, not judged
     # state_elapsed is ours; a damocles worker only has the thread state's
     # elapsed, which is the time in the current stage while it runs.
-    in_state = _seconds(thread.get("state_elapsed"))
+    in_state = _seconds(thread.state_elapsed)
     if in_state is None:
-        in_state = _seconds((thread.get("thread_state") or {}).get("elapsed"))
+        in_state = _seconds(thread.thread_state.elapsed)
     key, limit = thresholds.stuck_after(where["state"], where["stage"])
     if in_state is None or in_state < limit:
         return None
@@ -1516,9 +1494,8 @@ def _stuck(thread: dict[str, Any], where: dict[str, Any], thresholds: Thresholds
     return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
 
 
-def _seconds(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else None
+def _seconds(value: int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def fleet_counts(report: HealthReport) -> dict[str, int]:
@@ -1527,12 +1504,12 @@ def fleet_counts(report: HealthReport) -> dict[str, int]:
     return {
         "hosts": len(report.hosts),
         "threads": sum(host.threads for host in up),
-        "running": sum(host.thread_states.get("Running", 0) for host in up),
-        "waiting": sum(host.thread_states.get("Waiting", 0) for host in up),
-        "paused": sum(host.thread_states.get("Paused", 0) for host in up),
+        "running": sum(host.thread_states.get(ThreadState.Running.value, 0) for host in up),
+        "waiting": sum(host.thread_states.get(ThreadState.Waiting.value, 0) for host in up),
+        "paused": sum(host.thread_states.get(ThreadState.Paused.value, 0) for host in up),
         "errors": sum(host.errors for host in up),
         "unreachable": len(report.hosts) - len(up),
-        "idle": sum(host.thread_states.get("Idle", 0) for host in up),
+        "idle": sum(host.thread_states.get(ThreadState.Idle.value, 0) for host in up),
         "empty": sum(host.empty for host in up),
     }
 
@@ -1628,7 +1605,9 @@ def prometheus_text(report: HealthReport) -> str:
                 metrics.add("venus_threads", {**label, "state": state}, count)
             for state, count in sorted(host.job_states.items()):
                 metrics.add("venus_job_threads", {**label, "job_state": state}, count)
-            metrics.add("venus_threads_paused", label, host.thread_states.get("Paused", 0))
+            metrics.add(
+                "venus_threads_paused", label, host.thread_states.get(ThreadState.Paused.value, 0)
+            )
             metrics.add("venus_threads_errors", label, host.errors)
             metrics.add("venus_threads_empty", label, host.empty)
         for severity in (Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN):
@@ -1676,7 +1655,6 @@ def _escape_label(value: str) -> str:
 
 # -- fleet-wide threads: selection, bulk plans, drain --------------------------------
 
-BUSY_THREAD_STATES = ("Running", "Waiting")
 PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -1684,7 +1662,7 @@ PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
 class Selector:
     """Which sealing threads a fleet-wide command is about: every given criterion holds.
 
-    A pure predicate over WorkerInfo objects (docs/protocol.md), so what
+    A pure predicate over WorkerInfo values (docs/protocol.md), so what
     `threads` shows is exactly what `pause`/`resume`/`drain` act on.
     """
 
@@ -1709,16 +1687,16 @@ class Selector:
             or self.idle
         )
 
-    def matches(self, thread: dict[str, Any]) -> bool:
-        thread_state = (thread.get("thread_state") or {}).get("state")
-        error = thread.get("last_error") or ""
+    def matches(self, thread: WorkerInfo) -> bool:
+        thread_state = thread.thread_state.state
+        error = thread.last_error or ""
         return all(
             (
-                not self.states or thread.get("job_state") in self.states,
-                self.stage is None or thread.get("job_stage") == self.stage,
-                self.plan is None or thread.get("plan") == self.plan,
-                not self.paused or thread_state == "Paused",
-                not self.idle or thread_state == "Idle",
+                not self.states or thread.job_state in self.states,
+                self.stage is None or thread.job_stage == self.stage,
+                self.plan is None or thread.plan == self.plan,
+                not self.paused or thread_state is ThreadState.Paused,
+                not self.idle or thread_state is ThreadState.Idle,
                 not self.errors or bool(error),
                 self.error_match is None or bool(error and self.error_match.search(error)),
             )
@@ -1759,20 +1737,15 @@ class FleetThread:
     """One sealing thread of one host, as WorkerList reported it."""
 
     host: Host
-    info: dict[str, Any]
+    info: WorkerInfo
 
     @property
     def index(self) -> int:
-        index = self.info.get("index")
-        return index if isinstance(index, int) else -1
+        return self.info.index
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.host.name, self.index)
-
-    @property
-    def thread_state(self) -> str | None:
-        return (self.info.get("thread_state") or {}).get("state")
 
     @property
     def label(self) -> str:
@@ -1820,7 +1793,7 @@ def threads_table(threads: Sequence[FleetThread], wide: bool) -> tuple[list[str]
 
 
 def fleet_thread_json(thread: FleetThread) -> dict[str, Any]:
-    return {"host": thread.host.name, **thread.info}
+    return {"host": thread.host.name, **thread.info.to_json()}
 
 
 def unreachable_lines(unreachable: Sequence[dict[str, Any]]) -> list[str]:
@@ -1849,12 +1822,11 @@ def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) 
     """
     steps = []
     for thread in threads:
-        paused = thread.thread_state == "Paused"
+        paused = thread.info.paused
         if kind == "pause" and paused:
             steps.append(Step(thread, None, "skip: already paused"))
         elif kind == "pause":
-            busy = thread.thread_state in BUSY_THREAD_STATES
-            note = "pause after the stage in flight" if busy else "pause"
+            note = "pause after the stage in flight" if thread.info.busy else "pause"
             steps.append(Step(thread, Action("pause", thread.index), note))
         elif not paused:
             steps.append(Step(thread, None, "skip: not paused"))
@@ -1867,7 +1839,7 @@ def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) 
 def invalid_resume_state(
     steps: Sequence[Step],
     state: str,
-    states_of: Callable[[dict[str, Any]], tuple[str, Sequence[str]]] = resume_states,
+    states_of: Callable[[WorkerInfo], tuple[str, Sequence[str]]] = resume_states,
 ) -> str | None:
     """Why `resume --to-state STATE` cannot go to some selected thread, or None.
 
@@ -1900,11 +1872,11 @@ def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [
                 step.thread.host.name,
-                _cell(info.get("index")),
-                _cell(info.get("job_id")),
-                _cell(info.get("job_state")),
-                format_thread_state(info.get("thread_state") or {}),
-                _cell(info.get("last_error")),
+                str(info.index),
+                _cell(info.job_id),
+                _cell(info.job_state),
+                format_thread_state(info.thread_state),
+                _cell(info.last_error),
                 step.note,
             ]
         )
@@ -1924,10 +1896,10 @@ def step_json(step: Step) -> dict[str, Any]:
     return {
         "host": step.thread.host.name,
         "index": step.thread.index,
-        "job_id": info.get("job_id"),
-        "job_state": info.get("job_state"),
-        "thread_state": (info.get("thread_state") or {}).get("state"),
-        "last_error": info.get("last_error"),
+        "job_id": info.job_id,
+        "job_state": info.job_state,
+        "thread_state": _state_value(info.thread_state.state),
+        "last_error": info.last_error,
         "action": step.action.kind if step.action else None,
         "state": step.action.state if step.action else None,
         "note": step.note,
@@ -1944,19 +1916,21 @@ def results_summary(kind: str, outcomes: Sequence[tuple[Step, Any]]) -> str:
     return text + (f", {failed} failed" if failed else "")
 
 
-def thread_progress(thread: dict[str, Any]) -> tuple[str | None, str | None]:
+def _state_value(state: ThreadState | None) -> str | None:
+    return None if state is None else state.value
+
+
+def thread_progress(thread: WorkerInfo) -> tuple[ThreadState | None, str]:
     """What drain compares between polls: the thread state and the task state."""
-    return (thread.get("thread_state") or {}).get("state"), thread.get("job_state")
+    return thread.thread_state.state, thread.job_state
 
 
-def describe_thread(thread: dict[str, Any]) -> str:
+def describe_thread(thread: WorkerInfo) -> str:
     """'Running(3s) mock at PC1 (TicketAssigned)' for drain's progress lines."""
-    text = format_thread_state(thread.get("thread_state") or {})
-    stage = thread.get("job_stage")
-    state = thread.get("job_state")
-    if stage and (thread.get("thread_state") or {}).get("state") in BUSY_THREAD_STATES:
-        text += f" at {stage}"
-    return text + (f" ({state})" if state else "")
+    text = format_thread_state(thread.thread_state)
+    if thread.job_stage and thread.busy:
+        text += f" at {thread.job_stage}"
+    return text + (f" ({thread.job_state})" if thread.job_state else "")
 
 
 DRAIN_HEADERS = ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
@@ -1964,7 +1938,7 @@ DRAIN_HEADERS = ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
 
 def drain_table(
     targets: Sequence[FleetThread],
-    latest: dict[tuple[str, int], dict[str, Any]],
+    latest: dict[tuple[str, int], WorkerInfo],
     failed: dict[tuple[str, int], BaseException],
 ) -> tuple[list[str], list[list[str]]]:
     """drain's last word: each thread's task state before and now, and its thread state."""
@@ -1975,10 +1949,10 @@ def drain_table(
         row = [
             thread.host.name,
             str(thread.index),
-            _cell(now.get("job_id")),
-            _cell(thread.info.get("job_state")),
-            _cell(now.get("job_state")),
-            format_thread_state(now.get("thread_state") or {}),
+            _cell(now.job_id),
+            _cell(thread.info.job_state),
+            _cell(now.job_state),
+            format_thread_state(now.thread_state),
         ]
         if failed:
             error = failed.get(thread.key)
@@ -1993,7 +1967,6 @@ def drain_table(
 # =============================================================================
 
 MAX_REPLY_BYTES = 16 * 1024 * 1024
-RPC_NAMESPACE = "VenusWorker."
 
 
 class JsonRpcClient:
@@ -2116,22 +2089,23 @@ class RpcAgent:
     def status(self) -> HostStatus:
         # One round trip: the live thread list and the heartbeat in one batch.
         threads, report = self.rpc.batch(
-            [(RPC_NAMESPACE + "WorkerList", []), (RPC_NAMESPACE + "WorkerReport", [])]
+            [(api.Method.LIST.value, []), (api.Method.REPORT.value, [])]
         )
         if isinstance(threads, HostError):
             raise threads
         return HostStatus(
-            report=report if isinstance(report, dict) else None,
+            # An error instead of the report: none written yet.
+            report=None if isinstance(report, HostError) else parsed(api.Report, report),
             threads=checked_threads(threads),
             via=self.via,
         )
 
     def pause(self, index: int) -> str | None:
-        self.rpc.call(RPC_NAMESPACE + "WorkerPause", [index])
+        self.rpc.call(api.Method.PAUSE.value, [index])
         return None
 
     def resume(self, index: int, state: str | None) -> str | None:
-        self.rpc.call(RPC_NAMESPACE + "WorkerResume", [index, state])
+        self.rpc.call(api.Method.RESUME.value, [index, state])
         return None
 
 
@@ -2157,29 +2131,34 @@ class DamoclesAgent:
         self._reopen = reopen
         self._used = False
 
-    def _call(self, method: str, params: list[Any]) -> Any:
+    def _call(self, method: api.Method, params: list[Any]) -> Any:
         if self._used:
             self.rpc.close()
             self.rpc = self._reopen()
         self._used = True
-        return self.rpc.call(RPC_NAMESPACE + method, params)
+        return self.rpc.call(method.value, params)
 
-    def threads(self) -> list[dict[str, Any]]:
-        threads = self._call("WorkerList", [])
+    def threads(self) -> list[WorkerInfo]:
+        threads = self._call(api.Method.LIST, [])
         if not isinstance(threads, list):
             raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
         return [normalize_worker_info(thread) for thread in threads]
 
     def status(self) -> HostStatus:
         threads = self.threads()
-        report = {"version": self._version(), "age": 0.0, "heartbeat": False}
-        return HostStatus(report=report, threads=threads, via=self.via)
+        return HostStatus(
+            report=None,
+            threads=threads,
+            via=self.via,
+            worker_version=self._version(),
+            heartbeat=False,
+        )
 
     def _version(self) -> str | None:
         # The 2022 API may lack the method: the thread list matters, the
         # version is a bonus.
         try:
-            version = self._call("WorkerVersion", [])
+            version = self._call(api.Method.VERSION, [])
         except (AgentRefused, UnreadableReply):
             return None
         return version if isinstance(version, str) else None
@@ -2191,18 +2170,18 @@ class DamoclesAgent:
         token re-pauses it right after the next resume (reference §3): a
         paused thread is left alone.
         """
-        state = self._thread(index)["thread_state"]["state"]
-        if state == "Paused":
+        thread = self._thread(index)
+        if thread.paused:
             return "already paused (nothing sent)"
-        answer = self._call("WorkerPause", [index])
+        answer = self._call(api.Method.PAUSE, [index])
         if not isinstance(answer, bool):
             raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
         if not answer:
             return "pause already queued (nothing changed)"
-        if state in ("Running", "Waiting"):
+        if thread.busy:
             # damocles drops the result of a stage it pauses after (reference §3).
             return "pause queued: it stops after its running stage, which damocles redoes on resume"
-        if state == "Idle":
+        if thread.thread_state.state is ThreadState.Idle:
             return "paused (an idle thread takes the pause at once)"
         return "pause queued: it stops at its next stage boundary"
 
@@ -2210,19 +2189,19 @@ class DamoclesAgent:
         if state is not None:
             # damocles ignores a name it does not know: check it here first.
             check_resume_state(self._thread(index), state)
-        answer = self._call("WorkerResume", [index, state])
+        answer = self._call(api.Method.RESUME, [index, state])
         if answer is False:
             # Our agent's code for the same case, so scripts see one answer.
-            raise AgentRefused(1001, f"worker #{index} is not paused")
+            raise AgentRefused(api.RpcCode.NOT_PAUSED, f"worker #{index} is not paused")
         if answer is not True:
             raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
         return None
 
-    def _thread(self, index: int) -> dict[str, Any]:
+    def _thread(self, index: int) -> WorkerInfo:
         for thread in self.threads():
-            if thread["index"] == index:
+            if thread.index == index:
                 return thread
-        raise AgentRefused(-32602, f"worker #{index} not found")
+        raise AgentRefused(api.RpcCode.INVALID_PARAMS, f"worker #{index} not found")
 
 
 @dataclass
@@ -2252,12 +2231,11 @@ class CliAgent:
             raise cli_error(document["error"])
         if not isinstance(document, dict) or "report" not in document:
             raise UnreadableReply(f"unreadable reply: {result.stdout[:80]!r}")
-        error = document.get("error")
-        threads = document.get("threads")
+        status = parsed(api.AgentStatus, document)
         return HostStatus(
-            report=document.get("report") if isinstance(document.get("report"), dict) else None,
-            threads=None if threads is None else checked_threads(threads),
-            error=cli_error(error) if error else None,
+            report=status.report,
+            threads=status.threads,
+            error=cli_error(document["error"]) if status.error else None,
             via=self.via,
         )
 
@@ -2277,20 +2255,27 @@ class CliAgent:
             raise UnreadableReply(f"unreadable reply: {json.dumps(document)[:80]}")
 
 
-def checked_threads(threads: Any) -> list[dict[str, Any]]:
-    """A WorkerList result as the tables need it: a list of objects, thread_state an object."""
-    valid = isinstance(threads, list) and all(
-        isinstance(thread, dict) and isinstance(thread.get("thread_state") or {}, dict)
-        for thread in threads
-    )
-    if not valid:
+def checked_threads(threads: Any) -> list[WorkerInfo]:
+    """Our agent's WorkerList result, typed (api.WorkerInfo); anything else is unreadable."""
+    if not isinstance(threads, list):
         raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
-    return threads
+    return [parsed(WorkerInfo, thread) for thread in threads]
+
+
+def parsed(kind: type, document: Any) -> Any:
+    """`document` read as `kind` (an api type) at the edge; a broken contract is unreadable."""
+    try:
+        return kind.from_json(document)
+    except api.WireError as error:
+        raise UnreadableReply(f"unreadable reply: {error}") from None
+
+
+COMMAND_NOT_FOUND = 127  # the shell's exit status for a command it cannot find
 
 
 def parse_cli_reply(result: CommandResult) -> Any:
     """The one JSON document the agent CLI prints, or the HostError its exit status means."""
-    if result.exit_status == 127:
+    if result.exit_status == COMMAND_NOT_FOUND:
         return_text = _last_line(result.stderr)
         raise AgentNotInstalled(
             "agent not installed" + (f" ({return_text})" if return_text else "")
@@ -2299,7 +2284,7 @@ def parse_cli_reply(result: CommandResult) -> Any:
         return json.loads(result.stdout)
     except ValueError:
         pass
-    if result.exit_status == 3:
+    if result.exit_status == api.AgentExit.NOT_RUNNING:
         raise AgentNotRunning("agent not running")
     detail = _last_line(result.stderr) or repr(result.stdout[:80])
     raise UnreadableReply(f"unreadable reply (exit {result.exit_status}): {detail}")
@@ -2309,9 +2294,9 @@ def cli_error(error: Any) -> HostError:
     if not isinstance(error, dict):
         return UnreadableReply(f"unreadable reply: error {error!r:.80}")
     code, message = error.get("code"), str(error.get("message", ""))
-    if code == CLI_NOT_RUNNING_CODE:
+    if code == api.RpcCode.AGENT_NOT_RUNNING:
         return AgentNotRunning("agent not running")
-    if code == CLI_CONFIG_ERROR_CODE:
+    if code == api.RpcCode.CONFIG_ERROR:
         return HostError(f"agent: {message}", "agent-config-error")
     return AgentRefused(code if isinstance(code, int) else 0, message)
 
@@ -3309,7 +3294,7 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if ctx.as_json:
         ctx.emit_json(entry)
     elif entry["threads"] is not None:
-        ctx.out.write(render_table(*info_table(entry["threads"], args.wide)) + "\n")
+        ctx.out.write(render_table(*info_table(outcome.threads, args.wide)) + "\n")
     else:
         ctx.err.write(f"venusctl: {info_failure_line(entry)}\n")
     return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
@@ -3517,12 +3502,11 @@ def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
         pool.close()
 
 
-def _state_json(info: dict[str, Any]) -> dict[str, Any]:
-    thread_state, job_state = thread_progress(info)
+def _state_json(info: WorkerInfo) -> dict[str, Any]:
     return {
-        "job_state": job_state,
-        "job_stage": info.get("job_stage"),
-        "thread_state": thread_state,
+        "job_state": info.job_state,
+        "job_stage": info.job_stage,
+        "thread_state": _state_value(info.thread_state.state),
     }
 
 
@@ -3549,7 +3533,7 @@ class Drain:
         self.interval: float = args.interval
         self.terminal = ctx.is_terminal(ctx.err)
         self.targets: list[FleetThread] = []
-        self.latest: dict[tuple[str, int], dict[str, Any]] = {}
+        self.latest: dict[tuple[str, int], WorkerInfo] = {}
         self.failed: dict[tuple[str, int], BaseException] = {}
         self.host_errors: dict[str, BaseException] = {}
         self.unreachable: list[dict[str, Any]] = []
@@ -3603,9 +3587,9 @@ class Drain:
                     outcome.error if isinstance(outcome, HostStatus) else outcome
                 )
 
-    def _update(self, host: Host, threads: list[dict[str, Any]]) -> None:
+    def _update(self, host: Host, threads: list[WorkerInfo]) -> None:
         for info in threads:
-            key = (host.name, info.get("index"))
+            key = (host.name, info.index)
             old = self.latest.get(key)
             if old is None:
                 continue
@@ -3625,8 +3609,7 @@ class Drain:
         return [
             thread
             for thread in self.targets
-            if thread.host.name in self.host_errors
-            or thread_progress(self.latest[thread.key])[0] != "Paused"
+            if thread.host.name in self.host_errors or not self.latest[thread.key].paused
         ]
 
     def _progress(self, line: str) -> None:
@@ -3689,7 +3672,7 @@ class Drain:
                 {
                     "host": thread.host.name,
                     "index": thread.index,
-                    "job_id": self.latest[thread.key].get("job_id"),
+                    "job_id": self.latest[thread.key].job_id,
                     "before": _state_json(thread.info),
                     "after": _state_json(self.latest[thread.key]),
                     "running": thread.key in busy_keys,

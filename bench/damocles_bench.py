@@ -37,9 +37,10 @@ sys.path.insert(0, str(REPO))
 from sshfleet import SshFleet  # noqa: E402
 
 import venusctl  # noqa: E402
+from worker_agent import api  # noqa: E402
 
-LIST = venusctl.RPC_NAMESPACE + "WorkerList"
-VERSION = venusctl.RPC_NAMESPACE + "WorkerVersion"
+LIST = api.Method.LIST.value
+VERSION = api.Method.VERSION.value
 
 
 def median_ms(runs: int, work: Callable[[], object]) -> float:

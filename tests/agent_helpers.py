@@ -12,8 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from helpers import wait_until
 
 from worker_agent.cli import main as cli_main
 from worker_agent.client import AgentClient
@@ -37,17 +38,6 @@ def short_tmp():
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def process_alive(pid: int) -> bool:

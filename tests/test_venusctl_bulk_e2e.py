@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import test_venusctl_damocles_e2e as damocles_e2e
 from conftest import VENUSCTL_COMMAND, run, run_json, write_inventory
+from helpers import wait_until
 
 import venusctl
 from worker_agent.states import PLANS, State
@@ -53,16 +54,6 @@ def threads_of(capsys, inventory: Path, host: str) -> list[dict]:
     status, document = run_json(capsys, inventory, "info", host)
     assert status == 0, document
     return document["threads"]
-
-
-def wait_until(what: str, check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 def console(inventory: Path, *argv: str, **options) -> subprocess.CompletedProcess:
@@ -257,10 +248,12 @@ def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_flee
     ]
     for host in ("b1", "b2"):
         wait_until(
-            f"{host} #1 paused",
             lambda host=host: (
                 threads_of(capsys, path, host)[1]["thread_state"]["state"] == "Paused"
             ),
+            15,
+            interval=0.1,
+            what=f"{host} #1 paused",
         )
 
     # resume to a state the thread's plan does not have: refused before anything is sent
@@ -281,10 +274,12 @@ def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_flee
     # #0 fails C2 again and pauses itself; #1 seals on
     for host in ("b1", "b2"):
         wait_until(
-            f"{host} back to its error",
             lambda host=host: (
                 threads_of(capsys, path, host)[0]["thread_state"]["state"] == "Paused"
             ),
+            15,
+            interval=0.1,
+            what=f"{host} back to its error",
         )
         assert threads_of(capsys, path, host)[1]["thread_state"]["state"] != "Paused"
 
@@ -335,10 +330,12 @@ def test_a_thread_that_changed_after_the_plan_fails_alone(tmp_path, capsys, ssh_
         status, _, err = run(capsys, path, "pause", host, "1")
         assert status == 0, err
         wait_until(
-            f"{host} #1 paused",
             lambda host=host: (
                 threads_of(capsys, path, host)[1]["thread_state"]["state"] == "Paused"
             ),
+            15,
+            interval=0.1,
+            what=f"{host} #1 paused",
         )
 
     def resume_b2_1_by_hand() -> None:
@@ -369,10 +366,12 @@ def drain_while_running(capsys, path: Path, attempts: int = 5) -> tuple[int, dic
     """
     for _ in range(attempts):
         wait_until(
-            "a thread of drainme running",
             lambda: any(
                 t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
             ),
+            15,
+            interval=0.1,
+            what="a thread of drainme running",
         )
         argv = ["drain", "drainme", "--interval", "200ms", "--timeout", "30s", "--json"]
         status, out, err = run(capsys, path, *argv)
@@ -410,10 +409,12 @@ def test_drain_on_a_terminal_prints_each_change(tmp_path, capsys, ssh_fleet):
     status, _, err = run(capsys, path, "resume", "-l", "drainme", "--paused", "--yes")
     assert status == 0 or err == "venusctl: no thread matches the selection\n", err
     wait_until(
-        "a thread of drainme running again",
         lambda: any(
             t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
         ),
+        15,
+        interval=0.1,
+        what="a thread of drainme running again",
     )
     status, shown, _ = under_pty(path, ["drain", "drainme", "--interval", "200ms"], answer=None)
     assert status == 0, shown

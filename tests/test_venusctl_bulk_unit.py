@@ -7,30 +7,30 @@ tests (test_venusctl_bulk_e2e.py) check the same code against real agents.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import re
 from pathlib import Path
 
 import pytest
+from helpers import report, worker_info
 
 import venusctl
 from venusctl import Action, AgentRefused, HostStatus, Selector, Step
+from worker_agent import api
 
 
-def info(index, job_state="PC1Done", thread_state="Running", **extra) -> dict:
-    document = {
-        "index": index,
-        "location": f"/srv/store{index}",
-        "plan": "sealer",
-        "job_id": f"s-t010000-{index}",
-        "job_state": job_state,
-        "job_stage": "PC2",
-        "thread_state": {"state": thread_state, "elapsed": 3, "proc": None},
-        "state_elapsed": 5,
-        "last_error": None,
-    }
-    document.update(extra)
-    return document
+def info(index, job_state="PC1Done", thread_state="Running", **extra) -> api.WorkerInfo:
+    return worker_info(
+        **{
+            "index": index,
+            "location": f"/srv/store{index}",
+            "job_id": f"s-t010000-{index}",
+            "job_state": job_state,
+            "thread_state": {"state": thread_state, "elapsed": 3, "proc": None},
+            **extra,
+        }
+    )
 
 
 INVENTORY = venusctl.parse_inventory(
@@ -76,7 +76,7 @@ IDLE = info(3, "", "Idle", job_id=None, job_stage=None)
 )
 def test_selector_keeps_threads_where_every_given_criterion_holds(selector, expected):
     threads = [STUCK, RETRYING, RUNNING, IDLE]
-    assert [t["index"] for t in threads if selector.matches(t)] == expected
+    assert [t.index for t in threads if selector.matches(t)] == expected
 
 
 def test_selector_given_only_with_a_criterion():
@@ -120,7 +120,7 @@ def test_select_threads_sorts_by_host_then_index_and_lists_who_did_not_answer():
 def test_a_stopped_agent_is_unreachable_with_its_last_heartbeat():
     outcomes = {
         "w10": HostStatus(
-            report={"age": 4.5}, threads=None, error=venusctl.AgentNotRunning("agent not running")
+            report=report(4.5), threads=None, error=venusctl.AgentNotRunning("agent not running")
         ),
         "w2": HostStatus(report=None, threads=[]),
         "down": venusctl.ConnectionRefused("connection refused"),
@@ -154,7 +154,7 @@ def test_bulk_plans_skip_what_would_change_nothing():
 
 
 def test_resume_state_checked_against_each_threads_plan_before_sending():
-    snap = dict(STUCK, plan="snapup", index=5)
+    snap = dataclasses.replace(STUCK, plan="snapup", index=5)
     steps = venusctl.plan_steps("resume", fleet(STUCK, snap), "C1Done")
     problem = venusctl.invalid_resume_state(steps, "C1Done")
     assert problem.startswith(
@@ -167,7 +167,7 @@ def test_resume_state_checked_against_each_threads_plan_before_sending():
 
 
 def test_resume_state_of_an_unknown_plan_is_left_to_the_thread():
-    odd = dict(STUCK, plan="window-post-v9")
+    odd = dataclasses.replace(STUCK, plan="window-post-v9")
     steps = venusctl.plan_steps("resume", fleet(odd), "C1Done")
     assert venusctl.invalid_resume_state(steps, "C1Done") is None
     only = venusctl.invalid_resume_state(steps, "C1Done", lambda thread: ("x", ("SnapDone",)))
@@ -222,7 +222,7 @@ def test_count_without_watch_is_a_usage_error(tmp_path, capsys):
 class RefusingPool:
     """A SessionPool stand-in for Drain's logic: fixed statuses, and every pause fails."""
 
-    def __init__(self, threads: list[dict]) -> None:
+    def __init__(self, threads: list[api.WorkerInfo]) -> None:
         self.threads = threads
 
     def status(self, host) -> HostStatus:
@@ -261,7 +261,7 @@ def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
 class ScriptedPool:
     """A SessionPool stand-in for Drain's logic: each poll answers the next thread list."""
 
-    def __init__(self, *polls: list[dict]) -> None:
+    def __init__(self, *polls: list[api.WorkerInfo]) -> None:
         self.polls = list(polls)
 
     def status(self, host) -> HostStatus:

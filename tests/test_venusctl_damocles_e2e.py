@@ -178,6 +178,7 @@ def test_info_json_is_our_agents_worker_info_for_both_shapes(both, capsys):
         "thread_state",
         "state_elapsed",
         "last_error",
+        "pause_requested",
     }
     for name, plan in (("now", "sealer"), ("old", None)):
         status, document = run_json(capsys, both, "info", name)

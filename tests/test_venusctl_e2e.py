@@ -90,7 +90,7 @@ def test_list_json_says_how_each_host_was_reached(tmp_path, capsys, ssh_fleet):
         assert entry["error"] is None and entry["expired"] is False
         assert entry["version"] == "0.1.0"
         assert entry["summary"]["Threads"] == 2 and entry["summary"]["Errors"] >= 1
-        assert set(entry["summary"]) == set(venusctl.SUMMARY_KEYS)
+        assert set(entry["summary"]) == set(venusctl.api.SUMMARY_KEYS)
         assert 0 <= entry["last_ping"] < 5
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import report
 
 import venusctl
 from venusctl import (
@@ -27,6 +28,7 @@ from venusctl import (
     UnreadableReply,
     UsageError,
 )
+from worker_agent import api
 
 INVENTORY = """\
 [defaults]
@@ -377,17 +379,17 @@ def test_cli_config_error_on_the_host_is_not_an_agent_refusal():
 
 
 def test_cli_status_while_daemon_down_keeps_the_report():
-    report = {"version": "0.1.0", "age": 900.5, "summary": {"Threads": 2, "Paused": 1}}
-    document = {"report": report, "threads": None, "error": {"code": -32099, "message": "x"}}
+    stale = report(900.5, {"Threads": 2, "Paused": 1}).to_json()
+    document = {"report": stale, "threads": None, "error": {"code": -32099, "message": "x"}}
     agent = venusctl.CliAgent(host(), lambda argv: CommandResult(3, json.dumps(document), ""), "e")
     status = agent.status()
-    assert status.threads is None and status.report == report
+    assert status.threads is None and status.report.to_json() == stale
     assert isinstance(status.error, AgentNotRunning)
 
 
 # -- tables and JSON entries ----------------------------------------------------------------------
 
-THREADS = [
+THREADS_JSON = [
     {
         "index": 0,
         "location": "/srv/store1",
@@ -422,6 +424,7 @@ THREADS = [
         "last_error": None,
     },
 ]
+THREADS = [api.WorkerInfo.from_json(thread) for thread in THREADS_JSON]
 
 
 def test_info_table_has_the_seeds_columns():
@@ -449,8 +452,7 @@ def test_info_wide_adds_plan_stage_and_thread_state():
 
 def test_list_entry_counts_live_threads_and_flags_expired_pings():
     worker = host()
-    report = {"version": "0.1.0", "age": 700.0, "summary": {"Threads": 9}}
-    entry = venusctl.list_entry(worker, HostStatus(report, THREADS, via="stream"), 600)
+    entry = venusctl.list_entry(worker, HostStatus(report(700.0), THREADS, via="stream"), 600)
     assert entry["summary"] == {
         "Threads": 3,
         "Empty": 1,
@@ -466,8 +468,8 @@ def test_list_entry_counts_live_threads_and_flags_expired_pings():
 
 
 def test_list_row_of_a_dead_agent_uses_the_stale_report():
-    report = {"version": "0.1.0", "age": 5.25, "summary": dict.fromkeys(venusctl.SUMMARY_KEYS, 2)}
-    status = HostStatus(report, None, AgentNotRunning("agent not running"), via="exec")
+    stale = report(5.25, dict.fromkeys(api.SUMMARY_KEYS, 2))
+    status = HostStatus(stale, None, AgentNotRunning("agent not running"), via="exec")
     entry = venusctl.list_entry(host(), status, 600)
     assert entry["error"] == {"kind": "agent-not-running", "message": "agent not running"}
     headers, rows = venusctl.list_table([entry], wide=True)
