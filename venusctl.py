@@ -2086,6 +2086,9 @@ class RpcAgent:
         self.rpc = rpc
         self.via = via
 
+    def close(self) -> None:
+        self.rpc.close()
+
     def status(self) -> HostStatus:
         # One round trip: the live thread list and the heartbeat in one batch.
         threads, report = self.rpc.batch(
@@ -2130,6 +2133,9 @@ class DamoclesAgent:
         self.via = via
         self._reopen = reopen
         self._used = False
+
+    def close(self) -> None:
+        self.rpc.close()
 
     def _call(self, method: api.Method, params: list[Any]) -> Any:
         if self._used:
@@ -2224,6 +2230,9 @@ class CliAgent:
         self.run = run
         self.via = via
 
+    def close(self) -> None:
+        """Nothing stays open: each call is its own command."""
+
     def status(self) -> HostStatus:
         result = self.run(status_argv(self.host))
         document = parse_cli_reply(result)
@@ -2315,7 +2324,8 @@ class LocalSession:
     def __init__(self, host: Host) -> None:
         self.host = host
 
-    def open_rpc(self) -> RpcAgent:
+    def open_control(self) -> RpcAgent:
+        """The agent's control socket itself."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.host.connect_timeout)
         try:
@@ -2364,11 +2374,10 @@ class SshSession:
         self.host = host
         self.client = client
 
-    def open_rpc(self) -> RpcAgent | DamoclesAgent:
+    def open_control(self) -> RpcAgent:
+        """A direct-streamlocal channel to the agent's control socket on the host."""
         from paramiko.ssh_exception import ChannelException
 
-        if self.host.backend == "damocles":
-            return self._open_damocles()
         transport = self.client.get_transport()
         try:
             channel = transport.open_streamlocal(
@@ -2389,7 +2398,8 @@ class SshSession:
             raise HostError(f"channel refused: {error.text}") from error
         return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
 
-    def _open_damocles(self) -> DamoclesAgent:
+    def open_damocles(self) -> DamoclesAgent:
+        """A damocles-worker's JSON-RPC port, through direct-tcpip channels."""
         return DamoclesAgent(self._damocles_channel(), "direct-tcpip", self._damocles_channel)
 
     def _damocles_channel(self) -> JsonRpcClient:
@@ -2802,38 +2812,64 @@ def open_session(host: Host, context: SshContext) -> LocalSession | SshSession:
     return connect_ssh(host, context)
 
 
-def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
-    """The host's report and threads, by the host's transport, with its fallbacks.
+Agent = RpcAgent | DamoclesAgent | CliAgent
 
-    auto: the stream channel, else the CLI over exec. sshd answers "connect
-    failed" both when the socket is missing and when it forbids stream
-    forwarding, so only the CLI can tell a dead agent from a closed door.
-    Its `status` reads the heartbeat file, so a dead agent's row keeps its
-    (stale) LastPing. local: the CLI likewise when the socket is dead.
+
+def open_agent(
+    session: LocalSession | SshSession, host: Host, *, for_status: bool
+) -> tuple[Agent, HostError | None]:
+    """The one transport policy: how status, actions and the watch pool reach an agent.
+
+    Returns the agent to ask and, when it is the fallback, why the first way
+    was refused. Each opens only what it needs: one channel, then the CLI
+    only after a refusal.
+
+    - backend damocles: its RPC port through direct-tcpip (transport auto or
+      stream); no CLI of ours is there to fall back to.
+    - exec: the CLI over an exec channel.
+    - stream: the stream channel to the agent's socket, no fallback.
+    - auto: the stream channel, else the CLI over exec. sshd answers
+      "connect failed" both when the socket is missing and when it forbids
+      stream forwarding, so only the CLI can tell a dead agent from a closed
+      door; its `status` reads the heartbeat file, so a dead agent's row
+      keeps its (stale) LastPing.
+    - local: the Unix socket; for status the CLI when the socket is dead (it
+      reads the heartbeat file too), for actions not: it would only find the
+      same dead socket.
     """
+    if host.backend == "damocles":
+        return session.open_damocles(), None
     if host.transport == "exec":
-        return session.cli().status()
+        return session.cli(), None
     try:
-        agent = session.open_rpc()
+        return session.open_control(), None
     except (StreamForbidden, AgentNotRunning) as refused:
-        if host.transport == "stream":
-            raise
-        return _status_from_cli(session, refused)
-    try:
+        if host.transport == "auto" or (host.transport == "local" and for_status):
+            return session.cli(), refused
+        raise
+
+
+def agent_status(agent: Agent, refused: HostError | None) -> HostStatus:
+    """agent.status(), where `refused` is why open_agent fell back to this agent (the CLI)."""
+    if refused is None:
         return agent.status()
-    finally:
-        agent.rpc.close()
-
-
-def _status_from_cli(session: LocalSession | SshSession, refused: HostError) -> HostStatus:
     try:
-        status = session.cli().status()
+        status = agent.status()
     except HostError:
         # No usable CLI either: what the socket said is the better reason.
         raise refused from None
     if status.threads is None and status.error is None:
         status.error = refused
     return status
+
+
+def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
+    """The host's report and threads, by the transport policy (open_agent)."""
+    agent, refused = open_agent(session, host, for_status=True)
+    try:
+        return agent_status(agent, refused)
+    finally:
+        agent.close()
 
 
 @dataclass(frozen=True)
@@ -2844,7 +2880,7 @@ class Action:
     index: int
     state: str | None = None
 
-    def via(self, agent: RpcAgent | CliAgent | DamoclesAgent) -> str | None:
+    def via(self, agent: Agent) -> str | None:
         """Do it; returns a note when the answer was more than "done" (damocles)."""
         if self.kind == "pause":
             return agent.pause(self.index)
@@ -2860,11 +2896,7 @@ class ActionOutcome:
 
 
 def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
-    """Do the action by the host's transport; returns the path used and any note.
-
-    auto falls back to the CLI when the channel is refused (see query_status);
-    local does not: its CLI would only find the same dead socket.
-    """
+    """Do the action by the transport policy (open_agent); returns the path used and any note."""
     outcome = perform_all(session, host, [action])[0]
     if isinstance(outcome, BaseException):
         raise outcome
@@ -2879,7 +2911,7 @@ def perform_all(
     A refusal of one thread (not paused, bad state) does not stop the next;
     a host that cannot be reached at all raises, as for one action.
     """
-    agent = _action_agent(session, host)
+    agent, _ = open_agent(session, host, for_status=False)
     try:
         outcomes: list[ActionOutcome | HostError] = []
         for action in actions:
@@ -2891,20 +2923,7 @@ def perform_all(
                 outcomes.append(ActionOutcome(agent.via, note))
         return outcomes
     finally:
-        if not isinstance(agent, CliAgent):
-            agent.rpc.close()
-
-
-def _action_agent(
-    session: LocalSession | SshSession, host: Host
-) -> RpcAgent | CliAgent | DamoclesAgent:
-    if host.transport != "exec":
-        try:
-            return session.open_rpc()
-        except (StreamForbidden, AgentNotRunning):
-            if host.transport != "auto":
-                raise
-    return session.cli()
+        agent.close()
 
 
 def fan_out(
@@ -2979,7 +2998,7 @@ class SessionPool:
         self.background_reconnect = background_reconnect
         self._lock = threading.Lock()
         self._sessions: dict[str, LocalSession | SshSession] = {}
-        self._agents: dict[str, RpcAgent | DamoclesAgent] = {}
+        self._agents: dict[str, RpcAgent | DamoclesAgent] = {}  # kept channels
         self._failures: dict[str, BaseException] = {}
         self._connecting: dict[str, threading.Thread] = {}
         self._closed = False
@@ -3047,25 +3066,24 @@ class SessionPool:
             try:
                 status = agent.status()
             except HostError:
-                agent.rpc.close()  # closed by the agent or the network: one fresh try below
+                agent.close()  # closed by the agent or the network: one fresh try below
             else:
                 self._keep(host, agent)
                 return status
         return self.run(host, lambda session: self._fresh_status(session, host))
 
     def _fresh_status(self, session: LocalSession | SshSession, host: Host) -> HostStatus:
-        if host.transport == "exec":
-            return query_status(session, host)
+        """By the transport policy, as a one-shot run; a channel is kept for the next refresh."""
+        agent, refused = open_agent(session, host, for_status=True)
         try:
-            agent = session.open_rpc()
-        except (StreamForbidden, AgentNotRunning):
-            return query_status(session, host)  # the same fallbacks as a one-shot run
-        try:
-            status = agent.status()
+            status = agent_status(agent, refused)
         except BaseException:
-            agent.rpc.close()
+            agent.close()
             raise
-        self._keep(host, agent)
+        if isinstance(agent, CliAgent):
+            agent.close()  # each refresh asks again: the stream may open by then
+        else:
+            self._keep(host, agent)
         return status
 
     def _keep(self, host: Host, agent: RpcAgent | DamoclesAgent) -> None:
@@ -3087,7 +3105,7 @@ class SessionPool:
             agent = self._agents.pop(name, None)
             session = self._sessions.pop(name, None)
         if agent is not None:
-            agent.rpc.close()
+            agent.close()
         if session is not None:
             session.close()
 

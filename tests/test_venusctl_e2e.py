@@ -26,6 +26,7 @@ from conftest import (
     run_json,
     write_inventory,
 )
+from sshfleet import SshFleet
 
 import venusctl
 
@@ -687,3 +688,51 @@ def test_a_broken_ssh_config_is_that_hosts_row_not_a_crash(tmp_path, capsys, ssh
     assert hosts["w1"]["error"]["kind"] == "ssh-config"
     assert hosts["w1"]["error"]["message"].startswith(f"cannot use {broken}:")
     assert hosts["w2"]["error"] is None
+
+
+def test_a_stream_forbidden_host_opens_the_channel_once_per_refresh(tmp_path, capsys, ssh_fleet):
+    """The transport policy asks for the stream channel once, then falls back to exec.
+
+    sshd itself counts: at LogLevel DEBUG1 it logs every channel a client asks
+    for. `list --watch` refreshes through the pool (SessionPool), `list` and
+    `pause` through the one-shot paths: each asks for the channel once.
+    """
+    sshd_fleet = SshFleet(tmp_path / "ssh")
+    try:
+        forbidding = sshd_fleet.add_host(
+            "counted", {"AllowStreamLocalForwarding": "no", "LogLevel": "DEBUG1"}
+        )
+        forbidding.start()
+        agent = ssh_fleet.agents["nostream"]
+        table = {
+            "name": "counted",
+            "address": forbidding.address,
+            "port": forbidding.port,
+            "config": str(agent.config),
+            "socket": str(agent.socket),
+        }
+        path = write_inventory(
+            tmp_path / "inventory.toml",
+            [table],
+            **ssh_fleet.defaults(
+                identity_file=str(sshd_fleet.client_key),
+                known_hosts=str(sshd_fleet.known_hosts),
+            ),
+        )
+
+        def channels_asked() -> int:
+            log = forbidding.log_path.read_text(errors="replace")
+            return log.count("ctype direct-streamlocal@openssh.com")
+
+        status, out, err = run(capsys, path, "list", "--watch", "100ms", "--count", "3")
+        assert status == 0, err
+        assert out.count("counted") == 3  # three frames, each with the host's row
+        assert channels_asked() == 3
+        status, document = run_json(capsys, path, "list")
+        assert status == 0 and document["hosts"][0]["via"] == "exec"
+        assert channels_asked() == 4
+        status, document = run_json(capsys, path, "pause", "counted", "0")
+        assert status == 0 and document["via"] == "exec"
+        assert channels_asked() == 5
+    finally:
+        sshd_fleet.stop_all()
