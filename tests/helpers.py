@@ -2,11 +2,13 @@
 
 - `worker_info`, `report`: typed values (worker_agent/api.py) for the pure
   tests, from the wire JSON a real agent sends;
-- `wait_until`: poll a condition within one deadline.
+- `wait_until`: poll a condition within one deadline;
+- `stop_process`: SIGTERM, then SIGKILL if it is ignored.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any
 
@@ -59,3 +61,21 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+STOP_GRACE = 5.0  # seconds a process gets to exit on SIGTERM before SIGKILL
+
+
+def stop_process(process: subprocess.Popen, grace: float = STOP_GRACE) -> None:
+    """Stop a process we started: SIGTERM, and SIGKILL when it is still there after `grace`.
+
+    ssh with a forwarding in flight can sit on SIGTERM; a teardown must not hang on it.
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
