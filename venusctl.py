@@ -811,6 +811,11 @@ class HostStatus:
     worker_version: str | None = None
     heartbeat: bool = True
 
+    @classmethod
+    def of(cls, outcome: HostStatus | BaseException) -> HostStatus:
+        """A fan-out outcome as a status: a host that raised has no answer, the error says why."""
+        return outcome if isinstance(outcome, HostStatus) else cls(None, None, error=outcome)
+
     @property
     def version(self) -> str | None:
         return self.report.version if self.report is not None else self.worker_version
@@ -943,8 +948,7 @@ def check_resume_state(thread: WorkerInfo, state: str) -> None:
 
 def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: float) -> dict:
     """One host's `list --json` object (also what the table is made from)."""
-    status = outcome if isinstance(outcome, HostStatus) else HostStatus(None, None)
-    error = status.error if isinstance(outcome, HostStatus) else outcome
+    status = HostStatus.of(outcome)
     age = status.last_ping
     summary = status.summary
     return {
@@ -957,7 +961,7 @@ def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: floa
         "summary": summary.to_json() if summary is not None else None,
         "last_ping": age,
         "expired": age is not None and age > expiration,
-        "error": error_json(error),
+        "error": error_json(status.error),
     }
 
 
@@ -1149,16 +1153,16 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
     """`info --json`: the host's WorkerInfo list, or why there is none."""
-    status = outcome if isinstance(outcome, HostStatus) else None
-    threads = status.threads if status else None
+    status = HostStatus.of(outcome)
+    threads = status.threads
     return {
         "name": host.name,
         "dest": host.dest,
         "backend": host.backend,
-        "via": status.via if status else None,
+        "via": status.via or None,
         "threads": [thread.to_json() for thread in threads] if threads is not None else None,
-        "last_ping": status.last_ping if status else None,
-        "error": error_json(status.error if status else outcome),
+        "last_ping": status.last_ping,
+        "error": error_json(status.error),
     }
 
 
@@ -1169,33 +1173,30 @@ def info_failure_line(entry: dict) -> str:
     return f"{entry['name']}: {entry['error']['message']}{stale}"
 
 
-def action_entry(host: Host, action: Action, outcome: ActionOutcome | BaseException) -> dict:
-    """`pause`/`resume --json`; outcome is how it was done (path, note) or the error."""
-    error = outcome if isinstance(outcome, BaseException) else None
-    done = outcome if isinstance(outcome, ActionOutcome) else None
+def action_entry(host: Host, action: Action, outcome: ActionOutcome) -> dict:
+    """`pause`/`resume --json`: how it was done (path, note), or the error."""
     return {
         "name": host.name,
         "dest": host.dest,
         "action": action.kind,
         "index": action.index,
         "state": action.state,
-        "via": done.via if done else None,
-        "ok": error is None,
-        "note": done.note if done else None,
-        "error": error_json(error),
+        "via": outcome.via,
+        "ok": outcome.error is None,
+        "note": outcome.note,
+        "error": error_json(outcome.error),
     }
 
 
-def action_line(
-    host: Host, action: Action, error: BaseException | None, note: str | None = None
-) -> str:
+def action_line(host: Host, action: Action, outcome: ActionOutcome) -> str:
     """The one line `pause`/`resume` print about the outcome."""
     subject = f"{host.name} #{action.index}"
+    error = outcome.error
     if error is not None:
         verb = "refused" if isinstance(error, AgentRefused) else "failed"
         return f"{subject}: {action.kind} {verb}: {error_text(error)}"
-    if note:
-        return f"{subject}: {note}"
+    if outcome.note:
+        return f"{subject}: {outcome.note}"
     if action.kind == "pause":
         return f"{subject}: paused (a stage in flight finishes first)"
     if action.state:
@@ -1763,11 +1764,11 @@ def select_threads(
     matched: list[FleetThread] = []
     unreachable: list[dict[str, Any]] = []
     for host in hosts:
-        outcome = outcomes[host.name]
-        if not isinstance(outcome, HostStatus) or outcome.threads is None:
-            unreachable.append(info_entry(host, outcome))
+        status = HostStatus.of(outcomes[host.name])
+        if status.threads is None:
+            unreachable.append(info_entry(host, status))
             continue
-        matched += [FleetThread(host, info) for info in outcome.threads if selector.matches(info)]
+        matched += [FleetThread(host, info) for info in status.threads if selector.matches(info)]
     matched.sort(key=lambda thread: (natural_key(thread.host.name), thread.index))
     unreachable.sort(key=lambda entry: natural_key(entry["name"]))
     return matched, unreachable
@@ -1906,9 +1907,9 @@ def step_json(step: Step) -> dict[str, Any]:
     }
 
 
-def results_summary(kind: str, outcomes: Sequence[tuple[Step, Any]]) -> str:
+def results_summary(kind: str, outcomes: Sequence[tuple[Step, ActionOutcome]]) -> str:
     """'resumed 3 of 4 threads on 2 hosts, 1 failed'."""
-    done = [step.thread for step, outcome in outcomes if not isinstance(outcome, BaseException)]
+    done = [step.thread for step, outcome in outcomes if outcome.error is None]
     failed = len(outcomes) - len(done)
     verb = "paused" if kind == "pause" else "resumed"
     hosts = len({step.thread.host.name for step, _ in outcomes})
@@ -2889,23 +2890,30 @@ class Action:
 
 @dataclass(frozen=True)
 class ActionOutcome:
-    """How an action was done: the path used (stream, exec, ...) and the agent's note."""
+    """How an action was done: the path used (stream, exec, ...) and the agent's note,
+    or why it was not (`error`; then `via` is None)."""
 
-    via: str
+    via: str | None = None
     note: str | None = None
+    error: BaseException | None = None
+
+    @classmethod
+    def of(cls, outcome: ActionOutcome | BaseException) -> ActionOutcome:
+        """A fan-out outcome as an ActionOutcome: a host that raised failed with that error."""
+        return outcome if isinstance(outcome, ActionOutcome) else cls(error=outcome)
 
 
 def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
     """Do the action by the transport policy (open_agent); returns the path used and any note."""
     outcome = perform_all(session, host, [action])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
+    if outcome.error is not None:
+        raise outcome.error
     return outcome
 
 
 def perform_all(
     session: LocalSession | SshSession, host: Host, actions: Sequence[Action]
-) -> list[ActionOutcome | HostError]:
+) -> list[ActionOutcome]:
     """Do the actions in order over one agent connection; each gets its outcome or its error.
 
     A refusal of one thread (not paused, bad state) does not stop the next;
@@ -2913,12 +2921,12 @@ def perform_all(
     """
     agent, _ = open_agent(session, host, for_status=False)
     try:
-        outcomes: list[ActionOutcome | HostError] = []
+        outcomes: list[ActionOutcome] = []
         for action in actions:
             try:
                 note = action.via(agent)
             except HostError as error:
-                outcomes.append(error)
+                outcomes.append(ActionOutcome(error=error))
             else:
                 outcomes.append(ActionOutcome(agent.via, note))
         return outcomes
@@ -2926,19 +2934,40 @@ def perform_all(
         agent.close()
 
 
+class GroupResult(dict):
+    """Host name -> its job's result, or the exception it raised, in inventory order.
+
+    Fabric's GroupResult: one bad host never stops the others, and
+    `succeeded` / `failed` split the two kinds without each caller sorting
+    them by isinstance again.
+    """
+
+    @property
+    def succeeded(self) -> dict[str, Any]:
+        return {name: value for name, value in self.items() if not _is_error(value)}
+
+    @property
+    def failed(self) -> dict[str, BaseException]:
+        return {name: value for name, value in self.items() if _is_error(value)}
+
+
+def _is_error(value: Any) -> bool:
+    return isinstance(value, BaseException)
+
+
 def fan_out(
     hosts: Sequence[Host],
     job: Callable[[Host], Any],
     forks: int,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any | BaseException]:
+) -> GroupResult:
     """Run job(host) for every host, at most `forks` at a time.
 
-    Returns host name -> result or the exception it raised: one bad host
-    never stops the others. Workers are daemon threads so a Ctrl-C in the
-    main thread ends the run at once; each host is bounded by its own
-    connect and command timeouts. progress(done, total) is called after
-    each host, from the worker threads, one call at a time.
+    Returns a GroupResult: one bad host never stops the others. Workers
+    are daemon threads so a Ctrl-C in the main thread ends the run at once;
+    each host is bounded by its own connect and command timeouts.
+    progress(done, total) is called after each host, from the worker
+    threads, one call at a time.
     """
     results: dict[str, Any | BaseException] = {}
     queue = list(reversed(hosts))
@@ -2967,7 +2996,7 @@ def fan_out(
         thread.start()
     for thread in threads:
         thread.join()
-    return {host.name: results[host.name] for host in hosts}
+    return GroupResult((host.name, results[host.name]) for host in hosts)
 
 
 def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) -> Any:
@@ -3147,7 +3176,7 @@ class Context:
 
     def fan_out(
         self, hosts: Sequence[Host], job: Callable[[Host], Any], progress: bool = True
-    ) -> dict[str, Any]:
+    ) -> GroupResult:
         """fan_out with this run's forks, tracebacks under --debug, and `12/30 hosts` on
         stderr while it runs when stderr is a terminal (nothing extra otherwise)."""
         show = progress and len(hosts) > 1 and self.is_terminal(self.err)
@@ -3196,10 +3225,9 @@ def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
 
 
 def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
-    if isinstance(outcome, HostStatus) and outcome.error is not None:
-        outcome = outcome.error
-    if isinstance(outcome, BaseException):
-        ctx.report_traceback(host, outcome)
+    error = outcome.error if isinstance(outcome, (HostStatus, ActionOutcome)) else outcome
+    if isinstance(error, BaseException):
+        ctx.report_traceback(host, error)
 
 
 def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -3343,15 +3371,13 @@ def _check_single_form(args: argparse.Namespace, kind: str) -> None:
 
 def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
     host = resolve_target(ctx.inventory, target)
-    outcome = _one_host(ctx, host, lambda s: perform(s, host, action))
-    error = outcome if isinstance(outcome, BaseException) else None
+    outcome = ActionOutcome.of(_one_host(ctx, host, lambda s: perform(s, host, action)))
     if ctx.as_json:
         ctx.emit_json(action_entry(host, action, outcome))
     else:
-        stream = ctx.err if error else ctx.out
-        note = outcome.note if isinstance(outcome, ActionOutcome) else None
-        stream.write(action_line(host, action, error, note) + "\n")
-    return ExitStatus.FAILED if error else ExitStatus.OK
+        stream = ctx.err if outcome.error else ctx.out
+        stream.write(action_line(host, action, outcome) + "\n")
+    return ExitStatus.FAILED if outcome.error else ExitStatus.OK
 
 
 def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> list[Host]:
@@ -3463,23 +3489,26 @@ def confirm(ctx: Context, question: str) -> bool:
 
 def act_on_steps(
     ctx: Context, pool: SessionPool, steps: Sequence[Step]
-) -> list[tuple[Step, ActionOutcome | BaseException]]:
+) -> list[tuple[Step, ActionOutcome]]:
     """Each host's actions in order over its one kept session; all hosts in parallel."""
     by_host: dict[str, list[Step]] = {}
     for step in steps:
         by_host.setdefault(step.thread.host.name, []).append(step)
     hosts = [host_steps[0].thread.host for host_steps in by_host.values()]
 
-    def job(host: Host) -> list[ActionOutcome | HostError]:
+    def job(host: Host) -> list[ActionOutcome]:
         actions = [step.action for step in by_host[host.name]]
         return pool.run(host, lambda session: perform_all(session, host, actions))
 
     outcomes = ctx.fan_out(hosts, job)
-    results: list[tuple[Step, ActionOutcome | BaseException]] = []
+    failed = outcomes.failed  # a host that could not be reached at all: each of its steps
+    results: list[tuple[Step, ActionOutcome]] = []
     for host in hosts:
-        outcome = outcomes[host.name]
         host_steps = by_host[host.name]
-        per_step = outcome if isinstance(outcome, list) else [outcome] * len(host_steps)
+        if host.name in failed:
+            per_step = [ActionOutcome(error=failed[host.name])] * len(host_steps)
+        else:
+            per_step = outcomes[host.name]
         results += zip(host_steps, per_step, strict=True)
     return results
 
@@ -3488,10 +3517,10 @@ def show_results(
     ctx: Context,
     kind: str,
     document: dict[str, Any],
-    results: Sequence[tuple[Step, ActionOutcome | BaseException]],
+    results: Sequence[tuple[Step, ActionOutcome]],
     unreachable: Sequence[dict[str, Any]],
 ) -> ExitStatus:
-    failed = any(isinstance(outcome, BaseException) for _, outcome in results)
+    failed = any(outcome.error for _, outcome in results)
     if ctx.as_json:
         document["results"] = [
             action_entry(step.thread.host, step.action, outcome) for step, outcome in results
@@ -3499,9 +3528,7 @@ def show_results(
         ctx.emit_json(document)
     else:
         for step, outcome in results:
-            error = outcome if isinstance(outcome, BaseException) else None
-            note = outcome.note if isinstance(outcome, ActionOutcome) else None
-            ctx.out.write(action_line(step.thread.host, step.action, error, note) + "\n")
+            ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
         ctx.out.write(results_summary(kind, results) + "\n")
     return ExitStatus.FAILED if failed or unreachable else ExitStatus.OK
 
@@ -3574,8 +3601,8 @@ class Drain:
         self.latest = {thread.key: thread.info for thread in self.targets}
         acting = [step for step in plan_steps("pause", self.targets, None) if step.action]
         for step, outcome in act_on_steps(self.ctx, self.pool, acting):
-            if isinstance(outcome, BaseException):
-                self.failed[step.thread.key] = outcome
+            if outcome.error is not None:
+                self.failed[step.thread.key] = outcome.error
         self._progress(
             f"drain: pausing {count_line(self.targets)} at their next stage boundary"
             f" (timeout {format_duration(self.timeout)})"
@@ -3596,14 +3623,12 @@ class Drain:
         hosts = list({thread.host.name: thread.host for thread in self.targets}.values())
         outcomes = self.ctx.fan_out(hosts, self.pool.status, progress=False)
         for host in hosts:
-            outcome = outcomes[host.name]
-            if isinstance(outcome, HostStatus) and outcome.threads is not None:
+            status = HostStatus.of(outcomes[host.name])
+            if status.threads is not None:
                 self.host_errors.pop(host.name, None)
-                self._update(host, outcome.threads)
+                self._update(host, status.threads)
             else:
-                self.host_errors[host.name] = (
-                    outcome.error if isinstance(outcome, HostStatus) else outcome
-                )
+                self.host_errors[host.name] = status.error
 
     def _update(self, host: Host, threads: list[WorkerInfo]) -> None:
         for info in threads:
@@ -3729,7 +3754,7 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     )
     for host in hosts:
         _show_traceback(ctx, host, outcomes[host.name])
-    missed = any(isinstance(outcome, NoAnswer) for outcome in outcomes.values())
+    missed = any(isinstance(error, NoAnswer) for error in outcomes.failed.values())
     report = judge_fleet(outcomes, thresholds, time.time(), deadline if missed else None)
     if textfile:
         try:
@@ -3775,7 +3800,7 @@ def fan_out_until(
     forks: int,
     seconds: float,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any | BaseException]:
+) -> GroupResult:
     """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
 
     The fan-out runs in a daemon thread and its workers are daemon threads
@@ -3817,7 +3842,7 @@ def fan_out_until(
         if progress is not None:
             progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
     late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
-    return {host.name: outcomes.get(host.name, late) for host in hosts}
+    return GroupResult((host.name, outcomes.get(host.name, late)) for host in hosts)
 
 
 def write_textfile(path: Path, text: str) -> None:

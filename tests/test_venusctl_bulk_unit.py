@@ -16,7 +16,7 @@ import pytest
 from helpers import report, worker_info
 
 import venusctl
-from venusctl import Action, AgentRefused, HostStatus, Selector, Step
+from venusctl import Action, ActionOutcome, AgentRefused, HostStatus, Selector, Step
 from worker_agent import api
 
 
@@ -178,9 +178,9 @@ def test_results_summary_counts_failures():
     steps = [Step(t, Action("resume", t.index), "resume") for t in fleet(STUCK, RETRYING)]
     steps.append(Step(fleet(STUCK, host=W10)[0], Action("resume", 0), "resume"))
     outcomes = [
-        (steps[0], "stream"),
-        (steps[1], AgentRefused(1001, "not paused")),
-        (steps[2], "exec"),
+        (steps[0], ActionOutcome("stream")),
+        (steps[1], ActionOutcome(error=AgentRefused(1001, "not paused"))),
+        (steps[2], ActionOutcome("exec")),
     ]
     assert venusctl.results_summary("resume", outcomes) == (
         "resumed 2 of 3 threads on 2 hosts, 1 failed"
@@ -229,7 +229,8 @@ class RefusingPool:
         return HostStatus(report=None, threads=self.threads, via="stream")
 
     def run(self, host, work):
-        return [venusctl.HostTimeout("timed out")]  # the outcome of the host's one pause
+        # the outcome of the host's one pause
+        return [ActionOutcome(error=venusctl.HostTimeout("timed out"))]
 
 
 def fake_time_context():
@@ -269,7 +270,7 @@ class ScriptedPool:
         return HostStatus(report=None, threads=threads, via="stream")
 
     def run(self, host, work):
-        return [True]  # the host's one pause, accepted
+        return [ActionOutcome("stream")]  # the host's one pause, accepted
 
 
 def test_drain_waits_until_paused_not_just_until_nothing_runs():

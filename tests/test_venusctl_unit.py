@@ -507,6 +507,21 @@ def test_fan_out_keeps_every_hosts_result_or_exception():
     assert isinstance(results["cpu-01"], venusctl.HostTimeout)
 
 
+def test_fan_out_is_a_group_result_split_in_inventory_order():
+    hosts = parse(INVENTORY).hosts
+
+    def job(worker):
+        if worker.name in ("gpu-02", "local"):
+            raise venusctl.ConnectionRefused("connection refused")
+        return worker.name
+
+    results = venusctl.fan_out(hosts, job, forks=4)
+    assert isinstance(results, venusctl.GroupResult)
+    assert results.succeeded == {"gpu-01": "gpu-01", "cpu-01": "cpu-01"}
+    assert list(results.failed) == ["gpu-02", "local"]
+    assert all(isinstance(e, venusctl.ConnectionRefused) for e in results.failed.values())
+
+
 def test_fan_out_runs_at_most_forks_hosts_at_once():
     hosts = parse("".join(f"[[host]]\nname = 'h{n}'\naddress = 'x{n}'\n" for n in range(8))).hosts
     lock = threading.Lock()
