@@ -52,6 +52,27 @@ configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
 3 UNKNOWN.
 """
 
+
+# Layout: one file, read top to bottom; each section uses only those above it.
+#
+#   Exit codes, Errors     ExitStatus, Severity; VenusctlError ends the run, HostError is a row
+#   Values                 durations, thread indexes, state and stage names, --stuck keys
+#   Inventory              inventory.toml -> Host, Inventory; HOST targets and --limit
+#   Host answers           HostStatus (typed at the edge), damocles' WorkerInfo shapes, Action
+#   Tables and JSON        what list, info, pause/resume and inventory print
+#   Health engine          thresholds, findings, the plugin line, JSON, Prometheus text
+#   Fleet threads, Drain   selectors and bulk plans; drain's view of a thread
+#   JSON-RPC and agents    RpcAgent, CliAgent, DamoclesAgent: each wire answer -> api types
+#   Sessions               LocalSession, SshSession (paramiko, known_hosts, ssh_config)
+#   Transport policy       open_agent (stream, exec, local, damocles; the fallback), actions,
+#                          fan_out -> GroupResult, SessionPool (watch, drain, bulk)
+#   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
+#                          health
+#   Argument parser, main  build_parser; main(argv) -> int, the only exit
+#
+# The contract with the agent (WorkerInfo, the report, codes, states, durations) is
+# worker_agent/api.py, which both programs import.
+
 from __future__ import annotations
 
 import argparse
@@ -92,51 +113,98 @@ __all__ = [
     "UsageError",
     "InventoryError",
     "HostError",
+    "ConnectionRefused",
+    "HostTimeout",
+    "AgentNotRunning",
+    "AgentNotInstalled",
+    "UnreadableReply",
     "AgentRefused",
-    "Host",
-    "Inventory",
-    "load_inventory",
-    "parse_inventory",
-    "resolve_target",
-    "select_hosts",
+    "NoAnswer",
     "parse_duration",
     "format_duration",
-    "status_argv",
-    "pause_argv",
-    "resume_argv",
     "parse_index",
     "parse_state",
-    "JsonRpcClient",
-    "RpcAgent",
-    "CliAgent",
-    "DamoclesAgent",
-    "normalize_worker_info",
-    "check_resume_state",
+    "parse_state_list",
+    "parse_stage",
+    "parse_plan_name",
+    "compile_error_match",
+    "STUCK_DEFAULTS",
+    "check_stuck_key",
+    "parse_stuck_option",
+    "Host",
+    "HealthSettings",
+    "Inventory",
+    "inventory_path",
+    "load_inventory",
+    "parse_inventory",
     "parse_rpc_address",
-    "ActionOutcome",
+    "resolve_target",
+    "select_hosts",
     "HostStatus",
+    "normalize_worker_info",
+    "resume_states",
+    "check_resume_state",
+    "Action",
+    "ActionOutcome",
+    "LIST_WIDE_HEADERS",
+    "INFO_HEADERS",
+    "list_entry",
     "list_table",
     "info_table",
+    "inventory_table",
     "ansible_inventory",
-    "HealthSettings",
+    "render_table",
     "Thresholds",
     "Finding",
     "HealthReport",
     "judge_fleet",
+    "health_summary",
     "health_text",
     "health_json",
     "prometheus_text",
-    "write_textfile",
+    "Selector",
+    "FleetThread",
+    "select_threads",
+    "count_line",
+    "threads_table",
+    "unreachable_lines",
+    "Step",
+    "plan_steps",
+    "invalid_resume_state",
+    "plan_summary",
+    "results_summary",
+    "describe_thread",
+    "JsonRpcClient",
+    "RpcAgent",
+    "DamoclesAgent",
+    "CommandResult",
+    "CliAgent",
+    "checked_threads",
+    "parse_cli_reply",
+    "status_argv",
+    "pause_argv",
+    "resume_argv",
+    "SshContext",
+    "SshSession",
+    "connect_tcp",
+    "connect_ssh",
+    "open_agent",
     "query_status",
     "perform",
     "perform_all",
+    "GroupResult",
     "fan_out",
-    "Selector",
-    "select_threads",
-    "plan_steps",
     "SessionPool",
+    "Context",
+    "list_report",
+    "Drain",
+    "health_thresholds",
+    "write_textfile",
+    "build_parser",
     "main",
+    "requested_command",
 ]
+
 
 # =============================================================================
 # Exit codes
@@ -268,12 +336,171 @@ class AgentRefused(HostError):
         return {"kind": self.kind, "code": int(self.code), "message": str(self)}
 
 
+class NoAnswer(HostError):
+    """The host was still being asked when `health --deadline` passed."""
+
+    kind = "no-answer"
+
+
+# =============================================================================
+# Values: durations, indexes, names and thresholds
+# =============================================================================
+
+
+STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def parse_duration(text: str) -> float:
+    """The one duration grammar (api.parse_duration: '10m', '1h 30m', '5min', '500ms'),
+    where a plain number is seconds ('600'), as venusctl's options and inventory always took."""
+    return api.parse_duration(text, bare_seconds=True)
+
+
+def format_duration(seconds: float | None) -> str:
+    """2.7s, 17s, 13m42s, 336h41m13s (Go style, without days); '-' for None.
+
+    Floats under a minute keep one decimal (a heartbeat age); whole seconds
+    (thread elapsed times) print without one.
+    """
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s" if float(seconds).is_integer() else f"{seconds:.1f}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
+
+
+def parse_index(text: str) -> int:
+    """A thread index from the command line: a whole number >= 0, nothing else."""
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise ValueError(f"invalid thread index {text!r}: must be a whole number >= 0")
+    return int(text)
+
+
+def parse_state(text: str) -> str:
+    """A state name from the command line: letters and digits only (e.g. C1Done)."""
+    if not STATE_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid state {text!r}: a state name is letters and digits only")
+    return text
+
+
+def parse_state_list(text: str) -> tuple[str, ...]:
+    """--state C1Done,PC1Done: comma-separated state names, each letters and digits."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not any(names):
+        raise ValueError(f"invalid state list {text!r}: give one or more names, e.g. C1Done")
+    return tuple(parse_state(name) for name in names if name)
+
+
+def parse_stage(text: str) -> str:
+    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed)."""
+    if not STATE_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid stage {text!r}: a stage label is letters and digits only")
+    return text
+
+
+PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def parse_plan_name(text: str) -> str:
+    if not PLAN_NAME_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid plan {text!r}: e.g. sealer, snapup, rebuild, unseal")
+    return text
+
+
+def compile_error_match(text: str) -> re.Pattern[str]:
+    """--error-match REGEX, searched in last_error; a bad regex is one usage line."""
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise ValueError(f"invalid regular expression {text!r}: {error}") from error
+
+
+# damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
+WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
+
+
+# Task states of every plan (damocles' names): `--stuck` also takes these,
+# and a state beats its stage label (e.g. SeedAssigned=30m vs C1=1h).
+STATE_NAMES = (
+    *api.STATE_NAMES,
+    *(name for name in WDPOST_STATES if name not in api.STATE_NAMES),
+)
+
+
+# How long a job may stay in one state before `health` calls it stuck, by the
+# stage label of the work done from that state (WorkerInfo `job_stage`, the
+# damocles labels: each of api.STAGE_NAMES, tests/test_health_unit.py checks).
+# Compute stages get what a healthy 32 GiB sector needs plus a margin; submits
+# are a message to the chain and should take minutes; chain waits are bounded
+# by the chain (WaitSeed: 150 epochs = 75 min).
+STUCK_DEFAULTS: dict[str, float] = {
+    "AcquireDeals": 1 * 3600,
+    "AddPieces": 2 * 3600,
+    "TreeD": 2 * 3600,
+    "AssignTicket": 1 * 3600,
+    "PC1": 12 * 3600,
+    "PC2": 4 * 3600,
+    "SyntheticPoRep": 4 * 3600,
+    "SubmitPreCommit": 1 * 3600,
+    "WaitPCLanded": 6 * 3600,
+    "PersistFiles": 2 * 3600,
+    "SubmitPersisted": 1 * 3600,
+    "WaitSeed": 3 * 3600,
+    "C1": 1 * 3600,
+    "C2": 4 * 3600,
+    "SubmitProof": 1 * 3600,
+    "WaitProofLanded": 6 * 3600,
+    "SnapEncode": 4 * 3600,
+    "SnapProve": 4 * 3600,
+    "SubmitSnapupProof": 1 * 3600,
+    "PrepareForSnapup": 2 * 3600,
+    "Unseal": 12 * 3600,
+    "UploadPiece": 2 * 3600,
+    # any stage not listed (a newer worker's): `--stuck default=...`
+    "default": 6 * 3600,
+}
+
+
+HEALTH_DEFAULTS = {
+    "expiration": 600.0,
+    "paused_warn": 3600.0,
+    "paused_crit": 6 * 3600.0,
+    "deadline": 60.0,
+}
+
+
+def check_stuck_key(key: str) -> str:
+    """A `--stuck` key: a stage label, a state name or `default`; a typo is refused."""
+    if key in STUCK_DEFAULTS or key in api.STAGE_NAMES or key in STATE_NAMES:
+        return key
+    raise ValueError(
+        f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
+        " or a state name such as C1Done)"
+    )
+
+
+def parse_stuck_option(text: str) -> tuple[str, float]:
+    """`--stuck PC1=14h` -> ('PC1', 50400.0)."""
+    key, sep, duration = text.partition("=")
+    if not sep:
+        raise ValueError(f"invalid --stuck {text!r}: expected KEY=DURATION, e.g. PC1=14h")
+    return check_stuck_key(key.strip()), parse_duration(duration)
+
+
 # =============================================================================
 # Inventory
 # =============================================================================
 
+
 DEFAULT_INVENTORY = "inventory.toml"
+
+
 INVENTORY_ENV = "VENUSCTL_INVENTORY"
+
 
 # The systemd layout the deployment playbook installs on every worker host.
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -294,19 +521,35 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     # host itself, reached through a direct-tcpip channel of the SSH connection.
     "rpc": "127.0.0.1:17890",
 }
+
+
 HOST_ONLY_KEYS = ("name", "address", "groups")
+
+
 TRANSPORTS = ("auto", "stream", "exec", "local")
+
+
 HOST_KEY_POLICIES = ("reject", "accept-new")
+
+
 # venus: our agent (worker_agent), on its Unix socket or through its CLI.
 # damocles: the original Rust damocles-worker (formerly venus-worker),
 # nothing of ours installed: its JSON-RPC port, through the SSH connection.
 BACKENDS = ("venus", "damocles")
+
+
 # A damocles host is only reachable over SSH, and there is no CLI of ours to exec.
 DAMOCLES_TRANSPORTS = ("auto", "stream")
+
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 # A host name, an IPv4 or IPv6 address (with a %zone): never a leading '-', which
 # ssh (the playbooks' connection) would read as an option.
 ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*$")
+
+
 # Local paths in the inventory are relative to the inventory's directory.
 LOCAL_PATH_KEYS = ("identity_file", "known_hosts", "ssh_config")
 
@@ -723,74 +966,8 @@ def _known_names(inventory: Inventory) -> str:
 
 
 # =============================================================================
-# Pure formatting and validation
+# Host answers, typed at the edge: status, damocles shapes, resume states, actions
 # =============================================================================
-
-STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
-
-
-def parse_duration(text: str) -> float:
-    """The one duration grammar (api.parse_duration: '10m', '1h 30m', '5min', '500ms'),
-    where a plain number is seconds ('600'), as venusctl's options and inventory always took."""
-    return api.parse_duration(text, bare_seconds=True)
-
-
-def format_duration(seconds: float | None) -> str:
-    """2.7s, 17s, 13m42s, 336h41m13s (Go style, without days); '-' for None.
-
-    Floats under a minute keep one decimal (a heartbeat age); whole seconds
-    (thread elapsed times) print without one.
-    """
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s" if float(seconds).is_integer() else f"{seconds:.1f}s"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
-
-
-def parse_index(text: str) -> int:
-    """A thread index from the command line: a whole number >= 0, nothing else."""
-    if not re.fullmatch(r"[0-9]{1,9}", text):
-        raise ValueError(f"invalid thread index {text!r}: must be a whole number >= 0")
-    return int(text)
-
-
-def parse_state(text: str) -> str:
-    """A state name from the command line: letters and digits only (e.g. C1Done)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid state {text!r}: a state name is letters and digits only")
-    return text
-
-
-def _agent_command(host: Host, *command: str) -> list[str]:
-    return [*host.agent_argv, "worker", "-c", host.config, *command]
-
-
-def status_argv(host: Host) -> list[str]:
-    return _agent_command(host, "status", "--json")
-
-
-def pause_argv(host: Host, index: int) -> list[str]:
-    return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
-
-
-def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
-    argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
-    if state is not None:
-        argv += ["--state", parse_state(state)]
-    return [*argv, "--json"]
-
-
-def _checked_index(index: int) -> int:
-    # Second line of defence: the parser already validated it, but an argv
-    # for a remote shell is only ever built from checked values.
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ValueError(f"invalid thread index {index!r}")
-    return index
 
 
 @dataclass
@@ -907,10 +1084,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
-WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
-
-
 def resume_states(thread: WorkerInfo) -> tuple[str, tuple[str, ...]]:
     """(plan, its valid resume states) for a thread.
 
@@ -946,6 +1119,69 @@ def check_resume_state(thread: WorkerInfo, state: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Action:
+    """pause or resume of one thread, validated before any connection."""
+
+    kind: str  # "pause" | "resume"
+    index: int
+    state: str | None = None
+
+    def via(self, agent: Agent) -> str | None:
+        """Do it; returns a note when the answer was more than "done" (damocles)."""
+        if self.kind == "pause":
+            return agent.pause(self.index)
+        return agent.resume(self.index, self.state)
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """How an action was done: the path used (stream, exec, ...) and the agent's note,
+    or why it was not (`error`; then `via` is None)."""
+
+    via: str | None = None
+    note: str | None = None
+    error: BaseException | None = None
+
+    @classmethod
+    def of(cls, outcome: ActionOutcome | BaseException) -> ActionOutcome:
+        """A fan-out outcome as an ActionOutcome: a host that raised failed with that error."""
+        return outcome if isinstance(outcome, ActionOutcome) else cls(error=outcome)
+
+
+# =============================================================================
+# Tables and JSON entries
+# =============================================================================
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _state_value(state: ThreadState | None) -> str | None:
+    return None if state is None else state.value
+
+
+def error_json(error: BaseException | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    if isinstance(error, HostError):
+        return error.as_json()
+    return {"kind": "internal-error", "message": describe_unexpected(error)}
+
+
+def describe_unexpected(error: BaseException) -> str:
+    return f"internal error: {type(error).__name__}: {error} (run with --debug)"
+
+
+def error_text(error: BaseException) -> str:
+    return str(error) if isinstance(error, HostError) else describe_unexpected(error)
+
+
 def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: float) -> dict:
     """One host's `list --json` object (also what the table is made from)."""
     status = HostStatus.of(outcome)
@@ -965,23 +1201,9 @@ def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: floa
     }
 
 
-def error_json(error: BaseException | None) -> dict[str, Any] | None:
-    if error is None:
-        return None
-    if isinstance(error, HostError):
-        return error.as_json()
-    return {"kind": "internal-error", "message": describe_unexpected(error)}
-
-
-def describe_unexpected(error: BaseException) -> str:
-    return f"internal error: {type(error).__name__}: {error} (run with --debug)"
-
-
-def error_text(error: BaseException) -> str:
-    return str(error) if isinstance(error, HostError) else describe_unexpected(error)
-
-
 LIST_HEADERS = ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPing"]
+
+
 LIST_WIDE_HEADERS = [
     "Name",
     "Dest",
@@ -994,6 +1216,12 @@ LIST_WIDE_HEADERS = [
     "Errors",
     "LastPing",
 ]
+
+
+def _last_ping_cell(entry: dict) -> str:
+    if entry["last_ping"] is None:
+        return "-"
+    return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
 
 
 def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
@@ -1018,18 +1246,18 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
     return headers, rows
 
 
-def _last_ping_cell(entry: dict) -> str:
-    if entry["last_ping"] is None:
-        return "-"
-    return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
 INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", "LastErr"]
+
+
 INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
+
+
+def format_thread_state(activity: ThreadActivity) -> str:
+    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
+    state = activity.state.value if activity.state is not None else "-"
+    elapsed = activity.elapsed
+    text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
+    return f"{text} {activity.proc}" if activity.proc else text
 
 
 def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], list[list[str]]]:
@@ -1052,103 +1280,6 @@ def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], li
         }
         rows.append([cells[header] for header in headers])
     return headers, rows
-
-
-def format_thread_state(activity: ThreadActivity) -> str:
-    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
-    state = activity.state.value if activity.state is not None else "-"
-    elapsed = activity.elapsed
-    text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
-    return f"{text} {activity.proc}" if activity.proc else text
-
-
-INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
-
-
-def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
-    """`venusctl inventory`: the hosts as venusctl resolved them (no connection)."""
-    rows = [
-        [
-            host.name,
-            host.dest,
-            host.user or "-",
-            _transport_cell(host),
-            ",".join(host.groups) or "-",
-        ]
-        for host in inventory.hosts
-    ]
-    return INVENTORY_HEADERS, rows
-
-
-def _transport_cell(host: Host) -> str:
-    return (
-        f"{host.transport} -> damocles {host.rpc}" if host.backend == "damocles" else host.transport
-    )
-
-
-def inventory_json(inventory: Inventory) -> list[dict[str, Any]]:
-    """Every host with every setting resolved (`venusctl inventory --json`)."""
-    return [{**asdict(host), "dest": host.dest} for host in inventory.hosts]
-
-
-def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
-    """Ansible's dynamic-inventory JSON for the same hosts (`venusctl inventory --ansible`).
-
-    Groups come from the hosts' `groups`; `_meta.hostvars` carries how to
-    reach each host and where its agent's command, config and socket are,
-    so playbooks and venusctl never disagree about the fleet. damocles hosts
-    are left out: the playbooks deploy and drive our agent, which they do not run.
-    """
-    groups: dict[str, list[str]] = {}
-    hosts = [host for host in inventory.hosts if host.backend != "damocles"]
-    for host in hosts:
-        for group in host.groups or ("ungrouped",):
-            groups.setdefault(group, []).append(host.name)
-    document: dict[str, Any] = {group: {"hosts": names} for group, names in sorted(groups.items())}
-    document["_meta"] = {"hostvars": {host.name: ansible_hostvars(host) for host in hosts}}
-    return document
-
-
-PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
-
-
-def ansible_hostvars(host: Host) -> dict[str, Any]:
-    agent = {"venus_worker_config": host.config, "venus_worker_socket": host.socket}
-    if host.agent != BUILTIN_DEFAULTS["agent"]:
-        # Only a command the inventory names; else the playbooks' own install path.
-        agent["venus_worker_bin"] = host.agent
-    if host.transport == "local":
-        # As Ansible's implicit localhost: the Python running Ansible, no discovery.
-        local = {"ansible_connection": "local", "ansible_python_interpreter": PLAYBOOK_PYTHON}
-        return {**local, **agent}
-    strict = "accept-new" if host.host_key_policy == "accept-new" else "yes"
-    ssh_args = (
-        [] if host.ssh_config == os.path.expanduser("~/.ssh/config") else ["-F", host.ssh_config]
-    )
-    ssh_args += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
-    ssh_args += ["-o", f"StrictHostKeyChecking={strict}"]
-    hostvars: dict[str, Any] = {"ansible_host": host.address}
-    if host.port is not None:
-        hostvars["ansible_port"] = host.port
-    if host.user is not None:
-        hostvars["ansible_user"] = host.user
-    if host.identity_file is not None:
-        hostvars["ansible_ssh_private_key_file"] = host.identity_file
-    hostvars["ansible_ssh_common_args"] = shlex.join(ssh_args)
-    hostvars["ansible_ssh_timeout"] = math.ceil(host.connect_timeout)  # ssh wants whole seconds
-    return {**hostvars, **agent}
-
-
-def render_table(headers: list[str], rows: list[list[str]]) -> str:
-    from tabulate import simple_separated_format, tabulate
-
-    # The seed's layout: left-aligned columns two spaces apart, no rules. The
-    # header goes in as the first row because tabulate pads real headers by
-    # two more spaces; numparse off so an index or a count is never reformatted.
-    table = tabulate(
-        [headers, *rows], tablefmt=simple_separated_format("  "), disable_numparse=True
-    )
-    return "\n".join(line.rstrip() for line in table.splitlines())
 
 
 def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
@@ -1204,70 +1335,98 @@ def action_line(host: Host, action: Action, outcome: ActionOutcome) -> str:
     return f"{subject}: resumed"
 
 
-# -- health: judging a fleet, and the report's three forms --------------------
-
-# How long a job may stay in one state before `health` calls it stuck, by the
-# stage label of the work done from that state (WorkerInfo `job_stage`, the
-# damocles labels: each of api.STAGE_NAMES, tests/test_health_unit.py checks).
-# Compute stages get what a healthy 32 GiB sector needs plus a margin; submits
-# are a message to the chain and should take minutes; chain waits are bounded
-# by the chain (WaitSeed: 150 epochs = 75 min).
-STUCK_DEFAULTS: dict[str, float] = {
-    "AcquireDeals": 1 * 3600,
-    "AddPieces": 2 * 3600,
-    "TreeD": 2 * 3600,
-    "AssignTicket": 1 * 3600,
-    "PC1": 12 * 3600,
-    "PC2": 4 * 3600,
-    "SyntheticPoRep": 4 * 3600,
-    "SubmitPreCommit": 1 * 3600,
-    "WaitPCLanded": 6 * 3600,
-    "PersistFiles": 2 * 3600,
-    "SubmitPersisted": 1 * 3600,
-    "WaitSeed": 3 * 3600,
-    "C1": 1 * 3600,
-    "C2": 4 * 3600,
-    "SubmitProof": 1 * 3600,
-    "WaitProofLanded": 6 * 3600,
-    "SnapEncode": 4 * 3600,
-    "SnapProve": 4 * 3600,
-    "SubmitSnapupProof": 1 * 3600,
-    "PrepareForSnapup": 2 * 3600,
-    "Unseal": 12 * 3600,
-    "UploadPiece": 2 * 3600,
-    # any stage not listed (a newer worker's): `--stuck default=...`
-    "default": 6 * 3600,
-}
-# Task states of every plan (damocles' names): `--stuck` also takes these,
-# and a state beats its stage label (e.g. SeedAssigned=30m vs C1=1h).
-STATE_NAMES = (
-    *api.STATE_NAMES,
-    *(name for name in WDPOST_STATES if name not in api.STATE_NAMES),
-)
-HEALTH_DEFAULTS = {
-    "expiration": 600.0,
-    "paused_warn": 3600.0,
-    "paused_crit": 6 * 3600.0,
-    "deadline": 60.0,
-}
+INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
 
 
-def check_stuck_key(key: str) -> str:
-    """A `--stuck` key: a stage label, a state name or `default`; a typo is refused."""
-    if key in STUCK_DEFAULTS or key in api.STAGE_NAMES or key in STATE_NAMES:
-        return key
-    raise ValueError(
-        f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
-        " or a state name such as C1Done)"
+def _transport_cell(host: Host) -> str:
+    return (
+        f"{host.transport} -> damocles {host.rpc}" if host.backend == "damocles" else host.transport
     )
 
 
-def parse_stuck_option(text: str) -> tuple[str, float]:
-    """`--stuck PC1=14h` -> ('PC1', 50400.0)."""
-    key, sep, duration = text.partition("=")
-    if not sep:
-        raise ValueError(f"invalid --stuck {text!r}: expected KEY=DURATION, e.g. PC1=14h")
-    return check_stuck_key(key.strip()), parse_duration(duration)
+def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
+    """`venusctl inventory`: the hosts as venusctl resolved them (no connection)."""
+    rows = [
+        [
+            host.name,
+            host.dest,
+            host.user or "-",
+            _transport_cell(host),
+            ",".join(host.groups) or "-",
+        ]
+        for host in inventory.hosts
+    ]
+    return INVENTORY_HEADERS, rows
+
+
+def inventory_json(inventory: Inventory) -> list[dict[str, Any]]:
+    """Every host with every setting resolved (`venusctl inventory --json`)."""
+    return [{**asdict(host), "dest": host.dest} for host in inventory.hosts]
+
+
+PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
+
+
+def ansible_hostvars(host: Host) -> dict[str, Any]:
+    agent = {"venus_worker_config": host.config, "venus_worker_socket": host.socket}
+    if host.agent != BUILTIN_DEFAULTS["agent"]:
+        # Only a command the inventory names; else the playbooks' own install path.
+        agent["venus_worker_bin"] = host.agent
+    if host.transport == "local":
+        # As Ansible's implicit localhost: the Python running Ansible, no discovery.
+        local = {"ansible_connection": "local", "ansible_python_interpreter": PLAYBOOK_PYTHON}
+        return {**local, **agent}
+    strict = "accept-new" if host.host_key_policy == "accept-new" else "yes"
+    ssh_args = (
+        [] if host.ssh_config == os.path.expanduser("~/.ssh/config") else ["-F", host.ssh_config]
+    )
+    ssh_args += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
+    ssh_args += ["-o", f"StrictHostKeyChecking={strict}"]
+    hostvars: dict[str, Any] = {"ansible_host": host.address}
+    if host.port is not None:
+        hostvars["ansible_port"] = host.port
+    if host.user is not None:
+        hostvars["ansible_user"] = host.user
+    if host.identity_file is not None:
+        hostvars["ansible_ssh_private_key_file"] = host.identity_file
+    hostvars["ansible_ssh_common_args"] = shlex.join(ssh_args)
+    hostvars["ansible_ssh_timeout"] = math.ceil(host.connect_timeout)  # ssh wants whole seconds
+    return {**hostvars, **agent}
+
+
+def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
+    """Ansible's dynamic-inventory JSON for the same hosts (`venusctl inventory --ansible`).
+
+    Groups come from the hosts' `groups`; `_meta.hostvars` carries how to
+    reach each host and where its agent's command, config and socket are,
+    so playbooks and venusctl never disagree about the fleet. damocles hosts
+    are left out: the playbooks deploy and drive our agent, which they do not run.
+    """
+    groups: dict[str, list[str]] = {}
+    hosts = [host for host in inventory.hosts if host.backend != "damocles"]
+    for host in hosts:
+        for group in host.groups or ("ungrouped",):
+            groups.setdefault(group, []).append(host.name)
+    document: dict[str, Any] = {group: {"hosts": names} for group, names in sorted(groups.items())}
+    document["_meta"] = {"hostvars": {host.name: ansible_hostvars(host) for host in hosts}}
+    return document
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> str:
+    from tabulate import simple_separated_format, tabulate
+
+    # The seed's layout: left-aligned columns two spaces apart, no rules. The
+    # header goes in as the first row because tabulate pads real headers by
+    # two more spaces; numparse off so an index or a count is never reformatted.
+    table = tabulate(
+        [headers, *rows], tablefmt=simple_separated_format("  "), disable_numparse=True
+    )
+    return "\n".join(line.rstrip() for line in table.splitlines())
+
+
+# =============================================================================
+# Health engine: judging a fleet, and the report's three forms
+# =============================================================================
 
 
 @dataclass(frozen=True)
@@ -1285,12 +1444,6 @@ class Thresholds:
             if key and key in self.stuck:
                 return key, self.stuck[key]
         return "default", STUCK_DEFAULTS["default"]
-
-
-class NoAnswer(HostError):
-    """The host was still being asked when `health --deadline` passed."""
-
-    kind = "no-answer"
 
 
 @dataclass(frozen=True)
@@ -1354,61 +1507,6 @@ _SEVERITY_RANK = {
 }
 
 
-def judge_fleet(
-    outcomes: dict[str, HostStatus | BaseException],
-    thresholds: Thresholds,
-    now: float,
-    deadline: float | None = None,
-) -> HealthReport:
-    """Hosts' outcomes (in inventory order) -> findings and the overall status. No I/O.
-
-    `deadline` is given when the run stopped waiting: the hosts whose outcome
-    is a NoAnswer were still being asked, and the whole report is UNKNOWN.
-    """
-    hosts = [judge_host(name, outcome, thresholds) for name, outcome in outcomes.items()]
-    findings = [finding for host in hosts for finding in host.findings]
-    findings.sort(key=lambda finding: -_SEVERITY_RANK[finding.severity])  # stable: host order
-    status = max((f.severity for f in findings), key=_SEVERITY_RANK.get, default=Severity.OK)
-    missed = deadline is not None and any(f.kind == "no-answer" for f in findings)
-    return HealthReport(
-        status=Severity.UNKNOWN if missed else status,
-        hosts=hosts,
-        findings=findings,
-        time=now,
-        deadline=deadline if missed else None,
-    )
-
-
-def judge_host(
-    name: str, outcome: HostStatus | BaseException, thresholds: Thresholds
-) -> HostHealth:
-    if isinstance(outcome, BaseException):
-        return HostHealth(name, up=False, findings=[_host_failure(name, outcome)])
-    age = outcome.heartbeat_age
-    health = HostHealth(name, up=outcome.threads is not None, heartbeat_age=age)
-    if outcome.threads is None:
-        health.findings.append(_agent_down(name, outcome, age, thresholds.expiration))
-        return health
-    if age is not None and age > thresholds.expiration:
-        # The daemon answers but has not written its heartbeat: its reporter
-        # (or the disk under its state folder) is stuck. A host without any
-        # report (a damocles worker writes none) is never judged on this.
-        limit = format_duration(thresholds.expiration)
-        message = (
-            f"heartbeat {format_duration(age)} old, over the {limit} expiration"
-            " (the agent answers but its reporter is stuck)"
-        )
-        health.findings.append(
-            Finding(Severity.CRITICAL, "heartbeat-expired", name, message, duration=age)
-        )
-    _count_threads(health, outcome.threads)
-    for thread in outcome.threads:
-        finding = judge_thread(name, thread, thresholds)
-        if finding is not None:
-            health.findings.append(finding)
-    return health
-
-
 def _host_failure(name: str, error: BaseException) -> Finding:
     if isinstance(error, NoAnswer):
         return Finding(Severity.UNKNOWN, "no-answer", name, str(error))
@@ -1444,6 +1542,29 @@ def _count_threads(health: HostHealth, threads: list[WorkerInfo]) -> None:
         health.errors += bool(thread.last_error)
 
 
+def _seconds(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _stuck(thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds) -> Finding | None:
+    if not where["state"]:
+        return None  # no task: idle and empty threads are counted, not judged
+    # state_elapsed is ours; a damocles worker only has the thread state's
+    # elapsed, which is the time in the current stage while it runs.
+    in_state = _seconds(thread.state_elapsed)
+    if in_state is None:
+        in_state = _seconds(thread.thread_state.elapsed)
+    key, limit = thresholds.stuck_after(where["state"], where["stage"])
+    if in_state is None or in_state < limit:
+        return None
+    doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
+    message = (
+        f"{doing} for {format_duration(in_state)}"
+        f" (stuck after {format_duration(limit)}, --stuck {key})"
+    )
+    return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
+
+
 def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Finding | None:
     """At most one finding per thread: in error, paused by hand, or stuck."""
     stage = thread.job_stage
@@ -1476,27 +1597,59 @@ def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Findi
     return _stuck(thread, where, thresholds)
 
 
-def _stuck(thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds) -> Finding | None:
-    if not where["state"]:
-        return None  # no task: idle and empty threads are counted, not judged
-    # state_elapsed is ours; a damocles worker only has the thread state's
-    # elapsed, which is the time in the current stage while it runs.
-    in_state = _seconds(thread.state_elapsed)
-    if in_state is None:
-        in_state = _seconds(thread.thread_state.elapsed)
-    key, limit = thresholds.stuck_after(where["state"], where["stage"])
-    if in_state is None or in_state < limit:
-        return None
-    doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
-    message = (
-        f"{doing} for {format_duration(in_state)}"
-        f" (stuck after {format_duration(limit)}, --stuck {key})"
+def judge_host(
+    name: str, outcome: HostStatus | BaseException, thresholds: Thresholds
+) -> HostHealth:
+    if isinstance(outcome, BaseException):
+        return HostHealth(name, up=False, findings=[_host_failure(name, outcome)])
+    age = outcome.heartbeat_age
+    health = HostHealth(name, up=outcome.threads is not None, heartbeat_age=age)
+    if outcome.threads is None:
+        health.findings.append(_agent_down(name, outcome, age, thresholds.expiration))
+        return health
+    if age is not None and age > thresholds.expiration:
+        # The daemon answers but has not written its heartbeat: its reporter
+        # (or the disk under its state folder) is stuck. A host without any
+        # report (a damocles worker writes none) is never judged on this.
+        limit = format_duration(thresholds.expiration)
+        message = (
+            f"heartbeat {format_duration(age)} old, over the {limit} expiration"
+            " (the agent answers but its reporter is stuck)"
+        )
+        health.findings.append(
+            Finding(Severity.CRITICAL, "heartbeat-expired", name, message, duration=age)
+        )
+    _count_threads(health, outcome.threads)
+    for thread in outcome.threads:
+        finding = judge_thread(name, thread, thresholds)
+        if finding is not None:
+            health.findings.append(finding)
+    return health
+
+
+def judge_fleet(
+    outcomes: dict[str, HostStatus | BaseException],
+    thresholds: Thresholds,
+    now: float,
+    deadline: float | None = None,
+) -> HealthReport:
+    """Hosts' outcomes (in inventory order) -> findings and the overall status. No I/O.
+
+    `deadline` is given when the run stopped waiting: the hosts whose outcome
+    is a NoAnswer were still being asked, and the whole report is UNKNOWN.
+    """
+    hosts = [judge_host(name, outcome, thresholds) for name, outcome in outcomes.items()]
+    findings = [finding for host in hosts for finding in host.findings]
+    findings.sort(key=lambda finding: -_SEVERITY_RANK[finding.severity])  # stable: host order
+    status = max((f.severity for f in findings), key=_SEVERITY_RANK.get, default=Severity.OK)
+    missed = deadline is not None and any(f.kind == "no-answer" for f in findings)
+    return HealthReport(
+        status=Severity.UNKNOWN if missed else status,
+        hosts=hosts,
+        findings=findings,
+        time=now,
+        deadline=deadline if missed else None,
     )
-    return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
-
-
-def _seconds(value: int | None) -> float | None:
-    return None if value is None else float(value)
 
 
 def fleet_counts(report: HealthReport) -> dict[str, int]:
@@ -1549,10 +1702,6 @@ def health_summary(report: HealthReport) -> str:
     return f"VENUS {report.status.name} - {', '.join(phrases)} | {perfdata}"
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def finding_line(finding: Finding) -> str:
     """`CRITICAL w1 #0 s-t010000-1 C1Done: paused by an error for 6h0m3s: permanent: ...`."""
     subject = finding.host
@@ -1573,6 +1722,36 @@ def health_json(report: HealthReport) -> dict[str, Any]:
         "findings": [finding.as_json() for finding in report.findings],
         "hosts": [host.as_json() for host in report.hosts],
     }
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Metrics:
+    """Gauges with HELP and TYPE, samples grouped under their metric as the format wants."""
+
+    def __init__(self) -> None:
+        self.help: dict[str, str] = {}
+        self.samples: dict[str, list[str]] = {}
+
+    def declare(self, name: str, text: str) -> None:
+        self.help[name] = text
+        self.samples[name] = []
+
+    def add(self, name: str, labels: dict[str, str], value: float) -> None:
+        pairs = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
+        number = str(value) if isinstance(value, int) else repr(float(value))
+        self.samples[name].append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
+
+    def render(self) -> str:
+        lines = []
+        for name, text in self.help.items():
+            if self.samples[name]:
+                help_text = text.replace("\\", "\\\\").replace("\n", "\\n")
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+                lines += self.samples[name]
+        return "\n".join(lines) + "\n"
 
 
 def prometheus_text(report: HealthReport) -> str:
@@ -1624,39 +1803,9 @@ def prometheus_text(report: HealthReport) -> str:
     return metrics.render()
 
 
-class _Metrics:
-    """Gauges with HELP and TYPE, samples grouped under their metric as the format wants."""
-
-    def __init__(self) -> None:
-        self.help: dict[str, str] = {}
-        self.samples: dict[str, list[str]] = {}
-
-    def declare(self, name: str, text: str) -> None:
-        self.help[name] = text
-        self.samples[name] = []
-
-    def add(self, name: str, labels: dict[str, str], value: float) -> None:
-        pairs = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
-        number = str(value) if isinstance(value, int) else repr(float(value))
-        self.samples[name].append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
-
-    def render(self) -> str:
-        lines = []
-        for name, text in self.help.items():
-            if self.samples[name]:
-                help_text = text.replace("\\", "\\\\").replace("\n", "\\n")
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-                lines += self.samples[name]
-        return "\n".join(lines) + "\n"
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-# -- fleet-wide threads: selection, bulk plans, drain --------------------------------
-
-PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
+# =============================================================================
+# Fleet threads: selectors, bulk plans
+# =============================================================================
 
 
 @dataclass(frozen=True)
@@ -1704,35 +1853,6 @@ class Selector:
         )
 
 
-def parse_state_list(text: str) -> tuple[str, ...]:
-    """--state C1Done,PC1Done: comma-separated state names, each letters and digits."""
-    names = tuple(name.strip() for name in text.split(","))
-    if not any(names):
-        raise ValueError(f"invalid state list {text!r}: give one or more names, e.g. C1Done")
-    return tuple(parse_state(name) for name in names if name)
-
-
-def parse_stage(text: str) -> str:
-    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid stage {text!r}: a stage label is letters and digits only")
-    return text
-
-
-def parse_plan_name(text: str) -> str:
-    if not PLAN_NAME_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid plan {text!r}: e.g. sealer, snapup, rebuild, unseal")
-    return text
-
-
-def compile_error_match(text: str) -> re.Pattern[str]:
-    """--error-match REGEX, searched in last_error; a bad regex is one usage line."""
-    try:
-        return re.compile(text)
-    except re.error as error:
-        raise ValueError(f"invalid regular expression {text!r}: {error}") from error
-
-
 @dataclass(frozen=True)
 class FleetThread:
     """One sealing thread of one host, as WorkerList reported it."""
@@ -1751,6 +1871,11 @@ class FleetThread:
     @property
     def label(self) -> str:
         return f"{self.host.name} #{self.index}"
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key that puts worker-2 before worker-10 (digit runs compare as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def select_threads(
@@ -1772,11 +1897,6 @@ def select_threads(
     matched.sort(key=lambda thread: (natural_key(thread.host.name), thread.index))
     unreachable.sort(key=lambda entry: natural_key(entry["name"]))
     return matched, unreachable
-
-
-def natural_key(name: str) -> list[str | int]:
-    """Sort key that puts worker-2 before worker-10 (digit runs compare as numbers)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def count_line(threads: Sequence[FleetThread]) -> str:
@@ -1804,6 +1924,12 @@ def unreachable_lines(unreachable: Sequence[dict[str, Any]]) -> list[str]:
     return [f"unreachable ({len(unreachable)}):"] + [
         f"  {info_failure_line(entry)}" for entry in unreachable
     ]
+
+
+def no_match_text(unreachable: Sequence[dict[str, Any]]) -> str:
+    """Says when the hosts that could not be asked may hold the threads meant."""
+    unasked = f" ({_plural(len(unreachable), 'host')} did not answer)" if unreachable else ""
+    return f"no thread matches the selection{unasked}"
 
 
 @dataclass(frozen=True)
@@ -1917,8 +2043,9 @@ def results_summary(kind: str, outcomes: Sequence[tuple[Step, ActionOutcome]]) -
     return text + (f", {failed} failed" if failed else "")
 
 
-def _state_value(state: ThreadState | None) -> str | None:
-    return None if state is None else state.value
+# =============================================================================
+# Drain's view of a thread
+# =============================================================================
 
 
 def thread_progress(thread: WorkerInfo) -> tuple[ThreadState | None, str]:
@@ -1932,6 +2059,14 @@ def describe_thread(thread: WorkerInfo) -> str:
     if thread.job_stage and thread.busy:
         text += f" at {thread.job_stage}"
     return text + (f" ({thread.job_state})" if thread.job_state else "")
+
+
+def _state_json(info: WorkerInfo) -> dict[str, Any]:
+    return {
+        "job_state": info.job_state,
+        "job_stage": info.job_stage,
+        "thread_state": _state_value(info.thread_state.state),
+    }
 
 
 DRAIN_HEADERS = ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
@@ -1963,9 +2098,9 @@ def drain_table(
 
 
 # =============================================================================
-# Transports: JSON-RPC over a byte stream, the agent clients, SSH and local
-# sessions, and the parallel fan-out
+# JSON-RPC and the agents: our agent's socket and CLI, a damocles-worker's port
 # =============================================================================
+
 
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 
@@ -2078,6 +2213,21 @@ class JsonRpcClient:
         if not chunk:
             raise UnreadableReply("unreadable reply: the agent closed the connection")
         self._buffer += chunk
+
+
+def parsed(kind: type, document: Any) -> Any:
+    """`document` read as `kind` (an api type) at the edge; a broken contract is unreadable."""
+    try:
+        return kind.from_json(document)
+    except api.WireError as error:
+        raise UnreadableReply(f"unreadable reply: {error}") from None
+
+
+def checked_threads(threads: Any) -> list[WorkerInfo]:
+    """Our agent's WorkerList result, typed (api.WorkerInfo); anything else is unreadable."""
+    if not isinstance(threads, list):
+        raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
+    return [parsed(WorkerInfo, thread) for thread in threads]
 
 
 class RpcAgent:
@@ -2218,6 +2368,69 @@ class CommandResult:
     stderr: str
 
 
+COMMAND_NOT_FOUND = 127  # the shell's exit status for a command it cannot find
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def parse_cli_reply(result: CommandResult) -> Any:
+    """The one JSON document the agent CLI prints, or the HostError its exit status means."""
+    if result.exit_status == COMMAND_NOT_FOUND:
+        return_text = _last_line(result.stderr)
+        raise AgentNotInstalled(
+            "agent not installed" + (f" ({return_text})" if return_text else "")
+        )
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        pass
+    if result.exit_status == api.AgentExit.NOT_RUNNING:
+        raise AgentNotRunning("agent not running")
+    detail = _last_line(result.stderr) or repr(result.stdout[:80])
+    raise UnreadableReply(f"unreadable reply (exit {result.exit_status}): {detail}")
+
+
+def cli_error(error: Any) -> HostError:
+    if not isinstance(error, dict):
+        return UnreadableReply(f"unreadable reply: error {error!r:.80}")
+    code, message = error.get("code"), str(error.get("message", ""))
+    if code == api.RpcCode.AGENT_NOT_RUNNING:
+        return AgentNotRunning("agent not running")
+    if code == api.RpcCode.CONFIG_ERROR:
+        return HostError(f"agent: {message}", "agent-config-error")
+    return AgentRefused(code if isinstance(code, int) else 0, message)
+
+
+def _agent_command(host: Host, *command: str) -> list[str]:
+    return [*host.agent_argv, "worker", "-c", host.config, *command]
+
+
+def _checked_index(index: int) -> int:
+    # Second line of defence: the parser already validated it, but an argv
+    # for a remote shell is only ever built from checked values.
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"invalid thread index {index!r}")
+    return index
+
+
+def status_argv(host: Host) -> list[str]:
+    return _agent_command(host, "status", "--json")
+
+
+def pause_argv(host: Host, index: int) -> list[str]:
+    return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
+
+
+def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
+    argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
+    if state is not None:
+        argv += ["--state", parse_state(state)]
+    return [*argv, "--json"]
+
+
 class CliAgent:
     """The agent asked through its CLI, `<agent> worker -c CONFIG <cmd> --json`.
 
@@ -2265,197 +2478,9 @@ class CliAgent:
             raise UnreadableReply(f"unreadable reply: {json.dumps(document)[:80]}")
 
 
-def checked_threads(threads: Any) -> list[WorkerInfo]:
-    """Our agent's WorkerList result, typed (api.WorkerInfo); anything else is unreadable."""
-    if not isinstance(threads, list):
-        raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
-    return [parsed(WorkerInfo, thread) for thread in threads]
-
-
-def parsed(kind: type, document: Any) -> Any:
-    """`document` read as `kind` (an api type) at the edge; a broken contract is unreadable."""
-    try:
-        return kind.from_json(document)
-    except api.WireError as error:
-        raise UnreadableReply(f"unreadable reply: {error}") from None
-
-
-COMMAND_NOT_FOUND = 127  # the shell's exit status for a command it cannot find
-
-
-def parse_cli_reply(result: CommandResult) -> Any:
-    """The one JSON document the agent CLI prints, or the HostError its exit status means."""
-    if result.exit_status == COMMAND_NOT_FOUND:
-        return_text = _last_line(result.stderr)
-        raise AgentNotInstalled(
-            "agent not installed" + (f" ({return_text})" if return_text else "")
-        )
-    try:
-        return json.loads(result.stdout)
-    except ValueError:
-        pass
-    if result.exit_status == api.AgentExit.NOT_RUNNING:
-        raise AgentNotRunning("agent not running")
-    detail = _last_line(result.stderr) or repr(result.stdout[:80])
-    raise UnreadableReply(f"unreadable reply (exit {result.exit_status}): {detail}")
-
-
-def cli_error(error: Any) -> HostError:
-    if not isinstance(error, dict):
-        return UnreadableReply(f"unreadable reply: error {error!r:.80}")
-    code, message = error.get("code"), str(error.get("message", ""))
-    if code == api.RpcCode.AGENT_NOT_RUNNING:
-        return AgentNotRunning("agent not running")
-    if code == api.RpcCode.CONFIG_ERROR:
-        return HostError(f"agent: {message}", "agent-config-error")
-    return AgentRefused(code if isinstance(code, int) else 0, message)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
-
-
-# -- sessions: how a host is reached -----------------------------------------
-
-
-class LocalSession:
-    """An agent on this machine: its Unix socket, and its CLI as a subprocess."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-
-    def open_control(self) -> RpcAgent:
-        """The agent's control socket itself."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.host.connect_timeout)
-        try:
-            sock.connect(self.host.socket)
-        except (FileNotFoundError, ConnectionRefusedError) as error:
-            sock.close()
-            raise AgentNotRunning(f"agent not running at {self.host.socket}") from error
-        except OSError as error:
-            sock.close()
-            raise HostError(f"cannot connect to {self.host.socket}: {error.strerror}") from error
-        return RpcAgent(JsonRpcClient(sock, self.host.command_timeout), via="local")
-
-    def cli(self) -> CliAgent:
-        return CliAgent(self.host, self._run, via="local-exec")
-
-    def _run(self, argv: list[str]) -> CommandResult:
-        try:
-            done = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=self.host.command_timeout,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError as error:
-            return CommandResult(127, "", f"{argv[0]}: {error.strerror}")
-        except OSError as error:
-            raise HostError(
-                f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
-            ) from error
-        except subprocess.TimeoutExpired as error:
-            raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
-        return CommandResult(done.returncode, done.stdout, done.stderr)
-
-    def alive(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Nothing stays open between calls."""
-
-
-class SshSession:
-    """One authenticated SSH connection to a host (paramiko), used for stream or exec."""
-
-    def __init__(self, host: Host, client: Any) -> None:
-        self.host = host
-        self.client = client
-
-    def open_control(self) -> RpcAgent:
-        """A direct-streamlocal channel to the agent's control socket on the host."""
-        from paramiko.ssh_exception import ChannelException
-
-        transport = self.client.get_transport()
-        try:
-            channel = transport.open_streamlocal(
-                self.host.socket, timeout=self.host.connect_timeout
-            )
-        except ChannelException as error:
-            # RFC 4254 reason codes: 1 administratively prohibited (sshd has
-            # AllowStreamLocalForwarding no), 2 connect failed (no socket or
-            # nobody listening on it).
-            if error.code == 1:
-                raise StreamForbidden("stream forwarding forbidden by sshd") from error
-            if error.code == 2:
-                # OpenSSH also says "connect failed" when AllowStreamLocalForwarding
-                # is off; auto then asks the CLI, which can tell the two apart.
-                raise AgentNotRunning(
-                    "agent not running (or sshd forbids stream forwarding)"
-                ) from error
-            raise HostError(f"channel refused: {error.text}") from error
-        return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
-
-    def open_damocles(self) -> DamoclesAgent:
-        """A damocles-worker's JSON-RPC port, through direct-tcpip channels."""
-        return DamoclesAgent(self._damocles_channel(), "direct-tcpip", self._damocles_channel)
-
-    def _damocles_channel(self) -> JsonRpcClient:
-        """A direct-tcpip channel to the worker's RPC port, as the worker host sees it.
-
-        The port can stay bound to the host's loopback: sshd makes the TCP
-        connection on the host, so nothing but SSH is open to the network.
-        """
-        import paramiko
-
-        timeout = self.host.connect_timeout
-        try:
-            channel = self.client.get_transport().open_channel(
-                "direct-tcpip", self.host.rpc_address, ("127.0.0.1", 0), timeout=timeout
-            )
-        except paramiko.ChannelException as error:
-            # RFC 4254 reason codes, as for the stream channel above.
-            if error.code == 1:
-                raise TcpForwardingForbidden(
-                    "TCP forwarding forbidden by sshd (AllowTcpForwarding)"
-                ) from error
-            if error.code == 2:
-                raise DamoclesNotReachable(
-                    f"damocles RPC not reachable at {self.host.rpc}"
-                ) from error
-            raise HostError(f"channel refused: {error.text}") from error
-        except paramiko.SSHException as error:
-            # paramiko's only signal that the channel did not open in time
-            if "Timeout" in str(error):
-                raise HostTimeout(f"timeout after {timeout:g}s opening the RPC channel") from error
-            raise HostError(f"SSH error: {error}", "ssh-error") from error
-        except (EOFError, OSError) as error:
-            raise HostError(f"connection lost: {error}", "connection-lost") from error
-        return JsonRpcClient(channel, self.host.command_timeout)
-
-    def cli(self) -> CliAgent:
-        return CliAgent(self.host, self._run, via="exec")
-
-    def _run(self, argv: list[str]) -> CommandResult:
-        import paramiko
-
-        try:
-            return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
-        except paramiko.SSHException as error:
-            # e.g. sshd refused the session channel (MaxSessions) or dropped the connection
-            raise HostError(f"SSH error: {error}", "ssh-error") from error
-        except (EOFError, OSError) as error:
-            raise HostError(f"connection lost: {error}", "connection-lost") from error
-
-    def alive(self) -> bool:
-        transport = self.client.get_transport()
-        return transport is not None and transport.is_active()
-
-    def close(self) -> None:
-        self.client.close()
+# =============================================================================
+# Sessions: how a host is reached (local, or SSH with paramiko)
+# =============================================================================
 
 
 def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
@@ -2671,80 +2696,6 @@ class QuickAckSocket(socket.socket):
         return data
 
 
-def connect_ssh(host: Host, context: SshContext) -> SshSession:
-    import logging
-
-    import paramiko
-
-    # paramiko logs a failed connection from its own thread; without a
-    # handler Python prints that to stderr, next to the host row that
-    # already says what went wrong.
-    paramiko_log = logging.getLogger("paramiko")
-    if not paramiko_log.handlers:
-        paramiko_log.addHandler(logging.NullHandler())
-
-    target = context.target(host)
-    store = context.store(host.known_hosts)
-    timeout = host.connect_timeout
-    sock = connect_tcp(target.hostname, target.port, timeout)
-    client = paramiko.SSHClient()
-    key_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
-    for key_type, key in store.lookup(key_name).items():
-        client.get_host_keys().add(key_name, key_type, key)
-    client.set_missing_host_key_policy(_HostKeyPolicy(store, host.host_key_policy == "accept-new"))
-    try:
-        client.connect(
-            target.hostname,
-            port=target.port,
-            username=target.user,
-            key_filename=target.identity_files or None,
-            # An explicit key means that key (and ssh-agent), not every ~/.ssh/id_*.
-            look_for_keys=not target.identity_files,
-            allow_agent=True,
-            sock=sock,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            channel_timeout=timeout,
-            transport_factory=streamlocal_transport_class(),
-        )
-    except BaseException as error:
-        client.close()
-        sock.close()
-        raise ssh_failure(error, timeout) from error
-    return SshSession(host, client)
-
-
-def ssh_failure(error: BaseException, timeout: float) -> BaseException:
-    """paramiko's exceptions as the reasons an operator reads in a host row."""
-    import paramiko
-
-    if isinstance(error, HostError):
-        return error
-    if isinstance(error, paramiko.BadHostKeyException):
-        return HostKeyMismatch(
-            "host key mismatch (possible MITM): server offers "
-            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
-            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}"
-        )
-    if isinstance(error, paramiko.AuthenticationException):
-        return AuthenticationFailed("authentication failed")
-    if isinstance(error, paramiko.SSHException):
-        text = str(error)
-        if "No authentication methods" in text:
-            return AuthenticationFailed("authentication failed (no key or ssh-agent identity)")
-        # "No existing session": start_client gave up waiting for the key
-        # exchange (paramiko does not raise on that timeout itself).
-        if "banner" in text or "timeout" in text.lower() or "No existing session" in text:
-            return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
-        return HostError(f"SSH error: {text}", "ssh-error")
-    if isinstance(error, (TimeoutError, socket.timeout)):
-        return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
-    if isinstance(error, (EOFError, ConnectionError)):
-        return HostError("connection closed by the server during SSH handshake", "ssh-error")
-    return error
-
-
 _STREAMLOCAL_CLASS: list[type] = []
 
 
@@ -2807,10 +2758,228 @@ def streamlocal_transport_class() -> type:
     return StreamlocalTransport
 
 
+def ssh_failure(error: BaseException, timeout: float) -> BaseException:
+    """paramiko's exceptions as the reasons an operator reads in a host row."""
+    import paramiko
+
+    if isinstance(error, HostError):
+        return error
+    if isinstance(error, paramiko.BadHostKeyException):
+        return HostKeyMismatch(
+            "host key mismatch (possible MITM): server offers "
+            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
+            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}"
+        )
+    if isinstance(error, paramiko.AuthenticationException):
+        return AuthenticationFailed("authentication failed")
+    if isinstance(error, paramiko.SSHException):
+        text = str(error)
+        if "No authentication methods" in text:
+            return AuthenticationFailed("authentication failed (no key or ssh-agent identity)")
+        # "No existing session": start_client gave up waiting for the key
+        # exchange (paramiko does not raise on that timeout itself).
+        if "banner" in text or "timeout" in text.lower() or "No existing session" in text:
+            return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+        return HostError(f"SSH error: {text}", "ssh-error")
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+    if isinstance(error, (EOFError, ConnectionError)):
+        return HostError("connection closed by the server during SSH handshake", "ssh-error")
+    return error
+
+
+class LocalSession:
+    """An agent on this machine: its Unix socket, and its CLI as a subprocess."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def open_control(self) -> RpcAgent:
+        """The agent's control socket itself."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.host.connect_timeout)
+        try:
+            sock.connect(self.host.socket)
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            sock.close()
+            raise AgentNotRunning(f"agent not running at {self.host.socket}") from error
+        except OSError as error:
+            sock.close()
+            raise HostError(f"cannot connect to {self.host.socket}: {error.strerror}") from error
+        return RpcAgent(JsonRpcClient(sock, self.host.command_timeout), via="local")
+
+    def cli(self) -> CliAgent:
+        return CliAgent(self.host, self._run, via="local-exec")
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=self.host.command_timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError as error:
+            return CommandResult(127, "", f"{argv[0]}: {error.strerror}")
+        except OSError as error:
+            raise HostError(
+                f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
+            ) from error
+        except subprocess.TimeoutExpired as error:
+            raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing stays open between calls."""
+
+
+class SshSession:
+    """One authenticated SSH connection to a host (paramiko), used for stream or exec."""
+
+    def __init__(self, host: Host, client: Any) -> None:
+        self.host = host
+        self.client = client
+
+    def open_control(self) -> RpcAgent:
+        """A direct-streamlocal channel to the agent's control socket on the host."""
+        from paramiko.ssh_exception import ChannelException
+
+        transport = self.client.get_transport()
+        try:
+            channel = transport.open_streamlocal(
+                self.host.socket, timeout=self.host.connect_timeout
+            )
+        except ChannelException as error:
+            # RFC 4254 reason codes: 1 administratively prohibited (sshd has
+            # AllowStreamLocalForwarding no), 2 connect failed (no socket or
+            # nobody listening on it).
+            if error.code == 1:
+                raise StreamForbidden("stream forwarding forbidden by sshd") from error
+            if error.code == 2:
+                # OpenSSH also says "connect failed" when AllowStreamLocalForwarding
+                # is off; auto then asks the CLI, which can tell the two apart.
+                raise AgentNotRunning(
+                    "agent not running (or sshd forbids stream forwarding)"
+                ) from error
+            raise HostError(f"channel refused: {error.text}") from error
+        return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
+
+    def open_damocles(self) -> DamoclesAgent:
+        """A damocles-worker's JSON-RPC port, through direct-tcpip channels."""
+        return DamoclesAgent(self._damocles_channel(), "direct-tcpip", self._damocles_channel)
+
+    def _damocles_channel(self) -> JsonRpcClient:
+        """A direct-tcpip channel to the worker's RPC port, as the worker host sees it.
+
+        The port can stay bound to the host's loopback: sshd makes the TCP
+        connection on the host, so nothing but SSH is open to the network.
+        """
+        import paramiko
+
+        timeout = self.host.connect_timeout
+        try:
+            channel = self.client.get_transport().open_channel(
+                "direct-tcpip", self.host.rpc_address, ("127.0.0.1", 0), timeout=timeout
+            )
+        except paramiko.ChannelException as error:
+            # RFC 4254 reason codes, as for the stream channel above.
+            if error.code == 1:
+                raise TcpForwardingForbidden(
+                    "TCP forwarding forbidden by sshd (AllowTcpForwarding)"
+                ) from error
+            if error.code == 2:
+                raise DamoclesNotReachable(
+                    f"damocles RPC not reachable at {self.host.rpc}"
+                ) from error
+            raise HostError(f"channel refused: {error.text}") from error
+        except paramiko.SSHException as error:
+            # paramiko's only signal that the channel did not open in time
+            if "Timeout" in str(error):
+                raise HostTimeout(f"timeout after {timeout:g}s opening the RPC channel") from error
+            raise HostError(f"SSH error: {error}", "ssh-error") from error
+        except (EOFError, OSError) as error:
+            raise HostError(f"connection lost: {error}", "connection-lost") from error
+        return JsonRpcClient(channel, self.host.command_timeout)
+
+    def cli(self) -> CliAgent:
+        return CliAgent(self.host, self._run, via="exec")
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        import paramiko
+
+        try:
+            return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
+        except paramiko.SSHException as error:
+            # e.g. sshd refused the session channel (MaxSessions) or dropped the connection
+            raise HostError(f"SSH error: {error}", "ssh-error") from error
+        except (EOFError, OSError) as error:
+            raise HostError(f"connection lost: {error}", "connection-lost") from error
+
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def connect_ssh(host: Host, context: SshContext) -> SshSession:
+    import logging
+
+    import paramiko
+
+    # paramiko logs a failed connection from its own thread; without a
+    # handler Python prints that to stderr, next to the host row that
+    # already says what went wrong.
+    paramiko_log = logging.getLogger("paramiko")
+    if not paramiko_log.handlers:
+        paramiko_log.addHandler(logging.NullHandler())
+
+    target = context.target(host)
+    store = context.store(host.known_hosts)
+    timeout = host.connect_timeout
+    sock = connect_tcp(target.hostname, target.port, timeout)
+    client = paramiko.SSHClient()
+    key_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+    for key_type, key in store.lookup(key_name).items():
+        client.get_host_keys().add(key_name, key_type, key)
+    client.set_missing_host_key_policy(_HostKeyPolicy(store, host.host_key_policy == "accept-new"))
+    try:
+        client.connect(
+            target.hostname,
+            port=target.port,
+            username=target.user,
+            key_filename=target.identity_files or None,
+            # An explicit key means that key (and ssh-agent), not every ~/.ssh/id_*.
+            look_for_keys=not target.identity_files,
+            allow_agent=True,
+            sock=sock,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+            transport_factory=streamlocal_transport_class(),
+        )
+    except BaseException as error:
+        client.close()
+        sock.close()
+        raise ssh_failure(error, timeout) from error
+    return SshSession(host, client)
+
+
 def open_session(host: Host, context: SshContext) -> LocalSession | SshSession:
     if host.transport == "local":
         return LocalSession(host)
     return connect_ssh(host, context)
+
+
+# =============================================================================
+# Transport policy, actions and the parallel fan-out
+# =============================================================================
 
 
 Agent = RpcAgent | DamoclesAgent | CliAgent
@@ -2873,44 +3042,6 @@ def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
         agent.close()
 
 
-@dataclass(frozen=True)
-class Action:
-    """pause or resume of one thread, validated before any connection."""
-
-    kind: str  # "pause" | "resume"
-    index: int
-    state: str | None = None
-
-    def via(self, agent: Agent) -> str | None:
-        """Do it; returns a note when the answer was more than "done" (damocles)."""
-        if self.kind == "pause":
-            return agent.pause(self.index)
-        return agent.resume(self.index, self.state)
-
-
-@dataclass(frozen=True)
-class ActionOutcome:
-    """How an action was done: the path used (stream, exec, ...) and the agent's note,
-    or why it was not (`error`; then `via` is None)."""
-
-    via: str | None = None
-    note: str | None = None
-    error: BaseException | None = None
-
-    @classmethod
-    def of(cls, outcome: ActionOutcome | BaseException) -> ActionOutcome:
-        """A fan-out outcome as an ActionOutcome: a host that raised failed with that error."""
-        return outcome if isinstance(outcome, ActionOutcome) else cls(error=outcome)
-
-
-def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
-    """Do the action by the transport policy (open_agent); returns the path used and any note."""
-    outcome = perform_all(session, host, [action])[0]
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome
-
-
 def perform_all(
     session: LocalSession | SshSession, host: Host, actions: Sequence[Action]
 ) -> list[ActionOutcome]:
@@ -2932,6 +3063,14 @@ def perform_all(
         return outcomes
     finally:
         agent.close()
+
+
+def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
+    """Do the action by the transport policy (open_agent); returns the path used and any note."""
+    outcome = perform_all(session, host, [action])[0]
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome
 
 
 class GroupResult(dict):
@@ -2997,6 +3136,57 @@ def fan_out(
     for thread in threads:
         thread.join()
     return GroupResult((host.name, results[host.name]) for host in hosts)
+
+
+def fan_out_until(
+    hosts: Sequence[Host],
+    job: Callable[[Host], Any],
+    forks: int,
+    seconds: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> GroupResult:
+    """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
+
+    The fan-out runs in a daemon thread and its workers are daemon threads
+    too, so a host that hangs past its own timeouts never keeps a cron run
+    (or the process exit) waiting. progress(done, total) as for fan_out,
+    never after the return (a late host must not write over the report).
+    """
+    finished: dict[str, Any | BaseException] = {}
+    lock = threading.Lock()
+    stopped = False
+
+    def shown(done: int, total: int) -> None:
+        with lock:
+            if not stopped and progress is not None:
+                progress(done, total)
+
+    def recorded(host: Host) -> Any:
+        try:
+            outcome = job(host)
+        except BaseException as error:
+            with lock:
+                finished[host.name] = error
+            raise
+        with lock:
+            finished[host.name] = outcome
+        return outcome
+
+    done = threading.Event()
+
+    def run_all() -> None:
+        fan_out(hosts, recorded, forks, shown if progress is not None else None)
+        done.set()
+
+    threading.Thread(target=run_all, name="venusctl-health", daemon=True).start()
+    done.wait(seconds)
+    with lock:
+        stopped = True
+        outcomes = dict(finished)
+        if progress is not None:
+            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
+    late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
+    return GroupResult((host.name, outcomes.get(host.name, late)) for host in hosts)
 
 
 def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) -> Any:
@@ -3140,8 +3330,14 @@ class SessionPool:
 
 
 # =============================================================================
-# Commands
+# Commands: list, threads, watch, info, inventory
 # =============================================================================
+
+
+def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
+    error = outcome.error if isinstance(outcome, (HostStatus, ActionOutcome)) else outcome
+    if isinstance(error, BaseException):
+        ctx.report_traceback(host, error)
 
 
 @dataclass
@@ -3191,29 +3387,11 @@ class Context:
         self.err.flush()
 
 
-def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    _check_count(args)
-    hosts = select_hosts(ctx.inventory, args.limit)
-    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
-    try:
-        if args.watch is not None:
-            return watch(ctx, args, lambda: list_report(ctx, args, hosts, pool, progress=False))
-        return show_report(ctx, *list_report(ctx, args, hosts, pool, progress=True))
-    finally:
-        pool.close()
-
-
-def list_report(
-    ctx: Context, args: argparse.Namespace, hosts: list[Host], pool: SessionPool, progress: bool
-) -> tuple[Any, ExitStatus]:
-    """One `list` answer: the JSON document or the table text, and the exit status."""
-    outcomes = ctx.fan_out(hosts, pool.status, progress)
-    entries = [list_entry(host, outcomes[host.name], args.expiration) for host in hosts]
-    failed = any(entry["error"] for entry in entries)
-    status = ExitStatus.FAILED if failed else ExitStatus.OK
-    if ctx.as_json:
-        return {"expiration": args.expiration, "hosts": entries}, status
-    return render_table(*list_table(entries, args.wide)), status
+def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
+    """Run work for one host like the fan-out does: an error becomes the result."""
+    outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
+    _show_traceback(ctx, host, outcome)
+    return outcome
 
 
 def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
@@ -3224,69 +3402,31 @@ def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
     return status
 
 
-def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
-    error = outcome.error if isinstance(outcome, (HostStatus, ActionOutcome)) else outcome
-    if isinstance(error, BaseException):
-        ctx.report_traceback(host, error)
-
-
-def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    _check_count(args)
-    hosts = select_hosts(ctx.inventory, args.limit)
-    selector = selector_from(args)
-    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
-    try:
-        if args.watch is not None:
-            return watch(ctx, args, lambda: threads_report(ctx, args, hosts, selector, pool, False))
-        return show_report(ctx, *threads_report(ctx, args, hosts, selector, pool, True))
-    finally:
-        pool.close()
-
-
-def threads_report(
-    ctx: Context,
-    args: argparse.Namespace,
-    hosts: list[Host],
-    selector: Selector,
-    pool: SessionPool,
-    progress: bool,
-) -> tuple[Any, ExitStatus]:
-    """The matching threads of every host: a table, a count line, then who did not answer."""
-    outcomes = ctx.fan_out(hosts, pool.status, progress)
-    threads, unreachable = select_threads(hosts, outcomes, selector)
-    status = ExitStatus.FAILED if unreachable else ExitStatus.OK
-    if ctx.as_json:
-        document = {
-            "count": len(threads),
-            "hosts": len({thread.host.name for thread in threads}),
-            "threads": [fleet_thread_json(thread) for thread in threads],
-            "unreachable": unreachable,
-        }
-        return document, status
-    lines = [render_table(*threads_table(threads, args.wide))] if threads else []
-    lines += [count_line(threads), *unreachable_lines(unreachable)]
-    return "\n".join(lines), status
-
-
-def selector_from(args: argparse.Namespace) -> Selector:
-    return Selector(
-        states=args.states or (),
-        stage=args.stage,
-        plan=args.plan,
-        paused=args.paused,
-        errors=args.errors,
-        error_match=args.error_match,
-        idle=args.idle,
-    )
-
-
 def _check_count(args: argparse.Namespace) -> None:
     if args.count is not None and args.watch is None:
         raise UsageError("--count goes with --watch (e.g. --watch 2 --count 5)")
 
 
 WATCH_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+
+
 FRAME_SEPARATOR = "\f\n"
+
+
+def write_frame(
+    ctx: Context, report: Any, interval: float, took: float, first: bool, terminal: bool
+) -> None:
+    if ctx.as_json:
+        document = {"time": round(time.time(), 3), "refresh_ms": round(took * 1000, 1), **report}
+        ctx.out.write(json.dumps(document) + "\n")
+    else:
+        header = (
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}  every {format_duration(interval)}"
+            f"  refresh {took * 1000:.0f} ms" + ("  (Ctrl-C to stop)" if terminal else "")
+        )
+        start = WATCH_CLEAR if terminal else ("" if first else FRAME_SEPARATOR)
+        ctx.out.write(f"{start}{header}\n\n{report}\n")
+    ctx.out.flush()
 
 
 def watch(
@@ -3317,20 +3457,79 @@ def watch(
         return ExitStatus.OK
 
 
-def write_frame(
-    ctx: Context, report: Any, interval: float, took: float, first: bool, terminal: bool
-) -> None:
+def list_report(
+    ctx: Context, args: argparse.Namespace, hosts: list[Host], pool: SessionPool, progress: bool
+) -> tuple[Any, ExitStatus]:
+    """One `list` answer: the JSON document or the table text, and the exit status."""
+    outcomes = ctx.fan_out(hosts, pool.status, progress)
+    entries = [list_entry(host, outcomes[host.name], args.expiration) for host in hosts]
+    failed = any(entry["error"] for entry in entries)
+    status = ExitStatus.FAILED if failed else ExitStatus.OK
     if ctx.as_json:
-        document = {"time": round(time.time(), 3), "refresh_ms": round(took * 1000, 1), **report}
-        ctx.out.write(json.dumps(document) + "\n")
-    else:
-        header = (
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}  every {format_duration(interval)}"
-            f"  refresh {took * 1000:.0f} ms" + ("  (Ctrl-C to stop)" if terminal else "")
-        )
-        start = WATCH_CLEAR if terminal else ("" if first else FRAME_SEPARATOR)
-        ctx.out.write(f"{start}{header}\n\n{report}\n")
-    ctx.out.flush()
+        return {"expiration": args.expiration, "hosts": entries}, status
+    return render_table(*list_table(entries, args.wide)), status
+
+
+def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    _check_count(args)
+    hosts = select_hosts(ctx.inventory, args.limit)
+    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
+    try:
+        if args.watch is not None:
+            return watch(ctx, args, lambda: list_report(ctx, args, hosts, pool, progress=False))
+        return show_report(ctx, *list_report(ctx, args, hosts, pool, progress=True))
+    finally:
+        pool.close()
+
+
+def selector_from(args: argparse.Namespace) -> Selector:
+    return Selector(
+        states=args.states or (),
+        stage=args.stage,
+        plan=args.plan,
+        paused=args.paused,
+        errors=args.errors,
+        error_match=args.error_match,
+        idle=args.idle,
+    )
+
+
+def threads_report(
+    ctx: Context,
+    args: argparse.Namespace,
+    hosts: list[Host],
+    selector: Selector,
+    pool: SessionPool,
+    progress: bool,
+) -> tuple[Any, ExitStatus]:
+    """The matching threads of every host: a table, a count line, then who did not answer."""
+    outcomes = ctx.fan_out(hosts, pool.status, progress)
+    threads, unreachable = select_threads(hosts, outcomes, selector)
+    status = ExitStatus.FAILED if unreachable else ExitStatus.OK
+    if ctx.as_json:
+        document = {
+            "count": len(threads),
+            "hosts": len({thread.host.name for thread in threads}),
+            "threads": [fleet_thread_json(thread) for thread in threads],
+            "unreachable": unreachable,
+        }
+        return document, status
+    lines = [render_table(*threads_table(threads, args.wide))] if threads else []
+    lines += [count_line(threads), *unreachable_lines(unreachable)]
+    return "\n".join(lines), status
+
+
+def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    _check_count(args)
+    hosts = select_hosts(ctx.inventory, args.limit)
+    selector = selector_from(args)
+    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
+    try:
+        if args.watch is not None:
+            return watch(ctx, args, lambda: threads_report(ctx, args, hosts, selector, pool, False))
+        return show_report(ctx, *threads_report(ctx, args, hosts, selector, pool, True))
+    finally:
+        pool.close()
 
 
 def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -3346,27 +3545,19 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
 
 
-def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.host is None:
-        return bulk_action(ctx, args, "pause", None)
-    _check_single_form(args, "pause")
-    return _act(ctx, args.host, Action("pause", args.index))
+def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.ansible:
+        ctx.emit_json(ansible_inventory(ctx.inventory))
+    elif ctx.as_json:
+        ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
+    else:
+        ctx.out.write(render_table(*inventory_table(ctx.inventory)) + "\n")
+    return ExitStatus.OK
 
 
-def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.host is None:
-        return bulk_action(ctx, args, "resume", args.to_state)
-    _check_single_form(args, "resume")
-    if args.to_state:
-        raise UsageError("--to-state is for selectors; after HOST INDEX give the STATE itself")
-    return _act(ctx, args.host, Action("resume", args.index, args.state))
-
-
-def _check_single_form(args: argparse.Namespace, kind: str) -> None:
-    if args.index is None:
-        raise UsageError(f"{kind} HOST INDEX: missing INDEX (or select threads, see --help)")
-    if selector_from(args).given or args.limit or args.dry_run:
-        raise UsageError(f"{kind}: give either HOST INDEX or selectors, not both")
+# =============================================================================
+# Commands: pause and resume, one thread or by selectors
+# =============================================================================
 
 
 def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
@@ -3388,46 +3579,6 @@ def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> lis
             " covers the whole fleet by default (-l '*' does)"
         )
     return select_hosts(ctx.inventory, args.limit)
-
-
-def bulk_action(
-    ctx: Context, args: argparse.Namespace, kind: str, to_state: str | None
-) -> ExitStatus:
-    """pause/resume by selectors: the plan first, then the actions if confirmed."""
-    hosts = _selected_hosts(ctx, args, kind)
-    pool = SessionPool(ctx.ssh)
-    try:
-        outcomes = ctx.fan_out(hosts, pool.status)
-        threads, unreachable = select_threads(hosts, outcomes, selector_from(args))
-        steps = plan_steps(kind, threads, to_state)
-        problem = to_state and invalid_resume_state(steps, to_state)
-        if problem:
-            raise UsageError(problem)
-        document = {
-            "action": kind,
-            "state": to_state,
-            "plan": [step_json(step) for step in steps],
-            "unreachable": unreachable,
-            "results": None,
-        }
-        if not ctx.as_json:
-            show_plan(ctx, kind, steps, unreachable)
-        acting = [step for step in steps if step.action]
-        if not acting or args.dry_run:
-            return _without_action(ctx, document, steps, unreachable, args.dry_run)
-        not_terminal = _not_a_terminal(ctx)
-        if not args.yes and not_terminal:
-            if ctx.as_json:
-                ctx.emit_json(document)
-            raise UsageError(f"not confirmed: {not_terminal} is not a terminal; add --yes to act")
-        if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
-            if ctx.as_json:
-                ctx.emit_json(document)
-            return ExitStatus.FAILED
-        results = act_on_steps(ctx, pool, acting)
-    finally:
-        pool.close()
-    return show_results(ctx, kind, document, results, unreachable)
 
 
 def show_plan(
@@ -3459,12 +3610,6 @@ def _without_action(
             ctx.out.write("dry run: nothing was sent\n")
         return ExitStatus.OK
     return ExitStatus.FAILED if unreachable else ExitStatus.OK
-
-
-def no_match_text(unreachable: Sequence[dict[str, Any]]) -> str:
-    """Says when the hosts that could not be asked may hold the threads meant."""
-    unasked = f" ({_plural(len(unreachable), 'host')} did not answer)" if unreachable else ""
-    return f"no thread matches the selection{unasked}"
 
 
 def _not_a_terminal(ctx: Context) -> str | None:
@@ -3533,26 +3678,72 @@ def show_results(
     return ExitStatus.FAILED if failed or unreachable else ExitStatus.OK
 
 
-def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.target is not None:
-        if args.limit:
-            raise UsageError("drain: give a HOST or -l LIMIT, not both")
-        hosts = [resolve_target(ctx.inventory, args.target)]
-    else:
-        hosts = _selected_hosts(ctx, args, "drain")
+def bulk_action(
+    ctx: Context, args: argparse.Namespace, kind: str, to_state: str | None
+) -> ExitStatus:
+    """pause/resume by selectors: the plan first, then the actions if confirmed."""
+    hosts = _selected_hosts(ctx, args, kind)
     pool = SessionPool(ctx.ssh)
     try:
-        return Drain(ctx, pool, hosts, selector_from(args), args).run()
+        outcomes = ctx.fan_out(hosts, pool.status)
+        threads, unreachable = select_threads(hosts, outcomes, selector_from(args))
+        steps = plan_steps(kind, threads, to_state)
+        problem = to_state and invalid_resume_state(steps, to_state)
+        if problem:
+            raise UsageError(problem)
+        document = {
+            "action": kind,
+            "state": to_state,
+            "plan": [step_json(step) for step in steps],
+            "unreachable": unreachable,
+            "results": None,
+        }
+        if not ctx.as_json:
+            show_plan(ctx, kind, steps, unreachable)
+        acting = [step for step in steps if step.action]
+        if not acting or args.dry_run:
+            return _without_action(ctx, document, steps, unreachable, args.dry_run)
+        not_terminal = _not_a_terminal(ctx)
+        if not args.yes and not_terminal:
+            if ctx.as_json:
+                ctx.emit_json(document)
+            raise UsageError(f"not confirmed: {not_terminal} is not a terminal; add --yes to act")
+        if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
+            if ctx.as_json:
+                ctx.emit_json(document)
+            return ExitStatus.FAILED
+        results = act_on_steps(ctx, pool, acting)
     finally:
         pool.close()
+    return show_results(ctx, kind, document, results, unreachable)
 
 
-def _state_json(info: WorkerInfo) -> dict[str, Any]:
-    return {
-        "job_state": info.job_state,
-        "job_stage": info.job_stage,
-        "thread_state": _state_value(info.thread_state.state),
-    }
+def _check_single_form(args: argparse.Namespace, kind: str) -> None:
+    if args.index is None:
+        raise UsageError(f"{kind} HOST INDEX: missing INDEX (or select threads, see --help)")
+    if selector_from(args).given or args.limit or args.dry_run:
+        raise UsageError(f"{kind}: give either HOST INDEX or selectors, not both")
+
+
+def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.host is None:
+        return bulk_action(ctx, args, "pause", None)
+    _check_single_form(args, "pause")
+    return _act(ctx, args.host, Action("pause", args.index))
+
+
+def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.host is None:
+        return bulk_action(ctx, args, "resume", args.to_state)
+    _check_single_form(args, "resume")
+    if args.to_state:
+        raise UsageError("--to-state is for selectors; after HOST INDEX give the STATE itself")
+    return _act(ctx, args.host, Action("resume", args.index, args.state))
+
+
+# =============================================================================
+# Commands: drain
+# =============================================================================
 
 
 DRAIN_QUIET_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -3727,14 +3918,76 @@ class Drain:
         }
 
 
-def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.ansible:
-        ctx.emit_json(ansible_inventory(ctx.inventory))
-    elif ctx.as_json:
-        ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
+def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.target is not None:
+        if args.limit:
+            raise UsageError("drain: give a HOST or -l LIMIT, not both")
+        hosts = [resolve_target(ctx.inventory, args.target)]
     else:
-        ctx.out.write(render_table(*inventory_table(ctx.inventory)) + "\n")
-    return ExitStatus.OK
+        hosts = _selected_hosts(ctx, args, "drain")
+    pool = SessionPool(ctx.ssh)
+    try:
+        return Drain(ctx, pool, hosts, selector_from(args), args).run()
+    finally:
+        pool.close()
+
+
+# =============================================================================
+# Commands: health
+# =============================================================================
+
+
+def _first_set(*values: float | None) -> float:
+    return next(value for value in values if value is not None)
+
+
+def health_thresholds(settings: HealthSettings, args: argparse.Namespace) -> Thresholds:
+    """Command line, then the inventory's [health], then the built-in defaults."""
+    stuck = {**STUCK_DEFAULTS, **settings.stuck, **dict(args.stuck or ())}
+    return Thresholds(
+        expiration=_first_set(args.expiration, settings.expiration, HEALTH_DEFAULTS["expiration"]),
+        paused_warn=_first_set(
+            args.paused_warn, settings.paused_warn, HEALTH_DEFAULTS["paused_warn"]
+        ),
+        paused_crit=_first_set(
+            args.paused_crit, settings.paused_crit, HEALTH_DEFAULTS["paused_crit"]
+        ),
+        stuck=stuck,
+    )
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder is; a folder that cannot be
+    # opened for it (some network file systems) still has the complete file.
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Replace `path` atomically: a unique temp file beside it, fsync, rename, fsync the folder.
+
+    node_exporter (and two overlapping cron runs) only ever see the old file
+    or the new one, complete. Raises OSError when it cannot.
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    # A dot name: node_exporter reads only *.prom, never a half-written temp file.
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from node_exporter
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_folder(folder)
 
 
 def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
@@ -3775,117 +4028,6 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     return report.status
 
 
-def health_thresholds(settings: HealthSettings, args: argparse.Namespace) -> Thresholds:
-    """Command line, then the inventory's [health], then the built-in defaults."""
-    stuck = {**STUCK_DEFAULTS, **settings.stuck, **dict(args.stuck or ())}
-    return Thresholds(
-        expiration=_first_set(args.expiration, settings.expiration, HEALTH_DEFAULTS["expiration"]),
-        paused_warn=_first_set(
-            args.paused_warn, settings.paused_warn, HEALTH_DEFAULTS["paused_warn"]
-        ),
-        paused_crit=_first_set(
-            args.paused_crit, settings.paused_crit, HEALTH_DEFAULTS["paused_crit"]
-        ),
-        stuck=stuck,
-    )
-
-
-def _first_set(*values: float | None) -> float:
-    return next(value for value in values if value is not None)
-
-
-def fan_out_until(
-    hosts: Sequence[Host],
-    job: Callable[[Host], Any],
-    forks: int,
-    seconds: float,
-    progress: Callable[[int, int], None] | None = None,
-) -> GroupResult:
-    """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
-
-    The fan-out runs in a daemon thread and its workers are daemon threads
-    too, so a host that hangs past its own timeouts never keeps a cron run
-    (or the process exit) waiting. progress(done, total) as for fan_out,
-    never after the return (a late host must not write over the report).
-    """
-    finished: dict[str, Any | BaseException] = {}
-    lock = threading.Lock()
-    stopped = False
-
-    def shown(done: int, total: int) -> None:
-        with lock:
-            if not stopped and progress is not None:
-                progress(done, total)
-
-    def recorded(host: Host) -> Any:
-        try:
-            outcome = job(host)
-        except BaseException as error:
-            with lock:
-                finished[host.name] = error
-            raise
-        with lock:
-            finished[host.name] = outcome
-        return outcome
-
-    done = threading.Event()
-
-    def run_all() -> None:
-        fan_out(hosts, recorded, forks, shown if progress is not None else None)
-        done.set()
-
-    threading.Thread(target=run_all, name="venusctl-health", daemon=True).start()
-    done.wait(seconds)
-    with lock:
-        stopped = True
-        outcomes = dict(finished)
-        if progress is not None:
-            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
-    late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
-    return GroupResult((host.name, outcomes.get(host.name, late)) for host in hosts)
-
-
-def write_textfile(path: Path, text: str) -> None:
-    """Replace `path` atomically: a unique temp file beside it, fsync, rename, fsync the folder.
-
-    node_exporter (and two overlapping cron runs) only ever see the old file
-    or the new one, complete. Raises OSError when it cannot.
-    """
-    folder = path.parent if str(path.parent) else Path(".")
-    # A dot name: node_exporter reads only *.prom, never a half-written temp file.
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from node_exporter
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename is durable only once the folder is; a folder that cannot be
-    # opened for it (some network file systems) still has the complete file.
-    with contextlib.suppress(OSError):
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-
-
-def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
-    """Run work for one host like the fan-out does: an error becomes the result."""
-    outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
-    _show_traceback(ctx, host, outcome)
-    return outcome
-
-
 # =============================================================================
 # Argument parser
 # =============================================================================
@@ -3920,6 +4062,25 @@ def _argument_type(parse: Callable[[str], Any], name: str) -> Callable[[str], An
     return convert
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be more than 0")
+    return seconds
+
+
+def _parse_count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
+        raise ValueError(f"invalid count {text!r}: must be a whole number >= 1")
+    return int(text)
+
+
+def _parse_forks(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
+        raise ValueError(f"invalid --forks {text!r}: must be a whole number >= 1")
+    return int(text)
+
+
 HEALTH_HELP = f"""\
 Judge every host (or those of --limit) in one pass, for cron and monitoring.
 
@@ -3942,6 +4103,60 @@ prometheus); the command line wins.
 stuck thresholds by stage (--stuck KEY=DURATION; KEY may also be a state name):
 {chr(10).join(f"  {key:<18}{value / 3600:g}h" for key, value in STUCK_DEFAULTS.items())}
 """
+
+
+def add_selectors(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("thread selectors (every one given must hold)")
+    group.add_argument(
+        "-l", "--limit", action="append", help="hosts: names, groups or globs (comma-separated)"
+    )
+    group.add_argument(
+        "--state",
+        dest="states",  # not "state": resume HOST INDEX [STATE] has that one
+        type=_argument_type(parse_state_list, "states"),
+        help="task state, or several comma-separated (e.g. C1Done,PC1Done)",
+    )
+    group.add_argument(
+        "--stage", type=_argument_type(parse_stage, "stage"), help="stage label (e.g. PC1, C2)"
+    )
+    group.add_argument(
+        "--plan", type=_argument_type(parse_plan_name, "plan"), help="sealer, snapup, ..."
+    )
+    group.add_argument("--paused", action="store_true", help="paused threads")
+    group.add_argument("--errors", action="store_true", help="threads with a last error")
+    group.add_argument(
+        "--error-match",
+        metavar="REGEX",
+        type=_argument_type(compile_error_match, "regex"),
+        help="last error matching REGEX (Python re, searched anywhere in the text)",
+    )
+    group.add_argument("--idle", action="store_true", help="idle threads (no stage to run)")
+
+
+def add_confirmation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-y", "--yes", action="store_true", help="act without asking (needed without a terminal)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan, send nothing, exit 0"
+    )
+
+
+def add_watch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        type=_argument_type(_positive_duration, "duration"),
+        help="refresh every SECONDS (default 2) over kept connections, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--count",
+        metavar="N",
+        type=_argument_type(_parse_count, "count"),
+        help="with --watch: stop after N frames (exit status of the last one)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -4158,82 +4373,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_selectors(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("thread selectors (every one given must hold)")
-    group.add_argument(
-        "-l", "--limit", action="append", help="hosts: names, groups or globs (comma-separated)"
-    )
-    group.add_argument(
-        "--state",
-        dest="states",  # not "state": resume HOST INDEX [STATE] has that one
-        type=_argument_type(parse_state_list, "states"),
-        help="task state, or several comma-separated (e.g. C1Done,PC1Done)",
-    )
-    group.add_argument(
-        "--stage", type=_argument_type(parse_stage, "stage"), help="stage label (e.g. PC1, C2)"
-    )
-    group.add_argument(
-        "--plan", type=_argument_type(parse_plan_name, "plan"), help="sealer, snapup, ..."
-    )
-    group.add_argument("--paused", action="store_true", help="paused threads")
-    group.add_argument("--errors", action="store_true", help="threads with a last error")
-    group.add_argument(
-        "--error-match",
-        metavar="REGEX",
-        type=_argument_type(compile_error_match, "regex"),
-        help="last error matching REGEX (Python re, searched anywhere in the text)",
-    )
-    group.add_argument("--idle", action="store_true", help="idle threads (no stage to run)")
-
-
-def add_confirmation(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-y", "--yes", action="store_true", help="act without asking (needed without a terminal)"
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan, send nothing, exit 0"
-    )
-
-
-def add_watch(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--watch",
-        nargs="?",
-        const=2.0,
-        metavar="SECONDS",
-        type=_argument_type(_positive_duration, "duration"),
-        help="refresh every SECONDS (default 2) over kept connections, until Ctrl-C",
-    )
-    parser.add_argument(
-        "--count",
-        metavar="N",
-        type=_argument_type(_parse_count, "count"),
-        help="with --watch: stop after N frames (exit status of the last one)",
-    )
-
-
-def _positive_duration(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"invalid duration {text!r}: must be more than 0")
-    return seconds
-
-
-def _parse_count(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
-        raise ValueError(f"invalid count {text!r}: must be a whole number >= 1")
-    return int(text)
-
-
-def _parse_forks(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
-        raise ValueError(f"invalid --forks {text!r}: must be a whole number >= 1")
-    return int(text)
-
-
 # =============================================================================
 # main
 # =============================================================================
+
+
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The command word of argv, even when argv does not parse (options before it skipped)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-i", "--inventory", "--forks"):
+            next(words, None)  # the option's value, not the command
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _fail(argv: Sequence[str], message: str, status: int) -> int:
+    """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
+    if requested_command(argv) == "health":
+        sys.stdout.write(f"VENUS UNKNOWN - {message}\n")
+        return int(Severity.UNKNOWN)
+    sys.stderr.write(f"venusctl: {message}\n")
+    return int(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -4259,26 +4421,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail(argv, describe_unexpected(error), ExitStatus.FAILED)
-
-
-def _fail(argv: Sequence[str], message: str, status: int) -> int:
-    """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
-    if requested_command(argv) == "health":
-        sys.stdout.write(f"VENUS UNKNOWN - {message}\n")
-        return int(Severity.UNKNOWN)
-    sys.stderr.write(f"venusctl: {message}\n")
-    return int(status)
-
-
-def requested_command(argv: Sequence[str]) -> str | None:
-    """The command word of argv, even when argv does not parse (options before it skipped)."""
-    words = iter(argv)
-    for word in words:
-        if word in ("-i", "--inventory", "--forks"):
-            next(words, None)  # the option's value, not the command
-        elif not word.startswith("-"):
-            return word
-    return None
 
 
 if __name__ == "__main__":
