@@ -68,7 +68,7 @@ configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
 #                          fan_out -> GroupResult, SessionPool (watch, drain, bulk)
 #   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
 #                          health
-#   Argument parser, main  build_parser; main(argv) -> int, the only exit
+#   Argument parser, main  build_parser; main(argv, env) -> int, the only exit
 #
 # The contract with the agent (WorkerInfo, the report, codes, states, durations) is
 # worker_agent/api.py, which both programs import.
@@ -94,7 +94,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,7 @@ __all__ = [
     "health_thresholds",
     "write_textfile",
     "build_parser",
+    "Environment",
     "main",
     "requested_command",
 ]
@@ -624,7 +625,7 @@ class Inventory:
         return sorted({group for host in self.hosts for group in host.groups})
 
 
-def inventory_path(option: str | None, environ: dict[str, str]) -> Path:
+def inventory_path(option: str | None, environ: Mapping[str, str]) -> Path:
     """-i wins, then $VENUSCTL_INVENTORY, then ./inventory.toml."""
     return Path(option or environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
 
@@ -3340,20 +3341,62 @@ def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
         ctx.report_traceback(host, error)
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+@dataclass
+class Environment:
+    """All venusctl takes from outside its arguments, so a test (or a program embedding it)
+    gives its own: HTTPie's Environment, as the agent CLI's main(argv, stdout, stderr).
+
+    The defaults are this process's own, read when an Environment is made.
+    """
+
+    stdin: Any = field(default_factory=lambda: sys.stdin)
+    stdout: Any = field(default_factory=lambda: sys.stdout)
+    stderr: Any = field(default_factory=lambda: sys.stderr)
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    isatty: Callable[[Any], bool] = _isatty  # is this stream a terminal?
+    clock: Callable[[], float] = time.monotonic  # deadlines and intervals
+    now: Callable[[], float] = time.time  # timestamps: watch frames, health's report
+    sleep: Callable[[float], None] = time.sleep
+
+
 @dataclass
 class Context:
-    """What a command needs from outside: the inventory, the streams, the clock and the flags."""
+    """What a command needs: the inventory, the environment (streams, clocks) and the flags."""
 
     inventory: Inventory
-    out: Any = field(default_factory=lambda: sys.stdout)
-    err: Any = field(default_factory=lambda: sys.stderr)
-    stdin: Any = field(default_factory=lambda: sys.stdin)
+    env: Environment = field(default_factory=Environment)
     as_json: bool = False
     debug: bool = False
     forks: int = 50
     ssh: SshContext = field(default_factory=SshContext)
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def out(self) -> Any:
+        return self.env.stdout
+
+    @property
+    def err(self) -> Any:
+        return self.env.stderr
+
+    @property
+    def stdin(self) -> Any:
+        return self.env.stdin
+
+    def clock(self) -> float:
+        return self.env.clock()
+
+    def sleep(self, seconds: float) -> None:
+        self.env.sleep(seconds)
+
+    def is_terminal(self, stream: Any) -> bool:
+        return self.env.isatty(stream)
 
     def emit_json(self, document: Any) -> None:
         self.out.write(json.dumps(document, indent=2) + "\n")
@@ -3362,13 +3405,6 @@ class Context:
         if self.debug:
             self.err.write(f"--- {host.name}: traceback\n")
             self.err.write("".join(traceback.format_exception(error)))
-
-    @staticmethod
-    def is_terminal(stream: Any) -> bool:
-        try:
-            return bool(stream.isatty())
-        except (AttributeError, ValueError):  # no isatty, or a closed stream
-            return False
 
     def fan_out(
         self, hosts: Sequence[Host], job: Callable[[Host], Any], progress: bool = True
@@ -3417,11 +3453,13 @@ def write_frame(
     ctx: Context, report: Any, interval: float, took: float, first: bool, terminal: bool
 ) -> None:
     if ctx.as_json:
-        document = {"time": round(time.time(), 3), "refresh_ms": round(took * 1000, 1), **report}
+        now = ctx.env.now()
+        document = {"time": round(now, 3), "refresh_ms": round(took * 1000, 1), **report}
         ctx.out.write(json.dumps(document) + "\n")
     else:
         header = (
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}  every {format_duration(interval)}"
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctx.env.now()))}"
+            f"  every {format_duration(interval)}"
             f"  refresh {took * 1000:.0f} ms" + ("  (Ctrl-C to stop)" if terminal else "")
         )
         start = WATCH_CLEAR if terminal else ("" if first else FRAME_SEPARATOR)
@@ -4008,7 +4046,7 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     for host in hosts:
         _show_traceback(ctx, host, outcomes[host.name])
     missed = any(isinstance(error, NoAnswer) for error in outcomes.failed.values())
-    report = judge_fleet(outcomes, thresholds, time.time(), deadline if missed else None)
+    report = judge_fleet(outcomes, thresholds, ctx.env.now(), deadline if missed else None)
     if textfile:
         try:
             write_textfile(Path(textfile), prometheus_text(report))
@@ -4389,38 +4427,45 @@ def requested_command(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _fail(argv: Sequence[str], message: str, status: int) -> int:
+def _fail(argv: Sequence[str], env: Environment, message: str, status: int) -> int:
     """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
     if requested_command(argv) == "health":
-        sys.stdout.write(f"VENUS UNKNOWN - {message}\n")
+        env.stdout.write(f"VENUS UNKNOWN - {message}\n")
         return int(Severity.UNKNOWN)
-    sys.stderr.write(f"venusctl: {message}\n")
+    env.stderr.write(f"venusctl: {message}\n")
     return int(status)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run venusctl; returns the exit status (only the __main__ guard exits)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv
-    try:
+def _run(argv: list[str], env: Environment) -> int:
+    # argparse writes --help and usage to sys.stdout/sys.stderr: those of `env` here.
+    with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
         args = build_parser().parse_args(argv)
-        inventory = load_inventory(inventory_path(args.inventory, dict(os.environ)))
-        ctx = Context(inventory=inventory, as_json=args.json, debug=args.debug, forks=args.forks)
-        return int(args.handler(ctx, args))
+    inventory = load_inventory(inventory_path(args.inventory, env.environ))
+    ctx = Context(inventory, env, as_json=args.json, debug=args.debug, forks=args.forks)
+    return int(args.handler(ctx, args))
+
+
+def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+    """Run venusctl on `argv` (sys.argv[1:]) in `env` (this process's); returns the exit
+    status. Only the __main__ guard exits."""
+    env = env or Environment()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv, env)
     except _ParserExit as done:
         return done.status
     except VenusctlError as error:
-        return _fail(argv, str(error), error.exit_status)
+        return _fail(argv, env, str(error), error.exit_status)
     except KeyboardInterrupt:
-        sys.stderr.write("venusctl: interrupted\n")
+        env.stderr.write("venusctl: interrupted\n")
         return int(ExitStatus.INTERRUPTED)
     except BrokenPipeError:
         # `venusctl list | head`: the reader left; nothing more to say.
         return int(ExitStatus.FAILED)
     except Exception as error:
-        if debug:
-            traceback.print_exc()
-        return _fail(argv, describe_unexpected(error), ExitStatus.FAILED)
+        if "--debug" in argv:
+            traceback.print_exc(file=env.stderr)
+        return _fail(argv, env, describe_unexpected(error), ExitStatus.FAILED)
 
 
 if __name__ == "__main__":

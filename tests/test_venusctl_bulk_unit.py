@@ -236,13 +236,13 @@ class RefusingPool:
 def fake_time_context():
     """A Context on StringIO streams whose sleep only moves its clock: (ctx, out, err, now)."""
     out, err, now = io.StringIO(), io.StringIO(), [0.0]
-    ctx = venusctl.Context(
-        inventory=INVENTORY,
-        out=out,
-        err=err,
+    env = venusctl.Environment(
+        stdout=out,
+        stderr=err,
         clock=lambda: now[0],
         sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
     )
+    ctx = venusctl.Context(inventory=INVENTORY, env=env)
     return ctx, out, err, now
 
 

@@ -6,6 +6,7 @@ is in test_venusctl_e2e.py / test_venusctl_local.py.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -712,3 +713,40 @@ def test_inventory_command_lists_hosts_without_connecting(tmp_path, capsys):
     hosts = json.loads(capsys.readouterr().out)["hosts"]
     assert hosts[1]["port"] == 2222 and hosts[1]["dest"] == "10.0.0.2:2222"
     assert hosts[3]["socket"] == str(tmp_path / "mock-tmp/venus-worker.sock")
+
+
+def test_main_runs_in_the_environment_it_is_given(tmp_path, capsys):
+    """Streams, $VENUSCTL_INVENTORY, the clocks and sleep come from `env`, not the process."""
+    path = tmp_path / "inventory.toml"
+    port = free_port()  # nothing listens there: the host's row is "connection refused"
+    path.write_text(f'[[host]]\nname = "w1"\naddress = "127.0.0.1"\nport = {port}\n')
+    out, err, slept = io.StringIO(), io.StringIO(), []
+    env = venusctl.Environment(
+        stdout=out,
+        stderr=err,
+        environ={"VENUSCTL_INVENTORY": str(path)},
+        now=lambda: 1764282000.25,
+        sleep=slept.append,
+    )
+    assert venusctl.main(["inventory"], env) == 0
+    assert out.getvalue().splitlines()[1].split()[:2] == ["w1", f"127.0.0.1:{port}"]
+    out.truncate(0), out.seek(0)
+    assert venusctl.main(["list", "--watch", "5", "--count", "2", "--json"], env) == 1
+    frames = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [frame["time"] for frame in frames] == [1764282000.25, 1764282000.25]
+    assert frames[0]["hosts"][0]["error"]["kind"] == "connection-refused"
+    assert len(slept) == 1 and 4 < slept[0] <= 5  # between the two frames, none after
+    assert venusctl.main(["list", "--bogus"], env) == 2
+    assert err.getvalue().startswith("venusctl: unrecognized arguments: --bogus")
+    out.truncate(0), out.seek(0)
+    assert venusctl.main(["health", "--deadline", "0s"], env) == 3
+    assert out.getvalue().startswith("VENUS UNKNOWN - argument --deadline")
+    assert venusctl.main(["--help"], env) == 0
+    assert "commands:" in out.getvalue()
+    assert capsys.readouterr() == ("", "")  # nothing reached the process's own streams
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
