@@ -3,16 +3,28 @@
 - `worker_info`, `report`: typed values (worker_agent/api.py) for the pure
   tests, from the wire JSON a real agent sends;
 - `wait_until`: poll a condition within one deadline;
-- `stop_process`: SIGTERM, then SIGKILL if it is ignored.
+- `stop_process`: SIGTERM, then SIGKILL if it is ignored;
+- `Agent`: a real `venus-worker daemon` process.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from worker_agent import api
+from worker_agent.client import AgentClient
+from worker_agent.protocol import RpcError
+
+REPO = Path(__file__).resolve().parent.parent
+# A stop lets every thread reach a stage boundary (the daemon's own limit is 30 s; the
+# test configs' stages take well under a second).
+AGENT_STOP_GRACE = 15.0
 
 
 def worker_info(**fields: Any) -> api.WorkerInfo:
@@ -79,3 +91,87 @@ def stop_process(process: subprocess.Popen, grace: float = STOP_GRACE) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class Agent:
+    """A real `venus-worker daemon` process on a real socket.
+
+    Its config's folder holds its socket (agent.sock), its state (state/,
+    the heartbeat state/report.json) and its log (daemon.log), as the test
+    configs (agent_helpers.write_config, conftest's fleet) lay them out.
+    """
+
+    def __init__(self, config: Path, name: str | None = None):
+        self.config = config
+        self.name = name or config.parent.name
+        self.folder = config.parent
+        self.socket = self.folder / "agent.sock"
+        self.state_dir = self.folder / "state"
+        self.report = self.state_dir / "report.json"
+        self.proc: subprocess.Popen | None = None
+        self.log = self.folder / "daemon.log"
+
+    def start(self, wait: bool = True) -> Agent:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker_agent", "daemon", "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+                # Its own process group: a Ctrl-C in the terminal reaches pytest, which then
+                # stops the daemon in order, instead of killing it under a running test.
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log_text()}")
+            try:
+                with AgentClient(self.socket, timeout=2) as client:
+                    client.call(api.Method.VERSION.value)
+                return True
+            except (OSError, RpcError):  # not listening yet, or mid-start
+                return False
+
+        wait_until(ready, timeout, what="daemon socket")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def call(self, method: str, *params):
+        with AgentClient(self.socket, timeout=10) as client:
+            return client.call(f"VenusWorker.{method}", *params)
+
+    def infos(self) -> list[dict]:
+        return self.call("WorkerList")
+
+    def wait_for(self, predicate, timeout: float = 10.0, what: str = "thread state"):
+        def check():
+            infos = self.infos()
+            return infos if predicate(infos) else None
+
+        return wait_until(check, timeout, what=what)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Stop it as systemd would (SIGTERM: a last heartbeat, the socket removed)."""
+        if self.proc is not None:
+            stop_process(self.proc, grace=AGENT_STOP_GRACE)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -39,6 +39,8 @@ from worker_agent.config import load_config
 from worker_agent.daemon import Daemon
 from worker_agent.protocol import RpcError
 
+pytestmark = pytest.mark.e2e
+
 # Threads 0 and 1 pause at C1Done on the seed's C2 error; thread 2 (unseal, one task
 # per hour) is never paused, for the "not paused" cases.
 SHARED_CONFIG = dict(

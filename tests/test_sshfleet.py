@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import stop_process  # noqa: E402
 from sshfleet import SshFleet, SshFleetError  # noqa: E402
 
+pytestmark = pytest.mark.e2e
+
 SSH_TIMEOUT = 20
 
 

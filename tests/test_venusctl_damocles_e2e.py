@@ -27,9 +27,11 @@ STANDIN = Path(__file__).with_name("damocles_standin.py")
 C2_ERROR = "permanent: No cached parameters found for stacked-proof-of-replication (standin)"
 
 
-@pytest.fixture(autouse=True)
-def _no_user_environment(isolated_home):
-    """Nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in."""
+pytestmark = [
+    pytest.mark.e2e,
+    # nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in
+    pytest.mark.usefixtures("isolated_home"),
+]
 
 
 @pytest.fixture(scope="module")
