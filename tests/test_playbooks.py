@@ -30,6 +30,8 @@ from sshfleet import SshFleet
 
 from worker_agent.states import PLANS, State
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOKS = ROOT / "playbooks"
 BIN = Path(sys.executable).parent

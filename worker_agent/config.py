@@ -55,13 +55,14 @@ Layout (all keys optional except ``location``)::
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker_agent.states import PLANS, Level, State
+from worker_agent.api import STAGE_NAMES as STAGE_LABELS
+from worker_agent.api import parse_duration  # the one grammar; a bare number is refused here
+from worker_agent.states import PLANS, Level
 
 __all__ = [
     "CommandStage",
@@ -83,30 +84,6 @@ MAX_SOCKET_PATH = 107
 
 class ConfigError(Exception):
     """A configuration problem; str() is the one line shown to the user."""
-
-
-# ---------------------------------------------------------------- durations
-
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|min|sec|s|m|h|d)\s*")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a humantime-like duration ("500ms", "30s", "1m", "1h30m").
-
-    Raises ValueError for anything else, including bare numbers: "30" could
-    mean seconds or milliseconds, so we make the writer say which.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(text)
-    total, pos = 0.0, 0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if not match:
-            raise ValueError(text)
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    return total
 
 
 # ---------------------------------------------------------------- model
@@ -176,14 +153,6 @@ class Config:
 
 
 # ---------------------------------------------------------------- reading
-
-
-def _all_stage_labels() -> frozenset[str]:
-    labels = {plan.stage(s) for plan in PLANS.values() for s in State}
-    return frozenset(labels - {"-"})
-
-
-STAGE_LABELS = _all_stage_labels()
 
 
 class _Table:

@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 from worker_agent import __version__
+from worker_agent.api import WorkerInfo, summarize
 from worker_agent.config import Config
 from worker_agent.metrics import MetricsError, WorkerMetrics
 from worker_agent.processors import make_processor
 from worker_agent.protocol import handle_body
 from worker_agent.server import ControlServer
-from worker_agent.service import WorkerService, summarize
+from worker_agent.service import WorkerService
 from worker_agent.store import SCHEMA, SectorCounter, TaskStore, write_json_atomic
 from worker_agent.thread import SealingThread
 
@@ -126,7 +127,6 @@ class Daemon:
     # ------------------------------------------------------------ heartbeat
 
     def build_report(self) -> dict:
-        infos = [thread.info() for thread in self.threads]
         return {
             "schema": SCHEMA,
             "name": self.config.name,
@@ -135,7 +135,7 @@ class Daemon:
             "time": round(time.time(), 3),
             "socket": str(self.config.socket),
             "ping_interval": self.config.ping_interval,
-            "summary": summarize(infos),
+            "summary": _summary(self.threads),
         }
 
     def write_report(self) -> None:
@@ -158,7 +158,7 @@ class Daemon:
         while not self._stop.wait(tick):
             due = time.monotonic() - last_write >= interval - tick / 2
             if not due:
-                counts = summarize([thread.info() for thread in self.threads])
+                counts = _summary(self.threads)
                 due = _sticky(counts) != _sticky((self._report or {}).get("summary", {}))
             if not due:
                 continue
@@ -191,6 +191,11 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _summary(threads: list[SealingThread]) -> dict:
+    """The heartbeat counts by the one rule (api.summarize) over what WorkerList shows."""
+    return summarize(WorkerInfo.from_json(thread.info()) for thread in threads).to_json()
 
 
 def _sticky(summary: dict) -> tuple:

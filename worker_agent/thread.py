@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker_agent.api import ThreadState
 from worker_agent.config import ThreadConfig
 from worker_agent.processors import Done, Interrupted, Outcome, StageContext
 from worker_agent.states import NO_STAGE, WAIT_STAGES, Event, Level, Plan, State, plan_named
@@ -105,7 +106,7 @@ def change_state(task: Task, to: State, event: Event | None, now: float) -> None
 class _Activity:
     """What the thread is doing right now (WorkerInfo.thread_state); in memory only."""
 
-    state: str  # Idle | Running | Waiting | Paused
+    state: ThreadState
     since: float  # monotonic
     proc: str | None = None
 
@@ -138,7 +139,9 @@ class SealingThread:
         self._pause_requested = self.record.pause_requested and not self.record.paused
         self._stopping = False
         self._next_task_at = self.clock.monotonic()
-        self._activity = _Activity("Paused" if self.record.paused else "Idle", self._mono())
+        self._activity = _Activity(
+            ThreadState.Paused if self.record.paused else ThreadState.Idle, self._mono()
+        )
         # info() is on the WorkerList hot path: its unchanging part is rebuilt only after
         # a change (the version moves), so a call costs a dict copy and three subtractions.
         self._version = 0
@@ -155,13 +158,15 @@ class SealingThread:
     def _mono(self) -> float:
         return self.clock.monotonic()
 
-    def _set_activity(self, state: str, proc: str | None = None) -> None:
+    def _set_activity(self, state: ThreadState, proc: str | None = None) -> None:
         with self._cond:
             if self._activity.state != state or self._activity.proc != proc:
                 self._activity = _Activity(state, self._mono(), proc)
                 self._version += 1
 
-    def _commit(self, mutate: Callable[[ThreadRecord], None], activity: str | None = None) -> None:
+    def _commit(
+        self, mutate: Callable[[ThreadRecord], None], activity: ThreadState | None = None
+    ) -> None:
         """Apply `mutate` to the record and persist it before returning.
 
         The state lock is held only while mutating (so WorkerList never waits
@@ -252,7 +257,7 @@ class SealingThread:
         return True
 
     def _start_task_when_due(self) -> None:
-        self._set_activity("Idle")
+        self._set_activity(ThreadState.Idle)
         if self._wait(self._next_task_at - self._mono()):
             return
         miner = self.config.sealing.miner
@@ -307,13 +312,13 @@ class SealingThread:
             return Done()  # a task reset to Empty keeps its sector: just allocate again
         stage = plan.stage(task.state)
         if stage in WAIT_STAGES:
-            self._set_activity("Waiting")
+            self._set_activity(ThreadState.Waiting)
         else:
-            self._set_activity("Running", self.processor.name)
+            self._set_activity(ThreadState.Running, self.processor.name)
         try:
             return self.processor.run(self._context(task, plan))
         finally:
-            self._set_activity("Idle")
+            self._set_activity(ThreadState.Idle)
 
     def _apply(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Interrupted):
@@ -356,7 +361,7 @@ class SealingThread:
         self._commit(count)
         retry = self.record.task.retry
         log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message, retry, limit)
-        self._set_activity("Idle")
+        self._set_activity(ThreadState.Idle)
         self._wait(self.config.sealing.recover_interval)
 
     def _abort(self, message: str) -> None:
@@ -377,7 +382,7 @@ class SealingThread:
             record.paused, record.paused_at, record.last_error = True, now, last_error
             record.pause_requested = self._pause_requested = False
 
-        self._commit(pause, activity="Paused")
+        self._commit(pause, activity=ThreadState.Paused)
         if last_error:
             log.error("thread #%d: paused: %s", self.index, last_error)
         else:
@@ -392,7 +397,7 @@ class SealingThread:
             with self._cond:
                 self.record.paused, self.record.last_error = True, last_error
                 self.record.paused_at = self.clock.now()
-                self._activity = _Activity("Paused", self._mono())
+                self._activity = _Activity(ThreadState.Paused, self._mono())
                 self._version += 1
 
     # ------------------------------------------------------------ control
@@ -433,7 +438,7 @@ class SealingThread:
             record.paused, record.paused_at, record.last_error = False, None, None
             record.pause_requested = self._pause_requested = False
 
-        self._commit(resume, activity="Idle")
+        self._commit(resume, activity=ThreadState.Idle)
         log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
 
     def _resume_target(self, state_name: str | None) -> State | None:
@@ -457,7 +462,7 @@ class SealingThread:
     # ------------------------------------------------------------ views
 
     def info(self) -> dict:
-        """This thread as a WorkerInfo (docs/protocol.md)."""
+        """This thread as WorkerInfo JSON (api.WorkerInfo, docs/protocol.md)."""
         with self._cond:
             self._refresh_view()
             return self._info(*self._elapsed())
@@ -491,9 +496,9 @@ class SealingThread:
         paused_at, entered_at = self._view_times
         activity = self._activity
         now = self.clock.now()
-        if activity.state == "Paused" and paused_at is not None:
+        if activity.state is ThreadState.Paused and paused_at is not None:
             elapsed = int(max(0.0, now - paused_at))
-        elif activity.state == "Idle":
+        elif activity.state is ThreadState.Idle:
             elapsed = None
         else:
             elapsed = int(max(0.0, self._mono() - activity.since))
@@ -513,9 +518,9 @@ class SealingThread:
         activity = self._activity
         info = dict(self._view)
         info["thread_state"] = {
-            "state": activity.state,
+            "state": activity.state.value,
             "elapsed": elapsed,
-            "proc": activity.proc if activity.state == "Running" else None,
+            "proc": activity.proc if activity.state is ThreadState.Running else None,
         }
         info["state_elapsed"] = state_elapsed
         return info
@@ -534,4 +539,5 @@ class SealingThread:
             "thread_state": None,
             "state_elapsed": None,
             "last_error": self.record.last_error,
+            "pause_requested": self.record.pause_requested,
         }
