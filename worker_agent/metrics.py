@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker_agent import __version__
+from worker_agent.api import ThreadState, WorkerInfo, summarize
 from worker_agent.config import Config
-from worker_agent.service import summarize
 from worker_agent.states import NO_STAGE, PLANS, State
 from worker_agent.store import SCHEMA, StoreError, Task, read_json, write_json_atomic
 
@@ -68,7 +68,7 @@ log = logging.getLogger("venus_worker.metrics")
 
 COUNTERS_NAME = "task-counters.json"
 # WorkerInfo thread_state.state values (issue 11's api.py will own this enum).
-THREAD_STATES = ("Idle", "Running", "Waiting", "Paused")
+THREAD_STATES = tuple(state.value for state in ThreadState)
 # Upper bounds in seconds, from a chain message (seconds) to PC1 and unseal (half a day
 # or more); 1 h, 2 h, 3 h, 4 h, 6 h and 12 h are the stuck limits of `venusctl health`.
 STAGE_BUCKETS = (1, 10, 60, 300, 900, 1800, 3600, 7200, 10800, 14400, 21600, 43200, 86400)
@@ -257,7 +257,7 @@ def _thread_counts(out: _Text, snapshot: Snapshot) -> None:
     out.family("venus_worker_threads")
     for (plan, state), count in counts.items():
         out.sample("venus_worker_threads", _labels((("plan", plan), ("state", state))), count)
-    summary = summarize(snapshot.threads)
+    summary = summarize(WorkerInfo.from_json(view) for view in snapshot.threads).to_json()
     for name, key in (("paused", "Paused"), ("errors", "Errors"), ("empty", "Empty")):
         out.family(f"venus_worker_threads_{name}")
         out.sample(f"venus_worker_threads_{name}", "", summary[key])
