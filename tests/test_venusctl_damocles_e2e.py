@@ -98,7 +98,7 @@ def inventory(tmp_path: Path, fleet: SshFleet, *tables: dict) -> Path:
         tmp_path / "inventory.toml",
         list(tables),
         user=fleet.user,
-        ssh_config=str(tmp_path / "no-ssh-config"),
+        ssh_config="none",
         connect_timeout=10,
         command_timeout=20,
     )
@@ -133,9 +133,9 @@ def test_list_reads_both_shapes_through_the_ssh_channel(both, capsys):
     headers, rows = rows_by_name(out)
     assert headers == venusctl.LIST_WIDE_HEADERS
     # three threads: #0 paused with its C2 error, #1 running PC1, #2 idle without a task
-    assert rows["now"][2:] == ["v0.9.0-standin", "3", "1", "1", "1", "0", "1", "0s"]
+    assert rows["now"][2:] == ["-", "v0.9.0-standin", "3", "1", "1", "1", "0", "1", "0s"]
     # 2022: no Running/Waiting in that API, so none is counted
-    assert rows["old"][2:] == ["v0.9.0-standin", "3", "1", "1", "-", "-", "1", "0s"]
+    assert rows["old"][2:] == ["-", "v0.9.0-standin", "3", "1", "1", "-", "-", "1", "0s"]
 
     status, document = run_json(capsys, both, "list")
     entry = {host["name"]: host for host in document["hosts"]}["now"]
@@ -273,7 +273,7 @@ def test_a_worker_without_worker_version_is_listed_without_a_version(
     path = inventory(tmp_path, damocles_sshd, damocles_table(damocles_sshd, "bare", port))
     status, out, err = run(capsys, path, "list", "--wide")
     assert status == 0, err
-    assert rows_by_name(out)[1]["bare"][2:] == ["-", "3", "1", "1", "-", "-", "1", "0s"]
+    assert rows_by_name(out)[1]["bare"][2:] == ["-", "-", "3", "1", "1", "-", "-", "1", "0s"]
 
 
 # -- failures ------------------------------------------------------------------------------------
