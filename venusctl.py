@@ -4454,6 +4454,10 @@ def identities_to_offer(target: SshTarget, agent: Any | None) -> tuple[list[Iden
                 return paramiko.PKey.from_path(path)
             except paramiko.PasswordRequiredException:
                 raise _NeedsPassphrase(path) from None
+            except TypeError as error:  # cryptography's word for an OpenSSH-format one
+                if "password" in str(error).lower():
+                    raise _NeedsPassphrase(path) from None
+                raise ValueError(str(error)) from None
 
         return load
 

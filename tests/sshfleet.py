@@ -87,7 +87,8 @@ def _public_key_text(private_key: Path) -> str:
 
 
 def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((address, 0))
         return probe.getsockname()[1]
 
@@ -185,8 +186,9 @@ class SshHost:
         self.restart()
 
     def _write_config(self) -> None:
+        listen = f"[{self.address}]" if ":" in self.address else self.address
         options = {
-            "ListenAddress": f"{self.address}:{self.port}",
+            "ListenAddress": f"{listen}:{self.port}",
             "HostKey": str(self.host_key_path),
             "PidFile": str(self.pid_path),
             "AuthorizedKeysFile": str(self.authorized_keys_path),
@@ -251,10 +253,13 @@ class SshFleet:
     def __exit__(self, *exc_info: object) -> None:
         self.stop_all()
 
-    def add_host(self, name: str, sshd_options: dict[str, str] | None = None) -> SshHost:
+    def add_host(
+        self, name: str, sshd_options: dict[str, str] | None = None, address: str | None = None
+    ) -> SshHost:
+        """A new sshd (not started) on the next 127.0.0.x, or on `address` (e.g. "::1")."""
         if any(host.name == name for host in self.hosts):
             raise ValueError(f"host {name!r} already in the fleet")
-        address = str(FIRST_ADDRESS + len(self.hosts))
+        address = address or str(FIRST_ADDRESS + len(self.hosts))
         host = SshHost(
             name,
             address,
