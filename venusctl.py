@@ -81,6 +81,7 @@ import contextlib
 import dataclasses
 import enum
 import fnmatch
+import functools
 import getpass
 import glob
 import hashlib
@@ -2951,10 +2952,14 @@ def parse_ssh_config(text: str, path: str) -> list[ConfigLine]:
 
 def ssh_pattern_matches(name: str, pattern: str) -> bool:
     """OpenSSH's match_pattern: '*' and '?' only ([ is a plain character)."""
-    regex = "".join(
-        ".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern
-    )
-    return re.fullmatch(regex, name, re.DOTALL) is not None
+    return _pattern_regex(pattern).fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    # Cached: a fan-out matches every host against every known_hosts line.
+    parts = (".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
+    return re.compile("".join(parts), re.DOTALL)
 
 
 def ssh_pattern_list_matches(name: str, patterns: str, lower: bool) -> bool:
@@ -3878,6 +3883,7 @@ class KnownHostsFile:
         self.path = path
         self.lock = threading.Lock()
         self.lines: list[KnownHostsLine] = []
+        self._found: dict[str, list[KnownHostsLine]] = {}
         self.problem: str | None = None
         try:
             with open(path, "rb") as known:
@@ -3896,7 +3902,9 @@ class KnownHostsFile:
         if self.problem:
             raise KnownHostsError(self.problem)
         with self.lock:
-            found = [line for line in self.lines if line.matches(name)]
+            found = self._found.get(name)
+            if found is None:  # asked twice per connection: the key order, then the check
+                found = self._found[name] = [line for line in self.lines if line.matches(name)]
         for line in found:
             if line.patterns is None or line.key_blob is None:
                 raise KnownHostsError(
@@ -3915,6 +3923,7 @@ class KnownHostsFile:
                 known.write(text)
             number = (self.lines[-1].number + 1) if self.lines else 1
             self.lines.append(KnownHostsLine(self.path, number, None, field, key_type, blob))
+            self._found.clear()
 
 
 def fingerprint(key: Any) -> str:
