@@ -1334,6 +1334,16 @@ def _last_ping_cell(entry: dict) -> str:
     return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
 
 
+def _jump_cell(route: str | None) -> str:
+    """The jump hosts as user@host:port,...; a ProxyCommand by its program (JSON has it all)."""
+    if route is None:
+        return "-"
+    if route.startswith("ProxyCommand "):
+        words = route.split()
+        return f"ProxyCommand {os.path.basename(words[1])}" if len(words) > 1 else route
+    return route
+
+
 def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of `venusctl list`; an Error column only when a host failed."""
     headers = list(LIST_WIDE_HEADERS if wide else LIST_HEADERS)
@@ -1346,7 +1356,7 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
         cells = {
             "Name": entry["name"],
             "Dest": entry["dest"],
-            "Jump": entry["jump"] or "-",
+            "Jump": _jump_cell(entry["jump"]),
             "Version": entry["version"] or "-",
             "LastPing": _last_ping_cell(entry),
             "Error": entry["error"]["message"] if entry["error"] else "",
@@ -4041,10 +4051,15 @@ def _check_plain_key(
             f"unknown host key {key.get_name()} {fingerprint(blob)} for {target.known_hosts_name}"
             f' (not in {where}{by_ca}; host_key_policy = "accept-new" records it)'
         )
-    if known.user_files:
-        known.user_files[0].append(
-            target.known_hosts_name, key.get_name(), blob, target.hash_known_hosts
+    if not known.user_files:
+        # OpenSSH warns and goes on; going on would accept any key on every run.
+        raise UnknownHostKey(
+            f"unknown host key {key.get_name()} {fingerprint(blob)} for {target.known_hosts_name}"
+            " (UserKnownHostsFile none: nowhere to record it)"
         )
+    known.user_files[0].append(
+        target.known_hosts_name, key.get_name(), blob, target.hash_known_hosts
+    )
 
 
 # =============================================================================

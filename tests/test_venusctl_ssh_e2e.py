@@ -435,6 +435,8 @@ def test_proxy_command_with_ssh_w_goes_through_the_bastion(tmp_path, capsys, ssh
     log = bastion.log_path.read_text(errors="replace")
     assert log.count("server_request_direct_tcpip") == before + 1
     assert f"target {plain.address} port {plain.port}" in log
+    wide = run(capsys, path, "list", "--wide")[1].splitlines()
+    assert wide[1].split()[2:4] == ["ProxyCommand", "ssh"]  # the table names its program
 
 
 def test_a_proxy_command_with_shell_syntax_runs_in_the_shell_and_a_failing_one_says_why(
@@ -457,4 +459,36 @@ def test_a_proxy_command_with_shell_syntax_runs_in_the_shell_and_a_failing_one_s
     assert error["message"] == (
         "ProxyCommand exited with status 255: ssh: connect to host 127.0.0.1 port 1:"
         " Connection refused"
+    )
+
+
+def test_host_key_alias_is_the_name_known_hosts_is_searched_for(tmp_path, capsys, ssh_fleet, reach):
+    plain = reach.hosts["plain"]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"plain.fleet.example {plain.host_public_key}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host {plain.address}\n  HostKeyAlias plain.fleet.example\n")
+    path = inventory(tmp_path, ssh_fleet, reach, "plain", ssh_config=config, known_hosts=str(known))
+    assert run(capsys, path, "list")[0] == 0
+    config.write_text("")  # now it is looked up as [address]:port, which the file lacks
+    status, document = run_json(capsys, path, "list")
+    assert document["hosts"][0]["error"]["kind"] == "unknown-host-key"
+
+
+def test_accept_new_with_nowhere_to_record_is_refused(tmp_path, capsys, ssh_fleet, reach):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  UserKnownHostsFile none\n  GlobalKnownHostsFile none\n")
+    path = inventory(
+        tmp_path,
+        ssh_fleet,
+        reach,
+        "plain",
+        ssh_config=config,
+        known_hosts=None,
+        host_key_policy="accept-new",
+    )
+    status, document = run_json(capsys, path, "list")
+    assert status == 1
+    assert document["hosts"][0]["error"]["message"].endswith(
+        "(UserKnownHostsFile none: nowhere to record it)"
     )
