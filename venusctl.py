@@ -1,6 +1,6 @@
 """venusctl: see and steer the sealing threads of every worker host, over SSH.
 
-usage: venusctl [-i INVENTORY] [--json] [--debug] [--forks N] COMMAND ...
+usage: venusctl [-i INVENTORY] [--json] [--debug] [--forks N] [--deadline DURATION] COMMAND ...
 
 commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
@@ -29,7 +29,7 @@ commands:
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
-HOST is a host's name, its address, or address:port in the inventory. LIMIT
+HOST is a host's name, its address, or address:port ([::1]:22) in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
 SELECTORS: -l LIMIT, --state S[,S...], --stage X, --plan P, --paused,
 --errors, --error-match REGEX, --idle; a thread is selected when every one
@@ -37,15 +37,20 @@ given holds. pause, resume and drain need at least one (-l '*' is the whole
 fleet): an action never covers every host by default.
 
 The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
-Each host is reached over SSH (known_hosts checked, ~/.ssh/config and
-ssh-agent honoured) through a direct-streamlocal channel to the agent's Unix
-socket, or by running `venus-worker worker -c CONFIG ... --json` on it when
-sshd refuses that channel (transport = "auto"; the CLI also reads the last
-heartbeat of a stopped daemon); transport = "local" talks to an agent on this
-machine without SSH. A host with backend = "damocles" is an original
+Each host is reached over SSH as OpenSSH would reach it: ~/.ssh/config and
+/etc/ssh/ssh_config (Include, Host, Match, ProxyJump, ProxyCommand, ...; the
+inventory's values win), known_hosts (hashed, patterns, @cert-authority,
+@revoked, global files), ssh-agent; targets behind one jump host share one
+connection to it. A directive venusctl cannot honour is an error on its
+host's row. The agent is asked through a direct-streamlocal channel to its
+Unix socket, or by running `venus-worker worker -c CONFIG ... --json` on the
+host when sshd refuses that channel (transport = "auto"; the CLI also reads
+the last heartbeat of a stopped daemon); transport = "local" talks to an
+agent on this machine without SSH. A host with backend = "damocles" is an original
 damocles-worker: its JSON-RPC port (rpc = "127.0.0.1:17890") is reached
 through a direct-tcpip channel of the SSH connection, nothing installed on
-it. All hosts are asked in parallel.
+it. All hosts are asked in parallel; each within connect_timeout +
+command_timeout for its whole exchange, the run within --deadline if given.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
@@ -62,10 +67,15 @@ configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
 #   Tables and JSON        what list, info, pause/resume and inventory print
 #   Health engine          thresholds, findings, the plugin line, JSON, Prometheus text
 #   Fleet threads, Drain   selectors and bulk plans; drain's view of a thread
+#   Deadlines              Deadline: one bound per exchange; the host job's, per thread
 #   JSON-RPC and agents    RpcAgent, CliAgent, DamoclesAgent: each wire answer -> api types
-#   Sessions               LocalSession, SshSession (paramiko, known_hosts, ssh_config)
+#   ssh_config             SshConfigFiles: OpenSSH's reading (Include, Host, Match, tokens)
+#   Reaching a host        SshTarget (frozen): inventory over ssh_config, jump hops
+#   known_hosts            KnownHosts, HostCertificate, check_host_key (OpenSSH's rules)
+#   Sessions               sockets (TCP, ProxyCommand, jump channels), ssh-agent and keys,
+#                          SshContext (shared jump connections), LocalSession, SshSession
 #   Transport policy       open_agent (stream, exec, local, damocles; the fallback), actions,
-#                          fan_out -> GroupResult, SessionPool (watch, drain, bulk)
+#                          fan_out -> GroupResult (per-host budget, --deadline), SessionPool
 #   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
 #                          health
 #   Argument parser, main  build_parser; main(argv, env) -> int, the only exit
