@@ -12,8 +12,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker_agent import __version__
-from worker_agent.protocol import INTERNAL_ERROR, INVALID_PARAMS, NOT_PAUSED, RawJSON, RpcError
-from worker_agent.thread import InvalidState, NoTask, NotPaused, SealingThread
+from worker_agent.protocol import (
+    CHANGE_NOT_SAVED,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    NOT_PAUSED,
+    RawJSON,
+    RpcError,
+)
+from worker_agent.thread import (
+    InvalidState,
+    NoTask,
+    NotPaused,
+    RecordNotSaved,
+    SealingThread,
+    StoreUnusable,
+)
 
 __all__ = ["WorkerService", "summarize"]
 
@@ -35,6 +49,12 @@ def _check_count(params: list, low: int, high: int) -> None:
     if not low <= len(params) <= high:
         wanted = f"{low}" if low == high else f"{low} or {high}"
         raise RpcError(INVALID_PARAMS, f"invalid params: expected {wanted}, got {len(params)}")
+
+
+def _not_saved(thread: SealingThread, error: RecordNotSaved) -> RpcError:
+    return RpcError(
+        CHANGE_NOT_SAVED, f"change not saved: worker #{thread.index} is unchanged ({error})"
+    )
 
 
 class WorkerService:
@@ -70,7 +90,11 @@ class WorkerService:
 
     def worker_pause(self, params: list) -> bool:
         _check_count(params, 1, 1)
-        self._thread(params[0]).request_pause()
+        thread = self._thread(params[0])
+        try:
+            thread.request_pause()
+        except RecordNotSaved as exc:
+            raise _not_saved(thread, exc) from None
         return True
 
     def worker_resume(self, params: list) -> bool:
@@ -87,6 +111,10 @@ class WorkerService:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         except NotPaused as exc:
             raise RpcError(NOT_PAUSED, str(exc)) from None
+        except RecordNotSaved as exc:
+            raise _not_saved(thread, exc) from None
+        except StoreUnusable as exc:
+            raise RpcError(CHANGE_NOT_SAVED, f"change not made: {exc}") from None
         return True
 
     def worker_report(self, params: list) -> dict:
