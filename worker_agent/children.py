@@ -298,7 +298,7 @@ def _carries(pid: int, marker: bytes) -> bool:
     return marker in environ.split(b"\0")
 
 
-def find_leftovers(pgid: int, token: str) -> list[int]:
+def find_leftovers(pgid: int | None, token: str) -> list[int]:
     """Live processes of the stage run `token` (its group `pgid` counts only if one carries it)."""
     marker = f"{TOKEN_VARIABLE}={token}".encode()
     group, tagged = set(), set()
@@ -318,7 +318,7 @@ def find_leftovers(pgid: int, token: str) -> list[int]:
     return sorted(tagged)
 
 
-def kill_leftovers(pgid: int, token: str, saved_boot_id: str, timeout: float = 5.0) -> int:
+def kill_leftovers(pgid: int | None, token: str, saved_boot_id: str, timeout: float = 5.0) -> int:
     """Kill what is left of a previous daemon's stage run; how many processes it was.
 
     Raises LeftoversAlive if some are still there after `timeout` (stuck in

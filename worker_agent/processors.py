@@ -89,7 +89,8 @@ class StageContext:
     wait: Callable[[float], bool]
     # sleep(seconds) -> True if cut short by a stop request (pauses do not cut it)
     sleep: Callable[[float], bool]
-    # started(process): a command stage's process group is running (the thread saves it)
+    # started(process): a command stage is about to start (pgid None), then runs (the
+    # thread saves both in the record)
     started: Callable[[StageProcess], None] | None = None
 
 
@@ -220,6 +221,8 @@ class CommandProcessor:
             return Done()
         token = secrets.token_hex(16)
         label = f"thread #{ctx.index} {ctx.stage}"
+        if ctx.started is not None:  # before the command exists: nothing of it goes unrecorded
+            ctx.started(StageProcess(None, token, boot_id(), ctx.stage))
         try:
             run = StageRun.start(
                 command.argv, ctx.location, stage_environment(ctx, command, token), label

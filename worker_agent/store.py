@@ -336,9 +336,13 @@ class Task:
 
 @dataclass(frozen=True)
 class StageProcess:
-    """A command stage's process group, saved while it runs (killed if left from a crash)."""
+    """A command stage's process group, saved while it runs (killed if left from a crash).
 
-    pgid: int
+    Saved twice: with the token before the command starts (so nothing it
+    starts is ever unknown to the record), then with its process group.
+    """
+
+    pgid: int | None
     token: str  # VENUS_STAGE_TOKEN in the stage's environment: tells our processes from others
     boot_id: str  # a pgid means nothing after a reboot
     stage: str
@@ -354,7 +358,7 @@ class StageProcess:
     @classmethod
     def from_json(cls, fields: _Fields) -> StageProcess:
         return cls(
-            pgid=fields.integer("pgid", minimum=2),
+            pgid=fields.integer("pgid", null=True, minimum=2),
             token=fields.string("token"),
             boot_id=fields.string("boot_id"),
             stage=fields.string("stage"),

@@ -398,7 +398,7 @@ class SealingThread:
         if killed:
             log.warning(
                 "thread #%d: killed %d process(es) of stage %s left running by the previous "
-                "daemon (process group %d); the stage reruns",
+                "daemon (process group %s); the stage reruns",
                 self.index, killed, process.stage, process.pgid,
             )  # fmt: skip
         self._save(lambda record: None)  # forget the group
@@ -462,7 +462,7 @@ class SealingThread:
         )
 
     def _stage_started(self, process: StageProcess) -> None:
-        """A command stage runs: save its process group, so a restart can kill what is left."""
+        """A command stage starts: save its token and group, so a restart can kill what is left."""
         try:
             self._commit(lambda record: setattr(record, "stage_process", process))
         except RecordNotSaved as exc:
