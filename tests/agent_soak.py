@@ -31,18 +31,16 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker_agent.client import AgentClient
+from agent_helpers import Agent
+
 from worker_agent.protocol import RpcError
 from worker_agent.store import StoreError, TaskStore, ThreadRecord
-
-REPO = Path(__file__).resolve().parent.parent
 
 MOCK_FAULTS = """
 [[processors.mock.faults]]
@@ -112,14 +110,13 @@ class Figures:
     problems: list = field(default_factory=list)
 
 
-class Worker:
+class Worker(Agent):
     """One daemon under test and what the soak knows about its sectors."""
 
     def __init__(self, root: Path, name: str, threads: int, processors: str):
+        (root / name).mkdir()
+        super().__init__(root / name / "agent.toml")
         self.name, self.dir, self.threads = name, root / name, threads
-        self.dir.mkdir()
-        self.socket = self.dir / "agent.sock"
-        self.config = self.dir / "agent.toml"
         stores = "".join(
             f'[[sealing_thread]]\nlocation = "store{i}"\nplan = "{plan}"\n'
             for i, plan in zip(
@@ -132,46 +129,12 @@ class Worker:
             '[sealing]\nminer = 10000\nseal_interval = "0s"\nrecover_interval = "5ms"\n'
             f"max_retries = 2\n{stores}{processors}"
         )
-        self.proc: subprocess.Popen | None = None
         self.fresh = False  # started without waiting for its socket: the next kill is early
         self.owner: dict[int, int] = {}  # sector number -> thread
         self.retired: set[int] = set()
         self.previous = [ThreadRecord() for _ in range(threads)]
         self.acks: dict[int, str] = {}  # thread -> last acknowledged "pause" / "resume"
         self.paused_rounds = [0] * threads
-
-    def start(self) -> None:
-        log = open(self.dir / "daemon.log", "ab")  # noqa: SIM115 - the child keeps it
-        with log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker_agent", "daemon", "-c", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                start_new_session=True,
-            )
-
-    def ready(self, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = (self.dir / "daemon.log").read_text(errors="replace")[-2000:]
-                raise SystemExit(f"{self.name}: daemon exited {self.proc.returncode}:\n{tail}")
-            try:
-                with AgentClient(self.socket, timeout=2) as client:
-                    client.call("VenusWorker.WorkerVersion")
-                return True
-            except (OSError, RpcError):
-                time.sleep(0.02)
-        return False
-
-    def call(self, method: str, *params):
-        with AgentClient(self.socket, timeout=5) as client:
-            return client.call(f"VenusWorker.{method}", *params)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
 
     def records(self, figures: Figures) -> list[ThreadRecord]:
         found = []
@@ -294,7 +257,6 @@ def soak(root: Path, kills: int, threads: int, rng: random.Random) -> Figures:
     workers = [mock, command]
     for worker in workers:
         worker.start()
-        worker.ready()
     try:
         while figures.kills < kills:
             worker = rng.choice(workers)
@@ -318,14 +280,11 @@ def soak(root: Path, kills: int, threads: int, rng: random.Random) -> Figures:
             if rng.random() < 0.04:
                 (worker.dir / "state/sector-counter.json").unlink(missing_ok=True)
                 figures.counters_deleted += 1
-            worker.start()
             worker.fresh = rng.random() < 0.15
-            if not worker.fresh:
-                worker.ready()
+            worker.start(wait=not worker.fresh)
     finally:
         for worker in workers:
-            if worker.proc and worker.proc.poll() is None:
-                worker.kill()
+            worker.close()
         time.sleep(0.5)
         for pid in processes_running(root / "helper.py"):
             with contextlib.suppress(ProcessLookupError):

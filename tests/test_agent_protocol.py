@@ -173,3 +173,16 @@ def test_an_atomic_write_never_opens_a_file_planted_under_its_temp_name(tmp_path
     write_json_atomic(tmp_path / "x.json", {"a": 1})
     assert victim.read_text() == "keep me"
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_json_nested_up_to_32_levels_is_read_and_deeper_is_refused():
+    at_limit = "[" * 30 + '{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": []}' + "]" * 30
+    reply = call(at_limit.encode())  # 30 arrays, the request object, its params: 32 levels
+    not_an_object = {"code": -32600, "message": "invalid request: not an object"}
+    assert reply == [{"jsonrpc": "2.0", "id": None, "error": not_an_object}]
+    for body in ("[" * 33 + "]" * 33, "[" * 100_000):
+        reply = call(body.encode())
+        assert reply["error"] == {
+            "code": -32700,
+            "message": "parse error: JSON nested deeper than 32 levels",
+        }

@@ -218,8 +218,9 @@ def test_sighup_never_stops_the_daemon_and_says_what_it_did():
             assert f"SIGHUP: {config} is unchanged; nothing to do" in agent.log_text()
             config.write_text(config.read_text().replace('"200ms"', '"300ms"'))
             agent.proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: "changed" in agent.log_text(), 5, what="the change noticed")
-            assert "a running daemon does not reload it: restart the service" in agent.log_text()
+            wait_until(lambda: "does not reload" in agent.log_text(), 5, what="the change noticed")
+            changed = f"SIGHUP: {config} changed; a running daemon does not reload it: restart"
+            assert changed + " the service to apply it" in agent.log_text()
             config.write_text(config.read_text() + "[broken\n")
             agent.proc.send_signal(signal.SIGHUP)
             wait_until(lambda: "has an error" in agent.log_text(), 5, what="the error noticed")

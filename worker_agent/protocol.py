@@ -150,7 +150,7 @@ def handle_request(request: Any, methods: Mapping[str, Handler]) -> dict | None:
 def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """True if `value` nests arrays/objects more than `limit` levels (iterative: no recursion)."""
     level = [value]
-    for _ in range(limit + 1):
+    for _ in range(limit):  # after n rounds: the values inside n containers
         level = [
             child
             for item in level
@@ -159,7 +159,7 @@ def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
         ]
         if not level:
             return False
-    return True
+    return any(isinstance(item, (list, dict)) for item in level)
 
 
 def handle_body(body: bytes, methods: Mapping[str, Handler]) -> bytes | None:
