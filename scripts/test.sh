@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a bare Debian
-# machine (OpenSSH's sshd, curl, the Python dependencies in ./.venv), then runs
-# ruff and the whole pytest suite. Extra arguments go to pytest.
+# machine (OpenSSH's sshd, curl, sudo, systemd, shellcheck, the Python
+# dependencies in ./.venv), then runs ruff and the whole pytest suite. Extra
+# arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The deploy tests log in as a user with sudo, systemd-analyze judges the
+# unit, and shellcheck judges the scripts.
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${need[*]} (the tests run a real sshd fleet and curl)"
+    echo "installing ${need[*]} (the tests run a real sshd fleet, curl, sudo, systemd-analyze, shellcheck)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "missing: ${need[*]} (the tests run real sshd processes and curl); install them" >&2
+    echo "missing: ${need[*]} (the tests run sshd, curl, sudo, systemd-analyze, shellcheck); install them" >&2
     exit 2
   fi
 fi
