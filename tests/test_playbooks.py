@@ -442,6 +442,25 @@ def test_inventory_script_reports_a_bad_inventory(tmp_path):
     assert "missing 'address'" in done.stderr
 
 
+def test_check_mode_of_a_first_deployment_stops_at_the_accounts_and_changes_nothing(site):
+    fresh = site.root / "fresh"
+    overrides = {
+        # Accounts and paths that no other test makes: a first deployment, whatever ran.
+        "venus_worker_service_user": f"{site.accounts.service_user}x",
+        "venus_worker_socket_group": f"{site.accounts.socket_group}x",
+        "venus_worker_prefix": str(fresh / "opt"),
+        "venus_worker_state_dir": str(fresh / "state"),
+        "venus_worker_link": "",
+    }
+    done = site.playbook("deploy-agent.yml", "--check", "-e", json.dumps(overrides))
+    ran_ok(done)
+    assert "a dry run (--check) cannot show more before a real run has" in done.stdout
+    assert not fresh.exists()
+    for name in (overrides["venus_worker_service_user"], overrides["venus_worker_socket_group"]):
+        with pytest.raises(KeyError):
+            grp.getgrnam(name)
+
+
 HANDLER_RAN = "RUNNING HANDLER [venus_worker : Restart venus-worker]"
 
 
