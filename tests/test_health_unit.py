@@ -7,10 +7,12 @@ is a WorkerInfo list or an exception as the fan-out would return it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
+from helpers import report, worker_info
 from prometheus_client.parser import text_string_to_metric_families
 
 import venusctl
@@ -30,23 +32,22 @@ HOUR = 3600.0
 
 
 def thread(index=0, *, state="PC1Done", stage="PC2", ts="Running", elapsed=10, **extra):
-    info = {
-        "index": index,
-        "location": f"/srv/store{index}",
-        "plan": "sealer",
-        "job_id": f"s-t010000-{index + 1}" if state else None,
-        "job_state": state,
-        "job_stage": stage,
-        "thread_state": {"state": ts, "elapsed": elapsed, "proc": None},
-        "state_elapsed": elapsed if state else None,
-        "last_error": None,
-    }
-    info.update(extra)
-    return info
+    return worker_info(
+        **{
+            "index": index,
+            "location": f"/srv/store{index}",
+            "job_id": f"s-t010000-{index + 1}" if state else None,
+            "job_state": state,
+            "job_stage": stage,
+            "thread_state": {"state": ts, "elapsed": elapsed, "proc": None},
+            "state_elapsed": elapsed if state else None,
+            **extra,
+        }
+    )
 
 
 def status(*threads, age=2.5):
-    return HostStatus(report={"age": age, "summary": {}}, threads=list(threads), via="stream")
+    return HostStatus(report=report(age), threads=list(threads), via="stream")
 
 
 def judge(outcomes, **thresholds):
@@ -89,7 +90,7 @@ def test_unreachable_host_is_critical_and_the_others_are_still_judged():
 
 def test_stopped_agent_with_a_stale_heartbeat_is_critical_and_says_how_old():
     dead = HostStatus(
-        report={"age": 900.0}, threads=None, error=AgentNotRunning("agent not running")
+        report=report(900.0), threads=None, error=AgentNotRunning("agent not running")
     )
     finding = only(judge({"dead": dead}))
     assert (finding.severity, finding.kind) == (Severity.CRITICAL, "agent-not-running")
@@ -106,8 +107,10 @@ def test_a_host_without_any_heartbeat_report_is_judged_on_its_threads_only():
     # A damocles worker writes no report: never "stale heartbeat".
     no_report = HostStatus(report=None, threads=[thread(0)], via="stream")
     assert judge({"d1": no_report}, expiration=0.0).status == Severity.OK
-    answered = {"version": "v0.9.0", "age": 3.0, "heartbeat": False}  # DamoclesAgent.status
-    damocles = HostStatus(report=answered, threads=[thread(0)], via="direct-tcpip")
+    # as DamoclesAgent.status answers
+    damocles = HostStatus(
+        None, [thread(0)], via="direct-tcpip", worker_version="v0.9.0", heartbeat=False
+    )
     report = judge({"d2": damocles}, expiration=0.0)
     assert report.status == Severity.OK and report.hosts[0].heartbeat_age is None
     assert "venus_heartbeat_age_seconds" not in venusctl.prometheus_text(report)
@@ -168,7 +171,7 @@ def test_stuck_falls_back_to_default_and_to_thread_elapsed_without_state_elapsed
 
 def test_paused_threads_are_never_stuck_and_idle_or_empty_ones_never_judged():
     paused = thread(0, state="TicketAssigned", stage="PC1", ts="Paused", elapsed=100)
-    paused["state_elapsed"] = int(100 * HOUR)
+    paused = dataclasses.replace(paused, state_elapsed=int(100 * HOUR))
     empty = thread(1, state="", stage=None, ts="Idle", elapsed=None)
     assert judge({"w1": status(paused, empty)}).findings == []
 
@@ -383,3 +386,10 @@ def test_usage_errors_of_health_exit_3_with_a_plugin_line(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(
         "VENUS UNKNOWN - argument --deadline: invalid duration '0s': must be more than 0"
     )
+
+
+def test_stuck_thresholds_cover_every_stage_label_of_the_agents_plans():
+    # The labels are the agent's (api.STAGE_NAMES); a stage added there needs its threshold.
+    assert set(venusctl.STUCK_DEFAULTS) == {*venusctl.api.STAGE_NAMES, "default"}
+    assert venusctl.check_stuck_key("SeedAssigned") == "SeedAssigned"  # a state name
+    assert venusctl.check_stuck_key("Generated") == "Generated"  # damocles' wdpost

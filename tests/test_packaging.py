@@ -28,6 +28,8 @@ import pytest
 
 from worker_agent import __version__
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BUILD = ROOT / "packaging" / "build_agent_wheel.py"
@@ -231,6 +233,7 @@ def _tracked_files() -> list[str]:
     return [name for name in done.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
 
 
+@pytest.mark.slow
 def test_the_sdist_holds_every_tracked_file_and_its_tests_run(tmp_path):
     tracked = _tracked_files()
     source = tmp_path / "src"

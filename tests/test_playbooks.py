@@ -41,6 +41,8 @@ from sshfleet import SshFleet
 from worker_agent import __version__
 from worker_agent.states import PLANS, State
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOKS = ROOT / "playbooks"
 ROLE = PLAYBOOKS / "roles" / "venus_worker"

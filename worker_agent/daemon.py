@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 
 from worker_agent import __version__
+from worker_agent.api import WorkerInfo, summarize
 from worker_agent.config import Config
+from worker_agent.metrics import MetricsError, WorkerMetrics
 from worker_agent.processors import make_processor
 from worker_agent.protocol import handle_body
 from worker_agent.server import ControlServer
-from worker_agent.service import WorkerService, summarize
+from worker_agent.service import WorkerService
 from worker_agent.store import SCHEMA, SectorCounter, TaskStore, write_json_atomic
 from worker_agent.thread import SealingThread
 
@@ -53,6 +55,8 @@ class Daemon:
         self.threads: list[SealingThread] = []
         self.server: ControlServer | None = None
         self.processor = None
+        # The node_exporter textfile, when metrics_textfile is set (metrics.py).
+        self.metrics = WorkerMetrics(config) if config.metrics_textfile else None
         self._report: dict | None = None
         self._lock_fd: int | None = None
         self._stop = threading.Event()
@@ -67,10 +71,15 @@ class Daemon:
         counter = SectorCounter(config.state_dir)
         counter.load()
         processor = self.processor = make_processor(config)
+        if self.metrics is not None:
+            try:
+                self.metrics.open()
+            except MetricsError as exc:
+                raise DaemonError(str(exc)) from None
         for thread_config in config.threads:
             store = TaskStore(thread_config.location)
             store.prepare()
-            thread = SealingThread(thread_config, store, counter, processor)
+            thread = SealingThread(thread_config, store, counter, processor, observer=self.metrics)
             task = thread.record.task
             if task is not None and task.number is not None:
                 # Guards against a lost or restored-from-backup counter file.
@@ -118,7 +127,6 @@ class Daemon:
     # ------------------------------------------------------------ heartbeat
 
     def build_report(self) -> dict:
-        infos = [thread.info() for thread in self.threads]
         return {
             "schema": SCHEMA,
             "name": self.config.name,
@@ -127,13 +135,15 @@ class Daemon:
             "time": round(time.time(), 3),
             "socket": str(self.config.socket),
             "ping_interval": self.config.ping_interval,
-            "summary": summarize(infos),
+            "summary": _summary(self.threads),
         }
 
     def write_report(self) -> None:
         report = self.build_report()
         write_json_atomic(self.config.state_dir / REPORT_NAME, report)
         self._report = report
+        if self.metrics is not None:
+            self.metrics.write(report["time"], self.threads)  # logs its own failure
 
     def _report_loop(self) -> None:
         """Rewrite the report every ping_interval, and sooner when a count that matters moved.
@@ -148,7 +158,7 @@ class Daemon:
         while not self._stop.wait(tick):
             due = time.monotonic() - last_write >= interval - tick / 2
             if not due:
-                counts = summarize([thread.info() for thread in self.threads])
+                counts = _summary(self.threads)
                 due = _sticky(counts) != _sticky((self._report or {}).get("summary", {}))
             if not due:
                 continue
@@ -176,9 +186,16 @@ class Daemon:
             log.warning("killed %d stage command(s) still running; they rerun at restart", killed)
         with contextlib.suppress(OSError):
             self.write_report()
+        if self.metrics is not None:
+            self.metrics.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _summary(threads: list[SealingThread]) -> dict:
+    """The heartbeat counts by the one rule (api.summarize) over what WorkerList shows."""
+    return summarize(WorkerInfo.from_json(thread.info()) for thread in threads).to_json()
 
 
 def _sticky(summary: dict) -> tuple:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker_agent.api import ThreadState
 from worker_agent.config import ThreadConfig
 from worker_agent.processors import Done, Interrupted, Outcome, StageContext
 from worker_agent.states import NO_STAGE, WAIT_STAGES, Event, Level, Plan, State, plan_named
@@ -105,7 +106,7 @@ def change_state(task: Task, to: State, event: Event | None, now: float) -> None
 class _Activity:
     """What the thread is doing right now (WorkerInfo.thread_state); in memory only."""
 
-    state: str  # Idle | Running | Waiting | Paused
+    state: ThreadState
     since: float  # monotonic
     proc: str | None = None
 
@@ -120,6 +121,7 @@ class SealingThread:
         counter: SectorCounter,
         processor,
         clock=None,
+        observer=None,
     ):
         self.config = config
         self.index = config.index
@@ -127,6 +129,9 @@ class SealingThread:
         self.counter = counter
         self.processor = processor
         self.clock = clock or RealClock()
+        # Told of each stage that completed and each task that ended (metrics.py's
+        # WorkerMetrics: stage_done(plan, stage, seconds), task_ended(location, task)).
+        self.observer = observer
         self._cond = threading.Condition()  # guards everything below
         self._save_lock = threading.Lock()  # orders writes of the record
         self.record: ThreadRecord = store.load()
@@ -134,13 +139,16 @@ class SealingThread:
         self._pause_requested = self.record.pause_requested and not self.record.paused
         self._stopping = False
         self._next_task_at = self.clock.monotonic()
-        self._activity = _Activity("Paused" if self.record.paused else "Idle", self._mono())
+        self._activity = _Activity(
+            ThreadState.Paused if self.record.paused else ThreadState.Idle, self._mono()
+        )
         # info() is on the WorkerList hot path: its unchanging part is rebuilt only after
         # a change (the version moves), so a call costs a dict copy and three subtractions.
         self._version = 0
         self._view_version = -1
         self._view: dict = {}
         self._view_times: tuple[float | None, float | None] = (None, None)
+        self._view_retry = 0
         self._saving = False  # a changed record is being written: views keep the saved one
         self._json_key: tuple | None = None
         self._json = ""
@@ -150,13 +158,15 @@ class SealingThread:
     def _mono(self) -> float:
         return self.clock.monotonic()
 
-    def _set_activity(self, state: str, proc: str | None = None) -> None:
+    def _set_activity(self, state: ThreadState, proc: str | None = None) -> None:
         with self._cond:
             if self._activity.state != state or self._activity.proc != proc:
                 self._activity = _Activity(state, self._mono(), proc)
                 self._version += 1
 
-    def _commit(self, mutate: Callable[[ThreadRecord], None], activity: str | None = None) -> None:
+    def _commit(
+        self, mutate: Callable[[ThreadRecord], None], activity: ThreadState | None = None
+    ) -> None:
         """Apply `mutate` to the record and persist it before returning.
 
         The state lock is held only while mutating (so WorkerList never waits
@@ -247,7 +257,7 @@ class SealingThread:
         return True
 
     def _start_task_when_due(self) -> None:
-        self._set_activity("Idle")
+        self._set_activity(ThreadState.Idle)
         if self._wait(self._next_task_at - self._mono()):
             return
         miner = self.config.sealing.miner
@@ -267,6 +277,10 @@ class SealingThread:
 
     def _drop_task(self, state: State) -> None:
         """Finished or Aborted: clear the data folder, forget the task, wait seal_interval."""
+        if self.observer is not None:
+            # Before the drop is saved: a crash in between tells it again after the
+            # restart, and the observer counts a sector once (it remembers the last one).
+            self.observer.task_ended(str(self.config.location), self.record.task)
         self.store.clear_data()
 
         def drop(record: ThreadRecord) -> None:
@@ -298,13 +312,13 @@ class SealingThread:
             return Done()  # a task reset to Empty keeps its sector: just allocate again
         stage = plan.stage(task.state)
         if stage in WAIT_STAGES:
-            self._set_activity("Waiting")
+            self._set_activity(ThreadState.Waiting)
         else:
-            self._set_activity("Running", self.processor.name)
+            self._set_activity(ThreadState.Running, self.processor.name)
         try:
             return self.processor.run(self._context(task, plan))
         finally:
-            self._set_activity("Idle")
+            self._set_activity(ThreadState.Idle)
 
     def _apply(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Interrupted):
@@ -326,7 +340,10 @@ class SealingThread:
             self._pause(f"{Level.CRITICAL}: unexpected event {event} for state {task.state}")
             return
         now = self.clock.now()
+        entered_at, stage = task.entered_at, plan.stage(task.state)
         self._commit(lambda record: change_state(record.task, to, event, now))
+        if self.observer is not None and stage != NO_STAGE:
+            self.observer.stage_done(plan.name, stage, max(0.0, now - entered_at))
 
     def _retry_later(self, message: str) -> None:
         limit = self.config.sealing.max_retries
@@ -344,7 +361,7 @@ class SealingThread:
         self._commit(count)
         retry = self.record.task.retry
         log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message, retry, limit)
-        self._set_activity("Idle")
+        self._set_activity(ThreadState.Idle)
         self._wait(self.config.sealing.recover_interval)
 
     def _abort(self, message: str) -> None:
@@ -365,7 +382,7 @@ class SealingThread:
             record.paused, record.paused_at, record.last_error = True, now, last_error
             record.pause_requested = self._pause_requested = False
 
-        self._commit(pause, activity="Paused")
+        self._commit(pause, activity=ThreadState.Paused)
         if last_error:
             log.error("thread #%d: paused: %s", self.index, last_error)
         else:
@@ -380,7 +397,7 @@ class SealingThread:
             with self._cond:
                 self.record.paused, self.record.last_error = True, last_error
                 self.record.paused_at = self.clock.now()
-                self._activity = _Activity("Paused", self._mono())
+                self._activity = _Activity(ThreadState.Paused, self._mono())
                 self._version += 1
 
     # ------------------------------------------------------------ control
@@ -421,7 +438,7 @@ class SealingThread:
             record.paused, record.paused_at, record.last_error = False, None, None
             record.pause_requested = self._pause_requested = False
 
-        self._commit(resume, activity="Idle")
+        self._commit(resume, activity=ThreadState.Idle)
         log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
 
     def _resume_target(self, state_name: str | None) -> State | None:
@@ -445,7 +462,7 @@ class SealingThread:
     # ------------------------------------------------------------ views
 
     def info(self) -> dict:
-        """This thread as a WorkerInfo (docs/protocol.md)."""
+        """This thread as WorkerInfo JSON (api.WorkerInfo, docs/protocol.md)."""
         with self._cond:
             self._refresh_view()
             return self._info(*self._elapsed())
@@ -465,14 +482,23 @@ class SealingThread:
                 self._json_key = key
             return self._json
 
+    def metrics_view(self) -> dict:
+        """info() plus the saved record's `retry`, `paused_at` and `entered_at` (metrics.py)."""
+        with self._cond:
+            self._refresh_view()
+            info = self._info(*self._elapsed())
+            info["paused_at"], info["entered_at"] = self._view_times
+            info["retry"] = self._view_retry
+        return info
+
     def _elapsed(self) -> tuple[int | None, int | None]:
         """(thread-state elapsed, state_elapsed) in whole seconds; caller holds the lock."""
         paused_at, entered_at = self._view_times
         activity = self._activity
         now = self.clock.now()
-        if activity.state == "Paused" and paused_at is not None:
+        if activity.state is ThreadState.Paused and paused_at is not None:
             elapsed = int(max(0.0, now - paused_at))
-        elif activity.state == "Idle":
+        elif activity.state is ThreadState.Idle:
             elapsed = None
         else:
             elapsed = int(max(0.0, self._mono() - activity.since))
@@ -484,6 +510,7 @@ class SealingThread:
             self._view = self._static_info()
             task = self.record.task
             self._view_times = (self.record.paused_at, task.entered_at if task else None)
+            self._view_retry = task.retry if task else 0
             self._view_version = self._version
 
     def _info(self, elapsed: int | None, state_elapsed: int | None) -> dict:
@@ -491,9 +518,9 @@ class SealingThread:
         activity = self._activity
         info = dict(self._view)
         info["thread_state"] = {
-            "state": activity.state,
+            "state": activity.state.value,
             "elapsed": elapsed,
-            "proc": activity.proc if activity.state == "Running" else None,
+            "proc": activity.proc if activity.state is ThreadState.Running else None,
         }
         info["state_elapsed"] = state_elapsed
         return info
@@ -512,4 +539,5 @@ class SealingThread:
             "thread_state": None,
             "state_elapsed": None,
             "last_error": self.record.last_error,
+            "pause_requested": self.record.pause_requested,
         }
