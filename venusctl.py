@@ -4228,6 +4228,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common(parser, top=True)
+    from worker_agent import __version__  # one version for both commands (setup.cfg reads it)
+
+    parser.add_argument("--version", action="version", version=f"venusctl {__version__}")
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, prog="venusctl"
     )
