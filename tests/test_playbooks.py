@@ -858,7 +858,7 @@ def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
         timeout=120,
     )
     assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
-    assert 'venus_host_up{host="w1"} 1' in prom.read_text().splitlines()
+    assert 'venus_fleet_host_up{host="w1"} 1' in prom.read_text().splitlines()
 
 
 # --- pure parts: the roles' style, the variables' documentation ---------------
