@@ -776,10 +776,10 @@ def test_deployed_unit_is_valid_and_scores_as_hardened(site, deployed):
     assert f"-{site.prefix / 'parents'}" in writable
 
 
-def render_unit(site, tmp_path: Path, overrides: dict) -> tuple[Path, dict[str, list[str]]]:
-    """The role's unit template with the role's defaults and `overrides`, as on a real host."""
-    unit = tmp_path / "venus-worker.service"
-    variables = tmp_path / "overrides.json"
+def render_template(site, tmp_path: Path, template: str, overrides: dict) -> Path:
+    """One of the role's templates with the role's defaults and `overrides`, as on a real host."""
+    rendered = tmp_path / template.removesuffix(".j2")
+    variables = tmp_path / f"{rendered.name}.vars.json"
     base = {
         # ExecStart must exist for systemd-analyze verify: the deployed launcher.
         "venus_worker_prefix": str(site.opt),
@@ -787,34 +787,28 @@ def render_unit(site, tmp_path: Path, overrides: dict) -> tuple[Path, dict[str, 
     }
     variables.write_text(json.dumps({**base, **overrides}))
     argv = [ansible_tool("ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.template"]
-    argv += ["-a", f"src={ROLE / 'templates' / 'venus-worker.service.j2'} dest={unit}"]
+    argv += ["-a", f"src={ROLE / 'templates' / template} dest={rendered}"]
     for source in (ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", variables):
         argv += ["-e", f"@{source}"]
     argv += ["-e", f"ansible_python_interpreter={os.path.realpath(sys.executable)}"]
-    done = subprocess.run(argv, env=site.env, capture_output=True, text=True, timeout=120)
+    # The role's toml_value filter (the config), found as the play finds it.
+    env = dict(site.env, ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins"))
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+    return rendered
+
+
+def render_unit(site, tmp_path: Path, overrides: dict) -> tuple[Path, dict[str, list[str]]]:
+    unit = render_template(site, tmp_path, "venus-worker.service.j2", overrides)
     verify_unit(unit)
     return unit, unit_directives(unit.read_text())
 
 
 def render_config(site, tmp_path: Path, overrides: dict):
-    """The role's config template with the role's defaults and `overrides`, read by the agent."""
+    """The rendered config, read by the agent's own loader."""
     from worker_agent.config import load_config
 
-    config = tmp_path / "venus-worker.toml"
-    variables = tmp_path / "config-overrides.json"
-    base = {"venus_worker_threads": [{"location": "/srv/store1"}, {"location": "/srv/store2"}]}
-    variables.write_text(json.dumps({**base, **overrides}))
-    argv = [ansible_tool("ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.template"]
-    argv += ["-a", f"src={ROLE / 'templates' / 'venus-worker.toml.j2'} dest={config}"]
-    for source in (ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", variables):
-        argv += ["-e", f"@{source}"]
-    argv += ["-e", f"ansible_python_interpreter={os.path.realpath(sys.executable)}"]
-    # The role's toml_value filter, found as the play finds it.
-    env = dict(site.env, ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins"))
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return load_config(config)
+    return load_config(render_template(site, tmp_path, "venus-worker.toml.j2", overrides))
 
 
 def test_production_unit_with_the_defaults_scores_as_hardened(site, deployed, tmp_path):
