@@ -1990,6 +1990,13 @@ def load_scenario(path: str) -> dict[str, Any]:
     return data
 
 
+def timing_from_json(data: dict[str, Any]) -> Timing:
+    unknown = set(data) - set(Timing.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown timing key(s): {', '.join(sorted(unknown))}")
+    return Timing(**data)
+
+
 def worker_from_args(args: argparse.Namespace, log: Callable[[str], None] | None) -> Worker:
     options: dict[str, Any] = {"git_commit": args.git_commit, "log": log}
     if args.without_version:
@@ -2010,7 +2017,7 @@ def worker_from_args(args: argparse.Namespace, log: Callable[[str], None] | None
             threads = [ThreadSpec.from_json(item) for item in scenario["threads"]]
         else:
             threads = [replace(spec, proc=None) for spec in legacy_threads(args.root, False)]
-        timing = Timing(**scenario["timing"]) if "timing" in scenario else replace(FROZEN)
+        timing = timing_from_json(scenario["timing"]) if "timing" in scenario else replace(FROZEN)
         for key in ("miner", "sectors", "wdpost_jobs"):
             if key in scenario:
                 options[key] = scenario[key]
@@ -2048,7 +2055,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.log else None
     try:
         worker = worker_from_args(args, log)
-    except (ValueError, OSError) as error:
+    except (ValueError, TypeError, OSError) as error:
         parser.error(str(error))
     server = StandinServer(worker, args.port)
     print(f"listening on 127.0.0.1:{server.port}", flush=True)

@@ -685,6 +685,15 @@ def test_params_errors_are_exact(standin, tag, method, params, error):
     )
 
 
+@pytest.mark.parametrize("params", [None, "null", "[]"])
+@pytest.mark.parametrize("method", [LIST, VERSION])
+def test_no_arg_methods_take_params_absent_null_or_empty(standin, method, params):
+    """W §1.3 Params: no-arg methods (List, Version): `params` absent, `null` or `[]` OK."""
+    member = "" if params is None else f',"params":{params}'
+    body = f'{{"jsonrpc":"2.0","id":1,"method":"{method}"{member}}}'.encode()
+    assert "result" in standin().send(body).json()
+
+
 @pytest.mark.parametrize(("tag", "data"), [
     ("v0.5.0", 'Array([Array([Number(1)]), Object({"a": Bool(true)}), String("x")])'),
     ("v0.9.0", 'Array([Array [Number(1)], Object {"a": Bool(true)}, String("x")])'),
@@ -836,6 +845,30 @@ def test_thread_state_forms_of_v0_9(standin):
         {"elapsed": 2, "proc": "ext(pid: 4242)", "state": "Running"},
         {"elapsed": 2, "proc": "builtin C2", "state": "Running"},
     ]
+
+
+def test_a_thread_waiting_for_a_slot_does_not_take_the_pause(standin):
+    """W §1.5: not taken while `Waiting` for a slot; the stage then runs and the pause
+    lands at its end."""
+    worker = standin("v0.9.0", [pc1()], fast(slot_wait=5, stages={"PC1": 10}))
+    assert worker.call(PAUSE, [0]) is True
+    assert worker.thread(0)["thread_state"] == {"elapsed": 0, "state": "Waiting"}
+    worker.advance(14.9)
+    assert worker.thread(0)["thread_state"]["state"] == "Running"
+    worker.advance(0.2)
+    assert worker.thread(0)["thread_state"] == {"elapsed": 0, "state": "Paused"}
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (17.203941, "17.203941s"),
+    (60, "60s"),
+    (0.2039, "203.9ms"),
+    (0.000941, "941µs"),
+])  # fmt: skip
+def test_v0_1_paused_elapsed_is_rust_duration_debug(standin, seconds, text):
+    """W §1.4 v0.1.1-v0.1.2: `paused_elapsed: "17.203941s"` (Rust `Duration` Debug)."""
+    spec = pc1(phase="paused", since=seconds)
+    assert standin("v0.1.1", [spec], fast()).thread(0)["paused_elapsed"] == text
 
 
 def test_job_stage_is_never_cleared_between_tasks(standin):
@@ -1244,6 +1277,13 @@ def test_the_process_runs_a_scenario_on_a_real_timer(tmp_path):
         connection.close()
     finally:
         stop_process(process)
+
+
+def test_it_listens_on_loopback_only(standin):
+    """W §1.1/§1.2: the worker's port answers any origin, so the stand-in binds 127.0.0.1."""
+    assert standin().server.address[0] == "127.0.0.1"
+    with pytest.raises(ValueError, match="loopback"):
+        StandinServer(standin().worker, host="0.0.0.0")
 
 
 def test_the_process_refuses_what_it_cannot_be():
