@@ -283,76 +283,73 @@ STATES_V01 = (
 ).split()
 WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
 
-# What exec() does in each state of a plan: (kind, next state, job stage, processor).
+# What exec() does in each state of a plan: (kind, next state, processor); its
+# job stage label (what timing.stages is keyed by) is job_stage(plan, state).
 # kind: alloc (ask the manager for work), step (an RPC or bookkeeping, not
 # interruptible), proc (a processor stage: Running), inproc (a stage token but no
 # processor: Running with proc null, C1), poll (an interruptible wait on the chain),
 # finish (Finished), abort (Aborted). A state missing from its plan's table
 # aborts the task ("unexpected state X in <plan> planner").
 _ = None
+ENDS = {"Finished": ("finish", _, _), "Aborted": ("abort", _, _)}
 PLAN_FLOWS: dict[str, dict[str, tuple]] = {
     "sealer": {
-        "Empty": ("alloc", "Allocated", "-", _),
-        "Allocated": ("step", "DealsAcquired", "AcquireDeals", _),
-        "DealsAcquired": ("proc", "PieceAdded", "AddPieces", "AddPieces"),
-        "PieceAdded": ("proc", "TreeDBuilt", "TreeD", "TreeD"),
-        "TreeDBuilt": ("step", "TicketAssigned", "AssignTicket", _),
-        "TicketAssigned": ("proc", "PC1Done", "PC1", "PC1"),
-        "PC1Done": ("proc", "PC2Done", "PC2", "PC2"),
-        "SyntheticPoRepNeeded": ("proc", "PC2Done", "SyntheticPoRep", "SyntheticPoRep"),
-        "PC2Done": ("step", "PCSubmitted", "SubmitPreCommit", _),
-        "PCSubmitted": ("poll", "PCLanded", "WaitPCLanded", _),
-        "PCLanded": ("proc", "Persisted", "PersistFiles", "Transfer"),
-        "Persisted": ("step", "PersistanceSubmitted", "SubmitPersisted", _),
-        "PersistanceSubmitted": ("poll", "SeedAssigned", "WaitSeed", _),
-        "SeedAssigned": ("inproc", "C1Done", "C1", _),
-        "C1Done": ("proc", "C2Done", "C2", "C2"),
-        "C2Done": ("step", "ProofSubmitted", "SubmitProof", _),
-        "ProofSubmitted": ("poll", "Finished", "WaitProofLanded", _),
-        "Finished": ("finish", _, "-", _),
-        "Aborted": ("abort", _, "-", _),
+        "Empty": ("alloc", "Allocated", _),
+        "Allocated": ("step", "DealsAcquired", _),
+        "DealsAcquired": ("proc", "PieceAdded", "AddPieces"),
+        "PieceAdded": ("proc", "TreeDBuilt", "TreeD"),
+        "TreeDBuilt": ("step", "TicketAssigned", _),
+        "TicketAssigned": ("proc", "PC1Done", "PC1"),
+        "PC1Done": ("proc", "PC2Done", "PC2"),
+        "SyntheticPoRepNeeded": ("proc", "PC2Done", "SyntheticPoRep"),
+        "PC2Done": ("step", "PCSubmitted", _),
+        "PCSubmitted": ("poll", "PCLanded", _),
+        "PCLanded": ("proc", "Persisted", "Transfer"),
+        "Persisted": ("step", "PersistanceSubmitted", _),
+        "PersistanceSubmitted": ("poll", "SeedAssigned", _),
+        "SeedAssigned": ("inproc", "C1Done", _),
+        "C1Done": ("proc", "C2Done", "C2"),
+        "C2Done": ("step", "ProofSubmitted", _),
+        "ProofSubmitted": ("poll", "Finished", _),
+        **ENDS,
     },
     "snapup": {
-        "Empty": ("alloc", "Allocated", "-", _),
-        "Allocated": ("proc", "PieceAdded", "AddPieces", "AddPieces"),
-        "PieceAdded": ("proc", "TreeDBuilt", "TreeD", "TreeD"),
-        "TreeDBuilt": ("proc", "SnapEncoded", "SnapEncode", "SnapEncode"),
-        "SnapEncoded": ("proc", "SnapProved", "SnapProve", "SnapProve"),
-        "SnapProved": ("proc", "Persisted", "PersistFiles", "Transfer"),
-        "Persisted": ("step", "Finished", "SubmitSnapupProof", _),
-        "Finished": ("finish", _, "-", _),
-        "Aborted": ("abort", _, "-", _),
+        "Empty": ("alloc", "Allocated", _),
+        "Allocated": ("proc", "PieceAdded", "AddPieces"),
+        "PieceAdded": ("proc", "TreeDBuilt", "TreeD"),
+        "TreeDBuilt": ("proc", "SnapEncoded", "SnapEncode"),
+        "SnapEncoded": ("proc", "SnapProved", "SnapProve"),
+        "SnapProved": ("proc", "Persisted", "Transfer"),
+        "Persisted": ("step", "Finished", _),
+        **ENDS,
     },
     "rebuild": {
-        "Empty": ("alloc", "Allocated", "-", _),
-        "Allocated": ("proc", "PieceAdded", "AddPieces", "AddPieces"),
-        "PieceAdded": ("proc", "TreeDBuilt", "TreeD", "TreeD"),
-        "TreeDBuilt": ("proc", "PC1Done", "PC1", "PC1"),
-        "PC1Done": ("proc", "PC2Done", "PC2", "PC2"),
-        "SyntheticPoRepNeeded": ("proc", "PC2Done", "SyntheticPoRep", "SyntheticPoRep"),
-        "PC2Done": ("inproc", "SealedChecked", "C1", _),
-        "SealedChecked": ("step", "SnapDone", "PrepareForSnapup", _),  # not upgraded: SkipSnap
-        "SnapPieceAdded": ("proc", "SnapTreeDBuilt", "TreeD", "TreeD"),
-        "SnapTreeDBuilt": ("proc", "SnapEncoded", "SnapEncode", "SnapEncode"),
-        "SnapEncoded": ("proc", "SnapDone", "SnapProve", "SnapProve"),
-        "SnapDone": ("proc", "Persisted", "PersistFiles", "Transfer"),
-        "Persisted": ("step", "Finished", "SubmitPersisted", _),
-        "Finished": ("finish", _, "-", _),
-        "Aborted": ("abort", _, "-", _),
+        "Empty": ("alloc", "Allocated", _),
+        "Allocated": ("proc", "PieceAdded", "AddPieces"),
+        "PieceAdded": ("proc", "TreeDBuilt", "TreeD"),
+        "TreeDBuilt": ("proc", "PC1Done", "PC1"),
+        "PC1Done": ("proc", "PC2Done", "PC2"),
+        "SyntheticPoRepNeeded": ("proc", "PC2Done", "SyntheticPoRep"),
+        "PC2Done": ("inproc", "SealedChecked", _),
+        "SealedChecked": ("step", "SnapDone", _),  # not upgraded: SkipSnap
+        "SnapPieceAdded": ("proc", "SnapTreeDBuilt", "TreeD"),
+        "SnapTreeDBuilt": ("proc", "SnapEncoded", "SnapEncode"),
+        "SnapEncoded": ("proc", "SnapDone", "SnapProve"),
+        "SnapDone": ("proc", "Persisted", "Transfer"),
+        "Persisted": ("step", "Finished", _),
+        **ENDS,
     },
     "unseal": {
-        "Empty": ("alloc", "Allocated", "-", _),
-        "Allocated": ("proc", "Unsealed", "Unseal", "Unseal"),
-        "Unsealed": ("step", "Finished", "UploadPiece", _),
-        "Finished": ("finish", _, "-", _),
-        "Aborted": ("abort", _, "-", _),
+        "Empty": ("alloc", "Allocated", _),
+        "Allocated": ("proc", "Unsealed", "Unseal"),
+        "Unsealed": ("step", "Finished", _),
+        **ENDS,
     },
     "wdpost": {  # WdPostState, not persisted
-        "Empty": ("alloc", "Allocated", "-", _),
-        "Allocated": ("proc", "Generated", "Generate", "WindowPoSt"),
-        "Generated": ("step", "Finished", "SubmitProof", _),
-        "Finished": ("finish", _, "-", _),
-        "Aborted": ("abort", _, "-", _),
+        "Empty": ("alloc", "Allocated", _),
+        "Allocated": ("proc", "Generated", "WindowPoSt"),
+        "Generated": ("step", "Finished", _),
+        **ENDS,
     },
 }
 del _
@@ -1187,7 +1184,8 @@ class SealingThread:
             self.worker.log(self, f"abort: unexpected state {state} in {self.plan} planner")
             self._abort(at)
             return
-        kind, target, label, processor = flow[state]
+        kind, target, processor = flow[state]
+        label = job_stage(self.plan, state)
         timing = self.worker.timing
         seconds = timing.of(kind, label)
         if kind == "finish":

@@ -25,14 +25,12 @@ import pytest
 from damocles_standin import (
     FROZEN,
     LINES,
-    PLAN_FLOWS,
     TAG_ORDER,
     ManualClock,
     StandinServer,
     ThreadSpec,
     Timing,
     Worker,
-    job_stage,
     legacy_threads,
     release_of,
 )
@@ -906,13 +904,6 @@ def test_unknown_plans_and_states_of_a_release_are_refused_at_start(tag):
     assert len(release.states) == expected_count
     with pytest.raises(ValueError):
         Worker(release, [ThreadSpec("/a", "niporep")], fast(), ManualClock())
-
-
-def test_plan_flows_name_the_stages_state_stage_shows():
-    """D §1.7: the job stage label of each state, per plan."""
-    for plan, flow in PLAN_FLOWS.items():
-        for state, step in flow.items():
-            assert step[2] == job_stage(plan, state), (plan, state)
 
 
 # -- W §1.5 pause and resume -----------------------------------------------------------------------
