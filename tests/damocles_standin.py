@@ -28,15 +28,18 @@ v0.1 (v0.1.1-v0.1.2, 2022-04)
     WorkerInfo ``index, last_error, location, paused, paused_elapsed,
     sector_id, state`` with ``sector_id`` as ``"m-1000-s-2"`` and
     ``paused_elapsed`` as Rust's Duration Debug text (``"17.203941s"``),
-    ``state`` ``"Empty"`` when idle; only the sealer plan (snapup is
+    ``state`` ``"Empty"`` without a task; only the sealer plan (snapup is
     commented out in that source); an allocation retry sleeps
     ``recover_interval`` without taking a pause token; an unknown resume state
     is -32602 ``invalid state X``; hyper 0.14.11 (``Expect`` compared
     case-sensitively, a URI over 65534 bytes is 400, not 414).
+    Not here: the nanosecond jitter of a real ``Instant`` (a ManualClock
+    gives round numbers).
 v0.2 (v0.2.0-v0.4.2, with v0.4.0-nv15)
     ``sector_id`` is the object ``{"Miner":1000,"Number":2}``,
     ``paused_elapsed`` whole seconds; snapup; the retry wait takes the pause
-    token; WorkerSetEnv/WorkerRemoveEnv from v0.4.0 (not in v0.4.0-nv15).
+    token; WorkerSetEnv/WorkerRemoveEnv from v0.4.0 (not in v0.4.0-nv15,
+    which came out before v0.3.1).
 v0.5 (v0.5.0-v0.7.4)
     ``plan`` added; rebuild (v0.5+), unseal (v0.7+); the Idle count
     (``request_task_max_retries``) ends an idle task; WorkerVersion from
@@ -44,18 +47,24 @@ v0.5 (v0.5.0-v0.7.4)
     ``v0.7.3-git.fb1d960`` like v0.7.3); from v0.7.0 a duplicate
     ``location`` is skipped but keeps its config index, so List's ``index``
     has a gap while Pause/Resume take the list position.
+    Not here: the hot config (``<location>/config.toml``) changing a
+    thread's plan between tasks, and the ``plan`` a sector keeps meanwhile.
 v0.8 (v0.8.0-v0.8.4)
     ``job_id`` ``"s-t01000-2"`` replaces ``sector_id``; ``state`` is ``""``
-    when idle; ``location`` ``"-"`` for a thread without one (wdpost); the
-    wdpost plan (its job lives in memory: a resume starts it at Empty); an
-    unknown resume state is only logged (``unknown state: X``) and the thread
-    resumes where it was, the RPC answering ``true``; the same-state error
-    gains the ``event apply`` context.
+    between tasks (a thread asking for work shows ``"Empty"``); ``location``
+    ``"-"`` for a thread without one (wdpost); the wdpost plan (its job lives
+    in memory: a resume starts it at Empty); an unknown resume state is only
+    logged (``unknown state: X``) and the thread resumes where it was, the
+    RPC answering ``true``; the same-state error gains the ``event apply``
+    context. Not here: wdpost heartbeats and its temporary-error abort.
 v0.9 (v0.9.0-v0.13.0)
     ``thread_state`` ``{"state":"Idle"|"Paused"|"Running"|"Waiting",
     "elapsed", "proc"}`` and ``job_state``/``job_stage`` replace
     ``paused``/``paused_elapsed``/``state``; ``job_stage`` is never cleared
-    between tasks; SyntheticPoRepNeeded.
+    between tasks; SyntheticPoRepNeeded. Not here: the instants inside a
+    stage where a real thread shows Running with proc null or Waiting on an
+    ext lock (the stand-in shows Waiting for the whole ``slot_wait``, then
+    Running with its processor), and the ``auto-resume`` feature of v0.13.
 
 On every line: HTTP/1.1 (and 1.0) on keep-alive connections with no idle
 timeout, pipelining, lower-case response headers in hyper's order
@@ -87,16 +96,18 @@ Not reproduced, on any line (say so before relying on it): v0.1.0
 abort; no temporary errors, no retry counter: an injected failure is final);
 what a stage computes (field checks such as ``field_required!`` are not
 made, so a SetState into a state whose inputs are missing does not abort);
-symlinks (``location`` is canonicalized lexically); hot config, SwitchPlanner,
-``auto-resume`` (a non-default cargo feature of v0.13); the environment
+symlinks (``location`` is canonicalized lexically); the 60 s tick of a
+paused thread's wait (a resume in that instant would fail); the environment
 (SetEnv/RemoveEnv are validated and remembered, the process environment is
 not touched); a panicking handler is modelled only for a non-UTF-8
 ``location`` (the connection is closed with no reply); serde's and Rust's
 float/unicode Debug text is approximated (floats in ``data`` and error
 messages, non-printable characters); httparse's request-target check is
-approximated (0x21-0x7E); a 413 or an undrained body closes the connection
-gently (hyper may reset it); timing is not hyper's (no 8 listener threads,
-one Python thread per connection).
+approximated (0x21-0x7E), and httparse's version differences are not
+modelled; a 413 or an undrained body (a chunked one always) closes the
+connection gently (hyper may reset it, or drain a small chunked body);
+timing is not hyper's (no 8 listener threads, one Python thread per
+connection).
 
 The two names the tests written before issue 14 use (``LEGACY_SHAPES``) are
 release lines plus the deviations those tests still need, listed there;
@@ -122,8 +133,8 @@ from typing import Any
 
 # -- release lines --------------------------------------------------------------------------------
 
-# Line name -> (first tag, last tag, what its WorkerInfo looks like). The one place
-# that names them; everything below asks a Release for a feature instead.
+# Line name -> (first tag, last tag): the lines of the reference's WorkerInfo table.
+# The one place that names them; everything below asks a Release for a feature.
 LINES = {
     "v0.1": ("v0.1.1", "v0.1.2"),
     "v0.2": ("v0.2.0", "v0.4.2"),
@@ -1762,22 +1773,24 @@ class HttpConnection:
 
     def _chunked(self):
         while True:
-            line = self._line()
-            size_text = line.split(b";", 1)[0].rstrip(b" \t")
-            if not size_text or any(chr(b) not in "0123456789abcdefABCDEF" for b in size_text):
-                raise Closed  # "Invalid chunk size line"
-            size = int(size_text, 16)
-            if size == 0:
+            size_text = self._line().split(b";", 1)[0].rstrip(b" \t")
+            hex_digits = b"0123456789abcdefABCDEF"
+            if not 0 < len(size_text) <= 16 or any(b not in hex_digits for b in size_text):
+                raise Closed  # "Invalid chunk size line": the body errors, no reply
+            left = int(size_text, 16)
+            if left == 0:
                 while self._line():  # trailers, then the empty line
                     pass
                 return
-            while len(self.buffer) < size + 2:
-                self._recv()
-            if self.buffer[size : size + 2] != b"\r\n":
-                raise Closed
-            piece = bytes(self.buffer[:size])
-            del self.buffer[: size + 2]
-            yield piece
+            while left:  # hand on what has arrived, as hyper does
+                if not self.buffer:
+                    self._recv()
+                piece = bytes(self.buffer[:left])
+                del self.buffer[: len(piece)]
+                left -= len(piece)
+                yield piece
+            if self._line():
+                raise Closed  # the chunk's data is not followed by CRLF
 
     def _line(self) -> bytes:
         while b"\r\n" not in self.buffer:
@@ -1947,14 +1960,15 @@ C2_ERROR = "permanent: No cached parameters found for stacked-proof-of-replicati
 FROZEN = Timing(seal_interval=3600, recover_interval=3600, poll=3600, stage=14400, step=3600)
 
 
-def legacy_threads(root: str, blank_idle: bool) -> list[ThreadSpec]:
-    """The three threads the pre-issue-14 tests know: paused with a C2 error, PC1, idle."""
+def legacy_threads(root: str, deviations: tuple[str, ...] = ()) -> list[ThreadSpec]:
+    """The three threads the pre-issue-14 tests know: paused with a C2 error, PC1, idle
+    (asking for work); as a release runs them unless `deviations` (LEGACY_SHAPES) say."""
+    proc = "pc1-0" if "proc-pc1-0" in deviations else None
+    blank = "idle-job-state-blank" in deviations
     return [
         ThreadSpec(f"{root}/store1", "sealer", "C1Done", 2, "paused", 17, C2_ERROR),
-        ThreadSpec(f"{root}/store2", "sealer", "TicketAssigned", 3, "run", 100, proc="pc1-0"),
-        ThreadSpec(
-            f"{root}/store3", "sealer", None, None, "run", 0, legacy_blank_job_state=blank_idle
-        ),
+        ThreadSpec(f"{root}/store2", "sealer", "TicketAssigned", 3, "run", 100, proc=proc),
+        ThreadSpec(f"{root}/store3", "sealer", None, None, "run", 0, legacy_blank_job_state=blank),
     ]
 
 
@@ -2003,8 +2017,8 @@ def worker_from_args(args: argparse.Namespace, log: Callable[[str], None] | None
     if args.shape:
         shape = LEGACY_SHAPES[args.shape]
         release = release_of(shape.release)
-        threads = legacy_threads(args.root, "idle-job-state-blank" in shape.deviations)
-        timing = FROZEN
+        threads = legacy_threads(args.root, shape.deviations)
+        timing = replace(FROZEN)
         options["git_commit"] = args.git_commit or "standin"
         if "version-v0.9.0-standin" in shape.deviations:
             options["version_text"] = "v0.9.0-standin"
@@ -2014,7 +2028,7 @@ def worker_from_args(args: argparse.Namespace, log: Callable[[str], None] | None
         if "threads" in scenario:
             threads = [ThreadSpec.from_json(item) for item in scenario["threads"]]
         else:
-            threads = [replace(spec, proc=None) for spec in legacy_threads(args.root, False)]
+            threads = legacy_threads(args.root)
         timing = timing_from_json(scenario["timing"]) if "timing" in scenario else replace(FROZEN)
         for key in ("miner", "sectors", "wdpost_jobs"):
             if key in scenario:

@@ -191,7 +191,7 @@ def standin():
     def start(tag="v0.9.0", threads=None, timing=None, **options) -> Standin:
         clock = ManualClock()
         if threads is None:
-            threads = [replace(spec, proc=None) for spec in legacy_threads("/mnt", False)]
+            threads = legacy_threads("/mnt")
         worker = Worker(release_of(tag), threads, timing or replace(FROZEN), clock, **options)
         server = StandinServer(worker).start()
         servers.append(server)
@@ -498,6 +498,26 @@ def test_a_chunked_body_is_read(standin):
     )
     connection.send(head + chunks + b"0\r\n\r\n")
     assert connection.reply().json()["result"] is True
+
+
+CHUNKED_HEAD = (
+    b"POST / HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def test_a_malformed_chunk_closes_the_connection_without_a_reply(standin):
+    """source: a body decode error reaches jsonrpc as a hyper error: no reply, closed."""
+    connection = standin().raw()
+    connection.send(CHUNKED_HEAD + b"zz\r\n{}\r\n0\r\n\r\n")
+    assert connection.closed()
+
+
+def test_a_chunked_body_past_5_mib_is_413(standin):
+    """W §1.2: > 5 MiB -> 413, however the body is framed (checked as chunks arrive)."""
+    connection = standin().raw()
+    size = 5 * 1024 * 1024 + 1
+    connection.send(CHUNKED_HEAD + b"%x\r\n" % size + b" " * size + b"\r\n0\r\n\r\n")
+    assert connection.reply().status_line == b"HTTP/1.1 413 Payload Too Large"
 
 
 @pytest.mark.parametrize(("tag", "value", "continues"), [
