@@ -1994,6 +1994,16 @@ LEGACY_SHAPES = {
 
 
 def load_scenario(path: str) -> dict[str, Any]:
+    """A --scenario file: the worker's threads (ThreadSpec fields), timing (Timing
+    fields) and what the manager hands out (null: without end). For example::
+
+        {"release": "v0.8.0", "sectors": 2, "wdpost_jobs": null,
+         "timing": {"stage": 0.2, "seal_interval": 1, "stages": {"PC1": 2}},
+         "threads": [{"location": "/mnt/a", "state": "C1Done", "sector": 7,
+                      "phase": "paused", "since": 17, "last_error": "permanent: ..."},
+                     {"location": "/mnt/a/"},
+                     {"plan": "wdpost"}]}
+    """
     with open(path, encoding="utf-8") as file:
         data = json.load(file)
     unknown = set(data) - {"release", "threads", "timing", "miner", "sectors", "wdpost_jobs"}
