@@ -15,7 +15,8 @@ once with venusctl's own SSH code, then times, in-process, medians of:
                       one channel each
 
 and the whole `python venusctl.py list` (one damocles host) as a subprocess.
-The stand-in is Python's http.server, so absolute times include its cost;
+The stand-in is Python (one thread per connection, each reply written in one
+send with TCP_NODELAY, as hyper does), so absolute times include its cost;
 the differences between rows are what venusctl's choices change.
 """
 

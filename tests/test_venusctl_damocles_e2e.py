@@ -1,8 +1,9 @@
 """venusctl against original damocles-workers, end to end, through real sshd.
 
-The worker is tests/damocles_standin.py (the documented API, both result
-shapes) bound to 127.0.0.1 and reached only through a direct-tcpip channel of
-a real OpenSSH sshd: with `AllowTcpForwarding no` on that sshd the same
+The worker is tests/damocles_standin.py (--shape current = release v0.9.0,
+--shape v2022 = v0.7.4, with the deviations its LEGACY_SHAPES lists) bound
+to 127.0.0.1 and reached only through a direct-tcpip channel of a real
+OpenSSH sshd: with `AllowTcpForwarding no` on that sshd the same
 inventory fails, so nothing goes around SSH. Each test gets fresh stand-ins
 (they keep pause state); the sshd hosts are shared by the module.
 """
