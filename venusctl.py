@@ -1727,8 +1727,8 @@ def health_json(report: HealthReport) -> dict[str, Any]:
 
 # The fleet textfile of `health --prometheus`, for node_exporter's textfile collector
 # on the control host. Its names are venus_fleet_*, never the agents' venus_worker_*
-# (worker_agent/metrics.py): node_exporter fails the whole scrape when two textfiles
-# give one name two HELP texts, and a control host may run an agent too. The same
+# (worker_agent/metrics.py): node_exporter drops the samples of a name that two
+# textfiles give two HELP texts, and a control host may run an agent too. The same
 # conventions as the agent's: statuses are label values (every one present, 1 for
 # the current one), times are Unix timestamps, every series the run implies is
 # there with 0 rather than missing. name -> (help, label names); all gauges, in
@@ -4132,6 +4132,12 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     thresholds = health_thresholds(settings, args)
     deadline = _first_set(args.deadline, settings.deadline, HEALTH_DEFAULTS["deadline"])
     textfile = args.prometheus or settings.prometheus
+    if textfile and Path(textfile).suffix != ".prom":
+        # node_exporter's textfile collector would skip it without a word.
+        raise UsageError(
+            f"prometheus file {textfile}: must be named *.prom"
+            " (node_exporter's textfile collector reads only those)"
+        )
     hosts = select_hosts(ctx.inventory, args.limit)
     show = len(hosts) > 1 and ctx.is_terminal(ctx.err)  # as Context.fan_out does
     outcomes = fan_out_until(
@@ -4470,7 +4476,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="the whole run ends by then, else UNKNOWN (default 60s)",
     )
-    health.add_argument("--prometheus", metavar="FILE", help="write node_exporter's textfile")
+    health.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        help="also write the venus_fleet_* series to FILE, a node_exporter textfile (*.prom)",
+    )
     health.add_argument(
         "-q",
         "--quiet",

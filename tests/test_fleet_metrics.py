@@ -284,3 +284,24 @@ def test_node_exporter_serves_the_fleet_textfile_beside_an_agents(fleet_textfile
         _, written = parse(path.read_text())
         assert {k: v for k, v in served.items() if k[0].startswith(prefix)} == written, prefix
     assert "has help" not in (tmp_path / "node_exporter.log").read_text()
+
+
+@pytest.mark.parametrize("where", ["option", "inventory"])
+def test_a_textfile_node_exporter_would_not_read_is_refused_before_any_host(
+    tmp_path, capsys, where
+):
+    health_table = '\n[health]\nprometheus = "venus.txt"\n' if where == "inventory" else ""
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        '[[host]]\nname = "local"\ntransport = "local"\n'
+        f'config = "{tmp_path / "none.toml"}"\nsocket = "{tmp_path / "none.sock"}"\n' + health_table
+    )
+    argv = ["-i", str(inventory), "health"]
+    argv += ["--prometheus", str(tmp_path / "venus.txt")] if where == "option" else []
+    assert venusctl.main(argv) == Severity.UNKNOWN
+    out = capsys.readouterr().out
+    assert out == (
+        f"VENUS UNKNOWN - prometheus file {tmp_path / 'venus.txt'}: must be named *.prom"
+        " (node_exporter's textfile collector reads only those)\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inventory.toml"]
