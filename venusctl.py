@@ -1725,83 +1725,181 @@ def health_json(report: HealthReport) -> dict[str, Any]:
     }
 
 
+# The fleet textfile of `health --prometheus`, for node_exporter's textfile collector
+# on the control host. Its names are venus_fleet_*, never the agents' venus_worker_*
+# (worker_agent/metrics.py): node_exporter drops the samples of a name that two
+# textfiles give two HELP texts, and a control host may run an agent too. The same
+# conventions as the agent's: statuses are label values (every one present, 1 for
+# the current one), times are Unix timestamps, every series the run implies is
+# there with 0 rather than missing. name -> (help, label names); all gauges, in
+# the order written.
+FLEET_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "venus_fleet_health_status": (
+        "1 for the overall status of the last venusctl health run, 0 for the three others.",
+        ("status",),
+    ),
+    "venus_fleet_health_last_run_timestamp_seconds": (
+        "When venusctl health last judged the fleet, Unix time.",
+        (),
+    ),
+    "venus_fleet_host_up": (
+        "1 if the host's agent answered with its threads, else 0.",
+        ("host",),
+    ),
+    "venus_fleet_last_heartbeat_timestamp_seconds": (
+        "When the host's agent last wrote its heartbeat, Unix time on this host's clock"
+        " (the run's time minus the age read on the worker); 0 when none is known"
+        " (a damocles worker writes none; an unreachable host's cannot be read).",
+        ("host",),
+    ),
+    "venus_fleet_threads": (
+        "Sealing threads by thread state (Idle, Running, Waiting, Paused);"
+        " 0 on a host whose threads were not read.",
+        ("host", "state"),
+    ),
+    "venus_fleet_job_threads": (
+        'Sealing threads by the state of their task (job_state "Empty": no task);'
+        " 0 on a host whose threads were not read.",
+        ("host", "job_state"),
+    ),
+    "venus_fleet_threads_paused": (
+        "Paused sealing threads (by hand or by an error).",
+        ("host",),
+    ),
+    "venus_fleet_threads_errors": ("Sealing threads paused by an error.", ("host",)),
+    "venus_fleet_threads_empty": ("Sealing threads without a task (sector).", ("host",)),
+    "venus_fleet_health_findings": (
+        "Findings of the last run by kind and status (WARNING, CRITICAL, UNKNOWN);"
+        " every pair health can find is there on every host, with 0.",
+        ("host", "kind", "status"),
+    ),
+    "venus_fleet_health_finding": (
+        "Always 1: one series per finding of the last run, while it holds"
+        ' (index "": the host itself).',
+        ("host", "index", "kind", "status"),
+    ),
+}
+
+# Every kind of finding with the statuses it can have: the zeros of
+# venus_fleet_health_findings. A pair not listed here is still counted.
+FINDING_STATUSES: dict[str, tuple[Severity, ...]] = {
+    "no-answer": (Severity.UNKNOWN,),
+    "host-unreachable": (Severity.CRITICAL,),
+    "agent-not-running": (Severity.CRITICAL,),
+    "heartbeat-expired": (Severity.CRITICAL,),
+    "internal-error": (Severity.UNKNOWN,),
+    "thread-error": (Severity.WARNING, Severity.CRITICAL),
+    "thread-stuck": (Severity.WARNING,),
+    "thread-paused": (Severity.WARNING,),
+}
+
+
 def _escape_label(value: str) -> str:
+    """A label value as the text exposition format wants it between double quotes."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-class _Metrics:
-    """Gauges with HELP and TYPE, samples grouped under their metric as the format wants."""
+class _Exposition:
+    """Text exposition format 0.0.4: one family at a time, HELP and TYPE first."""
 
     def __init__(self) -> None:
-        self.help: dict[str, str] = {}
-        self.samples: dict[str, list[str]] = {}
+        self.lines: list[str] = []
 
-    def declare(self, name: str, text: str) -> None:
-        self.help[name] = text
-        self.samples[name] = []
+    def family(self, name: str) -> None:
+        help_text = FLEET_METRICS[name][0].replace("\\", "\\\\").replace("\n", "\\n")
+        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
 
-    def add(self, name: str, labels: dict[str, str], value: float) -> None:
-        pairs = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
+    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
+        assert tuple(labels) == FLEET_METRICS[name][1], (name, labels)
+        pairs = ",".join(f'{key}="{_escape_label(val)}"' for key, val in labels.items())
         number = str(value) if isinstance(value, int) else repr(float(value))
-        self.samples[name].append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
+        self.lines.append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
 
-    def render(self) -> str:
-        lines = []
-        for name, text in self.help.items():
-            if self.samples[name]:
-                help_text = text.replace("\\", "\\\\").replace("\n", "\\n")
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-                lines += self.samples[name]
-        return "\n".join(lines) + "\n"
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _heartbeat_timestamp(report: HealthReport, host: HostHealth) -> float:
+    # The age was read on the worker's own clock; the run's time is ours: `time() - x`
+    # at the run is the very age health judged, whatever the worker's clock says.
+    return 0 if host.heartbeat_age is None else round(report.time - host.heartbeat_age, 3)
+
+
+def _job_threads(host: HostHealth) -> dict[str, int]:
+    """Every job state, 0 included; "Empty" counts the threads without a task too."""
+    counts = dict.fromkeys(api.STATE_NAMES, 0)
+    for state, count in sorted(host.job_states.items()):
+        counts[state] = counts.get(state, 0) + count
+    if host.up:
+        counts["Empty"] = counts.get("Empty", 0) + host.threads - sum(host.job_states.values())
+    return counts
+
+
+def _finding_counts(host: HostHealth) -> dict[tuple[str, str], int]:
+    counts = {
+        (kind, status.name): 0 for kind, statuses in FINDING_STATUSES.items() for status in statuses
+    }
+    for finding in host.findings:
+        key = (finding.kind, finding.severity.name)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+Rows = list[tuple[dict[str, str], float]]  # one family's samples: (labels, value)
+
+
+def _host_rows(report: HealthReport, host: HostHealth) -> dict[str, Rows]:
+    own = {"host": host.name}
+    states = host.thread_states
+    findings = _finding_counts(host).items()
+    return {
+        "venus_fleet_host_up": [(own, int(host.up))],
+        "venus_fleet_last_heartbeat_timestamp_seconds": [(own, _heartbeat_timestamp(report, host))],
+        "venus_fleet_threads": [({**own, "state": s}, states.get(s, 0)) for s in THREAD_STATES],
+        "venus_fleet_job_threads": [
+            ({**own, "job_state": state}, count) for state, count in _job_threads(host).items()
+        ],
+        "venus_fleet_threads_paused": [(own, states.get(ThreadState.Paused.value, 0))],
+        "venus_fleet_threads_errors": [(own, host.errors)],
+        "venus_fleet_threads_empty": [(own, host.empty)],
+        "venus_fleet_health_findings": [
+            ({**own, "kind": kind, "status": status}, count) for (kind, status), count in findings
+        ],
+        "venus_fleet_health_finding": [(labels, 1) for labels in _finding_labels(host)],
+    }
+
+
+def _finding_labels(host: HostHealth) -> list[dict[str, str]]:
+    """One label set per finding, each once: a series twice would void the whole file."""
+    unique = {
+        (
+            "" if finding.index is None else str(finding.index),
+            finding.kind,
+            finding.severity.name,
+        ): None
+        for finding in host.findings
+    }
+    return [
+        {"host": host.name, "index": index, "kind": kind, "status": status}
+        for index, kind, status in unique
+    ]
 
 
 def prometheus_text(report: HealthReport) -> str:
-    """The report in node_exporter's textfile format (text exposition format 0.0.4)."""
-    metrics = _Metrics()
-    metrics.declare("venus_host_up", "1 if the host's agent answered with its threads, else 0.")
-    metrics.declare("venus_heartbeat_age_seconds", "Age of the agent's last heartbeat report.")
-    metrics.declare("venus_threads", "Sealing threads by thread state.")
-    metrics.declare("venus_job_threads", "Sealing threads by the state of their job.")
-    metrics.declare("venus_threads_paused", "Paused sealing threads (by hand or by an error).")
-    metrics.declare("venus_threads_errors", "Sealing threads paused by an error.")
-    metrics.declare("venus_threads_empty", "Sealing threads without a job.")
-    metrics.declare("venus_health_findings", "Health findings by severity.")
-    metrics.declare(
-        "venus_health_finding",
-        "One health finding (index empty: the host itself): 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
-    )
-    metrics.declare(
-        "venus_health_status", "Overall status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
-    )
-    metrics.declare(
-        "venus_health_last_run_timestamp_seconds", "When venusctl health last judged the fleet."
-    )
-    for host in report.hosts:
-        label = {"host": host.name}
-        metrics.add("venus_host_up", label, int(host.up))
-        if host.heartbeat_age is not None:
-            metrics.add("venus_heartbeat_age_seconds", label, host.heartbeat_age)
-        if host.up:
-            for state, count in host.thread_states.items():
-                metrics.add("venus_threads", {**label, "state": state}, count)
-            for state, count in sorted(host.job_states.items()):
-                metrics.add("venus_job_threads", {**label, "job_state": state}, count)
-            metrics.add(
-                "venus_threads_paused", label, host.thread_states.get(ThreadState.Paused.value, 0)
-            )
-            metrics.add("venus_threads_errors", label, host.errors)
-            metrics.add("venus_threads_empty", label, host.empty)
-        for severity in (Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN):
-            count = sum(1 for finding in host.findings if finding.severity == severity)
-            metrics.add("venus_health_findings", {**label, "severity": severity.name}, count)
-        for finding in host.findings:
-            where = {**label, "index": "" if finding.index is None else str(finding.index)}
-            metrics.add(
-                "venus_health_finding", {**where, "kind": finding.kind}, int(finding.severity)
-            )
-    metrics.add("venus_health_status", {}, int(report.status))
-    metrics.add("venus_health_last_run_timestamp_seconds", {}, report.time)
-    return metrics.render()
+    """The report as node_exporter's textfile: the families of FLEET_METRICS, in order."""
+    fleet: dict[str, Rows] = {
+        "venus_fleet_health_status": [
+            ({"status": status.name}, int(status == report.status)) for status in Severity
+        ],
+        "venus_fleet_health_last_run_timestamp_seconds": [({}, round(report.time, 3))],
+    }
+    hosts = [_host_rows(report, host) for host in report.hosts]
+    out = _Exposition()
+    for name in FLEET_METRICS:
+        out.family(name)
+        for labels, value in fleet.get(name) or [row for rows in hosts for row in rows[name]]:
+            out.sample(name, labels, value)
+    return out.text()
 
 
 # =============================================================================
@@ -4034,6 +4132,12 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     thresholds = health_thresholds(settings, args)
     deadline = _first_set(args.deadline, settings.deadline, HEALTH_DEFAULTS["deadline"])
     textfile = args.prometheus or settings.prometheus
+    if textfile and Path(textfile).suffix != ".prom":
+        # node_exporter's textfile collector would skip it without a word.
+        raise UsageError(
+            f"prometheus file {textfile}: must be named *.prom"
+            " (node_exporter's textfile collector reads only those)"
+        )
     hosts = select_hosts(ctx.inventory, args.limit)
     show = len(hosts) > 1 and ctx.is_terminal(ctx.err)  # as Context.fan_out does
     outcomes = fan_out_until(
@@ -4372,7 +4476,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="the whole run ends by then, else UNKNOWN (default 60s)",
     )
-    health.add_argument("--prometheus", metavar="FILE", help="write node_exporter's textfile")
+    health.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        help="also write the venus_fleet_* series to FILE, a node_exporter textfile (*.prom)",
+    )
     health.add_argument(
         "-q",
         "--quiet",

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import promtools
 import pytest
 from sshfleet import SshFleet
 
@@ -150,6 +151,11 @@ class Site:
         self.link = self.prefix / "bin" / "venus-worker"
         self.launcher = self.opt / "bin" / "venus-worker"
         self.stores = [self.prefix / "stores" / f"s{i}" for i in range(THREADS)]
+        # node_exporter's textfile folder as Debian's package ships it: root's, 0755.
+        self.textfile_dir = self.prefix / "node-exporter"
+        self.textfile_dir.mkdir(parents=True)
+        self.textfile_dir.chmod(0o755)
+        self.prefix.chmod(0o755)
         self.wheels = root / "wheels"
         self.tmp = root / "tmp"
         self.tmp.mkdir()
@@ -184,6 +190,8 @@ class Site:
                     # A thread between sectors waits this long before its next one.
                     "venus_worker_sealing_seal_interval": "1s",
                     "venus_worker_drain_poll": 1,
+                    "venus_worker_metrics": True,
+                    "venus_worker_metrics_textfile_dir": str(self.textfile_dir),
                 }
             )
         )
@@ -577,6 +585,45 @@ def test_the_agent_runs_as_the_service_user_and_the_socket_group_steers_it(site,
     assert site.venusctl("--json", *command[1:]).returncode == 0
 
 
+def test_the_agent_writes_its_metrics_in_node_exporters_folder(site, deployed):
+    import tomllib
+
+    service = site.accounts.service_user
+    # The service group may add files; the sticky bit keeps the others' files theirs.
+    assert _owner(site.textfile_dir) == ("root", service, 0o1775)
+    textfile = site.textfile_dir / "venus-worker.prom"
+    config = tomllib.loads(site.config.read_text())
+    assert config["worker"]["metrics_textfile"] == str(textfile)
+    writable = unit_directives(site.unit.read_text())["ReadWritePaths"][0].split()
+    assert str(site.textfile_dir) in writable
+    # The agent, started as the unit says, wrote it: node_exporter (another user) reads it.
+    deadline = time.monotonic() + 30
+    while not textfile.exists():
+        assert time.monotonic() < deadline, sorted(p.name for p in site.textfile_dir.iterdir())
+        time.sleep(0.2)
+    assert _owner(textfile) == (service, service, 0o644)
+    text = textfile.read_text()
+    assert promtools.check_metrics(text) == ""
+    _, samples = promtools.parse(text)
+    threads = [v for (name, _), v in samples.items() if name == "venus_worker_threads"]
+    assert sum(threads) == THREADS
+    info = [dict(labels) for name, labels in samples if name == "venus_worker_info"]
+    assert [entry["textfile"] for entry in info] == [str(textfile)]
+    # Another collector's file there (root's, as apt's and smartmon's are) is not the agent's.
+    other = site.textfile_dir / "apt.prom"
+    other.write_text("apt_upgrades_pending 0\n")
+    try:
+        removed = subprocess.run(
+            ["runuser", "-u", service, "--", "rm", "-f", str(other)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert removed.returncode != 0 and other.exists(), removed
+    finally:
+        other.unlink(missing_ok=True)
+
+
 def test_second_deploy_changes_nothing(site, deployed):
     done = site.playbook("deploy-agent.yml")
     assert ran_ok(done)["changed"] == 0
@@ -729,10 +776,10 @@ def test_deployed_unit_is_valid_and_scores_as_hardened(site, deployed):
     assert f"-{site.prefix / 'parents'}" in writable
 
 
-def render_unit(site, tmp_path: Path, overrides: dict) -> tuple[Path, dict[str, list[str]]]:
-    """The role's unit template with the role's defaults and `overrides`, as on a real host."""
-    unit = tmp_path / "venus-worker.service"
-    variables = tmp_path / "overrides.json"
+def render_template(site, tmp_path: Path, template: str, overrides: dict) -> Path:
+    """One of the role's templates with the role's defaults and `overrides`, as on a real host."""
+    rendered = tmp_path / template.removesuffix(".j2")
+    variables = tmp_path / f"{rendered.name}.vars.json"
     base = {
         # ExecStart must exist for systemd-analyze verify: the deployed launcher.
         "venus_worker_prefix": str(site.opt),
@@ -740,14 +787,28 @@ def render_unit(site, tmp_path: Path, overrides: dict) -> tuple[Path, dict[str, 
     }
     variables.write_text(json.dumps({**base, **overrides}))
     argv = [ansible_tool("ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.template"]
-    argv += ["-a", f"src={ROLE / 'templates' / 'venus-worker.service.j2'} dest={unit}"]
+    argv += ["-a", f"src={ROLE / 'templates' / template} dest={rendered}"]
     for source in (ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", variables):
         argv += ["-e", f"@{source}"]
     argv += ["-e", f"ansible_python_interpreter={os.path.realpath(sys.executable)}"]
-    done = subprocess.run(argv, env=site.env, capture_output=True, text=True, timeout=120)
+    # The role's toml_value filter (the config), found as the play finds it.
+    env = dict(site.env, ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins"))
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+    return rendered
+
+
+def render_unit(site, tmp_path: Path, overrides: dict) -> tuple[Path, dict[str, list[str]]]:
+    unit = render_template(site, tmp_path, "venus-worker.service.j2", overrides)
     verify_unit(unit)
     return unit, unit_directives(unit.read_text())
+
+
+def render_config(site, tmp_path: Path, overrides: dict):
+    """The rendered config, read by the agent's own loader."""
+    from worker_agent.config import load_config
+
+    return load_config(render_template(site, tmp_path, "venus-worker.toml.j2", overrides))
 
 
 def test_production_unit_with_the_defaults_scores_as_hardened(site, deployed, tmp_path):
@@ -776,6 +837,34 @@ def test_production_unit_with_the_defaults_scores_as_hardened(site, deployed, tm
     assert directives["CapabilityBoundingSet"] == [""]
     assert directives["SystemCallFilter"] == ["@system-service"]
     assert directives["ProtectSystem"] == ["strict"] and directives["UMask"] == ["0027"]
+
+
+def test_production_unit_with_metrics_writes_where_debians_node_exporter_reads(
+    site, deployed, tmp_path
+):
+    import yaml
+
+    default = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    folder = default["venus_worker_metrics_textfile_dir"]
+    # The folder Debian's prometheus-node-exporter reads when nobody says otherwise.
+    shown = subprocess.run(
+        [promtools.tool(*promtools.NODE_EXPORTER_NAMES), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    found = re.search(r'--collector\.textfile\.directory="([^"]*)"', shown.stdout + shown.stderr)
+    assert found and found[1] == folder, shown.stdout + shown.stderr
+    unit, directives = render_unit(site, tmp_path, {"venus_worker_metrics": True})
+    exposure, report = security_exposure(unit)
+    assert exposure <= SECURITY_THRESHOLD, report
+    assert directives["ReadWritePaths"][0].split() == [
+        *("/var/lib/venus-worker", "/srv/store1", "/srv/store2", "/tmp", "/var/tmp", folder),
+        "-/var/tmp/filecoin-parents",
+    ]
+    config = render_config(site, tmp_path, {"venus_worker_metrics": True})
+    assert config.metrics_textfile == Path(folder) / "venus-worker.prom"
+    assert render_config(site, tmp_path, {}).metrics_textfile is None  # off by default
 
 
 def test_gpu_unit_allows_the_listed_devices_and_the_network(site, deployed, tmp_path):
@@ -858,7 +947,7 @@ def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
         timeout=120,
     )
     assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
-    assert 'venus_host_up{host="w1"} 1' in prom.read_text().splitlines()
+    assert 'venus_fleet_host_up{host="w1"} 1' in prom.read_text().splitlines()
 
 
 # --- pure parts: the roles' style, the variables' documentation ---------------
