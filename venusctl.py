@@ -52,6 +52,27 @@ configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
 3 UNKNOWN.
 """
 
+
+# Layout: one file, read top to bottom; each section uses only those above it.
+#
+#   Exit codes, Errors     ExitStatus, Severity; VenusctlError ends the run, HostError is a row
+#   Values                 durations, thread indexes, state and stage names, --stuck keys
+#   Inventory              inventory.toml -> Host, Inventory; HOST targets and --limit
+#   Host answers           HostStatus (typed at the edge), damocles' WorkerInfo shapes, Action
+#   Tables and JSON        what list, info, pause/resume and inventory print
+#   Health engine          thresholds, findings, the plugin line, JSON, Prometheus text
+#   Fleet threads, Drain   selectors and bulk plans; drain's view of a thread
+#   JSON-RPC and agents    RpcAgent, CliAgent, DamoclesAgent: each wire answer -> api types
+#   Sessions               LocalSession, SshSession (paramiko, known_hosts, ssh_config)
+#   Transport policy       open_agent (stream, exec, local, damocles; the fallback), actions,
+#                          fan_out -> GroupResult, SessionPool (watch, drain, bulk)
+#   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
+#                          health
+#   Argument parser, main  build_parser; main(argv, env) -> int, the only exit
+#
+# The contract with the agent (WorkerInfo, the report, codes, states, durations) is
+# worker_agent/api.py, which both programs import.
+
 from __future__ import annotations
 
 import argparse
@@ -73,10 +94,13 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from worker_agent import api
+from worker_agent.api import ThreadActivity, ThreadState, WorkerInfo
 
 # paramiko, tomlkit and tabulate are imported inside the functions that need
 # them: a `local` run never pays for paramiko (~0.13-0.2 s of imports, see
@@ -89,51 +113,99 @@ __all__ = [
     "UsageError",
     "InventoryError",
     "HostError",
+    "ConnectionRefused",
+    "HostTimeout",
+    "AgentNotRunning",
+    "AgentNotInstalled",
+    "UnreadableReply",
     "AgentRefused",
-    "Host",
-    "Inventory",
-    "load_inventory",
-    "parse_inventory",
-    "resolve_target",
-    "select_hosts",
+    "NoAnswer",
     "parse_duration",
     "format_duration",
-    "status_argv",
-    "pause_argv",
-    "resume_argv",
     "parse_index",
     "parse_state",
-    "JsonRpcClient",
-    "RpcAgent",
-    "CliAgent",
-    "DamoclesAgent",
-    "normalize_worker_info",
-    "check_resume_state",
+    "parse_state_list",
+    "parse_stage",
+    "parse_plan_name",
+    "compile_error_match",
+    "STUCK_DEFAULTS",
+    "check_stuck_key",
+    "parse_stuck_option",
+    "Host",
+    "HealthSettings",
+    "Inventory",
+    "inventory_path",
+    "load_inventory",
+    "parse_inventory",
     "parse_rpc_address",
-    "ActionOutcome",
+    "resolve_target",
+    "select_hosts",
     "HostStatus",
+    "normalize_worker_info",
+    "resume_states",
+    "check_resume_state",
+    "Action",
+    "ActionOutcome",
+    "LIST_WIDE_HEADERS",
+    "INFO_HEADERS",
+    "list_entry",
     "list_table",
     "info_table",
+    "inventory_table",
     "ansible_inventory",
-    "HealthSettings",
+    "render_table",
     "Thresholds",
     "Finding",
     "HealthReport",
     "judge_fleet",
+    "health_summary",
     "health_text",
     "health_json",
     "prometheus_text",
-    "write_textfile",
+    "Selector",
+    "FleetThread",
+    "select_threads",
+    "count_line",
+    "threads_table",
+    "unreachable_lines",
+    "Step",
+    "plan_steps",
+    "invalid_resume_state",
+    "plan_summary",
+    "results_summary",
+    "describe_thread",
+    "JsonRpcClient",
+    "RpcAgent",
+    "DamoclesAgent",
+    "CommandResult",
+    "CliAgent",
+    "checked_threads",
+    "parse_cli_reply",
+    "status_argv",
+    "pause_argv",
+    "resume_argv",
+    "SshContext",
+    "SshSession",
+    "connect_tcp",
+    "connect_ssh",
+    "open_agent",
     "query_status",
     "perform",
     "perform_all",
+    "GroupResult",
     "fan_out",
-    "Selector",
-    "select_threads",
-    "plan_steps",
     "SessionPool",
+    "Context",
+    "list_report",
+    "Drain",
+    "health_thresholds",
+    "write_textfile",
+    "build_parser",
+    "Environment",
     "main",
+    "requested_command",
 ]
+
 
 # =============================================================================
 # Exit codes
@@ -253,7 +325,7 @@ class DamoclesNotReachable(HostError):
 
 
 class AgentRefused(HostError):
-    """The agent answered with a JSON-RPC error: shown to the operator as it is."""
+    """The agent answered with a JSON-RPC error (api.RpcCode): shown to the operator as it is."""
 
     kind = "agent-refused"
 
@@ -262,22 +334,174 @@ class AgentRefused(HostError):
         self.code = code
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "code": self.code, "message": str(self)}
+        return {"kind": self.kind, "code": int(self.code), "message": str(self)}
 
 
-# Codes the agent CLI puts in its --json error for failures that are not the
-# daemon's answer: "agent not running at SOCK" (docs/protocol.md) and a usage
-# or configuration error on the host (exit 2; the agent's cli.py).
-CLI_NOT_RUNNING_CODE = -32099
-CLI_CONFIG_ERROR_CODE = -32098
+class NoAnswer(HostError):
+    """The host was still being asked when `health --deadline` passed."""
+
+    kind = "no-answer"
+
+
+# =============================================================================
+# Values: durations, indexes, names and thresholds
+# =============================================================================
+
+
+STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def parse_duration(text: str) -> float:
+    """The one duration grammar (api.parse_duration: '10m', '1h 30m', '5min', '500ms'),
+    where a plain number is seconds ('600'), as venusctl's options and inventory always took."""
+    return api.parse_duration(text, bare_seconds=True)
+
+
+def format_duration(seconds: float | None) -> str:
+    """2.7s, 17s, 13m42s, 336h41m13s (Go style, without days); '-' for None.
+
+    Floats under a minute keep one decimal (a heartbeat age); whole seconds
+    (thread elapsed times) print without one.
+    """
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s" if float(seconds).is_integer() else f"{seconds:.1f}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
+
+
+def parse_index(text: str) -> int:
+    """A thread index from the command line: a whole number >= 0, nothing else."""
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise ValueError(f"invalid thread index {text!r}: must be a whole number >= 0")
+    return int(text)
+
+
+def parse_state(text: str) -> str:
+    """A state name from the command line: letters and digits only (e.g. C1Done)."""
+    if not STATE_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid state {text!r}: a state name is letters and digits only")
+    return text
+
+
+def parse_state_list(text: str) -> tuple[str, ...]:
+    """--state C1Done,PC1Done: comma-separated state names, each letters and digits."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not any(names):
+        raise ValueError(f"invalid state list {text!r}: give one or more names, e.g. C1Done")
+    return tuple(parse_state(name) for name in names if name)
+
+
+def parse_stage(text: str) -> str:
+    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed)."""
+    if not STATE_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid stage {text!r}: a stage label is letters and digits only")
+    return text
+
+
+PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def parse_plan_name(text: str) -> str:
+    if not PLAN_NAME_PATTERN.fullmatch(text):
+        raise ValueError(f"invalid plan {text!r}: e.g. sealer, snapup, rebuild, unseal")
+    return text
+
+
+def compile_error_match(text: str) -> re.Pattern[str]:
+    """--error-match REGEX, searched in last_error; a bad regex is one usage line."""
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise ValueError(f"invalid regular expression {text!r}: {error}") from error
+
+
+# damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
+WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
+
+
+# Task states of every plan (damocles' names): `--stuck` also takes these,
+# and a state beats its stage label (e.g. SeedAssigned=30m vs C1=1h).
+STATE_NAMES = (
+    *api.STATE_NAMES,
+    *(name for name in WDPOST_STATES if name not in api.STATE_NAMES),
+)
+
+
+# How long a job may stay in one state before `health` calls it stuck, by the
+# stage label of the work done from that state (WorkerInfo `job_stage`, the
+# damocles labels: each of api.STAGE_NAMES, tests/test_health_unit.py checks).
+# Compute stages get what a healthy 32 GiB sector needs plus a margin; submits
+# are a message to the chain and should take minutes; chain waits are bounded
+# by the chain (WaitSeed: 150 epochs = 75 min).
+STUCK_DEFAULTS: dict[str, float] = {
+    "AcquireDeals": 1 * 3600,
+    "AddPieces": 2 * 3600,
+    "TreeD": 2 * 3600,
+    "AssignTicket": 1 * 3600,
+    "PC1": 12 * 3600,
+    "PC2": 4 * 3600,
+    "SyntheticPoRep": 4 * 3600,
+    "SubmitPreCommit": 1 * 3600,
+    "WaitPCLanded": 6 * 3600,
+    "PersistFiles": 2 * 3600,
+    "SubmitPersisted": 1 * 3600,
+    "WaitSeed": 3 * 3600,
+    "C1": 1 * 3600,
+    "C2": 4 * 3600,
+    "SubmitProof": 1 * 3600,
+    "WaitProofLanded": 6 * 3600,
+    "SnapEncode": 4 * 3600,
+    "SnapProve": 4 * 3600,
+    "SubmitSnapupProof": 1 * 3600,
+    "PrepareForSnapup": 2 * 3600,
+    "Unseal": 12 * 3600,
+    "UploadPiece": 2 * 3600,
+    # any stage not listed (a newer worker's): `--stuck default=...`
+    "default": 6 * 3600,
+}
+
+
+HEALTH_DEFAULTS = {
+    "expiration": 600.0,
+    "paused_warn": 3600.0,
+    "paused_crit": 6 * 3600.0,
+    "deadline": 60.0,
+}
+
+
+def check_stuck_key(key: str) -> str:
+    """A `--stuck` key: a stage label, a state name or `default`; a typo is refused."""
+    if key in STUCK_DEFAULTS or key in api.STAGE_NAMES or key in STATE_NAMES:
+        return key
+    raise ValueError(
+        f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
+        " or a state name such as C1Done)"
+    )
+
+
+def parse_stuck_option(text: str) -> tuple[str, float]:
+    """`--stuck PC1=14h` -> ('PC1', 50400.0)."""
+    key, sep, duration = text.partition("=")
+    if not sep:
+        raise ValueError(f"invalid --stuck {text!r}: expected KEY=DURATION, e.g. PC1=14h")
+    return check_stuck_key(key.strip()), parse_duration(duration)
 
 
 # =============================================================================
 # Inventory
 # =============================================================================
 
+
 DEFAULT_INVENTORY = "inventory.toml"
+
+
 INVENTORY_ENV = "VENUSCTL_INVENTORY"
+
 
 # The systemd layout the deployment playbook installs on every worker host.
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -298,19 +522,35 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     # host itself, reached through a direct-tcpip channel of the SSH connection.
     "rpc": "127.0.0.1:17890",
 }
+
+
 HOST_ONLY_KEYS = ("name", "address", "groups")
+
+
 TRANSPORTS = ("auto", "stream", "exec", "local")
+
+
 HOST_KEY_POLICIES = ("reject", "accept-new")
+
+
 # venus: our agent (worker_agent), on its Unix socket or through its CLI.
 # damocles: the original Rust damocles-worker (formerly venus-worker),
 # nothing of ours installed: its JSON-RPC port, through the SSH connection.
 BACKENDS = ("venus", "damocles")
+
+
 # A damocles host is only reachable over SSH, and there is no CLI of ours to exec.
 DAMOCLES_TRANSPORTS = ("auto", "stream")
+
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 # A host name, an IPv4 or IPv6 address (with a %zone): never a leading '-', which
 # ssh (the playbooks' connection) would read as an option.
 ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*$")
+
+
 # Local paths in the inventory are relative to the inventory's directory.
 LOCAL_PATH_KEYS = ("identity_file", "known_hosts", "ssh_config")
 
@@ -385,7 +625,7 @@ class Inventory:
         return sorted({group for host in self.hosts for group in host.groups})
 
 
-def inventory_path(option: str | None, environ: dict[str, str]) -> Path:
+def inventory_path(option: str | None, environ: Mapping[str, str]) -> Path:
     """-i wins, then $VENUSCTL_INVENTORY, then ./inventory.toml."""
     return Path(option or environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
 
@@ -727,200 +967,144 @@ def _known_names(inventory: Inventory) -> str:
 
 
 # =============================================================================
-# Pure formatting and validation
+# Host answers, typed at the edge: status, damocles shapes, resume states, actions
 # =============================================================================
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
-
-
-def parse_duration(text: str) -> float:
-    """'10m', '90s', '1h30m', '1.5h', '500ms' or plain seconds ('600') to seconds."""
-    text = text.strip()
-    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", text):
-        return float(text)
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise ValueError(f"invalid duration {text!r} (examples: 30s, 10m, 1h30m)")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
-
-
-def format_duration(seconds: float | None) -> str:
-    """2.7s, 17s, 13m42s, 336h41m13s (Go style, without days); '-' for None.
-
-    Floats under a minute keep one decimal (a heartbeat age); whole seconds
-    (thread elapsed times) print without one.
-    """
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s" if float(seconds).is_integer() else f"{seconds:.1f}s"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
-
-
-def parse_index(text: str) -> int:
-    """A thread index from the command line: a whole number >= 0, nothing else."""
-    if not re.fullmatch(r"[0-9]{1,9}", text):
-        raise ValueError(f"invalid thread index {text!r}: must be a whole number >= 0")
-    return int(text)
-
-
-def parse_state(text: str) -> str:
-    """A state name from the command line: letters and digits only (e.g. C1Done)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid state {text!r}: a state name is letters and digits only")
-    return text
-
-
-def _agent_command(host: Host, *command: str) -> list[str]:
-    return [*host.agent_argv, "worker", "-c", host.config, *command]
-
-
-def status_argv(host: Host) -> list[str]:
-    return _agent_command(host, "status", "--json")
-
-
-def pause_argv(host: Host, index: int) -> list[str]:
-    return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
-
-
-def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
-    argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
-    if state is not None:
-        argv += ["--state", parse_state(state)]
-    return [*argv, "--json"]
-
-
-def _checked_index(index: int) -> int:
-    # Second line of defence: the parser already validated it, but an argv
-    # for a remote shell is only ever built from checked values.
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ValueError(f"invalid thread index {index!r}")
-    return index
 
 
 @dataclass
 class HostStatus:
     """What one host said about itself: the heartbeat report and the live thread list.
 
-    `threads` is None when the daemon could not be asked (then `error` says
-    why, and `report` may still hold the last heartbeat written to disk).
+    Typed at the edge: each backend turns its wire answer into these values
+    once. `threads` is None when the daemon could not be asked (then `error`
+    says why, and `report` may still hold the last heartbeat written to
+    disk). A worker that writes no heartbeat (damocles) has `heartbeat`
+    False and its own `worker_version`.
     """
 
-    report: dict[str, Any] | None
-    threads: list[dict[str, Any]] | None
-    error: HostError | None = None
+    report: api.Report | None
+    threads: list[WorkerInfo] | None
+    error: BaseException | None = None
     via: str = ""
+    worker_version: str | None = None
+    heartbeat: bool = True
+
+    @classmethod
+    def of(cls, outcome: HostStatus | BaseException) -> HostStatus:
+        """A fan-out outcome as a status: a host that raised has no answer, the error says why."""
+        return outcome if isinstance(outcome, HostStatus) else cls(None, None, error=outcome)
+
+    @property
+    def version(self) -> str | None:
+        return self.report.version if self.report is not None else self.worker_version
+
+    @property
+    def last_ping(self) -> float | None:
+        """The heartbeat's age; for a worker without one, the age of this very answer (0)."""
+        if not self.heartbeat:
+            return 0.0
+        return self.report.age if self.report is not None else None
+
+    @property
+    def heartbeat_age(self) -> float | None:
+        """The heartbeat's age; None for a worker that writes no heartbeat (never stale)."""
+        return self.last_ping if self.heartbeat else None
+
+    @property
+    def summary(self) -> api.Summary | None:
+        """Live counts when the daemon answered, else the last heartbeat's counts."""
+        if self.threads is not None:
+            return api.summarize(self.threads)
+        return self.report.summary if self.report is not None else None
 
 
-SUMMARY_KEYS = ("Threads", "Empty", "Paused", "Running", "Waiting", "Errors")
+def normalize_worker_info(info: Any) -> WorkerInfo:
+    """One WorkerInfo of a damocles-worker, of either API generation, as our agent's.
 
-
-def summarize_threads(threads: list[dict[str, Any]]) -> dict[str, int | None]:
-    """The heartbeat's summary, computed from a live WorkerList (same rules as the agent).
-
-    Running and Waiting are None when a thread's state is unknown (a 2022
-    damocles-worker only tells paused from not paused).
-    """
-    states = [(thread.get("thread_state") or {}).get("state") for thread in threads]
-    unknown = None in states
-    return {
-        "Threads": len(threads),
-        "Empty": sum(1 for thread in threads if not thread.get("job_id")),
-        "Paused": states.count("Paused"),
-        "Running": None if unknown else states.count("Running"),
-        "Waiting": None if unknown else states.count("Waiting"),
-        "Errors": sum(1 for thread in threads if thread.get("last_error")),
-    }
-
-
-def normalize_worker_info(info: Any) -> dict[str, Any]:
-    """One WorkerInfo of a damocles-worker, of either API generation, in our agent's shape.
-
-    Every command downstream sees one shape (docs/protocol.md). The current
+    Every command downstream sees one type (docs/protocol.md). The current
     shape (damocles v0.9+, reference §4) only gains the keys the original
-    leaves out (`elapsed`, `proc`, `state_elapsed`). The 2022 shape
-    (`sector_id, paused, paused_elapsed, state`) becomes job_id/job_state and
-    a Paused thread state; not paused is state None (it does not tell
-    running from idle), and plan and stage are None (not reported).
-    Anything else is an UnreadableReply.
+    leaves out (`elapsed`, `proc`, `state_elapsed`, `pause_requested`). The
+    2022 shape (`sector_id, paused, paused_elapsed, state`) becomes
+    job_id/job_state and a Paused thread state; not paused is state None (it
+    does not tell running from idle), and plan and stage are None (not
+    reported). Anything else is an UnreadableReply.
     """
     if not isinstance(info, dict) or not _is_int(info.get("index")):
         raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
     if isinstance(info.get("thread_state"), dict):
-        thread_state = info["thread_state"]
-        return {
-            "index": info["index"],
-            "location": info.get("location"),
-            "plan": info.get("plan"),
-            "job_id": info.get("job_id"),
-            "job_state": info.get("job_state") or "",
-            "job_stage": info.get("job_stage"),
-            "thread_state": {
-                "state": thread_state.get("state"),
-                "elapsed": thread_state.get("elapsed"),
-                "proc": thread_state.get("proc"),
-            },
-            "state_elapsed": None,
-            "last_error": info.get("last_error"),
-        }
-    if isinstance(info.get("paused"), bool):
-        paused = info["paused"]
-        return {
-            "index": info["index"],
-            "location": info.get("location"),
-            "plan": None,
-            "job_id": info.get("sector_id"),
-            "job_state": info.get("state") or "",
-            "job_stage": None,
-            "thread_state": {
-                "state": "Paused" if paused else None,
-                "elapsed": info.get("paused_elapsed") if paused else None,
-                "proc": None,
-            },
-            "state_elapsed": None,
-            "last_error": info.get("last_error"),
-        }
-    raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
+        ours = _from_damocles_current(info)
+    elif isinstance(info.get("paused"), bool):
+        ours = _from_damocles_2022(info)
+    else:
+        raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
+    try:
+        return WorkerInfo.from_json(ours, f"thread #{info['index']}")
+    except api.WireError as error:
+        raise UnreadableReply(f"unreadable reply: {error}") from None
+
+
+def _from_damocles_current(info: dict[str, Any]) -> dict[str, Any]:
+    thread_state = info["thread_state"]
+    return {
+        "index": info["index"],
+        "location": info.get("location"),
+        "plan": info.get("plan"),
+        "job_id": info.get("job_id"),
+        "job_state": info.get("job_state") or "",
+        "job_stage": info.get("job_stage"),
+        "thread_state": {
+            "state": thread_state.get("state"),
+            "elapsed": thread_state.get("elapsed"),
+            "proc": thread_state.get("proc"),
+        },
+        "state_elapsed": None,
+        "last_error": info.get("last_error"),
+    }
+
+
+def _from_damocles_2022(info: dict[str, Any]) -> dict[str, Any]:
+    paused = info["paused"]
+    return {
+        "index": info["index"],
+        "location": info.get("location"),
+        "plan": None,
+        "job_id": info.get("sector_id"),
+        "job_state": info.get("state") or "",
+        "job_stage": None,
+        "thread_state": {
+            "state": ThreadState.Paused.value if paused else None,
+            "elapsed": info.get("paused_elapsed") if paused else None,
+            "proc": None,
+        },
+        "state_elapsed": None,
+        "last_error": info.get("last_error"),
+    }
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
-WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
+def resume_states(thread: WorkerInfo) -> tuple[str, tuple[str, ...]]:
+    """(plan, its valid resume states) for a thread.
 
-
-def resume_states(thread: dict[str, Any]) -> tuple[str, str]:
-    """(plan, its valid resume states) for a thread in our WorkerInfo shape.
-
-    The names come from worker_agent.states (the same distribution; imported
-    only here). A thread without a plan (2022 shape) is a sealer, unless its
-    current state belongs to another plan only (a snapup thread in SnapEncoded).
-    Raises ValueError for a plan venusctl does not know.
+    The names are the agent's plans (api.PLAN_STATES). A thread without a
+    plan (2022 shape) is a sealer, unless its current state belongs to
+    another plan only (a snapup thread in SnapEncoded). Raises ValueError
+    for a plan venusctl does not know.
     """
-    from worker_agent.states import PLANS
-
-    names = {plan: tuple(state.value for state in PLANS[plan].states) for plan in PLANS}
-    names["wdpost"] = WDPOST_STATES
-    plan = thread.get("plan")
+    names = {**api.PLAN_STATES, "wdpost": WDPOST_STATES}
+    plan = thread.plan
     if plan is None:
-        current = thread.get("job_state")
-        owners = [name for name in PLANS if current in names[name]]
+        owners = [name for name in api.PLAN_STATES if thread.job_state in names[name]]
         plan = "sealer" if "sealer" in owners or not owners else owners[0]
     if plan not in names:
         raise ValueError(f"venusctl does not know the states of plan {plan!r}")
     return plan, names[plan]
 
 
-def check_resume_state(thread: dict[str, Any], state: str) -> None:
-    """Refuse a resume state outside the thread's plan, as our agent does (-32602).
+def check_resume_state(thread: WorkerInfo, state: str) -> None:
+    """Refuse a resume state outside the thread's plan, as our agent does (INVALID_PARAMS).
 
     The original damocles-worker ignores an unknown name and resumes anyway,
     and a known state of another plan aborts the task ("unexpected state").
@@ -928,44 +1112,59 @@ def check_resume_state(thread: dict[str, Any], state: str) -> None:
     try:
         plan, valid = resume_states(thread)
     except ValueError as error:
-        raise AgentRefused(-32602, f"{error}: resume without a state") from None
+        raise AgentRefused(api.RpcCode.INVALID_PARAMS, f"{error}: resume without a state") from None
     if state not in valid:
         raise AgentRefused(
-            -32602, f'invalid state "{state}" for plan {plan}; valid states: {", ".join(valid)}'
+            api.RpcCode.INVALID_PARAMS,
+            f'invalid state "{state}" for plan {plan}; valid states: {", ".join(valid)}',
         )
 
 
-def host_summary(status: HostStatus) -> dict[str, int] | None:
-    """Live counts when the daemon answered, else the last heartbeat's counts."""
-    if status.threads is not None:
-        return summarize_threads(status.threads)
-    if status.report and isinstance(status.report.get("summary"), dict):
-        return {key: status.report["summary"].get(key) for key in SUMMARY_KEYS}
-    return None
+@dataclass(frozen=True)
+class Action:
+    """pause or resume of one thread, validated before any connection."""
+
+    kind: str  # "pause" | "resume"
+    index: int
+    state: str | None = None
+
+    def via(self, agent: Agent) -> str | None:
+        """Do it; returns a note when the answer was more than "done" (damocles)."""
+        if self.kind == "pause":
+            return agent.pause(self.index)
+        return agent.resume(self.index, self.state)
 
 
-def report_age(report: dict[str, Any] | None) -> float | None:
-    age = (report or {}).get("age")
-    return float(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else None
+@dataclass(frozen=True)
+class ActionOutcome:
+    """How an action was done: the path used (stream, exec, ...) and the agent's note,
+    or why it was not (`error`; then `via` is None)."""
+
+    via: str | None = None
+    note: str | None = None
+    error: BaseException | None = None
+
+    @classmethod
+    def of(cls, outcome: ActionOutcome | BaseException) -> ActionOutcome:
+        """A fan-out outcome as an ActionOutcome: a host that raised failed with that error."""
+        return outcome if isinstance(outcome, ActionOutcome) else cls(error=outcome)
 
 
-def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: float) -> dict:
-    """One host's `list --json` object (also what the table is made from)."""
-    status = outcome if isinstance(outcome, HostStatus) else HostStatus(None, None)
-    error = status.error if isinstance(outcome, HostStatus) else outcome
-    age = report_age(status.report)
-    return {
-        "name": host.name,
-        "dest": host.dest,
-        "transport": host.transport,
-        "backend": host.backend,
-        "via": status.via or None,
-        "version": (status.report or {}).get("version"),
-        "summary": host_summary(status),
-        "last_ping": age,
-        "expired": age is not None and age > expiration,
-        "error": error_json(error),
-    }
+# =============================================================================
+# Tables and JSON entries
+# =============================================================================
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _state_value(state: ThreadState | None) -> str | None:
+    return None if state is None else state.value
 
 
 def error_json(error: BaseException | None) -> dict[str, Any] | None:
@@ -984,7 +1183,28 @@ def error_text(error: BaseException) -> str:
     return str(error) if isinstance(error, HostError) else describe_unexpected(error)
 
 
+def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: float) -> dict:
+    """One host's `list --json` object (also what the table is made from)."""
+    status = HostStatus.of(outcome)
+    age = status.last_ping
+    summary = status.summary
+    return {
+        "name": host.name,
+        "dest": host.dest,
+        "transport": host.transport,
+        "backend": host.backend,
+        "via": status.via or None,
+        "version": status.version,
+        "summary": summary.to_json() if summary is not None else None,
+        "last_ping": age,
+        "expired": age is not None and age > expiration,
+        "error": error_json(status.error),
+    }
+
+
 LIST_HEADERS = ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPing"]
+
+
 LIST_WIDE_HEADERS = [
     "Name",
     "Dest",
@@ -997,6 +1217,12 @@ LIST_WIDE_HEADERS = [
     "Errors",
     "LastPing",
 ]
+
+
+def _last_ping_cell(entry: dict) -> str:
+    if entry["last_ping"] is None:
+        return "-"
+    return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
 
 
 def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
@@ -1015,59 +1241,108 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
             "LastPing": _last_ping_cell(entry),
             "Error": entry["error"]["message"] if entry["error"] else "",
         }
-        for key in SUMMARY_KEYS:
+        for key in api.SUMMARY_KEYS:
             cells[key] = _cell(summary.get(key))
         rows.append([cells[header] for header in headers])
     return headers, rows
 
 
-def _last_ping_cell(entry: dict) -> str:
-    if entry["last_ping"] is None:
-        return "-"
-    return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
 INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", "LastErr"]
+
+
 INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
 
 
-def info_table(threads: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of `venusctl info`: one row per sealing thread (WorkerInfo)."""
+def format_thread_state(activity: ThreadActivity) -> str:
+    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
+    state = activity.state.value if activity.state is not None else "-"
+    elapsed = activity.elapsed
+    text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
+    return f"{text} {activity.proc}" if activity.proc else text
+
+
+def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of `venusctl info`: one row per sealing thread."""
     headers = INFO_WIDE_HEADERS if wide else INFO_HEADERS
     rows = []
     for thread in threads:
-        thread_state = thread.get("thread_state") or {}
-        paused = thread_state.get("state") == "Paused"
+        elapsed = thread.thread_state.elapsed
         cells = {
-            "Index": _cell(thread.get("index")),
-            "Loc": _cell(thread.get("location")),
-            "SectorID": _cell(thread.get("job_id")),
-            "Paused": "true" if paused else "false",
-            "PausedElapsed": format_duration(thread_state.get("elapsed")) if paused else "-",
-            "State": _cell(thread.get("job_state")),
-            "Plan": _cell(thread.get("plan")),
-            "Stage": _cell(thread.get("job_stage")),
-            "ThreadState": format_thread_state(thread_state),
-            "LastErr": _cell(thread.get("last_error")),
+            "Index": str(thread.index),
+            "Loc": _cell(thread.location),
+            "SectorID": _cell(thread.job_id),
+            "Paused": "true" if thread.paused else "false",
+            "PausedElapsed": format_duration(elapsed) if thread.paused else "-",
+            "State": _cell(thread.job_state),
+            "Plan": _cell(thread.plan),
+            "Stage": _cell(thread.job_stage),
+            "ThreadState": format_thread_state(thread.thread_state),
+            "LastErr": _cell(thread.last_error),
         }
         rows.append([cells[header] for header in headers])
     return headers, rows
 
 
-def format_thread_state(thread_state: dict[str, Any]) -> str:
-    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
-    state = thread_state.get("state") or "-"
-    elapsed = thread_state.get("elapsed")
-    text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
-    proc = thread_state.get("proc")
-    return f"{text} {proc}" if proc else text
+def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
+    """`info --json`: the host's WorkerInfo list, or why there is none."""
+    status = HostStatus.of(outcome)
+    threads = status.threads
+    return {
+        "name": host.name,
+        "dest": host.dest,
+        "backend": host.backend,
+        "via": status.via or None,
+        "threads": [thread.to_json() for thread in threads] if threads is not None else None,
+        "last_ping": status.last_ping,
+        "error": error_json(status.error),
+    }
+
+
+def info_failure_line(entry: dict) -> str:
+    """Why `info` has no table, with the stale heartbeat's age when there is one."""
+    age = entry["last_ping"]
+    stale = f" (last heartbeat {format_duration(age)} ago)" if age is not None else ""
+    return f"{entry['name']}: {entry['error']['message']}{stale}"
+
+
+def action_entry(host: Host, action: Action, outcome: ActionOutcome) -> dict:
+    """`pause`/`resume --json`: how it was done (path, note), or the error."""
+    return {
+        "name": host.name,
+        "dest": host.dest,
+        "action": action.kind,
+        "index": action.index,
+        "state": action.state,
+        "via": outcome.via,
+        "ok": outcome.error is None,
+        "note": outcome.note,
+        "error": error_json(outcome.error),
+    }
+
+
+def action_line(host: Host, action: Action, outcome: ActionOutcome) -> str:
+    """The one line `pause`/`resume` print about the outcome."""
+    subject = f"{host.name} #{action.index}"
+    error = outcome.error
+    if error is not None:
+        verb = "refused" if isinstance(error, AgentRefused) else "failed"
+        return f"{subject}: {action.kind} {verb}: {error_text(error)}"
+    if outcome.note:
+        return f"{subject}: {outcome.note}"
+    if action.kind == "pause":
+        return f"{subject}: paused (a stage in flight finishes first)"
+    if action.state:
+        return f"{subject}: resumed in state {action.state}"
+    return f"{subject}: resumed"
 
 
 INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
+
+
+def _transport_cell(host: Host) -> str:
+    return (
+        f"{host.transport} -> damocles {host.rpc}" if host.backend == "damocles" else host.transport
+    )
 
 
 def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
@@ -1085,33 +1360,9 @@ def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
     return INVENTORY_HEADERS, rows
 
 
-def _transport_cell(host: Host) -> str:
-    return (
-        f"{host.transport} -> damocles {host.rpc}" if host.backend == "damocles" else host.transport
-    )
-
-
 def inventory_json(inventory: Inventory) -> list[dict[str, Any]]:
     """Every host with every setting resolved (`venusctl inventory --json`)."""
     return [{**asdict(host), "dest": host.dest} for host in inventory.hosts]
-
-
-def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
-    """Ansible's dynamic-inventory JSON for the same hosts (`venusctl inventory --ansible`).
-
-    Groups come from the hosts' `groups`; `_meta.hostvars` carries how to
-    reach each host and where its agent's command, config and socket are,
-    so playbooks and venusctl never disagree about the fleet. damocles hosts
-    are left out: the playbooks deploy and drive our agent, which they do not run.
-    """
-    groups: dict[str, list[str]] = {}
-    hosts = [host for host in inventory.hosts if host.backend != "damocles"]
-    for host in hosts:
-        for group in host.groups or ("ungrouped",):
-            groups.setdefault(group, []).append(host.name)
-    document: dict[str, Any] = {group: {"hosts": names} for group, names in sorted(groups.items())}
-    document["_meta"] = {"hostvars": {host.name: ansible_hostvars(host) for host in hosts}}
-    return document
 
 
 PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
@@ -1144,6 +1395,24 @@ def ansible_hostvars(host: Host) -> dict[str, Any]:
     return {**hostvars, **agent}
 
 
+def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
+    """Ansible's dynamic-inventory JSON for the same hosts (`venusctl inventory --ansible`).
+
+    Groups come from the hosts' `groups`; `_meta.hostvars` carries how to
+    reach each host and where its agent's command, config and socket are,
+    so playbooks and venusctl never disagree about the fleet. damocles hosts
+    are left out: the playbooks deploy and drive our agent, which they do not run.
+    """
+    groups: dict[str, list[str]] = {}
+    hosts = [host for host in inventory.hosts if host.backend != "damocles"]
+    for host in hosts:
+        for group in host.groups or ("ungrouped",):
+            groups.setdefault(group, []).append(host.name)
+    document: dict[str, Any] = {group: {"hosts": names} for group, names in sorted(groups.items())}
+    document["_meta"] = {"hostvars": {host.name: ansible_hostvars(host) for host in hosts}}
+    return document
+
+
 def render_table(headers: list[str], rows: list[list[str]]) -> str:
     from tabulate import simple_separated_format, tabulate
 
@@ -1156,126 +1425,9 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in table.splitlines())
 
 
-def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
-    """`info --json`: the agent's WorkerInfo list unchanged, or why there is none."""
-    status = outcome if isinstance(outcome, HostStatus) else None
-    return {
-        "name": host.name,
-        "dest": host.dest,
-        "backend": host.backend,
-        "via": status.via if status else None,
-        "threads": status.threads if status else None,
-        "last_ping": report_age(status.report) if status else None,
-        "error": error_json(status.error if status else outcome),
-    }
-
-
-def info_failure_line(entry: dict) -> str:
-    """Why `info` has no table, with the stale heartbeat's age when there is one."""
-    age = entry["last_ping"]
-    stale = f" (last heartbeat {format_duration(age)} ago)" if age is not None else ""
-    return f"{entry['name']}: {entry['error']['message']}{stale}"
-
-
-def action_entry(host: Host, action: Action, outcome: ActionOutcome | BaseException) -> dict:
-    """`pause`/`resume --json`; outcome is how it was done (path, note) or the error."""
-    error = outcome if isinstance(outcome, BaseException) else None
-    done = outcome if isinstance(outcome, ActionOutcome) else None
-    return {
-        "name": host.name,
-        "dest": host.dest,
-        "action": action.kind,
-        "index": action.index,
-        "state": action.state,
-        "via": done.via if done else None,
-        "ok": error is None,
-        "note": done.note if done else None,
-        "error": error_json(error),
-    }
-
-
-def action_line(
-    host: Host, action: Action, error: BaseException | None, note: str | None = None
-) -> str:
-    """The one line `pause`/`resume` print about the outcome."""
-    subject = f"{host.name} #{action.index}"
-    if error is not None:
-        verb = "refused" if isinstance(error, AgentRefused) else "failed"
-        return f"{subject}: {action.kind} {verb}: {error_text(error)}"
-    if note:
-        return f"{subject}: {note}"
-    if action.kind == "pause":
-        return f"{subject}: paused (a stage in flight finishes first)"
-    if action.state:
-        return f"{subject}: resumed in state {action.state}"
-    return f"{subject}: resumed"
-
-
-# -- health: judging a fleet, and the report's three forms --------------------
-
-# How long a job may stay in one state before `health` calls it stuck, by the
-# stage label of the work done from that state (WorkerInfo `job_stage`, the
-# damocles labels). Compute stages get what a healthy 32 GiB sector needs
-# plus a margin; submits are a message to the chain and should take minutes;
-# chain waits are bounded by the chain (WaitSeed: 150 epochs = 75 min).
-STUCK_DEFAULTS: dict[str, float] = {
-    "AcquireDeals": 1 * 3600,
-    "AddPieces": 2 * 3600,
-    "TreeD": 2 * 3600,
-    "AssignTicket": 1 * 3600,
-    "PC1": 12 * 3600,
-    "PC2": 4 * 3600,
-    "SyntheticPoRep": 4 * 3600,
-    "SubmitPreCommit": 1 * 3600,
-    "WaitPCLanded": 6 * 3600,
-    "PersistFiles": 2 * 3600,
-    "SubmitPersisted": 1 * 3600,
-    "WaitSeed": 3 * 3600,
-    "C1": 1 * 3600,
-    "C2": 4 * 3600,
-    "SubmitProof": 1 * 3600,
-    "WaitProofLanded": 6 * 3600,
-    "SnapEncode": 4 * 3600,
-    "SnapProve": 4 * 3600,
-    "SubmitSnapupProof": 1 * 3600,
-    "PrepareForSnapup": 2 * 3600,
-    "Unseal": 12 * 3600,
-    "UploadPiece": 2 * 3600,
-    # any stage not listed (a newer worker's): `--stuck default=...`
-    "default": 6 * 3600,
-}
-# Task states of every plan (damocles' names): `--stuck` also takes these,
-# and a state beats its stage label (e.g. SeedAssigned=30m vs C1=1h).
-STATE_NAMES = (
-    "Empty Allocated DealsAcquired PieceAdded TreeDBuilt TicketAssigned PC1Done PC2Done "
-    "SyntheticPoRepNeeded PCSubmitted PCLanded Persisted PersistanceSubmitted SeedAssigned "
-    "C1Done C2Done ProofSubmitted Finished Aborted SnapEncoded SnapProved SealedChecked "
-    "SnapPieceAdded SnapTreeDBuilt SnapDone Unsealed Generated"
-).split()
-HEALTH_DEFAULTS = {
-    "expiration": 600.0,
-    "paused_warn": 3600.0,
-    "paused_crit": 6 * 3600.0,
-    "deadline": 60.0,
-}
-
-
-def check_stuck_key(key: str) -> str:
-    """A `--stuck` key: a stage label, a state name or `default`; a typo is refused."""
-    if key in STUCK_DEFAULTS or key in STATE_NAMES:
-        return key
-    raise ValueError(
-        f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
-        " or a state name such as C1Done)"
-    )
-
-
-def parse_stuck_option(text: str) -> tuple[str, float]:
-    """`--stuck PC1=14h` -> ('PC1', 50400.0)."""
-    key, sep, duration = text.partition("=")
-    if not sep:
-        raise ValueError(f"invalid --stuck {text!r}: expected KEY=DURATION, e.g. PC1=14h")
-    return check_stuck_key(key.strip()), parse_duration(duration)
+# =============================================================================
+# Health engine: judging a fleet, and the report's three forms
+# =============================================================================
 
 
 @dataclass(frozen=True)
@@ -1293,12 +1445,6 @@ class Thresholds:
             if key and key in self.stuck:
                 return key, self.stuck[key]
         return "default", STUCK_DEFAULTS["default"]
-
-
-class NoAnswer(HostError):
-    """The host was still being asked when `health --deadline` passed."""
-
-    kind = "no-answer"
 
 
 @dataclass(frozen=True)
@@ -1339,7 +1485,7 @@ class HostHealth:
         return {key: value for key, value in asdict(self).items() if key != "findings"}
 
 
-THREAD_STATES = ("Idle", "Running", "Waiting", "Paused")
+THREAD_STATES = tuple(state.value for state in ThreadState)
 
 
 @dataclass
@@ -1360,6 +1506,126 @@ _SEVERITY_RANK = {
     Severity.UNKNOWN: 2,
     Severity.CRITICAL: 3,
 }
+
+
+def _host_failure(name: str, error: BaseException) -> Finding:
+    if isinstance(error, NoAnswer):
+        return Finding(Severity.UNKNOWN, "no-answer", name, str(error))
+    if isinstance(error, (AgentNotRunning, DamoclesNotReachable)):
+        return Finding(Severity.CRITICAL, "agent-not-running", name, str(error))
+    if isinstance(error, HostError):
+        return Finding(Severity.CRITICAL, "host-unreachable", name, f"unreachable: {error}")
+    # A bug of ours, not a fact about the host: we cannot judge it.
+    return Finding(Severity.UNKNOWN, "internal-error", name, describe_unexpected(error))
+
+
+def _agent_down(name: str, status: HostStatus, age: float | None, expiration: float) -> Finding:
+    """The host answered over SSH, but not its daemon (the CLI may have read its heartbeat)."""
+    error = status.error or AgentNotRunning("agent not running")
+    kind = "agent-not-running" if isinstance(error, AgentNotRunning) else "host-unreachable"
+    message = error_text(error)
+    if age is not None:
+        expired = " (expired)" if age > expiration else ""
+        message += f"; last heartbeat {format_duration(age)} ago{expired}"
+    return Finding(Severity.CRITICAL, kind, name, message, duration=age)
+
+
+def _count_threads(health: HostHealth, threads: list[WorkerInfo]) -> None:
+    health.threads = len(threads)
+    health.thread_states = dict.fromkeys(THREAD_STATES, 0)
+    for thread in threads:
+        state = thread.thread_state.state
+        if state is not None:
+            health.thread_states[state.value] += 1
+        if thread.job_state:
+            health.job_states[thread.job_state] = health.job_states.get(thread.job_state, 0) + 1
+        health.empty += not thread.job_id
+        health.errors += bool(thread.last_error)
+
+
+def _seconds(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _stuck(thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds) -> Finding | None:
+    if not where["state"]:
+        return None  # no task: idle and empty threads are counted, not judged
+    # state_elapsed is ours; a damocles worker only has the thread state's
+    # elapsed, which is the time in the current stage while it runs.
+    in_state = _seconds(thread.state_elapsed)
+    if in_state is None:
+        in_state = _seconds(thread.thread_state.elapsed)
+    key, limit = thresholds.stuck_after(where["state"], where["stage"])
+    if in_state is None or in_state < limit:
+        return None
+    doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
+    message = (
+        f"{doing} for {format_duration(in_state)}"
+        f" (stuck after {format_duration(limit)}, --stuck {key})"
+    )
+    return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
+
+
+def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Finding | None:
+    """At most one finding per thread: in error, paused by hand, or stuck."""
+    stage = thread.job_stage
+    where = {
+        "host": host,
+        "index": thread.index,
+        "sector": thread.job_id,
+        "state": thread.job_state or None,
+        "stage": stage if stage not in (None, "-") else None,
+    }
+    paused_for = _seconds(thread.thread_state.elapsed)
+    error = thread.last_error
+    if error:
+        # The agent pauses a thread on a permanent or critical error and
+        # keeps last_error until resume: an operator has to look.
+        critical = paused_for is not None and paused_for >= thresholds.paused_crit
+        severity = Severity.CRITICAL if critical else Severity.WARNING
+        message = f"paused by an error for {format_duration(paused_for)}: {error}"
+        return Finding(severity, "thread-error", message=message, duration=paused_for, **where)
+    if thread.paused:
+        if paused_for is None or paused_for < thresholds.paused_warn:
+            return None
+        message = (
+            f"paused by hand for {format_duration(paused_for)}"
+            f" (warning after {format_duration(thresholds.paused_warn)})"
+        )
+        return Finding(
+            Severity.WARNING, "thread-paused", message=message, duration=paused_for, **where
+        )
+    return _stuck(thread, where, thresholds)
+
+
+def judge_host(
+    name: str, outcome: HostStatus | BaseException, thresholds: Thresholds
+) -> HostHealth:
+    if isinstance(outcome, BaseException):
+        return HostHealth(name, up=False, findings=[_host_failure(name, outcome)])
+    age = outcome.heartbeat_age
+    health = HostHealth(name, up=outcome.threads is not None, heartbeat_age=age)
+    if outcome.threads is None:
+        health.findings.append(_agent_down(name, outcome, age, thresholds.expiration))
+        return health
+    if age is not None and age > thresholds.expiration:
+        # The daemon answers but has not written its heartbeat: its reporter
+        # (or the disk under its state folder) is stuck. A host without any
+        # report (a damocles worker writes none) is never judged on this.
+        limit = format_duration(thresholds.expiration)
+        message = (
+            f"heartbeat {format_duration(age)} old, over the {limit} expiration"
+            " (the agent answers but its reporter is stuck)"
+        )
+        health.findings.append(
+            Finding(Severity.CRITICAL, "heartbeat-expired", name, message, duration=age)
+        )
+    _count_threads(health, outcome.threads)
+    for thread in outcome.threads:
+        finding = judge_thread(name, thread, thresholds)
+        if finding is not None:
+            health.findings.append(finding)
+    return health
 
 
 def judge_fleet(
@@ -1387,152 +1653,18 @@ def judge_fleet(
     )
 
 
-def judge_host(
-    name: str, outcome: HostStatus | BaseException, thresholds: Thresholds
-) -> HostHealth:
-    if isinstance(outcome, BaseException):
-        return HostHealth(name, up=False, findings=[_host_failure(name, outcome)])
-    age = heartbeat_age(outcome.report)
-    health = HostHealth(name, up=outcome.threads is not None, heartbeat_age=age)
-    if outcome.threads is None:
-        health.findings.append(_agent_down(name, outcome, age, thresholds.expiration))
-        return health
-    if age is not None and age > thresholds.expiration:
-        # The daemon answers but has not written its heartbeat: its reporter
-        # (or the disk under its state folder) is stuck. A host without any
-        # report (a damocles worker writes none) is never judged on this.
-        limit = format_duration(thresholds.expiration)
-        message = (
-            f"heartbeat {format_duration(age)} old, over the {limit} expiration"
-            " (the agent answers but its reporter is stuck)"
-        )
-        health.findings.append(
-            Finding(Severity.CRITICAL, "heartbeat-expired", name, message, duration=age)
-        )
-    _count_threads(health, outcome.threads)
-    for thread in outcome.threads:
-        finding = judge_thread(name, thread, thresholds)
-        if finding is not None:
-            health.findings.append(finding)
-    return health
-
-
-def heartbeat_age(report: dict[str, Any] | None) -> float | None:
-    """The heartbeat's age; None for a worker that writes no heartbeat.
-
-    A damocles status says `"heartbeat": false`; its `age` is that of the
-    answer itself, nothing to judge an agent by.
-    """
-    if report is not None and report.get("heartbeat") is False:
-        return None
-    return report_age(report)
-
-
-def _host_failure(name: str, error: BaseException) -> Finding:
-    if isinstance(error, NoAnswer):
-        return Finding(Severity.UNKNOWN, "no-answer", name, str(error))
-    if isinstance(error, (AgentNotRunning, DamoclesNotReachable)):
-        return Finding(Severity.CRITICAL, "agent-not-running", name, str(error))
-    if isinstance(error, HostError):
-        return Finding(Severity.CRITICAL, "host-unreachable", name, f"unreachable: {error}")
-    # A bug of ours, not a fact about the host: we cannot judge it.
-    return Finding(Severity.UNKNOWN, "internal-error", name, describe_unexpected(error))
-
-
-def _agent_down(name: str, status: HostStatus, age: float | None, expiration: float) -> Finding:
-    """The host answered over SSH, but not its daemon (the CLI may have read its heartbeat)."""
-    error = status.error or AgentNotRunning("agent not running")
-    kind = "agent-not-running" if isinstance(error, AgentNotRunning) else "host-unreachable"
-    message = error_text(error)
-    if age is not None:
-        expired = " (expired)" if age > expiration else ""
-        message += f"; last heartbeat {format_duration(age)} ago{expired}"
-    return Finding(Severity.CRITICAL, kind, name, message, duration=age)
-
-
-def _count_threads(health: HostHealth, threads: list[dict[str, Any]]) -> None:
-    health.threads = len(threads)
-    health.thread_states = dict.fromkeys(THREAD_STATES, 0)
-    for thread in threads:
-        state = (thread.get("thread_state") or {}).get("state")
-        if isinstance(state, str):
-            health.thread_states[state] = health.thread_states.get(state, 0) + 1
-        job_state = thread.get("job_state")
-        if job_state:
-            health.job_states[job_state] = health.job_states.get(job_state, 0) + 1
-        health.empty += not thread.get("job_id")
-        health.errors += bool(thread.get("last_error"))
-
-
-def judge_thread(host: str, thread: dict[str, Any], thresholds: Thresholds) -> Finding | None:
-    """At most one finding per thread: in error, paused by hand, or stuck."""
-    thread_state = thread.get("thread_state") or {}
-    state, stage = thread.get("job_state") or None, thread.get("job_stage")
-    where = {
-        "host": host,
-        "index": thread.get("index"),
-        "sector": thread.get("job_id"),
-        "state": state,
-        "stage": stage if stage not in (None, "-") else None,
-    }
-    paused_for = _seconds(thread_state.get("elapsed"))
-    error = thread.get("last_error")
-    if error:
-        # The agent pauses a thread on a permanent or critical error and
-        # keeps last_error until resume: an operator has to look.
-        critical = paused_for is not None and paused_for >= thresholds.paused_crit
-        severity = Severity.CRITICAL if critical else Severity.WARNING
-        message = f"paused by an error for {format_duration(paused_for)}: {error}"
-        return Finding(severity, "thread-error", message=message, duration=paused_for, **where)
-    if thread_state.get("state") == "Paused":
-        if paused_for is None or paused_for < thresholds.paused_warn:
-            return None
-        message = (
-            f"paused by hand for {format_duration(paused_for)}"
-            f" (warning after {format_duration(thresholds.paused_warn)})"
-        )
-        return Finding(
-            Severity.WARNING, "thread-paused", message=message, duration=paused_for, **where
-        )
-    return _stuck(thread, where, thresholds)
-
-
-def _stuck(thread: dict[str, Any], where: dict[str, Any], thresholds: Thresholds) -> Finding | None:
-    if not where["state"]:
-        return None  # no task: idle and empty threads are counted, not judged
-    # state_elapsed is ours; a damocles worker only has the thread state's
-    # elapsed, which is the time in the current stage while it runs.
-    in_state = _seconds(thread.get("state_elapsed"))
-    if in_state is None:
-        in_state = _seconds((thread.get("thread_state") or {}).get("elapsed"))
-    key, limit = thresholds.stuck_after(where["state"], where["stage"])
-    if in_state is None or in_state < limit:
-        return None
-    doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
-    message = (
-        f"{doing} for {format_duration(in_state)}"
-        f" (stuck after {format_duration(limit)}, --stuck {key})"
-    )
-    return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
-
-
-def _seconds(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else None
-
-
 def fleet_counts(report: HealthReport) -> dict[str, int]:
     """The plugin line's performance data: the whole fleet in numbers."""
     up = [host for host in report.hosts if host.up]
     return {
         "hosts": len(report.hosts),
         "threads": sum(host.threads for host in up),
-        "running": sum(host.thread_states.get("Running", 0) for host in up),
-        "waiting": sum(host.thread_states.get("Waiting", 0) for host in up),
-        "paused": sum(host.thread_states.get("Paused", 0) for host in up),
+        "running": sum(host.thread_states.get(ThreadState.Running.value, 0) for host in up),
+        "waiting": sum(host.thread_states.get(ThreadState.Waiting.value, 0) for host in up),
+        "paused": sum(host.thread_states.get(ThreadState.Paused.value, 0) for host in up),
         "errors": sum(host.errors for host in up),
         "unreachable": len(report.hosts) - len(up),
-        "idle": sum(host.thread_states.get("Idle", 0) for host in up),
+        "idle": sum(host.thread_states.get(ThreadState.Idle.value, 0) for host in up),
         "empty": sum(host.empty for host in up),
     }
 
@@ -1571,10 +1703,6 @@ def health_summary(report: HealthReport) -> str:
     return f"VENUS {report.status.name} - {', '.join(phrases)} | {perfdata}"
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def finding_line(finding: Finding) -> str:
     """`CRITICAL w1 #0 s-t010000-1 C1Done: paused by an error for 6h0m3s: permanent: ...`."""
     subject = finding.host
@@ -1597,94 +1725,193 @@ def health_json(report: HealthReport) -> dict[str, Any]:
     }
 
 
-def prometheus_text(report: HealthReport) -> str:
-    """The report in node_exporter's textfile format (text exposition format 0.0.4)."""
-    metrics = _Metrics()
-    metrics.declare("venus_host_up", "1 if the host's agent answered with its threads, else 0.")
-    metrics.declare("venus_heartbeat_age_seconds", "Age of the agent's last heartbeat report.")
-    metrics.declare("venus_threads", "Sealing threads by thread state.")
-    metrics.declare("venus_job_threads", "Sealing threads by the state of their job.")
-    metrics.declare("venus_threads_paused", "Paused sealing threads (by hand or by an error).")
-    metrics.declare("venus_threads_errors", "Sealing threads paused by an error.")
-    metrics.declare("venus_threads_empty", "Sealing threads without a job.")
-    metrics.declare("venus_health_findings", "Health findings by severity.")
-    metrics.declare(
-        "venus_health_finding",
-        "One health finding (index empty: the host itself): 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
-    )
-    metrics.declare(
-        "venus_health_status", "Overall status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
-    )
-    metrics.declare(
-        "venus_health_last_run_timestamp_seconds", "When venusctl health last judged the fleet."
-    )
-    for host in report.hosts:
-        label = {"host": host.name}
-        metrics.add("venus_host_up", label, int(host.up))
-        if host.heartbeat_age is not None:
-            metrics.add("venus_heartbeat_age_seconds", label, host.heartbeat_age)
-        if host.up:
-            for state, count in host.thread_states.items():
-                metrics.add("venus_threads", {**label, "state": state}, count)
-            for state, count in sorted(host.job_states.items()):
-                metrics.add("venus_job_threads", {**label, "job_state": state}, count)
-            metrics.add("venus_threads_paused", label, host.thread_states.get("Paused", 0))
-            metrics.add("venus_threads_errors", label, host.errors)
-            metrics.add("venus_threads_empty", label, host.empty)
-        for severity in (Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN):
-            count = sum(1 for finding in host.findings if finding.severity == severity)
-            metrics.add("venus_health_findings", {**label, "severity": severity.name}, count)
-        for finding in host.findings:
-            where = {**label, "index": "" if finding.index is None else str(finding.index)}
-            metrics.add(
-                "venus_health_finding", {**where, "kind": finding.kind}, int(finding.severity)
-            )
-    metrics.add("venus_health_status", {}, int(report.status))
-    metrics.add("venus_health_last_run_timestamp_seconds", {}, report.time)
-    return metrics.render()
+# The fleet textfile of `health --prometheus`, for node_exporter's textfile collector
+# on the control host. Its names are venus_fleet_*, never the agents' venus_worker_*
+# (worker_agent/metrics.py): node_exporter drops the samples of a name that two
+# textfiles give two HELP texts, and a control host may run an agent too. The same
+# conventions as the agent's: statuses are label values (every one present, 1 for
+# the current one), times are Unix timestamps, every series the run implies is
+# there with 0 rather than missing. name -> (help, label names); all gauges, in
+# the order written.
+FLEET_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "venus_fleet_health_status": (
+        "1 for the overall status of the last venusctl health run, 0 for the three others.",
+        ("status",),
+    ),
+    "venus_fleet_health_last_run_timestamp_seconds": (
+        "When venusctl health last judged the fleet, Unix time.",
+        (),
+    ),
+    "venus_fleet_host_up": (
+        "1 if the host's agent answered with its threads, else 0.",
+        ("host",),
+    ),
+    "venus_fleet_last_heartbeat_timestamp_seconds": (
+        "When the host's agent last wrote its heartbeat, Unix time on this host's clock"
+        " (the run's time minus the age read on the worker); 0 when none is known"
+        " (a damocles worker writes none; an unreachable host's cannot be read).",
+        ("host",),
+    ),
+    "venus_fleet_threads": (
+        "Sealing threads by thread state (Idle, Running, Waiting, Paused);"
+        " 0 on a host whose threads were not read.",
+        ("host", "state"),
+    ),
+    "venus_fleet_job_threads": (
+        'Sealing threads by the state of their task (job_state "Empty": no task);'
+        " 0 on a host whose threads were not read.",
+        ("host", "job_state"),
+    ),
+    "venus_fleet_threads_paused": (
+        "Paused sealing threads (by hand or by an error).",
+        ("host",),
+    ),
+    "venus_fleet_threads_errors": ("Sealing threads paused by an error.", ("host",)),
+    "venus_fleet_threads_empty": ("Sealing threads without a task (sector).", ("host",)),
+    "venus_fleet_health_findings": (
+        "Findings of the last run by kind and status (WARNING, CRITICAL, UNKNOWN);"
+        " every pair health can find is there on every host, with 0.",
+        ("host", "kind", "status"),
+    ),
+    "venus_fleet_health_finding": (
+        "Always 1: one series per finding of the last run, while it holds"
+        ' (index "": the host itself).',
+        ("host", "index", "kind", "status"),
+    ),
+}
 
-
-class _Metrics:
-    """Gauges with HELP and TYPE, samples grouped under their metric as the format wants."""
-
-    def __init__(self) -> None:
-        self.help: dict[str, str] = {}
-        self.samples: dict[str, list[str]] = {}
-
-    def declare(self, name: str, text: str) -> None:
-        self.help[name] = text
-        self.samples[name] = []
-
-    def add(self, name: str, labels: dict[str, str], value: float) -> None:
-        pairs = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
-        number = str(value) if isinstance(value, int) else repr(float(value))
-        self.samples[name].append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
-
-    def render(self) -> str:
-        lines = []
-        for name, text in self.help.items():
-            if self.samples[name]:
-                help_text = text.replace("\\", "\\\\").replace("\n", "\\n")
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-                lines += self.samples[name]
-        return "\n".join(lines) + "\n"
+# Every kind of finding with the statuses it can have: the zeros of
+# venus_fleet_health_findings. A pair not listed here is still counted.
+FINDING_STATUSES: dict[str, tuple[Severity, ...]] = {
+    "no-answer": (Severity.UNKNOWN,),
+    "host-unreachable": (Severity.CRITICAL,),
+    "agent-not-running": (Severity.CRITICAL,),
+    "heartbeat-expired": (Severity.CRITICAL,),
+    "internal-error": (Severity.UNKNOWN,),
+    "thread-error": (Severity.WARNING, Severity.CRITICAL),
+    "thread-stuck": (Severity.WARNING,),
+    "thread-paused": (Severity.WARNING,),
+}
 
 
 def _escape_label(value: str) -> str:
+    """A label value as the text exposition format wants it between double quotes."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-# -- fleet-wide threads: selection, bulk plans, drain --------------------------------
+class _Exposition:
+    """Text exposition format 0.0.4: one family at a time, HELP and TYPE first."""
 
-BUSY_THREAD_STATES = ("Running", "Waiting")
-PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str) -> None:
+        help_text = FLEET_METRICS[name][0].replace("\\", "\\\\").replace("\n", "\\n")
+        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+
+    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
+        assert tuple(labels) == FLEET_METRICS[name][1], (name, labels)
+        pairs = ",".join(f'{key}="{_escape_label(val)}"' for key, val in labels.items())
+        number = str(value) if isinstance(value, int) else repr(float(value))
+        self.lines.append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _heartbeat_timestamp(report: HealthReport, host: HostHealth) -> float:
+    # The age was read on the worker's own clock; the run's time is ours: `time() - x`
+    # at the run is the very age health judged, whatever the worker's clock says.
+    return 0 if host.heartbeat_age is None else round(report.time - host.heartbeat_age, 3)
+
+
+def _job_threads(host: HostHealth) -> dict[str, int]:
+    """Every job state, 0 included; "Empty" counts the threads without a task too."""
+    counts = dict.fromkeys(api.STATE_NAMES, 0)
+    for state, count in sorted(host.job_states.items()):
+        counts[state] = counts.get(state, 0) + count
+    if host.up:
+        counts["Empty"] = counts.get("Empty", 0) + host.threads - sum(host.job_states.values())
+    return counts
+
+
+def _finding_counts(host: HostHealth) -> dict[tuple[str, str], int]:
+    counts = {
+        (kind, status.name): 0 for kind, statuses in FINDING_STATUSES.items() for status in statuses
+    }
+    for finding in host.findings:
+        key = (finding.kind, finding.severity.name)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+Rows = list[tuple[dict[str, str], float]]  # one family's samples: (labels, value)
+
+
+def _host_rows(report: HealthReport, host: HostHealth) -> dict[str, Rows]:
+    own = {"host": host.name}
+    states = host.thread_states
+    findings = _finding_counts(host).items()
+    return {
+        "venus_fleet_host_up": [(own, int(host.up))],
+        "venus_fleet_last_heartbeat_timestamp_seconds": [(own, _heartbeat_timestamp(report, host))],
+        "venus_fleet_threads": [({**own, "state": s}, states.get(s, 0)) for s in THREAD_STATES],
+        "venus_fleet_job_threads": [
+            ({**own, "job_state": state}, count) for state, count in _job_threads(host).items()
+        ],
+        "venus_fleet_threads_paused": [(own, states.get(ThreadState.Paused.value, 0))],
+        "venus_fleet_threads_errors": [(own, host.errors)],
+        "venus_fleet_threads_empty": [(own, host.empty)],
+        "venus_fleet_health_findings": [
+            ({**own, "kind": kind, "status": status}, count) for (kind, status), count in findings
+        ],
+        "venus_fleet_health_finding": [(labels, 1) for labels in _finding_labels(host)],
+    }
+
+
+def _finding_labels(host: HostHealth) -> list[dict[str, str]]:
+    """One label set per finding, each once: a series twice would void the whole file."""
+    unique = {
+        (
+            "" if finding.index is None else str(finding.index),
+            finding.kind,
+            finding.severity.name,
+        ): None
+        for finding in host.findings
+    }
+    return [
+        {"host": host.name, "index": index, "kind": kind, "status": status}
+        for index, kind, status in unique
+    ]
+
+
+def prometheus_text(report: HealthReport) -> str:
+    """The report as node_exporter's textfile: the families of FLEET_METRICS, in order."""
+    fleet: dict[str, Rows] = {
+        "venus_fleet_health_status": [
+            ({"status": status.name}, int(status == report.status)) for status in Severity
+        ],
+        "venus_fleet_health_last_run_timestamp_seconds": [({}, round(report.time, 3))],
+    }
+    hosts = [_host_rows(report, host) for host in report.hosts]
+    out = _Exposition()
+    for name in FLEET_METRICS:
+        out.family(name)
+        for labels, value in fleet.get(name) or [row for rows in hosts for row in rows[name]]:
+            out.sample(name, labels, value)
+    return out.text()
+
+
+# =============================================================================
+# Fleet threads: selectors, bulk plans
+# =============================================================================
 
 
 @dataclass(frozen=True)
 class Selector:
     """Which sealing threads a fleet-wide command is about: every given criterion holds.
 
-    A pure predicate over WorkerInfo objects (docs/protocol.md), so what
+    A pure predicate over WorkerInfo values (docs/protocol.md), so what
     `threads` shows is exactly what `pause`/`resume`/`drain` act on.
     """
 
@@ -1709,49 +1936,20 @@ class Selector:
             or self.idle
         )
 
-    def matches(self, thread: dict[str, Any]) -> bool:
-        thread_state = (thread.get("thread_state") or {}).get("state")
-        error = thread.get("last_error") or ""
+    def matches(self, thread: WorkerInfo) -> bool:
+        thread_state = thread.thread_state.state
+        error = thread.last_error or ""
         return all(
             (
-                not self.states or thread.get("job_state") in self.states,
-                self.stage is None or thread.get("job_stage") == self.stage,
-                self.plan is None or thread.get("plan") == self.plan,
-                not self.paused or thread_state == "Paused",
-                not self.idle or thread_state == "Idle",
+                not self.states or thread.job_state in self.states,
+                self.stage is None or thread.job_stage == self.stage,
+                self.plan is None or thread.plan == self.plan,
+                not self.paused or thread_state is ThreadState.Paused,
+                not self.idle or thread_state is ThreadState.Idle,
                 not self.errors or bool(error),
                 self.error_match is None or bool(error and self.error_match.search(error)),
             )
         )
-
-
-def parse_state_list(text: str) -> tuple[str, ...]:
-    """--state C1Done,PC1Done: comma-separated state names, each letters and digits."""
-    names = tuple(name.strip() for name in text.split(","))
-    if not any(names):
-        raise ValueError(f"invalid state list {text!r}: give one or more names, e.g. C1Done")
-    return tuple(parse_state(name) for name in names if name)
-
-
-def parse_stage(text: str) -> str:
-    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid stage {text!r}: a stage label is letters and digits only")
-    return text
-
-
-def parse_plan_name(text: str) -> str:
-    if not PLAN_NAME_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid plan {text!r}: e.g. sealer, snapup, rebuild, unseal")
-    return text
-
-
-def compile_error_match(text: str) -> re.Pattern[str]:
-    """--error-match REGEX, searched in last_error; a bad regex is one usage line."""
-    try:
-        return re.compile(text)
-    except re.error as error:
-        raise ValueError(f"invalid regular expression {text!r}: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -1759,24 +1957,24 @@ class FleetThread:
     """One sealing thread of one host, as WorkerList reported it."""
 
     host: Host
-    info: dict[str, Any]
+    info: WorkerInfo
 
     @property
     def index(self) -> int:
-        index = self.info.get("index")
-        return index if isinstance(index, int) else -1
+        return self.info.index
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.host.name, self.index)
 
     @property
-    def thread_state(self) -> str | None:
-        return (self.info.get("thread_state") or {}).get("state")
-
-    @property
     def label(self) -> str:
         return f"{self.host.name} #{self.index}"
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key that puts worker-2 before worker-10 (digit runs compare as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def select_threads(
@@ -1790,19 +1988,14 @@ def select_threads(
     matched: list[FleetThread] = []
     unreachable: list[dict[str, Any]] = []
     for host in hosts:
-        outcome = outcomes[host.name]
-        if not isinstance(outcome, HostStatus) or outcome.threads is None:
-            unreachable.append(info_entry(host, outcome))
+        status = HostStatus.of(outcomes[host.name])
+        if status.threads is None:
+            unreachable.append(info_entry(host, status))
             continue
-        matched += [FleetThread(host, info) for info in outcome.threads if selector.matches(info)]
+        matched += [FleetThread(host, info) for info in status.threads if selector.matches(info)]
     matched.sort(key=lambda thread: (natural_key(thread.host.name), thread.index))
     unreachable.sort(key=lambda entry: natural_key(entry["name"]))
     return matched, unreachable
-
-
-def natural_key(name: str) -> list[str | int]:
-    """Sort key that puts worker-2 before worker-10 (digit runs compare as numbers)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def count_line(threads: Sequence[FleetThread]) -> str:
@@ -1820,7 +2013,7 @@ def threads_table(threads: Sequence[FleetThread], wide: bool) -> tuple[list[str]
 
 
 def fleet_thread_json(thread: FleetThread) -> dict[str, Any]:
-    return {"host": thread.host.name, **thread.info}
+    return {"host": thread.host.name, **thread.info.to_json()}
 
 
 def unreachable_lines(unreachable: Sequence[dict[str, Any]]) -> list[str]:
@@ -1830,6 +2023,12 @@ def unreachable_lines(unreachable: Sequence[dict[str, Any]]) -> list[str]:
     return [f"unreachable ({len(unreachable)}):"] + [
         f"  {info_failure_line(entry)}" for entry in unreachable
     ]
+
+
+def no_match_text(unreachable: Sequence[dict[str, Any]]) -> str:
+    """Says when the hosts that could not be asked may hold the threads meant."""
+    unasked = f" ({_plural(len(unreachable), 'host')} did not answer)" if unreachable else ""
+    return f"no thread matches the selection{unasked}"
 
 
 @dataclass(frozen=True)
@@ -1849,12 +2048,11 @@ def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) 
     """
     steps = []
     for thread in threads:
-        paused = thread.thread_state == "Paused"
+        paused = thread.info.paused
         if kind == "pause" and paused:
             steps.append(Step(thread, None, "skip: already paused"))
         elif kind == "pause":
-            busy = thread.thread_state in BUSY_THREAD_STATES
-            note = "pause after the stage in flight" if busy else "pause"
+            note = "pause after the stage in flight" if thread.info.busy else "pause"
             steps.append(Step(thread, Action("pause", thread.index), note))
         elif not paused:
             steps.append(Step(thread, None, "skip: not paused"))
@@ -1867,7 +2065,7 @@ def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) 
 def invalid_resume_state(
     steps: Sequence[Step],
     state: str,
-    states_of: Callable[[dict[str, Any]], tuple[str, Sequence[str]]] = resume_states,
+    states_of: Callable[[WorkerInfo], tuple[str, Sequence[str]]] = resume_states,
 ) -> str | None:
     """Why `resume --to-state STATE` cannot go to some selected thread, or None.
 
@@ -1900,11 +2098,11 @@ def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [
                 step.thread.host.name,
-                _cell(info.get("index")),
-                _cell(info.get("job_id")),
-                _cell(info.get("job_state")),
-                format_thread_state(info.get("thread_state") or {}),
-                _cell(info.get("last_error")),
+                str(info.index),
+                _cell(info.job_id),
+                _cell(info.job_state),
+                format_thread_state(info.thread_state),
+                _cell(info.last_error),
                 step.note,
             ]
         )
@@ -1924,19 +2122,19 @@ def step_json(step: Step) -> dict[str, Any]:
     return {
         "host": step.thread.host.name,
         "index": step.thread.index,
-        "job_id": info.get("job_id"),
-        "job_state": info.get("job_state"),
-        "thread_state": (info.get("thread_state") or {}).get("state"),
-        "last_error": info.get("last_error"),
+        "job_id": info.job_id,
+        "job_state": info.job_state,
+        "thread_state": _state_value(info.thread_state.state),
+        "last_error": info.last_error,
         "action": step.action.kind if step.action else None,
         "state": step.action.state if step.action else None,
         "note": step.note,
     }
 
 
-def results_summary(kind: str, outcomes: Sequence[tuple[Step, Any]]) -> str:
+def results_summary(kind: str, outcomes: Sequence[tuple[Step, ActionOutcome]]) -> str:
     """'resumed 3 of 4 threads on 2 hosts, 1 failed'."""
-    done = [step.thread for step, outcome in outcomes if not isinstance(outcome, BaseException)]
+    done = [step.thread for step, outcome in outcomes if outcome.error is None]
     failed = len(outcomes) - len(done)
     verb = "paused" if kind == "pause" else "resumed"
     hosts = len({step.thread.host.name for step, _ in outcomes})
@@ -1944,19 +2142,30 @@ def results_summary(kind: str, outcomes: Sequence[tuple[Step, Any]]) -> str:
     return text + (f", {failed} failed" if failed else "")
 
 
-def thread_progress(thread: dict[str, Any]) -> tuple[str | None, str | None]:
+# =============================================================================
+# Drain's view of a thread
+# =============================================================================
+
+
+def thread_progress(thread: WorkerInfo) -> tuple[ThreadState | None, str]:
     """What drain compares between polls: the thread state and the task state."""
-    return (thread.get("thread_state") or {}).get("state"), thread.get("job_state")
+    return thread.thread_state.state, thread.job_state
 
 
-def describe_thread(thread: dict[str, Any]) -> str:
+def describe_thread(thread: WorkerInfo) -> str:
     """'Running(3s) mock at PC1 (TicketAssigned)' for drain's progress lines."""
-    text = format_thread_state(thread.get("thread_state") or {})
-    stage = thread.get("job_stage")
-    state = thread.get("job_state")
-    if stage and (thread.get("thread_state") or {}).get("state") in BUSY_THREAD_STATES:
-        text += f" at {stage}"
-    return text + (f" ({state})" if state else "")
+    text = format_thread_state(thread.thread_state)
+    if thread.job_stage and thread.busy:
+        text += f" at {thread.job_stage}"
+    return text + (f" ({thread.job_state})" if thread.job_state else "")
+
+
+def _state_json(info: WorkerInfo) -> dict[str, Any]:
+    return {
+        "job_state": info.job_state,
+        "job_stage": info.job_stage,
+        "thread_state": _state_value(info.thread_state.state),
+    }
 
 
 DRAIN_HEADERS = ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
@@ -1964,7 +2173,7 @@ DRAIN_HEADERS = ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
 
 def drain_table(
     targets: Sequence[FleetThread],
-    latest: dict[tuple[str, int], dict[str, Any]],
+    latest: dict[tuple[str, int], WorkerInfo],
     failed: dict[tuple[str, int], BaseException],
 ) -> tuple[list[str], list[list[str]]]:
     """drain's last word: each thread's task state before and now, and its thread state."""
@@ -1975,10 +2184,10 @@ def drain_table(
         row = [
             thread.host.name,
             str(thread.index),
-            _cell(now.get("job_id")),
-            _cell(thread.info.get("job_state")),
-            _cell(now.get("job_state")),
-            format_thread_state(now.get("thread_state") or {}),
+            _cell(now.job_id),
+            _cell(thread.info.job_state),
+            _cell(now.job_state),
+            format_thread_state(now.thread_state),
         ]
         if failed:
             error = failed.get(thread.key)
@@ -1988,12 +2197,11 @@ def drain_table(
 
 
 # =============================================================================
-# Transports: JSON-RPC over a byte stream, the agent clients, SSH and local
-# sessions, and the parallel fan-out
+# JSON-RPC and the agents: our agent's socket and CLI, a damocles-worker's port
 # =============================================================================
 
+
 MAX_REPLY_BYTES = 16 * 1024 * 1024
-RPC_NAMESPACE = "VenusWorker."
 
 
 class JsonRpcClient:
@@ -2106,6 +2314,21 @@ class JsonRpcClient:
         self._buffer += chunk
 
 
+def parsed(kind: type, document: Any) -> Any:
+    """`document` read as `kind` (an api type) at the edge; a broken contract is unreadable."""
+    try:
+        return kind.from_json(document)
+    except api.WireError as error:
+        raise UnreadableReply(f"unreadable reply: {error}") from None
+
+
+def checked_threads(threads: Any) -> list[WorkerInfo]:
+    """Our agent's WorkerList result, typed (api.WorkerInfo); anything else is unreadable."""
+    if not isinstance(threads, list):
+        raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
+    return [parsed(WorkerInfo, thread) for thread in threads]
+
+
 class RpcAgent:
     """The agent asked through its control API (socket, stream channel)."""
 
@@ -2113,25 +2336,29 @@ class RpcAgent:
         self.rpc = rpc
         self.via = via
 
+    def close(self) -> None:
+        self.rpc.close()
+
     def status(self) -> HostStatus:
         # One round trip: the live thread list and the heartbeat in one batch.
         threads, report = self.rpc.batch(
-            [(RPC_NAMESPACE + "WorkerList", []), (RPC_NAMESPACE + "WorkerReport", [])]
+            [(api.Method.LIST.value, []), (api.Method.REPORT.value, [])]
         )
         if isinstance(threads, HostError):
             raise threads
         return HostStatus(
-            report=report if isinstance(report, dict) else None,
+            # An error instead of the report: none written yet.
+            report=None if isinstance(report, HostError) else parsed(api.Report, report),
             threads=checked_threads(threads),
             via=self.via,
         )
 
     def pause(self, index: int) -> str | None:
-        self.rpc.call(RPC_NAMESPACE + "WorkerPause", [index])
+        self.rpc.call(api.Method.PAUSE.value, [index])
         return None
 
     def resume(self, index: int, state: str | None) -> str | None:
-        self.rpc.call(RPC_NAMESPACE + "WorkerResume", [index, state])
+        self.rpc.call(api.Method.RESUME.value, [index, state])
         return None
 
 
@@ -2157,29 +2384,37 @@ class DamoclesAgent:
         self._reopen = reopen
         self._used = False
 
-    def _call(self, method: str, params: list[Any]) -> Any:
+    def close(self) -> None:
+        self.rpc.close()
+
+    def _call(self, method: api.Method, params: list[Any]) -> Any:
         if self._used:
             self.rpc.close()
             self.rpc = self._reopen()
         self._used = True
-        return self.rpc.call(RPC_NAMESPACE + method, params)
+        return self.rpc.call(method.value, params)
 
-    def threads(self) -> list[dict[str, Any]]:
-        threads = self._call("WorkerList", [])
+    def threads(self) -> list[WorkerInfo]:
+        threads = self._call(api.Method.LIST, [])
         if not isinstance(threads, list):
             raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
         return [normalize_worker_info(thread) for thread in threads]
 
     def status(self) -> HostStatus:
         threads = self.threads()
-        report = {"version": self._version(), "age": 0.0, "heartbeat": False}
-        return HostStatus(report=report, threads=threads, via=self.via)
+        return HostStatus(
+            report=None,
+            threads=threads,
+            via=self.via,
+            worker_version=self._version(),
+            heartbeat=False,
+        )
 
     def _version(self) -> str | None:
         # The 2022 API may lack the method: the thread list matters, the
         # version is a bonus.
         try:
-            version = self._call("WorkerVersion", [])
+            version = self._call(api.Method.VERSION, [])
         except (AgentRefused, UnreadableReply):
             return None
         return version if isinstance(version, str) else None
@@ -2191,18 +2426,18 @@ class DamoclesAgent:
         token re-pauses it right after the next resume (reference §3): a
         paused thread is left alone.
         """
-        state = self._thread(index)["thread_state"]["state"]
-        if state == "Paused":
+        thread = self._thread(index)
+        if thread.paused:
             return "already paused (nothing sent)"
-        answer = self._call("WorkerPause", [index])
+        answer = self._call(api.Method.PAUSE, [index])
         if not isinstance(answer, bool):
             raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
         if not answer:
             return "pause already queued (nothing changed)"
-        if state in ("Running", "Waiting"):
+        if thread.busy:
             # damocles drops the result of a stage it pauses after (reference §3).
             return "pause queued: it stops after its running stage, which damocles redoes on resume"
-        if state == "Idle":
+        if thread.thread_state.state is ThreadState.Idle:
             return "paused (an idle thread takes the pause at once)"
         return "pause queued: it stops at its next stage boundary"
 
@@ -2210,19 +2445,19 @@ class DamoclesAgent:
         if state is not None:
             # damocles ignores a name it does not know: check it here first.
             check_resume_state(self._thread(index), state)
-        answer = self._call("WorkerResume", [index, state])
+        answer = self._call(api.Method.RESUME, [index, state])
         if answer is False:
             # Our agent's code for the same case, so scripts see one answer.
-            raise AgentRefused(1001, f"worker #{index} is not paused")
+            raise AgentRefused(api.RpcCode.NOT_PAUSED, f"worker #{index} is not paused")
         if answer is not True:
             raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
         return None
 
-    def _thread(self, index: int) -> dict[str, Any]:
+    def _thread(self, index: int) -> WorkerInfo:
         for thread in self.threads():
-            if thread["index"] == index:
+            if thread.index == index:
                 return thread
-        raise AgentRefused(-32602, f"worker #{index} not found")
+        raise AgentRefused(api.RpcCode.INVALID_PARAMS, f"worker #{index} not found")
 
 
 @dataclass
@@ -2230,6 +2465,69 @@ class CommandResult:
     exit_status: int
     stdout: str
     stderr: str
+
+
+COMMAND_NOT_FOUND = 127  # the shell's exit status for a command it cannot find
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def parse_cli_reply(result: CommandResult) -> Any:
+    """The one JSON document the agent CLI prints, or the HostError its exit status means."""
+    if result.exit_status == COMMAND_NOT_FOUND:
+        return_text = _last_line(result.stderr)
+        raise AgentNotInstalled(
+            "agent not installed" + (f" ({return_text})" if return_text else "")
+        )
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        pass
+    if result.exit_status == api.AgentExit.NOT_RUNNING:
+        raise AgentNotRunning("agent not running")
+    detail = _last_line(result.stderr) or repr(result.stdout[:80])
+    raise UnreadableReply(f"unreadable reply (exit {result.exit_status}): {detail}")
+
+
+def cli_error(error: Any) -> HostError:
+    if not isinstance(error, dict):
+        return UnreadableReply(f"unreadable reply: error {error!r:.80}")
+    code, message = error.get("code"), str(error.get("message", ""))
+    if code == api.RpcCode.AGENT_NOT_RUNNING:
+        return AgentNotRunning("agent not running")
+    if code == api.RpcCode.CONFIG_ERROR:
+        return HostError(f"agent: {message}", "agent-config-error")
+    return AgentRefused(code if isinstance(code, int) else 0, message)
+
+
+def _agent_command(host: Host, *command: str) -> list[str]:
+    return [*host.agent_argv, "worker", "-c", host.config, *command]
+
+
+def _checked_index(index: int) -> int:
+    # Second line of defence: the parser already validated it, but an argv
+    # for a remote shell is only ever built from checked values.
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"invalid thread index {index!r}")
+    return index
+
+
+def status_argv(host: Host) -> list[str]:
+    return _agent_command(host, "status", "--json")
+
+
+def pause_argv(host: Host, index: int) -> list[str]:
+    return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
+
+
+def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
+    argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
+    if state is not None:
+        argv += ["--state", parse_state(state)]
+    return [*argv, "--json"]
 
 
 class CliAgent:
@@ -2245,6 +2543,9 @@ class CliAgent:
         self.run = run
         self.via = via
 
+    def close(self) -> None:
+        """Nothing stays open: each call is its own command."""
+
     def status(self) -> HostStatus:
         result = self.run(status_argv(self.host))
         document = parse_cli_reply(result)
@@ -2252,12 +2553,11 @@ class CliAgent:
             raise cli_error(document["error"])
         if not isinstance(document, dict) or "report" not in document:
             raise UnreadableReply(f"unreadable reply: {result.stdout[:80]!r}")
-        error = document.get("error")
-        threads = document.get("threads")
+        status = parsed(api.AgentStatus, document)
         return HostStatus(
-            report=document.get("report") if isinstance(document.get("report"), dict) else None,
-            threads=None if threads is None else checked_threads(threads),
-            error=cli_error(error) if error else None,
+            report=status.report,
+            threads=status.threads,
+            error=cli_error(document["error"]) if status.error else None,
             via=self.via,
         )
 
@@ -2277,189 +2577,9 @@ class CliAgent:
             raise UnreadableReply(f"unreadable reply: {json.dumps(document)[:80]}")
 
 
-def checked_threads(threads: Any) -> list[dict[str, Any]]:
-    """A WorkerList result as the tables need it: a list of objects, thread_state an object."""
-    valid = isinstance(threads, list) and all(
-        isinstance(thread, dict) and isinstance(thread.get("thread_state") or {}, dict)
-        for thread in threads
-    )
-    if not valid:
-        raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
-    return threads
-
-
-def parse_cli_reply(result: CommandResult) -> Any:
-    """The one JSON document the agent CLI prints, or the HostError its exit status means."""
-    if result.exit_status == 127:
-        return_text = _last_line(result.stderr)
-        raise AgentNotInstalled(
-            "agent not installed" + (f" ({return_text})" if return_text else "")
-        )
-    try:
-        return json.loads(result.stdout)
-    except ValueError:
-        pass
-    if result.exit_status == 3:
-        raise AgentNotRunning("agent not running")
-    detail = _last_line(result.stderr) or repr(result.stdout[:80])
-    raise UnreadableReply(f"unreadable reply (exit {result.exit_status}): {detail}")
-
-
-def cli_error(error: Any) -> HostError:
-    if not isinstance(error, dict):
-        return UnreadableReply(f"unreadable reply: error {error!r:.80}")
-    code, message = error.get("code"), str(error.get("message", ""))
-    if code == CLI_NOT_RUNNING_CODE:
-        return AgentNotRunning("agent not running")
-    if code == CLI_CONFIG_ERROR_CODE:
-        return HostError(f"agent: {message}", "agent-config-error")
-    return AgentRefused(code if isinstance(code, int) else 0, message)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
-
-
-# -- sessions: how a host is reached -----------------------------------------
-
-
-class LocalSession:
-    """An agent on this machine: its Unix socket, and its CLI as a subprocess."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-
-    def open_rpc(self) -> RpcAgent:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.host.connect_timeout)
-        try:
-            sock.connect(self.host.socket)
-        except (FileNotFoundError, ConnectionRefusedError) as error:
-            sock.close()
-            raise AgentNotRunning(f"agent not running at {self.host.socket}") from error
-        except OSError as error:
-            sock.close()
-            raise HostError(f"cannot connect to {self.host.socket}: {error.strerror}") from error
-        return RpcAgent(JsonRpcClient(sock, self.host.command_timeout), via="local")
-
-    def cli(self) -> CliAgent:
-        return CliAgent(self.host, self._run, via="local-exec")
-
-    def _run(self, argv: list[str]) -> CommandResult:
-        try:
-            done = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=self.host.command_timeout,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError as error:
-            return CommandResult(127, "", f"{argv[0]}: {error.strerror}")
-        except OSError as error:
-            raise HostError(
-                f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
-            ) from error
-        except subprocess.TimeoutExpired as error:
-            raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
-        return CommandResult(done.returncode, done.stdout, done.stderr)
-
-    def alive(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Nothing stays open between calls."""
-
-
-class SshSession:
-    """One authenticated SSH connection to a host (paramiko), used for stream or exec."""
-
-    def __init__(self, host: Host, client: Any) -> None:
-        self.host = host
-        self.client = client
-
-    def open_rpc(self) -> RpcAgent | DamoclesAgent:
-        from paramiko.ssh_exception import ChannelException
-
-        if self.host.backend == "damocles":
-            return self._open_damocles()
-        transport = self.client.get_transport()
-        try:
-            channel = transport.open_streamlocal(
-                self.host.socket, timeout=self.host.connect_timeout
-            )
-        except ChannelException as error:
-            # RFC 4254 reason codes: 1 administratively prohibited (sshd has
-            # AllowStreamLocalForwarding no), 2 connect failed (no socket or
-            # nobody listening on it).
-            if error.code == 1:
-                raise StreamForbidden("stream forwarding forbidden by sshd") from error
-            if error.code == 2:
-                # OpenSSH also says "connect failed" when AllowStreamLocalForwarding
-                # is off; auto then asks the CLI, which can tell the two apart.
-                raise AgentNotRunning(
-                    "agent not running (or sshd forbids stream forwarding)"
-                ) from error
-            raise HostError(f"channel refused: {error.text}") from error
-        return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
-
-    def _open_damocles(self) -> DamoclesAgent:
-        return DamoclesAgent(self._damocles_channel(), "direct-tcpip", self._damocles_channel)
-
-    def _damocles_channel(self) -> JsonRpcClient:
-        """A direct-tcpip channel to the worker's RPC port, as the worker host sees it.
-
-        The port can stay bound to the host's loopback: sshd makes the TCP
-        connection on the host, so nothing but SSH is open to the network.
-        """
-        import paramiko
-
-        timeout = self.host.connect_timeout
-        try:
-            channel = self.client.get_transport().open_channel(
-                "direct-tcpip", self.host.rpc_address, ("127.0.0.1", 0), timeout=timeout
-            )
-        except paramiko.ChannelException as error:
-            # RFC 4254 reason codes, as for the stream channel above.
-            if error.code == 1:
-                raise TcpForwardingForbidden(
-                    "TCP forwarding forbidden by sshd (AllowTcpForwarding)"
-                ) from error
-            if error.code == 2:
-                raise DamoclesNotReachable(
-                    f"damocles RPC not reachable at {self.host.rpc}"
-                ) from error
-            raise HostError(f"channel refused: {error.text}") from error
-        except paramiko.SSHException as error:
-            # paramiko's only signal that the channel did not open in time
-            if "Timeout" in str(error):
-                raise HostTimeout(f"timeout after {timeout:g}s opening the RPC channel") from error
-            raise HostError(f"SSH error: {error}", "ssh-error") from error
-        except (EOFError, OSError) as error:
-            raise HostError(f"connection lost: {error}", "connection-lost") from error
-        return JsonRpcClient(channel, self.host.command_timeout)
-
-    def cli(self) -> CliAgent:
-        return CliAgent(self.host, self._run, via="exec")
-
-    def _run(self, argv: list[str]) -> CommandResult:
-        import paramiko
-
-        try:
-            return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
-        except paramiko.SSHException as error:
-            # e.g. sshd refused the session channel (MaxSessions) or dropped the connection
-            raise HostError(f"SSH error: {error}", "ssh-error") from error
-        except (EOFError, OSError) as error:
-            raise HostError(f"connection lost: {error}", "connection-lost") from error
-
-    def alive(self) -> bool:
-        transport = self.client.get_transport()
-        return transport is not None and transport.is_active()
-
-    def close(self) -> None:
-        self.client.close()
+# =============================================================================
+# Sessions: how a host is reached (local, or SSH with paramiko)
+# =============================================================================
 
 
 def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
@@ -2675,80 +2795,6 @@ class QuickAckSocket(socket.socket):
         return data
 
 
-def connect_ssh(host: Host, context: SshContext) -> SshSession:
-    import logging
-
-    import paramiko
-
-    # paramiko logs a failed connection from its own thread; without a
-    # handler Python prints that to stderr, next to the host row that
-    # already says what went wrong.
-    paramiko_log = logging.getLogger("paramiko")
-    if not paramiko_log.handlers:
-        paramiko_log.addHandler(logging.NullHandler())
-
-    target = context.target(host)
-    store = context.store(host.known_hosts)
-    timeout = host.connect_timeout
-    sock = connect_tcp(target.hostname, target.port, timeout)
-    client = paramiko.SSHClient()
-    key_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
-    for key_type, key in store.lookup(key_name).items():
-        client.get_host_keys().add(key_name, key_type, key)
-    client.set_missing_host_key_policy(_HostKeyPolicy(store, host.host_key_policy == "accept-new"))
-    try:
-        client.connect(
-            target.hostname,
-            port=target.port,
-            username=target.user,
-            key_filename=target.identity_files or None,
-            # An explicit key means that key (and ssh-agent), not every ~/.ssh/id_*.
-            look_for_keys=not target.identity_files,
-            allow_agent=True,
-            sock=sock,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            channel_timeout=timeout,
-            transport_factory=streamlocal_transport_class(),
-        )
-    except BaseException as error:
-        client.close()
-        sock.close()
-        raise ssh_failure(error, timeout) from error
-    return SshSession(host, client)
-
-
-def ssh_failure(error: BaseException, timeout: float) -> BaseException:
-    """paramiko's exceptions as the reasons an operator reads in a host row."""
-    import paramiko
-
-    if isinstance(error, HostError):
-        return error
-    if isinstance(error, paramiko.BadHostKeyException):
-        return HostKeyMismatch(
-            "host key mismatch (possible MITM): server offers "
-            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
-            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}"
-        )
-    if isinstance(error, paramiko.AuthenticationException):
-        return AuthenticationFailed("authentication failed")
-    if isinstance(error, paramiko.SSHException):
-        text = str(error)
-        if "No authentication methods" in text:
-            return AuthenticationFailed("authentication failed (no key or ssh-agent identity)")
-        # "No existing session": start_client gave up waiting for the key
-        # exchange (paramiko does not raise on that timeout itself).
-        if "banner" in text or "timeout" in text.lower() or "No existing session" in text:
-            return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
-        return HostError(f"SSH error: {text}", "ssh-error")
-    if isinstance(error, (TimeoutError, socket.timeout)):
-        return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
-    if isinstance(error, (EOFError, ConnectionError)):
-        return HostError("connection closed by the server during SSH handshake", "ssh-error")
-    return error
-
-
 _STREAMLOCAL_CLASS: list[type] = []
 
 
@@ -2811,38 +2857,273 @@ def streamlocal_transport_class() -> type:
     return StreamlocalTransport
 
 
+def ssh_failure(error: BaseException, timeout: float) -> BaseException:
+    """paramiko's exceptions as the reasons an operator reads in a host row."""
+    import paramiko
+
+    if isinstance(error, HostError):
+        return error
+    if isinstance(error, paramiko.BadHostKeyException):
+        return HostKeyMismatch(
+            "host key mismatch (possible MITM): server offers "
+            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
+            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}"
+        )
+    if isinstance(error, paramiko.AuthenticationException):
+        return AuthenticationFailed("authentication failed")
+    if isinstance(error, paramiko.SSHException):
+        text = str(error)
+        if "No authentication methods" in text:
+            return AuthenticationFailed("authentication failed (no key or ssh-agent identity)")
+        # "No existing session": start_client gave up waiting for the key
+        # exchange (paramiko does not raise on that timeout itself).
+        if "banner" in text or "timeout" in text.lower() or "No existing session" in text:
+            return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+        return HostError(f"SSH error: {text}", "ssh-error")
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+    if isinstance(error, (EOFError, ConnectionError)):
+        return HostError("connection closed by the server during SSH handshake", "ssh-error")
+    return error
+
+
+class LocalSession:
+    """An agent on this machine: its Unix socket, and its CLI as a subprocess."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def open_control(self) -> RpcAgent:
+        """The agent's control socket itself."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.host.connect_timeout)
+        try:
+            sock.connect(self.host.socket)
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            sock.close()
+            raise AgentNotRunning(f"agent not running at {self.host.socket}") from error
+        except OSError as error:
+            sock.close()
+            raise HostError(f"cannot connect to {self.host.socket}: {error.strerror}") from error
+        return RpcAgent(JsonRpcClient(sock, self.host.command_timeout), via="local")
+
+    def cli(self) -> CliAgent:
+        return CliAgent(self.host, self._run, via="local-exec")
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=self.host.command_timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError as error:
+            return CommandResult(127, "", f"{argv[0]}: {error.strerror}")
+        except OSError as error:
+            raise HostError(
+                f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
+            ) from error
+        except subprocess.TimeoutExpired as error:
+            raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing stays open between calls."""
+
+
+class SshSession:
+    """One authenticated SSH connection to a host (paramiko), used for stream or exec."""
+
+    def __init__(self, host: Host, client: Any) -> None:
+        self.host = host
+        self.client = client
+
+    def open_control(self) -> RpcAgent:
+        """A direct-streamlocal channel to the agent's control socket on the host."""
+        from paramiko.ssh_exception import ChannelException
+
+        transport = self.client.get_transport()
+        try:
+            channel = transport.open_streamlocal(
+                self.host.socket, timeout=self.host.connect_timeout
+            )
+        except ChannelException as error:
+            # RFC 4254 reason codes: 1 administratively prohibited (sshd has
+            # AllowStreamLocalForwarding no), 2 connect failed (no socket or
+            # nobody listening on it).
+            if error.code == 1:
+                raise StreamForbidden("stream forwarding forbidden by sshd") from error
+            if error.code == 2:
+                # OpenSSH also says "connect failed" when AllowStreamLocalForwarding
+                # is off; auto then asks the CLI, which can tell the two apart.
+                raise AgentNotRunning(
+                    "agent not running (or sshd forbids stream forwarding)"
+                ) from error
+            raise HostError(f"channel refused: {error.text}") from error
+        return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
+
+    def open_damocles(self) -> DamoclesAgent:
+        """A damocles-worker's JSON-RPC port, through direct-tcpip channels."""
+        return DamoclesAgent(self._damocles_channel(), "direct-tcpip", self._damocles_channel)
+
+    def _damocles_channel(self) -> JsonRpcClient:
+        """A direct-tcpip channel to the worker's RPC port, as the worker host sees it.
+
+        The port can stay bound to the host's loopback: sshd makes the TCP
+        connection on the host, so nothing but SSH is open to the network.
+        """
+        import paramiko
+
+        timeout = self.host.connect_timeout
+        try:
+            channel = self.client.get_transport().open_channel(
+                "direct-tcpip", self.host.rpc_address, ("127.0.0.1", 0), timeout=timeout
+            )
+        except paramiko.ChannelException as error:
+            # RFC 4254 reason codes, as for the stream channel above.
+            if error.code == 1:
+                raise TcpForwardingForbidden(
+                    "TCP forwarding forbidden by sshd (AllowTcpForwarding)"
+                ) from error
+            if error.code == 2:
+                raise DamoclesNotReachable(
+                    f"damocles RPC not reachable at {self.host.rpc}"
+                ) from error
+            raise HostError(f"channel refused: {error.text}") from error
+        except paramiko.SSHException as error:
+            # paramiko's only signal that the channel did not open in time
+            if "Timeout" in str(error):
+                raise HostTimeout(f"timeout after {timeout:g}s opening the RPC channel") from error
+            raise HostError(f"SSH error: {error}", "ssh-error") from error
+        except (EOFError, OSError) as error:
+            raise HostError(f"connection lost: {error}", "connection-lost") from error
+        return JsonRpcClient(channel, self.host.command_timeout)
+
+    def cli(self) -> CliAgent:
+        return CliAgent(self.host, self._run, via="exec")
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        import paramiko
+
+        try:
+            return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
+        except paramiko.SSHException as error:
+            # e.g. sshd refused the session channel (MaxSessions) or dropped the connection
+            raise HostError(f"SSH error: {error}", "ssh-error") from error
+        except (EOFError, OSError) as error:
+            raise HostError(f"connection lost: {error}", "connection-lost") from error
+
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def connect_ssh(host: Host, context: SshContext) -> SshSession:
+    import logging
+
+    import paramiko
+
+    # paramiko logs a failed connection from its own thread; without a
+    # handler Python prints that to stderr, next to the host row that
+    # already says what went wrong.
+    paramiko_log = logging.getLogger("paramiko")
+    if not paramiko_log.handlers:
+        paramiko_log.addHandler(logging.NullHandler())
+
+    target = context.target(host)
+    store = context.store(host.known_hosts)
+    timeout = host.connect_timeout
+    sock = connect_tcp(target.hostname, target.port, timeout)
+    client = paramiko.SSHClient()
+    key_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+    for key_type, key in store.lookup(key_name).items():
+        client.get_host_keys().add(key_name, key_type, key)
+    client.set_missing_host_key_policy(_HostKeyPolicy(store, host.host_key_policy == "accept-new"))
+    try:
+        client.connect(
+            target.hostname,
+            port=target.port,
+            username=target.user,
+            key_filename=target.identity_files or None,
+            # An explicit key means that key (and ssh-agent), not every ~/.ssh/id_*.
+            look_for_keys=not target.identity_files,
+            allow_agent=True,
+            sock=sock,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+            transport_factory=streamlocal_transport_class(),
+        )
+    except BaseException as error:
+        client.close()
+        sock.close()
+        raise ssh_failure(error, timeout) from error
+    return SshSession(host, client)
+
+
 def open_session(host: Host, context: SshContext) -> LocalSession | SshSession:
     if host.transport == "local":
         return LocalSession(host)
     return connect_ssh(host, context)
 
 
-def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
-    """The host's report and threads, by the host's transport, with its fallbacks.
+# =============================================================================
+# Transport policy, actions and the parallel fan-out
+# =============================================================================
 
-    auto: the stream channel, else the CLI over exec. sshd answers "connect
-    failed" both when the socket is missing and when it forbids stream
-    forwarding, so only the CLI can tell a dead agent from a closed door.
-    Its `status` reads the heartbeat file, so a dead agent's row keeps its
-    (stale) LastPing. local: the CLI likewise when the socket is dead.
+
+Agent = RpcAgent | DamoclesAgent | CliAgent
+
+
+def open_agent(
+    session: LocalSession | SshSession, host: Host, *, for_status: bool
+) -> tuple[Agent, HostError | None]:
+    """The one transport policy: how status, actions and the watch pool reach an agent.
+
+    Returns the agent to ask and, when it is the fallback, why the first way
+    was refused. Each opens only what it needs: one channel, then the CLI
+    only after a refusal.
+
+    - backend damocles: its RPC port through direct-tcpip (transport auto or
+      stream); no CLI of ours is there to fall back to.
+    - exec: the CLI over an exec channel.
+    - stream: the stream channel to the agent's socket, no fallback.
+    - auto: the stream channel, else the CLI over exec. sshd answers
+      "connect failed" both when the socket is missing and when it forbids
+      stream forwarding, so only the CLI can tell a dead agent from a closed
+      door; its `status` reads the heartbeat file, so a dead agent's row
+      keeps its (stale) LastPing.
+    - local: the Unix socket; for status the CLI when the socket is dead (it
+      reads the heartbeat file too), for actions not: it would only find the
+      same dead socket.
     """
+    if host.backend == "damocles":
+        return session.open_damocles(), None
     if host.transport == "exec":
-        return session.cli().status()
+        return session.cli(), None
     try:
-        agent = session.open_rpc()
+        return session.open_control(), None
     except (StreamForbidden, AgentNotRunning) as refused:
-        if host.transport == "stream":
-            raise
-        return _status_from_cli(session, refused)
-    try:
+        if host.transport == "auto" or (host.transport == "local" and for_status):
+            return session.cli(), refused
+        raise
+
+
+def agent_status(agent: Agent, refused: HostError | None) -> HostStatus:
+    """agent.status(), where `refused` is why open_agent fell back to this agent (the CLI)."""
+    if refused is None:
         return agent.status()
-    finally:
-        agent.rpc.close()
-
-
-def _status_from_cli(session: LocalSession | SshSession, refused: HostError) -> HostStatus:
     try:
-        status = session.cli().status()
+        status = agent.status()
     except HostError:
         # No usable CLI either: what the socket said is the better reason.
         raise refused from None
@@ -2851,75 +3132,65 @@ def _status_from_cli(session: LocalSession | SshSession, refused: HostError) -> 
     return status
 
 
-@dataclass(frozen=True)
-class Action:
-    """pause or resume of one thread, validated before any connection."""
-
-    kind: str  # "pause" | "resume"
-    index: int
-    state: str | None = None
-
-    def via(self, agent: RpcAgent | CliAgent | DamoclesAgent) -> str | None:
-        """Do it; returns a note when the answer was more than "done" (damocles)."""
-        if self.kind == "pause":
-            return agent.pause(self.index)
-        return agent.resume(self.index, self.state)
-
-
-@dataclass(frozen=True)
-class ActionOutcome:
-    """How an action was done: the path used (stream, exec, ...) and the agent's note."""
-
-    via: str
-    note: str | None = None
-
-
-def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
-    """Do the action by the host's transport; returns the path used and any note.
-
-    auto falls back to the CLI when the channel is refused (see query_status);
-    local does not: its CLI would only find the same dead socket.
-    """
-    outcome = perform_all(session, host, [action])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
+    """The host's report and threads, by the transport policy (open_agent)."""
+    agent, refused = open_agent(session, host, for_status=True)
+    try:
+        return agent_status(agent, refused)
+    finally:
+        agent.close()
 
 
 def perform_all(
     session: LocalSession | SshSession, host: Host, actions: Sequence[Action]
-) -> list[ActionOutcome | HostError]:
+) -> list[ActionOutcome]:
     """Do the actions in order over one agent connection; each gets its outcome or its error.
 
     A refusal of one thread (not paused, bad state) does not stop the next;
     a host that cannot be reached at all raises, as for one action.
     """
-    agent = _action_agent(session, host)
+    agent, _ = open_agent(session, host, for_status=False)
     try:
-        outcomes: list[ActionOutcome | HostError] = []
+        outcomes: list[ActionOutcome] = []
         for action in actions:
             try:
                 note = action.via(agent)
             except HostError as error:
-                outcomes.append(error)
+                outcomes.append(ActionOutcome(error=error))
             else:
                 outcomes.append(ActionOutcome(agent.via, note))
         return outcomes
     finally:
-        if not isinstance(agent, CliAgent):
-            agent.rpc.close()
+        agent.close()
 
 
-def _action_agent(
-    session: LocalSession | SshSession, host: Host
-) -> RpcAgent | CliAgent | DamoclesAgent:
-    if host.transport != "exec":
-        try:
-            return session.open_rpc()
-        except (StreamForbidden, AgentNotRunning):
-            if host.transport != "auto":
-                raise
-    return session.cli()
+def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
+    """Do the action by the transport policy (open_agent); returns the path used and any note."""
+    outcome = perform_all(session, host, [action])[0]
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome
+
+
+class GroupResult(dict):
+    """Host name -> its job's result, or the exception it raised, in inventory order.
+
+    Fabric's GroupResult: one bad host never stops the others, and
+    `succeeded` / `failed` split the two kinds without each caller sorting
+    them by isinstance again.
+    """
+
+    @property
+    def succeeded(self) -> dict[str, Any]:
+        return {name: value for name, value in self.items() if not _is_error(value)}
+
+    @property
+    def failed(self) -> dict[str, BaseException]:
+        return {name: value for name, value in self.items() if _is_error(value)}
+
+
+def _is_error(value: Any) -> bool:
+    return isinstance(value, BaseException)
 
 
 def fan_out(
@@ -2927,14 +3198,14 @@ def fan_out(
     job: Callable[[Host], Any],
     forks: int,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any | BaseException]:
+) -> GroupResult:
     """Run job(host) for every host, at most `forks` at a time.
 
-    Returns host name -> result or the exception it raised: one bad host
-    never stops the others. Workers are daemon threads so a Ctrl-C in the
-    main thread ends the run at once; each host is bounded by its own
-    connect and command timeouts. progress(done, total) is called after
-    each host, from the worker threads, one call at a time.
+    Returns a GroupResult: one bad host never stops the others. Workers
+    are daemon threads so a Ctrl-C in the main thread ends the run at once;
+    each host is bounded by its own connect and command timeouts.
+    progress(done, total) is called after each host, from the worker
+    threads, one call at a time.
     """
     results: dict[str, Any | BaseException] = {}
     queue = list(reversed(hosts))
@@ -2963,7 +3234,58 @@ def fan_out(
         thread.start()
     for thread in threads:
         thread.join()
-    return {host.name: results[host.name] for host in hosts}
+    return GroupResult((host.name, results[host.name]) for host in hosts)
+
+
+def fan_out_until(
+    hosts: Sequence[Host],
+    job: Callable[[Host], Any],
+    forks: int,
+    seconds: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> GroupResult:
+    """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
+
+    The fan-out runs in a daemon thread and its workers are daemon threads
+    too, so a host that hangs past its own timeouts never keeps a cron run
+    (or the process exit) waiting. progress(done, total) as for fan_out,
+    never after the return (a late host must not write over the report).
+    """
+    finished: dict[str, Any | BaseException] = {}
+    lock = threading.Lock()
+    stopped = False
+
+    def shown(done: int, total: int) -> None:
+        with lock:
+            if not stopped and progress is not None:
+                progress(done, total)
+
+    def recorded(host: Host) -> Any:
+        try:
+            outcome = job(host)
+        except BaseException as error:
+            with lock:
+                finished[host.name] = error
+            raise
+        with lock:
+            finished[host.name] = outcome
+        return outcome
+
+    done = threading.Event()
+
+    def run_all() -> None:
+        fan_out(hosts, recorded, forks, shown if progress is not None else None)
+        done.set()
+
+    threading.Thread(target=run_all, name="venusctl-health", daemon=True).start()
+    done.wait(seconds)
+    with lock:
+        stopped = True
+        outcomes = dict(finished)
+        if progress is not None:
+            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
+    late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
+    return GroupResult((host.name, outcomes.get(host.name, late)) for host in hosts)
 
 
 def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) -> Any:
@@ -2994,7 +3316,7 @@ class SessionPool:
         self.background_reconnect = background_reconnect
         self._lock = threading.Lock()
         self._sessions: dict[str, LocalSession | SshSession] = {}
-        self._agents: dict[str, RpcAgent | DamoclesAgent] = {}
+        self._agents: dict[str, RpcAgent | DamoclesAgent] = {}  # kept channels
         self._failures: dict[str, BaseException] = {}
         self._connecting: dict[str, threading.Thread] = {}
         self._closed = False
@@ -3062,25 +3384,24 @@ class SessionPool:
             try:
                 status = agent.status()
             except HostError:
-                agent.rpc.close()  # closed by the agent or the network: one fresh try below
+                agent.close()  # closed by the agent or the network: one fresh try below
             else:
                 self._keep(host, agent)
                 return status
         return self.run(host, lambda session: self._fresh_status(session, host))
 
     def _fresh_status(self, session: LocalSession | SshSession, host: Host) -> HostStatus:
-        if host.transport == "exec":
-            return query_status(session, host)
+        """By the transport policy, as a one-shot run; a channel is kept for the next refresh."""
+        agent, refused = open_agent(session, host, for_status=True)
         try:
-            agent = session.open_rpc()
-        except (StreamForbidden, AgentNotRunning):
-            return query_status(session, host)  # the same fallbacks as a one-shot run
-        try:
-            status = agent.status()
+            status = agent_status(agent, refused)
         except BaseException:
-            agent.rpc.close()
+            agent.close()
             raise
-        self._keep(host, agent)
+        if isinstance(agent, CliAgent):
+            agent.close()  # each refresh asks again: the stream may open by then
+        else:
+            self._keep(host, agent)
         return status
 
     def _keep(self, host: Host, agent: RpcAgent | DamoclesAgent) -> None:
@@ -3102,30 +3423,78 @@ class SessionPool:
             agent = self._agents.pop(name, None)
             session = self._sessions.pop(name, None)
         if agent is not None:
-            agent.rpc.close()
+            agent.close()
         if session is not None:
             session.close()
 
 
 # =============================================================================
-# Commands
+# Commands: list, threads, watch, info, inventory
 # =============================================================================
+
+
+def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
+    error = outcome.error if isinstance(outcome, (HostStatus, ActionOutcome)) else outcome
+    if isinstance(error, BaseException):
+        ctx.report_traceback(host, error)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+@dataclass
+class Environment:
+    """All venusctl takes from outside its arguments, so a test (or a program embedding it)
+    gives its own: HTTPie's Environment, as the agent CLI's main(argv, stdout, stderr).
+
+    The defaults are this process's own, read when an Environment is made.
+    """
+
+    stdin: Any = field(default_factory=lambda: sys.stdin)
+    stdout: Any = field(default_factory=lambda: sys.stdout)
+    stderr: Any = field(default_factory=lambda: sys.stderr)
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    isatty: Callable[[Any], bool] = _isatty  # is this stream a terminal?
+    clock: Callable[[], float] = time.monotonic  # deadlines and intervals
+    now: Callable[[], float] = time.time  # timestamps: watch frames, health's report
+    sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass
 class Context:
-    """What a command needs from outside: the inventory, the streams, the clock and the flags."""
+    """What a command needs: the inventory, the environment (streams, clocks) and the flags."""
 
     inventory: Inventory
-    out: Any = field(default_factory=lambda: sys.stdout)
-    err: Any = field(default_factory=lambda: sys.stderr)
-    stdin: Any = field(default_factory=lambda: sys.stdin)
+    env: Environment = field(default_factory=Environment)
     as_json: bool = False
     debug: bool = False
     forks: int = 50
     ssh: SshContext = field(default_factory=SshContext)
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def out(self) -> Any:
+        return self.env.stdout
+
+    @property
+    def err(self) -> Any:
+        return self.env.stderr
+
+    @property
+    def stdin(self) -> Any:
+        return self.env.stdin
+
+    def clock(self) -> float:
+        return self.env.clock()
+
+    def sleep(self, seconds: float) -> None:
+        self.env.sleep(seconds)
+
+    def is_terminal(self, stream: Any) -> bool:
+        return self.env.isatty(stream)
 
     def emit_json(self, document: Any) -> None:
         self.out.write(json.dumps(document, indent=2) + "\n")
@@ -3135,16 +3504,9 @@ class Context:
             self.err.write(f"--- {host.name}: traceback\n")
             self.err.write("".join(traceback.format_exception(error)))
 
-    @staticmethod
-    def is_terminal(stream: Any) -> bool:
-        try:
-            return bool(stream.isatty())
-        except (AttributeError, ValueError):  # no isatty, or a closed stream
-            return False
-
     def fan_out(
         self, hosts: Sequence[Host], job: Callable[[Host], Any], progress: bool = True
-    ) -> dict[str, Any]:
+    ) -> GroupResult:
         """fan_out with this run's forks, tracebacks under --debug, and `12/30 hosts` on
         stderr while it runs when stderr is a terminal (nothing extra otherwise)."""
         show = progress and len(hosts) > 1 and self.is_terminal(self.err)
@@ -3159,29 +3521,11 @@ class Context:
         self.err.flush()
 
 
-def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    _check_count(args)
-    hosts = select_hosts(ctx.inventory, args.limit)
-    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
-    try:
-        if args.watch is not None:
-            return watch(ctx, args, lambda: list_report(ctx, args, hosts, pool, progress=False))
-        return show_report(ctx, *list_report(ctx, args, hosts, pool, progress=True))
-    finally:
-        pool.close()
-
-
-def list_report(
-    ctx: Context, args: argparse.Namespace, hosts: list[Host], pool: SessionPool, progress: bool
-) -> tuple[Any, ExitStatus]:
-    """One `list` answer: the JSON document or the table text, and the exit status."""
-    outcomes = ctx.fan_out(hosts, pool.status, progress)
-    entries = [list_entry(host, outcomes[host.name], args.expiration) for host in hosts]
-    failed = any(entry["error"] for entry in entries)
-    status = ExitStatus.FAILED if failed else ExitStatus.OK
-    if ctx.as_json:
-        return {"expiration": args.expiration, "hosts": entries}, status
-    return render_table(*list_table(entries, args.wide)), status
+def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
+    """Run work for one host like the fan-out does: an error becomes the result."""
+    outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
+    _show_traceback(ctx, host, outcome)
+    return outcome
 
 
 def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
@@ -3192,70 +3536,33 @@ def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
     return status
 
 
-def _show_traceback(ctx: Context, host: Host, outcome: Any) -> None:
-    if isinstance(outcome, HostStatus) and outcome.error is not None:
-        outcome = outcome.error
-    if isinstance(outcome, BaseException):
-        ctx.report_traceback(host, outcome)
-
-
-def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    _check_count(args)
-    hosts = select_hosts(ctx.inventory, args.limit)
-    selector = selector_from(args)
-    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
-    try:
-        if args.watch is not None:
-            return watch(ctx, args, lambda: threads_report(ctx, args, hosts, selector, pool, False))
-        return show_report(ctx, *threads_report(ctx, args, hosts, selector, pool, True))
-    finally:
-        pool.close()
-
-
-def threads_report(
-    ctx: Context,
-    args: argparse.Namespace,
-    hosts: list[Host],
-    selector: Selector,
-    pool: SessionPool,
-    progress: bool,
-) -> tuple[Any, ExitStatus]:
-    """The matching threads of every host: a table, a count line, then who did not answer."""
-    outcomes = ctx.fan_out(hosts, pool.status, progress)
-    threads, unreachable = select_threads(hosts, outcomes, selector)
-    status = ExitStatus.FAILED if unreachable else ExitStatus.OK
-    if ctx.as_json:
-        document = {
-            "count": len(threads),
-            "hosts": len({thread.host.name for thread in threads}),
-            "threads": [fleet_thread_json(thread) for thread in threads],
-            "unreachable": unreachable,
-        }
-        return document, status
-    lines = [render_table(*threads_table(threads, args.wide))] if threads else []
-    lines += [count_line(threads), *unreachable_lines(unreachable)]
-    return "\n".join(lines), status
-
-
-def selector_from(args: argparse.Namespace) -> Selector:
-    return Selector(
-        states=args.states or (),
-        stage=args.stage,
-        plan=args.plan,
-        paused=args.paused,
-        errors=args.errors,
-        error_match=args.error_match,
-        idle=args.idle,
-    )
-
-
 def _check_count(args: argparse.Namespace) -> None:
     if args.count is not None and args.watch is None:
         raise UsageError("--count goes with --watch (e.g. --watch 2 --count 5)")
 
 
 WATCH_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+
+
 FRAME_SEPARATOR = "\f\n"
+
+
+def write_frame(
+    ctx: Context, report: Any, interval: float, took: float, first: bool, terminal: bool
+) -> None:
+    if ctx.as_json:
+        now = ctx.env.now()
+        document = {"time": round(now, 3), "refresh_ms": round(took * 1000, 1), **report}
+        ctx.out.write(json.dumps(document) + "\n")
+    else:
+        header = (
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctx.env.now()))}"
+            f"  every {format_duration(interval)}"
+            f"  refresh {took * 1000:.0f} ms" + ("  (Ctrl-C to stop)" if terminal else "")
+        )
+        start = WATCH_CLEAR if terminal else ("" if first else FRAME_SEPARATOR)
+        ctx.out.write(f"{start}{header}\n\n{report}\n")
+    ctx.out.flush()
 
 
 def watch(
@@ -3286,20 +3593,79 @@ def watch(
         return ExitStatus.OK
 
 
-def write_frame(
-    ctx: Context, report: Any, interval: float, took: float, first: bool, terminal: bool
-) -> None:
+def list_report(
+    ctx: Context, args: argparse.Namespace, hosts: list[Host], pool: SessionPool, progress: bool
+) -> tuple[Any, ExitStatus]:
+    """One `list` answer: the JSON document or the table text, and the exit status."""
+    outcomes = ctx.fan_out(hosts, pool.status, progress)
+    entries = [list_entry(host, outcomes[host.name], args.expiration) for host in hosts]
+    failed = any(entry["error"] for entry in entries)
+    status = ExitStatus.FAILED if failed else ExitStatus.OK
     if ctx.as_json:
-        document = {"time": round(time.time(), 3), "refresh_ms": round(took * 1000, 1), **report}
-        ctx.out.write(json.dumps(document) + "\n")
-    else:
-        header = (
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}  every {format_duration(interval)}"
-            f"  refresh {took * 1000:.0f} ms" + ("  (Ctrl-C to stop)" if terminal else "")
-        )
-        start = WATCH_CLEAR if terminal else ("" if first else FRAME_SEPARATOR)
-        ctx.out.write(f"{start}{header}\n\n{report}\n")
-    ctx.out.flush()
+        return {"expiration": args.expiration, "hosts": entries}, status
+    return render_table(*list_table(entries, args.wide)), status
+
+
+def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    _check_count(args)
+    hosts = select_hosts(ctx.inventory, args.limit)
+    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
+    try:
+        if args.watch is not None:
+            return watch(ctx, args, lambda: list_report(ctx, args, hosts, pool, progress=False))
+        return show_report(ctx, *list_report(ctx, args, hosts, pool, progress=True))
+    finally:
+        pool.close()
+
+
+def selector_from(args: argparse.Namespace) -> Selector:
+    return Selector(
+        states=args.states or (),
+        stage=args.stage,
+        plan=args.plan,
+        paused=args.paused,
+        errors=args.errors,
+        error_match=args.error_match,
+        idle=args.idle,
+    )
+
+
+def threads_report(
+    ctx: Context,
+    args: argparse.Namespace,
+    hosts: list[Host],
+    selector: Selector,
+    pool: SessionPool,
+    progress: bool,
+) -> tuple[Any, ExitStatus]:
+    """The matching threads of every host: a table, a count line, then who did not answer."""
+    outcomes = ctx.fan_out(hosts, pool.status, progress)
+    threads, unreachable = select_threads(hosts, outcomes, selector)
+    status = ExitStatus.FAILED if unreachable else ExitStatus.OK
+    if ctx.as_json:
+        document = {
+            "count": len(threads),
+            "hosts": len({thread.host.name for thread in threads}),
+            "threads": [fleet_thread_json(thread) for thread in threads],
+            "unreachable": unreachable,
+        }
+        return document, status
+    lines = [render_table(*threads_table(threads, args.wide))] if threads else []
+    lines += [count_line(threads), *unreachable_lines(unreachable)]
+    return "\n".join(lines), status
+
+
+def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    _check_count(args)
+    hosts = select_hosts(ctx.inventory, args.limit)
+    selector = selector_from(args)
+    pool = SessionPool(ctx.ssh, background_reconnect=args.watch is not None)
+    try:
+        if args.watch is not None:
+            return watch(ctx, args, lambda: threads_report(ctx, args, hosts, selector, pool, False))
+        return show_report(ctx, *threads_report(ctx, args, hosts, selector, pool, True))
+    finally:
+        pool.close()
 
 
 def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -3309,46 +3675,36 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if ctx.as_json:
         ctx.emit_json(entry)
     elif entry["threads"] is not None:
-        ctx.out.write(render_table(*info_table(entry["threads"], args.wide)) + "\n")
+        ctx.out.write(render_table(*info_table(outcome.threads, args.wide)) + "\n")
     else:
         ctx.err.write(f"venusctl: {info_failure_line(entry)}\n")
     return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
 
 
-def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.host is None:
-        return bulk_action(ctx, args, "pause", None)
-    _check_single_form(args, "pause")
-    return _act(ctx, args.host, Action("pause", args.index))
+def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.ansible:
+        ctx.emit_json(ansible_inventory(ctx.inventory))
+    elif ctx.as_json:
+        ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
+    else:
+        ctx.out.write(render_table(*inventory_table(ctx.inventory)) + "\n")
+    return ExitStatus.OK
 
 
-def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.host is None:
-        return bulk_action(ctx, args, "resume", args.to_state)
-    _check_single_form(args, "resume")
-    if args.to_state:
-        raise UsageError("--to-state is for selectors; after HOST INDEX give the STATE itself")
-    return _act(ctx, args.host, Action("resume", args.index, args.state))
-
-
-def _check_single_form(args: argparse.Namespace, kind: str) -> None:
-    if args.index is None:
-        raise UsageError(f"{kind} HOST INDEX: missing INDEX (or select threads, see --help)")
-    if selector_from(args).given or args.limit or args.dry_run:
-        raise UsageError(f"{kind}: give either HOST INDEX or selectors, not both")
+# =============================================================================
+# Commands: pause and resume, one thread or by selectors
+# =============================================================================
 
 
 def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
     host = resolve_target(ctx.inventory, target)
-    outcome = _one_host(ctx, host, lambda s: perform(s, host, action))
-    error = outcome if isinstance(outcome, BaseException) else None
+    outcome = ActionOutcome.of(_one_host(ctx, host, lambda s: perform(s, host, action)))
     if ctx.as_json:
         ctx.emit_json(action_entry(host, action, outcome))
     else:
-        stream = ctx.err if error else ctx.out
-        note = outcome.note if isinstance(outcome, ActionOutcome) else None
-        stream.write(action_line(host, action, error, note) + "\n")
-    return ExitStatus.FAILED if error else ExitStatus.OK
+        stream = ctx.err if outcome.error else ctx.out
+        stream.write(action_line(host, action, outcome) + "\n")
+    return ExitStatus.FAILED if outcome.error else ExitStatus.OK
 
 
 def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> list[Host]:
@@ -3359,6 +3715,103 @@ def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> lis
             " covers the whole fleet by default (-l '*' does)"
         )
     return select_hosts(ctx.inventory, args.limit)
+
+
+def show_plan(
+    ctx: Context, kind: str, steps: Sequence[Step], unreachable: Sequence[dict[str, Any]]
+) -> None:
+    if steps:
+        ctx.out.write(render_table(*plan_table(steps)) + "\n")
+        ctx.out.write(plan_summary(kind, steps) + "\n")
+    for line in unreachable_lines(unreachable):
+        ctx.out.write(line + "\n")
+    ctx.out.flush()
+
+
+def _without_action(
+    ctx: Context,
+    document: dict[str, Any],
+    steps: Sequence[Step],
+    unreachable: Sequence[dict[str, Any]],
+    dry_run: bool,
+) -> ExitStatus:
+    """Nothing matched, nothing to do (the plan said so), or --dry-run: act on nothing."""
+    if ctx.as_json:
+        ctx.emit_json(document)
+    if not steps:
+        ctx.err.write(f"venusctl: {no_match_text(unreachable)}\n")
+        return ExitStatus.FAILED
+    if dry_run:
+        if not ctx.as_json:
+            ctx.out.write("dry run: nothing was sent\n")
+        return ExitStatus.OK
+    return ExitStatus.FAILED if unreachable else ExitStatus.OK
+
+
+def _not_a_terminal(ctx: Context) -> str | None:
+    """Which of stdin (the answer) and stderr (the question) is not a terminal, if any.
+
+    Both must be, or the operator would face a silent wait for an answer.
+    """
+    if not ctx.is_terminal(ctx.stdin):
+        return "stdin"
+    return None if ctx.is_terminal(ctx.err) else "stderr"
+
+
+def confirm(ctx: Context, question: str) -> bool:
+    """A y/N answer on the terminal (stdin); anything but y or yes is no."""
+    ctx.err.write(f"{question} [y/N] ")
+    ctx.err.flush()
+    if ctx.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    ctx.err.write("venusctl: cancelled, nothing was sent\n")
+    return False
+
+
+def act_on_steps(
+    ctx: Context, pool: SessionPool, steps: Sequence[Step]
+) -> list[tuple[Step, ActionOutcome]]:
+    """Each host's actions in order over its one kept session; all hosts in parallel."""
+    by_host: dict[str, list[Step]] = {}
+    for step in steps:
+        by_host.setdefault(step.thread.host.name, []).append(step)
+    hosts = [host_steps[0].thread.host for host_steps in by_host.values()]
+
+    def job(host: Host) -> list[ActionOutcome]:
+        actions = [step.action for step in by_host[host.name]]
+        return pool.run(host, lambda session: perform_all(session, host, actions))
+
+    outcomes = ctx.fan_out(hosts, job)
+    failed = outcomes.failed  # a host that could not be reached at all: each of its steps
+    results: list[tuple[Step, ActionOutcome]] = []
+    for host in hosts:
+        host_steps = by_host[host.name]
+        if host.name in failed:
+            per_step = [ActionOutcome(error=failed[host.name])] * len(host_steps)
+        else:
+            per_step = outcomes[host.name]
+        results += zip(host_steps, per_step, strict=True)
+    return results
+
+
+def show_results(
+    ctx: Context,
+    kind: str,
+    document: dict[str, Any],
+    results: Sequence[tuple[Step, ActionOutcome]],
+    unreachable: Sequence[dict[str, Any]],
+) -> ExitStatus:
+    failed = any(outcome.error for _, outcome in results)
+    if ctx.as_json:
+        document["results"] = [
+            action_entry(step.thread.host, step.action, outcome) for step, outcome in results
+        ]
+        ctx.emit_json(document)
+    else:
+        for step, outcome in results:
+            ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
+        ctx.out.write(results_summary(kind, results) + "\n")
+    return ExitStatus.FAILED if failed or unreachable else ExitStatus.OK
 
 
 def bulk_action(
@@ -3401,129 +3854,32 @@ def bulk_action(
     return show_results(ctx, kind, document, results, unreachable)
 
 
-def show_plan(
-    ctx: Context, kind: str, steps: Sequence[Step], unreachable: Sequence[dict[str, Any]]
-) -> None:
-    if steps:
-        ctx.out.write(render_table(*plan_table(steps)) + "\n")
-        ctx.out.write(plan_summary(kind, steps) + "\n")
-    for line in unreachable_lines(unreachable):
-        ctx.out.write(line + "\n")
-    ctx.out.flush()
+def _check_single_form(args: argparse.Namespace, kind: str) -> None:
+    if args.index is None:
+        raise UsageError(f"{kind} HOST INDEX: missing INDEX (or select threads, see --help)")
+    if selector_from(args).given or args.limit or args.dry_run:
+        raise UsageError(f"{kind}: give either HOST INDEX or selectors, not both")
 
 
-def _without_action(
-    ctx: Context,
-    document: dict[str, Any],
-    steps: Sequence[Step],
-    unreachable: Sequence[dict[str, Any]],
-    dry_run: bool,
-) -> ExitStatus:
-    """Nothing matched, nothing to do (the plan said so), or --dry-run: act on nothing."""
-    if ctx.as_json:
-        ctx.emit_json(document)
-    if not steps:
-        ctx.err.write(f"venusctl: {no_match_text(unreachable)}\n")
-        return ExitStatus.FAILED
-    if dry_run:
-        if not ctx.as_json:
-            ctx.out.write("dry run: nothing was sent\n")
-        return ExitStatus.OK
-    return ExitStatus.FAILED if unreachable else ExitStatus.OK
+def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.host is None:
+        return bulk_action(ctx, args, "pause", None)
+    _check_single_form(args, "pause")
+    return _act(ctx, args.host, Action("pause", args.index))
 
 
-def no_match_text(unreachable: Sequence[dict[str, Any]]) -> str:
-    """Says when the hosts that could not be asked may hold the threads meant."""
-    unasked = f" ({_plural(len(unreachable), 'host')} did not answer)" if unreachable else ""
-    return f"no thread matches the selection{unasked}"
+def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.host is None:
+        return bulk_action(ctx, args, "resume", args.to_state)
+    _check_single_form(args, "resume")
+    if args.to_state:
+        raise UsageError("--to-state is for selectors; after HOST INDEX give the STATE itself")
+    return _act(ctx, args.host, Action("resume", args.index, args.state))
 
 
-def _not_a_terminal(ctx: Context) -> str | None:
-    """Which of stdin (the answer) and stderr (the question) is not a terminal, if any.
-
-    Both must be, or the operator would face a silent wait for an answer.
-    """
-    if not ctx.is_terminal(ctx.stdin):
-        return "stdin"
-    return None if ctx.is_terminal(ctx.err) else "stderr"
-
-
-def confirm(ctx: Context, question: str) -> bool:
-    """A y/N answer on the terminal (stdin); anything but y or yes is no."""
-    ctx.err.write(f"{question} [y/N] ")
-    ctx.err.flush()
-    if ctx.stdin.readline().strip().lower() in ("y", "yes"):
-        return True
-    ctx.err.write("venusctl: cancelled, nothing was sent\n")
-    return False
-
-
-def act_on_steps(
-    ctx: Context, pool: SessionPool, steps: Sequence[Step]
-) -> list[tuple[Step, ActionOutcome | BaseException]]:
-    """Each host's actions in order over its one kept session; all hosts in parallel."""
-    by_host: dict[str, list[Step]] = {}
-    for step in steps:
-        by_host.setdefault(step.thread.host.name, []).append(step)
-    hosts = [host_steps[0].thread.host for host_steps in by_host.values()]
-
-    def job(host: Host) -> list[ActionOutcome | HostError]:
-        actions = [step.action for step in by_host[host.name]]
-        return pool.run(host, lambda session: perform_all(session, host, actions))
-
-    outcomes = ctx.fan_out(hosts, job)
-    results: list[tuple[Step, ActionOutcome | BaseException]] = []
-    for host in hosts:
-        outcome = outcomes[host.name]
-        host_steps = by_host[host.name]
-        per_step = outcome if isinstance(outcome, list) else [outcome] * len(host_steps)
-        results += zip(host_steps, per_step, strict=True)
-    return results
-
-
-def show_results(
-    ctx: Context,
-    kind: str,
-    document: dict[str, Any],
-    results: Sequence[tuple[Step, ActionOutcome | BaseException]],
-    unreachable: Sequence[dict[str, Any]],
-) -> ExitStatus:
-    failed = any(isinstance(outcome, BaseException) for _, outcome in results)
-    if ctx.as_json:
-        document["results"] = [
-            action_entry(step.thread.host, step.action, outcome) for step, outcome in results
-        ]
-        ctx.emit_json(document)
-    else:
-        for step, outcome in results:
-            error = outcome if isinstance(outcome, BaseException) else None
-            note = outcome.note if isinstance(outcome, ActionOutcome) else None
-            ctx.out.write(action_line(step.thread.host, step.action, error, note) + "\n")
-        ctx.out.write(results_summary(kind, results) + "\n")
-    return ExitStatus.FAILED if failed or unreachable else ExitStatus.OK
-
-
-def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.target is not None:
-        if args.limit:
-            raise UsageError("drain: give a HOST or -l LIMIT, not both")
-        hosts = [resolve_target(ctx.inventory, args.target)]
-    else:
-        hosts = _selected_hosts(ctx, args, "drain")
-    pool = SessionPool(ctx.ssh)
-    try:
-        return Drain(ctx, pool, hosts, selector_from(args), args).run()
-    finally:
-        pool.close()
-
-
-def _state_json(info: dict[str, Any]) -> dict[str, Any]:
-    thread_state, job_state = thread_progress(info)
-    return {
-        "job_state": job_state,
-        "job_stage": info.get("job_stage"),
-        "thread_state": thread_state,
-    }
+# =============================================================================
+# Commands: drain
+# =============================================================================
 
 
 DRAIN_QUIET_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -3549,7 +3905,7 @@ class Drain:
         self.interval: float = args.interval
         self.terminal = ctx.is_terminal(ctx.err)
         self.targets: list[FleetThread] = []
-        self.latest: dict[tuple[str, int], dict[str, Any]] = {}
+        self.latest: dict[tuple[str, int], WorkerInfo] = {}
         self.failed: dict[tuple[str, int], BaseException] = {}
         self.host_errors: dict[str, BaseException] = {}
         self.unreachable: list[dict[str, Any]] = []
@@ -3572,8 +3928,8 @@ class Drain:
         self.latest = {thread.key: thread.info for thread in self.targets}
         acting = [step for step in plan_steps("pause", self.targets, None) if step.action]
         for step, outcome in act_on_steps(self.ctx, self.pool, acting):
-            if isinstance(outcome, BaseException):
-                self.failed[step.thread.key] = outcome
+            if outcome.error is not None:
+                self.failed[step.thread.key] = outcome.error
         self._progress(
             f"drain: pausing {count_line(self.targets)} at their next stage boundary"
             f" (timeout {format_duration(self.timeout)})"
@@ -3594,18 +3950,16 @@ class Drain:
         hosts = list({thread.host.name: thread.host for thread in self.targets}.values())
         outcomes = self.ctx.fan_out(hosts, self.pool.status, progress=False)
         for host in hosts:
-            outcome = outcomes[host.name]
-            if isinstance(outcome, HostStatus) and outcome.threads is not None:
+            status = HostStatus.of(outcomes[host.name])
+            if status.threads is not None:
                 self.host_errors.pop(host.name, None)
-                self._update(host, outcome.threads)
+                self._update(host, status.threads)
             else:
-                self.host_errors[host.name] = (
-                    outcome.error if isinstance(outcome, HostStatus) else outcome
-                )
+                self.host_errors[host.name] = status.error
 
-    def _update(self, host: Host, threads: list[dict[str, Any]]) -> None:
+    def _update(self, host: Host, threads: list[WorkerInfo]) -> None:
         for info in threads:
-            key = (host.name, info.get("index"))
+            key = (host.name, info.index)
             old = self.latest.get(key)
             if old is None:
                 continue
@@ -3625,8 +3979,7 @@ class Drain:
         return [
             thread
             for thread in self.targets
-            if thread.host.name in self.host_errors
-            or thread_progress(self.latest[thread.key])[0] != "Paused"
+            if thread.host.name in self.host_errors or not self.latest[thread.key].paused
         ]
 
     def _progress(self, line: str) -> None:
@@ -3689,7 +4042,7 @@ class Drain:
                 {
                     "host": thread.host.name,
                     "index": thread.index,
-                    "job_id": self.latest[thread.key].get("job_id"),
+                    "job_id": self.latest[thread.key].job_id,
                     "before": _state_json(thread.info),
                     "after": _state_json(self.latest[thread.key]),
                     "running": thread.key in busy_keys,
@@ -3701,52 +4054,27 @@ class Drain:
         }
 
 
-def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
-    if args.ansible:
-        ctx.emit_json(ansible_inventory(ctx.inventory))
-    elif ctx.as_json:
-        ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
+def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.target is not None:
+        if args.limit:
+            raise UsageError("drain: give a HOST or -l LIMIT, not both")
+        hosts = [resolve_target(ctx.inventory, args.target)]
     else:
-        ctx.out.write(render_table(*inventory_table(ctx.inventory)) + "\n")
-    return ExitStatus.OK
+        hosts = _selected_hosts(ctx, args, "drain")
+    pool = SessionPool(ctx.ssh)
+    try:
+        return Drain(ctx, pool, hosts, selector_from(args), args).run()
+    finally:
+        pool.close()
 
 
-def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
-    """Judge the fleet; print only on trouble with --quiet; write the textfile if asked."""
-    settings = ctx.inventory.health
-    thresholds = health_thresholds(settings, args)
-    deadline = _first_set(args.deadline, settings.deadline, HEALTH_DEFAULTS["deadline"])
-    textfile = args.prometheus or settings.prometheus
-    hosts = select_hosts(ctx.inventory, args.limit)
-    show = len(hosts) > 1 and ctx.is_terminal(ctx.err)  # as Context.fan_out does
-    outcomes = fan_out_until(
-        hosts,
-        lambda host: with_session(host, ctx.ssh, lambda s: query_status(s, host)),
-        ctx.forks,
-        deadline,
-        ctx._show_progress if show else None,
-    )
-    for host in hosts:
-        _show_traceback(ctx, host, outcomes[host.name])
-    missed = any(isinstance(outcome, NoAnswer) for outcome in outcomes.values())
-    report = judge_fleet(outcomes, thresholds, time.time(), deadline if missed else None)
-    if textfile:
-        try:
-            write_textfile(Path(textfile), prometheus_text(report))
-        except OSError as error:
-            # The fleet was still judged: print that, and let the first line
-            # say the metrics are missing (never hide a CRITICAL behind it).
-            report.problem = f"cannot write {textfile}: {error.strerror or error}"
-            report.status = max(report.status, Severity.UNKNOWN, key=_SEVERITY_RANK.get)
-    if args.quiet and report.status == Severity.OK:
-        return report.status  # --json too: cron mails whatever is printed
-    if ctx.as_json:
-        ctx.emit_json(health_json(report))
-    else:
-        # One write: two overlapping runs sharing a log or a mail never interleave lines.
-        ctx.out.write(health_text(report))
-        ctx.out.flush()
-    return report.status
+# =============================================================================
+# Commands: health
+# =============================================================================
+
+
+def _first_set(*values: float | None) -> float:
+    return next(value for value in values if value is not None)
 
 
 def health_thresholds(settings: HealthSettings, args: argparse.Namespace) -> Thresholds:
@@ -3764,59 +4092,15 @@ def health_thresholds(settings: HealthSettings, args: argparse.Namespace) -> Thr
     )
 
 
-def _first_set(*values: float | None) -> float:
-    return next(value for value in values if value is not None)
-
-
-def fan_out_until(
-    hosts: Sequence[Host],
-    job: Callable[[Host], Any],
-    forks: int,
-    seconds: float,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any | BaseException]:
-    """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
-
-    The fan-out runs in a daemon thread and its workers are daemon threads
-    too, so a host that hangs past its own timeouts never keeps a cron run
-    (or the process exit) waiting. progress(done, total) as for fan_out,
-    never after the return (a late host must not write over the report).
-    """
-    finished: dict[str, Any | BaseException] = {}
-    lock = threading.Lock()
-    stopped = False
-
-    def shown(done: int, total: int) -> None:
-        with lock:
-            if not stopped and progress is not None:
-                progress(done, total)
-
-    def recorded(host: Host) -> Any:
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder is; a folder that cannot be
+    # opened for it (some network file systems) still has the complete file.
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
         try:
-            outcome = job(host)
-        except BaseException as error:
-            with lock:
-                finished[host.name] = error
-            raise
-        with lock:
-            finished[host.name] = outcome
-        return outcome
-
-    done = threading.Event()
-
-    def run_all() -> None:
-        fan_out(hosts, recorded, forks, shown if progress is not None else None)
-        done.set()
-
-    threading.Thread(target=run_all, name="venusctl-health", daemon=True).start()
-    done.wait(seconds)
-    with lock:
-        stopped = True
-        outcomes = dict(finished)
-        if progress is not None:
-            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
-    late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
-    return {host.name: outcomes.get(host.name, late) for host in hosts}
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def write_textfile(path: Path, text: str) -> None:
@@ -3842,22 +4126,48 @@ def write_textfile(path: Path, text: str) -> None:
     _fsync_folder(folder)
 
 
-def _fsync_folder(folder: Path) -> None:
-    # The rename is durable only once the folder is; a folder that cannot be
-    # opened for it (some network file systems) still has the complete file.
-    with contextlib.suppress(OSError):
-        handle = os.open(folder, os.O_RDONLY)
+def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
+    """Judge the fleet; print only on trouble with --quiet; write the textfile if asked."""
+    settings = ctx.inventory.health
+    thresholds = health_thresholds(settings, args)
+    deadline = _first_set(args.deadline, settings.deadline, HEALTH_DEFAULTS["deadline"])
+    textfile = args.prometheus or settings.prometheus
+    if textfile and Path(textfile).suffix != ".prom":
+        # node_exporter's textfile collector would skip it without a word.
+        raise UsageError(
+            f"prometheus file {textfile}: must be named *.prom"
+            " (node_exporter's textfile collector reads only those)"
+        )
+    hosts = select_hosts(ctx.inventory, args.limit)
+    show = len(hosts) > 1 and ctx.is_terminal(ctx.err)  # as Context.fan_out does
+    outcomes = fan_out_until(
+        hosts,
+        lambda host: with_session(host, ctx.ssh, lambda s: query_status(s, host)),
+        ctx.forks,
+        deadline,
+        ctx._show_progress if show else None,
+    )
+    for host in hosts:
+        _show_traceback(ctx, host, outcomes[host.name])
+    missed = any(isinstance(error, NoAnswer) for error in outcomes.failed.values())
+    report = judge_fleet(outcomes, thresholds, ctx.env.now(), deadline if missed else None)
+    if textfile:
         try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-
-
-def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
-    """Run work for one host like the fan-out does: an error becomes the result."""
-    outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
-    _show_traceback(ctx, host, outcome)
-    return outcome
+            write_textfile(Path(textfile), prometheus_text(report))
+        except OSError as error:
+            # The fleet was still judged: print that, and let the first line
+            # say the metrics are missing (never hide a CRITICAL behind it).
+            report.problem = f"cannot write {textfile}: {error.strerror or error}"
+            report.status = max(report.status, Severity.UNKNOWN, key=_SEVERITY_RANK.get)
+    if args.quiet and report.status == Severity.OK:
+        return report.status  # --json too: cron mails whatever is printed
+    if ctx.as_json:
+        ctx.emit_json(health_json(report))
+    else:
+        # One write: two overlapping runs sharing a log or a mail never interleave lines.
+        ctx.out.write(health_text(report))
+        ctx.out.flush()
+    return report.status
 
 
 # =============================================================================
@@ -3894,6 +4204,25 @@ def _argument_type(parse: Callable[[str], Any], name: str) -> Callable[[str], An
     return convert
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be more than 0")
+    return seconds
+
+
+def _parse_count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
+        raise ValueError(f"invalid count {text!r}: must be a whole number >= 1")
+    return int(text)
+
+
+def _parse_forks(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
+        raise ValueError(f"invalid --forks {text!r}: must be a whole number >= 1")
+    return int(text)
+
+
 HEALTH_HELP = f"""\
 Judge every host (or those of --limit) in one pass, for cron and monitoring.
 
@@ -3916,6 +4245,60 @@ prometheus); the command line wins.
 stuck thresholds by stage (--stuck KEY=DURATION; KEY may also be a state name):
 {chr(10).join(f"  {key:<18}{value / 3600:g}h" for key, value in STUCK_DEFAULTS.items())}
 """
+
+
+def add_selectors(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("thread selectors (every one given must hold)")
+    group.add_argument(
+        "-l", "--limit", action="append", help="hosts: names, groups or globs (comma-separated)"
+    )
+    group.add_argument(
+        "--state",
+        dest="states",  # not "state": resume HOST INDEX [STATE] has that one
+        type=_argument_type(parse_state_list, "states"),
+        help="task state, or several comma-separated (e.g. C1Done,PC1Done)",
+    )
+    group.add_argument(
+        "--stage", type=_argument_type(parse_stage, "stage"), help="stage label (e.g. PC1, C2)"
+    )
+    group.add_argument(
+        "--plan", type=_argument_type(parse_plan_name, "plan"), help="sealer, snapup, ..."
+    )
+    group.add_argument("--paused", action="store_true", help="paused threads")
+    group.add_argument("--errors", action="store_true", help="threads with a last error")
+    group.add_argument(
+        "--error-match",
+        metavar="REGEX",
+        type=_argument_type(compile_error_match, "regex"),
+        help="last error matching REGEX (Python re, searched anywhere in the text)",
+    )
+    group.add_argument("--idle", action="store_true", help="idle threads (no stage to run)")
+
+
+def add_confirmation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-y", "--yes", action="store_true", help="act without asking (needed without a terminal)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan, send nothing, exit 0"
+    )
+
+
+def add_watch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        type=_argument_type(_positive_duration, "duration"),
+        help="refresh every SECONDS (default 2) over kept connections, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--count",
+        metavar="N",
+        type=_argument_type(_parse_count, "count"),
+        help="with --watch: stop after N frames (exit status of the last one)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -3949,6 +4332,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common(parser, top=True)
+    from worker_agent import __version__  # one version for both commands (setup.cfg reads it)
+
+    parser.add_argument("--version", action="version", version=f"venusctl {__version__}")
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, prog="venusctl"
     )
@@ -4090,7 +4476,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="the whole run ends by then, else UNKNOWN (default 60s)",
     )
-    health.add_argument("--prometheus", metavar="FILE", help="write node_exporter's textfile")
+    health.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        help="also write the venus_fleet_* series to FILE, a node_exporter textfile (*.prom)",
+    )
     health.add_argument(
         "-q",
         "--quiet",
@@ -4132,116 +4522,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_selectors(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("thread selectors (every one given must hold)")
-    group.add_argument(
-        "-l", "--limit", action="append", help="hosts: names, groups or globs (comma-separated)"
-    )
-    group.add_argument(
-        "--state",
-        dest="states",  # not "state": resume HOST INDEX [STATE] has that one
-        type=_argument_type(parse_state_list, "states"),
-        help="task state, or several comma-separated (e.g. C1Done,PC1Done)",
-    )
-    group.add_argument(
-        "--stage", type=_argument_type(parse_stage, "stage"), help="stage label (e.g. PC1, C2)"
-    )
-    group.add_argument(
-        "--plan", type=_argument_type(parse_plan_name, "plan"), help="sealer, snapup, ..."
-    )
-    group.add_argument("--paused", action="store_true", help="paused threads")
-    group.add_argument("--errors", action="store_true", help="threads with a last error")
-    group.add_argument(
-        "--error-match",
-        metavar="REGEX",
-        type=_argument_type(compile_error_match, "regex"),
-        help="last error matching REGEX (Python re, searched anywhere in the text)",
-    )
-    group.add_argument("--idle", action="store_true", help="idle threads (no stage to run)")
-
-
-def add_confirmation(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-y", "--yes", action="store_true", help="act without asking (needed without a terminal)"
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan, send nothing, exit 0"
-    )
-
-
-def add_watch(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--watch",
-        nargs="?",
-        const=2.0,
-        metavar="SECONDS",
-        type=_argument_type(_positive_duration, "duration"),
-        help="refresh every SECONDS (default 2) over kept connections, until Ctrl-C",
-    )
-    parser.add_argument(
-        "--count",
-        metavar="N",
-        type=_argument_type(_parse_count, "count"),
-        help="with --watch: stop after N frames (exit status of the last one)",
-    )
-
-
-def _positive_duration(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"invalid duration {text!r}: must be more than 0")
-    return seconds
-
-
-def _parse_count(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
-        raise ValueError(f"invalid count {text!r}: must be a whole number >= 1")
-    return int(text)
-
-
-def _parse_forks(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
-        raise ValueError(f"invalid --forks {text!r}: must be a whole number >= 1")
-    return int(text)
-
-
 # =============================================================================
 # main
 # =============================================================================
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run venusctl; returns the exit status (only the __main__ guard exits)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv
-    try:
-        args = build_parser().parse_args(argv)
-        inventory = load_inventory(inventory_path(args.inventory, dict(os.environ)))
-        ctx = Context(inventory=inventory, as_json=args.json, debug=args.debug, forks=args.forks)
-        return int(args.handler(ctx, args))
-    except _ParserExit as done:
-        return done.status
-    except VenusctlError as error:
-        return _fail(argv, str(error), error.exit_status)
-    except KeyboardInterrupt:
-        sys.stderr.write("venusctl: interrupted\n")
-        return int(ExitStatus.INTERRUPTED)
-    except BrokenPipeError:
-        # `venusctl list | head`: the reader left; nothing more to say.
-        return int(ExitStatus.FAILED)
-    except Exception as error:
-        if debug:
-            traceback.print_exc()
-        return _fail(argv, describe_unexpected(error), ExitStatus.FAILED)
-
-
-def _fail(argv: Sequence[str], message: str, status: int) -> int:
-    """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
-    if requested_command(argv) == "health":
-        sys.stdout.write(f"VENUS UNKNOWN - {message}\n")
-        return int(Severity.UNKNOWN)
-    sys.stderr.write(f"venusctl: {message}\n")
-    return int(status)
 
 
 def requested_command(argv: Sequence[str]) -> str | None:
@@ -4253,6 +4536,47 @@ def requested_command(argv: Sequence[str]) -> str | None:
         elif not word.startswith("-"):
             return word
     return None
+
+
+def _fail(argv: Sequence[str], env: Environment, message: str, status: int) -> int:
+    """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
+    if requested_command(argv) == "health":
+        env.stdout.write(f"VENUS UNKNOWN - {message}\n")
+        return int(Severity.UNKNOWN)
+    env.stderr.write(f"venusctl: {message}\n")
+    return int(status)
+
+
+def _run(argv: list[str], env: Environment) -> int:
+    # argparse writes --help and usage to sys.stdout/sys.stderr: those of `env` here.
+    with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
+        args = build_parser().parse_args(argv)
+    inventory = load_inventory(inventory_path(args.inventory, env.environ))
+    ctx = Context(inventory, env, as_json=args.json, debug=args.debug, forks=args.forks)
+    return int(args.handler(ctx, args))
+
+
+def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+    """Run venusctl on `argv` (sys.argv[1:]) in `env` (this process's); returns the exit
+    status. Only the __main__ guard exits."""
+    env = env or Environment()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv, env)
+    except _ParserExit as done:
+        return done.status
+    except VenusctlError as error:
+        return _fail(argv, env, str(error), error.exit_status)
+    except KeyboardInterrupt:
+        env.stderr.write("venusctl: interrupted\n")
+        return int(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        # `venusctl list | head`: the reader left; nothing more to say.
+        return int(ExitStatus.FAILED)
+    except Exception as error:
+        if "--debug" in argv:
+            traceback.print_exc(file=env.stderr)
+        return _fail(argv, env, describe_unexpected(error), ExitStatus.FAILED)
 
 
 if __name__ == "__main__":

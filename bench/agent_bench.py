@@ -12,7 +12,19 @@ Measures, against a real daemon process on a real Unix socket:
 
 Targets (issue 2): p99 <= 5 ms, RSS <= 40 MB, idle CPU <= 1 %.
 
+With ``--metrics`` it measures the node_exporter textfile instead (issue 16):
+
+- the cost of one textfile write with 128 busy threads, in this process on a
+  real ``Daemon`` (its threads sealing): CPU of the writing thread per write
+  (render alone, and render + temp file + fsync + rename), wall time, bytes;
+- WorkerList latency with metrics off and on, in alternating rounds of fresh
+  daemons (off, on, off, on, ...) with ``ping_interval = "1s"``, so the "on"
+  daemons rewrite their textfile about once a second during the calls.
+
+Targets: no measurable change in p99, < 5 ms CPU per write.
+
     python bench/agent_bench.py [--threads 128] [--calls 2000] [--idle-seconds 10]
+    python bench/agent_bench.py --metrics [--threads 128] [--calls 6000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -35,15 +47,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from worker_agent.client import AgentClient, AgentNotRunning  # noqa: E402
 
 TARGETS = {"p99_ms": 5.0, "rss_mb": 40.0, "idle_cpu_percent": 1.0}
+METRICS_TARGETS = {"cpu_ms_per_write": 5.0}
 
 
-def write_config(folder: Path, threads: int, stage: str) -> Path:
+def write_config(
+    folder: Path, threads: int, stage: str, ping: str = "30s", textfile: str | None = None
+) -> Path:
     lines = [
         "[worker]",
         'name = "bench"',
         'socket = "agent.sock"',
         'state_dir = "state"',
-        'ping_interval = "30s"',
+        f'ping_interval = "{ping}"',
+        *([f'metrics_textfile = "{textfile}"'] if textfile else []),
         "[sealing]",
         'seal_interval = "0s"',
         'recover_interval = "1s"',
@@ -144,14 +160,131 @@ def machine() -> dict:
     }
 
 
+def start_daemon(config: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker_agent", "daemon", "-c", str(config)],
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, VENUS_WORKER_LOG="WARNING"),
+    )
+    wait_ready(config.parent / "agent.sock", proc)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def textfile_write_cost(threads: int, stage: str, busy_seconds: float, writes: int) -> dict:
+    """CPU of one textfile write, measured on a real Daemon (threads sealing) in this process."""
+    from worker_agent.config import load_config
+    from worker_agent.daemon import Daemon
+    from worker_agent.metrics import render
+
+    folder = Path(tempfile.mkdtemp(prefix="va-bench-", dir="/tmp"))
+    (folder / "prom").mkdir()
+    sys.setswitchinterval(0.001)  # as run_daemon sets it
+    daemon = Daemon(load_config(write_config(folder, threads, stage, textfile="prom/w.prom")))
+    try:
+        daemon.start()
+        time.sleep(busy_seconds)
+        metrics, textfile = daemon.metrics, folder / "prom" / "w.prom"
+        render_cpu, write_cpu, wall = [], [], []
+        for _ in range(writes):
+            cpu = time.thread_time()
+            render(metrics.snapshot(time.time(), daemon.threads))
+            render_cpu.append((time.thread_time() - cpu) * 1000)
+            cpu, started = time.thread_time(), time.perf_counter()
+            assert metrics.write(time.time(), daemon.threads)
+            write_cpu.append((time.thread_time() - cpu) * 1000)
+            wall.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.01)  # the sealing threads run meanwhile, as between heartbeats
+        size = textfile.stat().st_size
+        with_task = sum(1 for thread in daemon.threads if thread.info()["job_id"])
+    finally:
+        daemon.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "threads": threads,
+        "threads_with_a_task": with_task,
+        "writes": writes,
+        "bytes": size,
+        "render_cpu_ms": {"median": _r(statistics.median(render_cpu)), "p99": _p99(render_cpu)},
+        "write_cpu_ms": {"median": _r(statistics.median(write_cpu)), "p99": _p99(write_cpu)},
+        "write_wall_ms": {"median": _r(statistics.median(wall)), "p99": _p99(wall)},
+    }
+
+
+def _r(value: float) -> float:
+    return round(value, 3)
+
+
+def _p99(samples: list[float]) -> float:
+    return _r(percentile(samples, 0.99))
+
+
+def worker_list_on_off(args) -> dict:
+    """WorkerList latency, metrics off vs on, in alternating rounds of fresh daemons."""
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    rounds: list[dict] = []
+    for number in range(args.rounds):
+        for mode in ("off", "on"):
+            folder = Path(tempfile.mkdtemp(prefix="va-bench-", dir="/tmp"))
+            (folder / "prom").mkdir()
+            textfile = "prom/w.prom" if mode == "on" else None
+            config = write_config(folder, args.threads, args.stage, "1s", textfile)
+            proc = start_daemon(config)
+            try:
+                time.sleep(args.busy_seconds)
+                load = Path("/proc/loadavg").read_text().split()[0]
+                cpu, wall = cpu_seconds(proc.pid), time.monotonic()
+                calls = latency_keep_alive(folder / "agent.sock", args.calls)
+                cpu = (cpu_seconds(proc.pid) - cpu) / (time.monotonic() - wall)
+            finally:
+                stop_daemon(proc)
+                shutil.rmtree(folder, ignore_errors=True)
+            samples[mode] += calls
+            rounds.append({"round": number, "metrics": mode, "load": load, **summary(calls)})
+            rounds[-1]["daemon_cpu_percent"] = round(cpu * 100, 1)
+    pooled = {}
+    for mode, calls in samples.items():
+        pooled[f"metrics_{mode}"] = {**summary(calls), "p999_ms": _r(percentile(calls, 0.999))}
+    return {"rounds": rounds, **pooled}
+
+
+def metrics_main(args) -> int:
+    result = {
+        "mock_stage": args.stage,
+        "textfile_write": textfile_write_cost(
+            args.threads, args.stage, args.busy_seconds, args.writes
+        ),
+        "worker_list_keep_alive": worker_list_on_off(args),
+        "machine": machine(),
+    }
+    cpu = result["textfile_write"]["write_cpu_ms"]["median"]
+    result["targets_met"] = {"cpu_ms_per_write": cpu < METRICS_TARGETS["cpu_ms_per_write"]}
+    print(json.dumps(result, indent=2))
+    return 0 if all(result["targets_met"].values()) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=128)
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=None, help="default 2000; 6000 --metrics")
     parser.add_argument("--stage", default="1s", help="mock stage duration (busy threads)")
     parser.add_argument("--busy-seconds", type=float, default=3.0, help="warm-up while busy")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--metrics", action="store_true", help="the textfile's cost (issue 16)")
+    parser.add_argument("--rounds", type=int, default=3, help="--metrics: off/on round pairs")
+    parser.add_argument("--writes", type=int, default=200, help="--metrics: timed writes")
     args = parser.parse_args()
+    if args.metrics:
+        args.calls = args.calls or 6000
+        return metrics_main(args)
+    args.calls = args.calls or 2000
 
     folder = Path(tempfile.mkdtemp(prefix="va-bench-", dir="/tmp"))
     config = write_config(folder, args.threads, args.stage)

@@ -15,7 +15,8 @@ once with venusctl's own SSH code, then times, in-process, medians of:
                       one channel each
 
 and the whole `python venusctl.py list` (one damocles host) as a subprocess.
-The stand-in is Python's http.server, so absolute times include its cost;
+The stand-in is Python (one thread per connection, each reply written in one
+send with TCP_NODELAY, as hyper does), so absolute times include its cost;
 the differences between rows are what venusctl's choices change.
 """
 
@@ -37,9 +38,10 @@ sys.path.insert(0, str(REPO))
 from sshfleet import SshFleet  # noqa: E402
 
 import venusctl  # noqa: E402
+from worker_agent import api  # noqa: E402
 
-LIST = venusctl.RPC_NAMESPACE + "WorkerList"
-VERSION = venusctl.RPC_NAMESPACE + "WorkerVersion"
+LIST = api.Method.LIST.value
+VERSION = api.Method.VERSION.value
 
 
 def median_ms(runs: int, work: Callable[[], object]) -> float:
@@ -96,24 +98,24 @@ def main() -> int:
 
 def measure(session: venusctl.SshSession, runs: int) -> dict[str, float]:
     def channel_only() -> None:
-        session.open_rpc().rpc.close()
+        session.open_damocles().rpc.close()
 
     def one_per_channel() -> None:
-        agent = session.open_rpc()
+        agent = session.open_damocles()
         agent.rpc.call(LIST, [])
         agent.rpc.close()
 
     def fresh_batch() -> None:
-        agent = session.open_rpc()
+        agent = session.open_damocles()
         agent.rpc.batch([(LIST, []), (VERSION, [])])
         agent.rpc.close()
 
     def status() -> None:
-        agent = session.open_rpc()
+        agent = session.open_damocles()
         agent.status()
         agent.rpc.close()
 
-    kept = session.open_rpc()
+    kept = session.open_damocles()
     results = {
         "channel open": median_ms(runs, channel_only),
         "1 request/channel": median_ms(runs, one_per_channel),

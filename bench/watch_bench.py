@@ -96,7 +96,8 @@ def run_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
     rows = []
     for size in options.sizes:
         hosts = list(inventory.hosts[:size])
-        ctx = venusctl.Context(inventory=inventory, out=io.StringIO(), err=io.StringIO())
+        quiet = venusctl.Environment(stdout=io.StringIO(), stderr=io.StringIO())
+        ctx = venusctl.Context(inventory=inventory, env=quiet)
         pool = venusctl.SessionPool(ctx.ssh)
         subset = write(root / f"inventory-{size}.toml", venusctl_inventory(fleet, nodes[:size]))
         try:

@@ -1,26 +1,27 @@
-"""Helpers for the worker_agent tests: configs, a real daemon process, a fake clock."""
+"""Helpers for the worker_agent tests: configs, raw HTTP, a fake clock, slow clients.
+
+Agent (a real daemon process) and wait_until live in helpers.py, shared with the venusctl
+tests; they are imported here so the agent tests keep importing them from this module.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from helpers import REPO, Agent, wait_until  # noqa: F401 - re-exported
+
 from worker_agent.cli import main as cli_main
 from worker_agent.client import AgentClient
 from worker_agent.protocol import RpcError
 
-REPO = Path(__file__).resolve().parent.parent
 SEED_MESSAGE = (
     "No cached parameters found for stacked-proof-of-replication-merkletree-poseidon_hasher-"
     "8-0-0-sha256_hasher-032d3138d22506ec0082ed72b2dcba18df18477904e35bafee82b3793b06832f "
@@ -38,17 +39,6 @@ def short_tmp():
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def process_alive(pid: int) -> bool:
@@ -98,80 +88,6 @@ def seed_fault(stage: str = "C2", level: str = "permanent", message: str = SEED_
     return (
         f'[[processors.mock.faults]]\nstage = "{stage}"\nlevel = "{level}"\nmessage = "{message}"\n'
     )
-
-
-class Agent:
-    """A real `venus-worker daemon` process on a real socket."""
-
-    def __init__(self, config: Path):
-        self.config = config
-        self.folder = config.parent
-        self.socket = self.folder / "agent.sock"
-        self.state_dir = self.folder / "state"
-        self.proc: subprocess.Popen | None = None
-        self.log = self.folder / "daemon.log"
-
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Agent:
-        """Start the daemon; `env` adds to (or, with None values, removes from) its environment."""
-        extra = env or {}
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.update({k: v for k, v in extra.items() if v is not None})
-        for name in [k for k, v in extra.items() if v is None]:
-            env.pop(name, None)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker_agent", "daemon", "-c", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=env,
-            )
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log_text()}")
-            try:
-                with AgentClient(self.socket, timeout=2) as client:
-                    client.call("VenusWorker.WorkerVersion")
-                return True
-            except (OSError, RpcError):  # not listening yet, or mid-start
-                return False
-
-        wait_until(ready, timeout, what="daemon socket")
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def call(self, method: str, *params):
-        with AgentClient(self.socket, timeout=10) as client:
-            return client.call(f"VenusWorker.{method}", *params)
-
-    def infos(self) -> list[dict]:
-        return self.call("WorkerList")
-
-    def wait_for(self, predicate, timeout: float = 10.0, what: str = "thread state"):
-        def check():
-            infos = self.infos()
-            return infos if predicate(infos) else None
-
-        return wait_until(check, timeout, what=what)
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @contextlib.contextmanager

@@ -21,26 +21,25 @@ Hosts (all in one SshFleet):
 - drainme: two threads with 1 s stages and no faults, for drain to wait on;
 - stuck: one thread in a 1 h stage, for drain to time out on.
 
-`write_inventory` turns host names into an inventory file for venusctl.
+`Fleet.inventory` writes an inventory file of these hosts for venusctl
+(`write_inventory` one of any hosts).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomlkit
+from helpers import Agent, wait_until
 from sshfleet import SshFleet, SshHost
 
 BIN = Path(sys.executable).parent
@@ -139,78 +138,22 @@ duration = "1h"
 )
 
 
-class Agent:
-    """One `venus-worker daemon` with its own config, socket and state directory."""
+def fleet_agent(name: str, directory: Path, template: str = AGENT_CONFIG) -> Agent:
+    """An Agent (not started) in `directory`, its config written from `template`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "venus-worker.toml"
+    config.write_text(template.format(name=name, dir=directory))
+    return Agent(config, name)
 
-    def __init__(self, name: str, directory: Path, template: str = AGENT_CONFIG) -> None:
-        self.name = name
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.config = self.dir / "venus-worker.toml"
-        self.socket = self.dir / "agent.sock"
-        self.report = self.dir / "state" / "report.json"
-        self.log = self.dir / "daemon.log"
-        self.config.write_text(template.format(name=name, dir=self.dir))
-        self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [AGENT_COMMAND, "daemon", "-c", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.wait_until_ready()
+def wait_for_paused_thread_0(agent: Agent) -> None:
+    """Thread #0 of a fleet agent fails C2 and pauses at C1Done within about a second."""
 
-    def wait_until_ready(self) -> None:
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"agent {self.name} exited: {self.log.read_text()[-2000:]}")
-            if self.report.exists() and self._accepts():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"agent {self.name} not ready: {self.log.read_text()[-2000:]}")
+    def paused_at_c1done() -> bool:
+        first = agent.infos()[0]
+        return first["thread_state"]["state"] == "Paused" and first["job_state"] == "C1Done"
 
-    def wait_for_paused_thread_0(self) -> None:
-        """Thread #0 fails C2 and pauses at C1Done within about a second."""
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
-        while time.monotonic() < deadline:
-            done = subprocess.run(
-                [AGENT_COMMAND, "worker", "-c", str(self.config), "list"],
-                capture_output=True,
-                text=True,
-            )
-            first = done.stdout.splitlines()[:1]
-            if first and "paused=true" in first[0] and "state=C1Done" in first[0]:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"agent {self.name}: thread #0 never paused at C1Done")
-
-    def _accepts(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self.socket))
-            except OSError:
-                return False
-            return True
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # SIGTERM again every second: a SIGTERM that lands just after start-up is
-        # sometimes not acted on by the daemon (reported to the agent's owner).
-        for _ in range(10):
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=1)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-        self.process.kill()
-        self.process.wait()
+    wait_until(paused_at_c1done, AGENT_START_TIMEOUT, 0.1, f"{agent.name}: #0 paused at C1Done")
 
 
 @dataclass
@@ -232,6 +175,23 @@ class Fleet:
             table.update(config=str(agent.config), socket=str(agent.socket))
         table.update(overrides)
         return table
+
+    def inventory(
+        self, path: Path, *hosts: str | dict, health: dict | None = None, **defaults: object
+    ) -> Path:
+        """Write an inventory for venusctl and return its path (a folder gets inventory.toml).
+
+        Each host is an sshd name (its host_table) or a [[host]] table; [defaults] are
+        the fleet's, then `defaults`; `health` is an optional [health] table.
+        """
+        if path.suffix != ".toml":
+            path = path / "inventory.toml"
+        tables = [self.host_table(host) if isinstance(host, str) else host for host in hosts]
+        write_inventory(path, tables, **self.defaults(**defaults))
+        if health:
+            lines = [f"{key} = {json.dumps(value)}" for key, value in health.items()]
+            path.write_text(path.read_text() + "\n[health]\n" + "\n".join(lines) + "\n")
+        return path
 
     def defaults(self, **overrides: object) -> dict[str, object]:
         values: dict[str, object] = {
@@ -282,13 +242,11 @@ def ssh_fleet():
             if name != "down":
                 sshd.start()
         for name in plain:
-            fleet.agents[name] = Agent(name, root / "agents" / name)
-            fleet.agents[name].start()
+            fleet.agents[name] = fleet_agent(name, root / "agents" / name).start()
         for name, config in special.items():
-            fleet.agents[name] = Agent(name, root / "agents" / name, config)
-            fleet.agents[name].start()
+            fleet.agents[name] = fleet_agent(name, root / "agents" / name, config).start()
         for name in plain:
-            fleet.agents[name].wait_for_paused_thread_0()
+            wait_for_paused_thread_0(fleet.agents[name])
         fleet.agents["dead"].stop()
         fleet.scripts = _write_fake_agents(root / "fake-agents")
         yield fleet

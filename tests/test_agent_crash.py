@@ -16,11 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from agent_helpers import Agent, short_tmp, write_config
 from agent_soak import MOCK_FAULTS, soak
 
 from worker_agent.states import State, plan_named
 from worker_agent.store import ThreadRecord
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 KILLS = int(os.environ.get("AGENT_CRASH_KILLS", "50"))
 PLANS = ["sealer", "sealer", "snapup", "rebuild"]

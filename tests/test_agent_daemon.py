@@ -39,6 +39,8 @@ from worker_agent.config import load_config
 from worker_agent.daemon import Daemon
 from worker_agent.protocol import RpcError
 
+pytestmark = pytest.mark.e2e
+
 # Threads 0 and 1 pause at C1Done on the seed's C2 error; thread 2 (unseal, one task
 # per hour) is never paused, for the "not paused" cases.
 SHARED_CONFIG = dict(
@@ -97,7 +99,7 @@ def test_list_json_is_worker_info(agent):
     first = infos[0]
     assert set(first) == {
         "index", "location", "plan", "job_id", "job_state", "job_stage", "thread_state",
-        "state_elapsed", "last_error", "auto_resumes",
+        "state_elapsed", "last_error", "pause_requested", "auto_resumes",
     }  # fmt: skip
     assert first["auto_resumes"] == 0  # no [[sealing.auto_resume]] rule in this config
     assert (first["plan"], first["job_state"], first["job_stage"]) == ("sealer", "C1Done", "C2")

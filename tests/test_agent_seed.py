@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from agent_helpers import REPO, SEED_MESSAGE, short_tmp, wait_until
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 ASSET = REPO / "worker_agent/assets/venus-worker.mock.toml"
 LINE = re.compile(
     r'^#(?P<index>\d): "(?P<location>[^"]+)"; sector_id=Some\((?P<sector>s-t010000-\d+)\), '

@@ -7,10 +7,12 @@ is a WorkerInfo list or an exception as the fan-out would return it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
+from helpers import report, worker_info
 from prometheus_client.parser import text_string_to_metric_families
 
 import venusctl
@@ -30,23 +32,22 @@ HOUR = 3600.0
 
 
 def thread(index=0, *, state="PC1Done", stage="PC2", ts="Running", elapsed=10, **extra):
-    info = {
-        "index": index,
-        "location": f"/srv/store{index}",
-        "plan": "sealer",
-        "job_id": f"s-t010000-{index + 1}" if state else None,
-        "job_state": state,
-        "job_stage": stage,
-        "thread_state": {"state": ts, "elapsed": elapsed, "proc": None},
-        "state_elapsed": elapsed if state else None,
-        "last_error": None,
-    }
-    info.update(extra)
-    return info
+    return worker_info(
+        **{
+            "index": index,
+            "location": f"/srv/store{index}",
+            "job_id": f"s-t010000-{index + 1}" if state else None,
+            "job_state": state,
+            "job_stage": stage,
+            "thread_state": {"state": ts, "elapsed": elapsed, "proc": None},
+            "state_elapsed": elapsed if state else None,
+            **extra,
+        }
+    )
 
 
 def status(*threads, age=2.5):
-    return HostStatus(report={"age": age, "summary": {}}, threads=list(threads), via="stream")
+    return HostStatus(report=report(age), threads=list(threads), via="stream")
 
 
 def judge(outcomes, **thresholds):
@@ -89,7 +90,7 @@ def test_unreachable_host_is_critical_and_the_others_are_still_judged():
 
 def test_stopped_agent_with_a_stale_heartbeat_is_critical_and_says_how_old():
     dead = HostStatus(
-        report={"age": 900.0}, threads=None, error=AgentNotRunning("agent not running")
+        report=report(900.0), threads=None, error=AgentNotRunning("agent not running")
     )
     finding = only(judge({"dead": dead}))
     assert (finding.severity, finding.kind) == (Severity.CRITICAL, "agent-not-running")
@@ -106,11 +107,15 @@ def test_a_host_without_any_heartbeat_report_is_judged_on_its_threads_only():
     # A damocles worker writes no report: never "stale heartbeat".
     no_report = HostStatus(report=None, threads=[thread(0)], via="stream")
     assert judge({"d1": no_report}, expiration=0.0).status == Severity.OK
-    answered = {"version": "v0.9.0", "age": 3.0, "heartbeat": False}  # DamoclesAgent.status
-    damocles = HostStatus(report=answered, threads=[thread(0)], via="direct-tcpip")
+    # as DamoclesAgent.status answers
+    damocles = HostStatus(
+        None, [thread(0)], via="direct-tcpip", worker_version="v0.9.0", heartbeat=False
+    )
     report = judge({"d2": damocles}, expiration=0.0)
     assert report.status == Severity.OK and report.hosts[0].heartbeat_age is None
-    assert "venus_heartbeat_age_seconds" not in venusctl.prometheus_text(report)
+    # No heartbeat known: 0, which the fleet rules read as "none" (never stale).
+    heartbeat = ("venus_fleet_last_heartbeat_timestamp_seconds", (("host", "d2"),))
+    assert samples(venusctl.prometheus_text(report))[heartbeat] == 0
 
 
 def test_error_pause_is_warning_then_critical_after_paused_crit():
@@ -168,7 +173,7 @@ def test_stuck_falls_back_to_default_and_to_thread_elapsed_without_state_elapsed
 
 def test_paused_threads_are_never_stuck_and_idle_or_empty_ones_never_judged():
     paused = thread(0, state="TicketAssigned", stage="PC1", ts="Paused", elapsed=100)
-    paused["state_elapsed"] = int(100 * HOUR)
+    paused = dataclasses.replace(paused, state_elapsed=int(100 * HOUR))
     empty = thread(1, state="", stage=None, ts="Idle", elapsed=None)
     assert judge({"w1": status(paused, empty)}).findings == []
 
@@ -242,33 +247,49 @@ def test_prometheus_text_parses_with_help_type_and_escaped_labels():
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert all(family.type == "gauge" and family.documentation for family in families.values())
     values = samples(text)
-    assert values[("venus_host_up", (("host", tricky),))] == 1
-    assert values[("venus_host_up", (("host", "down"),))] == 0
-    assert values[("venus_heartbeat_age_seconds", (("host", tricky),))] == 2.5
-    assert values[("venus_threads", (("host", tricky), ("state", "Paused")))] == 1
-    assert values[("venus_threads", (("host", tricky), ("state", "Running")))] == 0
-    assert values[("venus_job_threads", (("host", tricky), ("job_state", "C1Done")))] == 1
-    assert values[("venus_threads_paused", (("host", tricky),))] == 1
-    assert values[("venus_threads_errors", (("host", tricky),))] == 1
-    assert values[("venus_health_findings", (("host", "down"), ("severity", "CRITICAL")))] == 1
-    assert values[("venus_health_findings", (("host", tricky), ("severity", "WARNING")))] == 1
-    finding = (
-        "venus_health_finding",
-        (("host", "down"), ("index", ""), ("kind", "host-unreachable")),
+    assert values[("venus_fleet_host_up", (("host", tricky),))] == 1
+    assert values[("venus_fleet_host_up", (("host", "down"),))] == 0
+    heartbeat = values[("venus_fleet_last_heartbeat_timestamp_seconds", (("host", tricky),))]
+    assert math.isclose(heartbeat, NOW - 2.5)  # a timestamp, not the age
+    assert values[("venus_fleet_last_heartbeat_timestamp_seconds", (("host", "down"),))] == 0
+    assert values[("venus_fleet_threads", (("host", tricky), ("state", "Paused")))] == 1
+    assert values[("venus_fleet_threads", (("host", tricky), ("state", "Running")))] == 0
+    assert values[("venus_fleet_threads", (("host", "down"), ("state", "Paused")))] == 0
+    assert values[("venus_fleet_job_threads", (("host", tricky), ("job_state", "C1Done")))] == 1
+    assert values[("venus_fleet_threads_paused", (("host", tricky),))] == 1
+    assert values[("venus_fleet_threads_errors", (("host", tricky),))] == 1
+    assert values[("venus_fleet_threads_errors", (("host", "down"),))] == 0
+
+    def findings(host, kind, status):
+        labels = (("host", host), ("kind", kind), ("status", status))
+        return values[("venus_fleet_health_findings", labels)]
+
+    assert findings("down", "host-unreachable", "CRITICAL") == 1
+    assert findings(tricky, "thread-error", "WARNING") == 1
+    assert findings(tricky, "thread-error", "CRITICAL") == 0
+    assert findings(tricky, "host-unreachable", "CRITICAL") == 0
+    one = [key[1] for key, value in values.items() if key[0] == "venus_fleet_health_finding"]
+    assert one == [
+        (("host", tricky), ("index", "0"), ("kind", "thread-error"), ("status", "WARNING")),
+        (("host", "down"), ("index", ""), ("kind", "host-unreachable"), ("status", "CRITICAL")),
+    ]
+    assert all(
+        value == 1 for key, value in values.items() if key[0] == "venus_fleet_health_finding"
     )
-    assert values[finding] == 2  # CRITICAL
-    finding = ("venus_health_finding", (("host", tricky), ("index", "0"), ("kind", "thread-error")))
-    assert values[finding] == 1  # WARNING
-    assert len([key for key in values if key[0] == "venus_health_finding"]) == 2
-    assert values[("venus_health_status", ())] == 2
-    assert math.isclose(values[("venus_health_last_run_timestamp_seconds", ())], NOW)
+    status_values = {
+        dict(labels)["status"]: value
+        for (name, labels), value in values.items()
+        if name == "venus_fleet_health_status"
+    }
+    assert status_values == {"OK": 0, "WARNING": 0, "CRITICAL": 1, "UNKNOWN": 0}
+    assert math.isclose(values[("venus_fleet_health_last_run_timestamp_seconds", ())], NOW)
 
 
 def test_write_textfile_replaces_atomically_and_leaves_no_temp_file(tmp_path):
     target = tmp_path / "venus.prom"
     target.write_text("old\n")
-    venusctl.write_textfile(target, "venus_health_status 0\n")
-    assert target.read_text() == "venus_health_status 0\n"
+    venusctl.write_textfile(target, "venus_fleet_host_up 0\n")
+    assert target.read_text() == "venus_fleet_host_up 0\n"
     assert oct(target.stat().st_mode & 0o777) == "0o644"  # node_exporter must read it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["venus.prom"]
     with pytest.raises(OSError):
@@ -383,3 +404,10 @@ def test_usage_errors_of_health_exit_3_with_a_plugin_line(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(
         "VENUS UNKNOWN - argument --deadline: invalid duration '0s': must be more than 0"
     )
+
+
+def test_stuck_thresholds_cover_every_stage_label_of_the_agents_plans():
+    # The labels are the agent's (api.STAGE_NAMES); a stage added there needs its threshold.
+    assert set(venusctl.STUCK_DEFAULTS) == {*venusctl.api.STAGE_NAMES, "default"}
+    assert venusctl.check_stuck_key("SeedAssigned") == "SeedAssigned"  # a state name
+    assert venusctl.check_stuck_key("Generated") == "Generated"  # damocles' wdpost

@@ -17,7 +17,10 @@ import pytest
 # under --import-mode=importlib too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from helpers import stop_process  # noqa: E402
 from sshfleet import SshFleet, SshFleetError  # noqa: E402
+
+pytestmark = pytest.mark.e2e
 
 SSH_TIMEOUT = 20
 
@@ -69,8 +72,7 @@ def forwarded_unix_socket(fleet, host, remote_path, local_path):
             time.sleep(0.02)
         yield process
     finally:
-        process.terminate()
-        process.wait(timeout=SSH_TIMEOUT)
+        stop_process(process)
 
 
 def exchange_line(socket_path, line):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import test_venusctl_damocles_e2e as damocles_e2e
 from conftest import VENUSCTL_COMMAND, run, run_json, write_inventory
+from helpers import wait_until
 
 import venusctl
 from worker_agent.states import PLANS, State
@@ -34,14 +35,11 @@ damocles_table = damocles_e2e.damocles_table
 DURATION = r"(\d+\.\ds|\d+s|\d+m\d+s|\d+h\d+m\d+s)"
 
 
-@pytest.fixture(autouse=True)
-def _no_user_environment(isolated_home):
-    """Nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in."""
-
-
-def fleet_inventory(tmp_path: Path, fleet, *names: str) -> Path:
-    tables = [fleet.host_table(name) for name in names]
-    return write_inventory(tmp_path / "inventory.toml", tables, **fleet.defaults())
+pytestmark = [
+    pytest.mark.e2e,
+    # nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in
+    pytest.mark.usefixtures("isolated_home"),
+]
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -53,16 +51,6 @@ def threads_of(capsys, inventory: Path, host: str) -> list[dict]:
     status, document = run_json(capsys, inventory, "info", host)
     assert status == 0, document
     return document["threads"]
-
-
-def wait_until(what: str, check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 def console(inventory: Path, *argv: str, **options) -> subprocess.CompletedProcess:
@@ -136,7 +124,7 @@ def under_pty(
 def test_threads_shows_matching_threads_of_every_host_and_who_did_not_answer(
     tmp_path, capsys, ssh_fleet
 ):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w2", "w1", "down", "dead")
+    path = ssh_fleet.inventory(tmp_path, "w2", "w1", "down", "dead")
     status, out, err = run(capsys, path, "threads", "--errors", "--error-match", "No cached")
     assert (status, err) == (1, "")  # down and dead did not answer
     lines = out.splitlines()
@@ -162,7 +150,7 @@ def test_threads_shows_matching_threads_of_every_host_and_who_did_not_answer(
 
 
 def test_threads_selectors_combine_and_json_carries_the_worker_info(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2")
+    path = ssh_fleet.inventory(tmp_path, "w1", "w2")
     status, document = run_json(capsys, path, "threads", "--state", "C1Done,PC1Done", "--paused")
     assert status == 0
     assert document["count"] == 2 and document["hosts"] == 2
@@ -179,7 +167,7 @@ def test_threads_selectors_combine_and_json_carries_the_worker_info(tmp_path, ca
 
 
 def test_threads_bad_selector_is_one_line_and_exit_2(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    path = ssh_fleet.inventory(tmp_path, "w1")
     status, out, err = run(capsys, path, "threads", "--error-match", "No (cached")
     assert (status, out) == (2, "")
     assert len(err.splitlines()) == 1 and "invalid regular expression 'No (cached'" in err
@@ -192,7 +180,7 @@ def test_threads_bad_selector_is_one_line_and_exit_2(tmp_path, capsys, ssh_fleet
 
 
 def test_bulk_resume_dry_run_prints_the_plan_and_sends_nothing(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2", "down")
+    path = ssh_fleet.inventory(tmp_path, "b1", "b2", "down")
     argv = ["resume", "--errors", "--error-match", "No cached parameters", "--to-state", "C1Done"]
     status, out, err = run(capsys, path, *argv, "--dry-run")
     assert (status, err) == (0, "")
@@ -223,7 +211,7 @@ def test_bulk_resume_dry_run_prints_the_plan_and_sends_nothing(tmp_path, capsys,
 
 
 def test_bulk_action_without_a_terminal_prints_the_plan_and_refuses(tmp_path, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "b1")
+    path = ssh_fleet.inventory(tmp_path, "b1")
     done = console(path, "pause", "-l", "b1", stdin=subprocess.DEVNULL)
     assert done.returncode == 2
     assert done.stderr == "venusctl: not confirmed: stdin is not a terminal; add --yes to act\n"
@@ -244,7 +232,7 @@ def test_bulk_action_without_a_terminal_prints_the_plan_and_refuses(tmp_path, ss
 
 
 def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2", "down")
+    path = ssh_fleet.inventory(tmp_path, "b1", "b2", "down")
     status, out, err = run(capsys, path, "pause", "-l", "b1,b2,down", "--yes")
     assert (status, err) == (1, "")  # down could not be asked: a partial failure
     assert "plan: pause 2 threads on 2 hosts; 2 skipped" in out
@@ -257,10 +245,12 @@ def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_flee
     ]
     for host in ("b1", "b2"):
         wait_until(
-            f"{host} #1 paused",
             lambda host=host: (
                 threads_of(capsys, path, host)[1]["thread_state"]["state"] == "Paused"
             ),
+            15,
+            interval=0.1,
+            what=f"{host} #1 paused",
         )
 
     # resume to a state the thread's plan does not have: refused before anything is sent
@@ -281,16 +271,18 @@ def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_flee
     # #0 fails C2 again and pauses itself; #1 seals on
     for host in ("b1", "b2"):
         wait_until(
-            f"{host} back to its error",
             lambda host=host: (
                 threads_of(capsys, path, host)[0]["thread_state"]["state"] == "Paused"
             ),
+            15,
+            interval=0.1,
+            what=f"{host} back to its error",
         )
         assert threads_of(capsys, path, host)[1]["thread_state"]["state"] != "Paused"
 
 
 def test_bulk_action_refusals(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2")
+    path = ssh_fleet.inventory(tmp_path, "b1", "b2")
     # no selector: never the whole fleet by default
     status, out, err = run(capsys, path, "pause", "--yes")
     assert (status, out) == (2, "")
@@ -304,7 +296,7 @@ def test_bulk_action_refusals(tmp_path, capsys, ssh_fleet):
 
 
 def test_nothing_selected_because_hosts_did_not_answer_says_so(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "down")
+    path = ssh_fleet.inventory(tmp_path, "down")
     message = "no thread matches the selection (1 host did not answer)"
     status, out, err = run(capsys, path, "resume", "-l", "down", "--paused", "--yes")
     assert status == 1 and err == f"venusctl: {message}\n"
@@ -318,7 +310,7 @@ def test_nothing_selected_because_hosts_did_not_answer_says_so(tmp_path, capsys,
 
 
 def test_bulk_resume_asks_on_a_terminal(tmp_path, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "b2")
+    path = ssh_fleet.inventory(tmp_path, "b2")
     argv = ["resume", "-l", "b2", "--errors", "--to-state", "C1Done"]
     status, shown, _ = under_pty(path, argv, "n")
     assert status == 1
@@ -330,15 +322,17 @@ def test_bulk_resume_asks_on_a_terminal(tmp_path, ssh_fleet):
 
 def test_a_thread_that_changed_after_the_plan_fails_alone(tmp_path, capsys, ssh_fleet):
     """Between the plan and the answer someone resumes b2 #1 by hand: only that one fails."""
-    path = fleet_inventory(tmp_path, ssh_fleet, "b1", "b2")
+    path = ssh_fleet.inventory(tmp_path, "b1", "b2")
     for host in ("b1", "b2"):
         status, _, err = run(capsys, path, "pause", host, "1")
         assert status == 0, err
         wait_until(
-            f"{host} #1 paused",
             lambda host=host: (
                 threads_of(capsys, path, host)[1]["thread_state"]["state"] == "Paused"
             ),
+            15,
+            interval=0.1,
+            what=f"{host} #1 paused",
         )
 
     def resume_b2_1_by_hand() -> None:
@@ -369,10 +363,12 @@ def drain_while_running(capsys, path: Path, attempts: int = 5) -> tuple[int, dic
     """
     for _ in range(attempts):
         wait_until(
-            "a thread of drainme running",
             lambda: any(
                 t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
             ),
+            15,
+            interval=0.1,
+            what="a thread of drainme running",
         )
         argv = ["drain", "drainme", "--interval", "200ms", "--timeout", "30s", "--json"]
         status, out, err = run(capsys, path, *argv)
@@ -384,7 +380,7 @@ def drain_while_running(capsys, path: Path, attempts: int = 5) -> tuple[int, dic
 
 
 def test_drain_pauses_at_stage_boundaries_and_waits(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "drainme")
+    path = ssh_fleet.inventory(tmp_path, "drainme")
     status, document, err = drain_while_running(capsys, path)
     assert status == 0, err
     assert document["drained"] is True and document["unreachable"] == []
@@ -405,15 +401,17 @@ def test_drain_pauses_at_stage_boundaries_and_waits(tmp_path, capsys, ssh_fleet)
 
 
 def test_drain_on_a_terminal_prints_each_change(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "drainme")
+    path = ssh_fleet.inventory(tmp_path, "drainme")
     # An earlier drain test may have left drainme drained; alone, nothing is paused (exit 1).
     status, _, err = run(capsys, path, "resume", "-l", "drainme", "--paused", "--yes")
     assert status == 0 or err == "venusctl: no thread matches the selection\n", err
     wait_until(
-        "a thread of drainme running again",
         lambda: any(
             t["thread_state"]["state"] == "Running" for t in threads_of(capsys, path, "drainme")
         ),
+        15,
+        interval=0.1,
+        what="a thread of drainme running again",
     )
     status, shown, _ = under_pty(path, ["drain", "drainme", "--interval", "200ms"], answer=None)
     assert status == 0, shown
@@ -423,7 +421,7 @@ def test_drain_on_a_terminal_prints_each_change(tmp_path, capsys, ssh_fleet):
 
 
 def test_drain_times_out_naming_the_threads_still_running(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "stuck", "down")
+    path = ssh_fleet.inventory(tmp_path, "stuck", "down")
     status, out, err = run(
         capsys, path, "drain", "-l", "stuck,down", "--timeout", "1s", "--interval", "200ms"
     )
@@ -441,7 +439,7 @@ def test_drain_times_out_naming_the_threads_still_running(tmp_path, capsys, ssh_
 
 
 def test_drain_needs_a_target(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "stuck")
+    path = ssh_fleet.inventory(tmp_path, "stuck")
     status, _, err = run(capsys, path, "drain")
     assert status == 2 and "drain: select threads" in err
     status, _, err = run(capsys, path, "drain", "nosuchhost")
@@ -452,7 +450,7 @@ def test_drain_needs_a_target(tmp_path, capsys, ssh_fleet):
 
 
 def test_list_watch_prints_successive_frames(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2", "down")
+    path = ssh_fleet.inventory(tmp_path, "w1", "w2", "down")
     status, out, err = run(capsys, path, "list", "--watch", "300ms", "--count", "3")
     assert (status, err) == (1, "")  # down is a row in every frame
     frames = out.split("\f\n")
@@ -489,7 +487,7 @@ def test_watch_does_not_wait_again_for_a_host_that_timed_out(tmp_path, capsys, s
 
 
 def test_watch_redraws_in_place_on_a_terminal(tmp_path, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    path = ssh_fleet.inventory(tmp_path, "w1")
     argv = ["threads", "--watch", "200ms", "--count", "2"]
     status, shown, _ = under_pty(path, argv, answer=None, stdout_on_pty=True)
     assert status == 0
@@ -501,7 +499,7 @@ def test_watch_redraws_in_place_on_a_terminal(tmp_path, ssh_fleet):
 
 
 def test_threads_watch_json_is_one_document_per_frame(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2")
+    path = ssh_fleet.inventory(tmp_path, "w1", "w2")
     status, out, _ = run(
         capsys, path, "threads", "--errors", "--watch", "0.2", "--count", "2", "--json"
     )
@@ -514,7 +512,7 @@ def test_threads_watch_json_is_one_document_per_frame(tmp_path, capsys, ssh_flee
 
 
 def test_watch_ends_cleanly_on_ctrl_c(tmp_path, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    path = ssh_fleet.inventory(tmp_path, "w1")
     process = subprocess.Popen(
         [VENUSCTL_COMMAND, "-i", str(path), "list", "--watch", "200ms"],
         stdout=subprocess.PIPE,
@@ -535,7 +533,7 @@ def test_watch_ends_cleanly_on_ctrl_c(tmp_path, ssh_fleet):
 
 
 def test_session_pool_keeps_connections_and_reconnects_a_dropped_one(tmp_path, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1")
+    path = ssh_fleet.inventory(tmp_path, "w1")
     host = venusctl.load_inventory(path).hosts[0]
     pool = venusctl.SessionPool(venusctl.SshContext())
     try:
@@ -552,7 +550,7 @@ def test_session_pool_keeps_connections_and_reconnects_a_dropped_one(tmp_path, s
 
 
 def test_fan_out_progress_on_a_terminal_only(tmp_path, capsys, ssh_fleet):
-    path = fleet_inventory(tmp_path, ssh_fleet, "w1", "w2", "w3")
+    path = ssh_fleet.inventory(tmp_path, "w1", "w2", "w3")
     status, shown, _ = under_pty(path, ["list"], answer=None)
     assert status == 0
     assert re.search(r"\r[12]/3 hosts", shown), repr(shown)

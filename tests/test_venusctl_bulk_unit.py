@@ -7,30 +7,30 @@ tests (test_venusctl_bulk_e2e.py) check the same code against real agents.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import re
 from pathlib import Path
 
 import pytest
+from helpers import report, worker_info
 
 import venusctl
-from venusctl import Action, AgentRefused, HostStatus, Selector, Step
+from venusctl import Action, ActionOutcome, AgentRefused, HostStatus, Selector, Step
+from worker_agent import api
 
 
-def info(index, job_state="PC1Done", thread_state="Running", **extra) -> dict:
-    document = {
-        "index": index,
-        "location": f"/srv/store{index}",
-        "plan": "sealer",
-        "job_id": f"s-t010000-{index}",
-        "job_state": job_state,
-        "job_stage": "PC2",
-        "thread_state": {"state": thread_state, "elapsed": 3, "proc": None},
-        "state_elapsed": 5,
-        "last_error": None,
-    }
-    document.update(extra)
-    return document
+def info(index, job_state="PC1Done", thread_state="Running", **extra) -> api.WorkerInfo:
+    return worker_info(
+        **{
+            "index": index,
+            "location": f"/srv/store{index}",
+            "job_id": f"s-t010000-{index}",
+            "job_state": job_state,
+            "thread_state": {"state": thread_state, "elapsed": 3, "proc": None},
+            **extra,
+        }
+    )
 
 
 INVENTORY = venusctl.parse_inventory(
@@ -76,7 +76,7 @@ IDLE = info(3, "", "Idle", job_id=None, job_stage=None)
 )
 def test_selector_keeps_threads_where_every_given_criterion_holds(selector, expected):
     threads = [STUCK, RETRYING, RUNNING, IDLE]
-    assert [t["index"] for t in threads if selector.matches(t)] == expected
+    assert [t.index for t in threads if selector.matches(t)] == expected
 
 
 def test_selector_given_only_with_a_criterion():
@@ -120,7 +120,7 @@ def test_select_threads_sorts_by_host_then_index_and_lists_who_did_not_answer():
 def test_a_stopped_agent_is_unreachable_with_its_last_heartbeat():
     outcomes = {
         "w10": HostStatus(
-            report={"age": 4.5}, threads=None, error=venusctl.AgentNotRunning("agent not running")
+            report=report(4.5), threads=None, error=venusctl.AgentNotRunning("agent not running")
         ),
         "w2": HostStatus(report=None, threads=[]),
         "down": venusctl.ConnectionRefused("connection refused"),
@@ -154,7 +154,7 @@ def test_bulk_plans_skip_what_would_change_nothing():
 
 
 def test_resume_state_checked_against_each_threads_plan_before_sending():
-    snap = dict(STUCK, plan="snapup", index=5)
+    snap = dataclasses.replace(STUCK, plan="snapup", index=5)
     steps = venusctl.plan_steps("resume", fleet(STUCK, snap), "C1Done")
     problem = venusctl.invalid_resume_state(steps, "C1Done")
     assert problem.startswith(
@@ -167,7 +167,7 @@ def test_resume_state_checked_against_each_threads_plan_before_sending():
 
 
 def test_resume_state_of_an_unknown_plan_is_left_to_the_thread():
-    odd = dict(STUCK, plan="window-post-v9")
+    odd = dataclasses.replace(STUCK, plan="window-post-v9")
     steps = venusctl.plan_steps("resume", fleet(odd), "C1Done")
     assert venusctl.invalid_resume_state(steps, "C1Done") is None
     only = venusctl.invalid_resume_state(steps, "C1Done", lambda thread: ("x", ("SnapDone",)))
@@ -178,9 +178,9 @@ def test_results_summary_counts_failures():
     steps = [Step(t, Action("resume", t.index), "resume") for t in fleet(STUCK, RETRYING)]
     steps.append(Step(fleet(STUCK, host=W10)[0], Action("resume", 0), "resume"))
     outcomes = [
-        (steps[0], "stream"),
-        (steps[1], AgentRefused(1001, "not paused")),
-        (steps[2], "exec"),
+        (steps[0], ActionOutcome("stream")),
+        (steps[1], ActionOutcome(error=AgentRefused(1001, "not paused"))),
+        (steps[2], ActionOutcome("exec")),
     ]
     assert venusctl.results_summary("resume", outcomes) == (
         "resumed 2 of 3 threads on 2 hosts, 1 failed"
@@ -222,26 +222,27 @@ def test_count_without_watch_is_a_usage_error(tmp_path, capsys):
 class RefusingPool:
     """A SessionPool stand-in for Drain's logic: fixed statuses, and every pause fails."""
 
-    def __init__(self, threads: list[dict]) -> None:
+    def __init__(self, threads: list[api.WorkerInfo]) -> None:
         self.threads = threads
 
     def status(self, host) -> HostStatus:
         return HostStatus(report=None, threads=self.threads, via="stream")
 
     def run(self, host, work):
-        return [venusctl.HostTimeout("timed out")]  # the outcome of the host's one pause
+        # the outcome of the host's one pause
+        return [ActionOutcome(error=venusctl.HostTimeout("timed out"))]
 
 
 def fake_time_context():
     """A Context on StringIO streams whose sleep only moves its clock: (ctx, out, err, now)."""
     out, err, now = io.StringIO(), io.StringIO(), [0.0]
-    ctx = venusctl.Context(
-        inventory=INVENTORY,
-        out=out,
-        err=err,
+    env = venusctl.Environment(
+        stdout=out,
+        stderr=err,
         clock=lambda: now[0],
         sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
     )
+    ctx = venusctl.Context(inventory=INVENTORY, env=env)
     return ctx, out, err, now
 
 
@@ -261,7 +262,7 @@ def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
 class ScriptedPool:
     """A SessionPool stand-in for Drain's logic: each poll answers the next thread list."""
 
-    def __init__(self, *polls: list[dict]) -> None:
+    def __init__(self, *polls: list[api.WorkerInfo]) -> None:
         self.polls = list(polls)
 
     def status(self, host) -> HostStatus:
@@ -269,7 +270,7 @@ class ScriptedPool:
         return HostStatus(report=None, threads=threads, via="stream")
 
     def run(self, host, work):
-        return [True]  # the host's one pause, accepted
+        return [ActionOutcome("stream")]  # the host's one pause, accepted
 
 
 def test_drain_waits_until_paused_not_just_until_nothing_runs():

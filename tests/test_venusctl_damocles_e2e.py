@@ -1,8 +1,9 @@
 """venusctl against original damocles-workers, end to end, through real sshd.
 
-The worker is tests/damocles_standin.py (the documented API, both result
-shapes) bound to 127.0.0.1 and reached only through a direct-tcpip channel of
-a real OpenSSH sshd: with `AllowTcpForwarding no` on that sshd the same
+The worker is tests/damocles_standin.py (--shape current = release v0.9.0,
+--shape v2022 = v0.7.4, with the deviations its LEGACY_SHAPES lists) bound
+to 127.0.0.1 and reached only through a direct-tcpip channel of a real
+OpenSSH sshd: with `AllowTcpForwarding no` on that sshd the same
 inventory fails, so nothing goes around SSH. Each test gets fresh stand-ins
 (they keep pause state); the sshd hosts are shared by the module.
 """
@@ -10,6 +11,7 @@ inventory fails, so nothing goes around SSH. Each test gets fresh stand-ins
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_loopback_port, run, run_json, write_inventory
+from helpers import stop_process
 from sshfleet import SshFleet
 
 import venusctl
@@ -25,24 +28,29 @@ STANDIN = Path(__file__).with_name("damocles_standin.py")
 C2_ERROR = "permanent: No cached parameters found for stacked-proof-of-replication (standin)"
 
 
-@pytest.fixture(autouse=True)
-def _no_user_environment(isolated_home):
-    """Nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in."""
+pytestmark = [
+    pytest.mark.e2e,
+    # nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in
+    pytest.mark.usefixtures("isolated_home"),
+]
 
 
 @pytest.fixture(scope="module")
 def damocles_sshd():
     """Two sshd hosts for damocles workers: `dam`, and `notcp` with AllowTcpForwarding no."""
     root = Path(tempfile.mkdtemp(prefix="vcd-", dir="/tmp"))
-    fleet = SshFleet(root / "ssh")
     try:
-        fleet.add_host("dam")
-        fleet.add_host("notcp", sshd_options={"AllowTcpForwarding": "no"})
-        for host in fleet.hosts:
-            host.start()
-        yield fleet
+        fleet = SshFleet(root / "ssh")
+        try:
+            fleet.add_host("dam")
+            fleet.add_host("notcp", sshd_options={"AllowTcpForwarding": "no"})
+            for host in fleet.hosts:
+                host.start()
+            yield fleet
+        finally:
+            fleet.stop_all()
     finally:
-        fleet.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -65,8 +73,7 @@ def standin():
 
     yield start
     for process in processes:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)
 
 
 def damocles_table(fleet: SshFleet, name: str, port: int, sshd: str = "dam") -> dict:
@@ -178,6 +185,7 @@ def test_info_json_is_our_agents_worker_info_for_both_shapes(both, capsys):
         "thread_state",
         "state_elapsed",
         "last_error",
+        "pause_requested",
     }
     for name, plan in (("now", "sealer"), ("old", None)):
         status, document = run_json(capsys, both, "info", name)

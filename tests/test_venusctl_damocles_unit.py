@@ -6,12 +6,14 @@ test_venusctl_damocles_e2e.py.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 import venusctl
 from venusctl import AgentRefused, InventoryError, UnreadableReply, normalize_worker_info
+from worker_agent.api import summarize
 
 C2_ERROR = "permanent: No cached parameters found for ..."
 
@@ -154,7 +156,7 @@ def test_inventory_shows_the_rpc_and_ansible_leaves_damocles_hosts_out():
 
 
 def test_current_shape_gains_only_the_keys_the_original_leaves_out():
-    assert normalize_worker_info(CURRENT_PAUSED) == {
+    assert normalize_worker_info(CURRENT_PAUSED).to_json() == {
         "index": 0,
         "location": "/mnt/nvme1/store",
         "plan": "sealer",
@@ -164,16 +166,17 @@ def test_current_shape_gains_only_the_keys_the_original_leaves_out():
         "thread_state": {"state": "Paused", "elapsed": 17, "proc": None},
         "state_elapsed": None,
         "last_error": C2_ERROR,
+        "pause_requested": False,
     }
-    running = normalize_worker_info(CURRENT_RUNNING)
+    running = normalize_worker_info(CURRENT_RUNNING).to_json()
     assert running["thread_state"] == {"state": "Running", "elapsed": 100, "proc": "pc1-0"}
-    idle = normalize_worker_info(CURRENT_IDLE)
+    idle = normalize_worker_info(CURRENT_IDLE).to_json()
     assert idle["thread_state"] == {"state": "Idle", "elapsed": None, "proc": None}
     assert (idle["job_id"], idle["job_state"], idle["location"]) == (None, "", "-")
 
 
 def test_2022_shape_maps_onto_the_same_keys():
-    assert normalize_worker_info(V2022_PAUSED) == {
+    assert normalize_worker_info(V2022_PAUSED).to_json() == {
         "index": 0,
         "location": "/mnt/nvme1/store",
         "plan": None,
@@ -183,9 +186,10 @@ def test_2022_shape_maps_onto_the_same_keys():
         "thread_state": {"state": "Paused", "elapsed": 17, "proc": None},
         "state_elapsed": None,
         "last_error": C2_ERROR,
+        "pause_requested": False,
     }
     # Not paused: the 2022 API does not say running or idle.
-    working = normalize_worker_info(V2022_WORKING)
+    working = normalize_worker_info(V2022_WORKING).to_json()
     assert working["thread_state"] == {"state": None, "elapsed": None, "proc": None}
     assert working["job_id"] == "s-t010000-3" and working["job_state"] == "PC1Done"
 
@@ -227,7 +231,7 @@ def test_both_shapes_give_the_same_tables_and_summary():
     _, rows = venusctl.info_table(old, wide=True)
     assert rows[0][:6] == ["0", "/mnt/nvme1/store", "s-t010000-2", "true", "17s", "C1Done"]
     assert rows[1][3:9] == ["false", "-", "PC1Done", "-", "-", "-"]
-    assert venusctl.summarize_threads(current) == {
+    assert summarize(current).to_json() == {
         "Threads": 2,
         "Empty": 1,
         "Paused": 1,
@@ -236,7 +240,7 @@ def test_both_shapes_give_the_same_tables_and_summary():
         "Errors": 1,
     }
     # Unknown thread states: Running and Waiting are not counted as 0.
-    assert venusctl.summarize_threads(old) == {
+    assert summarize(old).to_json() == {
         "Threads": 2,
         "Empty": 0,
         "Paused": 1,
@@ -277,4 +281,4 @@ def test_check_resume_state_refuses_like_the_agent():
         'invalid state "SnapEncoded" for plan sealer; valid states: Empty, Allocated, '
     )
     with pytest.raises(AgentRefused, match="does not know the states of plan 'future'"):
-        venusctl.check_resume_state(dict(thread, plan="future"), "Empty")
+        venusctl.check_resume_state(dataclasses.replace(thread, plan="future"), "Empty")

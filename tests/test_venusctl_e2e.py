@@ -26,19 +26,18 @@ from conftest import (
     run_json,
     write_inventory,
 )
+from sshfleet import SshFleet
 
 import venusctl
 
 DURATION = r"(\d+\.\ds|\d+s|\d+m\d+s|\d+h\d+m\d+s)"
 
 
-@pytest.fixture(autouse=True)
-def _no_user_environment(isolated_home):
-    """Nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in."""
-
-
-def inventory(tmp_path, fleet, *tables, name="inventory.toml", **defaults) -> Path:
-    return write_inventory(tmp_path / name, list(tables), **fleet.defaults(**defaults))
+pytestmark = [
+    pytest.mark.e2e,
+    # nothing of the machine's ~/.ssh, ssh-agent or $VENUSCTL_INVENTORY leaks in
+    pytest.mark.usefixtures("isolated_home"),
+]
 
 
 def rows_by_name(out: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -59,7 +58,7 @@ def hosts_by_name(document: dict) -> dict[str, dict]:
 
 
 def test_list_shows_every_host_of_the_fleet_over_stream(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, *(ssh_fleet.host_table(n) for n in ("w1", "w2", "w3")))
+    path = ssh_fleet.inventory(tmp_path, *(ssh_fleet.host_table(n) for n in ("w1", "w2", "w3")))
     status, out, err = run(capsys, path, "list")
     assert status == 0, err
     headers, rows = rows_by_name(out)
@@ -75,7 +74,7 @@ def test_list_shows_every_host_of_the_fleet_over_stream(tmp_path, capsys, ssh_fl
 
 def test_list_json_says_how_each_host_was_reached(tmp_path, capsys, ssh_fleet):
     tables = [ssh_fleet.host_table("w1"), ssh_fleet.host_table("nostream")]
-    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, *tables), "list")
     assert status == 0
     assert document["expiration"] == 600.0
     hosts = hosts_by_name(document)
@@ -90,12 +89,12 @@ def test_list_json_says_how_each_host_was_reached(tmp_path, capsys, ssh_fleet):
         assert entry["error"] is None and entry["expired"] is False
         assert entry["version"] == "0.1.0"
         assert entry["summary"]["Threads"] == 2 and entry["summary"]["Errors"] >= 1
-        assert set(entry["summary"]) == set(venusctl.SUMMARY_KEYS)
+        assert set(entry["summary"]) == set(venusctl.api.SUMMARY_KEYS)
         assert 0 <= entry["last_ping"] < 5
 
 
 def test_list_wide_adds_version_running_waiting(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"))
     status, out, _ = run(capsys, path, "list", "--wide")
     assert status == 0
     headers, rows = rows_by_name(out)
@@ -120,7 +119,7 @@ def test_list_limit_by_group_and_glob(tmp_path, capsys, ssh_fleet):
         ssh_fleet.host_table("w2", groups=["cpu"]),
         ssh_fleet.host_table("down"),  # would fail if it were asked
     ]
-    path = inventory(tmp_path, ssh_fleet, *tables)
+    path = ssh_fleet.inventory(tmp_path, *tables)
     status, document = run_json(capsys, path, "list", "-l", "gpu", "--limit", "w[2]")
     assert status == 0
     assert [entry["name"] for entry in document["hosts"]] == ["w1", "w2"]
@@ -136,7 +135,7 @@ def test_unreachable_hosts_get_rows_with_their_reason_and_exit_1(tmp_path, capsy
         ssh_fleet.host_table("down"),  # sshd not running
         ssh_fleet.host_table("w2", name="wrongport", port=free_loopback_port(w1.address)),
     ]
-    status, out, _ = run(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    status, out, _ = run(capsys, ssh_fleet.inventory(tmp_path, *tables), "list")
     assert status == 1
     headers, rows = rows_by_name(out)
     assert headers[-1] == "Error"
@@ -158,7 +157,7 @@ def test_a_host_that_never_speaks_ssh_times_out(tmp_path, capsys, ssh_fleet):
                 "connect_timeout": 1,
             },
         ]
-        path = inventory(tmp_path, ssh_fleet, *tables)
+        path = ssh_fleet.inventory(tmp_path, *tables)
         started = time.monotonic()
         status, document = run_json(capsys, path, "list")
         elapsed = time.monotonic() - started
@@ -176,7 +175,7 @@ def test_a_host_that_never_speaks_ssh_times_out(tmp_path, capsys, ssh_fleet):
 def test_unknown_host_key_is_rejected(tmp_path, capsys, ssh_fleet):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), known_hosts=str(empty))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"), known_hosts=str(empty))
     status, document = run_json(capsys, path, "list")
     assert status == 1
     error = document["hosts"][0]["error"]
@@ -188,14 +187,14 @@ def test_unknown_host_key_is_rejected(tmp_path, capsys, ssh_fleet):
 def test_accept_new_records_the_key_then_it_is_known(tmp_path, capsys, ssh_fleet):
     known_hosts = tmp_path / "known_hosts"
     table = ssh_fleet.host_table("w1")
-    path = inventory(
-        tmp_path, ssh_fleet, table, known_hosts=str(known_hosts), host_key_policy="accept-new"
+    path = ssh_fleet.inventory(
+        tmp_path, table, known_hosts=str(known_hosts), host_key_policy="accept-new"
     )
     status, out, err = run(capsys, path, "list")
     assert status == 0, out + err
     assert known_hosts.read_text() == ssh_fleet.hosts["w1"].known_hosts_line() + "\n"
     # the recorded key now passes the strict default policy
-    strict = inventory(tmp_path, ssh_fleet, table, name="strict.toml", known_hosts=str(known_hosts))
+    strict = ssh_fleet.inventory(tmp_path / "strict.toml", table, known_hosts=str(known_hosts))
     assert run(capsys, strict, "list")[0] == 0
 
 
@@ -205,11 +204,9 @@ def test_changed_host_key_is_rejected_even_with_accept_new(tmp_path, capsys, ssh
     old_known_hosts.write_text(rekey.known_hosts_line() + "\n")
     rekey.regenerate_host_key()  # the server now offers another key
     for policy in ("reject", "accept-new"):
-        path = inventory(
-            tmp_path,
-            ssh_fleet,
+        path = ssh_fleet.inventory(
+            tmp_path / f"{policy}.toml",
             ssh_fleet.host_table("rekey"),
-            name=f"{policy}.toml",
             known_hosts=str(old_known_hosts),
             host_key_policy=policy,
         )
@@ -230,9 +227,8 @@ def test_a_known_key_of_another_type_is_a_mismatch_not_a_new_key(tmp_path, capsy
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"[{w1.address}]:{w1.port} {key_type} {key}\n")
     before = known_hosts.read_text()
-    path = inventory(
+    path = ssh_fleet.inventory(
         tmp_path,
-        ssh_fleet,
         ssh_fleet.host_table("w1"),
         known_hosts=str(known_hosts),
         host_key_policy="accept-new",
@@ -252,7 +248,7 @@ def test_a_corrupt_known_hosts_line_is_a_row_naming_the_file_and_line(tmp_path, 
     known_hosts = tmp_path / "known_hosts"
     good = ssh_fleet.hosts["w1"].known_hosts_line()
     known_hosts.write_text(f"# fleet\n{good}\n127.0.0.9 ssh-ed25519 AAAA!!!cut-short\n")
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), known_hosts=str(known_hosts))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"), known_hosts=str(known_hosts))
     status, document = run_json(capsys, path, "list")
     assert status == 1
     assert document["hosts"][0]["error"] == {
@@ -271,7 +267,7 @@ def rekey_line_before(path: Path) -> str:
 def test_a_key_the_host_does_not_authorize_fails_authentication(tmp_path, capsys, ssh_fleet):
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), identity_file=str(stranger))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"), identity_file=str(stranger))
     status, document = run_json(capsys, path, "list")
     assert status == 1
     assert document["hosts"][0]["error"] == {
@@ -328,7 +324,7 @@ def test_stream_forbidden_by_sshd(tmp_path, capsys, ssh_fleet):
         ssh_fleet.host_table("nostream", transport="stream"),
         ssh_fleet.host_table("nostream", name="nostream-exec", transport="exec"),
     ]
-    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, *tables), "list")
     hosts = hosts_by_name(document)
     assert status == 1
     # OpenSSH answers "connect failed" as for a missing socket: stream alone cannot tell
@@ -359,7 +355,7 @@ def test_stream_starts_no_process_and_exec_gets_the_argv_as_built(tmp_path, caps
         ssh_fleet.host_table("w1", agent=str(script)),
         ssh_fleet.host_table("nostream", agent=str(script), config=config),
     ]
-    path = inventory(tmp_path, ssh_fleet, *tables)
+    path = ssh_fleet.inventory(tmp_path, *tables)
     status, document = run_json(capsys, path, "list", "-l", "w1")
     assert (status, document["hosts"][0]["via"]) == (0, "stream")
     assert not log.exists()  # w1 answered through the socket: its agent command never ran
@@ -383,7 +379,7 @@ def test_stopped_agent_shows_its_stale_heartbeat_with_a_bang(tmp_path, capsys, s
         ssh_fleet.host_table("dead", name="dead-stream", transport="stream"),
         ssh_fleet.host_table("w1"),
     ]
-    path = inventory(tmp_path, ssh_fleet, *tables)
+    path = ssh_fleet.inventory(tmp_path, *tables)
     status, out, _ = run(capsys, path, "list", "--expiration", "1s")
     assert status == 1
     _, rows = rows_by_name(out)
@@ -402,7 +398,7 @@ def test_stopped_agent_shows_its_stale_heartbeat_with_a_bang(tmp_path, capsys, s
 
 
 def test_info_of_a_stopped_agent_says_so_with_the_heartbeat_age(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("dead"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("dead"))
     status, out, err = run(capsys, path, "info", "dead")
     assert status == 1 and out == ""
     assert re.fullmatch(
@@ -412,14 +408,14 @@ def test_info_of_a_stopped_agent_says_so_with_the_heartbeat_age(tmp_path, capsys
 
 def test_garbage_on_stdout_is_an_unreadable_reply(tmp_path, capsys, ssh_fleet):
     table = ssh_fleet.host_table("w1", transport="exec", agent=str(ssh_fleet.scripts["garbage"]))
-    status, out, _ = run(capsys, inventory(tmp_path, ssh_fleet, table), "list")
+    status, out, _ = run(capsys, ssh_fleet.inventory(tmp_path, table), "list")
     assert status == 1
     assert rows_by_name(out)[1]["w1"][-1].startswith("unreadable reply")
 
 
 def test_missing_agent_command_is_agent_not_installed(tmp_path, capsys, ssh_fleet):
     table = ssh_fleet.host_table("w1", transport="exec", agent="/opt/nowhere/venus-worker")
-    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, table), "list")
+    status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, table), "list")
     assert status == 1
     assert document["hosts"][0]["error"]["kind"] == "agent-not-installed"
     assert document["hosts"][0]["error"]["message"].startswith("agent not installed")
@@ -427,7 +423,7 @@ def test_missing_agent_command_is_agent_not_installed(tmp_path, capsys, ssh_flee
 
 def test_agent_config_missing_on_the_host_is_reported_as_such(tmp_path, capsys, ssh_fleet):
     table = ssh_fleet.host_table("w1", transport="exec", config="/etc/nowhere/venus-worker.toml")
-    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, table), "list")
+    status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, table), "list")
     assert status == 1
     error = document["hosts"][0]["error"]
     assert error["kind"] == "agent-config-error"
@@ -442,7 +438,7 @@ def test_a_hanging_host_times_out_without_holding_up_the_others(tmp_path, capsys
         ssh_fleet.host_table("w3"),
     ]
     started = time.monotonic()
-    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, *tables), "list")
     elapsed = time.monotonic() - started
     hosts = hosts_by_name(document)
     assert status == 1
@@ -456,7 +452,7 @@ def test_ctrl_c_stops_cleanly_with_130(tmp_path, ssh_fleet):
     table = ssh_fleet.host_table(
         "w2", name="hung", transport="exec", agent=str(ssh_fleet.scripts["hang"])
     )
-    path = inventory(tmp_path, ssh_fleet, table, command_timeout=30)
+    path = ssh_fleet.inventory(tmp_path, table, command_timeout=30)
     process = subprocess.Popen(
         [VENUSCTL_COMMAND, "-i", str(path), "list"],
         stdout=subprocess.PIPE,
@@ -475,7 +471,7 @@ def test_ctrl_c_stops_cleanly_with_130(tmp_path, ssh_fleet):
 
 
 def test_info_by_name_and_by_address_port(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), ssh_fleet.host_table("w2"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"), ssh_fleet.host_table("w2"))
     status, out, err = run(capsys, path, "info", "w1")
     assert status == 0, err
     header, first, second = out.splitlines()
@@ -489,7 +485,7 @@ def test_info_by_name_and_by_address_port(tmp_path, capsys, ssh_fleet):
         "LastErr",
     ]
     cells = re.split(r"\s{2,}", first)
-    agent_dir = ssh_fleet.agents["w1"].dir
+    agent_dir = ssh_fleet.agents["w1"].folder
     assert cells[:2] == ["0", f"{agent_dir}/store1"]
     assert re.fullmatch(r"s-t010000-\d+", cells[2])
     assert cells[3:4] == ["true"] and re.fullmatch(DURATION, cells[4])
@@ -498,11 +494,11 @@ def test_info_by_name_and_by_address_port(tmp_path, capsys, ssh_fleet):
     assert second.startswith("1 ")
     w2 = ssh_fleet.hosts["w2"]
     status, out, _ = run(capsys, path, "info", f"{w2.address}:{w2.port}")
-    assert status == 0 and str(ssh_fleet.agents["w2"].dir / "store1") in out
+    assert status == 0 and str(ssh_fleet.agents["w2"].folder / "store1") in out
 
 
 def test_info_wide_and_json(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"))
     status, out, _ = run(capsys, path, "info", "w1", "--wide")
     assert status == 0
     header, first, _ = out.splitlines()
@@ -515,7 +511,7 @@ def test_info_wide_and_json(tmp_path, capsys, ssh_fleet):
 
 
 def test_info_of_an_unknown_host_is_a_usage_error(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"), ssh_fleet.host_table("w2"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"), ssh_fleet.host_table("w2"))
     status, out, err = run(capsys, path, "info", "w9")
     assert status == 2 and out == ""
     assert err == "venusctl: unknown host 'w9'; known hosts: w1, w2\n"
@@ -533,7 +529,7 @@ def wait_for_thread_state(path: Path, capsys, host: str, index: int, state: str)
 
 
 def test_pause_then_resume_a_running_thread(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w3"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w3"))
     status, out, err = run(capsys, path, "pause", "w3", "1")
     assert (status, err) == (0, "")
     assert out == "w3 #1: paused (a stage in flight finishes first)\n"
@@ -555,7 +551,7 @@ def test_pause_then_resume_a_running_thread(tmp_path, capsys, ssh_fleet):
 
 
 def test_resume_into_a_state_and_refusals(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w3"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w3"))
     wait_for_thread_state(path, capsys, "w3", 0, "Paused")
     status, out, err = run(capsys, path, "resume", "w3", "0", "Bogus")
     assert status == 1
@@ -579,7 +575,7 @@ def test_resume_into_a_state_and_refusals(tmp_path, capsys, ssh_fleet):
 
 
 def test_info_pause_resume_fall_back_to_exec_where_stream_is_forbidden(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("nostream"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("nostream"))
     status, document = run_json(capsys, path, "info", "nostream")
     assert (status, document["via"], len(document["threads"])) == (0, "exec", 2)
     status, document = run_json(capsys, path, "pause", "nostream", "1")
@@ -592,7 +588,7 @@ def test_info_pause_resume_fall_back_to_exec_where_stream_is_forbidden(tmp_path,
 
 
 def test_pause_on_a_stopped_agent_fails(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("dead"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("dead"))
     status, out, err = run(capsys, path, "pause", "dead", "0")
     assert status == 1 and err == "dead #0: pause failed: agent not running\n"
 
@@ -623,7 +619,7 @@ def test_injection_attempts_are_refused_before_any_connection(
         trap.bind(("127.0.0.1", 0))
         trap.listen(8)
         table = {"name": "trap", "address": "127.0.0.1", "port": trap.getsockname()[1]}
-        path = inventory(tmp_path, ssh_fleet, table, transport="exec")
+        path = ssh_fleet.inventory(tmp_path, table, transport="exec")
         args = [arg.format(marker=marker) for arg in argv]
         status, out, err = run(capsys, path, *args)
         readable, _, _ = select.select([trap], [], [], 0.2)
@@ -637,7 +633,7 @@ def test_injection_attempts_are_refused_before_any_connection(
 
 
 def test_console_script_list_with_inventory_from_the_environment(tmp_path, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("w1"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"))
     env = {**os.environ, "VENUSCTL_INVENTORY": str(path)}
     done = subprocess.run(
         [VENUSCTL_COMMAND, "list"], capture_output=True, text=True, env=env, timeout=30
@@ -664,7 +660,7 @@ def test_console_script_help_is_the_docstring(tmp_path):
 
 
 def test_debug_shows_the_traceback_of_a_failing_host(tmp_path, capsys, ssh_fleet):
-    path = inventory(tmp_path, ssh_fleet, ssh_fleet.host_table("down"))
+    path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("down"))
     status, out, err = run(capsys, path, "list", "--debug")
     assert status == 1
     assert "--- down: traceback" in err and "ConnectionRefusedError" in err
@@ -681,9 +677,57 @@ def test_a_broken_ssh_config_is_that_hosts_row_not_a_crash(tmp_path, capsys, ssh
     broken = tmp_path / "ssh_config"
     broken.write_text("Host *\n  ThisLineHasNoValue\n")
     tables = [ssh_fleet.host_table("w1", ssh_config=str(broken)), ssh_fleet.host_table("w2")]
-    status, document = run_json(capsys, inventory(tmp_path, ssh_fleet, *tables), "list")
+    status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, *tables), "list")
     hosts = hosts_by_name(document)
     assert status == 1
     assert hosts["w1"]["error"]["kind"] == "ssh-config"
     assert hosts["w1"]["error"]["message"].startswith(f"cannot use {broken}:")
     assert hosts["w2"]["error"] is None
+
+
+def test_a_stream_forbidden_host_opens_the_channel_once_per_refresh(tmp_path, capsys, ssh_fleet):
+    """The transport policy asks for the stream channel once, then falls back to exec.
+
+    sshd itself counts: at LogLevel DEBUG1 it logs every channel a client asks
+    for. `list --watch` refreshes through the pool (SessionPool), `list` and
+    `pause` through the one-shot paths: each asks for the channel once.
+    """
+    sshd_fleet = SshFleet(tmp_path / "ssh")
+    try:
+        forbidding = sshd_fleet.add_host(
+            "counted", {"AllowStreamLocalForwarding": "no", "LogLevel": "DEBUG1"}
+        )
+        forbidding.start()
+        agent = ssh_fleet.agents["nostream"]
+        table = {
+            "name": "counted",
+            "address": forbidding.address,
+            "port": forbidding.port,
+            "config": str(agent.config),
+            "socket": str(agent.socket),
+        }
+        path = write_inventory(
+            tmp_path / "inventory.toml",
+            [table],
+            **ssh_fleet.defaults(
+                identity_file=str(sshd_fleet.client_key),
+                known_hosts=str(sshd_fleet.known_hosts),
+            ),
+        )
+
+        def channels_asked() -> int:
+            log = forbidding.log_path.read_text(errors="replace")
+            return log.count("ctype direct-streamlocal@openssh.com")
+
+        status, out, err = run(capsys, path, "list", "--watch", "100ms", "--count", "3")
+        assert status == 0, err
+        assert out.count("counted") == 3  # three frames, each with the host's row
+        assert channels_asked() == 3
+        status, document = run_json(capsys, path, "list")
+        assert status == 0 and document["hosts"][0]["via"] == "exec"
+        assert channels_asked() == 4
+        status, document = run_json(capsys, path, "pause", "counted", "0")
+        assert status == 0 and document["via"] == "exec"
+        assert channels_asked() == 5
+    finally:
+        sshd_fleet.stop_all()

@@ -15,16 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENT_COMMAND, Agent, run, write_inventory
+from conftest import AGENT_COMMAND, fleet_agent, run, wait_for_paused_thread_0, write_inventory
+from helpers import Agent
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def local_agent(tmp_path_factory):
-    agent = Agent("local", tmp_path_factory.mktemp("local-agent"))
-    agent.start()
-    agent.wait_for_paused_thread_0()
+    agent = fleet_agent("local", tmp_path_factory.mktemp("local-agent")).start()
+    wait_for_paused_thread_0(agent)
     yield agent
     agent.stop()
 
@@ -53,7 +55,7 @@ def test_list_and_info_through_the_local_socket(tmp_path, capsys, local_agent):
     assert status == 0, err
     lines = out.splitlines()
     assert lines[0].split()[0:2] == ["Index", "Loc"]
-    assert re.match(rf"0\s+{local_agent.dir}/store1\s+s-t010000-\d+\s+true\s+", lines[1])
+    assert re.match(rf"0\s+{local_agent.folder}/store1\s+s-t010000-\d+\s+true\s+", lines[1])
 
 
 def test_pause_and_resume_through_the_local_socket(tmp_path, capsys, local_agent):
@@ -76,8 +78,7 @@ def test_pause_and_resume_through_the_local_socket(tmp_path, capsys, local_agent
 
 
 def test_stopped_local_agent_keeps_its_last_heartbeat(tmp_path, capsys, tmp_path_factory):
-    agent = Agent("gone", tmp_path_factory.mktemp("gone-agent"))
-    agent.start()
+    agent = fleet_agent("gone", tmp_path_factory.mktemp("gone-agent")).start()
     agent.stop()
     time.sleep(0.3)
     path = local_inventory(tmp_path, agent)

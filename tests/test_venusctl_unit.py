@@ -6,6 +6,7 @@ is in test_venusctl_e2e.py / test_venusctl_local.py.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import report
 
 import venusctl
 from venusctl import (
@@ -27,6 +29,7 @@ from venusctl import (
     UnreadableReply,
     UsageError,
 )
+from worker_agent import api
 
 INVENTORY = """\
 [defaults]
@@ -377,17 +380,17 @@ def test_cli_config_error_on_the_host_is_not_an_agent_refusal():
 
 
 def test_cli_status_while_daemon_down_keeps_the_report():
-    report = {"version": "0.1.0", "age": 900.5, "summary": {"Threads": 2, "Paused": 1}}
-    document = {"report": report, "threads": None, "error": {"code": -32099, "message": "x"}}
+    stale = report(900.5, {"Threads": 2, "Paused": 1}).to_json()
+    document = {"report": stale, "threads": None, "error": {"code": -32099, "message": "x"}}
     agent = venusctl.CliAgent(host(), lambda argv: CommandResult(3, json.dumps(document), ""), "e")
     status = agent.status()
-    assert status.threads is None and status.report == report
+    assert status.threads is None and status.report.to_json() == stale
     assert isinstance(status.error, AgentNotRunning)
 
 
 # -- tables and JSON entries ----------------------------------------------------------------------
 
-THREADS = [
+THREADS_JSON = [
     {
         "index": 0,
         "location": "/srv/store1",
@@ -422,6 +425,7 @@ THREADS = [
         "last_error": None,
     },
 ]
+THREADS = [api.WorkerInfo.from_json(thread) for thread in THREADS_JSON]
 
 
 def test_info_table_has_the_seeds_columns():
@@ -449,8 +453,7 @@ def test_info_wide_adds_plan_stage_and_thread_state():
 
 def test_list_entry_counts_live_threads_and_flags_expired_pings():
     worker = host()
-    report = {"version": "0.1.0", "age": 700.0, "summary": {"Threads": 9}}
-    entry = venusctl.list_entry(worker, HostStatus(report, THREADS, via="stream"), 600)
+    entry = venusctl.list_entry(worker, HostStatus(report(700.0), THREADS, via="stream"), 600)
     assert entry["summary"] == {
         "Threads": 3,
         "Empty": 1,
@@ -466,8 +469,8 @@ def test_list_entry_counts_live_threads_and_flags_expired_pings():
 
 
 def test_list_row_of_a_dead_agent_uses_the_stale_report():
-    report = {"version": "0.1.0", "age": 5.25, "summary": dict.fromkeys(venusctl.SUMMARY_KEYS, 2)}
-    status = HostStatus(report, None, AgentNotRunning("agent not running"), via="exec")
+    stale = report(5.25, dict.fromkeys(api.SUMMARY_KEYS, 2))
+    status = HostStatus(stale, None, AgentNotRunning("agent not running"), via="exec")
     entry = venusctl.list_entry(host(), status, 600)
     assert entry["error"] == {"kind": "agent-not-running", "message": "agent not running"}
     headers, rows = venusctl.list_table([entry], wide=True)
@@ -503,6 +506,21 @@ def test_fan_out_keeps_every_hosts_result_or_exception():
     assert list(results) == ["gpu-01", "gpu-02", "cpu-01", "local"]
     assert results["gpu-01"] == "GPU-01"
     assert isinstance(results["cpu-01"], venusctl.HostTimeout)
+
+
+def test_fan_out_is_a_group_result_split_in_inventory_order():
+    hosts = parse(INVENTORY).hosts
+
+    def job(worker):
+        if worker.name in ("gpu-02", "local"):
+            raise venusctl.ConnectionRefused("connection refused")
+        return worker.name
+
+    results = venusctl.fan_out(hosts, job, forks=4)
+    assert isinstance(results, venusctl.GroupResult)
+    assert results.succeeded == {"gpu-01": "gpu-01", "cpu-01": "cpu-01"}
+    assert list(results.failed) == ["gpu-02", "local"]
+    assert all(isinstance(e, venusctl.ConnectionRefused) for e in results.failed.values())
 
 
 def test_fan_out_runs_at_most_forks_hosts_at_once():
@@ -695,3 +713,40 @@ def test_inventory_command_lists_hosts_without_connecting(tmp_path, capsys):
     hosts = json.loads(capsys.readouterr().out)["hosts"]
     assert hosts[1]["port"] == 2222 and hosts[1]["dest"] == "10.0.0.2:2222"
     assert hosts[3]["socket"] == str(tmp_path / "mock-tmp/venus-worker.sock")
+
+
+def test_main_runs_in_the_environment_it_is_given(tmp_path, capsys):
+    """Streams, $VENUSCTL_INVENTORY, the clocks and sleep come from `env`, not the process."""
+    path = tmp_path / "inventory.toml"
+    port = free_port()  # nothing listens there: the host's row is "connection refused"
+    path.write_text(f'[[host]]\nname = "w1"\naddress = "127.0.0.1"\nport = {port}\n')
+    out, err, slept = io.StringIO(), io.StringIO(), []
+    env = venusctl.Environment(
+        stdout=out,
+        stderr=err,
+        environ={"VENUSCTL_INVENTORY": str(path)},
+        now=lambda: 1764282000.25,
+        sleep=slept.append,
+    )
+    assert venusctl.main(["inventory"], env) == 0
+    assert out.getvalue().splitlines()[1].split()[:2] == ["w1", f"127.0.0.1:{port}"]
+    out.truncate(0), out.seek(0)
+    assert venusctl.main(["list", "--watch", "5", "--count", "2", "--json"], env) == 1
+    frames = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [frame["time"] for frame in frames] == [1764282000.25, 1764282000.25]
+    assert frames[0]["hosts"][0]["error"]["kind"] == "connection-refused"
+    assert len(slept) == 1 and 4 < slept[0] <= 5  # between the two frames, none after
+    assert venusctl.main(["list", "--bogus"], env) == 2
+    assert err.getvalue().startswith("venusctl: unrecognized arguments: --bogus")
+    out.truncate(0), out.seek(0)
+    assert venusctl.main(["health", "--deadline", "0s"], env) == 3
+    assert out.getvalue().startswith("VENUS UNKNOWN - argument --deadline")
+    assert venusctl.main(["--help"], env) == 0
+    assert "commands:" in out.getvalue()
+    assert capsys.readouterr() == ("", "")  # nothing reached the process's own streams
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

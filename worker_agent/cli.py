@@ -22,26 +22,17 @@ import json
 import os
 import sys
 import time
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, TextIO
 
 from worker_agent import __version__
+from worker_agent.api import SUMMARY_KEYS, Method, RpcCode, ThreadState
+from worker_agent.api import AgentExit as ExitStatus
 from worker_agent.client import AgentClient, AgentNotRunning
 from worker_agent.config import ConfigError, load_config
-from worker_agent.protocol import AGENT_NOT_RUNNING, INTERNAL_ERROR, RpcError
+from worker_agent.protocol import RpcError
 
 __all__ = ["ExitStatus", "format_list_line", "humantime", "main"]
-
-CONFIG_ERROR = -32098  # --json code for a usage/config error (exit 2)
-SUMMARY_ORDER = ("Threads", "Empty", "Paused", "Running", "Waiting", "Errors")
-
-
-class ExitStatus(IntEnum):
-    OK = 0
-    REFUSED = 1
-    USAGE = 2
-    NOT_RUNNING = 3
 
 
 # ---------------------------------------------------------------- formatting
@@ -76,7 +67,7 @@ def _option(value: Any) -> str:
 def format_list_line(info: dict) -> str:
     """One thread in the seed's format (venus-worker 0.2's `worker list`)."""
     thread_state = info["thread_state"]
-    paused = thread_state["state"] == "Paused"
+    paused = thread_state["state"] == ThreadState.Paused
     elapsed = thread_state.get("elapsed")
     paused_elapsed = humantime(elapsed) if paused and elapsed is not None else None
     last_error = info.get("last_error")
@@ -92,7 +83,7 @@ def format_list_line(info: dict) -> str:
 
 def format_report(report: dict) -> str:
     counts = report["summary"]
-    summary = " ".join(f"{key}={counts[key]}" for key in SUMMARY_ORDER if key in counts)
+    summary = " ".join(f"{key}={counts[key]}" for key in SUMMARY_KEYS if key in counts)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report["time"]))
     return (
         f"name: {report['name']}  version: {report['version']}  pid: {report['pid']}\n"
@@ -119,7 +110,7 @@ class Output:
 
     def error(self, code: int, message: str) -> None:
         if self.as_json:
-            json.dump({"error": {"code": code, "message": message}}, self.stdout)
+            json.dump({"error": {"code": int(code), "message": message}}, self.stdout)
             self.stdout.write("\n")
         else:
             print(f"venus-worker: {message}", file=self.stderr)
@@ -168,21 +159,21 @@ def read_report(state_dir: Path) -> dict | None:
 
 def cmd_list(args, out: Output) -> int:
     with AgentClient(_socket_path(args)) as client:
-        infos = client.call("VenusWorker.WorkerList")
+        infos = client.call(Method.LIST.value)
     out.result(infos, "\n".join(format_list_line(info) for info in infos))
     return ExitStatus.OK
 
 
 def cmd_pause(args, out: Output) -> int:
     with AgentClient(_socket_path(args)) as client:
-        done = client.call("VenusWorker.WorkerPause", args.index)
+        done = client.call(Method.PAUSE.value, args.index)
     out.result(done, f"#{args.index} worker pause done={str(done).lower()}")
     return ExitStatus.OK
 
 
 def cmd_resume(args, out: Output) -> int:
     with AgentClient(_socket_path(args)) as client:
-        done = client.call("VenusWorker.WorkerResume", args.index, args.state)
+        done = client.call(Method.RESUME.value, args.index, args.state)
     out.result(done, f"#{args.index} worker resume done={str(done).lower()}")
     return ExitStatus.OK
 
@@ -192,7 +183,7 @@ def cmd_report(args, out: Output) -> int:
     report = read_report(state_dir)
     if report is None:
         message = f"no heartbeat report in {state_dir} (has the agent ever run?)"
-        out.error(AGENT_NOT_RUNNING, message)
+        out.error(RpcCode.AGENT_NOT_RUNNING, message)
         return ExitStatus.NOT_RUNNING
     out.result(report, format_report(report))
     return ExitStatus.OK
@@ -207,7 +198,7 @@ def cmd_status(args, out: Output) -> int:
     threads, error, status = None, None, ExitStatus.OK
     try:
         with AgentClient(_socket_path(args)) as client:
-            threads = client.call("VenusWorker.WorkerList")
+            threads = client.call(Method.LIST.value)
     except AgentNotRunning as exc:
         error, status = exc, ExitStatus.NOT_RUNNING
     except RpcError as exc:
@@ -257,7 +248,7 @@ def cmd_set_counter(args, out: Output) -> int:
     try:
         value, witnessed = set_counter(config, miner, args.last)
     except DaemonError as exc:
-        out.error(INTERNAL_ERROR, f"cannot set the counter: {exc}")
+        out.error(RpcCode.INTERNAL_ERROR, f"cannot set the counter: {exc}")
         return ExitStatus.REFUSED
     text = f"sector counter of miner {miner}: {value} (the next sector is s-t0{miner}-{value + 1})"
     if value > args.last:
@@ -429,7 +420,7 @@ def main(
     try:
         return int(args.func(args, out))
     except ConfigError as exc:
-        out.error(CONFIG_ERROR, f"config error: {exc}")
+        out.error(RpcCode.CONFIG_ERROR, f"config error: {exc}")
         return ExitStatus.USAGE
     except AgentNotRunning as exc:
         out.error(exc.code, exc.message)
@@ -438,7 +429,7 @@ def main(
         out.error(exc.code, exc.message)
         return ExitStatus.REFUSED
     except ReportError as exc:
-        out.error(INTERNAL_ERROR, str(exc))
+        out.error(RpcCode.INTERNAL_ERROR, str(exc))
         return ExitStatus.REFUSED
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, as other CLI tools do.
@@ -446,7 +437,7 @@ def main(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitStatus.REFUSED
     except OSError as exc:
-        out.error(INTERNAL_ERROR, f"error: {exc}")
+        out.error(RpcCode.INTERNAL_ERROR, f"error: {exc}")
         return ExitStatus.REFUSED
     except KeyboardInterrupt:
         return 130

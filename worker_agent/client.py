@@ -12,13 +12,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from worker_agent.protocol import (
-    AGENT_NOT_RUNNING,
-    INTERNAL_ERROR,
-    RpcError,
-    make_request,
-    parse_reply,
-)
+from worker_agent.api import RpcCode
+from worker_agent.protocol import RpcError, make_request, parse_reply
 
 __all__ = ["AgentClient", "AgentNotRunning", "AgentUnreachable"]
 
@@ -28,14 +23,14 @@ class AgentNotRunning(RpcError):
 
     def __init__(self, path: Path | str, detail: str = ""):
         message = f"agent not running at {path}" + (f" ({detail})" if detail else "")
-        super().__init__(AGENT_NOT_RUNNING, message)
+        super().__init__(RpcCode.AGENT_NOT_RUNNING, message)
 
 
 class AgentUnreachable(RpcError):
     """The socket is there but talking to it failed (permission, timeout, reset)."""
 
     def __init__(self, path: Path | str, error: Exception):
-        super().__init__(INTERNAL_ERROR, f"cannot talk to the agent at {path}: {error}")
+        super().__init__(RpcCode.INTERNAL_ERROR, f"cannot talk to the agent at {path}: {error}")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -75,7 +70,7 @@ class AgentClient:
         body = make_request(method, list(params), self._next_id)
         status, reply = self._post(body)
         if status != 200:
-            raise RpcError(INTERNAL_ERROR, f"agent answered HTTP {status}: {reply[:200]!r}")
+            raise RpcError(RpcCode.INTERNAL_ERROR, f"agent answered HTTP {status}: {reply[:200]!r}")
         return parse_reply(reply)
 
     def _post(self, body: bytes) -> tuple[int, bytes]:

@@ -15,6 +15,7 @@ Layout (all keys optional except ``location``)::
     state_dir = "/var/lib/venus-worker"
     ping_interval = "30s"
     request_timeout = "10s"            # a whole request (headers + body) within this, idle too
+    metrics_textfile = "/var/lib/prometheus/node-exporter/venus-worker.prom"  # default: off
     strict_modes = true                # refuse folders others can write in (like sshd)
 
     [sealing]                          # defaults for every thread
@@ -67,7 +68,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker_agent.states import PLANS, Level, State
+from worker_agent.api import STAGE_NAMES as STAGE_LABELS
+from worker_agent.api import parse_duration  # the one grammar; a bare number is refused here
+from worker_agent.states import PLANS, Level
 
 __all__ = [
     "AutoResume",
@@ -90,30 +93,6 @@ MAX_SOCKET_PATH = 107
 
 class ConfigError(Exception):
     """A configuration problem; str() is the one line shown to the user."""
-
-
-# ---------------------------------------------------------------- durations
-
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|min|sec|s|m|h|d)\s*")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a humantime-like duration ("500ms", "30s", "1m", "1h30m").
-
-    Raises ValueError for anything else, including bare numbers: "30" could
-    mean seconds or milliseconds, so we make the writer say which.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(text)
-    total, pos = 0.0, 0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if not match:
-            raise ValueError(text)
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    return total
 
 
 # ---------------------------------------------------------------- model
@@ -192,18 +171,11 @@ class Config:
     processor: str
     mock: MockConfig
     command: CommandConfig
+    metrics_textfile: Path | None = None  # node_exporter textfile (metrics.py); None: off
     strict_modes: bool = True
 
 
 # ---------------------------------------------------------------- reading
-
-
-def _all_stage_labels() -> frozenset[str]:
-    labels = {plan.stage(s) for plan in PLANS.values() for s in State}
-    return frozenset(labels - {"-"})
-
-
-STAGE_LABELS = _all_stage_labels()
 
 
 class _Table:
@@ -506,6 +478,23 @@ def _processors(root: _Table, thread_count: int) -> tuple[str, MockConfig, Comma
     return kind, mock, command
 
 
+def _metrics_textfile(worker: _Table, folder: Path) -> Path | None:
+    """`metrics_textfile`: a `*.prom` file path (node_exporter's textfile collector reads
+    nothing else, so any other name would be exported to nobody, silently)."""
+    path = worker.path("metrics_textfile", None, folder)
+    if path is None:
+        return None
+    if path.suffix != ".prom":
+        raise worker.error(
+            "metrics_textfile",
+            f"{path}: must be a file named *.prom (node_exporter's textfile collector"
+            " reads only those), e.g. /var/lib/prometheus/node-exporter/venus-worker.prom",
+        )
+    if path.is_dir():
+        raise worker.error("metrics_textfile", f"{path} is a folder; name the file in it")
+    return path
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate the config file at `path`; raises ConfigError."""
     file = Path(path).absolute()
@@ -524,6 +513,7 @@ def load_config(path: str | os.PathLike) -> Config:
     request_timeout = worker.duration("request_timeout", 10.0)
     if request_timeout <= 0:
         raise worker.error("request_timeout", "must be greater than zero")
+    metrics_textfile = _metrics_textfile(worker, folder)
     strict_modes = worker.raw("strict_modes", True)
     if not isinstance(strict_modes, bool):
         raise worker.error(
@@ -546,5 +536,6 @@ def load_config(path: str | os.PathLike) -> Config:
         processor=kind,
         mock=mock,
         command=command,
+        metrics_textfile=metrics_textfile,
         strict_modes=strict_modes,
     )

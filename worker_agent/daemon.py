@@ -35,12 +35,14 @@ import time
 from pathlib import Path
 
 from worker_agent import __version__
+from worker_agent.api import WorkerInfo, summarize
 from worker_agent.config import Config, ConfigError, load_config
 from worker_agent.guard import InsecurePath, check_folder
+from worker_agent.metrics import MetricsError, WorkerMetrics
 from worker_agent.processors import make_processor
 from worker_agent.protocol import handle_body
 from worker_agent.server import ControlServer
-from worker_agent.service import WorkerService, summarize
+from worker_agent.service import WorkerService
 from worker_agent.store import (
     SCHEMA,
     LockHeld,
@@ -110,6 +112,8 @@ class Daemon:
         self.threads: list[SealingThread] = []
         self.server: ControlServer | None = None
         self.processor = None
+        # The node_exporter textfile, when metrics_textfile is set (metrics.py).
+        self.metrics = WorkerMetrics(config) if config.metrics_textfile else None
         self._report: dict | None = None
         self._lock_fd: int | None = None
         self._stores: list[TaskStore] = []
@@ -126,12 +130,18 @@ class Daemon:
         counter = SectorCounter(config.state_dir)
         counter_found = counter.load()
         processor = self.processor = make_processor(config)
+        if self.metrics is not None:
+            try:
+                self.metrics.open()
+            except MetricsError as exc:
+                raise DaemonError(str(exc)) from None
         for thread_config in config.threads:
             store = TaskStore(thread_config.location)
             problem = self._open_store(store)
-            self.threads.append(
-                SealingThread(thread_config, store, counter, processor, problem=problem)
+            thread = SealingThread(
+                thread_config, store, counter, processor, observer=self.metrics, problem=problem
             )
+            self.threads.append(thread)
         self._establish_counter(counter, counter_found)
         service = WorkerService(self.threads, lambda: self._report)
         config.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +261,6 @@ class Daemon:
     # ------------------------------------------------------------ heartbeat
 
     def build_report(self) -> dict:
-        infos = [thread.info() for thread in self.threads]
         return {
             "schema": SCHEMA,
             "name": self.config.name,
@@ -260,13 +269,15 @@ class Daemon:
             "time": round(time.time(), 3),
             "socket": str(self.config.socket),
             "ping_interval": self.config.ping_interval,
-            "summary": summarize(infos),
+            "summary": _summary(self.threads),
         }
 
     def write_report(self) -> None:
         report = self.build_report()
         write_json_atomic(self.config.state_dir / REPORT_NAME, report)
         self._report = report
+        if self.metrics is not None:
+            self.metrics.write(report["time"], self.threads)  # logs its own failure
 
     def _report_loop(self) -> None:
         """Rewrite the report every ping_interval, and sooner when a count that matters moved.
@@ -281,7 +292,7 @@ class Daemon:
         while not self._stop.wait(tick):
             due = time.monotonic() - last_write >= interval - tick / 2
             if not due:
-                counts = summarize([thread.info() for thread in self.threads])
+                counts = _summary(self.threads)
                 due = _sticky(counts) != _sticky((self._report or {}).get("summary", {}))
             if not due:
                 continue
@@ -313,6 +324,8 @@ class Daemon:
                 self.write_report()
         for store in self._stores:
             store.unlock()
+        if self.metrics is not None:
+            self.metrics.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -331,6 +344,11 @@ class Daemon:
                     return True
                 worker.join(min(0.1, left))
         return False
+
+
+def _summary(threads: list[SealingThread]) -> dict:
+    """The heartbeat counts by the one rule (api.summarize) over what WorkerList shows."""
+    return summarize(WorkerInfo.from_json(thread.info()) for thread in threads).to_json()
 
 
 def _sticky(summary: dict) -> tuple:

@@ -20,7 +20,7 @@ Replies::
     {"jsonrpc": "2.0", "id": 1, "result": ...}
     {"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "worker #9 not found"}}
 
-Error codes:
+Error codes (``api.RpcCode``, the one table both sides use):
 
 ======  ==============================================================
 -32700  parse error: the body is not JSON, or nested deeper than MAX_DEPTH (id null)
@@ -54,30 +54,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from worker_agent.api import RpcCode
+
 __all__ = [
-    "AGENT_NOT_RUNNING",
-    "CHANGE_NOT_SAVED",
-    "INTERNAL_ERROR",
-    "INVALID_PARAMS",
-    "INVALID_REQUEST",
-    "METHOD_NOT_FOUND",
-    "NOT_PAUSED",
-    "PARSE_ERROR",
     "RawJSON",
     "RpcError",
     "handle_body",
     "make_request",
     "parse_reply",
 ]
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-NOT_PAUSED = 1001
-CHANGE_NOT_SAVED = 1002
-AGENT_NOT_RUNNING = -32099
 
 Handler = Callable[[list], Any]
 
@@ -103,7 +88,7 @@ class RpcError(Exception):
         self.message = message
 
     def to_json(self) -> dict:
-        return {"code": self.code, "message": self.message}
+        return {"code": int(self.code), "message": self.message}
 
 
 def _error_reply(request_id: Any, error: RpcError) -> dict:
@@ -121,28 +106,30 @@ def _valid_id(value: Any) -> bool:
 def handle_request(request: Any, methods: Mapping[str, Handler]) -> dict | None:
     """The reply to one decoded request, or None for a notification."""
     if not isinstance(request, dict):
-        return _error_reply(None, RpcError(INVALID_REQUEST, "invalid request: not an object"))
+        return _error_reply(
+            None, RpcError(RpcCode.INVALID_REQUEST, "invalid request: not an object")
+        )
     request_id = request.get("id")
     if not _valid_id(request_id):
-        return _error_reply(None, RpcError(INVALID_REQUEST, "invalid request: bad id"))
+        return _error_reply(None, RpcError(RpcCode.INVALID_REQUEST, "invalid request: bad id"))
     method = request.get("method")
     if request.get("jsonrpc") != "2.0" or not isinstance(method, str):
         problem = 'invalid request: needs "jsonrpc": "2.0" and a string "method"'
-        return _error_reply(request_id, RpcError(INVALID_REQUEST, problem))
+        return _error_reply(request_id, RpcError(RpcCode.INVALID_REQUEST, problem))
     is_notification = "id" not in request
     params = request.get("params", [])
     try:
         if not isinstance(params, list):
-            raise RpcError(INVALID_PARAMS, "invalid params: params must be an array")
+            raise RpcError(RpcCode.INVALID_PARAMS, "invalid params: params must be an array")
         handler = methods.get(method)
         if handler is None:
-            raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+            raise RpcError(RpcCode.METHOD_NOT_FOUND, f"method not found: {method}")
         result = handler(params)
     except RpcError as error:
         return None if is_notification else _error_reply(request_id, error)
     except Exception as exc:  # a handler bug becomes an error reply, never a dead daemon
         log.exception("handler for %s failed", method)
-        error = RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+        error = RpcError(RpcCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
         return None if is_notification else _error_reply(request_id, error)
     return None if is_notification else {"jsonrpc": "2.0", "id": request_id, "result": result}
 
@@ -168,15 +155,17 @@ def handle_body(body: bytes, methods: Mapping[str, Handler]) -> bytes | None:
     try:
         payload = json.loads(body)
     except RecursionError:  # the decoder recurses per level: thousands of "[" end here
-        return _encode(_error_reply(None, RpcError(PARSE_ERROR, too_deep)))
+        return _encode(_error_reply(None, RpcError(RpcCode.PARSE_ERROR, too_deep)))
     except (ValueError, UnicodeDecodeError) as exc:
-        reply: Any = _error_reply(None, RpcError(PARSE_ERROR, f"parse error: {exc}"))
+        reply: Any = _error_reply(None, RpcError(RpcCode.PARSE_ERROR, f"parse error: {exc}"))
         return _encode(reply)
     if _too_deep(payload):
-        return _encode(_error_reply(None, RpcError(PARSE_ERROR, too_deep)))
+        return _encode(_error_reply(None, RpcError(RpcCode.PARSE_ERROR, too_deep)))
     if isinstance(payload, list):
         if not payload:
-            reply = _error_reply(None, RpcError(INVALID_REQUEST, "invalid request: empty batch"))
+            reply = _error_reply(
+                None, RpcError(RpcCode.INVALID_REQUEST, "invalid request: empty batch")
+            )
             return _encode(reply)
         replies = [r for r in (handle_request(item, methods) for item in payload) if r is not None]
         return _encode(replies) if replies else None
@@ -208,12 +197,14 @@ def parse_reply(body: bytes) -> Any:
     try:
         reply = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RpcError(PARSE_ERROR, f"agent sent a reply that is not JSON: {exc}") from None
+        raise RpcError(RpcCode.PARSE_ERROR, f"agent sent a reply that is not JSON: {exc}") from None
     if not isinstance(reply, dict) or ("result" not in reply and "error" not in reply):
-        raise RpcError(INVALID_REQUEST, "agent sent a reply that is not a JSON-RPC reply")
+        raise RpcError(RpcCode.INVALID_REQUEST, "agent sent a reply that is not a JSON-RPC reply")
     error = reply.get("error")
     if error is not None:
         if not isinstance(error, dict):
-            raise RpcError(INTERNAL_ERROR, f"malformed error reply: {error!r}")
-        raise RpcError(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")))
+            raise RpcError(RpcCode.INTERNAL_ERROR, f"malformed error reply: {error!r}")
+        raise RpcError(
+            int(error.get("code", RpcCode.INTERNAL_ERROR)), str(error.get("message", ""))
+        )
     return reply["result"]

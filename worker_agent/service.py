@@ -1,8 +1,8 @@
 """The control API's handlers: plain data in, plain data out, no sockets.
 
 Each handler takes the positional params list and returns the JSON result or
-raises ``RpcError`` (codes in protocol.py). ``WorkerService.methods`` is the
-table the server dispatches on.
+raises ``RpcError`` (codes: ``api.RpcCode``). ``WorkerService.methods`` is the
+table the server dispatches on, by ``api.Method`` name.
 """
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker_agent import __version__
-from worker_agent.protocol import (
-    CHANGE_NOT_SAVED,
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    NOT_PAUSED,
-    RawJSON,
-    RpcError,
-)
+from worker_agent.api import Method, RpcCode
+from worker_agent.protocol import RawJSON, RpcError
 from worker_agent.thread import (
     InvalidState,
     NoTask,
@@ -29,31 +23,21 @@ from worker_agent.thread import (
     StoreUnusable,
 )
 
-__all__ = ["WorkerService", "summarize"]
-
-
-def summarize(infos: Sequence[dict]) -> dict:
-    """The heartbeat summary counts, as damocles-worker's ping computes them."""
-    states = [info["thread_state"]["state"] for info in infos]
-    return {
-        "Threads": len(infos),
-        "Empty": sum(1 for info in infos if info["job_id"] is None),
-        "Paused": states.count("Paused"),
-        "Running": states.count("Running"),
-        "Waiting": states.count("Waiting"),
-        "Errors": sum(1 for info in infos if info["last_error"] is not None),
-    }
+__all__ = ["WorkerService"]
 
 
 def _check_count(params: list, low: int, high: int) -> None:
     if not low <= len(params) <= high:
         wanted = f"{low}" if low == high else f"{low} or {high}"
-        raise RpcError(INVALID_PARAMS, f"invalid params: expected {wanted}, got {len(params)}")
+        raise RpcError(
+            RpcCode.INVALID_PARAMS, f"invalid params: expected {wanted}, got {len(params)}"
+        )
 
 
 def _not_saved(thread: SealingThread, error: RecordNotSaved) -> RpcError:
     return RpcError(
-        CHANGE_NOT_SAVED, f"change not saved: worker #{thread.index} is unchanged ({error})"
+        RpcCode.CHANGE_NOT_SAVED,
+        f"change not saved: worker #{thread.index} is unchanged ({error})",
     )
 
 
@@ -68,20 +52,20 @@ class WorkerService:
         self._last_report = last_report
         self._clock = clock
         self.methods = {
-            "VenusWorker.WorkerList": self.worker_list,
-            "VenusWorker.WorkerPause": self.worker_pause,
-            "VenusWorker.WorkerResume": self.worker_resume,
-            "VenusWorker.WorkerReport": self.worker_report,
-            "VenusWorker.WorkerVersion": self.worker_version,
+            Method.LIST.value: self.worker_list,
+            Method.PAUSE.value: self.worker_pause,
+            Method.RESUME.value: self.worker_resume,
+            Method.REPORT.value: self.worker_report,
+            Method.VERSION.value: self.worker_version,
         }
 
     def _thread(self, value: Any) -> SealingThread:
         if isinstance(value, bool) or not isinstance(value, int):
             raise RpcError(
-                INVALID_PARAMS, f"invalid params: index must be an integer, got {value!r}"
+                RpcCode.INVALID_PARAMS, f"invalid params: index must be an integer, got {value!r}"
             )
         if not 0 <= value < len(self.threads):
-            raise RpcError(INVALID_PARAMS, f"worker #{value} not found")
+            raise RpcError(RpcCode.INVALID_PARAMS, f"worker #{value} not found")
         return self.threads[value]
 
     def worker_list(self, params: list) -> RawJSON:
@@ -103,25 +87,26 @@ class WorkerService:
         state = params[1] if len(params) == 2 else None
         if state is not None and not isinstance(state, str):
             raise RpcError(
-                INVALID_PARAMS, f"invalid params: state must be a string or null, got {state!r}"
+                RpcCode.INVALID_PARAMS,
+                f"invalid params: state must be a string or null, got {state!r}",
             )
         try:
             thread.resume(state)
         except (InvalidState, NoTask) as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
+            raise RpcError(RpcCode.INVALID_PARAMS, str(exc)) from None
         except NotPaused as exc:
-            raise RpcError(NOT_PAUSED, str(exc)) from None
+            raise RpcError(RpcCode.NOT_PAUSED, str(exc)) from None
         except RecordNotSaved as exc:
             raise _not_saved(thread, exc) from None
         except StoreUnusable as exc:
-            raise RpcError(CHANGE_NOT_SAVED, f"change not made: {exc}") from None
+            raise RpcError(RpcCode.CHANGE_NOT_SAVED, f"change not made: {exc}") from None
         return True
 
     def worker_report(self, params: list) -> dict:
         _check_count(params, 0, 0)
         report = self._last_report()
         if report is None:
-            raise RpcError(INTERNAL_ERROR, "no heartbeat report written yet")
+            raise RpcError(RpcCode.INTERNAL_ERROR, "no heartbeat report written yet")
         return dict(report, age=round(self._clock() - report["time"], 3))
 
     def worker_version(self, params: list) -> str:

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker_agent.api import ThreadState
 from worker_agent.children import LeftoversAlive, kill_leftovers
 from worker_agent.config import AutoResume, ThreadConfig
 from worker_agent.processors import Done, Interrupted, Outcome, StageContext
@@ -155,7 +156,7 @@ def change_state(task: Task, to: State, event: Event | None, now: float) -> None
 class _Activity:
     """What the thread is doing right now (WorkerInfo.thread_state); in memory only."""
 
-    state: str  # Idle | Running | Waiting | Paused
+    state: ThreadState
     since: float  # monotonic
     proc: str | None = None
 
@@ -170,6 +171,7 @@ class SealingThread:
         counter: SectorCounter,
         processor,
         clock=None,
+        observer=None,
         problem: str | None = None,
     ):
         """`problem`: why the store cannot be used (the daemon could not create or lock it)."""
@@ -179,6 +181,9 @@ class SealingThread:
         self.counter = counter
         self.processor = processor
         self.clock = clock or RealClock()
+        # Told of each stage that completed and each task that ended (metrics.py's
+        # WorkerMetrics: stage_done(plan, stage, seconds), task_ended(location, task)).
+        self.observer = observer
         self._cond = threading.Condition()  # guards everything below
         self._save_lock = threading.Lock()  # orders writes of the record
         self._unusable: str | None = None  # why the store cannot be used (paused meanwhile)
@@ -188,13 +193,16 @@ class SealingThread:
         self._stopping = False
         self._write_error: str | None = None  # shown as last_error while the disk refuses
         self._next_task_at = self.clock.monotonic()
-        self._activity = _Activity("Paused" if self.record.paused else "Idle", self._mono())
+        self._activity = _Activity(
+            ThreadState.Paused if self.record.paused else ThreadState.Idle, self._mono()
+        )
         # info() is on the WorkerList hot path: its unchanging part is rebuilt only after
         # a change (the version moves), so a call costs a dict copy and three subtractions.
         self._version = 0
         self._view_version = -1
         self._view: dict = {}
         self._view_times: tuple[float | None, float | None] = (None, None)
+        self._view_retry = 0
         self._json_key: tuple | None = None
         self._json = ""
 
@@ -219,7 +227,7 @@ class SealingThread:
     def _mono(self) -> float:
         return self.clock.monotonic()
 
-    def _set_activity(self, state: str, proc: str | None = None) -> None:
+    def _set_activity(self, state: ThreadState, proc: str | None = None) -> None:
         with self._cond:
             if self._activity.state != state or self._activity.proc != proc:
                 self._activity = _Activity(state, self._mono(), proc)
@@ -228,7 +236,7 @@ class SealingThread:
     def _commit(
         self,
         mutate: Callable[[ThreadRecord], None],
-        activity: str | None = None,
+        activity: ThreadState | None = None,
         after: Callable[[], None] | None = None,
     ) -> None:
         """Apply `mutate` to a copy of the record, write the copy, then make it the record.
@@ -295,7 +303,7 @@ class SealingThread:
             self._version += 1
         if first:
             log.error("thread #%d: %s; retrying every %gs", self.index, problem, WRITE_RETRY)
-        self._set_activity("Waiting")
+        self._set_activity(ThreadState.Waiting)
         if self._sleep(WRITE_RETRY):
             raise _Stopping()
 
@@ -415,7 +423,7 @@ class SealingThread:
         return True
 
     def _start_task_when_due(self) -> None:
-        self._set_activity("Idle")
+        self._set_activity(ThreadState.Idle)
         if self._wait(self._next_task_at - self._mono()):
             return
         miner = self.config.sealing.miner
@@ -435,6 +443,10 @@ class SealingThread:
 
     def _drop_task(self, state: State) -> None:
         """Finished or Aborted: clear the data folder, forget the task, wait seal_interval."""
+        if self.observer is not None:
+            # Before the drop is saved: a crash in between tells it again after the
+            # restart, and the observer counts a sector once (it remembers the last one).
+            self.observer.task_ended(str(self.config.location), self.record.task)
         self.store.clear_data()
 
         def drop(record: ThreadRecord) -> None:
@@ -478,13 +490,13 @@ class SealingThread:
             return Done()  # a task reset to Empty keeps its sector: just allocate again
         stage = plan.stage(task.state)
         if stage in WAIT_STAGES:
-            self._set_activity("Waiting")
+            self._set_activity(ThreadState.Waiting)
         else:
-            self._set_activity("Running", self.processor.name)
+            self._set_activity(ThreadState.Running, self.processor.name)
         try:
             return self.processor.run(self._context(task, plan))
         finally:
-            self._set_activity("Idle")
+            self._set_activity(ThreadState.Idle)
 
     def _apply(self, task: Task, outcome: Outcome) -> None:
         if isinstance(outcome, Interrupted):
@@ -506,7 +518,10 @@ class SealingThread:
             self._pause(f"{Level.CRITICAL}: unexpected event {event} for state {task.state}")
             return
         now = self.clock.now()
+        entered_at, stage = task.entered_at, plan.stage(task.state)
         self._save(lambda record: change_state(record.task, to, event, now))
+        if self.observer is not None and stage != NO_STAGE:
+            self.observer.stage_done(plan.name, stage, max(0.0, now - entered_at))
 
     def _retry_later(self, message: str) -> None:
         limit = self.config.sealing.max_retries
@@ -524,7 +539,7 @@ class SealingThread:
         self._save(count)
         retry = self.record.task.retry
         log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message, retry, limit)
-        self._set_activity("Idle")
+        self._set_activity(ThreadState.Idle)
         self._wait(self.config.sealing.recover_interval)
 
     def _abort(self, message: str) -> None:
@@ -548,7 +563,7 @@ class SealingThread:
             if also is not None:
                 also(record)
 
-        self._save(pause, activity="Paused", after=self._forget_pause_request)
+        self._save(pause, activity=ThreadState.Paused, after=self._forget_pause_request)
         if last_error:
             due = self.record.auto_resume_at
             when = f" (auto-resume in {due - now:g}s)" if due is not None else ""
@@ -607,7 +622,7 @@ class SealingThread:
         if not used:
             log.info("thread #%d: no auto-resume rule matches any more: staying paused", self.index)
             return
-        self._set_activity("Idle")
+        self._set_activity(ThreadState.Idle)
         rule = used["rule"]
         log.warning(
             "thread #%d: auto-resumed %s (rule %r, %d of %d for this task) after: %s",
@@ -667,7 +682,7 @@ class SealingThread:
             record.paused, record.paused_at, record.last_error = False, None, None
             record.pause_requested, record.auto_resume_at = False, None
 
-        self._commit(resume, activity="Idle", after=self._forget_pause_request)
+        self._commit(resume, activity=ThreadState.Idle, after=self._forget_pause_request)
         log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
 
     def _resume_unusable(self, state_name: str | None) -> None:
@@ -677,7 +692,9 @@ class SealingThread:
             with self._cond:
                 self.record, self._unusable = record, None
                 self._pause_requested = record.pause_requested and not record.paused
-                self._activity = _Activity("Paused" if record.paused else "Idle", self._mono())
+                self._activity = _Activity(
+                    ThreadState.Paused if record.paused else ThreadState.Idle, self._mono()
+                )
                 self._version += 1
                 self._cond.notify_all()
         log.info("thread #%d: store usable again", self.index)
@@ -735,7 +752,7 @@ class SealingThread:
     # ------------------------------------------------------------ views
 
     def info(self) -> dict:
-        """This thread as a WorkerInfo (docs/protocol.md)."""
+        """This thread as WorkerInfo JSON (api.WorkerInfo, docs/protocol.md)."""
         with self._cond:
             self._refresh_view()
             return self._info(*self._elapsed())
@@ -755,14 +772,23 @@ class SealingThread:
                 self._json_key = key
             return self._json
 
+    def metrics_view(self) -> dict:
+        """info() plus the saved record's `retry`, `paused_at` and `entered_at` (metrics.py)."""
+        with self._cond:
+            self._refresh_view()
+            info = self._info(*self._elapsed())
+            info["paused_at"], info["entered_at"] = self._view_times
+            info["retry"] = self._view_retry
+        return info
+
     def _elapsed(self) -> tuple[int | None, int | None]:
         """(thread-state elapsed, state_elapsed) in whole seconds; caller holds the lock."""
         paused_at, entered_at = self._view_times
         activity = self._activity
         now = self.clock.now()
-        if activity.state == "Paused" and paused_at is not None:
+        if activity.state is ThreadState.Paused and paused_at is not None:
             elapsed = int(max(0.0, now - paused_at))
-        elif activity.state == "Idle":
+        elif activity.state is ThreadState.Idle:
             elapsed = None
         else:
             elapsed = int(max(0.0, self._mono() - activity.since))
@@ -774,6 +800,7 @@ class SealingThread:
             self._view = self._static_info()
             task = self.record.task
             self._view_times = (self.record.paused_at, task.entered_at if task else None)
+            self._view_retry = task.retry if task else 0
             self._view_version = self._version
 
     def _info(self, elapsed: int | None, state_elapsed: int | None) -> dict:
@@ -781,9 +808,9 @@ class SealingThread:
         activity = self._activity
         info = dict(self._view)
         info["thread_state"] = {
-            "state": activity.state,
+            "state": activity.state.value,
             "elapsed": elapsed,
-            "proc": activity.proc if activity.state == "Running" else None,
+            "proc": activity.proc if activity.state is ThreadState.Running else None,
         }
         info["state_elapsed"] = state_elapsed
         return info
@@ -802,6 +829,7 @@ class SealingThread:
             "thread_state": None,
             "state_elapsed": None,
             "last_error": self._write_error or self.record.last_error,
+            "pause_requested": self.record.pause_requested,
             "auto_resumes": sum(task.auto_resumes.values()) if task else 0,
         }
 

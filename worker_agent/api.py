@@ -1,0 +1,371 @@
+"""The contract between the agent and venusctl: its names, codes and JSON values.
+
+Pure and standard library only (it ships to workers without dependencies,
+and venusctl imports it too): both programs take from here
+
+- the method names (``Method``), the JSON-RPC error codes (``RpcCode``) and
+  the CLI's exit codes (``AgentExit``);
+- the thread states of WorkerInfo (``ThreadState``), the task state names
+  and stage labels (``STATE_NAMES``, ``STAGE_NAMES``, ``PLAN_STATES``, read
+  from states.py, never copied);
+- the JSON values as typed, frozen dataclasses: ``WorkerInfo`` (one sealing
+  thread), ``Summary`` (the heartbeat counts) and the one rule that computes
+  them (``summarize``), ``Report`` (the heartbeat), ``ErrorInfo`` and
+  ``AgentStatus`` (``venus-worker worker status --json``);
+- the one duration grammar (``parse_duration``).
+
+Every value has ``from_json`` and ``to_json``. ``from_json`` is strict on
+what it knows and lenient on what it does not (docs/protocol.md, "Reading
+the JSON"):
+
+- a required key that is missing, or a value of the wrong JSON type or
+  outside its enum, raises ``WireError`` naming the key
+  (``WorkerInfo.thread_state.state: 'Sleeping' is not one of ...``);
+- an optional key (a field with a default) that is missing takes its
+  default: a newer venusctl still reads an older agent, since fleets are
+  upgraded one host at a time;
+- a key it does not know is ignored (and so not shown again by venusctl):
+  an older venusctl still reads a newer agent.
+
+``to_json`` gives the wire JSON, keys in field order. Adding a field is one
+line here (with a default, unless every agent ever shipped sends it) plus
+its producer (``thread.py`` for WorkerInfo); the tests compare the
+producers' real output with a golden shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker_agent.states import NO_STAGE, PLANS, State
+
+__all__ = [
+    "PLAN_STATES",
+    "STAGE_NAMES",
+    "STATE_NAMES",
+    "SUMMARY_KEYS",
+    "AgentExit",
+    "AgentStatus",
+    "ErrorInfo",
+    "Method",
+    "Report",
+    "RpcCode",
+    "Summary",
+    "ThreadActivity",
+    "ThreadState",
+    "WireError",
+    "WorkerInfo",
+    "parse_duration",
+    "summarize",
+]
+
+
+# ---------------------------------------------------------------- names and codes
+
+
+class Method(str, enum.Enum):
+    """The control API's methods (damocles-worker's names, so one client talks to either)."""
+
+    LIST = "VenusWorker.WorkerList"
+    PAUSE = "VenusWorker.WorkerPause"
+    RESUME = "VenusWorker.WorkerResume"
+    REPORT = "VenusWorker.WorkerReport"
+    VERSION = "VenusWorker.WorkerVersion"
+
+
+class RpcCode(enum.IntEnum):
+    """``error.code`` of a JSON-RPC error reply, and of the CLI's ``--json`` error document."""
+
+    PARSE_ERROR = -32700  # the body is not JSON
+    INVALID_REQUEST = -32600  # not a JSON-RPC 2.0 request object, or an empty batch
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602  # wrong count or type, worker #N not found, a state not of the plan
+    INTERNAL_ERROR = -32603  # the handler failed; the daemon keeps running
+    NOT_PAUSED = 1001  # resume of a thread that is not paused
+    CHANGE_NOT_SAVED = 1002  # the record write failed (or the store is unusable): nothing changed
+    AGENT_NOT_RUNNING = -32099  # client side only: nothing answers on the socket
+    CONFIG_ERROR = -32098  # CLI only: a usage or configuration error (exit 2)
+
+
+class AgentExit(enum.IntEnum):
+    """Exit codes of ``venus-worker worker ...`` (the client commands)."""
+
+    OK = 0
+    REFUSED = 1  # the agent answered with an error
+    USAGE = 2  # usage or configuration error
+    NOT_RUNNING = 3  # no socket, or connection refused
+
+
+class ThreadState(str, enum.Enum):
+    """WorkerInfo ``thread_state.state``: what the thread is doing right now."""
+
+    Idle = "Idle"  # between stages or tasks
+    Running = "Running"  # a compute stage runs (thread_state.proc says which processor)
+    Waiting = "Waiting"  # a chain wait (WaitSeed ...) or a retry back-off
+    Paused = "Paused"  # by hand, or by an error (then last_error is set)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATE_NAMES: tuple[str, ...] = tuple(state.value for state in State)
+PLAN_STATES: dict[str, tuple[str, ...]] = {
+    name: tuple(state.value for state in plan.states) for name, plan in PLANS.items()
+}
+STAGE_NAMES: frozenset[str] = frozenset(
+    plan.stage(state) for plan in PLANS.values() for state in State
+) - {NO_STAGE}
+
+
+# ---------------------------------------------------------------- durations
+
+_BARE_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# Longest unit first where one is a prefix of another (ms before m, min before m).
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|min|sec|s|m|h|d)\s*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, *, bare_seconds: bool = False) -> float:
+    """Seconds in a duration: one or more NUMBER+UNIT parts, spaces allowed between them.
+
+    Units ms, s (sec), m (min), h, d; numbers may have decimals: ``500ms``,
+    ``30s``, ``5m``, ``5min``, ``1.5h``, ``1h30m``, ``1h 30m``, ``2d``.
+    With ``bare_seconds`` a plain number is seconds (``600``): venusctl's
+    options and inventory always took that; the agent config does not (a
+    bare "30" there could mean seconds or milliseconds: write the unit).
+    Anything else raises ValueError("invalid duration ...").
+    """
+    stripped = text.strip() if isinstance(text, str) else ""
+    if bare_seconds and _BARE_SECONDS.fullmatch(stripped):
+        return float(stripped)
+    total, position = 0.0, 0
+    while position < len(stripped):
+        part = _DURATION_PART.match(stripped, position)
+        if part is None:
+            break
+        total += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+        position = part.end()
+    if not stripped or position < len(stripped):
+        raise ValueError(f"invalid duration {stripped or text!r} (examples: 30s, 10m, 1h30m)")
+    return total
+
+
+# ---------------------------------------------------------------- typed JSON
+
+
+class WireError(ValueError):
+    """A JSON value that breaks the contract; str() names the key and what is wrong."""
+
+
+_OMIT_NONE = "omit_none"  # field metadata: left out of to_json() when None
+_KEY = "key"  # field metadata: the JSON key, when it is not the field's name
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+class _Wire:
+    """from_json/to_json for the dataclasses below, driven by their field types."""
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | None = None) -> Any:
+        where = where or cls.__name__
+        if not isinstance(data, dict):
+            raise WireError(f"{where}: expected an object, got {_json_type(data)}")
+        hints = _hints(cls)
+        values = {}
+        for spec in dataclasses.fields(cls):
+            key = spec.metadata.get(_KEY, spec.name)
+            if key in data:
+                values[spec.name] = _decode(data[key], hints[spec.name], f"{where}.{key}")
+            elif (
+                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+            ):
+                raise WireError(f"{where}: missing {key!r}")
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        document = {}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if value is None and spec.metadata.get(_OMIT_NONE):
+                continue
+            document[spec.metadata.get(_KEY, spec.name)] = _encode(value)
+        return document
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _decode(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (kind,) = [option for option in options if option is not type(None)]
+        return _decode(value, kind, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise WireError(f"{where}: expected an array, got {_json_type(value)}")
+        (item,) = typing.get_args(hint)
+        return [_decode(entry, item, f"{where}[{n}]") for n, entry in enumerate(value)]
+    if isinstance(hint, type) and issubclass(hint, _Wire):
+        return hint.from_json(value, where)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            valid = ", ".join(str(member.value) for member in hint)
+            raise WireError(f"{where}: {value!r} is not one of {valid}") from None
+    if hint is float and _is_number(value):
+        return float(value)
+    if hint is int and _is_number(value) and isinstance(value, int):
+        return value
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    raise WireError(f"{where}: expected {_TYPE_NAMES[hint]}, got {_json_type(value)}")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, _Wire):
+        return value.to_json()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_encode(entry) for entry in value]
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _json_type(value: Any) -> str:
+    """How an error message shows a value: its JSON spelling, or its kind when long."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"a {len(text)}-character value"
+
+
+# ---------------------------------------------------------------- the values
+
+
+@dataclass(frozen=True)
+class ThreadActivity(_Wire):
+    """WorkerInfo ``thread_state``."""
+
+    # None only from a 2022 damocles-worker, which tells paused from not paused only.
+    state: ThreadState | None
+    elapsed: int | None  # whole seconds in this state (None while Idle)
+    proc: str | None  # the processor while Running ("mock", "command")
+
+
+@dataclass(frozen=True)
+class WorkerInfo(_Wire):
+    """One sealing thread, as ``VenusWorker.WorkerList`` returns it (docs/protocol.md)."""
+
+    index: int
+    location: str | None
+    plan: str | None  # None: a 2022 damocles-worker does not say
+    job_id: str | None  # the sector, e.g. s-t010000-2; None without a task
+    job_state: str  # the task's state name; "" without a task
+    job_stage: str | None  # the stage label of the work from job_state; None when there is none
+    thread_state: ThreadActivity
+    state_elapsed: int | None  # whole seconds since the task entered job_state
+    last_error: str | None  # "<level>: <message>"; None when not paused by an error
+    # A pause asked for while a stage runs: taken at the stage's end, kept over a restart.
+    # Optional: agents before it, and damocles-workers, do not send it.
+    pause_requested: bool = False
+    # How often [[sealing.auto_resume]] rules resumed the current task (0 without a task).
+    # Optional: agents before it, and damocles-workers, do not send it.
+    auto_resumes: int = 0
+
+    @property
+    def paused(self) -> bool:
+        return self.thread_state.state is ThreadState.Paused
+
+    @property
+    def busy(self) -> bool:
+        """A stage in flight: Running, or Waiting on the chain."""
+        return self.thread_state.state in (ThreadState.Running, ThreadState.Waiting)
+
+
+@dataclass(frozen=True)
+class Summary(_Wire):
+    """The heartbeat's counts (the keys are damocles-worker's ping names)."""
+
+    threads: int = field(metadata={_KEY: "Threads"})
+    empty: int = field(metadata={_KEY: "Empty"})  # threads without a job
+    paused: int = field(metadata={_KEY: "Paused"})
+    # None when some thread's state is unknown (a 2022 damocles-worker): never a false 0.
+    running: int | None = field(metadata={_KEY: "Running"})
+    waiting: int | None = field(metadata={_KEY: "Waiting"})
+    errors: int = field(metadata={_KEY: "Errors"})  # threads with a last_error
+
+
+SUMMARY_KEYS: tuple[str, ...] = tuple(spec.metadata[_KEY] for spec in dataclasses.fields(Summary))
+
+
+def summarize(infos: Iterable[WorkerInfo]) -> Summary:
+    """The summary counts of a thread list: the one rule, for the heartbeat and venusctl."""
+    infos = list(infos)
+    states = [info.thread_state.state for info in infos]
+    unknown = None in states
+    return Summary(
+        threads=len(infos),
+        empty=sum(1 for info in infos if not info.job_id),
+        paused=states.count(ThreadState.Paused),
+        running=None if unknown else states.count(ThreadState.Running),
+        waiting=None if unknown else states.count(ThreadState.Waiting),
+        errors=sum(1 for info in infos if info.last_error),
+    )
+
+
+@dataclass(frozen=True)
+class Report(_Wire):
+    """The heartbeat report (``<state_dir>/report.json``, ``WorkerReport``, ``worker report``)."""
+
+    schema: int
+    name: str
+    version: str
+    pid: int
+    time: float  # Unix seconds on the worker's clock
+    socket: str
+    ping_interval: float
+    summary: Summary
+    # Seconds since `time` on the reader's clock: added by WorkerReport and the CLI, not in
+    # the file.
+    age: float | None = field(default=None, metadata={_OMIT_NONE: True})
+
+
+@dataclass(frozen=True)
+class ErrorInfo(_Wire):
+    """A JSON-RPC error object, also the CLI's ``{"error": ...}``."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
+class AgentStatus(_Wire):
+    """``venus-worker worker status --json``: the fleet tool's host row in one call."""
+
+    report: Report | None  # None when no heartbeat was ever written
+    threads: list[WorkerInfo] | None  # None when the daemon could not be asked ...
+    error: ErrorInfo | None  # ... and then why
