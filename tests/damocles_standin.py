@@ -1906,6 +1906,7 @@ class StandinServer:
         self.address = self.listener.getsockname()
         self.port = self.address[1]
         self._connections: set[HttpConnection] = set()
+        self.accepted = 0  # connections accepted so far (tests count venusctl's channels)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -1922,6 +1923,7 @@ class StandinServer:
             connection = HttpConnection(sock, self)
             with self._lock:
                 self._connections.add(connection)
+                self.accepted += 1
             threading.Thread(target=connection.serve, daemon=True).start()
 
     def start(self) -> StandinServer:

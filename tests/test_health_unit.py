@@ -200,7 +200,7 @@ def test_critical_outranks_unknown_outranks_warning():
 def test_json_has_status_summary_findings_and_hosts():
     report = judge({"down": ConnectionRefused("connection refused"), "w1": status(thread(0))})
     document = venusctl.health_json(report)
-    assert set(document) == {"status", "summary", "findings", "hosts"}
+    assert set(document) == {"status", "summary", "findings", "not_judged", "hosts"}
     assert document["status"] == "CRITICAL"
     assert document["summary"] == venusctl.health_summary(report)
     assert document["findings"][0] == {
@@ -390,6 +390,10 @@ def test_usage_errors_of_health_exit_3_with_a_plugin_line(tmp_path, capsys):
 
 def test_stuck_thresholds_cover_every_stage_label_of_the_agents_plans():
     # The labels are the agent's (api.STAGE_NAMES); a stage added there needs its threshold.
-    assert set(venusctl.STUCK_DEFAULTS) == {*venusctl.api.STAGE_NAMES, "default"}
+    assert set(venusctl.STUCK_DEFAULTS) == {
+        *venusctl.api.STAGE_NAMES,
+        *venusctl.WDPOST_STAGE_NAMES,
+        "default",
+    }
     assert venusctl.check_stuck_key("SeedAssigned") == "SeedAssigned"  # a state name
     assert venusctl.check_stuck_key("Generated") == "Generated"  # damocles' wdpost
