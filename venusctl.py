@@ -23,6 +23,7 @@ commands:
                             and wait until every one is Paused
   health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
          [--stuck KEY=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
+         [--verbose]
                             judge the fleet for cron and monitoring: a plugin line,
                             one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
                             3 UNKNOWN (see venusctl health --help)
@@ -43,9 +44,9 @@ socket, or by running `venus-worker worker -c CONFIG ... --json` on it when
 sshd refuses that channel (transport = "auto"; the CLI also reads the last
 heartbeat of a stopped daemon); transport = "local" talks to an agent on this
 machine without SSH. A host with backend = "damocles" is an original
-damocles-worker: its JSON-RPC port (rpc = "127.0.0.1:17890") is reached
-through a direct-tcpip channel of the SSH connection, nothing installed on
-it. All hosts are asked in parallel.
+damocles-worker (any release, v0.1.1 to v0.13): its JSON-RPC port (rpc =
+"127.0.0.1:17890") is reached through one direct-tcpip channel of the SSH
+connection, nothing installed on it. All hosts are asked in parallel.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
@@ -4708,6 +4709,8 @@ findings:
   WARNING   thread paused by hand for --paused-warn or longer
   WARNING   job in the same state for its --stuck threshold or longer
   UNKNOWN   host still not answered when --deadline passed (the whole run is UNKNOWN)
+  INFO      (--verbose) a stuck threshold that cannot be judged: a damocles-worker
+            reports no time in state for that thread (not a finding)
 Idle and empty threads are counted, not judged.
 
 The first line is a monitoring plugin's (`VENUS CRITICAL - ... | perfdata`),
