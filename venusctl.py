@@ -2651,8 +2651,10 @@ class DamoclesAgent:
     One channel for the whole run: `rpc` is opened first (so an unreachable
     port shows at once) and kept; the worker's server keeps connections alive
     with no idle timeout, so each later request is one round trip on it
-    (bench/damocles_bench.py: 0.3 ms against 1.2 ms with a channel per
-    request). A read that finds the kept channel closed (the worker
+    (bench/damocles_bench.py, loopback: a host row 0.28-0.36 ms against
+    0.97-1.60 ms with a channel per request; the ~44 ms "delayed ACK" once
+    quoted here came from an old test stand-in writing headers and body in
+    two sends). A read that finds the kept channel closed (the worker
     restarted) is sent once more on a fresh one from `reopen`; a pause or a
     resume is never sent twice.
 

@@ -661,3 +661,46 @@ def test_the_thread_listed_as_n_is_the_one_paused_and_resumed(standin, tag):
             )
         with pytest.raises(AgentRefused, match=r"^worker #9 not found$"):
             agent.resume(9, None)
+
+
+# -- one line per row and finding; what health can and cannot judge -------------------------------
+
+
+def test_worker_text_is_escaped_onto_one_line():
+    assert venusctl.escape_text(ERROR) == (
+        "permanent: c2 failed\\n\\nCaused by:\\n    0: No cached parameters found\\n"
+        "    1: \\x1b[31mboom"
+    )
+    assert venusctl.escape_text("a\\b\tc\r\x7f\x85é") == "a\\\\b\\tc\\r\\x7f\\x85é"
+
+
+def test_health_lists_what_a_damocles_worker_gives_no_time_to_judge():
+    _, threads = damocles_threads(
+        listed(
+            "v0.9.0",
+            [
+                ThreadSpec("/mnt/a", "sealer", "PCSubmitted", 2, "run", 500),  # polls: Idle
+                ThreadSpec(None, "wdpost", "Allocated", 3, "run", 40 * 60),  # Generate, Running
+                ThreadSpec("/mnt/c", "sealer", None, None, "run", 0),  # no task: not judged
+            ],
+            wdpost_jobs=None,
+        )
+    )
+    status = venusctl.HostStatus(None, threads, heartbeat=False, release_line="v0.9+")
+    report = venusctl.judge_fleet({"d": status}, venusctl.Thresholds(), now=0.0)
+    # the wdpost stage has its own default (30 minutes): 40 minutes is stuck
+    assert [finding.kind for finding in report.findings] == ["thread-stuck"]
+    assert report.findings[0].message == (
+        "stage Generate for 40m0s (stuck after 30m0s, --stuck Generate)"
+    )
+    assert [venusctl.finding_line(f) for f in report.not_judged] == [
+        "INFO d #0 s-t01000-2 PCSubmitted: stage WaitPCLanded: --stuck WaitPCLanded=6h0m0s"
+        " not judged (damocles-worker does not report time in state)"
+    ]
+    assert report.status is venusctl.Severity.WARNING  # not judged is no finding
+    assert venusctl.health_text(report).count("\n") == 2
+    assert venusctl.health_text(report, verbose=True).count("\n") == 3
+    document = venusctl.health_json(report)
+    assert [item["index"] for item in document["not_judged"]] == [0]
+    assert venusctl.parse_stuck_option("Generate=20m") == ("Generate", 1200.0)
+    assert venusctl.parse_stuck_option("SubmitProof=5m") == ("SubmitProof", 300.0)
