@@ -390,10 +390,6 @@ def test_usage_errors_of_health_exit_3_with_a_plugin_line(tmp_path, capsys):
 
 def test_stuck_thresholds_cover_every_stage_label_of_the_agents_plans():
     # The labels are the agent's (api.STAGE_NAMES); a stage added there needs its threshold.
-    assert set(venusctl.STUCK_DEFAULTS) == {
-        *venusctl.api.STAGE_NAMES,
-        *venusctl.WDPOST_STAGE_NAMES,
-        "default",
-    }
+    assert set(venusctl.STUCK_DEFAULTS) == {*venusctl.api.STAGE_NAMES, "default"}
     assert venusctl.check_stuck_key("SeedAssigned") == "SeedAssigned"  # a state name
     assert venusctl.check_stuck_key("Generated") == "Generated"  # damocles' wdpost
