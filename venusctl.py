@@ -1084,7 +1084,7 @@ class DamoclesLine:
 
 
 # The task states of the 2022 enum, then what each line added (reference §1.4).
-_DAMOCLES_STATES_V01 = frozenset(api.STATE_NAMES) - {
+_STATES_V01 = frozenset(api.STATE_NAMES) - {
     "SyntheticPoRepNeeded",
     "SealedChecked",
     "SnapPieceAdded",
@@ -1092,72 +1092,28 @@ _DAMOCLES_STATES_V01 = frozenset(api.STATE_NAMES) - {
     "SnapDone",
     "Unsealed",
 }
-_DAMOCLES_STATES_V05 = frozenset(api.STATE_NAMES) - {"SyntheticPoRepNeeded"}
-_PAUSED_SHAPE = dict(thread_state=False, ignores_unknown_state=False)
+_STATES_V05 = frozenset(api.STATE_NAMES) - {"SyntheticPoRepNeeded"}
+_PLANS_V02 = ("sealer", "snapup")
+_PLANS_V05 = ("sealer", "snapup", "rebuild", "unseal")  # unseal from v0.7.0
+_PLANS_V08 = (*_PLANS_V05, "wdpost")
+_ALL_STATES = frozenset(api.STATE_NAMES)
+_L = DamoclesLine
 
+# v0.1 and v0.2-v0.4 differ only in the text of a sector and of a pause's duration:
+# a worker with neither (no task, none paused) is "v0.1-v0.4", one of the two.
 DAMOCLES_LINES = {
     line.name: line
     for line in (
-        DamoclesLine(
-            "v0.1",
-            "v0.1.1-v0.1.2",
-            ("sealer",),
-            _DAMOCLES_STATES_V01,
-            reports_plan=False,
-            idle_pause_waits=True,
-            **_PAUSED_SHAPE,
-        ),
-        DamoclesLine(
-            "v0.2-v0.4",
-            "v0.2.0-v0.4.2",
-            ("sealer", "snapup"),
-            _DAMOCLES_STATES_V01,
-            reports_plan=False,
-            idle_pause_waits=False,
-            **_PAUSED_SHAPE,
-        ),
-        # v0.1 and v0.2-v0.4 differ only in the text of a sector and of a pause's
-        # duration: a worker with neither (no task, none paused) is one of the two.
-        DamoclesLine(
-            "v0.1-v0.4",
-            "v0.1.1-v0.4.2",
-            ("sealer", "snapup"),
-            _DAMOCLES_STATES_V01,
-            reports_plan=False,
-            idle_pause_waits=True,
-            **_PAUSED_SHAPE,
-        ),
-        DamoclesLine(
-            "v0.5-v0.7",
-            "v0.5.0-v0.7.4",
-            ("sealer", "snapup", "rebuild", "unseal"),  # unseal from v0.7.0
-            _DAMOCLES_STATES_V05,
-            reports_plan=True,
-            idle_pause_waits=False,
-            **_PAUSED_SHAPE,
-        ),
-        DamoclesLine(
-            "v0.8",
-            "v0.8.0-v0.8.4",
-            ("sealer", "snapup", "rebuild", "unseal", "wdpost"),
-            _DAMOCLES_STATES_V05,
-            reports_plan=True,
-            thread_state=False,
-            idle_pause_waits=False,
-            ignores_unknown_state=True,
-        ),
-        DamoclesLine(
-            "v0.9+",
-            "v0.9.0-v0.13.x",
-            ("sealer", "snapup", "rebuild", "unseal", "wdpost"),
-            frozenset(api.STATE_NAMES),
-            reports_plan=True,
-            thread_state=True,
-            idle_pause_waits=False,
-            ignores_unknown_state=True,
-        ),
+        # name, tags, plans, states, then: reports_plan, thread_state, idle_pause_waits,
+        # ignores_unknown_state
+        _L("v0.1", "v0.1.1-v0.1.2", ("sealer",), _STATES_V01, False, False, True, False),
+        _L("v0.2-v0.4", "v0.2.0-v0.4.2", _PLANS_V02, _STATES_V01, False, False, False, False),
+        _L("v0.1-v0.4", "v0.1.1-v0.4.2", _PLANS_V02, _STATES_V01, False, False, True, False),
+        _L("v0.5-v0.7", "v0.5.0-v0.7.4", _PLANS_V05, _STATES_V05, True, False, False, False),
+        _L("v0.8", "v0.8.0-v0.8.4", _PLANS_V08, _STATES_V05, True, False, False, True),
+        _L("v0.9+", "v0.9.0-v0.13.x", _PLANS_V08, _ALL_STATES, True, True, False, True),
     )
-}
+}  # fmt: skip
 
 _SHAPE_KEYS = {  # the keys each shape must have (a newer release may add others)
     "v0.1-v0.4": {"index", "location", "sector_id", "paused", "paused_elapsed", "state"},
