@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def main() -> int:
         standin.terminate()
         standin.wait()
         fleet.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
     print(
         f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs,"
         f" load {os.getloadavg()[0]:.2f}; stand-in --release {args.release};"
