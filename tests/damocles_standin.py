@@ -11,8 +11,7 @@ differently, the source won and a comment says so.
 
 Run it as a process (what the e2e tests and bench/damocles_bench.py do)::
 
-    python tests/damocles_standin.py --port 0 --release v0.8.0 [--scenario FILE.json]
-    python tests/damocles_standin.py --port 0 --shape current|v2022 [--root /mnt]
+    python tests/damocles_standin.py --port 0 --release v0.8.0 [--scenario FILE.json] [--root /mnt]
 
 It prints ``listening on 127.0.0.1:PORT`` once ready and binds only to the
 loopback address 127.0.0.1 (the worker's own default is 0.0.0.0:17890; it
@@ -108,10 +107,6 @@ modelled; a 413 or an undrained body (a chunked one always) closes the
 connection gently (hyper may reset it, or drain a small chunked body);
 timing is not hyper's (no 8 listener threads, one Python thread per
 connection).
-
-The two names the tests written before issue 14 use (``LEGACY_SHAPES``) are
-release lines plus the deviations those tests still need, listed there;
-venusctl's damocles backend (issue 14 points 1-7) is what lets them go.
 """
 
 from __future__ import annotations
@@ -925,9 +920,6 @@ class ThreadSpec:
     job_stage: str | None = None
     ext_pid: int | None = None  # processors are ext(pid: N) instead of builtin
     fail: dict[str, str] = field(default_factory=dict)  # job stage -> last_error text
-    # LEGACY: the pre-issue-14 stand-in showed an idle thread asking for work
-    # with job_state "" (no release does: it shows "Empty").
-    legacy_blank_job_state: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ThreadSpec:
@@ -1022,8 +1014,6 @@ class SealingThread:
         miner = self.worker.miner
         if self.release.line == "v0.1":
             return f"m-{miner}-s-{self.job_id}"
-        if self.worker.legacy_sector_id_string:
-            return f"s-t0{miner}-{self.job_id}"
         return {"Miner": miner, "Number": self.job_id}
 
     def _job_id_text(self) -> str | None:
@@ -1081,8 +1071,6 @@ class SealingThread:
             self._start("interval", since, self.worker.timing.seal_interval, ("seal",))
         elif spec.phase == "run":
             self._load(Task(spec.state or "Empty", spec.sector))
-            if spec.legacy_blank_job_state:
-                self.job_state = self.job_stage = None
             flow = PLAN_FLOWS[self.plan].get(self.task.state, ("abort",))
             if flow[0] == "alloc" and self.worker.supply_left(self.plan) == 0:
                 # Nothing to allocate: it is in the Idle wait after its first ask.
@@ -1298,8 +1286,6 @@ class Worker:
         first_number: int | None = None,
         git_commit: str | None = None,
         version_method: bool | None = None,
-        version_text: str | None = None,
-        legacy_sector_id_string: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.release = release
@@ -1312,8 +1298,6 @@ class Worker:
         self._next = first_number if first_number is not None else max(used, default=0) + 1
         self.git_commit = git_commit
         self.has_version = release.version_method if version_method is None else version_method
-        self.version_text = version_text
-        self.legacy_sector_id_string = legacy_sector_id_string
         self.env: dict[str, str] = {}
         self.lines: list[str] = []
         self._print = log
@@ -1445,8 +1429,6 @@ class Worker:
 
     def worker_version(self, params: Any) -> str:
         expect_no_params(params, self.release.new_value_debug)
-        if self.version_text is not None:
-            return self.version_text
         return self.release.version_string(self.git_commit)
 
 
@@ -1906,6 +1888,7 @@ class StandinServer:
         self.address = self.listener.getsockname()
         self.port = self.address[1]
         self._connections: set[HttpConnection] = set()
+        self.accepted = 0  # connections accepted so far (tests count venusctl's channels)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -1922,6 +1905,7 @@ class StandinServer:
             connection = HttpConnection(sock, self)
             with self._lock:
                 self._connections.add(connection)
+                self.accepted += 1
             threading.Thread(target=connection.serve, daemon=True).start()
 
     def start(self) -> StandinServer:
@@ -1955,42 +1939,17 @@ class StandinServer:
 # -- scenarios and the command line ---------------------------------------------------------------
 
 C2_ERROR = "permanent: No cached parameters found for stacked-proof-of-replication (standin)"
-# "Frozen" timing: nothing moves during a test (PC1 runs for hours, as the
-# e2e tests written before issue 14 expect).
+# "Frozen" timing: nothing moves during a test (PC1 runs for hours).
 FROZEN = Timing(seal_interval=3600, recover_interval=3600, poll=3600, stage=14400, step=3600)
 
 
-def legacy_threads(root: str, deviations: tuple[str, ...] = ()) -> list[ThreadSpec]:
-    """The three threads the pre-issue-14 tests know: paused with a C2 error, PC1, idle
-    (asking for work); as a release runs them unless `deviations` (LEGACY_SHAPES) say."""
-    proc = "pc1-0" if "proc-pc1-0" in deviations else None
-    blank = "idle-job-state-blank" in deviations
+def default_threads(root: str) -> list[ThreadSpec]:
+    """The threads of a run without a scenario: paused with a C2 error, PC1, asking for work."""
     return [
         ThreadSpec(f"{root}/store1", "sealer", "C1Done", 2, "paused", 17, C2_ERROR),
-        ThreadSpec(f"{root}/store2", "sealer", "TicketAssigned", 3, "run", 100, proc=proc),
-        ThreadSpec(f"{root}/store3", "sealer", None, None, "run", 0, legacy_blank_job_state=blank),
+        ThreadSpec(f"{root}/store2", "sealer", "TicketAssigned", 3, "run", 100),
+        ThreadSpec(f"{root}/store3", "sealer", None, None, "run", 0),
     ]
-
-
-@dataclass(frozen=True)
-class LegacyShape:
-    """A pre-issue-14 `--shape`: a release line plus what its tests still need."""
-
-    release: str
-    deviations: tuple[str, ...]
-
-
-LEGACY_SHAPES = {
-    # damocles v0.9+; deviations: the idle thread #2 shows job_state "" (a real one
-    # asking for work shows "Empty"); thread #1's proc is "pc1-0" (real: "builtin
-    # PC1" or "ext(pid: N)"); the version is "v0.9.0-standin" (GIT_COMMIT "standin").
-    "current": LegacyShape("v0.9.0", ("idle-job-state-blank", "proc-pc1-0")),
-    # venus-worker v0.5-v0.7 line at v0.7.4 (the last with `paused`, `state`
-    # "Empty" and WorkerVersion); deviations: sector_id is the text "s-t01000-2"
-    # (every release sends {"Miner","Number"} or "m-1000-s-2"), and WorkerVersion
-    # says "v0.9.0-standin" (v0.7.4 says "v0.7.3-git.fb1d960").
-    "v2022": LegacyShape("v0.7.4", ("sector-id-as-text", "version-v0.9.0-standin", "proc-pc1-0")),
-}
 
 
 def load_scenario(path: str) -> dict[str, Any]:
@@ -2024,25 +1983,15 @@ def worker_from_args(args: argparse.Namespace, log: Callable[[str], None] | None
     if args.without_version:
         options["version_method"] = False
     scenario = load_scenario(args.scenario) if args.scenario else {}
-    if args.shape:
-        shape = LEGACY_SHAPES[args.shape]
-        release = release_of(shape.release)
-        threads = legacy_threads(args.root, shape.deviations)
-        timing = replace(FROZEN)
-        options["git_commit"] = args.git_commit or "standin"
-        if "version-v0.9.0-standin" in shape.deviations:
-            options["version_text"] = "v0.9.0-standin"
-        options["legacy_sector_id_string"] = "sector-id-as-text" in shape.deviations
+    release = release_of(args.release or scenario.get("release", "v0.9.0"))
+    if "threads" in scenario:
+        threads = [ThreadSpec.from_json(item) for item in scenario["threads"]]
     else:
-        release = release_of(args.release or scenario.get("release", "v0.9.0"))
-        if "threads" in scenario:
-            threads = [ThreadSpec.from_json(item) for item in scenario["threads"]]
-        else:
-            threads = legacy_threads(args.root)
-        timing = timing_from_json(scenario["timing"]) if "timing" in scenario else replace(FROZEN)
-        for key in ("miner", "sectors", "wdpost_jobs"):
-            if key in scenario:
-                options[key] = scenario[key]
+        threads = default_threads(args.root)
+    timing = timing_from_json(scenario["timing"]) if "timing" in scenario else replace(FROZEN)
+    for key in ("miner", "sectors", "wdpost_jobs"):
+        if key in scenario:
+            options[key] = scenario[key]
     return Worker(release, threads, timing, **options)
 
 
@@ -2054,12 +2003,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--release", help="a damocles-worker tag, e.g. v0.8.0 (default v0.9.0)")
-    parser.add_argument(
-        "--shape",
-        choices=sorted(LEGACY_SHAPES),
-        help="the pre-issue-14 names: current = v0.9.0, v2022 = v0.7.4, with the legacy"
-        " three threads and their deviations (see LEGACY_SHAPES)",
-    )
     parser.add_argument("--scenario", help="a JSON file: release, threads, timing, sectors ...")
     parser.add_argument("--root", default="/mnt/damocles", help="locations of the default threads")
     parser.add_argument(
@@ -2070,10 +2013,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--git-commit", help="GIT_COMMIT of the build (WorkerVersion's tail)")
     parser.add_argument("--log", action="store_true", help="print thread events to stderr")
     args = parser.parse_args(argv)
-    if args.shape and (args.release or args.scenario):
-        parser.error("--shape names a release and threads itself; not with --release/--scenario")
-    if not (args.shape or args.release or args.scenario):
-        args.shape = "current"  # what bench/damocles_bench.py and old callers get
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.log else None
     try:
         worker = worker_from_args(args, log)

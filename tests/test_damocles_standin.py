@@ -31,7 +31,7 @@ from damocles_standin import (
     ThreadSpec,
     Timing,
     Worker,
-    legacy_threads,
+    default_threads,
     release_of,
 )
 from sshfleet import SshFleet
@@ -191,7 +191,7 @@ def standin():
     def start(tag="v0.9.0", threads=None, timing=None, **options) -> Standin:
         clock = ManualClock()
         if threads is None:
-            threads = legacy_threads("/mnt")
+            threads = default_threads("/mnt")
         worker = Worker(release_of(tag), threads, timing or replace(FROZEN), clock, **options)
         server = StandinServer(worker).start()
         servers.append(server)
@@ -1307,25 +1307,6 @@ def test_the_process_refuses_what_it_cannot_be():
             timeout=30,
         )
         assert done.returncode == 2 and message in done.stderr
-
-
-@pytest.mark.parametrize(("shape", "version", "sector"), [
-    ("current", "v0.9.0-standin", "s-t01000-2"),
-    ("v2022", "v0.9.0-standin", "s-t01000-2"),
-])  # fmt: skip
-def test_the_legacy_shapes_keep_what_the_old_tests_need(shape, version, sector):
-    """LEGACY_SHAPES: current = v0.9.0 and v2022 = v0.7.4, with their named deviations."""
-    process, port = start_process("--shape", shape, "--root", "/mnt")
-    try:
-        connection = Raw(port)
-        connection.send(post(call_body(VERSION)) + post(call_body(LIST)))
-        assert connection.reply().json()["result"] == version
-        threads = connection.reply().json()["result"]
-        key = "job_id" if shape == "current" else "sector_id"
-        assert threads[0][key] == sector and threads[0]["location"] == "/mnt/store1"
-        connection.close()
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,7 @@ def test_critical_outranks_unknown_outranks_warning():
 def test_json_has_status_summary_findings_and_hosts():
     report = judge({"down": ConnectionRefused("connection refused"), "w1": status(thread(0))})
     document = venusctl.health_json(report)
-    assert set(document) == {"status", "summary", "findings", "hosts"}
+    assert set(document) == {"status", "summary", "findings", "not_judged", "hosts"}
     assert document["status"] == "CRITICAL"
     assert document["summary"] == venusctl.health_summary(report)
     assert document["findings"][0] == {
