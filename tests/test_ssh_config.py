@@ -497,3 +497,53 @@ def test_known_hosts_lines_match_the_names_ssh_keygen_finds(tmp_path):
             ]
             ours = [line.number for line in known.matching(name)]
             assert ours == openssh, (path.name, name)
+
+
+def test_ssh_options_give_openssh_the_same_target(tmp_path):
+    """What issue 19's `venusctl ssh` will hand OpenSSH: `ssh -F none -o...` resolves to
+    the target venusctl resolved."""
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "Host w\n  HostName 10.0.0.5\n  Port 2200\n  User cfg\n  IdentityFile /cfg/key\n"
+        "  HostKeyAlias w.fleet\n  StrictHostKeyChecking accept-new\n  ProxyJump ops@jump:2222\n"
+        "  UserKnownHostsFile /a/kh /b/kh\n  ConnectTimeout 7\n"
+    )
+    host = venusctl.parse_inventory(
+        f'[[host]]\nname = "x"\naddress = "w"\nssh_config = "{config}"\n', tmp_path / "i.toml"
+    ).hosts[0]
+    target = venusctl.SshContext({}).target(host)
+    done = subprocess.run(
+        ["ssh", "-G", "-F", "none", *target.ssh_options(), target.name],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    openssh = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        openssh.setdefault(key, []).append(value)
+    assert openssh["hostname"] == ["10.0.0.5"] and openssh["port"] == ["2200"]
+    assert openssh["user"] == ["cfg"] and openssh["identityfile"] == ["/cfg/key"]
+    assert openssh["hostkeyalias"] == ["w.fleet"]
+    assert openssh["stricthostkeychecking"] == ["accept-new"]
+    assert openssh["userknownhostsfile"] == ["/a/kh /b/kh"]
+    assert openssh["connecttimeout"] == ["7"]
+    assert openssh["proxyjump"] == [f"ops@{target.via.hostname}:2222"]
+
+
+def test_ansible_reaches_the_hosts_through_the_same_jump_hosts(tmp_path):
+    """The playbooks' OpenSSH gets what the inventory sets (ssh_config does the rest)."""
+    inventory = venusctl.parse_inventory(
+        '[group.rack7]\njump = "ops@bastion-7:2222"\nhost_key_policy = "off"\n'
+        '[[host]]\nname = "a"\naddress = "10.7.0.1"\ngroups = ["rack7"]\n'
+        '[[host]]\nname = "b"\naddress = "10.0.0.2"\n',
+        tmp_path / "inventory.toml",
+    )
+    hostvars = venusctl.ansible_inventory(inventory)["_meta"]["hostvars"]
+    assert hostvars["a"]["ansible_ssh_common_args"] == (
+        "-o StrictHostKeyChecking=no -o ProxyJump=ops@bastion-7:2222"
+    )
+    assert hostvars["b"]["ansible_ssh_common_args"] == ""
+    assert "ansible_ssh_timeout" not in hostvars["b"]  # ConnectTimeout is ssh_config's
