@@ -13,6 +13,7 @@ No pytest in here (benchmarks may use it). Needs root (CAP_SYS_ADMIN, CAP_NET_AD
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 from sshfleet import SshHost, _environment_without_agent, _find_binary
 
 _NAMES = itertools.count()
+_live: set[str] = set()  # namespaces made and not yet deleted, for the atexit below
 
 
 class NamespaceError(RuntimeError):
@@ -44,6 +46,7 @@ class Namespace:
             raise NamespaceError(
                 f"cannot make a network namespace (ip netns add): {made.stderr.strip()}"
             )
+        _live.add(self.name)
         up = _ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
         if up.returncode != 0:
             self.delete()
@@ -60,6 +63,7 @@ class Namespace:
 
     def delete(self) -> None:
         _ip("netns", "delete", self.name)
+        _live.discard(self.name)
 
     def exists(self) -> bool:
         return self.name in _ip("netns", "list").stdout.split()
@@ -123,3 +127,10 @@ class InetdJump:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+@atexit.register
+def _delete_leftover_namespaces() -> None:
+    # A run that dies between create and teardown must not leave a namespace behind.
+    for name in list(_live):
+        _ip("netns", "delete", name)
