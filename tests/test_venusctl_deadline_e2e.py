@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run, run_json
+from conftest import run, run_json, write_inventory
 from sshfleet import SshFleet
 
 import venusctl
@@ -175,6 +175,16 @@ def test_an_sshd_that_never_speaks_ends_at_the_connect_deadline(tmp_path, capsys
         started = time.monotonic()
         status, document = run_json(capsys, path, "list")
         elapsed = time.monotonic() - started
+        # ssh_config's ConnectTimeout, where the inventory sets none
+        del tables[0]["connect_timeout"]
+        config = tmp_path / "ssh_config"
+        config.write_text(f"Host {frozen.address}\n  ConnectTimeout 1\n")
+        defaults = ssh_fleet.defaults(ssh_config=str(config))
+        del defaults["connect_timeout"]
+        by_config = write_inventory(tmp_path / "by-config.toml", tables, **defaults)
+        started = time.monotonic()
+        _, configured = run_json(capsys, by_config, "list")
+        configured_elapsed = time.monotonic() - started
     finally:
         os.kill(frozen._process.pid, signal.SIGCONT)
         fleet.stop_all()
@@ -184,6 +194,8 @@ def test_an_sshd_that_never_speaks_ends_at_the_connect_deadline(tmp_path, capsys
         "w2": None,
     }
     assert 2 <= elapsed < 2 + SLACK
+    assert rows(configured)["frozen"]["message"] == "timeout after 1s (connect: SSH handshake)"
+    assert rows(configured)["w2"] is None and configured_elapsed < 1 + SLACK
 
 
 COMMANDS = {
