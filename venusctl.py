@@ -78,6 +78,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import difflib
 import enum
 import fnmatch
 import getpass
@@ -87,6 +88,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -241,19 +243,51 @@ class Severity(enum.IntEnum):
 
 
 class VenusctlError(Exception):
-    """An error that ends the whole run with `exit_status` and a one-line message."""
+    """An error that ends the whole run with `exit_status` and a one-line message.
+
+    `code` is the stable word scripts read in the `--json` error document
+    (`{"error": {"code": ..., "message": ...}}`, README "--json").
+    """
 
     exit_status = ExitStatus.FAILED
+    code = "failed"
+
+    def __init__(self, message: str, document: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        # What a --json run had to say besides the error (e.g. the plan that was not
+        # confirmed): one document carries both.
+        self.document = document
 
 
 class UsageError(VenusctlError):
     """Bad command line, unknown target, or bad inventory: exit 2 before any connection."""
 
     exit_status = ExitStatus.USAGE
+    code = "usage"
+
+
+class UnknownHost(UsageError):
+    """A HOST or a -l word that names no host (or group) of the inventory."""
+
+    code = "unknown-host"
+
+
+class NotConfirmed(UsageError):
+    """A bulk action neither confirmed with --yes nor on a terminal."""
+
+    code = "not-confirmed"
 
 
 class InventoryError(UsageError):
     """The inventory file is unreadable or invalid; the message names file and line or key."""
+
+    code = "inventory"
+
+
+class NoHosts(InventoryError):
+    """The inventory has no [[host]]: a command that asks hosts has none to ask."""
+
+    code = "no-hosts"
 
 
 class HostError(Exception):
@@ -348,9 +382,6 @@ class NoAnswer(HostError):
 # =============================================================================
 
 
-STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
-
-
 def parse_duration(text: str) -> float:
     """The one duration grammar (api.parse_duration: '10m', '1h 30m', '5min', '500ms'),
     where a plain number is seconds ('600'), as venusctl's options and inventory always took."""
@@ -381,43 +412,116 @@ def parse_index(text: str) -> int:
     return int(text)
 
 
+# difflib's similarity from which a known name is offered as "did you mean": low enough
+# for two-letter stage labels (C3 -> C1, C2), high enough to offer nothing for nonsense.
+CLOSE_ENOUGH = 0.5
+
+
+def known_name(
+    kind: str, text: str, known: Sequence[str], example: str = "", valid: str | None = None
+) -> str:
+    """A name from the command line, checked against the names venusctl knows.
+
+    The exact name, or the one it differs from only in case (`c1done` ->
+    `C1Done`); anything else is a ValueError with the closest names ("did you
+    mean C1Done?") and the valid list (`valid`, else every known name), so a
+    typo is refused before any connection instead of matching nothing. Empty
+    is refused too: nothing empty ever means "all".
+    """
+    if not text.strip():
+        hint = f", e.g. {example}" if example else ""
+        raise ValueError(f"empty {kind}: give a {kind} name{hint}")
+    if text in known:
+        return text
+    by_fold = {name.casefold(): name for name in known}
+    if text.casefold() in by_fold:
+        return by_fold[text.casefold()]
+    close = close_names(text.casefold(), list(by_fold))
+    guess = f"; did you mean {_either([by_fold[name] for name in close])}?" if close else ""
+    raise ValueError(f"unknown {kind} {text!r}{guess} (valid: {valid or ', '.join(known)})")
+
+
+def close_names(word: str, names: Sequence[str], count: int = 3) -> list[str]:
+    """The names most like `word` (difflib's ratio, at least CLOSE_ENOUGH), best first;
+    equally close ones in their given order, so a message is the same on every run."""
+    scores = []
+    for position, name in enumerate(names):
+        matcher = difflib.SequenceMatcher(None, word, name)
+        if matcher.real_quick_ratio() >= CLOSE_ENOUGH and matcher.ratio() >= CLOSE_ENOUGH:
+            scores.append((-matcher.ratio(), position, name))
+    return [name for _, _, name in sorted(scores)[:count]]
+
+
+def _either(names: Sequence[str]) -> str:
+    """'A', 'A or B', 'A, B or C'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def parse_state(text: str) -> str:
-    """A state name from the command line: letters and digits only (e.g. C1Done)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid state {text!r}: a state name is letters and digits only")
-    return text
+    """A task state name from the command line (e.g. C1Done): a known state, case normalised."""
+    return known_name("state", text, STATE_NAMES, "C1Done")
 
 
 def parse_state_list(text: str) -> tuple[str, ...]:
-    """--state C1Done,PC1Done: comma-separated state names, each letters and digits."""
+    """--state C1Done,PC1Done: comma-separated state names, each one known; none empty."""
     names = tuple(name.strip() for name in text.split(","))
     if not any(names):
-        raise ValueError(f"invalid state list {text!r}: give one or more names, e.g. C1Done")
-    return tuple(parse_state(name) for name in names if name)
+        raise ValueError(f"empty state list {text!r}: give one or more names, e.g. C1Done")
+    if not all(names):
+        raise ValueError(f"empty name in the state list {text!r}")
+    return tuple(parse_state(name) for name in names)
 
 
 def parse_stage(text: str) -> str:
-    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid stage {text!r}: a stage label is letters and digits only")
-    return text
-
-
-PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
+    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed): a known one."""
+    return known_name("stage", text, STAGE_NAMES, "PC1")
 
 
 def parse_plan_name(text: str) -> str:
-    if not PLAN_NAME_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid plan {text!r}: e.g. sealer, snapup, rebuild, unseal")
-    return text
+    """A plan name (sealer, snapup, rebuild, unseal, wdpost), case normalised."""
+    return known_name("plan", text, PLAN_NAMES, "sealer")
 
 
 def compile_error_match(text: str) -> re.Pattern[str]:
-    """--error-match REGEX, searched in last_error; a bad regex is one usage line."""
+    """--error-match REGEX, searched in last_error; a bad regex is one usage line.
+
+    An empty or blank one is refused: it would match every thread in error.
+    """
+    if not text.strip():
+        raise ValueError("empty regular expression: it would match every error (--errors does)")
     try:
         return re.compile(text)
     except re.error as error:
         raise ValueError(f"invalid regular expression {text!r}: {error}") from error
+
+
+def check_not_empty(what: str, example: str) -> Callable[[str], str]:
+    """An option value that must not be empty or blank (a path, a host name)."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise ValueError(f"empty {what}: nothing empty ever means a default (e.g. {example})")
+        return text
+
+    return check
+
+
+def parse_limit(text: str) -> str:
+    """One -l/--limit value: comma-separated names, groups or globs, none of them empty.
+
+    `-l ""`, `-l " "`, `-l ","` or `-l 'w1,,w2'` is refused: an empty
+    variable expanded into a limit must never select the whole fleet
+    (`-l '*'` does that, explicitly). Returned unchanged; select_hosts splits it.
+    """
+    words = [word.strip() for word in text.split(",")]
+    if not any(words):
+        raise ValueError(
+            f"empty limit {text!r}: give host names, groups or globs"
+            " (nothing empty ever means every host; -l '*' does)"
+        )
+    if not all(words):
+        raise ValueError(f"empty name in the limit {text!r} (a variable that expanded to nothing?)")
+    return text
 
 
 # damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
@@ -430,6 +534,18 @@ STATE_NAMES = (
     *api.STATE_NAMES,
     *(name for name in WDPOST_STATES if name not in api.STATE_NAMES),
 )
+
+
+# damocles' wdpost stage labels (reference §1.5): Allocated="Generate", Generated="SubmitProof".
+WDPOST_STAGES = ("Generate", "SubmitProof")
+
+
+# The stage labels WorkerInfo's job_stage shows (`--stage`): the agent's plans and wdpost's.
+STAGE_NAMES = tuple(sorted({*api.STAGE_NAMES, *WDPOST_STAGES}))
+
+
+# The plans a thread may run (`--plan`): the agent's, and damocles' wdpost.
+PLAN_NAMES = (*api.PLAN_STATES, "wdpost")
 
 
 # How long a job may stay in one state before `health` calls it stuck, by the
@@ -475,13 +591,10 @@ HEALTH_DEFAULTS = {
 
 
 def check_stuck_key(key: str) -> str:
-    """A `--stuck` key: a stage label, a state name or `default`; a typo is refused."""
-    if key in STUCK_DEFAULTS or key in api.STAGE_NAMES or key in STATE_NAMES:
-        return key
-    raise ValueError(
-        f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
-        " or a state name such as C1Done)"
-    )
+    """A `--stuck` key: a stage label, a state name or `default` (case normalised)."""
+    known = list(dict.fromkeys([*STUCK_DEFAULTS, *STAGE_NAMES, *STATE_NAMES]))
+    valid = f"stages: {', '.join(STUCK_DEFAULTS)}; or a state name such as C1Done"
+    return known_name("stage or state", key, known, "PC1", valid)
 
 
 def parse_stuck_option(text: str) -> tuple[str, float]:
@@ -918,8 +1031,17 @@ class _KeyLocator:
         return None
 
 
+def check_has_hosts(inventory: Inventory) -> None:
+    """Every command that asks hosts refuses an inventory without any (exit 2)."""
+    if not inventory.hosts:
+        raise NoHosts(f"no hosts in {inventory.path} (add [[host]] tables)")
+
+
 def resolve_target(inventory: Inventory, target: str) -> Host:
     """A host named by its name, its address, or address:port; else UsageError (exit 2)."""
+    check_has_hosts(inventory)
+    if not target.strip():
+        raise UsageError("empty HOST: give a host name, address or address:port")
     for host in inventory.hosts:
         if host.name == target:
             return host
@@ -929,7 +1051,16 @@ def resolve_target(inventory: Inventory, target: str) -> Host:
     if len(matches) > 1:
         names = ", ".join(host.name for host in matches)
         raise UsageError(f"{target!r} matches several hosts ({names}): use a name or address:port")
-    raise UsageError(f"unknown host {target!r}; known hosts: {_known_names(inventory)}")
+    raise UnknownHost(
+        f"unknown host {target!r}{_closest(target, inventory.names)};"
+        f" known hosts: {_known_names(inventory)}"
+    )
+
+
+def _closest(word: str, names: Sequence[str]) -> str:
+    """' (did you mean gpu-01?)' for a typo'd host or group, else ''."""
+    close = close_names(word, names)
+    return f" (did you mean {_either(close)}?)" if close else ""
 
 
 def _address_matches(host: Host, target: str) -> bool:
@@ -939,20 +1070,37 @@ def _address_matches(host: Host, target: str) -> bool:
 
 
 def select_hosts(inventory: Inventory, limits: Sequence[str] | None) -> list[Host]:
-    """Hosts matching any of the comma-separated names, groups or globs (all if none)."""
-    patterns = [p.strip() for limit in limits or () for p in limit.split(",") if p.strip()]
-    if not patterns:
+    """Hosts matching any of the comma-separated names, groups or globs; every host if
+    no -l was given at all (None). An empty limit is refused, never "every host"."""
+    check_has_hosts(inventory)
+    if limits is None:
         return list(inventory.hosts)
+    try:
+        patterns = [p.strip() for limit in limits for p in parse_limit(limit).split(",")]
+    except ValueError as error:
+        raise UsageError(f"-l/--limit: {error}") from None
+    if not patterns:
+        raise UsageError("-l/--limit: empty limit (-l '*' selects every host)")
     chosen: set[str] = set()
     for pattern in patterns:
         matched = [host.name for host in inventory.hosts if _limit_matches(host, pattern)]
         if not matched:
-            raise UsageError(
-                f"--limit {pattern!r} matches no host; known hosts: {_known_names(inventory)}"
-                + (f"; groups: {', '.join(inventory.groups)}" if inventory.groups else "")
+            guess = "" if _is_glob(pattern) else _closest(pattern, _labels(inventory))
+            groups = f"; groups: {', '.join(inventory.groups)}" if inventory.groups else ""
+            raise UnknownHost(
+                f"--limit {pattern!r} matches no host{guess};"
+                f" known hosts: {_known_names(inventory)}{groups}"
             )
         chosen.update(matched)
     return [host for host in inventory.hosts if host.name in chosen]
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(char in pattern for char in "*?[")
+
+
+def _labels(inventory: Inventory) -> list[str]:
+    return [*inventory.names, *inventory.groups]
 
 
 def _limit_matches(host: Host, pattern: str) -> bool:
@@ -1155,6 +1303,45 @@ class ActionOutcome:
 # =============================================================================
 
 
+# Worker text is data. What a worker sends (errors, paths, names, versions) must
+# not move the cursor, retitle the terminal, clear the screen, start a new line
+# in a plugin's output or a mail, or flip the text's direction.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def escape_text(text: str, also: str = "") -> str:
+    """`text` with every control character shown as a visible escape: the one escape
+    function of every printer (tables, lines, prompts, progress, health, the cron mail).
+
+    C0 controls, DEL and C1 controls (ESC and CSI too) become `\\n`, `\\r`,
+    `\\t` or `\\xNN`, as the original worker's CLI shows its errors on one line;
+    Unicode line/paragraph separators and bidirectional controls become
+    `\\uNNNN`. `also` names more characters to escape (health: `|`, the
+    plugin's perfdata separator). Backslashes are left as they are, so escaping
+    twice changes nothing. `--json` never goes through it: JSON keeps the exact text.
+    """
+    pattern = _UNSAFE_PATTERNS.get(also)
+    if pattern is None:
+        pattern = re.compile(f"[{_UNSAFE}{re.escape(also)}]")
+        _UNSAFE_PATTERNS[also] = pattern
+    return pattern.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_lines(text: str) -> str:
+    """Multi-line text of ours (a traceback) with each line escaped; its own newlines kept."""
+    return "".join(escape_text(line) + "\n" for line in text.splitlines())
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -1302,7 +1489,7 @@ def info_failure_line(entry: dict) -> str:
     """Why `info` has no table, with the stale heartbeat's age when there is one."""
     age = entry["last_ping"]
     stale = f" (last heartbeat {format_duration(age)} ago)" if age is not None else ""
-    return f"{entry['name']}: {entry['error']['message']}{stale}"
+    return escape_text(f"{entry['name']}: {entry['error']['message']}{stale}")
 
 
 def action_entry(host: Host, action: Action, outcome: ActionOutcome) -> dict:
@@ -1321,7 +1508,11 @@ def action_entry(host: Host, action: Action, outcome: ActionOutcome) -> dict:
 
 
 def action_line(host: Host, action: Action, outcome: ActionOutcome) -> str:
-    """The one line `pause`/`resume` print about the outcome."""
+    """The one line `pause`/`resume` print about the outcome (escaped: it quotes the agent)."""
+    return escape_text(_action_text(host, action, outcome))
+
+
+def _action_text(host: Host, action: Action, outcome: ActionOutcome) -> str:
     subject = f"{host.name} #{action.index}"
     error = outcome.error
     if error is not None:
@@ -1413,14 +1604,60 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
     return document
 
 
-def render_table(headers: list[str], rows: list[list[str]]) -> str:
+# Columns cut first when a table is wider than the terminal: worker text that
+# can run to hundreds of characters. Then the widest of the others, in turn.
+CUT_FIRST = ("LastErr", "Error")
+CUT_MARK = "\u2026"  # …
+CUT_FLOOR = 6  # a cut column keeps at least this many characters (or its header's)
+
+
+def fit_cells(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> list[list[str]]:
+    """Rows whose cells are cut with `…` so that each line fits in `width` columns.
+
+    LastErr (or list's Error) gives way first, down to a floor; then the
+    widest remaining column, one character at a time, so long cells shrink
+    evenly. Headers are never cut; a table that cannot fit even so is left as
+    wide as its floors.
+    """
+    widths = [
+        max([len(header), *(len(row[n]) for row in rows)]) for n, header in enumerate(headers)
+    ]
+    floors = [max(len(header), CUT_FLOOR) for header in headers]
+    excess = sum(widths) + 2 * (len(headers) - 1) - width
+    for name in CUT_FIRST:
+        if name in headers and excess > 0:
+            column = headers.index(name)
+            cut = min(excess, max(0, widths[column] - floors[column]))
+            widths[column] -= cut
+            excess -= cut
+    while excess > 0:
+        column = max(range(len(headers)), key=lambda n: widths[n] - floors[n])
+        if widths[column] <= floors[column]:
+            break
+        widths[column] -= 1
+        excess -= 1
+    return [
+        [
+            cell if len(cell) <= widths[n] else cell[: widths[n] - 1] + CUT_MARK
+            for n, cell in enumerate(row)
+        ]
+        for row in rows
+    ]
+
+
+def render_table(headers: list[str], rows: list[list[str]], width: int | None = None) -> str:
+    """The seed's table; every cell escaped (worker text is data), then cut to `width`
+    columns when one is given (a terminal; None: a pipe or file, or --full: never cut)."""
     from tabulate import simple_separated_format, tabulate
 
+    cells = [[escape_text(str(cell)) for cell in row] for row in rows]
+    if width is not None:
+        cells = fit_cells(headers, cells, width)
     # The seed's layout: left-aligned columns two spaces apart, no rules. The
     # header goes in as the first row because tabulate pads real headers by
     # two more spaces; numparse off so an index or a count is never reformatted.
     table = tabulate(
-        [headers, *rows], tablefmt=simple_separated_format("  "), disable_numparse=True
+        [headers, *cells], tablefmt=simple_separated_format("  "), disable_numparse=True
     )
     return "\n".join(line.rstrip() for line in table.splitlines())
 
@@ -2059,7 +2296,7 @@ def describe_thread(thread: WorkerInfo) -> str:
     text = format_thread_state(thread.thread_state)
     if thread.job_stage and thread.busy:
         text += f" at {thread.job_stage}"
-    return text + (f" ({thread.job_state})" if thread.job_state else "")
+    return escape_text(text + (f" ({thread.job_state})" if thread.job_state else ""))
 
 
 def _state_json(info: WorkerInfo) -> dict[str, Any]:
@@ -3361,6 +3598,8 @@ class Environment:
     stderr: Any = field(default_factory=lambda: sys.stderr)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     isatty: Callable[[Any], bool] = _isatty  # is this stream a terminal?
+    # The terminal's size, for tables cut to fit (honours $COLUMNS).
+    terminal_size: Callable[[], os.terminal_size] = shutil.get_terminal_size
     clock: Callable[[], float] = time.monotonic  # deadlines and intervals
     now: Callable[[], float] = time.time  # timestamps: watch frames, health's report
     sleep: Callable[[float], None] = time.sleep
@@ -3376,6 +3615,7 @@ class Context:
     debug: bool = False
     forks: int = 50
     ssh: SshContext = field(default_factory=SshContext)
+    full: bool = False  # --full: never cut a table cell
 
     @property
     def out(self) -> Any:
@@ -3398,13 +3638,18 @@ class Context:
     def is_terminal(self, stream: Any) -> bool:
         return self.env.isatty(stream)
 
+    def table(self, headers: list[str], rows: list[list[str]]) -> str:
+        """A table for stdout: cut to the terminal's width on a terminal, unless --full."""
+        cut = not self.full and self.is_terminal(self.out)
+        return render_table(headers, rows, self.env.terminal_size().columns if cut else None)
+
     def emit_json(self, document: Any) -> None:
         self.out.write(json.dumps(document, indent=2) + "\n")
 
     def report_traceback(self, host: Host, error: BaseException) -> None:
         if self.debug:
             self.err.write(f"--- {host.name}: traceback\n")
-            self.err.write("".join(traceback.format_exception(error)))
+            self.err.write(escape_lines("".join(traceback.format_exception(error))))
 
     def fan_out(
         self, hosts: Sequence[Host], job: Callable[[Host], Any], progress: bool = True
@@ -3505,7 +3750,7 @@ def list_report(
     status = ExitStatus.FAILED if failed else ExitStatus.OK
     if ctx.as_json:
         return {"expiration": args.expiration, "hosts": entries}, status
-    return render_table(*list_table(entries, args.wide)), status
+    return ctx.table(*list_table(entries, args.wide)), status
 
 
 def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -3552,7 +3797,7 @@ def threads_report(
             "unreachable": unreachable,
         }
         return document, status
-    lines = [render_table(*threads_table(threads, args.wide))] if threads else []
+    lines = [ctx.table(*threads_table(threads, args.wide))] if threads else []
     lines += [count_line(threads), *unreachable_lines(unreachable)]
     return "\n".join(lines), status
 
@@ -3577,7 +3822,7 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if ctx.as_json:
         ctx.emit_json(entry)
     elif entry["threads"] is not None:
-        ctx.out.write(render_table(*info_table(outcome.threads, args.wide)) + "\n")
+        ctx.out.write(ctx.table(*info_table(outcome.threads, args.wide)) + "\n")
     else:
         ctx.err.write(f"venusctl: {info_failure_line(entry)}\n")
     return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
@@ -3589,7 +3834,7 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     elif ctx.as_json:
         ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
     else:
-        ctx.out.write(render_table(*inventory_table(ctx.inventory)) + "\n")
+        ctx.out.write(ctx.table(*inventory_table(ctx.inventory)) + "\n")
     return ExitStatus.OK
 
 
@@ -3610,11 +3855,11 @@ def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
 
 
 def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> list[Host]:
-    """The hosts of a bulk command; refuses to act on the whole fleet by default."""
-    if not selector_from(args).given and not args.limit:
+    """The hosts of a bulk action: only those -l names; the whole fleet only by -l '*'."""
+    if not args.limit:
         raise UsageError(
-            f"{command}: select threads (--state, --errors, -l HOST ...); an action never"
-            " covers the whole fleet by default (-l '*' does)"
+            f"{command}: which hosts? give -l LIMIT (-l '*' for the whole fleet):"
+            " an action never covers every host by default"
         )
     return select_hosts(ctx.inventory, args.limit)
 
@@ -3623,7 +3868,7 @@ def show_plan(
     ctx: Context, kind: str, steps: Sequence[Step], unreachable: Sequence[dict[str, Any]]
 ) -> None:
     if steps:
-        ctx.out.write(render_table(*plan_table(steps)) + "\n")
+        ctx.out.write(ctx.table(*plan_table(steps)) + "\n")
         ctx.out.write(plan_summary(kind, steps) + "\n")
     for line in unreachable_lines(unreachable):
         ctx.out.write(line + "\n")
@@ -3662,7 +3907,7 @@ def _not_a_terminal(ctx: Context) -> str | None:
 
 def confirm(ctx: Context, question: str) -> bool:
     """A y/N answer on the terminal (stdin); anything but y or yes is no."""
-    ctx.err.write(f"{question} [y/N] ")
+    ctx.err.write(f"{escape_text(question)} [y/N] ")
     ctx.err.flush()
     if ctx.stdin.readline().strip().lower() in ("y", "yes"):
         return True
@@ -3743,9 +3988,10 @@ def bulk_action(
             return _without_action(ctx, document, steps, unreachable, args.dry_run)
         not_terminal = _not_a_terminal(ctx)
         if not args.yes and not_terminal:
-            if ctx.as_json:
-                ctx.emit_json(document)
-            raise UsageError(f"not confirmed: {not_terminal} is not a terminal; add --yes to act")
+            raise NotConfirmed(
+                f"not confirmed: {not_terminal} is not a terminal; add --yes to act",
+                document if ctx.as_json else None,
+            )
         if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
             if ctx.as_json:
                 ctx.emit_json(document)
@@ -3866,8 +4112,8 @@ class Drain:
             if old is None:
                 continue
             if thread_progress(old) != thread_progress(info) and self.terminal:
-                self.ctx.err.write(
-                    f"{host.name} #{key[1]}: {describe_thread(old)} -> {describe_thread(info)}\n"
+                self._progress(
+                    f"{host.name} #{key[1]}: {describe_thread(old)} -> {describe_thread(info)}"
                 )
             self.latest[key] = info
 
@@ -3885,7 +4131,7 @@ class Drain:
         ]
 
     def _progress(self, line: str) -> None:
-        self.ctx.err.write(line + "\n")
+        self.ctx.err.write(escape_text(line) + "\n")
         self.ctx.err.flush()
 
     def _quiet_progress(self, busy: list[FleetThread], elapsed: float) -> None:
@@ -3911,14 +4157,14 @@ class Drain:
 
     def _write_report(self, busy: list[FleetThread], elapsed: float) -> None:
         out = self.ctx.out
-        out.write(render_table(*drain_table(self.targets, self.latest, self.failed)) + "\n")
+        out.write(self.ctx.table(*drain_table(self.targets, self.latest, self.failed)) + "\n")
         for line in unreachable_lines(self.unreachable):
             out.write(line + "\n")
         if busy:
             still = "; ".join(f"{thread.label} {self._why_busy(thread)}" for thread in busy)
             waited = any(thread.key not in self.failed for thread in busy)
             why = f"timed out after {format_duration(self.timeout)}" if waited else "incomplete"
-            self.ctx.err.write(f"venusctl: drain {why}; still running: {still}\n")
+            self.ctx.err.write(escape_text(f"venusctl: drain {why}; still running: {still}") + "\n")
             return
         failed = f", {len(self.failed)} could not be paused" if self.failed else ""
         out.write(
@@ -4143,10 +4389,17 @@ stuck thresholds by stage (--stuck KEY=DURATION; KEY may also be a state name):
 """
 
 
+LIMIT_TYPE = _argument_type(parse_limit, "limit")
+
+
 def add_selectors(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("thread selectors (every one given must hold)")
     group.add_argument(
-        "-l", "--limit", action="append", help="hosts: names, groups or globs (comma-separated)"
+        "-l",
+        "--limit",
+        action="append",
+        type=LIMIT_TYPE,
+        help="hosts: names, groups or globs (comma-separated); -l '*' is every host",
     )
     group.add_argument(
         "--state",
@@ -4203,7 +4456,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(parser: argparse.ArgumentParser, top: bool) -> None:
         default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
         parser.add_argument(
-            "-i", "--inventory", default=default(None), help="inventory file (TOML)"
+            "-i",
+            "--inventory",
+            default=default(None),
+            type=_argument_type(check_not_empty("inventory path", "-i inventory.toml"), "path"),
+            help="inventory file (TOML)",
         )
         parser.add_argument(
             "--json", action="store_true", default=default(False), help="print JSON"
@@ -4213,6 +4470,12 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             default=default(False),
             help="show tracebacks of failures",
+        )
+        parser.add_argument(
+            "--full",
+            action="store_true",
+            default=default(False),
+            help="never cut a table cell (on a terminal, long cells are cut with … to fit)",
         )
         parser.add_argument(
             "--forks",
@@ -4243,7 +4506,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(listing, top=False)
     listing.add_argument(
-        "-l", "--limit", action="append", help="names, groups or globs (comma-separated)"
+        "-l",
+        "--limit",
+        action="append",
+        type=LIMIT_TYPE,
+        help="names, groups or globs (comma-separated); default: every host",
     )
     listing.add_argument(
         "--expiration",
@@ -4335,7 +4602,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(health, top=False)
     duration = _argument_type(parse_duration, "duration")
     health.add_argument(
-        "-l", "--limit", action="append", help="names, groups or globs (comma-separated)"
+        "-l",
+        "--limit",
+        action="append",
+        type=LIMIT_TYPE,
+        help="names, groups or globs (comma-separated); default: every host",
     )
     health.add_argument(
         "--expiration",
@@ -4369,7 +4640,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="the whole run ends by then, else UNKNOWN (default 60s)",
     )
-    health.add_argument("--prometheus", metavar="FILE", help="write node_exporter's textfile")
+    health.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        type=_argument_type(check_not_empty("textfile path", "--prometheus venus.prom"), "path"),
+        help="write node_exporter's textfile",
+    )
     health.add_argument(
         "-q",
         "--quiet",
@@ -4427,12 +4703,33 @@ def requested_command(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _fail(argv: Sequence[str], env: Environment, message: str, status: int) -> int:
-    """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
+def _fail(
+    argv: Sequence[str],
+    env: Environment,
+    message: str,
+    status: int,
+    code: str,
+    document: dict[str, Any] | None = None,
+) -> int:
+    """How a failed run ends: one line on stderr, or under --json one document on stdout,
+    `{"error": {"code": ..., "message": ...}}` (with `document`'s keys when there is one),
+    the exit status the same either way. `health` answers as a monitoring plugin:
+    `VENUS UNKNOWN - <message>`, exit 3 (its --json document: status UNKNOWN and the error).
+    """
+    as_json = "--json" in argv
+    error = {"error": {"code": code, "message": message}}
     if requested_command(argv) == "health":
-        env.stdout.write(f"VENUS UNKNOWN - {message}\n")
+        line = f"VENUS UNKNOWN - {escape_text(message, also='|')}"
+        if as_json:
+            health = {"status": "UNKNOWN", "summary": line, "findings": [], "hosts": []}
+            env.stdout.write(json.dumps({**health, **error}, indent=2) + "\n")
+        else:
+            env.stdout.write(line + "\n")
         return int(Severity.UNKNOWN)
-    env.stderr.write(f"venusctl: {message}\n")
+    if as_json:
+        env.stdout.write(json.dumps({**(document or {}), **error}, indent=2) + "\n")
+    else:
+        env.stderr.write(f"venusctl: {escape_text(message)}\n")
     return int(status)
 
 
@@ -4441,7 +4738,9 @@ def _run(argv: list[str], env: Environment) -> int:
     with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
         args = build_parser().parse_args(argv)
     inventory = load_inventory(inventory_path(args.inventory, env.environ))
-    ctx = Context(inventory, env, as_json=args.json, debug=args.debug, forks=args.forks)
+    ctx = Context(
+        inventory, env, as_json=args.json, debug=args.debug, forks=args.forks, full=args.full
+    )
     return int(args.handler(ctx, args))
 
 
@@ -4455,17 +4754,16 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except _ParserExit as done:
         return done.status
     except VenusctlError as error:
-        return _fail(argv, env, str(error), error.exit_status)
+        return _fail(argv, env, str(error), error.exit_status, error.code, error.document)
     except KeyboardInterrupt:
-        env.stderr.write("venusctl: interrupted\n")
-        return int(ExitStatus.INTERRUPTED)
+        return _fail(argv, env, "interrupted", ExitStatus.INTERRUPTED, "interrupted")
     except BrokenPipeError:
         # `venusctl list | head`: the reader left; nothing more to say.
         return int(ExitStatus.FAILED)
     except Exception as error:
         if "--debug" in argv:
-            traceback.print_exc(file=env.stderr)
-        return _fail(argv, env, describe_unexpected(error), ExitStatus.FAILED)
+            env.stderr.write(escape_lines(traceback.format_exc()))
+        return _fail(argv, env, describe_unexpected(error), ExitStatus.FAILED, "internal-error")
 
 
 if __name__ == "__main__":

@@ -86,15 +86,16 @@ def test_selector_given_only_with_a_criterion():
 
 def test_selector_value_parsers_refuse_what_is_not_a_name():
     assert venusctl.parse_state_list("C1Done, PC1Done") == ("C1Done", "PC1Done")
-    with pytest.raises(ValueError, match="invalid state 'C1Done;reboot'"):
+    # issue 10: names are checked against the known ones, not only their spelling
+    with pytest.raises(ValueError, match="unknown state 'C1Done;reboot'"):
         venusctl.parse_state_list("C1Done;reboot")
     with pytest.raises(ValueError, match="give one or more names"):
         venusctl.parse_state_list(",")
     with pytest.raises(ValueError, match="invalid regular expression '\\(unclosed'"):
         venusctl.compile_error_match("(unclosed")
-    with pytest.raises(ValueError, match="invalid plan"):
+    with pytest.raises(ValueError, match="unknown plan 'Sealer!'"):
         venusctl.parse_plan_name("Sealer!")
-    with pytest.raises(ValueError, match="invalid stage"):
+    with pytest.raises(ValueError, match="unknown stage 'PC 1'"):
         venusctl.parse_stage("PC 1")
 
 

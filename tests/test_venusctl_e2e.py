@@ -514,7 +514,8 @@ def test_info_of_an_unknown_host_is_a_usage_error(tmp_path, capsys, ssh_fleet):
     path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"), ssh_fleet.host_table("w2"))
     status, out, err = run(capsys, path, "info", "w9")
     assert status == 2 and out == ""
-    assert err == "venusctl: unknown host 'w9'; known hosts: w1, w2\n"
+    # issue 10: with the closest names
+    assert err == "venusctl: unknown host 'w9' (did you mean w1 or w2?); known hosts: w1, w2\n"
 
 
 def wait_for_thread_state(path: Path, capsys, host: str, index: int, state: str) -> dict:
@@ -553,9 +554,15 @@ def test_pause_then_resume_a_running_thread(tmp_path, capsys, ssh_fleet):
 def test_resume_into_a_state_and_refusals(tmp_path, capsys, ssh_fleet):
     path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w3"))
     wait_for_thread_state(path, capsys, "w3", 0, "Paused")
+    # a state of no plan is refused before any connection (issue 10); one of another plan
+    # by the agent, for this thread's plan
     status, out, err = run(capsys, path, "resume", "w3", "0", "Bogus")
+    assert status == 2 and "argument state: unknown state 'Bogus'" in err
+    status, out, err = run(capsys, path, "resume", "w3", "0", "SnapEncoded")
     assert status == 1
-    assert err.startswith('w3 #0: resume refused: invalid state "Bogus" for plan sealer; valid')
+    assert err.startswith(
+        'w3 #0: resume refused: invalid state "SnapEncoded" for plan sealer; valid'
+    )
     assert "C1Done" in err
     status, document = run_json(capsys, path, "resume", "w3", "0", "C1Done")
     assert status == 0
@@ -599,8 +606,8 @@ def test_pause_on_a_stopped_agent_fails(tmp_path, capsys, ssh_fleet):
 @pytest.mark.parametrize(
     ("argv", "refusal"),
     [
-        (["resume", "trap", "0", "C1Done;touch {marker}"], "argument state: invalid state"),
-        (["resume", "trap", "0", "$(touch {marker})"], "argument state: invalid state"),
+        (["resume", "trap", "0", "C1Done;touch {marker}"], "argument state: unknown state"),
+        (["resume", "trap", "0", "$(touch {marker})"], "argument state: unknown state"),
         (["pause", "trap", "0;touch {marker}"], "argument index: invalid thread index"),
         (["pause", "trap", "1;id"], "argument index: invalid thread index"),
         (["resume", "trap", "-1"], "argument index: invalid thread index"),
