@@ -78,6 +78,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import difflib
 import enum
 import fnmatch
@@ -101,7 +102,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker_agent import api
+from worker_agent import __version__, api
 from worker_agent.api import ThreadActivity, ThreadState, WorkerInfo
 
 # paramiko, tomlkit and tabulate are imported inside the functions that need
@@ -724,10 +725,31 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class Silence:
+    """A `[[silence]]` table: maintenance. `health` still reports the hosts it names,
+    marked, but their findings do not raise its status until `until` (Unix seconds)."""
+
+    hosts: str  # names, groups and globs, as -l takes them
+    until: float
+    reason: str
+    names: tuple[str, ...] = ()  # the hosts it names, resolved when the inventory is read
+
+    @property
+    def until_text(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(self.until))
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     hosts: tuple[Host, ...]
     health: HealthSettings = field(default_factory=HealthSettings)
+    silences: tuple[Silence, ...] = ()
+
+    def silence_of(self, name: str, now: float) -> Silence | None:
+        """The silence in force for host `name` at `now` (the one lasting longest), or None."""
+        active = [s for s in self.silences if name in s.names and s.until > now]
+        return max(active, key=lambda silence: silence.until, default=None)
 
     @property
     def names(self) -> list[str]:
@@ -763,11 +785,11 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     except ParseError as error:
         raise InventoryError(f"{path}:{error.line}: TOML error: {error}") from error
     locator = _KeyLocator(text, path)
-    unknown_tables = sorted(set(document) - {"defaults", "host", "health"})
+    unknown_tables = sorted(set(document) - {"defaults", "host", "health", "silence"})
     if unknown_tables:
         raise InventoryError(
             f"{locator.where(unknown_tables[0])}: unknown key {unknown_tables[0]!r} "
-            "(expected [defaults], [[host]] and [health] tables)"
+            "(expected [defaults], [[host]], [health] and [[silence]] tables)"
         )
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -791,7 +813,78 @@ def parse_inventory(text: str, path: Path) -> Inventory:
             raise InventoryError(f"{where}: duplicate host name {host.name!r}")
         hosts.append(host)
     health = _parse_health(document.get("health", {}), locator, path.parent)
-    return Inventory(path=path, hosts=tuple(hosts), health=health)
+    inventory = Inventory(path=path, hosts=tuple(hosts), health=health)
+    silences = _parse_silences(document.get("silence", []), inventory, locator)
+    return Inventory(path=path, hosts=inventory.hosts, health=health, silences=silences)
+
+
+SILENCE_KEYS = ("hosts", "until", "reason")
+
+
+def _parse_silences(tables: Any, inventory: Inventory, locator: _KeyLocator) -> tuple:
+    """[[silence]] tables: hosts (as -l: names, groups, globs), until (a time with its
+    offset), reason. Each is checked like the rest: one line naming the file and the key."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise InventoryError(f"{locator.where('silence')}: silences must be [[silence]] tables")
+    silences = []
+    for position, table in enumerate(tables):
+        header = locator.where(None, "silence", position)
+        label = f"silence[{position}]"
+        for key in table:
+            if key not in SILENCE_KEYS:
+                where = locator.where(key, "silence", position)
+                raise InventoryError(
+                    f"{where}: {label}: unknown key {key!r} (known: {', '.join(SILENCE_KEYS)})"
+                )
+        missing = [key for key in SILENCE_KEYS if key not in table]
+        if missing:
+            raise InventoryError(f"{header}: {label}: missing {missing[0]!r}")
+        values = {}
+        for key in SILENCE_KEYS:
+            where = locator.where(key, "silence", position)
+            try:
+                values[key] = _silence_value(key, table[key], inventory)
+            except (ValueError, UsageError) as error:
+                raise InventoryError(f"{where}: {label}: {key}: {error}") from None
+        hosts, names = values["hosts"]
+        silences.append(Silence(hosts, values["until"], values["reason"], names))
+    return tuple(silences)
+
+
+def _silence_value(key: str, value: Any, inventory: Inventory) -> Any:
+    if key == "until":
+        return _silence_until(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    if key == "reason":
+        return value.strip()
+    names = tuple(host.name for host in select_hosts(inventory, [parse_limit(value)]))
+    return value, names
+
+
+def _silence_until(value: Any) -> float:
+    """A TOML offset date-time or an ISO 8601 string with its offset ("2026-12-24T08:00Z").
+
+    A time without an offset is refused: cron, the operator and the inventory's
+    reviewer may each read it in another zone.
+    """
+    import datetime
+
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f'not a date and time, e.g. "2026-12-24T08:00Z"; got {value!r}'
+            ) from None
+    if not isinstance(moment, datetime.datetime):
+        raise ValueError(f'must be a date and time, e.g. "2026-12-24T08:00Z"; got {value!r}')
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(
+            f"{value!s} has no offset: write it with Z or +HH:MM (e.g. 2026-12-24T08:00Z)"
+        )
+    return moment.timestamp()
 
 
 HEALTH_KEYS = ("expiration", "paused_warn", "paused_crit", "stuck", "deadline", "prometheus")
@@ -1698,9 +1791,17 @@ class Finding:
     state: str | None = None
     stage: str | None = None
     duration: float | None = None
+    # What identical findings share (the error text, the stuck stage and threshold): the
+    # report shows them as one line. Empty: the message itself.
+    cause: str = ""
+    silenced: bool = False  # on a host under a [[silence]]: reported, never raises the status
+
+    @property
+    def shared(self) -> str:
+        return self.cause or self.message
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "severity": self.severity.name}
+        return {**asdict(self), "severity": self.severity.name, "cause": self.shared}
 
 
 @dataclass
@@ -1716,10 +1817,18 @@ class HostHealth:
     empty: int = 0
     errors: int = 0
     findings: list[Finding] = field(default_factory=list)
+    silence: Silence | None = None
 
     def as_json(self) -> dict[str, Any]:
         # The findings are listed once, at the top of the report, with their host.
-        return {key: value for key, value in asdict(self).items() if key != "findings"}
+        document = {key: getattr(self, key) for key in ("name", "up", "heartbeat_age")}
+        for key in ("thread_states", "job_states", "threads", "empty", "errors"):
+            document[key] = getattr(self, key)
+        silence = self.silence
+        document["silenced"] = (
+            None if silence is None else {"until": silence.until_text, "reason": silence.reason}
+        )
+        return document
 
 
 THREAD_STATES = tuple(state.value for state in ThreadState)
@@ -1760,11 +1869,12 @@ def _agent_down(name: str, status: HostStatus, age: float | None, expiration: fl
     """The host answered over SSH, but not its daemon (the CLI may have read its heartbeat)."""
     error = status.error or AgentNotRunning("agent not running")
     kind = "agent-not-running" if isinstance(error, AgentNotRunning) else "host-unreachable"
-    message = error_text(error)
+    cause = error_text(error)
+    message = cause
     if age is not None:
         expired = " (expired)" if age > expiration else ""
         message += f"; last heartbeat {format_duration(age)} ago{expired}"
-    return Finding(Severity.CRITICAL, kind, name, message, duration=age)
+    return Finding(Severity.CRITICAL, kind, name, message, duration=age, cause=cause)
 
 
 def _count_threads(health: HostHealth, threads: list[WorkerInfo]) -> None:
@@ -1796,11 +1906,16 @@ def _stuck(thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds) ->
     if in_state is None or in_state < limit:
         return None
     doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
-    message = (
-        f"{doing} for {format_duration(in_state)}"
-        f" (stuck after {format_duration(limit)}, --stuck {key})"
+    after = f"stuck after {format_duration(limit)}, --stuck {key}"
+    message = f"{doing} for {format_duration(in_state)} ({after})"
+    return Finding(
+        Severity.WARNING,
+        "thread-stuck",
+        message=message,
+        duration=in_state,
+        cause=f"stuck in {doing} (over {format_duration(limit)}, --stuck {key})",
+        **where,
     )
-    return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
 
 
 def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Finding | None:
@@ -1821,16 +1936,26 @@ def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Findi
         critical = paused_for is not None and paused_for >= thresholds.paused_crit
         severity = Severity.CRITICAL if critical else Severity.WARNING
         message = f"paused by an error for {format_duration(paused_for)}: {error}"
-        return Finding(severity, "thread-error", message=message, duration=paused_for, **where)
+        return Finding(
+            severity,
+            "thread-error",
+            message=message,
+            duration=paused_for,
+            cause=f"paused on: {error}",
+            **where,
+        )
     if thread.paused:
         if paused_for is None or paused_for < thresholds.paused_warn:
             return None
-        message = (
-            f"paused by hand for {format_duration(paused_for)}"
-            f" (warning after {format_duration(thresholds.paused_warn)})"
-        )
+        warning = f"warning after {format_duration(thresholds.paused_warn)}"
+        message = f"paused by hand for {format_duration(paused_for)} ({warning})"
         return Finding(
-            Severity.WARNING, "thread-paused", message=message, duration=paused_for, **where
+            Severity.WARNING,
+            "thread-paused",
+            message=message,
+            duration=paused_for,
+            cause=f"paused by hand ({warning})",
+            **where,
         )
     return _stuck(thread, where, thresholds)
 
@@ -1850,12 +1975,17 @@ def judge_host(
         # (or the disk under its state folder) is stuck. A host without any
         # report (a damocles worker writes none) is never judged on this.
         limit = format_duration(thresholds.expiration)
-        message = (
-            f"heartbeat {format_duration(age)} old, over the {limit} expiration"
-            " (the agent answers but its reporter is stuck)"
-        )
+        stuck = f"over the {limit} expiration (the agent answers but its reporter is stuck)"
+        message = f"heartbeat {format_duration(age)} old, {stuck}"
         health.findings.append(
-            Finding(Severity.CRITICAL, "heartbeat-expired", name, message, duration=age)
+            Finding(
+                Severity.CRITICAL,
+                "heartbeat-expired",
+                name,
+                message,
+                duration=age,
+                cause=f"heartbeat {stuck}",
+            )
         )
     _count_threads(health, outcome.threads)
     for thread in outcome.threads:
@@ -1870,17 +2000,26 @@ def judge_fleet(
     thresholds: Thresholds,
     now: float,
     deadline: float | None = None,
+    silences: Callable[[str, float], Silence | None] | None = None,
 ) -> HealthReport:
     """Hosts' outcomes (in inventory order) -> findings and the overall status. No I/O.
 
     `deadline` is given when the run stopped waiting: the hosts whose outcome
     is a NoAnswer were still being asked, and the whole report is UNKNOWN.
+    `silences(host, now)` gives the host's [[silence]] in force (Inventory.silence_of):
+    its findings are kept, marked silenced, and leave the status as it is.
     """
     hosts = [judge_host(name, outcome, thresholds) for name, outcome in outcomes.items()]
+    for host in hosts:
+        host.silence = silences(host.name, now) if silences is not None else None
+        if host.silence is not None:
+            host.findings = [dataclasses.replace(f, silenced=True) for f in host.findings]
     findings = [finding for host in hosts for finding in host.findings]
-    findings.sort(key=lambda finding: -_SEVERITY_RANK[finding.severity])  # stable: host order
-    status = max((f.severity for f in findings), key=_SEVERITY_RANK.get, default=Severity.OK)
-    missed = deadline is not None and any(f.kind == "no-answer" for f in findings)
+    # stable: host order; the silenced ones after the others
+    findings.sort(key=lambda finding: (finding.silenced, -_SEVERITY_RANK[finding.severity]))
+    judged = [finding for finding in findings if not finding.silenced]
+    status = max((f.severity for f in judged), key=_SEVERITY_RANK.get, default=Severity.OK)
+    missed = deadline is not None and any(f.kind == "no-answer" for f in judged)
     return HealthReport(
         status=Severity.UNKNOWN if missed else status,
         hosts=hosts,
@@ -1891,8 +2030,14 @@ def judge_fleet(
 
 
 def fleet_counts(report: HealthReport) -> dict[str, int]:
-    """The plugin line's performance data: the whole fleet in numbers."""
-    up = [host for host in report.hosts if host.up]
+    """The plugin line's performance data: the fleet as judged, in numbers.
+
+    `hosts` counts every host asked and `silenced` those under a [[silence]];
+    the others count the hosts judged (not silenced), so that `errors` and
+    `unreachable` agree with the thresholds they carry (PERFDATA_THRESHOLDS).
+    """
+    judged = [host for host in report.hosts if host.silence is None]
+    up = [host for host in judged if host.up]
     return {
         "hosts": len(report.hosts),
         "threads": sum(host.threads for host in up),
@@ -1900,10 +2045,37 @@ def fleet_counts(report: HealthReport) -> dict[str, int]:
         "waiting": sum(host.thread_states.get(ThreadState.Waiting.value, 0) for host in up),
         "paused": sum(host.thread_states.get(ThreadState.Paused.value, 0) for host in up),
         "errors": sum(host.errors for host in up),
-        "unreachable": len(report.hosts) - len(up),
+        "unreachable": len(judged) - len(up),
         "idle": sum(host.thread_states.get(ThreadState.Idle.value, 0) for host in up),
         "empty": sum(host.empty for host in up),
+        "silenced": len(report.hosts) - len(judged),
     }
+
+
+# warn and crit of a count whose value alone decides a state, in the plugin guidelines'
+# range syntax ("0": alert above 0): a thread in error is at least a WARNING, a host that
+# cannot be asked is CRITICAL. Every count has min 0.
+PERFDATA_THRESHOLDS = {"errors": ("0", ""), "unreachable": ("", "0")}
+
+
+# A perfdata label the guidelines allow bare: no space, quote, '=' or '|'.
+_BARE_LABEL = re.compile(r"[^\s'=|]+")
+
+
+def perfdata_item(label: str, value: int, warn: str = "", crit: str = "", low: str = "0") -> str:
+    """`'label'=value[UOM];[warn];[crit];[min];[max]` (Nagios plugin guidelines); the label
+    quoted only when it must be, trailing empty fields left out."""
+    if "'" in label or "=" in label:
+        raise ValueError(f"perfdata label {label!r}: no quote or '=' allowed")
+    shown = label if _BARE_LABEL.fullmatch(label) else f"'{label}'"
+    return f"{shown}={value};{warn};{crit};{low}".rstrip(";")
+
+
+def perfdata(report: HealthReport) -> str:
+    return " ".join(
+        perfdata_item(label, value, *PERFDATA_THRESHOLDS.get(label, ("", "")))
+        for label, value in fleet_counts(report).items()
+    )
 
 
 # What the first line says about each kind of finding (one, several).
@@ -1919,25 +2091,41 @@ _FINDING_PHRASES = {
 }
 
 
+def plugin_text(text: str) -> str:
+    """Text for the plugin's output: escaped (worker text is data) and without `|`, which
+    would start the performance data (status line) or more of it (long output)."""
+    return escape_text(text, also="|")
+
+
 def health_summary(report: HealthReport) -> str:
-    """The first line, e.g. `VENUS CRITICAL - 1 host unreachable, 2 threads in error | hosts=..`."""
+    """The first line, e.g. `VENUS CRITICAL - 1 host unreachable, 2 threads in error | hosts=..`.
+
+    Its text holds counts and venusctl's own words, never worker text; the
+    findings of silenced hosts are not counted in it, the silenced hosts are.
+    """
     counts = fleet_counts(report)
     by_kind: dict[str, int] = {}
     for finding in report.findings:
-        by_kind[finding.kind] = by_kind.get(finding.kind, 0) + 1
+        if not finding.silenced:
+            by_kind[finding.kind] = by_kind.get(finding.kind, 0) + 1
     phrases = [
         f"{by_kind[kind]} {one if by_kind[kind] == 1 else several}"
         for kind, (one, several) in _FINDING_PHRASES.items()
         if kind in by_kind
+    ]
+    phrases += [  # kinds added later (their own count, their kind as the phrase)
+        f"{count} {kind}" for kind, count in by_kind.items() if kind not in _FINDING_PHRASES
     ]
     if report.deadline is not None:
         phrases.insert(0, f"deadline of {format_duration(report.deadline)} passed")
     if report.problem is not None:
         phrases.insert(0, report.problem)
     if not phrases:
-        phrases = [_plural(counts["hosts"], "host") + ", " + _plural(counts["threads"], "thread")]
-    perfdata = " ".join(f"{key}={value}" for key, value in counts.items())
-    return f"VENUS {report.status.name} - {', '.join(phrases)} | {perfdata}"
+        judged = counts["hosts"] - counts["silenced"]
+        phrases = [_plural(judged, "host") + ", " + _plural(counts["threads"], "thread")]
+    if counts["silenced"]:
+        phrases.append(f"{_plural(counts['silenced'], 'host')} silenced")
+    return f"VENUS {report.status.name} - {plugin_text(', '.join(phrases))} | {perfdata(report)}"
 
 
 def finding_line(finding: Finding) -> str:
@@ -1945,11 +2133,103 @@ def finding_line(finding: Finding) -> str:
     subject = finding.host
     if finding.index is not None:
         subject += f" #{finding.index} {finding.sector or '-'} {finding.state or '-'}"
-    return f"{finding.severity.name} {subject}: {finding.message}"
+    silenced = " [silenced]" if finding.silenced else ""
+    return plugin_text(f"{finding.severity.name}{silenced} {subject}: {finding.message}")
 
 
-def health_text(report: HealthReport) -> str:
-    lines = [health_summary(report), *(finding_line(finding) for finding in report.findings)]
+@dataclass(frozen=True)
+class FindingGroup:
+    """Identical findings (same severity, kind and cause; silenced or not): one line."""
+
+    findings: tuple[Finding, ...]
+
+    @property
+    def first(self) -> Finding:
+        return self.findings[0]
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(dict.fromkeys(finding.host for finding in self.findings))
+
+    @property
+    def of_threads(self) -> bool:
+        return self.first.index is not None
+
+    def as_json(self) -> dict[str, Any]:
+        first = self.first
+        return {
+            "severity": first.severity.name,
+            "kind": first.kind,
+            "cause": first.shared,
+            "silenced": first.silenced,
+            "count": len(self.findings),
+            "hosts": self.hosts,
+        }
+
+
+GROUP_HOSTS_SHOWN = 10  # a group line names this many hosts, then "and N more"
+
+
+def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
+    """Findings grouped when identical, in the order of their first member (worst first)."""
+    groups: dict[tuple, list[Finding]] = {}
+    for finding in findings:
+        key = (finding.severity, finding.kind, finding.shared, finding.silenced)
+        groups.setdefault(key, []).append(finding)
+    return [FindingGroup(tuple(members)) for members in groups.values()]
+
+
+def group_line(group: FindingGroup) -> str:
+    """One finding's own line; several as one: `WARNING 12 threads on 3 hosts paused on:
+    permanent: No cached parameters... (h1, h2, h3; longest 6h0m3s)`."""
+    if len(group.findings) == 1:
+        return finding_line(group.first)
+    first, hosts = group.first, group.hosts
+    names = ", ".join(hosts[:GROUP_HOSTS_SHOWN])
+    if len(hosts) > GROUP_HOSTS_SHOWN:
+        names += f" and {len(hosts) - GROUP_HOSTS_SHOWN} more"
+    durations = [f.duration for f in group.findings if f.duration is not None]
+    if durations:
+        names += f"; longest {format_duration(max(durations))}"
+    if group.of_threads:
+        subject = f"{_plural(len(group.findings), 'thread')} on {_plural(len(hosts), 'host')}"
+    else:
+        subject = f"{_plural(len(hosts), 'host')}:"
+    silenced = " [silenced]" if first.silenced else ""
+    return plugin_text(f"{first.severity.name}{silenced} {subject} {first.shared} ({names})")
+
+
+HOSTS_HEADERS = ["Host", "Threads", "Paused", "Errors", "Heartbeat", "Note"]
+
+
+def _host_note(host: HostHealth) -> str:
+    notes = [] if host.up else ["not answering (see above)"]
+    if host.silence is not None:
+        notes.append(f"silenced until {host.silence.until_text}: {host.silence.reason}")
+    return "; ".join(notes) or "-"
+
+
+def hosts_summary(report: HealthReport) -> list[str]:
+    """After the findings: one row per host (its threads, paused, errors, heartbeat age)."""
+    rows = []
+    for host in report.hosts:
+        paused = host.thread_states.get(ThreadState.Paused.value, 0)
+        counts = [str(host.threads), str(paused), str(host.errors)] if host.up else ["-"] * 3
+        age = format_duration(host.heartbeat_age) if host.heartbeat_age is not None else "-"
+        rows.append([host.name, *counts, age, plugin_text(_host_note(host))])
+    return render_table(HOSTS_HEADERS, rows).splitlines()
+
+
+def health_text(report: HealthReport, verbose: bool = False) -> str:
+    """The plugin's output: the status line, then the long output (Nagios plugin
+    guidelines): the findings, identical ones grouped (with --verbose each thread of a
+    group below it), then the per-host summary. No `|` and no worker newline in any of it."""
+    lines = [health_summary(report)]
+    for group in group_findings(report.findings):
+        lines.append(group_line(group))
+        if verbose and len(group.findings) > 1:
+            lines += [f"  {finding_line(finding)}" for finding in group.findings]
+    lines += hosts_summary(report)
     return "\n".join(lines) + "\n"
 
 
@@ -1958,6 +2238,7 @@ def health_json(report: HealthReport) -> dict[str, Any]:
         "status": report.status.name,
         "summary": health_summary(report),
         "findings": [finding.as_json() for finding in report.findings],
+        "groups": [group.as_json() for group in group_findings(report.findings)],
         "hosts": [host.as_json() for host in report.hosts],
     }
 
@@ -4292,7 +4573,13 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     for host in hosts:
         _show_traceback(ctx, host, outcomes[host.name])
     missed = any(isinstance(error, NoAnswer) for error in outcomes.failed.values())
-    report = judge_fleet(outcomes, thresholds, ctx.env.now(), deadline if missed else None)
+    report = judge_fleet(
+        outcomes,
+        thresholds,
+        ctx.env.now(),
+        deadline if missed else None,
+        silences=ctx.inventory.silence_of,
+    )
     if textfile:
         try:
             write_textfile(Path(textfile), prometheus_text(report))
@@ -4307,7 +4594,7 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
         ctx.emit_json(health_json(report))
     else:
         # One write: two overlapping runs sharing a log or a mail never interleave lines.
-        ctx.out.write(health_text(report))
+        ctx.out.write(health_text(report, verbose=args.verbose))
         ctx.out.flush()
     return report.status
 
@@ -4365,6 +4652,9 @@ def _parse_forks(text: str) -> int:
     return int(text)
 
 
+VERSION_TEXT = f"venusctl {__version__}"
+
+
 HEALTH_HELP = f"""\
 Judge every host (or those of --limit) in one pass, for cron and monitoring.
 
@@ -4378,11 +4668,20 @@ findings:
   UNKNOWN   host still not answered when --deadline passed (the whole run is UNKNOWN)
 Idle and empty threads are counted, not judged.
 
-The first line is a monitoring plugin's (`VENUS CRITICAL - ... | perfdata`),
-then one line per finding. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also
-for a bad inventory or bad arguments). Defaults can be set in the inventory's
-[health] table (expiration, paused_warn, paused_crit, stuck, deadline,
-prometheus); the command line wins.
+Output as the monitoring-plugin guidelines want it: the status line
+(`VENUS CRITICAL - 1 host unreachable, ... | hosts=6;;;0 ... errors=3;0;;0
+unreachable=1;;0;0 ...`), then the findings, identical ones on one line
+("WARNING 12 threads on 3 hosts paused on: permanent: ... (h1, h2, h3)";
+--verbose adds each thread below it), then a summary per host (threads,
+paused, errors, heartbeat age). Worker text is escaped; no `|` or newline
+from a worker ever reaches the output. Exit 0 OK, 1 WARNING, 2 CRITICAL,
+3 UNKNOWN (also for a bad inventory or bad arguments).
+
+Defaults can be set in the inventory's [health] table (expiration,
+paused_warn, paused_crit, stuck, deadline, prometheus); the command line wins.
+Maintenance: a [[silence]] table (hosts = "gpu-01,rack2", until =
+"2026-12-24T08:00Z", reason = "...") keeps its hosts in the report, marked
+[silenced], without their findings raising the status until then.
 
 stuck thresholds by stage (--stuck KEY=DURATION; KEY may also be a state name):
 {chr(10).join(f"  {key:<18}{value / 3600:g}h" for key, value in STUCK_DEFAULTS.items())}
@@ -4491,6 +4790,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common(parser, top=True)
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, prog="venusctl"
     )
@@ -4636,10 +4936,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument(
         "--deadline",
+        "-t",
+        "--timeout",  # the monitoring-plugin guidelines' name for it
+        dest="deadline",
         type=_argument_type(_positive_duration, "duration"),  # 0s: UNKNOWN every time
         metavar="DURATION",
-        help="the whole run ends by then, else UNKNOWN (default 60s)",
+        help="the whole run ends by then, else UNKNOWN (default 60s; -t 45 is 45 seconds)",
     )
+    health.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="below each line of identical findings, one line per thread or host",
+    )
+    health.add_argument("-V", "--version", action="version", version=VERSION_TEXT)
     health.add_argument(
         "--prometheus",
         metavar="FILE",
