@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -564,7 +565,21 @@ def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
         return ran_ok(done, "localhost")
 
-    assert run()["changed"] == 3
+    lock_dir = Path("/var/lib/venusctl-health")  # the default for a cron user (issue 10)
+    made_lock_dir = not lock_dir.exists()
+    try:
+        changes = run()["changed"]
+        assert changes == (4 if made_lock_dir else 3)
+        # only the cron user can write where the lock is: nobody else can hold it
+        info = lock_dir.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o700)
+        check_health_cron_job(run, cron_file, site, prom, env)
+    finally:
+        if made_lock_dir:
+            shutil.rmtree(lock_dir, ignore_errors=True)
+
+
+def check_health_cron_job(run, cron_file, site, prom, env) -> None:
     lines = cron_file.read_text().splitlines()
     # cron strips the quotes ansible.builtin.cron puts around environment values.
     assert 'MAILTO="ops@example.com"' in lines
@@ -572,7 +587,7 @@ def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
     (job,) = [line for line in lines if "health" in line and not line.startswith("#")]
     fields = shlex.split(job)
     assert fields[:6] == ["*/5", "*", "*", "*", "*", "root"]
-    assert fields[6:9] == ["flock", "--nonblock", "/tmp/venusctl-health.lock"]
+    assert fields[6:9] == ["flock", "--nonblock", "/var/lib/venusctl-health/health.lock"]
     python, venusctl, *args = fields[9:]
     # The Python that runs Ansible here: it has venusctl's dependencies.
     assert os.access(python, os.X_OK) and Path(python).name.startswith("python")
