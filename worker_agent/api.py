@@ -79,6 +79,8 @@ class Method(str, enum.Enum):
     RESUME = "VenusWorker.WorkerResume"
     REPORT = "VenusWorker.WorkerReport"
     VERSION = "VenusWorker.WorkerVersion"
+    # Ours only: cancel a pause queued while a stage runs (never resumes a paused thread).
+    CANCEL_PAUSE = "VenusWorker.WorkerCancelPause"
 
 
 class RpcCode(enum.IntEnum):

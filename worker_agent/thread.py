@@ -68,6 +68,10 @@ class NoTask(Exception):
     """A resume target state for a thread that has no task to move."""
 
 
+class _NotQueued(Exception):
+    """Inside a commit: no pause is queued (any more), so nothing is to be written."""
+
+
 class RealClock:
     """Wall and monotonic time, and waits on a condition (which the caller holds)."""
 
@@ -253,7 +257,10 @@ class SealingThread:
             if not self._pause_requested:
                 return self._stopping
         # Also when stopping: a drain followed by a service stop must stay paused.
-        self._pause(None)
+        try:
+            self._pause(None, requested=True)
+        except _NotQueued:  # cancelled (cancel_pause) before this boundary was reached
+            return self._stopping
         return True
 
     def _start_task_when_due(self) -> None:
@@ -372,11 +379,17 @@ class SealingThread:
         self._drop_task(State.Aborted)
 
     def _pause(
-        self, last_error: str | None, also: Callable[[ThreadRecord], None] | None = None
+        self,
+        last_error: str | None,
+        also: Callable[[ThreadRecord], None] | None = None,
+        requested: bool = False,
     ) -> None:
         now = self.clock.now()
 
         def pause(record: ThreadRecord) -> None:
+            # Checked again under the state lock: a cancel may have come first.
+            if requested and not self._pause_requested:
+                raise _NotQueued
             if also is not None:
                 also(record)
             record.paused, record.paused_at, record.last_error = True, now, last_error
@@ -419,6 +432,27 @@ class SealingThread:
             record.pause_requested = self._pause_requested and not record.paused
 
         self._commit(save_request)
+
+    def cancel_pause(self) -> bool:
+        """Cancel a pause queued while a stage runs; True if one was cancelled.
+
+        Never resumes: a thread that already took its pause (or was paused by an
+        error meanwhile) stays paused and the answer is False, so a late cancel can
+        never undo a pause. The request and its cancel are decided under the state
+        lock, in the order of their writes: the thread pauses, or it does not.
+        """
+
+        def cancel(record: ThreadRecord) -> None:
+            if record.paused or not self._pause_requested:
+                raise _NotQueued
+            record.pause_requested = self._pause_requested = False
+
+        try:
+            self._commit(cancel)
+        except _NotQueued:
+            return False
+        log.info("thread #%d: queued pause cancelled", self.index)
+        return True
 
     def resume(self, state_name: str | None = None) -> None:
         """Resume a paused thread, optionally moving its task to `state_name` first."""
