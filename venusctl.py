@@ -317,6 +317,18 @@ class HostTimeout(HostError):
     kind = "timeout"
 
 
+class NoReply(HostTimeout):
+    """The request was sent (or the command started) but no reply came in time.
+
+    For a status it is a timeout row like any other; for a pause or a resume it
+    means the action may still take effect, and it is reported so (action_error).
+    """
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
 class HostKeyMismatch(HostError):
     kind = "host-key-mismatch"
 
@@ -1363,17 +1375,70 @@ def check_resume_state(thread: WorkerInfo, state: str) -> None:
 
 @dataclass(frozen=True)
 class Action:
-    """pause or resume of one thread, validated before any connection."""
+    """pause, resume or cancel-pause of one thread, validated before any connection."""
 
-    kind: str  # "pause" | "resume"
+    kind: str  # "pause" | "resume" | "cancel-pause" (drain's: a queued pause taken back)
     index: int
     state: str | None = None
 
     def via(self, agent: Agent) -> str | None:
-        """Do it; returns a note when the answer was more than "done" (damocles)."""
+        """Do it; returns a note when the answer was more than "done"."""
         if self.kind == "pause":
             return agent.pause(self.index)
+        if self.kind == "cancel-pause":
+            return PAUSE_CANCELLED if agent.cancel_pause(self.index) else NOTHING_QUEUED
         return agent.resume(self.index, self.state)
+
+
+PAUSE_CANCELLED = "pause request cancelled: it was still queued; the thread keeps running"
+PAUSE_QUEUED = "pause queued: it stops when its running stage ends (result kept; resume cancels)"
+PAUSE_SENT = "pause sent: it stops at its next stage boundary (a running stage finishes first)"
+NOTHING_QUEUED = "no pause queued any more (the thread took it, or none was asked for)"
+
+
+# The damocles-worker queues a pause token that no API shows or takes back (reference §3).
+DAMOCLES_QUEUED = (
+    "a damocles-worker can neither show nor cancel a queued pause: if one is queued,"
+    " the thread stops at its next stage boundary"
+)
+
+
+def resume_cancelling_queued(
+    agent: RpcAgent | CliAgent, index: int, state: str | None
+) -> str | None:
+    """Our agent's resume, which also takes back a pause still queued (WorkerCancelPause).
+
+    A thread that is not paused may be running with a pause queued behind its
+    stage: resume cancels that request and says so. The cancel never resumes;
+    if it finds nothing queued (the thread took the pause just now), the resume
+    is sent once more. With a STATE nothing is cancelled: a running task cannot
+    be moved, the refusal stands.
+    """
+    try:
+        agent.resume_paused(index, state)
+        return None
+    except AgentRefused as refused:
+        if refused.code != api.RpcCode.NOT_PAUSED or state is not None:
+            raise
+        not_paused = refused
+    try:
+        cancelled = agent.cancel_pause(index)
+    except AgentRefused as refused:
+        if refused.code != api.RpcCode.METHOD_NOT_FOUND:
+            raise not_paused from None
+        cancelled = None  # an agent from before WorkerCancelPause
+    except UnreadableReply:  # its CLI from before `cancel-pause`
+        cancelled = None
+    if cancelled is None:
+        raise AgentRefused(
+            api.RpcCode.NOT_PAUSED,
+            f"{not_paused}; this agent cannot cancel a queued pause (upgrade it): if one"
+            " is queued, the thread stops at its next stage boundary",
+        )
+    if cancelled:
+        return PAUSE_CANCELLED
+    agent.resume_paused(index, state)
+    return None
 
 
 @dataclass(frozen=True)
@@ -1476,6 +1541,13 @@ def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: floa
         "via": status.via or None,
         "version": status.version,
         "summary": summary.to_json() if summary is not None else None,
+        # threads whose pause waits for their stage's end; None: no live thread list, or a
+        # damocles-worker (which shows no queued pause)
+        "pause_requested": (
+            None
+            if status.threads is None or host.backend == "damocles"
+            else sum(thread.pause_requested for thread in status.threads)
+        ),
         "last_ping": age,
         "expired": age is not None and age > expiration,
         "error": error_json(status.error),
@@ -1492,6 +1564,7 @@ LIST_WIDE_HEADERS = [
     "Threads",
     "Empty",
     "Paused",
+    "Queued",  # threads with a pause queued behind their running stage
     "Running",
     "Waiting",
     "Errors",
@@ -1519,6 +1592,7 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
             "Dest": entry["dest"],
             "Version": entry["version"] or "-",
             "LastPing": _last_ping_cell(entry),
+            "Queued": _cell(entry["pause_requested"]),
             "Error": entry["error"]["message"] if entry["error"] else "",
         }
         for key in api.SUMMARY_KEYS:
@@ -1533,12 +1607,25 @@ INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", 
 INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
 
 
-def format_thread_state(activity: ThreadActivity) -> str:
-    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
+def format_thread_state(activity: ThreadActivity, pause_queued: bool = False) -> str:
+    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it;
+    `Running(3m) mock, pause queued` while a pause waits for the stage to end."""
     state = activity.state.value if activity.state is not None else "-"
     elapsed = activity.elapsed
     text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
-    return f"{text} {activity.proc}" if activity.proc else text
+    text = f"{text} {activity.proc}" if activity.proc else text
+    return f"{text}, pause queued" if pause_queued else text
+
+
+def thread_state_text(thread: WorkerInfo) -> str:
+    return format_thread_state(thread.thread_state, thread.pause_requested)
+
+
+def _paused_cell(thread: WorkerInfo) -> str:
+    """info's Paused column: true, false, or queued (asked for, the running stage first)."""
+    if thread.paused:
+        return "true"
+    return "queued" if thread.pause_requested else "false"
 
 
 def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], list[list[str]]]:
@@ -1551,12 +1638,12 @@ def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], li
             "Index": str(thread.index),
             "Loc": _cell(thread.location),
             "SectorID": _cell(thread.job_id),
-            "Paused": "true" if thread.paused else "false",
+            "Paused": _paused_cell(thread),
             "PausedElapsed": format_duration(elapsed) if thread.paused else "-",
             "State": _cell(thread.job_state),
             "Plan": _cell(thread.plan),
             "Stage": _cell(thread.job_stage),
-            "ThreadState": format_thread_state(thread.thread_state),
+            "ThreadState": thread_state_text(thread),
             "LastErr": _cell(thread.last_error),
         }
         rows.append([cells[header] for header in headers])
@@ -1596,7 +1683,7 @@ def action_entry(host: Host, action: Action, outcome: ActionOutcome) -> dict:
         "via": outcome.via,
         "ok": outcome.error is None,
         "note": outcome.note,
-        "error": error_json(outcome.error),
+        "error": action_error_json(outcome.error),
     }
 
 
@@ -1605,16 +1692,33 @@ def action_line(host: Host, action: Action, outcome: ActionOutcome) -> str:
     return escape_text(_action_text(host, action, outcome))
 
 
+def action_error(host: Host, action: Action, error: BaseException) -> str:
+    """Why an action was not done, as `pause`/`resume` and drain say it. A reply that did
+    not come is not a failure: the agent may have acted (NoReply)."""
+    if isinstance(error, NoReply):
+        return (
+            f"{action.kind}: no reply in {error.seconds:g}s \u2014 it may still take effect;"
+            f" check with `venusctl info {host.name}`"
+        )
+    verb = "refused" if isinstance(error, AgentRefused) else "failed"
+    return f"{action.kind} {verb}: {error_text(error)}"
+
+
+def action_error_json(error: BaseException | None) -> dict[str, Any] | None:
+    if isinstance(error, NoReply):
+        return {"kind": "no-reply", "message": str(error), "seconds": error.seconds}
+    return error_json(error)
+
+
 def _action_text(host: Host, action: Action, outcome: ActionOutcome) -> str:
     subject = f"{host.name} #{action.index}"
     error = outcome.error
     if error is not None:
-        verb = "refused" if isinstance(error, AgentRefused) else "failed"
-        return f"{subject}: {action.kind} {verb}: {error_text(error)}"
+        return f"{subject}: {action_error(host, action, error)}"
     if outcome.note:
         return f"{subject}: {outcome.note}"
     if action.kind == "pause":
-        return f"{subject}: paused (a stage in flight finishes first)"
+        return f"{subject}: paused"
     if action.state:
         return f"{subject}: resumed in state {action.state}"
     return f"{subject}: resumed"
@@ -2463,17 +2567,26 @@ class Step:
 def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) -> list[Step]:
     """What a bulk pause or resume does to each selected thread.
 
-    Pause skips threads already paused (pausing them changes nothing);
-    resume skips threads that are not paused (the agent would refuse).
+    Pause skips threads already paused or with a pause queued (pausing them
+    changes nothing); resume skips threads that are not paused (the agent would
+    refuse), but cancels a pause still queued (not with --to-state: a running
+    task cannot be moved).
     """
     steps = []
     for thread in threads:
-        paused = thread.info.paused
+        paused, queued = thread.info.paused, thread.info.pause_requested
         if kind == "pause" and paused:
             steps.append(Step(thread, None, "skip: already paused"))
+        elif kind == "pause" and queued:
+            steps.append(Step(thread, None, "skip: pause already queued"))
         elif kind == "pause":
             note = "pause after the stage in flight" if thread.info.busy else "pause"
             steps.append(Step(thread, Action("pause", thread.index), note))
+        elif queued and not to_state:
+            # our agent's resume takes a queued pause back (WorkerCancelPause)
+            steps.append(Step(thread, Action("resume", thread.index), "cancel the queued pause"))
+        elif queued:
+            steps.append(Step(thread, None, "skip: not paused yet (a pause is queued)"))
         elif not paused:
             steps.append(Step(thread, None, "skip: not paused"))
         else:
@@ -2521,7 +2634,7 @@ def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
                 str(info.index),
                 _cell(info.job_id),
                 _cell(info.job_state),
-                format_thread_state(info.thread_state),
+                thread_state_text(info),
                 _cell(info.last_error),
                 step.note,
             ]
@@ -2574,7 +2687,7 @@ def thread_progress(thread: WorkerInfo) -> tuple[ThreadState | None, str]:
 
 def describe_thread(thread: WorkerInfo) -> str:
     """'Running(3s) mock at PC1 (TicketAssigned)' for drain's progress lines."""
-    text = format_thread_state(thread.thread_state)
+    text = thread_state_text(thread)
     if thread.job_stage and thread.busy:
         text += f" at {thread.job_stage}"
     return escape_text(text + (f" ({thread.job_state})" if thread.job_state else ""))
@@ -2607,11 +2720,13 @@ def drain_table(
             _cell(now.job_id),
             _cell(thread.info.job_state),
             _cell(now.job_state),
-            format_thread_state(now.thread_state),
+            thread_state_text(now),
         ]
         if failed:
             error = failed.get(thread.key)
-            row.append(f"pause failed: {error_text(error)}" if error else "")
+            row.append(
+                action_error(thread.host, Action("pause", thread.index), error) if error else ""
+            )
         rows.append(row)
     return headers, rows
 
@@ -2685,10 +2800,18 @@ class JsonRpcClient:
         ).encode()
         try:
             self.stream.sendall(head + body)
+        except TimeoutError as error:
+            raise HostTimeout(f"timeout after {self.timeout:g}s sending to the agent") from error
+        except OSError as error:
+            raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
+        try:
             status, headers = self._read_head()
             reply = self._read_exactly(self._content_length(headers))
         except TimeoutError as error:
-            raise HostTimeout(f"timeout after {self.timeout:g}s waiting for the agent") from error
+            # Sent: the agent may act on it although its reply never came.
+            raise NoReply(
+                f"timeout after {self.timeout:g}s waiting for the agent", self.timeout
+            ) from error
         except OSError as error:
             raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
         if status != 200:
@@ -2774,12 +2897,36 @@ class RpcAgent:
         )
 
     def pause(self, index: int) -> str | None:
-        self.rpc.call(api.Method.PAUSE.value, [index])
-        return None
+        """Pause, and say whether the thread stopped or its pause waits for its stage.
+
+        The thread list comes in the same batch, answered after the pause (one round
+        trip): None when the thread is Paused, else the queued-pause note.
+        """
+        done, threads = self.rpc.batch(
+            [(api.Method.PAUSE.value, [index]), (api.Method.LIST.value, [])]
+        )
+        if isinstance(done, HostError):
+            raise done
+        if not isinstance(threads, HostError):
+            for thread in checked_threads(threads):
+                if thread.index == index and thread.paused:
+                    return None
+        return PAUSE_QUEUED
 
     def resume(self, index: int, state: str | None) -> str | None:
+        return resume_cancelling_queued(self, index, state)
+
+    def resume_paused(self, index: int, state: str | None) -> None:
         self.rpc.call(api.Method.RESUME.value, [index, state])
-        return None
+
+    def cancel_pause(self, index: int) -> bool:
+        return checked_bool(self.rpc.call(api.Method.CANCEL_PAUSE.value, [index]))
+
+
+def checked_bool(answer: Any) -> bool:
+    if not isinstance(answer, bool):
+        raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
+    return answer
 
 
 class DamoclesAgent:
@@ -2868,10 +3015,15 @@ class DamoclesAgent:
         answer = self._call(api.Method.RESUME, [index, state])
         if answer is False:
             # Our agent's code for the same case, so scripts see one answer.
-            raise AgentRefused(api.RpcCode.NOT_PAUSED, f"worker #{index} is not paused")
+            raise AgentRefused(
+                api.RpcCode.NOT_PAUSED, f"worker #{index} is not paused; {DAMOCLES_QUEUED}"
+            )
         if answer is not True:
             raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
         return None
+
+    def cancel_pause(self, index: int) -> bool:
+        raise AgentRefused(api.RpcCode.METHOD_NOT_FOUND, DAMOCLES_QUEUED)
 
     def _thread(self, index: int) -> WorkerInfo:
         for thread in self.threads():
@@ -2943,6 +3095,10 @@ def pause_argv(host: Host, index: int) -> list[str]:
     return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
 
 
+def cancel_pause_argv(host: Host, index: int) -> list[str]:
+    return _agent_command(host, "cancel-pause", "--index", str(_checked_index(index)), "--json")
+
+
 def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
     argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
     if state is not None:
@@ -2983,18 +3139,24 @@ class CliAgent:
 
     def pause(self, index: int) -> str | None:
         self._act(pause_argv(self.host, index))
-        return None
+        return PAUSE_SENT  # the CLI does not say which: one more command to ask is not worth it
 
     def resume(self, index: int, state: str | None) -> str | None:
-        self._act(resume_argv(self.host, index, state))
-        return None
+        return resume_cancelling_queued(self, index, state)
 
-    def _act(self, argv: list[str]) -> None:
+    def resume_paused(self, index: int, state: str | None) -> None:
+        self._act(resume_argv(self.host, index, state))
+
+    def cancel_pause(self, index: int) -> bool:
+        return self._act(cancel_pause_argv(self.host, index), answers=(True, False))
+
+    def _act(self, argv: list[str], answers: tuple[bool, ...] = (True,)) -> bool:
         document = parse_cli_reply(self.run(argv))
         if isinstance(document, dict) and document.get("error"):
             raise cli_error(document["error"])
-        if document is not True:
+        if not isinstance(document, bool) or document not in answers:
             raise UnreadableReply(f"unreadable reply: {json.dumps(document)[:80]}")
+        return document
 
 
 # =============================================================================
@@ -3009,10 +3171,11 @@ def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
     channel = transport.open_session(timeout=timeout)
     try:
         channel.exec_command(command)
+        # From here the command runs: a timeout is a reply that did not come (NoReply).
         stdout = _read_until_eof(channel, channel.recv, deadline, timeout)
         stderr = _read_until_eof(channel, channel.recv_stderr, deadline, timeout)
         if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-            raise HostTimeout(f"timeout after {timeout:g}s (command)")
+            raise NoReply(f"timeout after {timeout:g}s (command)", timeout)
         return CommandResult(
             channel.recv_exit_status(),
             stdout.decode("utf-8", "replace"),
@@ -3027,12 +3190,12 @@ def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: f
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise HostTimeout(f"timeout after {timeout:g}s (command)")
+            raise NoReply(f"timeout after {timeout:g}s (command)", timeout)
         channel.settimeout(remaining)
         try:
             chunk = receive(65536)
         except TimeoutError as error:
-            raise HostTimeout(f"timeout after {timeout:g}s (command)") from error
+            raise NoReply(f"timeout after {timeout:g}s (command)", timeout) from error
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -3346,7 +3509,8 @@ class LocalSession:
                 f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
             ) from error
         except subprocess.TimeoutExpired as error:
-            raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
+            timeout = self.host.command_timeout
+            raise NoReply(f"timeout after {timeout:g}s (command)", timeout) from error
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
     def alive(self) -> bool:
@@ -4318,7 +4482,10 @@ class Drain:
     """Pause every selected thread at its next stage boundary, then wait until all are Paused.
 
     The agent keeps the result of the stage in flight (docs/protocol.md), so
-    a drained thread is Paused one stage further, never a stage back.
+    a drained thread is Paused one stage further, never a stage back. When it
+    gives up (timeout, Ctrl-C) the pauses it asked for and that are still
+    queued are taken back (WorkerCancelPause), unless --keep-queued: no thread
+    stops hours later because of a drain that was given up.
     """
 
     def __init__(
@@ -4332,6 +4499,14 @@ class Drain:
         self.ctx, self.pool, self.hosts, self.selector = ctx, pool, hosts, selector
         self.timeout: float = args.timeout
         self.interval: float = args.interval
+        self.keep_queued: bool = args.keep_queued
+        self.asked: set[tuple[str, int]] = set()  # threads drain itself sent a pause
+        # what became of each still-running thread's queued pause when drain gave up:
+        # cancelled, kept, taken (nothing queued any more), cannot-cancel (damocles),
+        # cancel-failed (then self.cancel_errors says why)
+        self.queued: dict[tuple[str, int], str] = {}
+        self.cancel_errors: dict[tuple[str, int], BaseException] = {}
+        self.interrupted = False
         self.terminal = ctx.is_terminal(ctx.err)
         self.targets: list[FleetThread] = []
         self.latest: dict[tuple[str, int], WorkerInfo] = {}
@@ -4356,24 +4531,57 @@ class Drain:
             return ExitStatus.FAILED
         self.latest = {thread.key: thread.info for thread in self.targets}
         acting = [step for step in plan_steps("pause", self.targets, None) if step.action]
-        for step, outcome in act_on_steps(self.ctx, self.pool, acting):
-            if outcome.error is not None:
-                self.failed[step.thread.key] = outcome.error
-        self._progress(
-            f"drain: pausing {count_line(self.targets)} at their next stage boundary"
-            f" (timeout {format_duration(self.timeout)})"
-        )
-        deadline = started + self.timeout
+        try:
+            for step, outcome in act_on_steps(self.ctx, self.pool, acting):
+                if outcome.error is not None:
+                    self.failed[step.thread.key] = outcome.error
+                else:
+                    self.asked.add(step.thread.key)
+            self._progress(
+                f"drain: pausing {count_line(self.targets)} at their next stage boundary"
+                f" (timeout {format_duration(self.timeout)})"
+            )
+            self.wait(started + self.timeout, started)
+        except KeyboardInterrupt:
+            # Ctrl-C: the pauses already sent must not stay queued behind the operator's back.
+            self.interrupted = True
+            self.asked |= {step.thread.key for step in acting if step.thread.key not in self.failed}
+            self._progress("drain: interrupted")
+        busy = self.busy()
+        self.settle_queued(busy)
+        status = self.report(busy, self.ctx.clock() - started)
+        return ExitStatus.INTERRUPTED if self.interrupted else status
+
+    def wait(self, deadline: float, started: float) -> None:
         while True:
             self.poll()
             busy = self.busy()
             now = self.ctx.clock()
             # A thread whose pause failed is not waited for: nothing will stop it.
             if now >= deadline or all(thread.key in self.failed for thread in busy):
-                break
+                return
             self._quiet_progress(busy, now - started)
             self.ctx.sleep(min(self.interval, deadline - now))
-        return self.report(busy, self.ctx.clock() - started)
+
+    def settle_queued(self, busy: list[FleetThread]) -> None:
+        """Drain gave up on `busy`: take back the pauses it queued, or keep them if asked."""
+        mine = [thread for thread in busy if thread.key in self.asked]
+        cancel = []
+        for thread in mine:
+            if thread.host.backend == "damocles":
+                self.queued[thread.key] = "cannot-cancel"
+            elif self.keep_queued:
+                self.queued[thread.key] = "kept"
+            else:
+                cancel.append(Step(thread, Action("cancel-pause", thread.index), "cancel"))
+        if not cancel:
+            return
+        for step, outcome in act_on_steps(self.ctx, self.pool, cancel):
+            key = step.thread.key
+            if outcome.error is not None:
+                self.queued[key], self.cancel_errors[key] = "cancel-failed", outcome.error
+            else:
+                self.queued[key] = "cancelled" if outcome.note == PAUSE_CANCELLED else "taken"
 
     def poll(self) -> None:
         hosts = list({thread.host.name: thread.host for thread in self.targets}.values())
@@ -4445,7 +4653,10 @@ class Drain:
             still = "; ".join(f"{thread.label} {self._why_busy(thread)}" for thread in busy)
             waited = any(thread.key not in self.failed for thread in busy)
             why = f"timed out after {format_duration(self.timeout)}" if waited else "incomplete"
+            why = "interrupted" if self.interrupted else why
             self.ctx.err.write(escape_text(f"venusctl: drain {why}; still running: {still}") + "\n")
+            for line in self.queued_lines():
+                self.ctx.err.write(escape_text(f"venusctl: {line}") + "\n")
             return
         failed = f", {len(self.failed)} could not be paused" if self.failed else ""
         out.write(
@@ -4453,18 +4664,43 @@ class Drain:
             f" none is running{failed}\n"
         )
 
+    def queued_lines(self) -> list[str]:
+        """What became of the pauses still queued when drain gave up, one line per outcome."""
+        by_outcome: dict[str, list[str]] = {}
+        for key, outcome in self.queued.items():
+            by_outcome.setdefault(outcome, []).append(f"{key[0]} #{key[1]}")
+        lines = []
+        said = {
+            "cancelled": "queued pause cancelled (the thread keeps running)",
+            "kept": "pause still queued (--keep-queued): it stops at its next stage boundary",
+            "taken": "no pause queued any more: it took its pause (or lost the request) meanwhile",
+            "cannot-cancel": DAMOCLES_QUEUED,
+        }
+        for outcome, text in said.items():
+            if outcome in by_outcome:
+                lines.append(f"{', '.join(by_outcome[outcome])}: {text}")
+        for key, error in self.cancel_errors.items():
+            lines.append(
+                f"{key[0]} #{key[1]}: cancel of the queued pause failed: {error_text(error)};"
+                " it may still stop at its next stage boundary"
+            )
+        return lines
+
     def _why_busy(self, thread: FleetThread) -> str:
         error = self.host_errors.get(thread.host.name)
         if error is not None:
             return f"(host not answering: {error_text(error)})"
         state = describe_thread(self.latest[thread.key])
         failed = self.failed.get(thread.key)
-        return f"(pause failed: {error_text(failed)}; {state})" if failed else f"({state})"
+        if failed is None:
+            return f"({state})"
+        return f"({action_error(thread.host, Action('pause', thread.index), failed)}; {state})"
 
     def as_json(self, busy: list[FleetThread], elapsed: float) -> dict[str, Any]:
         busy_keys = {thread.key for thread in busy}
         return {
             "drained": not busy,
+            "interrupted": self.interrupted,
             "elapsed": round(elapsed, 3),
             "timeout": self.timeout,
             "threads": [
@@ -4475,7 +4711,11 @@ class Drain:
                     "before": _state_json(thread.info),
                     "after": _state_json(self.latest[thread.key]),
                     "running": thread.key in busy_keys,
-                    "error": error_json(self.failed.get(thread.key)),
+                    "error": action_error_json(self.failed.get(thread.key)),
+                    # when drain gave up: cancelled, kept, taken, cannot-cancel,
+                    # cancel-failed (cancel_error), or null (nothing queued by drain)
+                    "queued": self.queued.get(thread.key),
+                    "cancel_error": error_json(self.cancel_errors.get(thread.key)),
                 }
                 for thread in self.targets
             ],
@@ -4969,7 +5209,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pause every thread of HOST (or every thread the selectors match) at"
         " its next stage boundary, keeping the finished stage's result, then wait until"
         " none is Running or Waiting. Exit 0 when drained, 1 on timeout (naming the"
-        " threads still running).",
+        " threads still running), 130 on Ctrl-C. When it gives up, the pauses it queued"
+        " and that the threads have not taken yet are cancelled (--keep-queued keeps"
+        " them).",
     )
     common(drain, top=False)
     drain.add_argument("target", nargs="?", metavar="HOST", help="name, address or address:port")
@@ -4985,6 +5227,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_argument_type(_positive_duration, "duration"),
         default=2.0,
         help="time between polls (default 2s)",
+    )
+    drain.add_argument(
+        "--keep-queued",
+        action="store_true",
+        help="on timeout or Ctrl-C, leave the pauses still queued (by default they are"
+        " cancelled: the threads keep running)",
     )
     drain.set_defaults(handler=command_drain)
 

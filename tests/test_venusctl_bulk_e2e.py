@@ -238,11 +238,10 @@ def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_flee
     assert "plan: pause 2 threads on 2 hosts; 2 skipped" in out
     assert "  down: connection refused" in out
     tail = out.splitlines()[-3:]
-    assert tail == [
-        "b1 #1: paused (a stage in flight finishes first)",
-        "b2 #1: paused (a stage in flight finishes first)",
-        "paused 2 of 2 threads on 2 hosts",
-    ]
+    # issue 10: the line says whether the thread stopped or its pause waits for its stage
+    for host, line in zip(("b1", "b2"), tail, strict=False):
+        assert re.fullmatch(rf"{host} #1: (paused|{re.escape(venusctl.PAUSE_QUEUED)})", line)
+    assert tail[2] == "paused 2 of 2 threads on 2 hosts"
     for host in ("b1", "b2"):
         wait_until(
             lambda host=host: (
@@ -431,10 +430,14 @@ def test_drain_times_out_naming_the_threads_still_running(tmp_path, capsys, ssh_
     assert status == 1
     assert re.search(
         r"^venusctl: drain timed out after 1s; still running: stuck #0"
-        r" \(Running\((?:\d+[hms])+\) mock at \w+ \(\w+\)\)$",
+        r" \(Running\((?:\d+[hms])+\) mock, pause queued at \w+ \(\w+\)\)$",
         err,
         re.M,
     ), err
+    # issue 10: the pause it queued is taken back: the thread keeps running, nothing queued
+    assert err.endswith("venusctl: stuck #0: queued pause cancelled (the thread keeps running)\n")
+    (thread,) = threads_of(capsys, path, "stuck")
+    assert thread["pause_requested"] is False and thread["thread_state"]["state"] == "Running"
     rows = table_rows(out)
     assert rows[0] == ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
     assert rows[1][:2] == ["stuck", "0"] and rows[1][5].startswith("Running(")

@@ -249,7 +249,7 @@ def fake_time_context():
 
 def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
     ctx, out, err, now = fake_time_context()
-    args = argparse.Namespace(timeout=7200.0, interval=2.0)
+    args = argparse.Namespace(timeout=7200.0, interval=2.0, keep_queued=False)
     drain = venusctl.Drain(ctx, RefusingPool([RUNNING]), [W2], Selector(), args)
     assert drain.run() == venusctl.ExitStatus.FAILED
     assert now[0] < 10  # not the 2 h timeout: nothing would stop it
@@ -281,7 +281,8 @@ def test_drain_waits_until_paused_not_just_until_nothing_runs():
     between = info(2, "PC1Done", "Idle")
     paused = info(2, "PC1Done", "Paused")
     pool = ScriptedPool([RUNNING], [between], [between], [paused])
-    drain = venusctl.Drain(ctx, pool, [W2], Selector(), argparse.Namespace(timeout=60, interval=2))
+    args = argparse.Namespace(timeout=60, interval=2, keep_queued=False)
+    drain = venusctl.Drain(ctx, pool, [W2], Selector(), args)
     assert drain.run() == venusctl.ExitStatus.OK, err.getvalue()
     assert now[0] == 4  # two polls saw Idle and kept waiting
     assert pool.polls == [[paused]]

@@ -133,9 +133,10 @@ def test_list_reads_both_shapes_through_the_ssh_channel(both, capsys):
     headers, rows = rows_by_name(out)
     assert headers == venusctl.LIST_WIDE_HEADERS
     # three threads: #0 paused with its C2 error, #1 running PC1, #2 idle without a task
-    assert rows["now"][2:] == ["v0.9.0-standin", "3", "1", "1", "1", "0", "1", "0s"]
+    # Queued (issue 10): unknown, a damocles-worker does not show its queued pauses
+    assert rows["now"][2:] == ["v0.9.0-standin", "3", "1", "1", "-", "1", "0", "1", "0s"]
     # 2022: no Running/Waiting in that API, so none is counted
-    assert rows["old"][2:] == ["v0.9.0-standin", "3", "1", "1", "-", "-", "1", "0s"]
+    assert rows["old"][2:] == ["v0.9.0-standin", "3", "1", "1", "-", "-", "-", "1", "0s"]
 
     status, document = run_json(capsys, both, "list")
     entry = {host["name"]: host for host in document["hosts"]}["now"]
@@ -233,7 +234,12 @@ def test_resume_of_a_thread_that_is_not_paused_is_not_paused_exit_1(both, capsys
     for name in ("now", "old"):
         status, out, err = run(capsys, both, "resume", name, "1")
         assert status == 1 and out == ""
-        assert err == f"{name} #1: resume refused: worker #1 is not paused\n"
+        # issue 10: says exactly what a damocles-worker cannot do about a queued pause
+        assert err == (
+            f"{name} #1: resume refused: worker #1 is not paused; a damocles-worker can"
+            " neither show nor cancel a queued pause: if one is queued, the thread stops at"
+            " its next stage boundary\n"
+        )
     status, document = run_json(capsys, both, "resume", "now", "1")
     assert status == 1 and document["error"]["code"] == 1001
 
@@ -274,7 +280,7 @@ def test_a_worker_without_worker_version_is_listed_without_a_version(
     path = inventory(tmp_path, damocles_sshd, damocles_table(damocles_sshd, "bare", port))
     status, out, err = run(capsys, path, "list", "--wide")
     assert status == 0, err
-    assert rows_by_name(out)[1]["bare"][2:] == ["-", "3", "1", "1", "-", "-", "1", "0s"]
+    assert rows_by_name(out)[1]["bare"][2:] == ["-", "3", "1", "1", "-", "-", "-", "1", "0s"]
 
 
 # -- failures ------------------------------------------------------------------------------------
@@ -381,14 +387,17 @@ def test_health_judges_damocles_workers_on_their_threads_without_a_heartbeat(
     assert lines[0].startswith(
         "VENUS CRITICAL - 1 agent not running, 1 heartbeat expired, 2 threads in error,"
     ), lines
-    assert "hosts=4 threads=8 " in lines[0] and "unreachable=1" in lines[0]
+    assert "hosts=4;;;0 threads=8;;;0 " in lines[0] and "unreachable=1;;0;0" in lines[0]
     assert lines[1].startswith("CRITICAL calm: heartbeat ")  # worst first, in inventory order
     assert lines[2] == f"CRITICAL dam-down: damocles RPC not reachable at 127.0.0.1:{closed}"
-    damocles = [line for line in lines[3:] if " dam-" in line]
-    error = rf"paused by an error for \d+s: {re.escape(C2_ERROR)}"
-    assert re.fullmatch(rf"WARNING dam-now #0 \S+ C1Done: {error}", damocles[0]), damocles
+    # the same error on both damocles workers: one line (issue 10)
+    assert re.fullmatch(
+        rf"WARNING 2 threads on 2 hosts paused on: {re.escape(C2_ERROR)}"
+        r" \(dam-now, dam-old; longest \d+s\)",
+        lines[3],
+    ), lines
     stuck = r"stage PC1 for \d+\w+ \(stuck after 0s, --stuck PC1\)"
-    assert re.fullmatch(rf"WARNING dam-now #1 \S+ TicketAssigned: {stuck}", damocles[1])
-    assert re.fullmatch(rf"WARNING dam-old #0 \S+ C1Done: {error}", damocles[2])
-    # the 2022 API has no elapsed time for a running thread: never judged stuck
-    assert len(damocles) == 3
+    assert re.fullmatch(rf"WARNING dam-now #1 \S+ TicketAssigned: {stuck}", lines[4])
+    # the 2022 API has no elapsed time for a running thread: never judged stuck; then the
+    # per-host summary
+    assert lines[5].split() == ["Host", "Threads", "Paused", "Errors", "Heartbeat", "Note"]
