@@ -359,6 +359,39 @@ class StreamForbidden(HostError):
     kind = "stream-forbidden"
 
 
+class StreamConnectFailed(HostError):
+    """sshd could not connect the stream channel to the agent's socket.
+
+    OpenSSH says only "connect failed", whether no agent listens there, the
+    SSH user may not use the socket, or AllowStreamLocalForwarding is off: so
+    it never says "agent not running"; the exec fallback (the CLI on the
+    host) can tell which.
+    """
+
+    kind = "stream-connect-failed"
+
+
+class AgentUnreachable(HostError):
+    """The agent's CLI on the host found the socket but could not talk to it (api code
+    AGENT_UNREACHABLE: permission denied, a timeout): the agent may well be running."""
+
+    kind = "agent-unreachable"
+
+
+class BothWaysFailed(HostError):
+    """auto: the stream channel failed, and so did the exec fallback; the row names both.
+
+    `kind` is the exec failure's (the more precise one: not installed, config
+    unreadable, permission denied on the socket).
+    """
+
+    def __init__(self, stream: HostError, fallback: HostError) -> None:
+        super().__init__(
+            f"stream: {error_text(stream)}; exec fallback: {error_text(fallback)}", fallback.kind
+        )
+        self.stream, self.fallback = stream, fallback
+
+
 class TcpForwardingForbidden(HostError):
     """sshd refused the direct-tcpip channel to a damocles host's RPC (AllowTcpForwarding no)."""
 
@@ -1964,7 +1997,11 @@ def _host_failure(name: str, error: BaseException) -> Finding:
     if isinstance(error, (AgentNotRunning, DamoclesNotReachable)):
         return Finding(Severity.CRITICAL, "agent-not-running", name, str(error))
     if isinstance(error, HostError):
-        return Finding(Severity.CRITICAL, "host-unreachable", name, f"unreachable: {error}")
+        # The host answered over SSH but its agent could not be asked: say that, not
+        # "unreachable" (the kind stays host-unreachable: any SSH or transport failure).
+        agent_side = isinstance(error, (BothWaysFailed, StreamConnectFailed, AgentUnreachable))
+        why = "cannot ask the agent" if agent_side else "unreachable"
+        return Finding(Severity.CRITICAL, "host-unreachable", name, f"{why}: {error}")
     # A bug of ours, not a fact about the host: we cannot judge it.
     return Finding(Severity.UNKNOWN, "internal-error", name, describe_unexpected(error))
 
@@ -3040,6 +3077,7 @@ class CommandResult:
 
 
 COMMAND_NOT_FOUND = 127  # the shell's exit status for a command it cannot find
+COMMAND_NOT_RUNNABLE = 126  # ... and for one it found but may not run
 
 
 def _last_line(text: str) -> str:
@@ -3050,9 +3088,17 @@ def _last_line(text: str) -> str:
 def parse_cli_reply(result: CommandResult) -> Any:
     """The one JSON document the agent CLI prints, or the HostError its exit status means."""
     if result.exit_status == COMMAND_NOT_FOUND:
-        return_text = _last_line(result.stderr)
+        shell_says = _last_line(result.stderr)
         raise AgentNotInstalled(
-            "agent not installed" + (f" ({return_text})" if return_text else "")
+            "agent not installed, or not on the PATH sshd gives the SSH user"
+            + (f" ({shell_says})" if shell_says else "")
+        )
+    if result.exit_status == COMMAND_NOT_RUNNABLE:
+        shell_says = _last_line(result.stderr)
+        raise HostError(
+            "agent command not runnable by the SSH user"
+            + (f" ({shell_says})" if shell_says else ""),
+            "agent-not-runnable",
         )
     try:
         return json.loads(result.stdout)
@@ -3070,6 +3116,8 @@ def cli_error(error: Any) -> HostError:
     code, message = error.get("code"), str(error.get("message", ""))
     if code == api.RpcCode.AGENT_NOT_RUNNING:
         return AgentNotRunning("agent not running")
+    if code == api.RpcCode.AGENT_UNREACHABLE:
+        return AgentUnreachable(f"agent: {message}")
     if code == api.RpcCode.CONFIG_ERROR:
         return HostError(f"agent: {message}", "agent-config-error")
     return AgentRefused(code if isinstance(code, int) else 0, message)
@@ -3544,9 +3592,12 @@ class SshSession:
                 raise StreamForbidden("stream forwarding forbidden by sshd") from error
             if error.code == 2:
                 # OpenSSH also says "connect failed" when AllowStreamLocalForwarding
-                # is off; auto then asks the CLI, which can tell the two apart.
-                raise AgentNotRunning(
-                    "agent not running (or sshd forbids stream forwarding)"
+                # is off or the SSH user may not use the socket; auto then asks the
+                # CLI, which can tell these apart from an agent that is not running.
+                raise StreamConnectFailed(
+                    f"connect failed to the agent socket {self.host.socket} (no agent"
+                    " listening, the SSH user may not use it, or sshd forbids stream"
+                    " forwarding)"
                 ) from error
             raise HostError(f"channel refused: {error.text}") from error
         return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
@@ -3696,24 +3747,38 @@ def open_agent(
         return session.cli(), None
     try:
         return session.open_control(), None
-    except (StreamForbidden, AgentNotRunning) as refused:
+    except (StreamForbidden, StreamConnectFailed, AgentNotRunning) as refused:
         if host.transport == "auto" or (host.transport == "local" and for_status):
             return session.cli(), refused
         raise
 
 
 def agent_status(agent: Agent, refused: HostError | None) -> HostStatus:
-    """agent.status(), where `refused` is why open_agent fell back to this agent (the CLI)."""
+    """agent.status(), where `refused` is why open_agent fell back to this agent (the CLI).
+
+    When the CLI cannot ask the daemon either, the row names both causes, the
+    CLI's own words included (not on sshd's PATH, its config unreadable,
+    permission denied on the socket); "agent not running" only when the CLI,
+    on the host, found nothing listening.
+    """
     if refused is None:
         return agent.status()
     try:
         status = agent.status()
-    except HostError:
-        # No usable CLI either: what the socket said is the better reason.
-        raise refused from None
-    if status.threads is None and status.error is None:
-        status.error = refused
+    except HostError as error:
+        raise both_ways(refused, error) from None
+    if status.threads is None:
+        status.error = both_ways(refused, status.error) if status.error else refused
     return status
+
+
+def both_ways(refused: HostError, fallback: BaseException) -> BaseException:
+    """The error of a host that the fallback could not reach either."""
+    if isinstance(fallback, AgentNotRunning) or not isinstance(fallback, HostError):
+        return fallback  # the CLI saw it on the host: the whole truth
+    if isinstance(refused, AgentNotRunning):
+        return refused  # a local socket checked here: nothing listens, that is the truth
+    return BothWaysFailed(refused, fallback)
 
 
 def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
@@ -3733,13 +3798,16 @@ def perform_all(
     A refusal of one thread (not paused, bad state) does not stop the next;
     a host that cannot be reached at all raises, as for one action.
     """
-    agent, _ = open_agent(session, host, for_status=False)
+    agent, refused = open_agent(session, host, for_status=False)
     try:
         outcomes: list[ActionOutcome] = []
         for action in actions:
             try:
                 note = action.via(agent)
             except HostError as error:
+                # a refusal is the agent's answer, a missing reply may still take effect
+                if refused is not None and not isinstance(error, (AgentRefused, NoReply)):
+                    error = both_ways(refused, error)
                 outcomes.append(ActionOutcome(error=error))
             else:
                 outcomes.append(ActionOutcome(agent.via, note))

@@ -116,12 +116,17 @@ def test_stopped_agent_and_stopped_sshd_are_critical(tmp_path, capsys, ssh_fleet
     path = ssh_fleet.inventory(tmp_path, *tables)
     status, lines, _ = health(capsys, path, "--quiet")
     assert status == 2
-    assert lines[0].startswith("VENUS CRITICAL - 1 host unreachable, 2 agents not running | ")
+    # dead-stream: stream alone cannot tell a dead agent from a closed door (issue 10)
+    assert lines[0].startswith("VENUS CRITICAL - 2 hosts unreachable, 1 agent not running | ")
     assert "hosts=4;;;0 threads=2;;;0 " in lines[0] and "unreachable=3;;0;0" in lines[0]
     assert re.fullmatch(
         rf"CRITICAL dead: agent not running; last heartbeat {DURATION} ago", lines[1]
     )
-    assert lines[2] == "CRITICAL dead-stream: agent not running (or sshd forbids stream forwarding)"
+    socket = ssh_fleet.agents["dead"].socket
+    assert lines[2] == (
+        f"CRITICAL dead-stream: cannot ask the agent: connect failed to the agent socket {socket}"
+        " (no agent listening, the SSH user may not use it, or sshd forbids stream forwarding)"
+    )
     assert lines[3] == "CRITICAL down: unreachable: connection refused"
     assert len(lines) == 4  # calm is fine
     _, document = health_json(capsys, path, "--expiration", "1ms")

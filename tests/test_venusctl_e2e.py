@@ -328,10 +328,13 @@ def test_stream_forbidden_by_sshd(tmp_path, capsys, ssh_fleet):
     status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, *tables), "list")
     hosts = hosts_by_name(document)
     assert status == 1
-    # OpenSSH answers "connect failed" as for a missing socket: stream alone cannot tell
+    # OpenSSH answers "connect failed" as for a missing socket: stream alone cannot tell,
+    # so it does not say "agent not running" (issue 10)
+    socket = ssh_fleet.agents["nostream"].socket
     assert hosts["nostream"]["error"] == {
-        "kind": "agent-not-running",
-        "message": "agent not running (or sshd forbids stream forwarding)",
+        "kind": "stream-connect-failed",
+        "message": f"connect failed to the agent socket {socket} (no agent listening, the SSH"
+        " user may not use it, or sshd forbids stream forwarding)",
     }
     assert hosts["nostream-exec"]["error"] is None and hosts["nostream-exec"]["via"] == "exec"
 
@@ -389,9 +392,10 @@ def test_stopped_agent_shows_its_stale_heartbeat_with_a_bang(tmp_path, capsys, s
     assert dead[2:6] == [str(summary[key]) for key in ("Threads", "Empty", "Paused", "Errors")]
     assert re.fullmatch(DURATION + "!", dead[6]), dead[6]
     assert dead[7] == "agent not running"
-    # stream only: no exec, so no report to read
+    # stream only: no exec, so no report to read, and no way to tell a dead agent from a
+    # closed door: the row says what sshd said (issue 10)
     assert rows["dead-stream"][2:7] == ["-", "-", "-", "-", "-"]
-    assert rows["dead-stream"][7].startswith("agent not running")
+    assert rows["dead-stream"][7].startswith("connect failed to the agent socket")
     assert not rows["w1"][6].endswith("!")
     # the same host within a generous expiration has no "!"
     status, document = run_json(capsys, path, "list", "-l", "dead")

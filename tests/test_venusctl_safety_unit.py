@@ -346,3 +346,137 @@ def test_an_unconfirmed_bulk_action_is_one_document_with_its_plan_and_the_error(
         "plan": [],
         "error": {"code": "not-confirmed", "message": str(error)},
     }
+
+
+# -- 5. worker text is data, never terminal control --------------------------------------------
+
+NASTY = "bad \x1b]0;owned\x07 \x1b[2J x\ny\tz\r\x7f\x9b1m\u202eevil"
+SHOWN = "bad \\x1b]0;owned\\x07 \\x1b[2J x\\ny\\tz\\r\\x7f\\x9b1m\\u202eevil"
+
+
+def test_escape_text_makes_every_control_visible_and_is_idempotent():
+    assert venusctl.escape_text(NASTY) == SHOWN
+    assert venusctl.escape_text(SHOWN) == SHOWN  # twice changes nothing
+    every = "".join(chr(code) for code in [*range(0x20), *range(0x7F, 0xA0)])
+    escaped = venusctl.escape_text(every)
+    assert escaped.isprintable() and escaped.count("\\") == len(every)
+    assert venusctl.escape_text("a|b", also="|") == "a\\x7cb"
+    assert venusctl.escape_text("plain C1Done /srv/store1 é ✓") == "plain C1Done /srv/store1 é ✓"
+
+
+def nasty_thread():
+    from helpers import worker_info
+
+    return worker_info(
+        location=f"/srv/{NASTY}",
+        job_id=f"s-{NASTY}",
+        job_state="C1Done",
+        job_stage="C2",
+        thread_state={"state": "Running", "elapsed": 5, "proc": f"mock{NASTY}"},
+        last_error=f"permanent: {NASTY}",
+    )
+
+
+def printers():
+    """Every printer of worker text, given the nasty thread, as the lines it prints."""
+    thread = nasty_thread()
+    host = venusctl.parse_inventory(INVENTORY, venusctl.Path("i.toml")).hosts[0]
+    fleet = venusctl.FleetThread(host, thread)
+    status = venusctl.HostStatus(report=None, threads=[thread], via="stream")
+    refusal = venusctl.AgentRefused(1001, f"worker #0 {NASTY}")
+    failed = venusctl.HostError(f"SSH error: {NASTY}")
+    entry = venusctl.info_entry(host, failed)
+    steps = venusctl.plan_steps("pause", [fleet], None)
+    report = venusctl.judge_fleet(
+        {"gpu-01": status, "gpu-02": failed}, venusctl.Thresholds(stuck={"default": 0}), 0.0
+    )
+    return {
+        "info table": venusctl.render_table(*venusctl.info_table([thread], wide=True)),
+        "threads table": venusctl.render_table(*venusctl.threads_table([fleet], wide=True)),
+        "plan table": venusctl.render_table(*venusctl.plan_table(steps)),
+        "drain table": venusctl.render_table(
+            *venusctl.drain_table([fleet], {fleet.key: thread}, {fleet.key: refusal})
+        ),
+        "list table": venusctl.render_table(
+            *venusctl.list_table([venusctl.list_entry(host, failed, 600)], wide=True)
+        ),
+        "action line": venusctl.action_line(
+            host, venusctl.Action("resume", 0), venusctl.ActionOutcome(error=refusal)
+        ),
+        "action note": venusctl.action_line(
+            host, venusctl.Action("pause", 0), venusctl.ActionOutcome("x", note=NASTY)
+        ),
+        "failure line": venusctl.info_failure_line(entry),
+        "unreachable lines": "\n".join(venusctl.unreachable_lines([entry])),
+        "drain progress": venusctl.describe_thread(thread),
+        "health": venusctl.health_text(report, verbose=True),
+    }
+
+
+@pytest.mark.parametrize("printer", list(printers()))
+def test_every_printer_escapes_worker_text(printer):
+    text = printers()[printer]
+    assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text, text
+    assert "\u202e" not in text and "\t" not in text and "\r" not in text
+    assert "\\x1b]0;owned\\x07" in text or "\\x1b]0;owned\\x07" in text.replace("\\x7c", "|")
+    for line in text.splitlines():  # a worker's newline never starts a line of its own
+        assert not line.startswith("y"), text
+
+
+def test_json_keeps_the_exact_worker_text():
+    document = nasty_thread().to_json()
+    assert document["last_error"] == f"permanent: {NASTY}"
+    assert json.loads(json.dumps(document))["location"] == f"/srv/{NASTY}"
+
+
+def test_usage_messages_and_tracebacks_are_escaped_too(inventory):
+    status, _, err = call(inventory, "info", "gpu\x1b[2J")
+    assert status == 2 and "\x1b" not in err and "gpu\\x1b[2J" in err
+
+
+# -- 6. tables fit the terminal ------------------------------------------------------------------
+
+
+def long_thread(index):
+    from helpers import worker_info
+
+    return worker_info(
+        index=index,
+        location="/srv/" + "store" * 8,
+        last_error="permanent: " + "No cached parameters found " * 8,
+        thread_state={"state": "Paused", "elapsed": 5, "proc": None},
+    )
+
+
+def test_on_a_terminal_rows_fit_its_width_lasterr_cut_first():
+    ctx = venusctl.Context(
+        inventory=venusctl.parse_inventory(INVENTORY, venusctl.Path("i.toml")),
+        env=Environment(
+            isatty=lambda stream: True, terminal_size=lambda: os.terminal_size((120, 24))
+        ),
+    )
+    text = ctx.table(*venusctl.info_table([long_thread(0), long_thread(1)], wide=False))
+    lines = text.splitlines()
+    assert all(len(line) <= 120 for line in lines), lines
+    assert lines[1].endswith("\u2026") and "/srv/" + "store" * 8 in lines[1]  # Loc whole
+    ctx.full = True
+    assert "No cached parameters found " * 7 in ctx.table(
+        *venusctl.info_table([long_thread(0)], False)
+    )
+
+
+def test_a_pipe_or_a_file_is_never_cut():
+    ctx = venusctl.Context(
+        inventory=venusctl.parse_inventory(INVENTORY, venusctl.Path("i.toml")),
+        env=Environment(
+            isatty=lambda stream: False, terminal_size=lambda: os.terminal_size((40, 24))
+        ),
+    )
+    text = ctx.table(*venusctl.info_table([long_thread(0)], wide=True))
+    assert "\u2026" not in text and ("No cached parameters found " * 7) in text
+
+
+def test_full_on_the_command_line(inventory):
+    args = venusctl.build_parser().parse_args(["info", "gpu-01", "--full"])
+    assert args.full is True
+    assert venusctl.build_parser().parse_args(["--full", "threads"]).full is True

@@ -94,6 +94,9 @@ class RpcCode(enum.IntEnum):
     NOT_PAUSED = 1001  # resume of a thread that is not paused
     AGENT_NOT_RUNNING = -32099  # client side only: nothing answers on the socket
     CONFIG_ERROR = -32098  # CLI only: a usage or configuration error (exit 2)
+    # client side only: the socket is there but this user cannot talk to it (permission
+    # denied, a timeout, a reset): the agent may well be running
+    AGENT_UNREACHABLE = -32097
 
 
 class AgentExit(enum.IntEnum):

@@ -198,10 +198,14 @@ def cmd_report(args, out: Output) -> int:
 
 
 def cmd_status(args, out: Output) -> int:
+    state_dir = _state_dir(args)
     try:
-        report = read_report(_state_dir(args))
+        report = read_report(state_dir)
     except ReportError as exc:  # the live thread list is still worth showing
         print(f"venus-worker: {exc}", file=out.stderr)
+        report = None
+    except OSError as exc:  # e.g. a state folder this user may not read
+        print(f"venus-worker: cannot read the heartbeat in {state_dir}: {exc}", file=out.stderr)
         report = None
     threads, error, status = None, None, ExitStatus.OK
     try:
