@@ -1,11 +1,12 @@
 """venusctl: see and steer the sealing threads of every worker host, over SSH.
 
-usage: venusctl [-i INVENTORY] [--json] [--debug] [--forks N] COMMAND ...
+usage: venusctl [-i INVENTORY] [--json] [--full] [--debug] [--forks N] COMMAND ...
 
 commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
                             one row per host: Name Dest Threads Empty Paused Errors LastPing
-                            (LastPing gets a "!" when older than --expiration)
+                            (LastPing gets a "!" when older than --expiration; --wide adds
+                            Version, Queued: pauses waiting for a running stage, ...)
   list ... --watch [SECONDS] [--count N]
                             refresh every SECONDS (default 2) over kept connections
   threads [SELECTORS] [--wide] [--watch [SECONDS]]
@@ -13,28 +14,41 @@ commands:
                             the info columns), a count line, unreachable hosts after
   info HOST [--wide]        one row per sealing thread of HOST
   pause HOST INDEX          pause thread INDEX; it stops at its next stage boundary
-  resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE
-  pause SELECTORS [--yes | --dry-run]
-  resume SELECTORS [--to-state STATE] [--yes | --dry-run]
+                            (says "paused" or "pause queued" behind a running stage)
+  resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE; on a
+                            thread whose pause is still queued, cancel that pause
+  pause -l LIMIT [SELECTORS] [--yes | --dry-run]
+  resume -l LIMIT [SELECTORS] [--to-state STATE] [--yes | --dry-run]
                             the same for every selected thread: prints the plan,
                             acts with --yes or after y/N on a terminal
-  drain HOST|SELECTORS [--timeout 2h] [--interval 2s]
+  drain HOST|-l LIMIT [SELECTORS] [--timeout 2h] [--interval 2s] [--keep-queued]
                             pause every selected thread at its next stage boundary
-                            and wait until every one is Paused
+                            and wait until every one is Paused; on timeout or Ctrl-C
+                            the pauses still queued are cancelled (unless --keep-queued)
   health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
-         [--stuck KEY=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
+         [--stuck KEY=DURATION ...] [-t 60s] [--prometheus FILE] [--quiet] [--verbose]
                             judge the fleet for cron and monitoring: a plugin line,
-                            one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
-                            3 UNKNOWN (see venusctl health --help)
+                            the findings (identical ones grouped), a per-host
+                            summary; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN;
+                            [[silence]] tables mute hosts until a time
+                            (see venusctl health --help)
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
 HOST is a host's name, its address, or address:port in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
-SELECTORS: -l LIMIT, --state S[,S...], --stage X, --plan P, --paused,
---errors, --error-match REGEX, --idle; a thread is selected when every one
-given holds. pause, resume and drain need at least one (-l '*' is the whole
-fleet): an action never covers every host by default.
+SELECTORS: --state S[,S...], --stage X, --plan P, --paused, --errors,
+--error-match REGEX, --idle; a thread is selected when every one given
+holds. Names are checked before any connection: a case-only difference is
+normalised (c1done is C1Done), a typo refused with the closest names.
+Nothing empty ever means "all": an empty -l or selector value is refused;
+pause, resume and drain need -l, and reach the whole fleet only with -l '*'.
+
+Output: worker text (errors, paths, names) is printed with its control
+characters escaped (ESC as \\x1b, a newline as \\n); --json keeps it exact. On
+a terminal, long table cells are cut with ... to fit (LastErr first; --full:
+never). Under --json every failure is one document too:
+{"error": {"code": ..., "message": ...}}, with the same exit status.
 
 The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
 Each host is reached over SSH (known_hosts checked, ~/.ssh/config and
@@ -48,8 +62,8 @@ through a direct-tcpip channel of the SSH connection, nothing installed on
 it. All hosts are asked in parallel.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
-configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
-3 UNKNOWN.
+configuration error (also an inventory without hosts), 130 interrupted;
+health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 """
 
 
@@ -2344,7 +2358,7 @@ HOSTS_HEADERS = ["Host", "Threads", "Paused", "Errors", "Heartbeat", "Note"]
 
 
 def _host_note(host: HostHealth) -> str:
-    notes = [] if host.up else ["not answering (see above)"]
+    notes = [] if host.up else ["no thread list (see above)"]
     if host.silence is not None:
         notes.append(f"silenced until {host.silence.until_text}: {host.silence.reason}")
     return "; ".join(notes) or "-"
