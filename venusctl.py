@@ -26,7 +26,8 @@ commands:
                             and wait until every one is Paused; on timeout or Ctrl-C
                             the pauses still queued are cancelled (unless --keep-queued)
   health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
-         [--stuck KEY=DURATION ...] [-t 60s] [--prometheus FILE] [--quiet] [--verbose]
+         [--stuck KEY=DURATION ...] [-t 60s] [--prometheus FILE] [--quiet]
+         [--verbose]
                             judge the fleet for cron and monitoring: a plugin line,
                             the findings (identical ones grouped), a per-host
                             summary; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN;
@@ -57,9 +58,9 @@ socket, or by running `venus-worker worker -c CONFIG ... --json` on it when
 sshd refuses that channel (transport = "auto"; the CLI also reads the last
 heartbeat of a stopped daemon); transport = "local" talks to an agent on this
 machine without SSH. A host with backend = "damocles" is an original
-damocles-worker: its JSON-RPC port (rpc = "127.0.0.1:17890") is reached
-through a direct-tcpip channel of the SSH connection, nothing installed on
-it. All hosts are asked in parallel.
+damocles-worker (any release, v0.1.1 to v0.13): its JSON-RPC port (rpc =
+"127.0.0.1:17890") is reached through one direct-tcpip channel of the SSH
+connection, nothing installed on it. All hosts are asked in parallel.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error (also an inventory without hosts), 130 interrupted;
@@ -135,6 +136,11 @@ __all__ = [
     "AgentNotRunning",
     "AgentNotInstalled",
     "UnreadableReply",
+    "UnsupportedReply",
+    "NoReply",
+    "ReplyTimeout",
+    "HttpRefused",
+    "ResumeDidNotHold",
     "AgentRefused",
     "NoAnswer",
     "parse_duration",
@@ -158,7 +164,12 @@ __all__ = [
     "resolve_target",
     "select_hosts",
     "HostStatus",
+    "DamoclesLine",
+    "DAMOCLES_LINES",
+    "damocles_threads",
+    "damocles_worker_info",
     "normalize_worker_info",
+    "plan_states",
     "resume_states",
     "check_resume_state",
     "Action",
@@ -209,6 +220,7 @@ __all__ = [
     "query_status",
     "perform",
     "perform_all",
+    "act_all",
     "GroupResult",
     "fan_out",
     "SessionPool",
@@ -331,7 +343,7 @@ class HostTimeout(HostError):
     kind = "timeout"
 
 
-class NoReply(HostTimeout):
+class ReplyTimeout(HostTimeout):
     """The request was sent (or the command started) but no reply came in time.
 
     For a status it is a timeout row like any other; for a pause or a resume it
@@ -365,6 +377,29 @@ class AgentNotInstalled(HostError):
 
 class UnreadableReply(HostError):
     kind = "unreadable-reply"
+
+
+class UnsupportedReply(UnreadableReply):
+    """A damocles-worker answered in a shape venusctl cannot read (a release it does not know)."""
+
+    kind = "unsupported-reply"
+
+
+class NoReply(UnreadableReply):
+    """The connection was closed before the whole reply came (EOF where a reply was due)."""
+
+    kind = "no-reply"
+
+
+class HttpRefused(UnreadableReply):
+    """The RPC server answered with an HTTP error (415, 405, 413, 400 ...), not JSON-RPC."""
+
+    kind = "http-refused"
+
+
+class ResumeDidNotHold(HostError):
+    """A damocles-worker took a resume, but the thread read back says it did not do what was
+    asked (`kind` paused-again or state-ignored)."""
 
 
 class StreamForbidden(HostError):
@@ -586,6 +621,8 @@ def parse_limit(text: str) -> str:
 
 # damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
 WDPOST_STATES = ("Empty", "Allocated", "Generated", "Finished", "Aborted")
+# ... and the stage labels of its job_stage (Allocated: Generate, Generated: SubmitProof).
+WDPOST_STAGE_NAMES = frozenset({"Generate", "SubmitProof"})
 
 
 # Task states of every plan (damocles' names): `--stuck` also takes these,
@@ -640,6 +677,11 @@ STUCK_DEFAULTS: dict[str, float] = {
     # any stage not listed (a newer worker's): `--stuck default=...`
     "default": 6 * 3600,
 }
+
+
+# damocles' wdpost stage (no plan of our agent's, so not in monitoring/'s table):
+# a WindowPoSt proof must be on chain within its 30-minute window.
+WDPOST_STUCK_DEFAULTS: dict[str, float] = {"Generate": 30 * 60}
 
 
 HEALTH_DEFAULTS = {
@@ -1279,7 +1321,8 @@ class HostStatus:
     once. `threads` is None when the daemon could not be asked (then `error`
     says why, and `report` may still hold the last heartbeat written to
     disk). A worker that writes no heartbeat (damocles) has `heartbeat`
-    False and its own `worker_version`.
+    False, its own `worker_version` and `release_line`: the DamoclesLine its
+    WorkerInfo shape names (the shape decides, not the version string).
     """
 
     report: api.Report | None
@@ -1288,6 +1331,7 @@ class HostStatus:
     via: str = ""
     worker_version: str | None = None
     heartbeat: bool = True
+    release_line: str | None = None
 
     @classmethod
     def of(cls, outcome: HostStatus | BaseException) -> HostStatus:
@@ -1318,40 +1362,176 @@ class HostStatus:
         return self.report.summary if self.report is not None else None
 
 
-def normalize_worker_info(info: Any) -> WorkerInfo:
-    """One WorkerInfo of a damocles-worker, of either API generation, as our agent's.
+# -- the original damocles-worker, release line by release line (reference damocles-wire §1.4)
+#
+# Each line's WorkerInfo becomes api.WorkerInfo here, once; the wire shape names
+# the line (the version string lags behind its tags and is missing before v0.7).
 
-    Every command downstream sees one type (docs/protocol.md). The current
-    shape (damocles v0.9+, reference §4) only gains the keys the original
-    leaves out (`elapsed`, `proc`, `state_elapsed`, `pause_requested`). The
-    2022 shape (`sector_id, paused, paused_elapsed, state`) becomes
-    job_id/job_state and a Paused thread state; not paused is state None (it
-    does not tell running from idle), and plan and stage are None (not
-    reported). Anything else is an UnreadableReply.
+
+@dataclass(frozen=True)
+class DamoclesLine:
+    """One release line of damocles-worker: what its WorkerInfo and RPC can and cannot say."""
+
+    name: str  # as venusctl shows it: list --wide, --json's release_line
+    tags: str  # the releases of the line
+    plans: tuple[str, ...]  # the plans its threads can run
+    states: frozenset[str]  # the task states it knows (def_state!)
+    reports_plan: bool  # v0.5+ sends `plan`; before, venusctl infers it from the state
+    thread_state: bool  # v0.9+: Idle/Running/Waiting/Paused, before only paused or not
+    idle_pause_waits: bool  # v0.1: a thread asking for work sleeps without taking a pause
+    ignores_unknown_state: bool  # v0.8+: an unknown resume state is logged, the RPC says true
+
+
+# The task states of the 2022 enum, then what each line added (reference §1.4).
+_STATES_V01 = frozenset(api.STATE_NAMES) - {
+    "SyntheticPoRepNeeded",
+    "SealedChecked",
+    "SnapPieceAdded",
+    "SnapTreeDBuilt",
+    "SnapDone",
+    "Unsealed",
+}
+_STATES_V05 = frozenset(api.STATE_NAMES) - {"SyntheticPoRepNeeded"}
+_PLANS_V02 = ("sealer", "snapup")
+_PLANS_V05 = ("sealer", "snapup", "rebuild", "unseal")  # unseal from v0.7.0
+_PLANS_V08 = (*_PLANS_V05, "wdpost")
+_ALL_STATES = frozenset(api.STATE_NAMES)
+_L = DamoclesLine
+
+# v0.1 and v0.2-v0.4 differ only in the text of a sector and of a pause's duration:
+# a worker with neither (no task, none paused) is "v0.1-v0.4", one of the two.
+DAMOCLES_LINES = {
+    line.name: line
+    for line in (
+        # name, tags, plans, states, then: reports_plan, thread_state, idle_pause_waits,
+        # ignores_unknown_state
+        _L("v0.1", "v0.1.1-v0.1.2", ("sealer",), _STATES_V01, False, False, True, False),
+        _L("v0.2-v0.4", "v0.2.0-v0.4.2", _PLANS_V02, _STATES_V01, False, False, False, False),
+        _L("v0.1-v0.4", "v0.1.1-v0.4.2", _PLANS_V02, _STATES_V01, False, False, True, False),
+        _L("v0.5-v0.7", "v0.5.0-v0.7.4", _PLANS_V05, _STATES_V05, True, False, False, False),
+        _L("v0.8", "v0.8.0-v0.8.4", _PLANS_V08, _STATES_V05, True, False, False, True),
+        _L("v0.9+", "v0.9.0-v0.13.x", _PLANS_V08, _ALL_STATES, True, True, False, True),
+    )
+}  # fmt: skip
+
+_SHAPE_KEYS = {  # the keys each shape must have (a newer release may add others)
+    "v0.1-v0.4": {"index", "location", "sector_id", "paused", "paused_elapsed", "state"},
+    "v0.5-v0.7": {"index", "location", "plan", "sector_id", "paused", "paused_elapsed", "state"},
+    "v0.8": {"index", "location", "plan", "job_id", "paused", "paused_elapsed", "state"},
+    "v0.9+": {"index", "location", "plan", "job_id", "thread_state", "job_state", "job_stage"},
+}
+_OLD_SECTOR_ID = re.compile(r"m-([0-9]+)-s-([0-9]+)")  # v0.1: "m-1000-s-2"
+# Rust's Debug of a Duration (v0.1's paused_elapsed): "17.203941s", "203.9ms", "941µs", "12ns".
+_RUST_DURATION = re.compile(r"([0-9]+)(?:\.([0-9]+))?(s|ms|\u00b5s|\u03bcs|ns)")
+_RUST_DURATION_UNITS = {"s": 1, "ms": 1e-3, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9}
+
+
+def _unsupported(detail: str) -> UnsupportedReply:
+    return UnsupportedReply(f"unsupported damocles-worker reply: {detail}")
+
+
+def _excerpt(value: Any) -> str:
+    """A piece of a reply for an error message: JSON, ASCII (escaped), cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def damocles_threads(result: Any) -> tuple[DamoclesLine | None, list[WorkerInfo]]:
+    """WorkerList's result of any damocles-worker release: its line and the threads as ours.
+
+    The line comes from the shape of the WorkerInfo (every thread must have
+    the same one); None for a worker without threads. Anything venusctl
+    cannot read raises UnsupportedReply, the host's error row.
     """
-    if not isinstance(info, dict) or not _is_int(info.get("index")):
-        raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
-    if isinstance(info.get("thread_state"), dict):
-        ours = _from_damocles_current(info)
-    elif isinstance(info.get("paused"), bool):
-        ours = _from_damocles_2022(info)
+    if not isinstance(result, list):
+        raise _unsupported(f"WorkerList answered {_excerpt(result)}, not a list of threads")
+    line = _line_of(result)
+    threads = [damocles_worker_info(info, line) for info in result]
+    indexes = [thread.index for thread in threads]
+    if len(set(indexes)) != len(indexes):
+        raise _unsupported(f"WorkerList lists an index twice: {indexes}")
+    return line, threads
+
+
+def normalize_worker_info(info: Any) -> WorkerInfo:
+    """One damocles-worker WorkerInfo, of any release line, as our agent's (its line from it)."""
+    return damocles_threads([info])[1][0]
+
+
+def _line_of(infos: list[Any]) -> DamoclesLine | None:
+    names = {_shape_of(info) for info in infos}
+    if "v0.1-v0.4" in names and names & {"v0.1", "v0.2-v0.4"}:
+        # some threads tell v0.1 from v0.2-v0.4; the others (no sector, not paused) agree
+        names.discard("v0.1-v0.4")
+    if len(names) > 1:
+        raise _unsupported(f"its threads come in different shapes ({', '.join(sorted(names))})")
+    return DAMOCLES_LINES[names.pop()] if names else None
+
+
+def _shape_of(info: Any) -> str:
+    """The line whose WorkerInfo this is ("v0.1-v0.4" when it does not tell v0.1 from v0.2)."""
+    if not isinstance(info, dict):
+        raise _unsupported(f"thread {_excerpt(info)} is not an object")
+    if "thread_state" in info:
+        name = "v0.9+"
+    elif "job_id" in info:
+        name = "v0.8"
+    elif "plan" in info:
+        name = "v0.5-v0.7"
     else:
-        raise UnreadableReply(f"unreadable reply: thread {json.dumps(info)[:80]}")
+        name = "v0.1-v0.4"
+    missing = sorted(_SHAPE_KEYS[name] - set(info))
+    if missing:
+        raise _unsupported(
+            f"thread {_excerpt(info)}: no known WorkerInfo shape (missing {', '.join(missing)})"
+        )
+    if name != "v0.1-v0.4":
+        return name
+    sector, elapsed = info["sector_id"], info["paused_elapsed"]
+    if isinstance(sector, str) or isinstance(elapsed, str):
+        return "v0.1"
+    if isinstance(sector, dict) or _is_int(elapsed):
+        return "v0.2-v0.4"
+    return name
+
+
+def damocles_worker_info(info: dict[str, Any], line: DamoclesLine) -> WorkerInfo:
+    """The WorkerInfo constructor at the edge: one thread of `line`'s shape as api.WorkerInfo.
+
+    Every line gives the same columns: the sector as `s-t01000-2`, the plan
+    (inferred from the state before v0.5, None when the state does not
+    tell), Paused and its elapsed whole seconds, the state. Before v0.9 a
+    thread that is not paused has no thread state (None: running or idle is
+    not said); job_stage is None then, and also for a v0.9+ thread between
+    tasks (whose job_stage is the last task's, never cleared).
+    """
+    where = f"thread #{info.get('index')}"
     try:
-        return WorkerInfo.from_json(ours, f"thread #{info['index']}")
+        if line.thread_state:
+            ours = _from_damocles_v09(info)
+        else:
+            ours = _from_damocles_paused_shape(info, line)
+        return WorkerInfo.from_json(ours, where)
     except api.WireError as error:
-        raise UnreadableReply(f"unreadable reply: {error}") from None
+        raise _unsupported(str(error)) from None
+    except ValueError as error:
+        raise _unsupported(f"{where}: {error}") from None
 
 
-def _from_damocles_current(info: dict[str, Any]) -> dict[str, Any]:
+def _from_damocles_v09(info: dict[str, Any]) -> dict[str, Any]:
     thread_state = info["thread_state"]
+    if not isinstance(thread_state, dict):
+        raise ValueError(f"thread_state {_excerpt(thread_state)} is not an object")
+    job_state = info["job_state"]
+    stage = info["job_stage"]
     return {
         "index": info["index"],
-        "location": info.get("location"),
-        "plan": info.get("plan"),
-        "job_id": info.get("job_id"),
-        "job_state": info.get("job_state") or "",
-        "job_stage": info.get("job_stage"),
+        "location": info["location"],
+        "plan": info["plan"],
+        "job_id": info["job_id"],
+        "job_state": job_state,
+        # "-": no work from this state; between tasks the stage is the last task's
+        "job_stage": None if stage == "-" or job_state == "" else stage,
         "thread_state": {
             "state": thread_state.get("state"),
             "elapsed": thread_state.get("elapsed"),
@@ -1362,18 +1542,25 @@ def _from_damocles_current(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _from_damocles_2022(info: dict[str, Any]) -> dict[str, Any]:
+def _from_damocles_paused_shape(info: dict[str, Any], line: DamoclesLine) -> dict[str, Any]:
+    """v0.1 to v0.8: `paused`, `paused_elapsed` and `state` instead of a thread state."""
     paused = info["paused"]
+    if not isinstance(paused, bool):
+        raise ValueError(f"paused {_excerpt(paused)} is not true or false")
+    state = info["state"]
+    job_id = info["job_id"] if "job_id" in info else _sector_text(info["sector_id"])
+    plan = info["plan"] if line.reports_plan else _inferred_plan(state, line)
+    elapsed = _paused_seconds(info["paused_elapsed"]) if paused else None
     return {
         "index": info["index"],
-        "location": info.get("location"),
-        "plan": None,
-        "job_id": info.get("sector_id"),
-        "job_state": info.get("state") or "",
+        "location": info["location"],
+        "plan": plan,
+        "job_id": job_id,
+        "job_state": state,
         "job_stage": None,
         "thread_state": {
             "state": ThreadState.Paused.value if paused else None,
-            "elapsed": info.get("paused_elapsed") if paused else None,
+            "elapsed": elapsed,
             "proc": None,
         },
         "state_elapsed": None,
@@ -1381,42 +1568,89 @@ def _from_damocles_2022(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sector_text(sector: Any) -> str | None:
+    """v0.1's "m-1000-s-2" and v0.2-v0.7's {"Miner": 1000, "Number": 2} as s-t01000-2."""
+    if sector is None:
+        return None
+    if isinstance(sector, str) and (match := _OLD_SECTOR_ID.fullmatch(sector)):
+        return f"s-t0{match.group(1)}-{match.group(2)}"
+    if isinstance(sector, dict) and set(sector) >= {"Miner", "Number"}:
+        miner, number = sector["Miner"], sector["Number"]
+        if _is_int(miner) and _is_int(number) and miner >= 0 and number >= 0:
+            return f"s-t0{miner}-{number}"
+    raise ValueError(f"sector_id {_excerpt(sector)} is not a sector id")
+
+
+def _paused_seconds(elapsed: Any) -> int | None:
+    """paused_elapsed as whole seconds: an integer (v0.2+) or v0.1's Duration text."""
+    if elapsed is None or (_is_int(elapsed) and elapsed >= 0):
+        return elapsed
+    if isinstance(elapsed, str) and (match := _RUST_DURATION.fullmatch(elapsed)):
+        whole, fraction, unit = match.groups()
+        seconds = (int(whole) + float(f"0.{fraction or 0}")) * _RUST_DURATION_UNITS[unit]
+        return math.floor(seconds)
+    raise ValueError(f"paused_elapsed {_excerpt(elapsed)} is not a duration")
+
+
+def _inferred_plan(state: Any, line: DamoclesLine) -> str | None:
+    """Before v0.5 the plan is not sent: the one plan whose states hold `state`, else None."""
+    if len(line.plans) == 1:
+        return line.plans[0]
+    owners = [plan for plan in line.plans if state in plan_states(plan, line)]
+    return owners[0] if len(owners) == 1 else None
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def resume_states(thread: WorkerInfo) -> tuple[str, tuple[str, ...]]:
-    """(plan, its valid resume states) for a thread.
+def plan_states(plan: str, line: DamoclesLine | None = None) -> tuple[str, ...]:
+    """The states of `plan` a resume may move a task to: our agent's plans (api.PLAN_STATES,
+    damocles' names), as far as `line` knows them. ValueError for a plan unknown there."""
+    names = WDPOST_STATES if plan == "wdpost" else api.PLAN_STATES.get(plan)
+    if names is None or (line is not None and plan not in line.plans):
+        where = f"damocles-worker {line.name}" if line is not None else "venusctl"
+        raise ValueError(f"{where} does not know the states of plan {plan!r}")
+    if line is None or plan == "wdpost":
+        return names
+    return tuple(name for name in names if name in line.states)
 
-    The names are the agent's plans (api.PLAN_STATES). A thread without a
-    plan (2022 shape) is a sealer, unless its current state belongs to
-    another plan only (a snapup thread in SnapEncoded). Raises ValueError
-    for a plan venusctl does not know.
+
+def resume_states(
+    thread: WorkerInfo, line: DamoclesLine | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """(plan, its valid resume states) for a thread, on damocles-worker `line` if given.
+
+    A thread without a plan (damocles before v0.5, in a state several plans
+    share) gets only the states of every plan it may run: a state foreign to
+    its plan would abort its task. Raises ValueError for an unknown plan.
     """
-    names = {**api.PLAN_STATES, "wdpost": WDPOST_STATES}
-    plan = thread.plan
-    if plan is None:
-        owners = [name for name in api.PLAN_STATES if thread.job_state in names[name]]
-        plan = "sealer" if "sealer" in owners or not owners else owners[0]
-    if plan not in names:
-        raise ValueError(f"venusctl does not know the states of plan {plan!r}")
-    return plan, names[plan]
+    if thread.plan is not None:
+        return thread.plan, plan_states(thread.plan, line)
+    plans = line.plans if line is not None else tuple(api.PLAN_STATES)
+    owners = [plan for plan in plans if thread.job_state in plan_states(plan, line)] or list(plans)
+    if len(owners) == 1:
+        return owners[0], plan_states(owners[0], line)
+    shared = [set(plan_states(plan, line)) for plan in owners]
+    common = tuple(name for name in plan_states(owners[0], line) if all(name in s for s in shared))
+    return f"{' or '.join(owners)} (not reported by the worker)", common
 
 
-def check_resume_state(thread: WorkerInfo, state: str) -> None:
+def check_resume_state(thread: WorkerInfo, state: str, line: DamoclesLine | None = None) -> None:
     """Refuse a resume state outside the thread's plan, as our agent does (INVALID_PARAMS).
 
-    The original damocles-worker ignores an unknown name and resumes anyway,
-    and a known state of another plan aborts the task ("unexpected state").
+    The original damocles-worker ignores an unknown name and resumes anyway
+    (v0.8+), and a known state of another plan aborts the task ("unexpected state").
     """
     try:
-        plan, valid = resume_states(thread)
+        plan, valid = resume_states(thread, line)
     except ValueError as error:
         raise AgentRefused(api.RpcCode.INVALID_PARAMS, f"{error}: resume without a state") from None
     if state not in valid:
+        on = f" on damocles-worker {line.name}" if line is not None else ""
         raise AgentRefused(
             api.RpcCode.INVALID_PARAMS,
-            f'invalid state "{state}" for plan {plan}; valid states: {", ".join(valid)}',
+            f'invalid state "{state}" for plan {plan}{on}; valid states: {", ".join(valid)}',
         )
 
 
@@ -1552,7 +1786,7 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
+    return "-" if value is None or value == "" else escape_text(str(value))
 
 
 def _state_value(state: ThreadState | None) -> str | None:
@@ -1587,6 +1821,7 @@ def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: floa
         "backend": host.backend,
         "via": status.via or None,
         "version": status.version,
+        "release_line": status.release_line,
         "summary": summary.to_json() if summary is not None else None,
         # threads whose pause waits for their stage's end; None: no live thread list, or a
         # damocles-worker (which shows no queued pause)
@@ -1625,6 +1860,13 @@ def _last_ping_cell(entry: dict) -> str:
     return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
 
 
+def _version_cell(entry: dict) -> str:
+    """The version; for a damocles-worker also the release line its WorkerInfo shape names."""
+    version = _cell(entry["version"])
+    line = entry.get("release_line")
+    return f"{version} ({line} API)" if line else version
+
+
 def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of `venusctl list`; an Error column only when a host failed."""
     headers = list(LIST_WIDE_HEADERS if wide else LIST_HEADERS)
@@ -1637,7 +1879,7 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
         cells = {
             "Name": entry["name"],
             "Dest": entry["dest"],
-            "Version": entry["version"] or "-",
+            "Version": _version_cell(entry),
             "LastPing": _last_ping_cell(entry),
             "Queued": _cell(entry["pause_requested"]),
             "Error": entry["error"]["message"] if entry["error"] else "",
@@ -1706,6 +1948,7 @@ def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
         "dest": host.dest,
         "backend": host.backend,
         "via": status.via or None,
+        "release_line": status.release_line,
         "threads": [thread.to_json() for thread in threads] if threads is not None else None,
         "last_ping": status.last_ping,
         "error": error_json(status.error),
@@ -1741,20 +1984,20 @@ def action_line(host: Host, action: Action, outcome: ActionOutcome) -> str:
 
 def action_error(host: Host, action: Action, error: BaseException) -> str:
     """Why an action was not done, as `pause`/`resume` and drain say it. A reply that did
-    not come is not a failure: the agent may have acted (NoReply)."""
-    if isinstance(error, NoReply):
-        return (
-            f"{action.kind}: no reply in {error.seconds:g}s \u2014 it may still take effect;"
-            f" check with `venusctl info {host.name}`"
-        )
+    not come is not a failure: the agent may have acted (ReplyTimeout, NoReply)."""
+    check = f"it may still take effect; check with `venusctl info {host.name}`"
+    if isinstance(error, ReplyTimeout):
+        return f"{action.kind}: no reply in {error.seconds:g}s \u2014 {check}"
+    if isinstance(error, NoReply):  # the connection closed where the reply was due
+        return f"{action.kind}: no reply ({error}) \u2014 {check}"
     verb = "refused" if isinstance(error, AgentRefused) else "failed"
     return f"{action.kind} {verb}: {error_text(error)}"
 
 
 def action_error_json(error: BaseException | None) -> dict[str, Any] | None:
-    if isinstance(error, NoReply):
+    if isinstance(error, ReplyTimeout):
         return {"kind": "no-reply", "message": str(error), "seconds": error.seconds}
-    return error_json(error)
+    return error_json(error)  # NoReply's kind is no-reply already
 
 
 def _action_text(host: Host, action: Action, outcome: ActionOutcome) -> str:
@@ -1918,7 +2161,9 @@ class Thresholds:
     expiration: float = HEALTH_DEFAULTS["expiration"]
     paused_warn: float = HEALTH_DEFAULTS["paused_warn"]
     paused_crit: float = HEALTH_DEFAULTS["paused_crit"]
-    stuck: dict[str, float] = field(default_factory=lambda: dict(STUCK_DEFAULTS))
+    stuck: dict[str, float] = field(
+        default_factory=lambda: {**STUCK_DEFAULTS, **WDPOST_STUCK_DEFAULTS}
+    )
 
     def stuck_after(self, state: str | None, stage: str | None) -> tuple[str, float]:
         """The threshold for a job in `state` (stage label `stage`), and the key it came from."""
@@ -1968,6 +2213,8 @@ class HostHealth:
     empty: int = 0
     errors: int = 0
     findings: list[Finding] = field(default_factory=list)
+    # Threads a --stuck threshold could not be applied to (no time in state reported).
+    not_judged: list[Finding] = field(default_factory=list)
     silence: Silence | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -1993,6 +2240,7 @@ class HealthReport:
     time: float
     deadline: float | None = None  # set when the deadline passed before every host answered
     problem: str | None = None  # the run's own failure (the textfile), said first; UNKNOWN
+    not_judged: list[Finding] = field(default_factory=list)  # health --verbose lists them
 
 
 # Worst first: CRITICAL before UNKNOWN (a host we know is down matters more
@@ -2073,16 +2321,43 @@ def _stuck(thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds) ->
     )
 
 
-def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Finding | None:
-    """At most one finding per thread: in error, paused by hand, or stuck."""
+def _not_judged(
+    thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds, who: str
+) -> Finding | None:
+    """A thread with a task whose time in state is not reported: its --stuck limit, unjudged.
+
+    A damocles-worker reports an elapsed time only for Running, Waiting and
+    Paused threads (v0.9+), and before v0.9 only for paused ones: a thread
+    polling the chain (Idle) or, before v0.9, any thread not paused cannot be
+    judged stuck. health --verbose says so instead of skipping it silently.
+    """
+    if not (where["state"] and thread.job_id) or thread.paused or thread.last_error:
+        return None
+    if thread.state_elapsed is not None or thread.thread_state.elapsed is not None:
+        return None
+    key, limit = thresholds.stuck_after(where["state"], where["stage"])
+    doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
+    message = (
+        f"{doing}: --stuck {key}={format_duration(limit)} not judged"
+        f" ({who} does not report time in state)"
+    )
+    return Finding(Severity.OK, "not-judged", message=message, **where)
+
+
+def _thread_where(host: str, thread: WorkerInfo) -> dict[str, Any]:
     stage = thread.job_stage
-    where = {
+    return {
         "host": host,
         "index": thread.index,
         "sector": thread.job_id,
         "state": thread.job_state or None,
         "stage": stage if stage not in (None, "-") else None,
     }
+
+
+def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Finding | None:
+    """At most one finding per thread: in error, paused by hand, or stuck."""
+    where = _thread_where(host, thread)
     paused_for = _seconds(thread.thread_state.elapsed)
     error = thread.last_error
     if error:
@@ -2143,10 +2418,15 @@ def judge_host(
             )
         )
     _count_threads(health, outcome.threads)
+    who = "damocles-worker" if outcome.release_line else "the agent"
     for thread in outcome.threads:
         finding = judge_thread(name, thread, thresholds)
         if finding is not None:
             health.findings.append(finding)
+            continue
+        unjudged = _not_judged(thread, _thread_where(name, thread), thresholds, who)
+        if unjudged is not None:
+            health.not_judged.append(unjudged)
     return health
 
 
@@ -2181,6 +2461,7 @@ def judge_fleet(
         findings=findings,
         time=now,
         deadline=deadline if missed else None,
+        not_judged=[finding for host in hosts for finding in host.not_judged],
     )
 
 
@@ -2284,12 +2565,17 @@ def health_summary(report: HealthReport) -> str:
 
 
 def finding_line(finding: Finding) -> str:
-    """`CRITICAL w1 #0 s-t010000-1 C1Done: paused by an error for 6h0m3s: permanent: ...`."""
+    """`CRITICAL w1 #0 s-t010000-1 C1Done: paused by an error for 6h0m3s: permanent: ...`.
+
+    One line whatever the worker sent (a multi-line last_error is escaped);
+    a not-judged thread's line starts with INFO (health --verbose).
+    """
     subject = finding.host
     if finding.index is not None:
         subject += f" #{finding.index} {finding.sector or '-'} {finding.state or '-'}"
+    label = "INFO" if finding.kind == "not-judged" else finding.severity.name
     silenced = " [silenced]" if finding.silenced else ""
-    return plugin_text(f"{finding.severity.name}{silenced} {subject}: {finding.message}")
+    return plugin_text(f"{label}{silenced} {subject}: {finding.message}")
 
 
 @dataclass(frozen=True)
@@ -2384,6 +2670,8 @@ def health_text(report: HealthReport, verbose: bool = False) -> str:
         lines.append(group_line(group))
         if verbose and len(group.findings) > 1:
             lines += [f"  {finding_line(finding)}" for finding in group.findings]
+    if verbose:  # what could not be judged (INFO), before the summary
+        lines += [finding_line(finding) for finding in report.not_judged]
     lines += hosts_summary(report)
     return "\n".join(lines) + "\n"
 
@@ -2394,87 +2682,186 @@ def health_json(report: HealthReport) -> dict[str, Any]:
         "summary": health_summary(report),
         "findings": [finding.as_json() for finding in report.findings],
         "groups": [group.as_json() for group in group_findings(report.findings)],
+        "not_judged": [finding.as_json() for finding in report.not_judged],
         "hosts": [host.as_json() for host in report.hosts],
     }
 
 
+# The fleet textfile of `health --prometheus`, for node_exporter's textfile collector
+# on the control host. Its names are venus_fleet_*, never the agents' venus_worker_*
+# (worker_agent/metrics.py): node_exporter drops the samples of a name that two
+# textfiles give two HELP texts, and a control host may run an agent too. The same
+# conventions as the agent's: statuses are label values (every one present, 1 for
+# the current one), times are Unix timestamps, every series the run implies is
+# there with 0 rather than missing. name -> (help, label names); all gauges, in
+# the order written.
+FLEET_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "venus_fleet_health_status": (
+        "1 for the overall status of the last venusctl health run, 0 for the three others.",
+        ("status",),
+    ),
+    "venus_fleet_health_last_run_timestamp_seconds": (
+        "When venusctl health last judged the fleet, Unix time.",
+        (),
+    ),
+    "venus_fleet_host_up": (
+        "1 if the host's agent answered with its threads, else 0.",
+        ("host",),
+    ),
+    "venus_fleet_last_heartbeat_timestamp_seconds": (
+        "When the host's agent last wrote its heartbeat, Unix time on this host's clock"
+        " (the run's time minus the age read on the worker); 0 when none is known"
+        " (a damocles worker writes none; an unreachable host's cannot be read).",
+        ("host",),
+    ),
+    "venus_fleet_threads": (
+        "Sealing threads by thread state (Idle, Running, Waiting, Paused);"
+        " 0 on a host whose threads were not read.",
+        ("host", "state"),
+    ),
+    "venus_fleet_job_threads": (
+        'Sealing threads by the state of their task (job_state "Empty": no task);'
+        " 0 on a host whose threads were not read.",
+        ("host", "job_state"),
+    ),
+    "venus_fleet_threads_paused": (
+        "Paused sealing threads (by hand or by an error).",
+        ("host",),
+    ),
+    "venus_fleet_threads_errors": ("Sealing threads paused by an error.", ("host",)),
+    "venus_fleet_threads_empty": ("Sealing threads without a task (sector).", ("host",)),
+    "venus_fleet_health_findings": (
+        "Findings of the last run by kind and status (WARNING, CRITICAL, UNKNOWN);"
+        " every pair health can find is there on every host, with 0.",
+        ("host", "kind", "status"),
+    ),
+    "venus_fleet_health_finding": (
+        "Always 1: one series per finding of the last run, while it holds"
+        ' (index "": the host itself).',
+        ("host", "index", "kind", "status"),
+    ),
+}
+
+# Every kind of finding with the statuses it can have: the zeros of
+# venus_fleet_health_findings. A pair not listed here is still counted.
+FINDING_STATUSES: dict[str, tuple[Severity, ...]] = {
+    "no-answer": (Severity.UNKNOWN,),
+    "host-unreachable": (Severity.CRITICAL,),
+    "agent-not-running": (Severity.CRITICAL,),
+    "heartbeat-expired": (Severity.CRITICAL,),
+    "internal-error": (Severity.UNKNOWN,),
+    "thread-error": (Severity.WARNING, Severity.CRITICAL),
+    "thread-stuck": (Severity.WARNING,),
+    "thread-paused": (Severity.WARNING,),
+}
+
+
 def _escape_label(value: str) -> str:
+    """A label value as the text exposition format wants it between double quotes."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-class _Metrics:
-    """Gauges with HELP and TYPE, samples grouped under their metric as the format wants."""
+class _Exposition:
+    """Text exposition format 0.0.4: one family at a time, HELP and TYPE first."""
 
     def __init__(self) -> None:
-        self.help: dict[str, str] = {}
-        self.samples: dict[str, list[str]] = {}
+        self.lines: list[str] = []
 
-    def declare(self, name: str, text: str) -> None:
-        self.help[name] = text
-        self.samples[name] = []
+    def family(self, name: str) -> None:
+        help_text = FLEET_METRICS[name][0].replace("\\", "\\\\").replace("\n", "\\n")
+        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
 
-    def add(self, name: str, labels: dict[str, str], value: float) -> None:
-        pairs = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
+    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
+        assert tuple(labels) == FLEET_METRICS[name][1], (name, labels)
+        pairs = ",".join(f'{key}="{_escape_label(val)}"' for key, val in labels.items())
         number = str(value) if isinstance(value, int) else repr(float(value))
-        self.samples[name].append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
+        self.lines.append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
 
-    def render(self) -> str:
-        lines = []
-        for name, text in self.help.items():
-            if self.samples[name]:
-                help_text = text.replace("\\", "\\\\").replace("\n", "\\n")
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-                lines += self.samples[name]
-        return "\n".join(lines) + "\n"
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _heartbeat_timestamp(report: HealthReport, host: HostHealth) -> float:
+    # The age was read on the worker's own clock; the run's time is ours: `time() - x`
+    # at the run is the very age health judged, whatever the worker's clock says.
+    return 0 if host.heartbeat_age is None else round(report.time - host.heartbeat_age, 3)
+
+
+def _job_threads(host: HostHealth) -> dict[str, int]:
+    """Every job state, 0 included; "Empty" counts the threads without a task too."""
+    counts = dict.fromkeys(api.STATE_NAMES, 0)
+    for state, count in sorted(host.job_states.items()):
+        counts[state] = counts.get(state, 0) + count
+    if host.up:
+        counts["Empty"] = counts.get("Empty", 0) + host.threads - sum(host.job_states.values())
+    return counts
+
+
+def _finding_counts(host: HostHealth) -> dict[tuple[str, str], int]:
+    counts = {
+        (kind, status.name): 0 for kind, statuses in FINDING_STATUSES.items() for status in statuses
+    }
+    for finding in host.findings:
+        key = (finding.kind, finding.severity.name)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+Rows = list[tuple[dict[str, str], float]]  # one family's samples: (labels, value)
+
+
+def _host_rows(report: HealthReport, host: HostHealth) -> dict[str, Rows]:
+    own = {"host": host.name}
+    states = host.thread_states
+    findings = _finding_counts(host).items()
+    return {
+        "venus_fleet_host_up": [(own, int(host.up))],
+        "venus_fleet_last_heartbeat_timestamp_seconds": [(own, _heartbeat_timestamp(report, host))],
+        "venus_fleet_threads": [({**own, "state": s}, states.get(s, 0)) for s in THREAD_STATES],
+        "venus_fleet_job_threads": [
+            ({**own, "job_state": state}, count) for state, count in _job_threads(host).items()
+        ],
+        "venus_fleet_threads_paused": [(own, states.get(ThreadState.Paused.value, 0))],
+        "venus_fleet_threads_errors": [(own, host.errors)],
+        "venus_fleet_threads_empty": [(own, host.empty)],
+        "venus_fleet_health_findings": [
+            ({**own, "kind": kind, "status": status}, count) for (kind, status), count in findings
+        ],
+        "venus_fleet_health_finding": [(labels, 1) for labels in _finding_labels(host)],
+    }
+
+
+def _finding_labels(host: HostHealth) -> list[dict[str, str]]:
+    """One label set per finding, each once: a series twice would void the whole file."""
+    unique = {
+        (
+            "" if finding.index is None else str(finding.index),
+            finding.kind,
+            finding.severity.name,
+        ): None
+        for finding in host.findings
+    }
+    return [
+        {"host": host.name, "index": index, "kind": kind, "status": status}
+        for index, kind, status in unique
+    ]
 
 
 def prometheus_text(report: HealthReport) -> str:
-    """The report in node_exporter's textfile format (text exposition format 0.0.4)."""
-    metrics = _Metrics()
-    metrics.declare("venus_host_up", "1 if the host's agent answered with its threads, else 0.")
-    metrics.declare("venus_heartbeat_age_seconds", "Age of the agent's last heartbeat report.")
-    metrics.declare("venus_threads", "Sealing threads by thread state.")
-    metrics.declare("venus_job_threads", "Sealing threads by the state of their job.")
-    metrics.declare("venus_threads_paused", "Paused sealing threads (by hand or by an error).")
-    metrics.declare("venus_threads_errors", "Sealing threads paused by an error.")
-    metrics.declare("venus_threads_empty", "Sealing threads without a job.")
-    metrics.declare("venus_health_findings", "Health findings by severity.")
-    metrics.declare(
-        "venus_health_finding",
-        "One health finding (index empty: the host itself): 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
-    )
-    metrics.declare(
-        "venus_health_status", "Overall status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
-    )
-    metrics.declare(
-        "venus_health_last_run_timestamp_seconds", "When venusctl health last judged the fleet."
-    )
-    for host in report.hosts:
-        label = {"host": host.name}
-        metrics.add("venus_host_up", label, int(host.up))
-        if host.heartbeat_age is not None:
-            metrics.add("venus_heartbeat_age_seconds", label, host.heartbeat_age)
-        if host.up:
-            for state, count in host.thread_states.items():
-                metrics.add("venus_threads", {**label, "state": state}, count)
-            for state, count in sorted(host.job_states.items()):
-                metrics.add("venus_job_threads", {**label, "job_state": state}, count)
-            metrics.add(
-                "venus_threads_paused", label, host.thread_states.get(ThreadState.Paused.value, 0)
-            )
-            metrics.add("venus_threads_errors", label, host.errors)
-            metrics.add("venus_threads_empty", label, host.empty)
-        for severity in (Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN):
-            count = sum(1 for finding in host.findings if finding.severity == severity)
-            metrics.add("venus_health_findings", {**label, "severity": severity.name}, count)
-        for finding in host.findings:
-            where = {**label, "index": "" if finding.index is None else str(finding.index)}
-            metrics.add(
-                "venus_health_finding", {**where, "kind": finding.kind}, int(finding.severity)
-            )
-    metrics.add("venus_health_status", {}, int(report.status))
-    metrics.add("venus_health_last_run_timestamp_seconds", {}, report.time)
-    return metrics.render()
+    """The report as node_exporter's textfile: the families of FLEET_METRICS, in order."""
+    fleet: dict[str, Rows] = {
+        "venus_fleet_health_status": [
+            ({"status": status.name}, int(status == report.status)) for status in Severity
+        ],
+        "venus_fleet_health_last_run_timestamp_seconds": [({}, round(report.time, 3))],
+    }
+    hosts = [_host_rows(report, host) for host in report.hosts]
+    out = _Exposition()
+    for name in FLEET_METRICS:
+        out.family(name)
+        for labels, value in fleet.get(name) or [row for rows in hosts for row in rows[name]]:
+            out.sample(name, labels, value)
+    return out.text()
 
 
 # =============================================================================
@@ -2790,17 +3177,33 @@ def drain_table(
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 
+# What a server's HTTP refusal means (jsonrpc-http-server 18 and our agent's server
+# send these; venusctl's own requests never should: a proxy or another server may).
+HTTP_REFUSALS = {
+    400: "bad request",
+    405: "method not allowed (POST required)",
+    411: "Content-Length required",
+    413: "request body too large",
+    415: "content type not allowed (Content-Type: application/json required)",
+}
+
+
 class JsonRpcClient:
     """JSON-RPC 2.0 over HTTP/1.1 on one connected byte stream, kept alive.
 
     The stream is anything with sendall/recv/settimeout/close: a Unix socket
-    (transport local) or a paramiko channel (stream; later direct-tcpip for
-    the damocles backend). One `batch` is one HTTP request: one round trip.
+    (transport local) or a paramiko channel (stream, direct-tcpip). One
+    `batch` is one HTTP request: one round trip. `reusable` turns False once
+    the server said it closes the connection (`connection: close`).
     """
+
+    METHOD = "POST"
+    CONTENT_TYPE = "application/json"
 
     def __init__(self, stream: Any, timeout: float) -> None:
         self.stream = stream
         self.timeout = timeout
+        self.reusable = True
         self._buffer = b""
         self._next_id = 0
         stream.settimeout(timeout)
@@ -2844,9 +3247,12 @@ class JsonRpcClient:
         return reply["result"]
 
     def _post(self, payload: Any) -> Any:
-        body = json.dumps(payload).encode()
+        return self._exchange(json.dumps(payload).encode())
+
+    def _exchange(self, body: bytes) -> Any:
+        """POST `body`; the reply's JSON. One header write and the body: one send."""
         head = (
-            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"{self.METHOD} / HTTP/1.1\r\nHost: localhost\r\nContent-Type: {self.CONTENT_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         try:
@@ -2860,17 +3266,27 @@ class JsonRpcClient:
             reply = self._read_exactly(self._content_length(headers))
         except TimeoutError as error:
             # Sent: the agent may act on it although its reply never came.
-            raise NoReply(
+            raise ReplyTimeout(
                 f"timeout after {self.timeout:g}s waiting for the agent", self.timeout
             ) from error
         except OSError as error:
             raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
+        if headers.get("connection", "").lower() == "close":
+            self.reusable = False
         if status != 200:
-            raise UnreadableReply(f"unreadable reply: agent answered HTTP {status}")
+            raise self._refusal(status, reply)
         try:
             return json.loads(reply)
         except ValueError as error:
             raise UnreadableReply(f"unreadable reply: {reply[:80]!r}") from error
+
+    @staticmethod
+    def _refusal(status: int, body: bytes) -> HttpRefused:
+        """An HTTP error answer, with what it means and the first line of its text."""
+        meaning = HTTP_REFUSALS.get(status, "not a JSON-RPC reply")
+        first = body.decode("utf-8", "replace").strip().split("\n", 1)[0][:120]
+        said = f': "{escape_text(first)}"' if first else " (no text)"
+        return HttpRefused(f"the server answered HTTP {status}, {meaning}{said}")
 
     def _read_head(self) -> tuple[int, dict[str, str]]:
         while b"\r\n\r\n" not in self._buffer:
@@ -2904,7 +3320,8 @@ class JsonRpcClient:
     def _fill(self) -> None:
         chunk = self.stream.recv(65536)
         if not chunk:
-            raise UnreadableReply("unreadable reply: the agent closed the connection")
+            self.reusable = False
+            raise NoReply("unreadable reply: the agent closed the connection")
         self._buffer += chunk
 
 
@@ -2981,106 +3398,296 @@ def checked_bool(answer: Any) -> bool:
 
 
 class DamoclesAgent:
-    """The original damocles-worker, asked on its own JSON-RPC port (both API generations).
+    """The original damocles-worker, asked on its own JSON-RPC port, on any release line.
 
-    It has no heartbeat report: `status` is the live WorkerList (normalized
-    to our shape) and its version, with LastPing the age of this very answer
-    (0). Its pause and resume answer `true`/`false` instead of errors; this
-    class turns them into what our agent would have said.
+    It has no heartbeat report: `status` is the live WorkerList (each line's
+    shape made ours by damocles_threads) and its version, asked together in
+    one JSON-RPC batch (every release takes batches; WorkerVersion, missing
+    before v0.7, is then only an error in the batch), with LastPing the age of
+    this very answer (0). Its pause and resume answer `true`/`false` instead
+    of errors; this class turns them into what our agent would have said, and
+    reads the thread back to tell what really happened.
 
-    One HTTP request per channel: `rpc` is the channel opened first (so an
-    unreachable port shows at once); each later call gets a fresh one from
-    `reopen`. Measured (bench/damocles_bench.py): a channel costs 0.4 ms on
-    the open SSH connection, while a second request on a kept-alive
-    connection waited ~44 ms for a delayed ACK; and no keep-alive or batch
-    support of the server is assumed.
+    One channel for the whole run: `rpc` is opened first (so an unreachable
+    port shows at once) and kept; the worker's server keeps connections alive
+    with no idle timeout, so each later request is one round trip on it
+    (bench/damocles_bench.py, loopback: a host row 0.28-0.36 ms against
+    0.97-1.60 ms with a channel per request; the ~44 ms "delayed ACK" once
+    quoted here came from an old test stand-in writing headers and body in
+    two sends). A read that finds the kept channel closed (the worker
+    restarted) is sent once more on a fresh one from `reopen`; a pause or a
+    resume is never sent twice.
+
+    Threads are addressed as WorkerPause/WorkerResume address them, by their
+    position in WorkerList: from v0.7.0 a duplicate location is skipped but
+    keeps its number, so WorkerList's `index` has a gap and the thread listed
+    as #N is not the Nth (reference §1.5).
     """
+
+    # A resume is taken by the thread after the RPC answered: how long its read-back
+    # waits for the thread to show it (polling every SETTLE_STEP seconds).
+    SETTLE = 1.0
+    SETTLE_STEP = 0.05
 
     def __init__(self, rpc: JsonRpcClient, via: str, reopen: Callable[[], JsonRpcClient]) -> None:
         self.rpc = rpc
         self.via = via
         self._reopen = reopen
         self._used = False
+        self.line: DamoclesLine | None = None
 
     def close(self) -> None:
         self.rpc.close()
 
-    def _call(self, method: api.Method, params: list[Any]) -> Any:
-        if self._used:
-            self.rpc.close()
-            self.rpc = self._reopen()
-        self._used = True
-        return self.rpc.call(method.value, params)
+    # -- the wire ------------------------------------------------------------------------------
+
+    def _send(self, calls: Sequence[tuple[api.Method, list[Any]]], *, read: bool) -> list[Any]:
+        """One HTTP request on the kept channel: the results, errors as AgentRefused values."""
+        if not self.rpc.reusable:
+            self._fresh_channel()
+        kept = self._used  # it carried a request before: the worker may have closed it since
+        try:
+            return self._exchange(calls)
+        except HostError as error:
+            lost = isinstance(error, NoReply) or error.kind == "connection-lost"
+            if not (read and lost and kept):
+                raise self._explained(error, calls) from None
+        self._fresh_channel()  # the kept channel was closed under us: once more, fresh
+        try:
+            return self._exchange(calls)
+        except HostError as error:
+            raise self._explained(error, calls) from None
+
+    def _exchange(self, calls: Sequence[tuple[api.Method, list[Any]]]) -> list[Any]:
+        pairs = [(method.value, params) for method, params in calls]
+        try:
+            if len(pairs) == 1:
+                try:
+                    return [self.rpc.call(*pairs[0])]
+                except AgentRefused as refused:
+                    return [refused]
+            return self.rpc.batch(pairs)
+        finally:
+            self._used = True
+
+    def _fresh_channel(self) -> None:
+        self.rpc.close()
+        self.rpc = self._reopen()
+        self._used = False
+
+    @staticmethod
+    def _explained(error: HostError, calls: Sequence[tuple[api.Method, list[Any]]]) -> HostError:
+        names = " and ".join(method.value.rsplit(".", 1)[1] for method, _ in calls)
+        if isinstance(error, NoReply):
+            why = (
+                " (it does so when a thread's location is not UTF-8)"
+                if calls[0][0] is api.Method.LIST
+                else ""
+            )
+            return NoReply(f"damocles-worker closed the connection without answering {names}{why}")
+        if type(error) is UnreadableReply:  # not JSON-RPC as venusctl reads it
+            detail = str(error).removeprefix("unreadable reply: ")
+            return _unsupported(f"{detail} (to {names})")
+        return error
+
+    def _call(self, method: api.Method, params: list[Any], *, read: bool) -> Any:
+        (result,) = self._send([(method, params)], read=read)
+        if isinstance(result, AgentRefused):
+            raise result
+        return result
+
+    def _listed(self, result: Any) -> list[WorkerInfo]:
+        if isinstance(result, AgentRefused):
+            raise result
+        self.line, threads = damocles_threads(result)
+        return threads
+
+    # -- the agent's interface ------------------------------------------------------------------
 
     def threads(self) -> list[WorkerInfo]:
-        threads = self._call(api.Method.LIST, [])
-        if not isinstance(threads, list):
-            raise UnreadableReply(f"unreadable reply: thread list {json.dumps(threads)[:80]}")
-        return [normalize_worker_info(thread) for thread in threads]
+        return self._listed(self._call(api.Method.LIST, [], read=True))
 
     def status(self) -> HostStatus:
-        threads = self.threads()
+        listed, version = self._send([(api.Method.LIST, []), (api.Method.VERSION, [])], read=True)
+        threads = self._listed(listed)
         return HostStatus(
             report=None,
             threads=threads,
             via=self.via,
-            worker_version=self._version(),
+            # An error instead (-32601 before v0.7): the thread list matters, the version
+            # is a bonus.
+            worker_version=version if isinstance(version, str) else None,
             heartbeat=False,
+            release_line=self.line.name if self.line is not None else None,
         )
-
-    def _version(self) -> str | None:
-        # The 2022 API may lack the method: the thread list matters, the
-        # version is a bonus.
-        try:
-            version = self._call(api.Method.VERSION, [])
-        except (AgentRefused, UnreadableReply):
-            return None
-        return version if isinstance(version, str) else None
 
     def pause(self, index: int) -> str:
         """Pause, without stacking a second pause on a paused thread.
 
         damocles queues a pause token even for a paused thread, and that stale
         token re-pauses it right after the next resume (reference §3): a
-        paused thread is left alone.
+        paused thread is left alone. The note says when the pause is taken.
         """
-        thread = self._thread(index)
-        if thread.paused:
+        position, before = self._locate(index)
+        if before.paused:
             return "already paused (nothing sent)"
-        answer = self._call(api.Method.PAUSE, [index])
-        if not isinstance(answer, bool):
-            raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
+        answer = self._act(api.Method.PAUSE, [position])
         if not answer:
-            return "pause already queued (nothing changed)"
-        if thread.busy:
-            # damocles drops the result of a stage it pauses after (reference §3).
-            return "pause queued: it stops after its running stage, which damocles redoes on resume"
-        if thread.thread_state.state is ThreadState.Idle:
-            return "paused (an idle thread takes the pause at once)"
-        return "pause queued: it stops at its next stage boundary"
+            return (
+                "pause already queued (damocles-worker answered false: a pause sent earlier"
+                " is still to be taken; nothing changed)"
+            )
+        if before.busy:
+            return damocles_pause_note(before, None, self.line)
+        return damocles_pause_note(before, self._thread_now(index), self.line)
 
-    def resume(self, index: int, state: str | None) -> str | None:
+    def resume(self, index: int, state: str | None) -> str:
+        """Resume, then read the thread back: what it does now, or why the resume did not hold."""
+        position, before = self._locate(index)
         if state is not None:
-            # damocles ignores a name it does not know: check it here first.
-            check_resume_state(self._thread(index), state)
-        answer = self._call(api.Method.RESUME, [index, state])
+            # damocles ignores a name it does not know (v0.8+), aborts the task on a
+            # state of another plan: check it here first.
+            check_resume_state(before, state, self.line)
+            if before.paused and state == before.job_state:
+                raise AgentRefused(
+                    api.RpcCode.INVALID_PARAMS,
+                    f"worker #{index} is already in {state}: damocles-worker would pause it"
+                    " again at once (critical: state unchanged); resume without a state to"
+                    f" run {state}'s stage again",
+                )
+        answer = self._act(api.Method.RESUME, [position, state])
         if answer is False:
             # Our agent's code for the same case, so scripts see one answer.
             raise AgentRefused(
                 api.RpcCode.NOT_PAUSED, f"worker #{index} is not paused; {DAMOCLES_QUEUED}"
             )
-        if answer is not True:
-            raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
-        return None
+        return damocles_resume_note(before, self._read_back(index, before, state), state)
 
     def cancel_pause(self, index: int) -> bool:
         raise AgentRefused(api.RpcCode.METHOD_NOT_FOUND, DAMOCLES_QUEUED)
 
-    def _thread(self, index: int) -> WorkerInfo:
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _act(self, method: api.Method, params: list[Any]) -> bool:
+        answer = self._call(method, params, read=False)
+        if not isinstance(answer, bool):
+            raise _unsupported(f"{method.value} answered {_excerpt(answer)}, not true or false")
+        return answer
+
+    def _locate(self, index: int) -> tuple[int, WorkerInfo]:
+        """(the thread's position in WorkerList, the thread) of the thread listed as #index."""
+        threads = self.threads()
+        for position, thread in enumerate(threads):
+            if thread.index == index:
+                return position, thread
+        listed = ", ".join(f"#{thread.index}" for thread in threads) or "none"
+        if threads and index < max(thread.index for thread in threads):
+            raise AgentRefused(
+                api.RpcCode.INVALID_PARAMS,
+                f"worker #{index} not found: this damocles-worker skipped #{index} of its"
+                f" config (a duplicate location); its threads are {listed}",
+            )
+        raise AgentRefused(api.RpcCode.INVALID_PARAMS, f"worker #{index} not found")
+
+    def _thread_now(self, index: int) -> WorkerInfo:
         for thread in self.threads():
             if thread.index == index:
                 return thread
-        raise AgentRefused(api.RpcCode.INVALID_PARAMS, f"worker #{index} not found")
+        raise _unsupported(f"thread #{index} is gone from WorkerList")
+
+    def _read_back(self, index: int, before: WorkerInfo, state: str | None) -> WorkerInfo:
+        """The thread once it shows the resume was taken, or as it is after SETTLE seconds."""
+        deadline = time.monotonic() + self.SETTLE
+        while True:
+            after = self._thread_now(index)
+            if resume_settled(before, after, state) or time.monotonic() >= deadline:
+                return after
+            time.sleep(self.SETTLE_STEP)
+
+
+def resume_settled(before: WorkerInfo, after: WorkerInfo, state: str | None) -> bool:
+    """Does `after` show that the thread took the resume (or was paused again since)?"""
+    if not after.paused:
+        moved = after.job_state != before.job_state or after.job_id != before.job_id
+        return state is None or moved
+    if after.last_error != before.last_error:
+        return True  # the resume cleared the old error, or a new one paused it
+    old, new = before.thread_state.elapsed, after.thread_state.elapsed
+    return old is not None and new is not None and new < old  # paused anew since
+
+
+def _now_doing(thread: WorkerInfo) -> str:
+    """'in PC1Done, Running(0s) builtin PC2', 'without a task, Idle'."""
+    where = f"in {thread.job_state}" if thread.job_id else "without a task"
+    if thread.thread_state.state is not None:
+        where += f", {format_thread_state(thread.thread_state)}"
+    return where
+
+
+def damocles_pause_note(
+    before: WorkerInfo, after: WorkerInfo | None, line: DamoclesLine | None
+) -> str:
+    """What a pause damocles-worker queued (answered true) will do, as it is (reference §3).
+
+    `after` is the thread read back at once (None for a thread known to run a
+    stage: it cannot have taken the pause yet).
+    """
+    redo = "damocles-worker drops that stage's result and runs it again on resume"
+    state = before.thread_state.state
+    stage = f" {before.job_stage}" if before.job_stage else ""
+    if state is ThreadState.Running:
+        return f"pause queued: it stops after its running stage{stage}; {redo}"
+    if state is ThreadState.Waiting:
+        return f"pause queued: it waits for a slot, runs the stage{stage}, then stops; {redo}"
+    if after is not None and after.paused:
+        return "paused"
+    if after is not None and not after.job_id:
+        if line is not None and line.idle_pause_waits:
+            sleep = "its recover_interval or seal_interval sleep ends (60s, 30s by default)"
+        else:
+            sleep = "its seal_interval sleep ends (30s by default)"
+        return (
+            f"pause queued: it has no task; it takes the pause when {sleep}, before asking for one"
+        )
+    if state is None:
+        return (
+            "pause queued: it stops at its next stage boundary (this release does not say"
+            f" whether a stage runs; if one does, {redo})"
+        )
+    return "pause queued: it stops at its next stage boundary"
+
+
+def damocles_resume_note(before: WorkerInfo, after: WorkerInfo, state: str | None) -> str:
+    """The outcome of a resume damocles-worker took, from the thread read back after it.
+
+    Raises ResumeDidNotHold when the thread paused again at once (a stale
+    pause token, or an error) or kept its state although another was asked
+    for (v0.8+ ignores a name it does not know).
+    """
+    if after.paused:
+        if after.last_error:
+            message = (
+                f"the worker took it, but an error paused the thread again: {after.last_error}"
+            )
+        else:
+            dropped = f" and dropped the requested state {state}" if state else ""
+            message = (
+                "the worker took it, but the thread paused again at once: a pause queued"
+                f" earlier (a stale pause token) was taken{dropped}; still in"
+                f" {after.job_state or 'no state'}: resume it again"
+            )
+        raise ResumeDidNotHold(message, "paused-again")
+    if state is None:
+        return f"resumed (now {_now_doing(after)})"
+    if after.job_state == state:
+        return f"resumed in state {state} (now {_now_doing(after)})"
+    if after.job_id == before.job_id and after.job_state == before.job_state:
+        raise ResumeDidNotHold(
+            f"the worker took it, but ignored the requested state {state}: the thread goes on"
+            f" in {before.job_state}",
+            "state-ignored",
+        )
+    return f"resumed in state {state} (now {_now_doing(after)})"
 
 
 @dataclass
@@ -3233,11 +3840,11 @@ def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
     channel = transport.open_session(timeout=timeout)
     try:
         channel.exec_command(command)
-        # From here the command runs: a timeout is a reply that did not come (NoReply).
+        # From here the command runs: a timeout is a reply that did not come (ReplyTimeout).
         stdout = _read_until_eof(channel, channel.recv, deadline, timeout)
         stderr = _read_until_eof(channel, channel.recv_stderr, deadline, timeout)
         if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-            raise NoReply(f"timeout after {timeout:g}s (command)", timeout)
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
         return CommandResult(
             channel.recv_exit_status(),
             stdout.decode("utf-8", "replace"),
@@ -3252,12 +3859,12 @@ def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: f
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise NoReply(f"timeout after {timeout:g}s (command)", timeout)
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
         channel.settimeout(remaining)
         try:
             chunk = receive(65536)
         except TimeoutError as error:
-            raise NoReply(f"timeout after {timeout:g}s (command)", timeout) from error
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout) from error
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -3572,7 +4179,7 @@ class LocalSession:
             ) from error
         except subprocess.TimeoutExpired as error:
             timeout = self.host.command_timeout
-            raise NoReply(f"timeout after {timeout:g}s (command)", timeout) from error
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout) from error
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
     def alive(self) -> bool:
@@ -3814,20 +4421,30 @@ def perform_all(
     """
     agent, refused = open_agent(session, host, for_status=False)
     try:
-        outcomes: list[ActionOutcome] = []
-        for action in actions:
-            try:
-                note = action.via(agent)
-            except HostError as error:
-                # a refusal is the agent's answer, a missing reply may still take effect
-                if refused is not None and not isinstance(error, (AgentRefused, NoReply)):
-                    error = both_ways(refused, error)
-                outcomes.append(ActionOutcome(error=error))
-            else:
-                outcomes.append(ActionOutcome(agent.via, note))
-        return outcomes
+        return act_all(agent, actions, refused)
     finally:
         agent.close()
+
+
+def act_all(
+    agent: Agent, actions: Sequence[Action], refused: HostError | None = None
+) -> list[ActionOutcome]:
+    """Each action through `agent`, in order: its outcome, or the error it met.
+
+    `refused`: why open_agent fell back to this agent; a failure then names both ways.
+    """
+    outcomes: list[ActionOutcome] = []
+    for action in actions:
+        try:
+            note = action.via(agent)
+        except HostError as error:
+            # a refusal is the agent's answer, a missing reply may still take effect
+            if refused is not None and not isinstance(error, (AgentRefused, ReplyTimeout)):
+                error = both_ways(refused, error)
+            outcomes.append(ActionOutcome(error=error))
+        else:
+            outcomes.append(ActionOutcome(agent.via, note))
+    return outcomes
 
 
 def perform(session: LocalSession | SshSession, host: Host, action: Action) -> ActionOutcome:
@@ -4069,6 +4686,19 @@ class SessionPool:
         else:
             self._keep(host, agent)
         return status
+
+    def perform_all(self, host: Host, actions: Sequence[Action]) -> list[ActionOutcome]:
+        """perform_all on the host's kept session; a damocles-worker's kept channel is used
+        again (one channel for the whole run: its server never closes an idle one)."""
+        with self._lock:
+            agent = self._agents.get(host.name)
+            if isinstance(agent, DamoclesAgent):
+                del self._agents[host.name]
+        if not isinstance(agent, DamoclesAgent):
+            return self.run(host, lambda session: perform_all(session, host, actions))
+        outcomes = act_all(agent, actions)
+        self._keep(host, agent)
+        return outcomes
 
     def _keep(self, host: Host, agent: RpcAgent | DamoclesAgent) -> None:
         with self._lock:
@@ -4453,7 +5083,7 @@ def act_on_steps(
 
     def job(host: Host) -> list[ActionOutcome]:
         actions = [step.action for step in by_host[host.name]]
-        return pool.run(host, lambda session: perform_all(session, host, actions))
+        return pool.perform_all(host, actions)
 
     outcomes = ctx.fan_out(hosts, job)
     failed = outcomes.failed  # a host that could not be reached at all: each of its steps
@@ -4830,7 +5460,7 @@ def _first_set(*values: float | None) -> float:
 
 def health_thresholds(settings: HealthSettings, args: argparse.Namespace) -> Thresholds:
     """Command line, then the inventory's [health], then the built-in defaults."""
-    stuck = {**STUCK_DEFAULTS, **settings.stuck, **dict(args.stuck or ())}
+    stuck = {**STUCK_DEFAULTS, **WDPOST_STUCK_DEFAULTS, **settings.stuck, **dict(args.stuck or ())}
     return Thresholds(
         expiration=_first_set(args.expiration, settings.expiration, HEALTH_DEFAULTS["expiration"]),
         paused_warn=_first_set(
@@ -4883,6 +5513,12 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     thresholds = health_thresholds(settings, args)
     deadline = _first_set(args.deadline, settings.deadline, HEALTH_DEFAULTS["deadline"])
     textfile = args.prometheus or settings.prometheus
+    if textfile and Path(textfile).suffix != ".prom":
+        # node_exporter's textfile collector would skip it without a word.
+        raise UsageError(
+            f"prometheus file {textfile}: must be named *.prom"
+            " (node_exporter's textfile collector reads only those)"
+        )
     hosts = select_hosts(ctx.inventory, args.limit)
     show = len(hosts) > 1 and ctx.is_terminal(ctx.err)  # as Context.fan_out does
     outcomes = fan_out_until(
@@ -4977,6 +5613,12 @@ def _parse_forks(text: str) -> int:
 VERSION_TEXT = f"venusctl {__version__}"
 
 
+_STUCK_HELP = "\n".join(
+    [f"  {key:<18}{value / 3600:g}h" for key, value in STUCK_DEFAULTS.items()]
+    + [f"  {key:<18}{value / 3600:g}h (wdpost)" for key, value in WDPOST_STUCK_DEFAULTS.items()]
+)
+
+
 HEALTH_HELP = f"""\
 Judge every host (or those of --limit) in one pass, for cron and monitoring.
 
@@ -4988,6 +5630,8 @@ findings:
   WARNING   thread paused by hand for --paused-warn or longer
   WARNING   job in the same state for its --stuck threshold or longer
   UNKNOWN   host still not answered when --deadline passed (the whole run is UNKNOWN)
+  INFO      (--verbose) a stuck threshold that cannot be judged: a damocles-worker
+            reports no time in state for that thread (not a finding)
 Idle and empty threads are counted, not judged.
 
 Output as the monitoring-plugin guidelines want it: the status line
@@ -5006,7 +5650,7 @@ Maintenance: a [[silence]] table (hosts = "gpu-01,rack2", until =
 [silenced], without their findings raising the status until then.
 
 stuck thresholds by stage (--stuck KEY=DURATION; KEY may also be a state name):
-{chr(10).join(f"  {key:<18}{value / 3600:g}h" for key, value in STUCK_DEFAULTS.items())}
+{_STUCK_HELP}
 """
 
 
@@ -5269,14 +5913,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="below each line of identical findings, one line per thread or host",
+        help="below each line of identical findings, one line per thread or host; and what"
+        " could not be judged (e.g. a damocles-worker thread whose time in state is not"
+        " reported: INFO lines)",
     )
     health.add_argument("-V", "--version", action="version", version=VERSION_TEXT)
     health.add_argument(
         "--prometheus",
         metavar="FILE",
         type=_argument_type(check_not_empty("textfile path", "--prometheus venus.prom"), "path"),
-        help="write node_exporter's textfile",
+        help="also write the venus_fleet_* series to FILE, a node_exporter textfile (*.prom)",
     )
     health.add_argument(
         "-q",

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a bare Debian
-# machine (OpenSSH's sshd, curl, promtool and node_exporter, the Python
-# dependencies in ./.venv), then runs
-# ruff and the whole pytest suite. Extra arguments go to pytest.
+# machine (OpenSSH's sshd, curl, promtool and node_exporter, sudo, systemd,
+# ShellCheck, the Python dependencies in ./.venv), then runs ruff and the
+# whole pytest suite. Extra arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -14,13 +14,18 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # container's policy-rc.d keeps apt from starting their services, as for sshd's).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
+# The deploy tests log in as a user with sudo, systemd-analyze judges the
+# unit, and shellcheck judges the scripts.
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${need[*]} (the tests run a real sshd fleet, curl, promtool, node_exporter)"
+    echo "installing ${need[*]} (the tests run sshd, curl, promtool, node_exporter, sudo, systemd-analyze, shellcheck)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "missing: ${need[*]} (the tests run real sshd processes, curl, promtool, node_exporter); install them" >&2
+    echo "missing: ${need[*]} (the tests run sshd, curl, promtool, node_exporter, sudo, systemd-analyze, shellcheck); install them" >&2
     exit 2
   fi
 fi

@@ -281,30 +281,42 @@ def test_prometheus_textfile_parses_and_says_what_the_first_line_says(tmp_path, 
         for sample in family.samples
     }
     up = {
-        labels[0][1]: value for (name, labels), value in values.items() if name == "venus_host_up"
-    }
-    assert up == {"w1": 1, "dead": 0, "down": 0, "calm": 1}
-    assert values[("venus_heartbeat_age_seconds", (("host", "dead"),))] > 0
-    assert ("venus_heartbeat_age_seconds", (("host", "down"),)) not in values
-    assert values[("venus_threads", (("host", "w1"), ("state", "Paused")))] >= 1
-    assert values[("venus_threads_errors", (("host", "w1"),))] == 1
-    assert values[("venus_job_threads", (("host", "w1"), ("job_state", "C1Done")))] >= 1
-    critical = {
         labels[0][1]: value
         for (name, labels), value in values.items()
-        if name == "venus_health_findings" and ("severity", "CRITICAL") in labels
+        if name == "venus_fleet_host_up"
     }
+    assert up == {"w1": 1, "dead": 0, "down": 0, "calm": 1}
+    heartbeat = {
+        labels[0][1]: value
+        for (name, labels), value in values.items()
+        if name == "venus_fleet_last_heartbeat_timestamp_seconds"
+    }
+    # dead's, read by the CLI over exec, is older than the others; down's is unknown.
+    assert before - 3600 < heartbeat["dead"] < min(heartbeat["w1"], heartbeat["calm"])
+    assert max(heartbeat.values()) <= time.time() and heartbeat["down"] == 0
+    assert values[("venus_fleet_threads", (("host", "w1"), ("state", "Paused")))] >= 1
+    assert values[("venus_fleet_threads_errors", (("host", "w1"),))] == 1
+    assert values[("venus_fleet_job_threads", (("host", "w1"), ("job_state", "C1Done")))] >= 1
+    critical = {}
+    for (name, labels), value in values.items():
+        if name == "venus_fleet_health_findings" and ("status", "CRITICAL") in labels:
+            host = dict(labels)["host"]
+            critical[host] = critical.get(host, 0) + value
     assert critical == {"w1": 0, "dead": 1, "down": 1, "calm": 0}
     per_finding = {
-        labels: value for (name, labels), value in values.items() if name == "venus_health_finding"
+        labels: value
+        for (name, labels), value in values.items()
+        if name == "venus_fleet_health_finding"
     }
     assert per_finding == {
-        (("host", "w1"), ("index", "0"), ("kind", "thread-error")): 1,
-        (("host", "dead"), ("index", ""), ("kind", "agent-not-running")): 2,
-        (("host", "down"), ("index", ""), ("kind", "host-unreachable")): 2,
+        (("host", "w1"), ("index", "0"), ("kind", "thread-error"), ("status", "WARNING")): 1,
+        (("host", "dead"), ("index", ""), ("kind", "agent-not-running"), ("status", "CRITICAL")): 1,
+        (("host", "down"), ("index", ""), ("kind", "host-unreachable"), ("status", "CRITICAL")): 1,
     }
-    assert values[("venus_health_status", ())] == 2
-    assert before <= values[("venus_health_last_run_timestamp_seconds", ())] <= time.time()
+    assert values[("venus_fleet_health_status", (("status", "CRITICAL"),))] == 1
+    assert values[("venus_fleet_health_status", (("status", "OK"),))] == 0
+    run_at = values[("venus_fleet_health_last_run_timestamp_seconds", ())]
+    assert before <= run_at <= time.time()
     assert sorted(p.name for p in textfile.parent.iterdir()) == ["venus.prom"]
 
 
@@ -339,7 +351,10 @@ def test_health_table_in_the_inventory_and_the_command_line_wins(tmp_path, capsy
     path = ssh_fleet.inventory(tmp_path, ssh_fleet.host_table("w1"), health=health_table)
     status, lines, _ = health(capsys, path)
     assert status == 2 and lines[1].startswith("CRITICAL w1 #0 ")
-    assert "\nvenus_health_status 2\n" in (tmp_path / "venus.prom").read_text()
+    assert (
+        '\nvenus_fleet_health_status{status="CRITICAL"} 1\n'
+        in (tmp_path / "venus.prom").read_text()
+    )
     status, lines, _ = health(capsys, path, "--paused-crit", "1h")
     assert status == 1 and lines[1].startswith("WARNING w1 #0 ")
 
@@ -363,7 +378,7 @@ def test_overlapping_runs_never_leave_a_half_written_textfile(tmp_path, ssh_flee
             except FileNotFoundError:
                 continue
             families = {f.name for f in text_string_to_metric_families(text)}
-            if not text.endswith("\n") or "venus_health_last_run_timestamp_seconds" not in families:
+            if not text.endswith("\n") or "venus_fleet_health_finding" not in families:
                 problems.append(text)
             reads.append(len(text))
 
@@ -390,7 +405,7 @@ def test_the_readme_cron_command_mails_nothing_when_ok_and_skips_while_locked(tm
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")  # cron mails nothing
-    assert "\nvenus_health_status 0\n" in textfile.read_text()
+    assert '\nvenus_fleet_health_status{status="OK"} 1\n' in textfile.read_text()
     # A run still holding the lock: the next one skips at once, silently.
     with open(lock, "w") as held:
         subprocess.run(["flock", "-n", str(held.fileno())], pass_fds=[held.fileno()], check=True)

@@ -118,7 +118,9 @@ def test_a_host_without_any_heartbeat_report_is_judged_on_its_threads_only():
     )
     report = judge({"d2": damocles}, expiration=0.0)
     assert report.status == Severity.OK and report.hosts[0].heartbeat_age is None
-    assert "venus_heartbeat_age_seconds" not in venusctl.prometheus_text(report)
+    # No heartbeat known: 0, which the fleet rules read as "none" (never stale).
+    heartbeat = ("venus_fleet_last_heartbeat_timestamp_seconds", (("host", "d2"),))
+    assert samples(venusctl.prometheus_text(report))[heartbeat] == 0
 
 
 def test_error_pause_is_warning_then_critical_after_paused_crit():
@@ -205,7 +207,7 @@ def test_critical_outranks_unknown_outranks_warning():
 def test_json_has_status_summary_findings_and_hosts():
     report = judge({"down": ConnectionRefused("connection refused"), "w1": status(thread(0))})
     document = venusctl.health_json(report)
-    assert set(document) == {"status", "summary", "findings", "groups", "hosts"}
+    assert set(document) == {"status", "summary", "findings", "groups", "not_judged", "hosts"}
     assert document["status"] == "CRITICAL"
     assert document["summary"] == venusctl.health_summary(report)
     assert document["findings"][0] == {
@@ -252,33 +254,49 @@ def test_prometheus_text_parses_with_help_type_and_escaped_labels():
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert all(family.type == "gauge" and family.documentation for family in families.values())
     values = samples(text)
-    assert values[("venus_host_up", (("host", tricky),))] == 1
-    assert values[("venus_host_up", (("host", "down"),))] == 0
-    assert values[("venus_heartbeat_age_seconds", (("host", tricky),))] == 2.5
-    assert values[("venus_threads", (("host", tricky), ("state", "Paused")))] == 1
-    assert values[("venus_threads", (("host", tricky), ("state", "Running")))] == 0
-    assert values[("venus_job_threads", (("host", tricky), ("job_state", "C1Done")))] == 1
-    assert values[("venus_threads_paused", (("host", tricky),))] == 1
-    assert values[("venus_threads_errors", (("host", tricky),))] == 1
-    assert values[("venus_health_findings", (("host", "down"), ("severity", "CRITICAL")))] == 1
-    assert values[("venus_health_findings", (("host", tricky), ("severity", "WARNING")))] == 1
-    finding = (
-        "venus_health_finding",
-        (("host", "down"), ("index", ""), ("kind", "host-unreachable")),
+    assert values[("venus_fleet_host_up", (("host", tricky),))] == 1
+    assert values[("venus_fleet_host_up", (("host", "down"),))] == 0
+    heartbeat = values[("venus_fleet_last_heartbeat_timestamp_seconds", (("host", tricky),))]
+    assert math.isclose(heartbeat, NOW - 2.5)  # a timestamp, not the age
+    assert values[("venus_fleet_last_heartbeat_timestamp_seconds", (("host", "down"),))] == 0
+    assert values[("venus_fleet_threads", (("host", tricky), ("state", "Paused")))] == 1
+    assert values[("venus_fleet_threads", (("host", tricky), ("state", "Running")))] == 0
+    assert values[("venus_fleet_threads", (("host", "down"), ("state", "Paused")))] == 0
+    assert values[("venus_fleet_job_threads", (("host", tricky), ("job_state", "C1Done")))] == 1
+    assert values[("venus_fleet_threads_paused", (("host", tricky),))] == 1
+    assert values[("venus_fleet_threads_errors", (("host", tricky),))] == 1
+    assert values[("venus_fleet_threads_errors", (("host", "down"),))] == 0
+
+    def findings(host, kind, status):
+        labels = (("host", host), ("kind", kind), ("status", status))
+        return values[("venus_fleet_health_findings", labels)]
+
+    assert findings("down", "host-unreachable", "CRITICAL") == 1
+    assert findings(tricky, "thread-error", "WARNING") == 1
+    assert findings(tricky, "thread-error", "CRITICAL") == 0
+    assert findings(tricky, "host-unreachable", "CRITICAL") == 0
+    one = [key[1] for key, value in values.items() if key[0] == "venus_fleet_health_finding"]
+    assert one == [
+        (("host", tricky), ("index", "0"), ("kind", "thread-error"), ("status", "WARNING")),
+        (("host", "down"), ("index", ""), ("kind", "host-unreachable"), ("status", "CRITICAL")),
+    ]
+    assert all(
+        value == 1 for key, value in values.items() if key[0] == "venus_fleet_health_finding"
     )
-    assert values[finding] == 2  # CRITICAL
-    finding = ("venus_health_finding", (("host", tricky), ("index", "0"), ("kind", "thread-error")))
-    assert values[finding] == 1  # WARNING
-    assert len([key for key in values if key[0] == "venus_health_finding"]) == 2
-    assert values[("venus_health_status", ())] == 2
-    assert math.isclose(values[("venus_health_last_run_timestamp_seconds", ())], NOW)
+    status_values = {
+        dict(labels)["status"]: value
+        for (name, labels), value in values.items()
+        if name == "venus_fleet_health_status"
+    }
+    assert status_values == {"OK": 0, "WARNING": 0, "CRITICAL": 1, "UNKNOWN": 0}
+    assert math.isclose(values[("venus_fleet_health_last_run_timestamp_seconds", ())], NOW)
 
 
 def test_write_textfile_replaces_atomically_and_leaves_no_temp_file(tmp_path):
     target = tmp_path / "venus.prom"
     target.write_text("old\n")
-    venusctl.write_textfile(target, "venus_health_status 0\n")
-    assert target.read_text() == "venus_health_status 0\n"
+    venusctl.write_textfile(target, "venus_fleet_host_up 0\n")
+    assert target.read_text() == "venus_fleet_host_up 0\n"
     assert oct(target.stat().st_mode & 0o777) == "0o644"  # node_exporter must read it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["venus.prom"]
     with pytest.raises(OSError):

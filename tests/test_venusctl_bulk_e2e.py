@@ -574,8 +574,8 @@ def test_fleet_commands_cover_damocles_workers_too(
         tmp_path / "mixed.toml",
         [
             ssh_fleet.host_table("w1"),
-            damocles_table(damocles_sshd, "dam-now", standin("current")),
-            damocles_table(damocles_sshd, "dam-old", standin("v2022")),
+            damocles_table(damocles_sshd, "dam-now", standin("--release", "v0.13.0")),
+            damocles_table(damocles_sshd, "dam-old", standin("--release", "v0.3.1")),
         ],
         **ssh_fleet.defaults(),
     )
@@ -597,9 +597,9 @@ def test_fleet_commands_cover_damocles_workers_too(
     status, out, err = run(capsys, path, "pause", "-l", "dam-now", "--yes")
     assert (status, err) == (0, "")
     assert out.splitlines()[-3:] == [
-        "dam-now #1: pause queued: it stops after its running stage,"
-        " which damocles redoes on resume",
-        "dam-now #2: paused (an idle thread takes the pause at once)",
+        "dam-now #1: pause queued: it stops after its running stage PC1; damocles-worker"
+        " drops that stage's result and runs it again on resume",
+        "dam-now #2: paused",
         "paused 2 of 2 threads on 1 host",
     ]
 

@@ -229,7 +229,7 @@ class RefusingPool:
     def status(self, host) -> HostStatus:
         return HostStatus(report=None, threads=self.threads, via="stream")
 
-    def run(self, host, work):
+    def perform_all(self, host, actions):
         # the outcome of the host's one pause
         return [ActionOutcome(error=venusctl.HostTimeout("timed out"))]
 
@@ -270,7 +270,7 @@ class ScriptedPool:
         threads = self.polls.pop(0) if len(self.polls) > 1 else self.polls[0]
         return HostStatus(report=None, threads=threads, via="stream")
 
-    def run(self, host, work):
+    def perform_all(self, host, actions):
         return [ActionOutcome("stream")]  # the host's one pause, accepted
 
 

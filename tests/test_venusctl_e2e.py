@@ -83,7 +83,8 @@ def test_list_json_says_how_each_host_was_reached(tmp_path, capsys, ssh_fleet):
     assert hosts["nostream"]["via"] == "exec"
     for entry in hosts.values():
         assert set(entry) == {  # the shape README.md documents
-            *("name", "dest", "transport", "backend", "via", "version", "summary"),
+            *("name", "dest", "transport", "backend", "via", "version", "release_line"),
+            "summary",
             *("pause_requested", "last_ping", "expired", "error"),  # issue 10: queued pauses
         }
         assert entry["error"] is None and entry["expired"] is False

@@ -17,7 +17,7 @@ from venusctl import (
     ActionOutcome,
     AgentRefused,
     HostStatus,
-    NoReply,
+    ReplyTimeout,
     Selector,
 )
 from worker_agent import api
@@ -156,30 +156,11 @@ def test_an_agent_that_cannot_cancel_says_so(old):
     assert "this agent cannot cancel a queued pause (upgrade it)" in str(caught.value)
 
 
-def test_a_damocles_host_says_exactly_that_a_queued_pause_can_be_neither_seen_nor_cancelled():
-    class Rpc:
-        def close(self):
-            pass
-
-        def call(self, method, params):
-            if method == api.Method.RESUME.value:
-                return False
-            raise AssertionError(method)
-
-    agent = venusctl.DamoclesAgent(Rpc(), "direct-tcpip", Rpc)
-    with pytest.raises(AgentRefused) as caught:
-        agent.resume(1, None)
-    assert str(caught.value) == (
-        "worker #1 is not paused; a damocles-worker can neither show nor cancel a queued"
-        " pause: if one is queued, the thread stops at its next stage boundary"
-    )
-
-
 # -- a reply that did not come ------------------------------------------------------------------
 
 
 def test_no_reply_is_reported_as_may_still_take_effect_not_failed():
-    error = NoReply("timeout after 15s waiting for the agent", 15.0)
+    error = ReplyTimeout("timeout after 15s waiting for the agent", 15.0)
     for kind in ("pause", "resume"):
         outcome = ActionOutcome(error=error)
         line = venusctl.action_line(W1, Action(kind, 3), outcome)
@@ -224,7 +205,7 @@ def test_the_json_rpc_client_tells_a_reply_that_did_not_come_from_one_never_sent
 
     stream = Silent()
     client = venusctl.JsonRpcClient(stream, 2.5)
-    with pytest.raises(NoReply) as caught:
+    with pytest.raises(ReplyTimeout) as caught:
         client.call(api.Method.PAUSE.value, [0])
     assert caught.value.seconds == 2.5 and b"WorkerPause" in stream.sent
 
@@ -234,7 +215,7 @@ def test_the_json_rpc_client_tells_a_reply_that_did_not_come_from_one_never_sent
 
     with pytest.raises(venusctl.HostTimeout) as caught:
         venusctl.JsonRpcClient(Blocked(), 2.5).call(api.Method.PAUSE.value, [0])
-    assert not isinstance(caught.value, NoReply)
+    assert not isinstance(caught.value, ReplyTimeout)
 
 
 # -- drain gives up: the pauses it queued are taken back -----------------------------------------
@@ -286,8 +267,9 @@ class DrainPool:
         ]
         return HostStatus(report=None, threads=threads, via="stream")
 
-    def run(self, host, work):
-        return work(FakeSession(FakeAgent(self.log, self.cancels)))
+    def perform_all(self, host, actions):
+        session = FakeSession(FakeAgent(self.log, self.cancels))
+        return venusctl.perform_all(session, host, actions)
 
 
 def drain(hosts, pool, keep_queued=False, ctrl_c_after=None):

@@ -616,7 +616,10 @@ def test_json_rpc_batch_and_keep_alive_over_one_connection():
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        (http_reply({"x": 1}, status="405 Method Not Allowed"), "agent answered HTTP 405"),
+        (
+            http_reply({"x": 1}, status="405 Method Not Allowed"),
+            "answered HTTP 405, method not allowed (POST required)",
+        ),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "unreadable reply: b'hello'"),
         (b"HTTP/1.1 200 OK\r\n\r\n[]", "bad Content-Length ''"),
         (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "unreadable reply: 'SSH-2.0-OpenSSH_9.2'"),
