@@ -1,4 +1,4 @@
-"""Helpers for the worker_agent tests: configs, raw HTTP, a fake clock.
+"""Helpers for the worker_agent tests: configs, raw HTTP, a fake clock, slow clients.
 
 Agent (a real daemon process) and wait_until live in helpers.py, shared with the venusctl
 tests; they are imported here so the agent tests keep importing them from this module.
@@ -12,11 +12,15 @@ import json
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from helpers import REPO, Agent, wait_until  # noqa: F401 - re-exported
 
 from worker_agent.cli import main as cli_main
+from worker_agent.client import AgentClient
+from worker_agent.protocol import RpcError
 
 SEED_MESSAGE = (
     "No cached parameters found for stacked-proof-of-replication-merkletree-poseidon_hasher-"
@@ -187,3 +191,85 @@ class FakeClock:
             raise AssertionError("the thread would block forever")
         self.advance(timeout)
         return predicate()
+
+
+class Tricklers:
+    """`count` connections each sending one byte of a request every `every` seconds.
+
+    A connection the server closes is opened again at its next turn, as an
+    attacker would. Turns are spread evenly over `every`.
+    """
+
+    REQUEST = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"[" * 100000
+
+    def __init__(self, path: Path, count: int, every: float):
+        self.path, self.count, self.every = path, count, every
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Tricklers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _connect(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(self.path))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def _run(self) -> None:
+        socks: list[socket.socket | None] = [None] * self.count
+        sent = [0] * self.count
+        start = time.monotonic()
+        turn = 0
+        try:
+            while not self._stop.is_set():
+                index = turn % self.count
+                due = start + turn * self.every / self.count
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    break
+                turn += 1
+                sock = socks[index]
+                try:
+                    if sock is None:
+                        raise ConnectionError("not connected")
+                    sock.send(self.REQUEST[sent[index] : sent[index] + 1])
+                    sent[index] += 1
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                        self.reconnects += 1
+                    socks[index], sent[index] = self._connect(), 0
+        finally:
+            for sock in socks:
+                if sock is not None:
+                    sock.close()
+
+
+def worker_list_latencies(path: Path, seconds: float, every: float) -> list[float | None]:
+    """WorkerList on a new connection every `every` s for `seconds` s.
+
+    Each call's latency in seconds, or None for a call that failed (refused,
+    dropped, or no answer within 5 s).
+    """
+    latencies: list[float | None] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.monotonic()
+        try:
+            with AgentClient(path, timeout=5) as client:
+                client.call("VenusWorker.WorkerList")
+            latencies.append(time.monotonic() - started)
+        except (OSError, RpcError):
+            latencies.append(None)
+        time.sleep(every)
+    return latencies

@@ -111,8 +111,13 @@ class Agent:
         self.proc: subprocess.Popen | None = None
         self.log = self.folder / "daemon.log"
 
-    def start(self, wait: bool = True) -> Agent:
+    def start(self, wait: bool = True, env: dict[str, str | None] | None = None) -> Agent:
+        """Start the daemon; `env` adds to (or, with None values, removes from) its environment."""
+        extra = env or {}
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.update({k: v for k, v in extra.items() if v is not None})
+        for name in [k for k, v in extra.items() if v is None]:
+            env.pop(name, None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker_agent", "daemon", "-c", str(self.config)],

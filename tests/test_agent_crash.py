@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import Agent, short_tmp, write_config
+from agent_soak import MOCK_FAULTS, soak
 
 from worker_agent.states import State, plan_named
 from worker_agent.store import ThreadRecord
@@ -26,28 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 KILLS = int(os.environ.get("AGENT_CRASH_KILLS", "50"))
 PLANS = ["sealer", "sealer", "snapup", "rebuild"]
-FAULTS = """
-[[processors.mock.faults]]
-stage = "PC2"
-level = "temporary"
-message = "gpu busy"
-probability = 0.3
-[[processors.mock.faults]]
-stage = "C1"
-level = "abort"
-message = "ticket expired"
-probability = 0.15
-[[processors.mock.faults]]
-stage = "WaitSeed"
-level = "permanent"
-message = "seed never came"
-probability = 0.05
-[[processors.mock.faults]]
-stage = "SnapProve"
-level = "permanent"
-message = "bad proof"
-probability = 0.1
-"""
+FAULTS = MOCK_FAULTS  # temporary, abort and permanent faults
 
 
 @dataclass
@@ -156,3 +136,17 @@ def test_sigkill_many_times_never_tears_or_rewinds_state():
         # The test is only worth something if the threads really moved and paused.
         assert sectors_seen >= 2 * len(PLANS), f"only {sectors_seen} new sectors seen"
         assert pauses_checked >= 5, f"only {pauses_checked} paused threads checked"
+
+
+def test_a_short_crash_soak_of_both_processors_finds_nothing():
+    # bench/crash_soak.py runs this with 200+ kills (BENCHMARKS.md); the same checks here.
+    with short_tmp() as folder:
+        figures = soak(folder, kills=int(os.environ.get("AGENT_SOAK_KILLS", "16")), threads=3,
+                       rng=random.Random(12))  # fmt: skip
+    assert figures.problems == []
+    assert figures.torn == 0 and figures.duplicated == [] and figures.duplicate_stage_runs == 0
+    assert figures.pauses_lost == figures.resumes_lost == 0
+    assert figures.leaders_alive_after_kill == 0
+    # worth something only if the daemons really sealed, paused and left helpers to kill
+    assert len(figures.issued) >= 10 and figures.helpers_left_by_kills > 0
+    assert figures.pauses_acked + figures.resumes_acked > 0

@@ -99,8 +99,9 @@ def test_list_json_is_worker_info(agent):
     first = infos[0]
     assert set(first) == {
         "index", "location", "plan", "job_id", "job_state", "job_stage", "thread_state",
-        "state_elapsed", "last_error", "pause_requested",
+        "state_elapsed", "last_error", "pause_requested", "auto_resumes",
     }  # fmt: skip
+    assert first["auto_resumes"] == 0  # no [[sealing.auto_resume]] rule in this config
     assert (first["plan"], first["job_state"], first["job_stage"]) == ("sealer", "C1Done", "C2")
     assert first["thread_state"]["state"] == "Paused" and first["thread_state"]["proc"] is None
     assert isinstance(first["thread_state"]["elapsed"], int)
@@ -664,25 +665,32 @@ def test_socket_group_opens_the_socket_to_that_group_only():
         assert not (folder / "agent.sock").exists()
 
 
-def test_an_unreadable_record_stops_the_start_naming_the_file():
+def test_an_unreadable_record_pauses_its_thread_naming_the_file():
+    # Issue 12: a bad record is its own thread's problem (it stopped the whole start before).
     with short_tmp() as folder:
         config = write_config(folder, threads=2)
+        (folder / "state").mkdir()
+        (folder / "state/sector-counter.json").write_text('{"schema": 1, "last": {"10000": 5}}')
         (folder / "store1/meta").mkdir(parents=True)
         (folder / "store1/meta/task.json").write_text('{"schema": 1, "paused": tru')
-        refused = Agent(config).start(wait=False)
-        assert refused.proc.wait(20) == 1
-        assert f"{folder}/store1/meta/task.json: not valid JSON" in refused.log_text()
-        assert not (folder / "agent.sock").exists()
+        with running_agent(config) as agent:
+            infos = agent.wait_for(lambda i: i[0]["job_id"] is not None, what="thread 0 runs")
+            assert infos[1]["thread_state"]["state"] == "Paused"
+            assert infos[1]["last_error"].startswith(
+                f"critical: {folder}/store1/meta/task.json: not valid JSON"
+            )
 
 
-def test_a_location_that_cannot_be_created_is_one_line_exit_1():
+def test_a_location_that_cannot_be_created_pauses_its_thread_with_one_line():
+    # Issue 12: the other threads run (this stopped the start with exit 1 before).
     with short_tmp() as folder:
         (folder / "file").write_text("not a folder")
-        config = write_config(folder, threads=1)
+        config = write_config(folder, threads=2)
         config.write_text(config.read_text().replace('"store0"', f'"{folder}/file/store0"'))
-        refused = Agent(config).start(wait=False)  # a process: the daemon installs signal handlers
-        assert refused.proc.wait(20) == 1
-        assert refused.log_text() == (
-            f"venus-worker: cannot start: {folder}/file/store0/meta: Not a directory\n"
-        )
-        assert not (folder / "agent.sock").exists()
+        with running_agent(config) as agent:
+            infos = agent.wait_for(lambda i: i[1]["job_id"] is not None, what="thread 1 runs")
+            assert infos[0]["last_error"] == (
+                f"critical: cannot create store {folder}/file/store0: "
+                f"{folder}/file/store0/meta: Not a directory"
+            )
+            assert infos[0]["thread_state"]["state"] == "Paused"

@@ -68,6 +68,8 @@ def test_command_gets_argv_without_shell_and_the_venus_environment(tmp_path):
     seen = json.loads((tmp_path / "seen.json").read_text())
     assert seen["argv"] == ["arg; rm -rf /"]  # one argument, never interpreted by a shell
     assert seen["cwd"] == str(tmp_path)
+    token = seen["env"].pop("VENUS_STAGE_TOKEN")  # marks this run's processes (issue 12)
+    assert len(token) == 32 and int(token, 16) >= 0
     assert seen["env"] == {
         "VENUS_SECTOR_ID": "s-t010000-7",
         "VENUS_SECTOR_NUMBER": "7",

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from worker_agent import store as store_module
 from worker_agent.cli import format_list_line, humantime, rust_debug
 from worker_agent.protocol import RawJSON, RpcError, handle_body, parse_reply
 from worker_agent.store import SCHEMA, StoreError, TaskStore, ThreadRecord, write_json_atomic
@@ -131,3 +132,57 @@ def test_pre_encoded_results_are_spliced_into_the_reply():
         {"jsonrpc": "2.0", "id": 1, "result": [{"a": 1}, "x"]},
         {"jsonrpc": "2.0", "id": 2, "result": []},
     ]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"paused": "false"}, 'field paused: expected true or false, got a string ("false")'),
+        ({"paused_at": "yesterday"}, "field paused_at: expected a number or null, got a string"),
+        ({"pause_requested": 1}, "field pause_requested: expected true or false, got an integer"),
+        ({"last_error": 7}, "field last_error: expected a string or null, got an integer (7)"),
+        ({"last_numbers": {"10000": -1}}, "field last_numbers: expected an object of non-neg"),
+        ({"task": {"plan": "sealer", "state": "PC9", "miner": 1, "entered_at": 1.0}},
+         'field task.state: expected a state name, got a string ("PC9")'),
+        ({"task": {"plan": "snapup", "state": "PC1Done", "miner": 1, "entered_at": 1.0}},
+         'field task.state: expected a state of plan snapup, got a string ("PC1Done")'),
+        ({"task": {"plan": "sealer", "state": "Empty", "miner": True, "entered_at": 1.0}},
+         "field task.miner: expected an integer of at least 1, got a boolean (true)"),
+        ({"task": {"plan": "sealer", "state": "Empty", "miner": 1}},
+         "field task.entered_at: missing"),
+        ({"stage_process": {"pgid": "12"}}, "field stage_process.pgid: expected an integer"),
+    ],
+)  # fmt: skip
+def test_every_record_field_is_type_checked_and_named(tmp_path, change, problem):
+    store = TaskStore(tmp_path / "loc")
+    store.prepare()
+    record = {"schema": SCHEMA, "paused": False, "paused_at": None, "last_error": None,
+              "task": None}  # fmt: skip
+    store.path.write_text(json.dumps({**record, **change}))
+    with pytest.raises(StoreError) as error:
+        store.load()
+    assert str(error.value).startswith(f"{store.path}: {problem}")
+
+
+def test_an_atomic_write_never_opens_a_file_planted_under_its_temp_name(tmp_path, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    names = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(store_module.secrets, "token_hex", lambda n: next(names))
+    (tmp_path / f"x.json.tmp-{os.getpid()}-aaaa").symlink_to(victim)  # guessed and planted
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert victim.read_text() == "keep me"
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_json_nested_up_to_32_levels_is_read_and_deeper_is_refused():
+    at_limit = "[" * 30 + '{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": []}' + "]" * 30
+    reply = call(at_limit.encode())  # 30 arrays, the request object, its params: 32 levels
+    not_an_object = {"code": -32600, "message": "invalid request: not an object"}
+    assert reply == [{"jsonrpc": "2.0", "id": None, "error": not_an_object}]
+    for body in ("[" * 33 + "]" * 33, "[" * 100_000):
+        reply = call(body.encode())
+        assert reply["error"] == {
+            "code": -32700,
+            "message": "parse error: JSON nested deeper than 32 levels",
+        }

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 from pathlib import Path
 
 import pytest
 from agent_helpers import FakeClock
 
-from worker_agent.config import SealingConfig, ThreadConfig
+from worker_agent.config import AutoResume, SealingConfig, ThreadConfig
 from worker_agent.processors import Done, Failed, Interrupted
 from worker_agent.states import Event, Level, State
 from worker_agent.store import SectorCounter, TaskStore
@@ -17,6 +19,7 @@ from worker_agent.thread import (
     InvalidState,
     NoTask,
     NotPaused,
+    RecordNotSaved,
     SealingThread,
     change_state,
 )
@@ -54,10 +57,9 @@ def world(tmp_path):
     counter = SectorCounter(tmp_path / "state")
     (tmp_path / "state").mkdir()
 
-    def make(plan="sealer", max_retries=2, recover=60.0, seal=30.0):
-        config = ThreadConfig(
-            0, tmp_path / "store", plan, SealingConfig(10000, max_retries, recover, seal)
-        )
+    def make(plan="sealer", max_retries=2, recover=60.0, seal=30.0, auto_resume=()):
+        sealing = SealingConfig(10000, max_retries, recover, seal, tuple(auto_resume))
+        config = ThreadConfig(0, tmp_path / "store", plan, sealing)
         store = TaskStore(config.location)
         store.prepare()
         return SealingThread(config, store, counter, processor, clock)
@@ -414,6 +416,116 @@ def test_info_json_is_cached_until_something_in_it_changes(world):
     assert second is not first and json.loads(second)["state_elapsed"] == 1
     thread.step()
     assert json.loads(thread.info_json())["job_state"] == "DealsAcquired"
+
+
+# ---------------------------------------------------------------- issue 12: disk errors
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_change_the_disk_refuses_does_not_happen(world):
+    _, processor, _, make = world
+    thread = make()
+    processor.fail("C2", Failed(Level.PERMANENT, "boom"))
+    step_until(thread, lambda t: t.record.paused)
+    shown = thread.info()
+    thread.store.save = _full_disk
+    with pytest.raises(RecordNotSaved, match="task.json: No space left on device"):
+        thread.resume("C2Done")
+    assert thread.info() == shown and thread.record.paused
+    assert thread.record.task.state is State.C1Done
+    other = make()  # a fresh start reads what the disk has: the same
+    assert other.info()["last_error"] == shown["last_error"]
+
+
+def test_a_pause_the_disk_refuses_is_not_taken_either(world):
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    save = thread.store.save
+    thread.store.save = _full_disk
+    with pytest.raises(RecordNotSaved):
+        thread.request_pause()
+    thread.store.save = save
+    thread.step()
+    thread.step()
+    assert not thread.record.paused and state_of(thread) == "PC2Done"
+
+
+def test_the_threads_own_write_is_retried_until_the_disk_takes_it(world):
+    clock, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    save, calls, seen = thread.store.save, [], []
+
+    def flaky(data):
+        calls.append(data)
+        if len(calls) <= 2:
+            seen.append(thread.info())
+            raise OSError(errno.EIO, "Input/output error")
+        save(data)
+
+    thread.store.save = flaky
+    clock.waits.clear()
+    thread.step()  # PC1 done; its result is saved on the third try
+    assert clock.waits == [5.0, 5.0] and len(calls) == 3
+    assert seen[1]["thread_state"]["state"] == "Waiting"
+    assert seen[1]["job_state"] == "TicketAssigned"  # still what the disk had
+    assert seen[1]["last_error"] == (
+        f"critical: cannot save {thread.store.path}: Input/output error (retrying every 5s)"
+    )
+    assert state_of(thread) == "PC1Done" and thread.info()["last_error"] is None
+
+
+# ---------------------------------------------------------------- issue 12: auto-resume
+
+
+def _rule(match: str, after: float, limit: int) -> AutoResume:
+    return AutoResume(match, re.compile(match), after, limit)
+
+
+def test_a_matching_error_pause_resumes_after_the_delay_at_most_max_times(world):
+    clock, processor, _, make = world
+    thread = make(auto_resume=[_rule("gpu", 600.0, 2)])
+    processor.fail("C2", *[Failed(Level.PERMANENT, "gpu busy")] * 3)
+    step_until(thread, lambda t: t.record.paused)
+    assert thread.record.auto_resume_at == clock.now() + 600
+    clock.advance(599)
+    thread.step()
+    assert thread.record.paused  # not yet
+    clock.advance(1)
+    thread.step()
+    assert not thread.record.paused and thread.info()["auto_resumes"] == 1
+    thread.step()  # C2 fails again
+    assert thread.record.paused and thread.record.auto_resume_at is not None
+    restarted = make(auto_resume=[_rule("gpu", 600.0, 2)])  # the count and the time persist
+    clock.advance(600)
+    restarted.step()
+    assert not restarted.record.paused and restarted.info()["auto_resumes"] == 2
+    restarted.step()  # third failure: max reached
+    assert restarted.record.paused and restarted.record.auto_resume_at is None
+    assert restarted.store.load().task.auto_resumes == {"gpu": 2}
+
+
+def test_an_operators_pause_is_never_auto_resumed(world):
+    clock, processor, _, make = world
+    thread = make(auto_resume=[_rule(".", 60.0, 5)])
+    step_until(thread, lambda t: state_of(t) == "C1Done")
+    processor.hooks["C2"] = lambda ctx: thread.request_pause()  # asked while C2 runs ...
+    processor.fail("C2", Failed(Level.PERMANENT, "gpu busy"))  # ... which then fails
+    thread.step()
+    assert thread.record.paused and thread.record.auto_resume_at is None
+    thread.resume()
+    processor.fail("C2", Failed(Level.PERMANENT, "gpu busy"))
+    thread.step()
+    assert thread.record.auto_resume_at is not None
+    thread.request_pause()  # pausing an error-paused thread makes it the operator's pause
+    assert thread.record.paused and thread.record.auto_resume_at is None
+    clock.advance(3600)
+    thread.step()
+    assert thread.record.paused and thread.info()["auto_resumes"] == 0
 
 
 # -- cancel a queued pause (issue 10: WorkerCancelPause) ----------------------------------------

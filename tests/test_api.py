@@ -29,6 +29,7 @@ INFO = {
     "state_elapsed": 42,
     "last_error": "permanent: No cached parameters found",
     "pause_requested": False,
+    "auto_resumes": 0,
 }
 REPORT = {
     "schema": 1,
@@ -105,9 +106,10 @@ def test_worker_info_is_strict_on_types_and_required_keys(change, message):
 
 
 def test_an_older_agent_without_optional_keys_still_parses_and_unknown_keys_are_ignored():
-    older = {key: value for key, value in INFO.items() if key != "pause_requested"}
+    older = {k: v for k, v in INFO.items() if k not in ("pause_requested", "auto_resumes")}
     assert api.WorkerInfo.from_json(older).pause_requested is False
-    newer = {**INFO, "auto_resumes": 3, "thread_state": {**INFO["thread_state"], "cpu": 9}}
+    assert api.WorkerInfo.from_json(older).auto_resumes == 0
+    newer = {**INFO, "sector_history": 3, "thread_state": {**INFO["thread_state"], "cpu": 9}}
     assert api.WorkerInfo.from_json(newer).to_json() == INFO
 
 
@@ -156,6 +158,7 @@ def test_codes_and_names_are_the_contracts_values():
         -32602,
         -32603,
         1001,
+        1002,
         -32099,
         -32098,
         -32097,  # issue 10: the socket is there, this user cannot talk to it

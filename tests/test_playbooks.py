@@ -867,6 +867,30 @@ def test_production_unit_with_metrics_writes_where_debians_node_exporter_reads(
     assert render_config(site, tmp_path, {}).metrics_textfile is None  # off by default
 
 
+def test_command_stages_inherit_what_the_unit_sets_for_them(site, deployed, tmp_path):
+    """Stages start with a minimal environment (issue 12): the rendered config names the
+    unit's Environment= variables in inherit_env, so PC1 still finds the proof caches."""
+    processors = {
+        "kind": "command",
+        "command": {"default": ["/usr/local/bin/seal-stage"], "inherit_env": ["RUST_LOG"]},
+    }
+    overrides = {
+        "venus_worker_processors": processors,
+        "venus_worker_service_environment": {"BELLMAN_CUSTOM_GPU": "GeForce RTX 3090:10496"},
+    }
+    config = render_config(site, tmp_path, overrides)
+    assert config.command.default.inherit_env == (
+        "RUST_LOG",
+        "FIL_PROOFS_PARAMETER_CACHE",
+        "FIL_PROOFS_PARENT_CACHE",
+        "BELLMAN_CUSTOM_GPU",
+    )
+    unit = unit_environment(render_unit(site, tmp_path, overrides)[1]["Environment"])
+    assert set(config.command.default.inherit_env) - {"RUST_LOG"} == set(unit)
+    # The mock processor has no environment to pass on, and gets no command table.
+    assert render_config(site, tmp_path, {}).command.default is None
+
+
 def test_gpu_unit_allows_the_listed_devices_and_the_network(site, deployed, tmp_path):
     unit, directives = render_unit(
         site,

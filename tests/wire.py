@@ -33,6 +33,7 @@ WORKER_INFO = {
     "state_elapsed": "int|null",
     "last_error": "str|null",
     "pause_requested": "bool",
+    "auto_resumes": "int",
 }
 SUMMARY = dict.fromkeys(("Threads", "Empty", "Paused", "Running", "Waiting", "Errors"), "int")
 # report.json as the daemon writes it; readers (WorkerReport, the CLI) add "age".

@@ -92,6 +92,7 @@ class RpcCode(enum.IntEnum):
     INVALID_PARAMS = -32602  # wrong count or type, worker #N not found, a state not of the plan
     INTERNAL_ERROR = -32603  # the handler failed; the daemon keeps running
     NOT_PAUSED = 1001  # resume of a thread that is not paused
+    CHANGE_NOT_SAVED = 1002  # the record write failed (or the store is unusable): nothing changed
     AGENT_NOT_RUNNING = -32099  # client side only: nothing answers on the socket
     CONFIG_ERROR = -32098  # CLI only: a usage or configuration error (exit 2)
     # client side only: the socket is there but this user cannot talk to it (permission
@@ -296,6 +297,9 @@ class WorkerInfo(_Wire):
     # A pause asked for while a stage runs: taken at the stage's end, kept over a restart.
     # Optional: agents before it, and damocles-workers, do not send it.
     pause_requested: bool = False
+    # How often [[sealing.auto_resume]] rules resumed the current task (0 without a task).
+    # Optional: agents before it, and damocles-workers, do not send it.
+    auto_resumes: int = 0
 
     @property
     def paused(self) -> bool:

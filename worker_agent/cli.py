@@ -7,6 +7,7 @@
     venus-worker worker [-c CONFIG | --socket PATH] cancel-pause --index N [--json]
     venus-worker worker [-c CONFIG | --state-dir DIR] report [--json]
     venus-worker worker [-c CONFIG] status [--json]
+    venus-worker set-counter -c CONFIG [--miner M] --last N [--json]
 
 The config may also come from $VENUS_WORKER_CONFIG. With --json, stdout is
 exactly one JSON document (docs/protocol.md).
@@ -245,6 +246,33 @@ def cmd_daemon(args, out: Output) -> int:
         return ExitStatus.REFUSED
 
 
+def cmd_set_counter(args, out: Output) -> int:
+    from worker_agent.daemon import DaemonError, set_counter  # the daemon's files and locks
+
+    config = load_config(args.config)
+    miner = args.miner
+    if miner is None:
+        miners = sorted({thread.sealing.miner for thread in config.threads})
+        if len(miners) > 1:
+            raise ConfigError(f"the threads seal for several miners ({miners}): give --miner")
+        miner = miners[0]
+    if args.last < 0:
+        raise ConfigError("--last must be 0 or more")
+    try:
+        value, witnessed = set_counter(config, miner, args.last)
+    except DaemonError as exc:
+        out.error(RpcCode.INTERNAL_ERROR, f"cannot set the counter: {exc}")
+        return ExitStatus.REFUSED
+    text = f"sector counter of miner {miner}: {value} (the next sector is s-t0{miner}-{value + 1})"
+    if value > args.last:
+        text += (
+            f"; not {args.last}: the counter never goes below a number already handed out "
+            f"(the stores' records show numbers up to {witnessed})"
+        )
+    out.result({"miner": miner, "last": value}, text)
+    return ExitStatus.OK
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -277,6 +305,13 @@ to find its socket and state folder, or name them directly with --socket /
 --state-dir. With --json, stdout is exactly one JSON document, also for errors
 ({"error": {"code": ..., "message": ...}})."""
 
+SET_COUNTER_HELP = """\
+Set the sector counter (<state_dir>/sector-counter.json) of a stopped
+daemon: the last sector number handed out, so the next sector is N+1. The
+daemon refuses to start when the counter file is lost and the stores'
+records cannot say which numbers were used; this is how to tell it. The
+counter never goes down: a number the records show as used wins over N."""
+
 RESUME_HELP = """\
 Resume a paused thread (a thread that is not paused is an error, code 1001).
 With --state, the task moves to that state first, bypassing the transition
@@ -307,6 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     daemon.add_argument("-c", "--config", required=True, help="TOML config file")
     daemon.set_defaults(func=cmd_daemon, json=False)
+
+    set_counter = commands.add_parser(
+        "set-counter",
+        help="set the sector counter of a stopped daemon",
+        description=SET_COUNTER_HELP,
+        epilog="exit codes: 0 set, 1 a daemon is running, 2 usage or config error",
+        formatter_class=raw,
+    )
+    set_counter.add_argument("-c", "--config", required=True, help="the daemon's config file")
+    set_counter.add_argument("--miner", type=int, help="the miner (default: the threads' one)")
+    set_counter.add_argument(
+        "--last", type=int, required=True, help="the last sector number already used"
+    )
+    _add_json(set_counter)
+    set_counter.set_defaults(func=cmd_set_counter)
 
     worker = commands.add_parser(
         "worker",

@@ -14,14 +14,19 @@ Layout (all keys optional except ``location``)::
     socket_group = "venus"             # socket mode 0660 for that group (default 0600)
     state_dir = "/var/lib/venus-worker"
     ping_interval = "30s"
-    request_timeout = "10s"            # close a control connection idle/stalled this long
+    request_timeout = "10s"            # a whole request (headers + body) within this, idle too
     metrics_textfile = "/var/lib/prometheus/node-exporter/venus-worker.prom"  # default: off
+    strict_modes = true                # refuse folders others can write in (like sshd)
 
     [sealing]                          # defaults for every thread
     miner = 10000                      # sectors are named s-t0<miner>-<number>
     max_retries = 5
     recover_interval = "60s"
     seal_interval = "30s"
+    [[sealing.auto_resume]]            # resume error pauses by themselves (never a manual pause)
+    match = "gpu busy|CUDA"            # regular expression, searched in last_error
+    after = "10m"                      # how long the thread stays paused first (default 1m)
+    max = 3                            # auto-resumes per task and rule
 
     [[sealing_thread]]
     location = "/srv/store1"
@@ -47,14 +52,17 @@ Layout (all keys optional except ``location``)::
     [processors.command]
     timeout = "2h"                     # default per-stage timeout (default: none)
     default = ["/usr/local/bin/seal-stage"]   # run for stages not listed below
+    env = { FIL_PROOFS_USE_MULTICORE_SDR = "1" }   # added to every stage's environment
+    inherit_env = ["RUST_LOG", "FIL_PROOFS_*"]     # the daemon's variables passed on
     [processors.command.stages]
-    PC1 = { argv = ["/usr/local/bin/pc1"], timeout = "4h" }
+    PC1 = { argv = ["/usr/local/bin/pc1"], timeout = "4h", env = { CUDA_VISIBLE_DEVICES = "0" } }
     C2 = ["/usr/local/bin/c2"]
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +73,7 @@ from worker_agent.api import parse_duration  # the one grammar; a bare number is
 from worker_agent.states import PLANS, Level
 
 __all__ = [
+    "AutoResume",
     "CommandStage",
     "Config",
     "ConfigError",
@@ -90,11 +99,22 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class AutoResume:
+    """One [[sealing.auto_resume]] rule: resume an error pause whose text matches."""
+
+    match: str
+    pattern: re.Pattern
+    after: float
+    max: int
+
+
+@dataclass(frozen=True)
 class SealingConfig:
     miner: int = 10000
     max_retries: int = 5
     recover_interval: float = 60.0
     seal_interval: float = 30.0
+    auto_resume: tuple[AutoResume, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,8 @@ class MockConfig:
 class CommandStage:
     argv: tuple[str, ...]
     timeout: float | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the section's, then the stage's
+    inherit_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,7 @@ class Config:
     mock: MockConfig
     command: CommandConfig
     metrics_textfile: Path | None = None  # node_exporter textfile (metrics.py); None: off
+    strict_modes: bool = True
 
 
 # ---------------------------------------------------------------- reading
@@ -263,9 +286,36 @@ def _sealing(section: _Table, base: SealingConfig) -> SealingConfig:
         max_retries=section.integer("max_retries", base.max_retries),
         recover_interval=section.duration("recover_interval", base.recover_interval),
         seal_interval=section.duration("seal_interval", base.seal_interval),
+        auto_resume=_auto_resume(section, base.auto_resume),
     )
     section.finish()
     return config
+
+
+def _auto_resume(section: _Table, base: tuple[AutoResume, ...]) -> tuple[AutoResume, ...]:
+    """[[sealing.auto_resume]] (a thread's own list replaces the [sealing] one)."""
+    if not section.has("auto_resume"):
+        return base
+    entries = section.raw("auto_resume")
+    if not isinstance(entries, list):
+        raise section.error("auto_resume", "expected an array of tables ([[sealing.auto_resume]])")
+    rules = []
+    for index, entry in enumerate(entries):
+        rule = _Table(section.file, f"{section.prefix}.auto_resume[{index}]", entry)
+        match = rule.string("match")
+        if not match:
+            raise rule.error("match", "missing (a regular expression searched in last_error)")
+        try:
+            pattern = re.compile(match)
+        except re.error as exc:
+            raise rule.error("match", f"bad regular expression: {exc}") from None
+        after = rule.duration("after", 60.0)
+        if not rule.has("max"):
+            raise rule.error("max", "missing (how many auto-resumes per task)")
+        limit = rule.integer("max", 0, minimum=1)
+        rule.finish()
+        rules.append(AutoResume(match, pattern, after, limit))
+    return tuple(rules)
 
 
 def _threads(root: _Table, folder: Path, sealing: SealingConfig) -> tuple[ThreadConfig, ...]:
@@ -355,28 +405,64 @@ def _fault(section: _Table, thread_count: int) -> Fault:
     return Fault(stage, level, message, float(probability), times, threads)
 
 
-def _command_stage(section: _Table, key: str, default_timeout: float | None) -> CommandStage:
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?\[\]!]+$")
+
+
+def _env(section: _Table, base: dict[str, str]) -> dict[str, str]:
+    """An `env` table of variable names to strings, over `base`; VENUS_* are the agent's."""
+    table = section.table("env")
+    env = dict(base)
+    for name in table.names():
+        if not _ENV_NAME.match(name):
+            raise table.error(name, "not an environment variable name")
+        if name.startswith("VENUS_"):
+            raise table.error(name, "VENUS_* variables are set by the agent")
+        env[name] = table.string(name)
+    return env
+
+
+def _inherit_env(section: _Table, base: tuple[str, ...]) -> tuple[str, ...]:
+    names = section.raw("inherit_env", [])
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and _ENV_PATTERN.match(n) for n in names
+    ):
+        raise section.error(
+            "inherit_env", 'expected an array of variable names or globs (e.g. "FIL_PROOFS_*")'
+        )
+    return base + tuple(n for n in names if n not in base)
+
+
+def _command_stage(section: _Table, key: str, defaults: CommandStage) -> CommandStage:
     value = section.raw(key)
+    env, inherit = defaults.env, defaults.inherit_env
     if isinstance(value, dict):
         entry = _Table(section.file, f"{section.prefix}.{key}", value)
         argv = entry.raw("argv")
-        timeout = entry.duration("timeout", default_timeout)
+        timeout = entry.duration("timeout", defaults.timeout)
+        env, inherit = _env(entry, env), _inherit_env(entry, inherit)
         entry.finish()
         where, name = entry, "argv"
     else:
-        argv, timeout, where, name = value, default_timeout, section, key
+        argv, timeout, where, name = value, defaults.timeout, section, key
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
         raise where.error(name, "expected a non-empty array of strings (argv, no shell)")
-    return CommandStage(tuple(argv), timeout)
+    return CommandStage(tuple(argv), timeout, env, inherit)
 
 
 def _command(section: _Table) -> CommandConfig:
-    timeout = section.duration("timeout", None)
-    default = _command_stage(section, "default", timeout) if section.has("default") else None
+    # What every stage gets unless it says otherwise (argv is a placeholder here).
+    defaults = CommandStage(
+        argv=("-",),
+        timeout=section.duration("timeout", None),
+        env=_env(section, {}),
+        inherit_env=_inherit_env(section, ()),
+    )
+    default = _command_stage(section, "default", defaults) if section.has("default") else None
     stages_table = section.table("stages")
     stages = {}
     for key in stages_table.names():
-        stages[_stage_key(stages_table, key)] = _command_stage(stages_table, key, timeout)
+        stages[_stage_key(stages_table, key)] = _command_stage(stages_table, key, defaults)
     section.finish()
     return CommandConfig(stages, default)
 
@@ -428,6 +514,11 @@ def load_config(path: str | os.PathLike) -> Config:
     if request_timeout <= 0:
         raise worker.error("request_timeout", "must be greater than zero")
     metrics_textfile = _metrics_textfile(worker, folder)
+    strict_modes = worker.raw("strict_modes", True)
+    if not isinstance(strict_modes, bool):
+        raise worker.error(
+            "strict_modes", f"expected true or false, got {_type_name(strict_modes)}"
+        )
     worker.finish()
     sealing = _sealing(root.table("sealing"), SealingConfig())
     threads = _threads(root, folder, sealing)
@@ -446,4 +537,5 @@ def load_config(path: str | os.PathLike) -> Config:
         mock=mock,
         command=command,
         metrics_textfile=metrics_textfile,
+        strict_modes=strict_modes,
     )

@@ -1,20 +1,33 @@
 """The daemon: sealing threads + control server + heartbeat reporter.
 
-Start order matters: the state folder is locked (one daemon per state_dir),
-every record is loaded (a bad one stops the start with its file named), the
-sector counter is raised above every number found in the records, the
-socket is bound, the first heartbeat is written (counting the loaded records),
-and only then do the threads start. Stop (SIGTERM/SIGINT): stop accepting, let every thread reach
-a boundary (its state is already saved), write a last heartbeat, remove the
-socket. Signal handlers only set an event; the main thread does the work.
+Start order matters: the state folder is checked (no folder another user
+can write in, like sshd's StrictModes) and locked (one daemon per
+state_dir); every store is checked, created and locked (one daemon per
+store: a second daemon with another state_dir is refused, naming the store
+and the pid holding it); every record is loaded (a bad one pauses only its
+thread, naming the file and field); the sector counter is raised above every
+number the records witnessed, or rebuilt from them when the counter file is
+lost (the start is refused when no record can say which numbers were used);
+the socket is bound, the first heartbeat is written (counting the loaded
+records), the threads start, and the service manager is told ``READY=1``.
+
+Signals arrive on a pipe (``signal.set_wakeup_fd``) that the main thread
+reads; the handlers themselves do nothing. SIGTERM/SIGINT stop: stop
+accepting, let every thread reach a boundary (its state is already saved)
+for up to STOP_TIMEOUT seconds, kill the stage commands still running, write
+a last heartbeat, remove the socket. A second SIGTERM/SIGINT during that wait
+stops at once. SIGHUP never stops the daemon: it re-reads the config and
+logs whether it changed — nothing is reloaded in a running daemon (threads,
+stores and socket are bound at start); a restart applies a new config.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -23,14 +36,26 @@ from pathlib import Path
 
 from worker_agent import __version__
 from worker_agent.api import WorkerInfo, summarize
-from worker_agent.config import Config
+from worker_agent.config import Config, ConfigError, load_config
+from worker_agent.guard import InsecurePath, check_folder
 from worker_agent.metrics import MetricsError, WorkerMetrics
 from worker_agent.processors import make_processor
 from worker_agent.protocol import handle_body
 from worker_agent.server import ControlServer
 from worker_agent.service import WorkerService
-from worker_agent.store import SCHEMA, SectorCounter, TaskStore, write_json_atomic
-from worker_agent.thread import SealingThread
+from worker_agent.store import (
+    SCHEMA,
+    LockHeld,
+    SectorCounter,
+    StoreError,
+    TaskStore,
+    hold_lock,
+    merge_numbers,
+    witnessed_numbers,
+    write_json_atomic,
+)
+from worker_agent.systemd import JournalFormatter, notify, stderr_is_journal
+from worker_agent.thread import RecordNotSaved, SealingThread
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
 
@@ -41,12 +66,44 @@ STOP_TIMEOUT = 30.0
 CHANGE_CHECK = 1.0
 # The counts whose change rewrites the report early (Running/Waiting flicker on busy threads).
 STICKY_COUNTS = ("Threads", "Empty", "Paused", "Errors")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("venus_worker.daemon")
 
 
 class DaemonError(Exception):
     """The daemon cannot start; str() says why."""
+
+
+class Signals:
+    """Signals as numbers read from a pipe the C-level handler writes to (set_wakeup_fd).
+
+    Whichever thread the kernel delivers a signal to, the byte lands in the
+    pipe. The Python handler itself does nothing: it must take no lock, since
+    it runs on the main thread, which may hold that lock.
+    """
+
+    def __init__(self, signums=(*STOP_SIGNALS, signal.SIGHUP)):
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for signum in signums:
+            signal.signal(signum, _ignore_in_python)
+
+    def wait(self, timeout: float | None = None) -> list[int]:
+        """The signals received, waiting up to `timeout` for one (None: forever)."""
+        ready, _, _ = select.select([self._read], [], [], timeout)
+        if not ready:
+            return []
+        try:
+            return list(os.read(self._read, 64))
+        except BlockingIOError:
+            return []
+
+
+def _ignore_in_python(signum, frame) -> None:
+    """The byte in the wake-up pipe is the message; nothing else to do."""
 
 
 class Daemon:
@@ -59,6 +116,7 @@ class Daemon:
         self.metrics = WorkerMetrics(config) if config.metrics_textfile else None
         self._report: dict | None = None
         self._lock_fd: int | None = None
+        self._stores: list[TaskStore] = []
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
 
@@ -67,9 +125,10 @@ class Daemon:
     def start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._check_folder(config.state_dir, "state_dir")
         self._lock_state_dir()
         counter = SectorCounter(config.state_dir)
-        counter.load()
+        counter_found = counter.load()
         processor = self.processor = make_processor(config)
         if self.metrics is not None:
             try:
@@ -78,14 +137,15 @@ class Daemon:
                 raise DaemonError(str(exc)) from None
         for thread_config in config.threads:
             store = TaskStore(thread_config.location)
-            store.prepare()
-            thread = SealingThread(thread_config, store, counter, processor, observer=self.metrics)
-            task = thread.record.task
-            if task is not None and task.number is not None:
-                # Guards against a lost or restored-from-backup counter file.
-                counter.ensure_above(task.miner, task.number)
+            problem = self._open_store(store)
+            thread = SealingThread(
+                thread_config, store, counter, processor, observer=self.metrics, problem=problem
+            )
             self.threads.append(thread)
+        self._establish_counter(counter, counter_found)
         service = WorkerService(self.threads, lambda: self._report)
+        config.socket.parent.mkdir(parents=True, exist_ok=True)
+        self._check_folder(config.socket.parent, "the socket's folder")
         self.server = ControlServer(
             config.socket,
             lambda body: handle_body(body, service.methods),
@@ -103,26 +163,100 @@ class Daemon:
         reporter.start()
         self._workers.append(reporter)
         self.server.start()
-        log.info(
-            "venus-worker %s: %d sealing threads, control socket %s",
-            __version__,
-            len(self.threads),
-            config.socket,
-        )
+        status = f"{len(self.threads)} sealing threads, control socket {config.socket}"
+        log.info("venus-worker %s: %s", __version__, status)
+        notify(f"READY=1\nSTATUS={status}")
+
+    def _check_folder(self, folder: Path, what: str) -> None:
+        if not self.config.strict_modes:
+            return
+        try:
+            check_folder(folder, what)
+        except InsecurePath as exc:
+            raise DaemonError(f"{exc} (or set [worker] strict_modes = false)") from None
 
     def _lock_state_dir(self) -> None:
         path = self.config.state_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            self._lock_fd = hold_lock(path)
+        except LockHeld as exc:
             raise DaemonError(
-                f"another daemon is using state_dir {self.config.state_dir}"
+                f"another daemon is using state_dir {self.config.state_dir} ({exc})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DaemonError(f"{path} is a symlink: refusing to follow it") from None
+            raise
+
+    def _open_store(self, store: TaskStore) -> str | None:
+        """Create, check and lock a store; why it cannot be used (its thread pauses), or None."""
+        try:
+            store.prepare()
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return f"cannot create store {store.location}: {where}{exc.strerror or exc}"
+        self._check_folder(store.location, "store")
+        try:
+            store.lock()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{store.lock_path} is a symlink: refusing to follow it"
+            return f"cannot lock store {store.location}: {exc.strerror or exc}"
+        except LockHeld as exc:
+            raise DaemonError(
+                f"store {store.location} is used by another daemon ({exc}); "
+                "a store belongs to one daemon"
+            ) from None
+        self._stores.append(store)
+        return None
+
+    def _establish_counter(self, counter: SectorCounter, found: bool) -> None:
+        """Raise the counter above every number a record witnessed; rebuild it if it was lost.
+
+        Every record carries the counter's numbers as they were when it was
+        written (``last_numbers``), and the number of its task. Without the
+        counter file, the highest of those is where numbering continues —
+        unless some store's record cannot tell (unreadable, or written by an
+        agent before this witness existed): then starting anywhere could hand
+        a number out twice, and the start is refused.
+        """
+        marks: dict[str, int] = {}
+        blind = []
+        for thread in self.threads:
+            unknown = not thread.usable or thread.record.last_numbers is None
+            if unknown and thread.store.has_record():
+                blind.append(thread.store.path)
+            if thread.usable:
+                marks = merge_numbers(marks, witnessed_numbers(thread.record))
+        if not found and blind:
+            miner = self.config.threads[0].sealing.miner
+            raise DaemonError(
+                f"the sector counter {counter.path} is missing, and {blind[0]} does not say "
+                "which sector numbers this worker used, so numbering could restart at a "
+                "number already used. Set the counter to the last number used (from the "
+                "sector manager or the chain): venus-worker set-counter "
+                f"-c {self.config.path} --miner {miner} --last N"
+            )
+        for miner, number in marks.items():
+            counter.ensure_above(miner, number)
+        if not found:
+            if marks:
+                log.warning(
+                    "sector counter %s was missing: rebuilt from the stores' records (last "
+                    "numbers %s)",
+                    counter.path, ", ".join(f"miner {m}: {n}" for m, n in sorted(marks.items())),
+                )  # fmt: skip
+            else:
+                counter.save_now()
+                log.info(
+                    "a new worker (no sector counter, no store records): numbering starts at 1"
+                )
+        for thread in self.threads:  # records of an older agent learn the counter's numbers
+            if thread.usable and thread.record.last_numbers is None and thread.store.has_record():
+                try:
+                    thread.save_witness()
+                except RecordNotSaved as exc:
+                    log.warning("thread #%d: %s", thread.index, exc)
 
     # ------------------------------------------------------------ heartbeat
 
@@ -170,27 +304,46 @@ class Daemon:
 
     # ------------------------------------------------------------ stop
 
-    def stop(self) -> None:
+    def stop(self, signals: Signals | None = None) -> None:
+        """Stop everything; with `signals`, a second SIGTERM/SIGINT cuts the wait short."""
+        notify("STOPPING=1")
         self._stop.set()
         if self.server is not None:
             self.server.stop()
         for thread in self.threads:
             thread.request_stop()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for worker in self._workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-            if worker.is_alive():
-                log.warning("%s still busy at shutdown (a stage is running)", worker.name)
+        hurried = self._join_workers(signals)
         kill_running = getattr(self.processor, "kill_running", None)
         if kill_running is not None and (killed := kill_running()):
             log.warning("killed %d stage command(s) still running; they rerun at restart", killed)
-        with contextlib.suppress(OSError):
-            self.write_report()
+        if hurried:
+            for worker in self._workers:  # their commands are dead: they return at once
+                worker.join(1.0)
+        if self._report is not None:  # not for a start refused early: the folder may be another's
+            with contextlib.suppress(OSError):
+                self.write_report()
+        for store in self._stores:
+            store.unlock()
         if self.metrics is not None:
             self.metrics.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _join_workers(self, signals: Signals | None) -> bool:
+        """Wait up to STOP_TIMEOUT for every thread; True if a second signal said stop now."""
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for worker in self._workers:
+            while worker.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("%s still busy at shutdown (a stage is running)", worker.name)
+                    break
+                if signals is not None and any(s in STOP_SIGNALS for s in signals.wait(0)):
+                    log.warning("second stop signal: stopping now, killing running stages")
+                    return True
+                worker.join(min(0.1, left))
+        return False
 
 
 def _summary(threads: list[SealingThread]) -> dict:
@@ -203,30 +356,37 @@ def _sticky(summary: dict) -> tuple:
 
 
 def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():  # journald adds the time; the prefix carries the priority
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
-        level=os.environ.get("VENUS_WORKER_LOG", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=os.environ.get("VENUS_WORKER_LOG", "INFO").upper(), handlers=[handler], force=True
     )
+
+
+def _config_changed(config: Config) -> None:
+    """SIGHUP: say whether the config file differs from the running one (nothing reloads)."""
+    try:
+        on_disk = load_config(config.path)
+    except ConfigError as exc:
+        log.error("SIGHUP: the config file has an error (still running the old one): %s", exc)
+        return
+    if on_disk == config:
+        log.info("SIGHUP: %s is unchanged; nothing to do", config.path)
+    else:
+        log.warning(
+            "SIGHUP: %s changed; a running daemon does not reload it: restart the service "
+            "to apply it",
+            config.path,
+        )
 
 
 def run_daemon(config: Config) -> int:
     """Run in the foreground until SIGTERM or SIGINT; returns the exit status."""
     _setup_logging()
-    # The main thread sleeps in a read on a pipe that the C-level signal handler
-    # writes to (set_wakeup_fd), whichever thread the kernel delivers the signal
-    # to. The Python handler itself does nothing: it must take no lock, since it
-    # runs on the main thread, which may hold that lock (Event.set() from a
-    # handler that interrupted Event.wait() can deadlock).
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
-
-    def on_signal(signum, frame) -> None:
-        """The byte in the wake-up pipe is the message; nothing else to do."""
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = Signals()
     # WorkerList must not wait behind busy threads for the default 5 ms GIL slice.
     sys.setswitchinterval(0.001)
     daemon = Daemon(config)
@@ -235,11 +395,47 @@ def run_daemon(config: Config) -> int:
     except BaseException:
         daemon.stop()
         raise
-    os.read(wake_read, 1)  # until SIGTERM or SIGINT
+    while True:
+        received = signals.wait()
+        if any(signum in STOP_SIGNALS for signum in received):
+            break
+        if signal.SIGHUP in received:
+            _config_changed(config)
     log.info("stopping: letting every thread reach a stage boundary")
-    daemon.stop()
+    daemon.stop(signals)
     log.info("stopped")
     return 0
+
+
+def set_counter(config: Config, miner: int, last: int) -> tuple[int, int]:
+    """Set a stopped worker's counter to `last` or what the records witnessed, the higher.
+
+    Returns (the counter's value now, the highest number the records witnessed).
+    DaemonError while a daemon holds the state folder.
+    """
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = hold_lock(config.state_dir / LOCK_NAME)
+    except LockHeld as exc:
+        raise DaemonError(
+            f"a daemon is running on {config.state_dir} ({exc}); stop it first"
+        ) from None
+    try:
+        counter = SectorCounter(config.state_dir)
+        with contextlib.suppress(StoreError):  # an unusable counter is what this replaces
+            counter.load()
+        witnessed = 0
+        for thread in config.threads:
+            try:
+                record = TaskStore(thread.location).load()
+            except (StoreError, OSError):
+                continue
+            witnessed = max(witnessed, witnessed_numbers(record).get(str(miner), 0))
+        counter.ensure_above(miner, max(last, witnessed))
+        counter.save_now()
+        return counter.last(miner), witnessed
+    finally:
+        os.close(fd)
 
 
 def report_path(state_dir: Path) -> Path:

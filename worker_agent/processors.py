@@ -9,32 +9,37 @@ does not change). Processors never touch the task record.
   faults. Chain waits (WaitSeed ...) are interrupted at once by a pause;
   compute stages only by a daemon stop (the simulated work is then redone).
 - ``CommandProcessor`` runs the stage's argv without a shell, in the
-  location, with ``VENUS_*`` environment variables. Exit 0 is success (a last
-  stdout line naming an event of the state selects that branch, e.g.
-  ``ReSubmitPC``); otherwise the last stderr line's ``temporary:`` /
-  ``permanent:`` / ``abort:`` / ``critical:`` prefix gives the level (default
-  permanent). A stage with no command configured succeeds at once. The
-  command always runs to its end (or its timeout): killing a real sealing
-  tool mid-stage would waste hours of work. Only a daemon that exits with
-  commands still running kills them (``kill_running``): nobody would record
-  their result, and the stage reruns after the restart.
+  location, with a minimal environment (``stage_environment``: PATH, HOME,
+  LANG, the names listed in ``inherit_env``, the configured ``env``, the
+  ``VENUS_*`` variables). Exit 0 is success (a last stdout line naming an
+  event of the state selects that branch, e.g. ``ReSubmitPC``); otherwise the
+  last stderr line's ``temporary:`` / ``permanent:`` / ``abort:`` /
+  ``critical:`` prefix gives the level (default permanent). A stage with no
+  command configured succeeds at once. The command always runs to its end (or
+  its timeout): killing a real sealing tool mid-stage would waste hours of
+  work. Only a daemon that exits with commands still running kills them
+  (``kill_running``): nobody would record their result, and the stage reruns
+  after the restart. How the child is started, bounded and cleaned up is in
+  children.py; the processor hands the thread the process group it started
+  (``StageContext.started``) so the record can name it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import fnmatch
 import os
 import random
 import re
-import signal
-import subprocess
+import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker_agent.children import TOKEN_VARIABLE, StageRun, boot_id
 from worker_agent.config import CommandConfig, CommandStage, Config, MockConfig
 from worker_agent.states import WAIT_STAGES, Event, Level, Plan, State
+from worker_agent.store import StageProcess
 
 __all__ = [
     "CommandProcessor",
@@ -84,6 +89,9 @@ class StageContext:
     wait: Callable[[float], bool]
     # sleep(seconds) -> True if cut short by a stop request (pauses do not cut it)
     sleep: Callable[[float], bool]
+    # started(process): a command stage is about to start (pgid None), then runs (the
+    # thread saves both in the record)
+    started: Callable[[StageProcess], None] | None = None
 
 
 class MockProcessor:
@@ -112,7 +120,11 @@ class MockProcessor:
             return fault
         if not is_wait:
             # A visible trace of the "work", so tests can see abort/finish clear the data folder.
-            (ctx.data_dir / f"{ctx.sector_id}.{ctx.stage}").write_text(ctx.state.value + "\n")
+            trace = ctx.data_dir / f"{ctx.sector_id}.{ctx.stage}"
+            try:
+                trace.write_text(ctx.state.value + "\n")
+            except OSError as exc:  # a full store: what a real stage would report
+                return Failed(Level.TEMPORARY, f"cannot write {trace}: {exc.strerror or exc}")
         return Done()
 
     def _fault_for(self, ctx: StageContext) -> Failed | None:
@@ -151,8 +163,29 @@ def classify_failure(returncode: int, stderr: str, stage: str) -> Failed:
     return Failed(Level.PERMANENT, message[:MAX_MESSAGE])
 
 
-def stage_environment(ctx: StageContext) -> dict[str, str]:
-    env = dict(os.environ)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_VARIABLES = ("HOME", "LANG")
+
+
+def stage_environment(
+    ctx: StageContext,
+    command: CommandStage,
+    token: str,
+    parent: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """A stage's whole environment: nothing of the daemon's leaks in unless listed.
+
+    PATH (the daemon's, or a standard one), HOME and LANG if the daemon has
+    them, the daemon's variables matching an ``inherit_env`` name or glob, the
+    configured ``env``, then the ``VENUS_*`` variables (the config cannot
+    override those). ``VENUS_STAGE_TOKEN`` marks this run's processes.
+    """
+    parent = os.environ if parent is None else parent
+    env = {"PATH": parent.get("PATH", DEFAULT_PATH)}
+    env.update((name, parent[name]) for name in BASE_VARIABLES if name in parent)
+    for pattern in command.inherit_env:
+        env.update((k, v) for k, v in parent.items() if fnmatch.fnmatchcase(k, pattern))
+    env.update(command.env)
     env.update(
         VENUS_SECTOR_ID=ctx.sector_id or "",
         VENUS_SECTOR_NUMBER="" if ctx.number is None else str(ctx.number),
@@ -164,6 +197,7 @@ def stage_environment(ctx: StageContext) -> dict[str, str]:
         VENUS_PLAN=ctx.plan.name,
         VENUS_THREAD_INDEX=str(ctx.index),
     )
+    env[TOKEN_VARIABLE] = token
     return env
 
 
@@ -174,7 +208,7 @@ class CommandProcessor:
 
     def __init__(self, config: CommandConfig):
         self.config = config
-        self._running: set[subprocess.Popen] = set()
+        self._running: set[StageRun] = set()
         self._running_lock = threading.Lock()
         self._killed_at_exit = False
 
@@ -185,41 +219,37 @@ class CommandProcessor:
         command = self.command_for(ctx.stage)
         if command is None:
             return Done()
+        token = secrets.token_hex(16)
+        label = f"thread #{ctx.index} {ctx.stage}"
+        if ctx.started is not None:  # before the command exists: nothing of it goes unrecorded
+            ctx.started(StageProcess(None, token, boot_id(), ctx.stage))
         try:
-            proc = subprocess.Popen(
-                command.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=ctx.location,
-                env=stage_environment(ctx),
-                text=True,
-                errors="replace",
-                start_new_session=True,  # so a timeout can kill the whole process group
+            run = StageRun.start(
+                command.argv, ctx.location, stage_environment(ctx, command, token), label
             )
         except OSError as exc:
             return Failed(
                 Level.PERMANENT, f"stage {ctx.stage}: cannot run {command.argv[0]}: {exc}"
             )
         with self._running_lock:
-            self._running.add(proc)
+            self._running.add(run)
         try:
-            stdout, stderr = proc.communicate(timeout=command.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
+            if ctx.started is not None:
+                ctx.started(StageProcess(run.pid, token, boot_id(), ctx.stage))
+            result = run.collect(command.timeout)
+        finally:
+            with self._running_lock:
+                self._running.discard(run)
+        if self._killed_at_exit:
+            return Interrupted()  # not the command's failure: the state must not change
+        if result.timed_out:
             return Failed(
                 Level.PERMANENT,
                 f"stage {ctx.stage}: command timed out after {command.timeout:g}s and was killed",
             )
-        finally:
-            with self._running_lock:
-                self._running.discard(proc)
-        if self._killed_at_exit:
-            return Interrupted()  # not the command's failure: the state must not change
-        if proc.returncode != 0:
-            return classify_failure(proc.returncode, stderr, ctx.stage)
-        return Done(_event_from_stdout(stdout, ctx))
+        if result.returncode != 0:
+            return classify_failure(result.returncode, result.stderr, ctx.stage)
+        return Done(_event_from_stdout(result.stdout, ctx))
 
     def kill_running(self) -> int:
         """Kill every command still running (the daemon is exiting without them); how many.
@@ -230,15 +260,9 @@ class CommandProcessor:
         with self._running_lock:
             self._killed_at_exit = True
             running = list(self._running)
-        for proc in running:
-            _kill_group(proc)
+        for run in running:
+            run.kill()
         return len(running)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    # ProcessLookupError: it ended between the timeout and the kill; nothing left to stop.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _event_from_stdout(stdout: str, ctx: StageContext) -> Event | None:

@@ -1,7 +1,8 @@
 """JSON-RPC 2.0 as the worker agent speaks it. This docstring is the spec.
 
 Transport (see server.py): HTTP/1.1 ``POST /`` on a Unix socket, body = one
-JSON-RPC request or a batch, ``Content-Length`` required, at most 1 MiB.
+JSON-RPC request or a batch, ``Content-Length`` required, at most 1 MiB,
+nested at most ``MAX_DEPTH`` levels deep.
 
 Requests::
 
@@ -22,13 +23,15 @@ Replies::
 Error codes (``api.RpcCode``, the one table both sides use):
 
 ======  ==============================================================
--32700  parse error: the body is not JSON (id null)
+-32700  parse error: the body is not JSON, or nested deeper than MAX_DEPTH (id null)
 -32600  invalid request: not a JSON-RPC 2.0 request object, empty batch
 -32601  method not found
 -32602  invalid params: wrong count or type, ``worker #N not found``,
         ``invalid state "X" for plan P; valid states: ...``
 -32603  internal error: the handler failed; the daemon keeps running
   1001  ``worker #N is not paused`` (resume of a running thread)
+  1002  change not saved: the thread's record could not be written (or its
+        store cannot be used); nothing changed
 -32099  (client side only) agent not running at SOCKET
 ======  ==============================================================
 
@@ -62,6 +65,9 @@ __all__ = [
 ]
 
 Handler = Callable[[list], Any]
+
+# JSON-RPC requests are flat; deeper bodies are refused before anything reads them.
+MAX_DEPTH = 32
 
 log = logging.getLogger("venus_worker.protocol")
 
@@ -128,13 +134,33 @@ def handle_request(request: Any, methods: Mapping[str, Handler]) -> dict | None:
     return None if is_notification else {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if `value` nests arrays/objects more than `limit` levels (iterative: no recursion)."""
+    level = [value]
+    for _ in range(limit):  # after n rounds: the values inside n containers
+        level = [
+            child
+            for item in level
+            if isinstance(item, (list, dict))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return any(isinstance(item, (list, dict)) for item in level)
+
+
 def handle_body(body: bytes, methods: Mapping[str, Handler]) -> bytes | None:
     """The reply body for a request body, or None when nothing is to be sent back."""
+    too_deep = f"parse error: JSON nested deeper than {MAX_DEPTH} levels"
     try:
         payload = json.loads(body)
+    except RecursionError:  # the decoder recurses per level: thousands of "[" end here
+        return _encode(_error_reply(None, RpcError(RpcCode.PARSE_ERROR, too_deep)))
     except (ValueError, UnicodeDecodeError) as exc:
         reply: Any = _error_reply(None, RpcError(RpcCode.PARSE_ERROR, f"parse error: {exc}"))
         return _encode(reply)
+    if _too_deep(payload):
+        return _encode(_error_reply(None, RpcError(RpcCode.PARSE_ERROR, too_deep)))
     if isinstance(payload, list):
         if not payload:
             reply = _error_reply(

@@ -2,12 +2,21 @@
 
 - ``POST /`` only (others: 405). ``Content-Length`` required (411 without),
   at most ``MAX_BODY`` (413, connection closed, body never read). A request
-  that is not HTTP gets 400 and the connection is closed.
-- Keep-alive: requests may follow each other on one connection. A connection
-  idle or stalled mid-request for ``request_timeout`` seconds (10 s by
-  default, ``[worker] request_timeout``) is closed, so a
-  half-sent request cannot hold a worker thread forever; other clients are
-  served meanwhile (one thread per connection, at most ``MAX_CONNECTIONS``).
+  that is not HTTP/1.x gets 400 and the connection is closed: that includes
+  HTTP/0.9 and any request line without a version (``GET /``), which the
+  standard library would otherwise serve.
+- Keep-alive: requests may follow each other on one connection. One deadline
+  covers a whole request, request line, headers and body: ``request_timeout``
+  (10 s by default, ``[worker] request_timeout``) from its first byte; an idle
+  connection also waits at most that long for the next request. A client
+  trickling a byte now and then therefore holds a connection for one deadline,
+  not for as long as it likes.
+- One thread per connection, at most ``MAX_CONNECTIONS``. When a new client
+  comes while all are taken, the connection that has been waiting for (or
+  reading) a request the longest is closed to admit it: idle and slow clients
+  cannot lock out a legitimate one. Only if every connection is busy
+  answering is the new one refused.
+- A client that hangs up before its reply is one log line, not a traceback.
 - The socket file is created under ``umask(0o177)`` so it is ``0600`` from the
   first instant (no chmod race); with a group it is then opened to ``0660``.
   A stale socket is unlinked only if it *is* a socket and nobody answers on
@@ -20,18 +29,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
+import io
 import json
 import logging
 import os
 import socket
 import socketserver
 import stat
+import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-__all__ = ["ControlServer", "ServerError", "MAX_BODY", "IDLE_TIMEOUT"]
+__all__ = ["ControlServer", "ServerError", "MAX_BODY", "MAX_CONNECTIONS", "IDLE_TIMEOUT"]
 
 MAX_BODY = 1 << 20
 IDLE_TIMEOUT = 10.0
@@ -46,9 +58,59 @@ class ServerError(Exception):
     """The control socket cannot be set up; str() says why."""
 
 
+class _Connection:
+    """One client connection: its deadline, and whether it waits for (or reads) a request."""
+
+    def __init__(self, sock: socket.socket, timeout: float):
+        self.sock, self.timeout = sock, timeout
+        self.reading = True
+        self.since = time.monotonic()
+        self.deadline = self.since + timeout
+        self._begun = False
+
+    def wait_for_request(self) -> None:
+        """Between requests: the idle wait is bounded by the same timeout."""
+        self.reading, self._begun = True, False
+        self.since = time.monotonic()
+        self.deadline = self.since + self.timeout
+
+    def got_bytes(self) -> None:
+        if not self._begun:  # the request's first byte starts its one deadline
+            self._begun = True
+            self.deadline = time.monotonic() + self.timeout
+
+    def answering(self) -> None:
+        self.reading = False
+
+    def close(self) -> None:
+        """Wake the connection's thread (its recv returns EOF) so it ends."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as a raw stream whose reads all end at the connection's deadline."""
+
+    def __init__(self, connection: _Connection):
+        self._connection = connection
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        connection = self._connection
+        remaining = connection.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        connection.sock.settimeout(remaining)
+        count = connection.sock.recv_into(buffer)
+        if count:
+            connection.got_bytes()
+        return count
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
-    timeout = IDLE_TIMEOUT  # applied to the connection: bounds idle and stalled reads
     server_version = "venus-worker"
     sys_version = ""
     # Answer garbage with a proper status line (the base class would answer it as HTTP/0.9).
@@ -59,6 +121,24 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.request_timeout
         super().setup()
+        self.rfile.close()  # replaced: reads must honour the connection's deadline
+        self.conn = self.server.connection_of(self.request)
+        self.rfile = io.BufferedReader(_DeadlineReader(self.conn), 65536)
+
+    def handle_one_request(self) -> None:
+        self.conn.wait_for_request()
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        words = self.raw_requestline.split()
+        if len(words) == 3 and words[2].startswith(b"HTTP/"):
+            return super().parse_request()
+        # What the base class would take as HTTP/0.9 ("GET /"), or no request line at all.
+        self.command, self.request_version = None, self.default_request_version
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.send_error(400, "Bad request line: expected METHOD PATH HTTP/1.1")
+        return False
 
     def address_string(self) -> str:
         return "unix"  # Unix peers have no address; the base class would index into ""
@@ -67,6 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s", format % args)
 
     def _reply(self, status: int, body: bytes = b"", close: bool = False) -> None:
+        self.connection.settimeout(self.server.request_timeout)  # a client that never reads
         self.send_response(status)
         if body:
             self.send_header("Content-Type", "application/json")
@@ -104,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(body) < length:
             self.close_connection = True  # the client went away mid-body
             return
+        self.conn.answering()
         reply = self.server.handle_body(body)
         if reply is None:
             self._reply(204)
@@ -134,7 +216,10 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
         self.handle_body = handle_body
         self.request_timeout = request_timeout
         self._group = group
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._connections: dict[socket.socket, _Connection] = {}
+        self._connections_lock = threading.Lock()
+        self._closed_since_note = 0
+        self._last_note = float("-inf")
         super().__init__(path, _Handler, bind_and_activate=True)
 
     def server_bind(self) -> None:
@@ -154,19 +239,52 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
         self.server_address = self.socket.getsockname()
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("too many control connections; closing a new one")
-            self.shutdown_request(request)
-            return
+        """Admit a new connection, closing the longest-waiting idle or slow one if full."""
+        with self._connections_lock:
+            if len(self._connections) >= MAX_CONNECTIONS:
+                waiting = [c for c in self._connections.values() if c.reading]
+                if not waiting:
+                    log.warning("%d control connections all busy; refusing a new one",
+                                MAX_CONNECTIONS)  # fmt: skip
+                    self.shutdown_request(request)
+                    return
+                oldest = min(waiting, key=lambda c: c.since)
+                del self._connections[oldest.sock]
+                oldest.close()
+                self._note_closed()
+            self._connections[request] = _Connection(request, self.request_timeout)
         super().process_request(request, client_address)
+
+    def _note_closed(self) -> None:
+        """Log evictions, at most one line per 10 s (an attack must not flood the log)."""
+        self._closed_since_note += 1
+        now = time.monotonic()
+        if now - self._last_note >= 10.0:
+            log.warning(
+                "control socket at its limit of %d connections: closed %d idle or slow "
+                "connection(s) to admit new ones",
+                MAX_CONNECTIONS, self._closed_since_note,
+            )  # fmt: skip
+            self._closed_since_note, self._last_note = 0, now
+
+    def connection_of(self, request: socket.socket) -> _Connection:
+        with self._connections_lock:
+            found = self._connections.get(request)
+        # Evicted before its thread started: serve it a connection that is already shut.
+        return found or _Connection(request, self.request_timeout)
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            with self._connections_lock:
+                self._connections.pop(request, None)
 
     def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.info("control client went away before its reply (%s)", type(error).__name__)
+            return
         log.exception("control connection failed")
 
 

@@ -14,7 +14,14 @@ from typing import Any
 from worker_agent import __version__
 from worker_agent.api import Method, RpcCode
 from worker_agent.protocol import RawJSON, RpcError
-from worker_agent.thread import InvalidState, NoTask, NotPaused, SealingThread
+from worker_agent.thread import (
+    InvalidState,
+    NoTask,
+    NotPaused,
+    RecordNotSaved,
+    SealingThread,
+    StoreUnusable,
+)
 
 __all__ = ["WorkerService"]
 
@@ -25,6 +32,13 @@ def _check_count(params: list, low: int, high: int) -> None:
         raise RpcError(
             RpcCode.INVALID_PARAMS, f"invalid params: expected {wanted}, got {len(params)}"
         )
+
+
+def _not_saved(thread: SealingThread, error: RecordNotSaved) -> RpcError:
+    return RpcError(
+        RpcCode.CHANGE_NOT_SAVED,
+        f"change not saved: worker #{thread.index} is unchanged ({error})",
+    )
 
 
 class WorkerService:
@@ -61,7 +75,11 @@ class WorkerService:
 
     def worker_pause(self, params: list) -> bool:
         _check_count(params, 1, 1)
-        self._thread(params[0]).request_pause()
+        thread = self._thread(params[0])
+        try:
+            thread.request_pause()
+        except RecordNotSaved as exc:
+            raise _not_saved(thread, exc) from None
         return True
 
     def worker_cancel_pause(self, params: list) -> bool:
@@ -84,6 +102,10 @@ class WorkerService:
             raise RpcError(RpcCode.INVALID_PARAMS, str(exc)) from None
         except NotPaused as exc:
             raise RpcError(RpcCode.NOT_PAUSED, str(exc)) from None
+        except RecordNotSaved as exc:
+            raise _not_saved(thread, exc) from None
+        except StoreUnusable as exc:
+            raise RpcError(RpcCode.CHANGE_NOT_SAVED, f"change not made: {exc}") from None
         return True
 
     def worker_report(self, params: list) -> dict:

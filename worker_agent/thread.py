@@ -4,9 +4,12 @@
 and apply its outcome, finish or drop a task); ``run()`` repeats it in a real
 thread. Time comes in through a clock object so the logic is tested without
 sleeping (see ``RealClock``). All state changes go through ``change_state``;
-every change of the record is persisted before anyone can observe it
-(``_commit``): WorkerList shows the last *saved* record, so a thread it shows
-paused is still paused after a crash.
+every change of the record goes through ``_commit``, the one write path: the
+change is made on a copy, the copy is written, and only a copy that reached
+the disk becomes the thread's record. WorkerList therefore shows what is on
+disk and nothing else: a change whose write failed did not happen (the RPC
+caller gets ``RecordNotSaved``), and a thread shown paused is still paused
+after a crash.
 
 Behaviour (and where it improves on damocles-worker):
 
@@ -14,14 +17,30 @@ Behaviour (and where it improves on damocles-worker):
   apart, then become permanent. Permanent and critical errors pause the
   thread with ``last_error`` = "<level>: <message>". Abort clears
   ``<location>/data`` and starts a new task after ``seal_interval``.
+- An error pause whose text matches an ``[[sealing.auto_resume]]`` rule is
+  resumed by itself after the rule's ``after``, at most ``max`` times per task
+  and rule (counted in the task, so a restart does not reset it). A pause an
+  operator asked for is never auto-resumed, and pausing an error-paused
+  thread cancels its pending auto-resume.
 - Pause takes effect at the next stage boundary; the stage in flight finishes
   **and its result is kept** (damocles drops it and redoes the stage). Waits
   (between tasks, retry back-offs, chain waits) are interrupted at once.
-  Pausing a paused thread changes nothing.
+  Pausing a paused thread changes nothing (but the auto-resume above).
 - Resume acts only on a paused thread (``NotPaused`` otherwise). A target
   state must belong to the task's plan (``InvalidState`` lists the valid
   ones), bypasses the table, and ``Aborted`` drops the task.
 - The paused flag and last error are persisted, so they survive a restart.
+- The thread's own writes that fail (a full or read-only disk) are retried
+  every ``WRITE_RETRY`` seconds, the thread showing ``Waiting`` and the write
+  error as its last_error meanwhile; nothing after the last saved state is
+  assumed done.
+- A store whose record cannot be loaded (bad JSON, a field of the wrong type)
+  or whose folders cannot be created leaves only that thread paused, with the
+  file and field in last_error; resume tries again, and ``resume --state
+  Aborted`` sets an unusable record aside and starts afresh.
+- A command stage's process group is saved in the record while it runs; at
+  the start of a thread, what a crashed daemon left of it is killed before
+  anything reruns.
 """
 
 from __future__ import annotations
@@ -34,10 +53,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker_agent.api import ThreadState
-from worker_agent.config import ThreadConfig
+from worker_agent.children import LeftoversAlive, kill_leftovers
+from worker_agent.config import AutoResume, ThreadConfig
 from worker_agent.processors import Done, Interrupted, Outcome, StageContext
 from worker_agent.states import NO_STAGE, WAIT_STAGES, Event, Level, Plan, State, plan_named
-from worker_agent.store import SectorCounter, Task, TaskStore, ThreadRecord
+from worker_agent.store import (
+    LockHeld,
+    SectorCounter,
+    StageProcess,
+    StoreError,
+    Task,
+    TaskStore,
+    ThreadRecord,
+    merge_numbers,
+)
 
 __all__ = [
     "IllegalTransition",
@@ -45,11 +74,16 @@ __all__ = [
     "NoTask",
     "NotPaused",
     "RealClock",
+    "RecordNotSaved",
     "SealingThread",
+    "StoreUnusable",
     "change_state",
 ]
 
 log = logging.getLogger("venus_worker.thread")
+
+# How often a thread retries a record write the disk refused.
+WRITE_RETRY = 5.0
 
 
 class IllegalTransition(Exception):
@@ -68,8 +102,20 @@ class NoTask(Exception):
     """A resume target state for a thread that has no task to move."""
 
 
-class _NotQueued(Exception):
-    """Inside a commit: no pause is queued (any more), so nothing is to be written."""
+class RecordNotSaved(Exception):
+    """The record could not be written, so the change was not made; str() names file and error."""
+
+
+class StoreUnusable(Exception):
+    """Resume of a thread whose store still cannot be used; str() says why."""
+
+
+class _Stopping(Exception):
+    """The daemon stops while the thread waits for the disk: leave the loop."""
+
+
+class _Nothing(Exception):
+    """A mutation found nothing left to do (e.g. an auto-resume the operator cancelled)."""
 
 
 class RealClock:
@@ -126,7 +172,9 @@ class SealingThread:
         processor,
         clock=None,
         observer=None,
+        problem: str | None = None,
     ):
+        """`problem`: why the store cannot be used (the daemon could not create or lock it)."""
         self.config = config
         self.index = config.index
         self.store = store
@@ -138,10 +186,12 @@ class SealingThread:
         self.observer = observer
         self._cond = threading.Condition()  # guards everything below
         self._save_lock = threading.Lock()  # orders writes of the record
-        self.record: ThreadRecord = store.load()
+        self._unusable: str | None = None  # why the store cannot be used (paused meanwhile)
+        self.record: ThreadRecord = self._load(problem)
         # a request saved before a crash or a stop is honoured at the first boundary
         self._pause_requested = self.record.pause_requested and not self.record.paused
         self._stopping = False
+        self._write_error: str | None = None  # shown as last_error while the disk refuses
         self._next_task_at = self.clock.monotonic()
         self._activity = _Activity(
             ThreadState.Paused if self.record.paused else ThreadState.Idle, self._mono()
@@ -153,9 +203,24 @@ class SealingThread:
         self._view: dict = {}
         self._view_times: tuple[float | None, float | None] = (None, None)
         self._view_retry = 0
-        self._saving = False  # a changed record is being written: views keep the saved one
         self._json_key: tuple | None = None
         self._json = ""
+
+    def _load(self, problem: str | None) -> ThreadRecord:
+        if problem is None:
+            try:
+                return self.store.load()
+            except StoreError as exc:
+                problem = str(exc)
+        log.error("thread #%d: paused: its store cannot be used: %s", self.index, problem)
+        self._unusable = problem
+        return ThreadRecord(
+            paused=True, paused_at=self.clock.now(), last_error=f"{Level.CRITICAL}: {problem}"
+        )
+
+    @property
+    def usable(self) -> bool:
+        return self._unusable is None
 
     # ------------------------------------------------------------ helpers
 
@@ -169,31 +234,86 @@ class SealingThread:
                 self._version += 1
 
     def _commit(
-        self, mutate: Callable[[ThreadRecord], None], activity: ThreadState | None = None
+        self,
+        mutate: Callable[[ThreadRecord], None],
+        activity: ThreadState | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
-        """Apply `mutate` to the record and persist it before returning.
+        """Apply `mutate` to a copy of the record, write the copy, then make it the record.
 
-        The state lock is held only while mutating (so WorkerList never waits
-        for a disk flush); the save lock keeps the writes in mutation order.
-        Until the write is done, views show the record as it was saved before
-        (``_saving``), and the new `activity` is set only after it. If
-        `mutate` raises, nothing changes and nothing is written.
+        The one write path of a record. The state lock is held only while
+        mutating (so WorkerList never waits for a disk flush); the save lock
+        keeps the writes in mutation order. Until the write is done, everyone
+        sees the record as it was saved before; `after` (the change's effects
+        outside the record) and the new `activity` apply only once it is on
+        disk. If `mutate` raises, or the write fails (``RecordNotSaved``),
+        nothing changes. Every record also carries the sector counter's
+        numbers (``last_numbers``), the witness for a lost counter.
         """
         with self._save_lock:
             with self._cond:
-                self._refresh_view()
-                mutate(self.record)
-                data = self.record.to_json()
-                self._saving = True
+                new = self.record.copy()
+                mutate(new)
+                new.last_numbers = merge_numbers(new.last_numbers, self.counter.snapshot())
+                data = new.to_json()
             try:
                 self.store.save(data)
-            finally:
-                with self._cond:
-                    self._saving = False
-                    if activity is not None:
-                        self._activity = _Activity(activity, self._mono())
-                    self._version += 1
-                    self._cond.notify_all()
+            except OSError as exc:
+                raise RecordNotSaved(f"{self.store.path}: {exc.strerror or exc}") from exc
+            with self._cond:
+                self.record = new
+                if after is not None:
+                    after()
+                if activity is not None:
+                    self._activity = _Activity(activity, self._mono())
+                self._version += 1
+                self._cond.notify_all()
+
+    def _save(
+        self,
+        mutate: Callable[[ThreadRecord], None],
+        activity: str | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """``_commit`` for the sealing thread's own changes, made between stages.
+
+        No stage runs, so the saved process group is cleared. A write the disk
+        refuses is retried every WRITE_RETRY seconds until it succeeds or the
+        daemon stops (``_Stopping``).
+        """
+
+        def between_stages(record: ThreadRecord) -> None:
+            record.stage_process = None
+            mutate(record)
+
+        while True:
+            try:
+                self._commit(between_stages, activity, after)
+            except RecordNotSaved as exc:
+                self._blocked(f"cannot save {exc}")
+                continue
+            self._unblocked()
+            return
+
+    def _blocked(self, problem: str) -> None:
+        """The disk refused a write: show it, wait WRITE_RETRY, let the caller try again."""
+        with self._cond:
+            first = self._write_error is None
+            self._write_error = f"{Level.CRITICAL}: {problem} (retrying every {WRITE_RETRY:g}s)"
+            self._version += 1
+        if first:
+            log.error("thread #%d: %s; retrying every %gs", self.index, problem, WRITE_RETRY)
+        self._set_activity(ThreadState.Waiting)
+        if self._sleep(WRITE_RETRY):
+            raise _Stopping()
+
+    def _unblocked(self) -> None:
+        with self._cond:
+            if self._write_error is None:
+                return
+            self._write_error = None
+            self._version += 1
+        log.info("thread #%d: the disk takes writes again", self.index)
 
     def _interrupt_requested(self) -> bool:
         return self._pause_requested or self._stopping
@@ -226,16 +346,37 @@ class SealingThread:
                 if self._stopping:
                     return
                 if self.record.paused:
-                    self._cond.wait_for(lambda: self._stopping or not self.record.paused)
-                    continue
+                    delay = self._auto_resume_delay()
+                    if delay is None or delay > 0:
+                        self.clock.wait(
+                            self._cond, lambda: self._stopping or not self.record.paused, delay
+                        )
+                        continue
             try:
                 self.step()
-            except Exception as exc:  # a bug or disk failure must pause this thread, not kill it
+            except _Stopping:
+                return
+            except OSError as exc:  # the disk (data folder, sector counter): wait and redo
+                where = f"{exc.filename}: " if exc.filename else ""
+                try:
+                    self._blocked(f"{where}{exc.strerror or exc}")
+                except _Stopping:
+                    return
+            except Exception as exc:  # a bug must pause this thread, not kill it
                 log.exception("thread #%d: unexpected failure", self.index)
-                self._pause_after_crash(f"{Level.CRITICAL}: {type(exc).__name__}: {exc}")
+                try:
+                    self._pause_after_crash(f"{Level.CRITICAL}: {type(exc).__name__}: {exc}")
+                except _Stopping:
+                    return
 
     def step(self) -> None:
         """One unit of work; returns at every stage boundary."""
+        if self.record.stage_process is not None:
+            self._kill_leftover_stage()
+            return
+        if self._auto_resume_delay() == 0:
+            self._auto_resume()
+            return
         if self._take_pause_request():
             return
         task = self.record.task
@@ -249,6 +390,27 @@ class SealingThread:
             outcome = self._execute(task)
             self._apply(task, outcome)
 
+    def _kill_leftover_stage(self) -> None:
+        """Kill what a crashed daemon left running of this thread's stage, before any rerun."""
+        process = self.record.stage_process
+        try:
+            killed = kill_leftovers(process.pgid, process.token, process.boot_id)
+        except LeftoversAlive as exc:
+            # Keep the saved group: the stage must not run again beside it, even after a resume.
+            self._pause(
+                f"{Level.CRITICAL}: stage {process.stage} of the previous run is still running "
+                f"(process group {process.pgid}): {exc}",
+                also=lambda record: setattr(record, "stage_process", process),
+            )
+            return
+        if killed:
+            log.warning(
+                "thread #%d: killed %d process(es) of stage %s left running by the previous "
+                "daemon (process group %s); the stage reruns",
+                self.index, killed, process.stage, process.pgid,
+            )  # fmt: skip
+        self._save(lambda record: None)  # forget the group
+
     def _take_pause_request(self) -> bool:
         """At a boundary: True if the thread is stopping or paused (now or before)."""
         with self._cond:
@@ -259,7 +421,7 @@ class SealingThread:
         # Also when stopping: a drain followed by a service stop must stay paused.
         try:
             self._pause(None, requested=True)
-        except _NotQueued:  # cancelled (cancel_pause) before this boundary was reached
+        except _Nothing:  # cancelled (cancel_pause) before this boundary was reached
             return self._stopping
         return True
 
@@ -279,7 +441,7 @@ class SealingThread:
             change_state(task, to, event, now)
             record.task = task
 
-        self._commit(start)
+        self._save(start)
         log.info("thread #%d: new task %s (%s)", self.index, self.record.task.sector_id, plan.name)
 
     def _drop_task(self, state: State) -> None:
@@ -294,7 +456,7 @@ class SealingThread:
             record.task = None
 
         sector = self.record.task.sector_id
-        self._commit(drop)
+        self._save(drop)
         self._next_task_at = self._mono() + self.config.sealing.seal_interval
         log.info("thread #%d: task %s %s", self.index, sector, state.value.lower())
 
@@ -311,7 +473,19 @@ class SealingThread:
             number=task.number,
             wait=self._wait,
             sleep=self._sleep,
+            started=self._stage_started,
         )
+
+    def _stage_started(self, process: StageProcess) -> None:
+        """A command stage starts: save its token and group, so a restart can kill what is left."""
+        try:
+            self._commit(lambda record: setattr(record, "stage_process", process))
+        except RecordNotSaved as exc:
+            log.warning(
+                "thread #%d: cannot save the process group of stage %s (%s); if the daemon "
+                "is killed now, only PR_SET_PDEATHSIG stops it",
+                self.index, process.stage, exc,
+            )  # fmt: skip
 
     def _execute(self, task: Task) -> Outcome:
         plan = plan_named(task.plan)
@@ -348,7 +522,7 @@ class SealingThread:
             return
         now = self.clock.now()
         entered_at, stage = task.entered_at, plan.stage(task.state)
-        self._commit(lambda record: change_state(record.task, to, event, now))
+        self._save(lambda record: change_state(record.task, to, event, now))
         if self.observer is not None and stage != NO_STAGE:
             self.observer.stage_done(plan.name, stage, max(0.0, now - entered_at))
 
@@ -365,7 +539,7 @@ class SealingThread:
         def count(record: ThreadRecord) -> None:
             record.task.retry += 1
 
-        self._commit(count)
+        self._save(count)
         retry = self.record.task.retry
         log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message, retry, limit)
         self._set_activity(ThreadState.Idle)
@@ -375,7 +549,7 @@ class SealingThread:
         log.warning("thread #%d: abort: %s", self.index, message)
         now = self.clock.now()
         # Persist Aborted first: a crash during the clean-up then finishes it on restart.
-        self._commit(lambda record: change_state(record.task, State.Aborted, None, now))
+        self._save(lambda record: change_state(record.task, State.Aborted, None, now))
         self._drop_task(State.Aborted)
 
     def _pause(
@@ -387,51 +561,114 @@ class SealingThread:
         now = self.clock.now()
 
         def pause(record: ThreadRecord) -> None:
-            # Checked again under the state lock: a cancel may have come first.
-            if requested and not self._pause_requested:
-                raise _NotQueued
+            # Checked again under the state lock: a cancel (cancel_pause) may have come first.
+            if requested and not record.pause_requested:
+                raise _Nothing()
+            # A pause an operator asked for (saved in the record) is never auto-resumed.
+            rule = None if record.pause_requested else self._auto_resume_rule(record, last_error)
+            record.paused, record.paused_at, record.last_error = True, now, last_error
+            record.pause_requested = False
+            record.auto_resume_at = now + rule.after if rule else None
             if also is not None:
                 also(record)
-            record.paused, record.paused_at, record.last_error = True, now, last_error
-            record.pause_requested = self._pause_requested = False
 
-        self._commit(pause, activity=ThreadState.Paused)
+        self._save(pause, activity=ThreadState.Paused, after=self._forget_pause_request)
         if last_error:
-            log.error("thread #%d: paused: %s", self.index, last_error)
+            due = self.record.auto_resume_at
+            when = f" (auto-resume in {due - now:g}s)" if due is not None else ""
+            log.error("thread #%d: paused: %s%s", self.index, last_error, when)
         else:
             log.info("thread #%d: paused", self.index)
 
+    def _forget_pause_request(self) -> None:
+        self._pause_requested = False
+
     def _pause_after_crash(self, last_error: str) -> None:
+        self._pause(last_error)
+
+    # ------------------------------------------------------------ auto-resume
+
+    def _auto_resume_rule(self, record: ThreadRecord, last_error: str | None) -> AutoResume | None:
+        """The first rule matching `last_error` with resumes left for the record's task."""
+        if not last_error or record.task is None:
+            return None
+        for rule in self.config.sealing.auto_resume:
+            if rule.pattern.search(last_error):
+                if record.task.auto_resumes.get(rule.match, 0) < rule.max:
+                    return rule
+                log.warning(
+                    "thread #%d: auto-resume rule %r used %d times on %s already: staying paused",
+                    self.index, rule.match, rule.max, record.task.sector_id,
+                )  # fmt: skip
+        return None
+
+    def _auto_resume_delay(self) -> float | None:
+        """Seconds until a pending auto-resume (0 when due), None when none is pending."""
+        with self._cond:
+            due = self.record.auto_resume_at if self.record.paused else None
+        return None if due is None else max(0.0, due - self.clock.now())
+
+    def _auto_resume(self) -> None:
+        used = {}
+
+        def resume(record: ThreadRecord) -> None:
+            if not record.paused or record.auto_resume_at is None:
+                raise _Nothing()  # an operator resumed or paused it meanwhile
+            rule = self._auto_resume_rule(record, record.last_error)
+            if rule is None:  # the config changed since the pause
+                record.auto_resume_at = None
+                return
+            count = record.task.auto_resumes.get(rule.match, 0) + 1
+            record.task.auto_resumes[rule.match] = count
+            used.update(rule=rule, count=count, error=record.last_error)
+            record.paused, record.paused_at, record.last_error = False, None, None
+            record.auto_resume_at, record.pause_requested = None, False
+
         try:
-            self._pause(last_error)
-        except OSError as exc:
-            # The disk refuses even this write: pause in memory so an operator sees it.
-            log.error("thread #%d: cannot persist pause: %s", self.index, exc)
-            with self._cond:
-                self.record.paused, self.record.last_error = True, last_error
-                self.record.paused_at = self.clock.now()
-                self._activity = _Activity(ThreadState.Paused, self._mono())
-                self._version += 1
+            self._save(resume)
+        except _Nothing:
+            return
+        if not used:
+            log.info("thread #%d: no auto-resume rule matches any more: staying paused", self.index)
+            return
+        self._set_activity(ThreadState.Idle)
+        rule = used["rule"]
+        log.warning(
+            "thread #%d: auto-resumed %s (rule %r, %d of %d for this task) after: %s",
+            self.index, self.record.task.sector_id, rule.match, used["count"], rule.max,
+            used["error"],
+        )  # fmt: skip
 
     # ------------------------------------------------------------ control
 
     def request_pause(self) -> None:
         """Pause at the next boundary; waits end at once. No-op on a paused thread.
 
-        The request is saved before this returns (outside the state lock: a
-        commit takes the save lock first), so it survives a crash or a stop.
+        The request is saved before this returns, and takes effect only once
+        saved: a pause reported as failed (``RecordNotSaved``) did not happen.
+        On a thread paused by an error, it cancels a pending auto-resume.
         """
         with self._cond:
-            if self.record.paused or self._pause_requested:
+            if not self.usable:
                 return
-            self._pause_requested = True
-            self._cond.notify_all()
+            if self.record.paused and self.record.auto_resume_at is None:
+                return
+            if not self.record.paused and self._pause_requested:
+                return
 
         def save_request(record: ThreadRecord) -> None:
             # The thread may have reached its boundary and paused meanwhile.
-            record.pause_requested = self._pause_requested and not record.paused
+            if record.paused:
+                record.auto_resume_at = None  # now the operator's pause
+            else:
+                record.pause_requested = True
 
-        self._commit(save_request)
+        def take_effect() -> None:
+            if not self.record.paused:
+                self._pause_requested = True  # the waits end (notify) right after this
+
+        self._commit(save_request, after=take_effect)
+        log.info("thread #%d: pause requested", self.index)
 
     def cancel_pause(self) -> bool:
         """Cancel a pause queued while a stage runs; True if one was cancelled.
@@ -443,19 +680,22 @@ class SealingThread:
         """
 
         def cancel(record: ThreadRecord) -> None:
-            if record.paused or not self._pause_requested:
-                raise _NotQueued
-            record.pause_requested = self._pause_requested = False
+            if record.paused or not record.pause_requested:
+                raise _Nothing()
+            record.pause_requested = False
 
         try:
-            self._commit(cancel)
-        except _NotQueued:
+            self._commit(cancel, after=self._forget_pause_request)
+        except _Nothing:
             return False
         log.info("thread #%d: queued pause cancelled", self.index)
         return True
 
     def resume(self, state_name: str | None = None) -> None:
         """Resume a paused thread, optionally moving its task to `state_name` first."""
+        if not self.usable:
+            self._resume_unusable(state_name)
+            return
         target = self._resume_target(state_name)
         now = self.clock.now()
 
@@ -470,10 +710,52 @@ class SealingThread:
                     change_state(record.task, target, None, now)
                     record.task.retry = 0
             record.paused, record.paused_at, record.last_error = False, None, None
-            record.pause_requested = self._pause_requested = False
+            record.pause_requested, record.auto_resume_at = False, None
 
-        self._commit(resume, activity=ThreadState.Idle)
+        self._commit(resume, activity=ThreadState.Idle, after=self._forget_pause_request)
         log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
+
+    def _resume_unusable(self, state_name: str | None) -> None:
+        """Try the store again; `Aborted` sets an unusable record aside (a fresh start)."""
+        with self._save_lock:
+            record = self._reopen_store(set_aside=state_name == State.Aborted.value)
+            with self._cond:
+                self.record, self._unusable = record, None
+                self._pause_requested = record.pause_requested and not record.paused
+                self._activity = _Activity(
+                    ThreadState.Paused if record.paused else ThreadState.Idle, self._mono()
+                )
+                self._version += 1
+                self._cond.notify_all()
+        log.info("thread #%d: store usable again", self.index)
+        if record.paused:
+            self.resume(state_name)
+
+    def _reopen_store(self, set_aside: bool) -> ThreadRecord:
+        """The store's record, now that someone may have fixed it; StoreUnusable if not."""
+        try:
+            self.store.prepare()
+            self.store.lock()
+        except LockHeld as exc:
+            raise StoreUnusable(f"worker #{self.index}: store in use: {exc}") from None
+        except OSError as exc:
+            raise StoreUnusable(
+                f"worker #{self.index}: {_os_problem(exc)}; fix it and resume again"
+            ) from None
+        try:
+            return self.store.load()
+        except StoreError as exc:
+            if not set_aside:
+                raise StoreUnusable(
+                    f"worker #{self.index}: {exc}; fix it and resume again, or resume with "
+                    "state Aborted to set the record aside and start afresh"
+                ) from None
+        try:
+            aside = self.store.set_aside()
+        except OSError as exc:
+            raise StoreUnusable(f"worker #{self.index}: {_os_problem(exc)}") from None
+        log.warning("thread #%d: unusable record set aside as %s", self.index, aside)
+        return ThreadRecord()
 
     def _resume_target(self, state_name: str | None) -> State | None:
         if state_name is None:
@@ -492,6 +774,10 @@ class SealingThread:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    def save_witness(self) -> None:
+        """Rewrite the record as it is: it then carries the counter's numbers (an upgrade)."""
+        self._commit(lambda record: None)
 
     # ------------------------------------------------------------ views
 
@@ -539,8 +825,8 @@ class SealingThread:
         return elapsed, None if entered_at is None else int(max(0.0, now - entered_at))
 
     def _refresh_view(self) -> None:
-        """Rebuild the cached view from the record if it changed and is saved (lock held)."""
-        if self._view_version != self._version and not self._saving:
+        """Rebuild the cached view from the record if it changed (lock held)."""
+        if self._view_version != self._version:
             self._view = self._static_info()
             task = self.record.task
             self._view_times = (self.record.paused_at, task.entered_at if task else None)
@@ -572,6 +858,12 @@ class SealingThread:
             "job_stage": None if stage == NO_STAGE else stage,
             "thread_state": None,
             "state_elapsed": None,
-            "last_error": self.record.last_error,
+            "last_error": self._write_error or self.record.last_error,
             "pause_requested": self.record.pause_requested,
+            "auto_resumes": sum(task.auto_resumes.values()) if task else 0,
         }
+
+
+def _os_problem(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
