@@ -79,6 +79,8 @@ class Method(str, enum.Enum):
     RESUME = "VenusWorker.WorkerResume"
     REPORT = "VenusWorker.WorkerReport"
     VERSION = "VenusWorker.WorkerVersion"
+    # Ours only: cancel a pause queued while a stage runs (never resumes a paused thread).
+    CANCEL_PAUSE = "VenusWorker.WorkerCancelPause"
 
 
 class RpcCode(enum.IntEnum):
@@ -93,6 +95,9 @@ class RpcCode(enum.IntEnum):
     CHANGE_NOT_SAVED = 1002  # the record write failed (or the store is unusable): nothing changed
     AGENT_NOT_RUNNING = -32099  # client side only: nothing answers on the socket
     CONFIG_ERROR = -32098  # CLI only: a usage or configuration error (exit 2)
+    # client side only: the socket is there but this user cannot talk to it (permission
+    # denied, a timeout, a reset): the agent may well be running
+    AGENT_UNREACHABLE = -32097
 
 
 class AgentExit(enum.IntEnum):

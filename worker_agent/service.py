@@ -57,6 +57,7 @@ class WorkerService:
             Method.RESUME.value: self.worker_resume,
             Method.REPORT.value: self.worker_report,
             Method.VERSION.value: self.worker_version,
+            Method.CANCEL_PAUSE.value: self.worker_cancel_pause,
         }
 
     def _thread(self, value: Any) -> SealingThread:
@@ -80,6 +81,11 @@ class WorkerService:
         except RecordNotSaved as exc:
             raise _not_saved(thread, exc) from None
         return True
+
+    def worker_cancel_pause(self, params: list) -> bool:
+        """True: a queued pause was cancelled; False: none was queued (or it was taken)."""
+        _check_count(params, 1, 1)
+        return self._thread(params[0]).cancel_pause()
 
     def worker_resume(self, params: list) -> bool:
         _check_count(params, 1, 2)
