@@ -873,6 +873,7 @@ class Inventory:
     hosts: tuple[Host, ...]
     health: HealthSettings = field(default_factory=HealthSettings)
     silences: tuple[Silence, ...] = ()
+    persist: float | None = None  # [defaults] persist: the keeper's idle time (0: off)
 
     def silence_of(self, name: str, now: float) -> Silence | None:
         """The silence in force for host `name` at `now` (the one lasting longest), or None."""
@@ -918,11 +919,15 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     if not isinstance(defaults, dict):
         raise InventoryError(f"{locator.where('defaults')}: 'defaults' must be a table")
     merged_defaults = dict(BUILTIN_DEFAULTS)
+    persist = None
     for key, value in defaults.items():
+        if key == "persist":
+            persist = _persist_value(value, locator.where(key, "defaults"))
+            continue
         if key not in BUILTIN_DEFAULTS:
             raise InventoryError(
                 f"{locator.where(key, 'defaults')}: unknown key 'defaults.{key}'"
-                f" (known: {', '.join(BUILTIN_DEFAULTS)})"
+                f" (known: {', '.join(BUILTIN_DEFAULTS)}, persist)"
             )
         merged_defaults[key] = _check_value(key, value, locator.where(key, "defaults"))
     groups = _parse_groups(document.get("group", {}), locator)
@@ -939,7 +944,20 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     health = _parse_health(document.get("health", {}), locator, path.parent)
     inventory = Inventory(path=path, hosts=tuple(hosts), health=health)
     silences = _parse_silences(document.get("silence", []), inventory, locator)
-    return Inventory(path=path, hosts=inventory.hosts, health=health, silences=silences)
+    return dataclasses.replace(inventory, silences=silences, persist=persist)
+
+
+def _persist_value(value: Any, where: str) -> float:
+    """[defaults] persist: how long the keeper holds connections after its last use;
+    a duration ("10m"), or 0 for no keeper."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise InventoryError(f"{where}: persist: {error}") from None
+    raise InventoryError(f'{where}: persist: must be a duration such as "10m", or 0 for none')
 
 
 def _toml_document(text: str, path: Path) -> dict[str, Any]:
@@ -1140,7 +1158,8 @@ def _parse_host(
     for key, value in table.items():
         where = locator.where(key, "host", position)
         if key not in BUILTIN_DEFAULTS and key not in HOST_ONLY_KEYS:
-            raise InventoryError(f"{where}: {label}: unknown key {key!r}")
+            only = " (a [defaults] setting: the keeper's idle time)" if key == "persist" else ""
+            raise InventoryError(f"{where}: {label}: unknown key {key!r}{only}")
         own[key] = _check_value(key, value, where)
     # [defaults], then the host's [group.NAME] tables, then its own table
     values = {**defaults, **_group_values(own.get("groups", ()), groups, label), **own}
@@ -6689,62 +6708,79 @@ class SessionPool:
     refresh over a kept stream connection is one round trip. A session
     whose SSH connection dropped is opened again on next use; a channel the
     agent closed (idle timeout) is reopened once. Fan-out threads each ask
-    a different host, the lock only guards the dictionaries.
+    a different host, the lock only guards the dictionaries (and two
+    threads asking one host share one connection: the keeper's clients).
 
     background_reconnect (watch): once a host failed to connect, later
     refreshes do not wait for it. Its last error is its row while a
     connection is tried again in a thread of its own, so one host timing
     out does not slow every frame by its connect_timeout.
+
+    Entries are keyed by `key(host)`: the host's name here; the keeper's
+    pool keys them by everything a connection depends on.
     """
 
     def __init__(self, context: SshContext, background_reconnect: bool = False) -> None:
         self.context = context
         self.background_reconnect = background_reconnect
         self._lock = threading.Lock()
-        self._sessions: dict[str, LocalSession | SshSession] = {}
-        self._agents: dict[str, RpcAgent | DamoclesAgent] = {}  # kept channels
-        self._failures: dict[str, BaseException] = {}
-        self._connecting: dict[str, threading.Thread] = {}
+        self._sessions: dict[Any, LocalSession | SshSession] = {}
+        self._agents: dict[Any, RpcAgent | DamoclesAgent] = {}  # kept channels
+        self._failures: dict[Any, BaseException] = {}
+        self._connecting: dict[Any, threading.Thread] = {}
         self._closed = False
 
+    def key(self, host: Host) -> Any:
+        return host.name
+
+    def usable(self, session: LocalSession | SshSession) -> bool:
+        """May this kept session be used again? (Alive; the keeper checks more.)"""
+        return session.alive()
+
     def session(self, host: Host) -> LocalSession | SshSession:
+        key = self.key(host)
         with self._lock:
-            session = self._sessions.get(host.name)
-            failure = self._failures.get(host.name)
-        if session is not None and session.alive():
+            session = self._sessions.get(key)
+            failure = self._failures.get(key)
+        if session is not None and self.usable(session):
             return session
-        self.forget(host)
+        self._drop(key, session)
         if failure is not None:
             self._reconnect_in_background(host)
             raise failure
         return self._connect(host)
 
     def _connect(self, host: Host) -> LocalSession | SshSession:
+        key = self.key(host)
         try:
             session = open_session(host, self.context)
         except Exception as error:
             if self.background_reconnect:
                 with self._lock:
-                    self._failures[host.name] = error
+                    self._failures[key] = error
             raise
         with self._lock:
-            self._failures.pop(host.name, None)
-            if not self._closed:
-                self._sessions[host.name] = session
+            self._failures.pop(key, None)
+            kept = self._sessions.get(key)
+            if not self._closed and (kept is None or not kept.alive()):
+                self._sessions[key] = session
                 return session
-        session.close()  # the pool was closed while this connection was made
+        session.close()  # the pool was closed meanwhile, or another thread connected first
+        if kept is not None and not self._closed:
+            return kept
         raise HostError("connection closed: venusctl is stopping", "closed")
 
     def _reconnect_in_background(self, host: Host) -> None:
+        key = self.key(host)
         with self._lock:
-            running = self._connecting.get(host.name)
+            running = self._connecting.get(key)
             if self._closed or (running is not None and running.is_alive()):
                 return
             thread = threading.Thread(
                 target=self._connect_quietly, args=(host,), name=f"reconnect-{host.name}"
             )
             thread.daemon = True
-            self._connecting[host.name] = thread
+            self._connecting[key] = thread
         thread.start()
 
     def _connect_quietly(self, host: Host) -> None:
@@ -6760,12 +6796,12 @@ class SessionPool:
             return work(session)
         finally:
             if not session.alive():
-                self.forget(host)
+                self._drop(self.key(host), session)
 
     def status(self, host: Host) -> HostStatus:
         """The host's status, through its kept agent channel when there is one."""
         with self._lock:
-            agent = self._agents.pop(host.name, None)
+            agent = self._agents.pop(self.key(host), None)
         if agent is not None:
             try:
                 status = agent.status()
@@ -6793,10 +6829,11 @@ class SessionPool:
     def perform_all(self, host: Host, actions: Sequence[Action]) -> list[ActionOutcome]:
         """perform_all on the host's kept session; a damocles-worker's kept channel is used
         again (one channel for the whole run: its server never closes an idle one)."""
+        key = self.key(host)
         with self._lock:
-            agent = self._agents.get(host.name)
+            agent = self._agents.get(key)
             if isinstance(agent, DamoclesAgent):
-                del self._agents[host.name]
+                del self._agents[key]
         if not isinstance(agent, DamoclesAgent):
             return self.run(host, lambda session: perform_all(session, host, actions))
         outcomes = act_all(agent, actions)
@@ -6805,22 +6842,39 @@ class SessionPool:
 
     def _keep(self, host: Host, agent: RpcAgent | DamoclesAgent) -> None:
         with self._lock:
-            self._agents[host.name] = agent
+            replaced = self._agents.get(self.key(host))
+            self._agents[self.key(host)] = agent
+        if replaced is not None and replaced is not agent:
+            replaced.close()  # another thread kept one for this host meanwhile
 
     def forget(self, host: Host) -> None:
-        self._forget_name(host.name)
+        self._forget_key(self.key(host))
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            names = list(self._sessions) + list(self._agents)
-        for name in dict.fromkeys(names):
-            self._forget_name(name)
+            keys = list(self._sessions) + list(self._agents)
+        for key in dict.fromkeys(keys):
+            self._forget_key(key)
 
-    def _forget_name(self, name: str) -> None:
+    def _drop(self, key: Any, session: LocalSession | SshSession | None) -> None:
+        """Forget `session` (and its kept channel) if it is still the one kept for `key`:
+        another thread may have put a fresh one there since."""
+        if session is None:
+            return
         with self._lock:
-            agent = self._agents.pop(name, None)
-            session = self._sessions.pop(name, None)
+            if self._sessions.get(key) is not session:
+                return
+            del self._sessions[key]
+            agent = self._agents.pop(key, None)
+        if agent is not None:
+            agent.close()
+        session.close()
+
+    def _forget_key(self, key: Any) -> None:
+        with self._lock:
+            agent = self._agents.pop(key, None)
+            session = self._sessions.pop(key, None)
         if agent is not None:
             agent.close()
         if session is not None:
