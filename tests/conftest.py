@@ -28,6 +28,7 @@ Hosts (all in one SshFleet):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -41,6 +42,10 @@ import pytest
 import tomlkit
 from helpers import Agent, wait_until
 from sshfleet import SshFleet, SshHost
+
+# No connection keeper unless a test asks for one (tests/test_venusctl_keeper_e2e.py):
+# a run's keeper would outlive the test, in the user's runtime folder.
+os.environ.setdefault("VENUSCTL_PERSIST", "0")
 
 BIN = Path(sys.executable).parent
 AGENT_COMMAND = str(BIN / "venus-worker")
