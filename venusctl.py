@@ -6592,6 +6592,33 @@ def _is_error(value: Any) -> bool:
 LATE_GRACE = 0.5
 
 
+class _Running:
+    """A host job under way in a fan-out: by when it must end, and whether it was given up."""
+
+    def __init__(self, host: Host, seconds: float | None, until: Deadline | None) -> None:
+        self.host = host
+        self.deadline = (
+            Deadline(time.monotonic() + seconds, seconds, "connect_timeout + command_timeout")
+            if seconds is not None
+            else None
+        )
+        self.until = until
+        ends = [
+            end
+            for end in (self.deadline and self.deadline.end + LATE_GRACE, until and until.end)
+            if end
+        ]
+        self.end = min(ends) if ends else math.inf
+        self.given_up = False
+
+    def late(self, no_answer: BaseException | None) -> BaseException:
+        """Its row once given up: NoAnswer when --deadline came first, else its timeout."""
+        deadline, until = self.deadline, self.until
+        if deadline is None or (until is not None and until.end < deadline.end + LATE_GRACE):
+            return no_answer or NoAnswer("no answer")
+        return deadline.reply_timeout("no answer")  # an action may still be under way
+
+
 def fan_out(
     hosts: Sequence[Host],
     job: Callable[[Host], Any],
@@ -6605,77 +6632,109 @@ def fan_out(
     """Run job(host) for every host, at most `forks` at a time.
 
     Returns a GroupResult: one bad host never stops the others. With a
-    `budget`, each job runs in a thread of its own under a Deadline of
-    budget(host) seconds (every wait in the sessions gets what is left of
-    it); a job still running LATE_GRACE past it becomes a HostTimeout row,
-    on_late(host) is called (to close what it holds) and the fan-out goes
-    on. `until` ends the whole fan-out: a host not done by then is a
-    NoAnswer. Threads are daemon threads, so a Ctrl-C in the main thread
-    ends the run at once. progress(done, total) is called after each host,
-    from the worker threads, one call at a time, never after the return.
+    `budget`, each job runs under a Deadline of budget(host) seconds (every
+    wait in the sessions gets what is left of it); a job still running
+    LATE_GRACE past it becomes a HostTimeout row, on_late(host) is called
+    (to close what it holds) and the fan-out goes on: the calling thread
+    watches the deadlines, and a worker given up on is replaced by a fresh
+    one (no thread per job: 300 of them cost ~45 ms). `until` ends the whole
+    fan-out: a host not done by then is a NoAnswer. Threads are daemon
+    threads, so a Ctrl-C in the main thread ends the run at once.
+    progress(done, total) is called after each host, one call at a time,
+    never after the return.
     """
+    lock = threading.Condition()
     results: dict[str, Any | BaseException] = {}
     queue = list(reversed(hosts))
-    lock = threading.Lock()
-    stopped = False
+    running: list[_Running] = []
+    state = {"stopped": False, "in_flight": 0}  # in_flight: popped, not yet answered
+    watched = budget is not None or until is not None
     late = (
         NoAnswer(f"no answer before the deadline of {format_duration(until.seconds)}")
         if until is not None
         else None
     )
 
-    def run(host: Host) -> Any:
-        seconds = budget(host) if budget is not None else None
-        if seconds is None and until is None:
-            return _call(job, host, None)
-        deadline = (
-            Deadline(time.monotonic() + seconds, seconds, "connect_timeout + command_timeout")
-            if seconds is not None
-            else None
-        )
-        box: list[Any] = []
-        finished = threading.Event()
-
-        def call() -> None:
-            box.append(_call(job, host, deadline))
-            finished.set()
-
-        threading.Thread(target=call, name=f"venusctl-job-{host.name}", daemon=True).start()
-        ends = [end for end in (deadline and deadline.end + LATE_GRACE, until and until.end) if end]
-        if finished.wait(max(0.0, min(ends) - time.monotonic())):
-            return box[0]
-        if on_late is not None:
-            on_late(host)
-        if deadline is None or (until is not None and until.end < deadline.end + LATE_GRACE):
-            return late
-        return deadline.reply_timeout("no answer")  # an action may still be under way
+    def record(host: Host, outcome: Any) -> None:  # under the lock
+        results[host.name] = outcome
+        state["in_flight"] -= 1
+        if progress is not None and not state["stopped"]:
+            progress(len(results), len(hosts))
+        lock.notify_all()
 
     def worker() -> None:
         while True:
             with lock:
-                if not queue or (until is not None and until.remaining() <= 0):
+                if state["stopped"] or not queue or (until is not None and until.remaining() <= 0):
                     return
                 host = queue.pop()
-            outcome = run(host)
+                state["in_flight"] += 1
+            entry = _Running(host, budget(host) if budget else None, until) if watched else None
+            if entry is not None:
+                with lock:
+                    running.append(entry)
+                    lock.notify_all()
+            try:
+                outcome = _call(job, host, entry.deadline if entry else None)
+            except BaseException as error:  # noqa: BLE001 - SystemExit in a job: its row
+                outcome = error
             with lock:
-                results[host.name] = outcome
-                if progress is not None and not stopped:
-                    progress(len(results), len(hosts))
+                if entry is not None:
+                    if entry.given_up:
+                        return  # its row is its timeout; a fresh worker took its place
+                    running.remove(entry)
+                record(host, outcome)
 
-    threads = [
-        threading.Thread(target=worker, name=f"venusctl-{n}", daemon=True)
-        for n in range(max(1, min(forks, len(hosts))))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(None if until is None else until.remaining() + 1.0)
-    with lock:
-        stopped = True
-        outcomes = dict(results)
-        if progress is not None and len(outcomes) < len(hosts):
-            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
-    return GroupResult((host.name, outcomes.get(host.name, late)) for host in hosts)
+    def start_workers(count: int) -> None:
+        for number in range(count):
+            threading.Thread(target=worker, name=f"venusctl-{number}", daemon=True).start()
+
+    start_workers(max(1, min(forks, len(hosts))))
+    try:
+        while True:
+            with lock:
+                while True:
+                    ended = until is not None and until.remaining() <= 0
+                    if len(results) >= len(hosts) or (ended and state["in_flight"] <= 0):
+                        return _group_result(hosts, results, late, progress, lock, state)
+                    now = time.monotonic()
+                    overdue = [entry for entry in running if entry.end <= now]
+                    if overdue:
+                        break
+                    wake = min((entry.end for entry in running), default=math.inf)
+                    if until is not None:
+                        wake = min(wake, until.end)
+                    lock.wait(max(0.001, min(1.0, wake - now)))  # 1 s at most: Ctrl-C
+                for entry in overdue:
+                    running.remove(entry)
+                    entry.given_up = True
+            for entry in overdue:
+                if on_late is not None:
+                    on_late(entry.host)
+            with lock:
+                for entry in overdue:
+                    record(entry.host, entry.late(late))
+                fresh = 0 if until is not None and until.remaining() <= 0 else len(overdue)
+            start_workers(min(fresh, len(queue)))
+    finally:
+        with lock:
+            state["stopped"] = True
+
+
+def _group_result(
+    hosts: Sequence[Host],
+    results: dict[str, Any],
+    late: BaseException | None,
+    progress: Callable[[int, int], None] | None,
+    lock: threading.Condition,
+    state: dict[str, Any],
+) -> GroupResult:
+    """The fan-out's outcomes in host order (called under its lock); a host never asked
+    before --deadline is its NoAnswer."""
+    state["stopped"] = True
+    if progress is not None and len(results) < len(hosts):
+        progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
+    return GroupResult((host.name, results.get(host.name, late)) for host in hosts)
 
 
 def _call(job: Callable[[Host], Any], host: Host, deadline: Deadline | None) -> Any:
@@ -6951,6 +7010,7 @@ KEEPER_TICK = 0.25
 KEEPER_REQUEST_TIMEOUT = 10.0  # the keeper waits this long for a client's request line
 KEEPER_KEEPALIVE = 15  # seconds: SSH keepalives on kept connections (unless ServerAliveInterval)
 KEEPER_TCP_USER_TIMEOUT_MS = 20000  # a kept connection whose data goes unacknowledged dies
+KEEPER_POLL = 2.0  # seconds between two looks of an idle kept connection's reader thread
 KEEPER_LOG_BYTES = 1 << 20  # keeper.log is rotated (to keeper.log.1) past this size
 MAX_KEEPER_LINE = 64 << 20
 
@@ -7088,61 +7148,75 @@ class _Lines:
 # -- values on the keeper's wire: typed JSON both ways ------------------------------------------
 
 
-# The dataclasses of this file a result may hold; api's own types go by their to_json.
-# An operation whose result has a new one of ours adds it here (one line).
+# The dataclasses a result may hold: api's values and these of this file; an operation
+# whose result has a new one of ours adds it here (one line). Each goes as its class name
+# and its fields in order: the keeper made it with this very code (its hello says so).
 WIRE_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (HostStatus, ActionOutcome, Action)}
+_WIRE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _wire_fields(kind: type) -> tuple[str, ...] | None:
+    names = _WIRE_FIELDS.get(kind)
+    if names is None:
+        known = WIRE_CLASSES.get(kind.__name__) is kind or (
+            kind.__module__ == api.__name__ and dataclasses.is_dataclass(kind)
+        )
+        if not known:
+            return None
+        names = _WIRE_FIELDS[kind] = tuple(spec.name for spec in dataclasses.fields(kind))
+    return names
+
+
+def _wire_class(name: str) -> type:
+    cls = WIRE_CLASSES.get(name) or getattr(api, name, None)
+    if not (isinstance(cls, type) and _wire_fields(cls) is not None):
+        raise ValueError(f"not a value the keeper carries: {name}")
+    return cls
+
+
+_PLAIN = frozenset((type(None), bool, int, float, str))
 
 
 def to_wire(value: Any, tracebacks: bool = False) -> Any:
     """`value` (an operation's argument or result) as JSON that from_wire makes it again."""
-    if value is None or isinstance(value, (bool, int, float)):
+    kind = type(value)
+    if kind in _PLAIN:
         return value
-    if isinstance(value, enum.Enum):
-        return {"enum": type(value).__name__, "v": value.value}
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
+    if kind is list:
         return [to_wire(item, tracebacks) for item in value]
-    if isinstance(value, tuple):
-        return {"()": [to_wire(item, tracebacks) for item in value]}
+    names = _WIRE_FIELDS.get(kind) or _wire_fields(kind)
+    if names is not None:
+        return {"dc": kind.__name__, "v": [to_wire(getattr(value, n), tracebacks) for n in names]}
+    if isinstance(value, enum.Enum):
+        return {"enum": kind.__name__, "v": value.value}
     if isinstance(value, BaseException):
         return {"!": _error_to_wire(value, tracebacks)}
-    kind = type(value)
-    if kind.__module__ == api.__name__ and dataclasses.is_dataclass(value):
-        return {"api": kind.__name__, "v": value.to_json()}
-    if WIRE_CLASSES.get(kind.__name__) is kind:
-        fields = dataclasses.fields(value)
-        values = {f.name: to_wire(getattr(value, f.name), tracebacks) for f in fields}
-        return {"dc": kind.__name__, "v": values}
-    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+    if kind is tuple:
+        return {"()": [to_wire(item, tracebacks) for item in value]}
+    if kind is dict and all(type(key) is str for key in value):
         return {"{}": {key: to_wire(item, tracebacks) for key, item in value.items()}}
     raise TypeError(f"the keeper cannot carry a {kind.__name__}")
 
 
 def from_wire(value: Any) -> Any:
-    if not isinstance(value, (dict, list)):
-        return value
-    if isinstance(value, list):
+    kind = type(value)
+    if kind is list:
         return [from_wire(item) for item in value]
+    if kind is not dict:
+        return value
     if "dc" in value:
-        cls = WIRE_CLASSES[value["dc"]]
-        return cls(**{name: from_wire(item) for name, item in value["v"].items()})
-    if "api" in value:
-        cls = getattr(api, value["api"])
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise ValueError(f"not an api value: {value['api']}")
-        return cls.from_json(value["v"])
+        return _wire_class(value["dc"])(*[from_wire(item) for item in value["v"]])
+    if "enum" in value:
+        cls = getattr(api, value["enum"], None) or globals().get(value["enum"])
+        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+            raise ValueError(f"not an enum: {value['enum']}")
+        return cls(value["v"])
     if "!" in value:
         return _error_from_wire(value["!"])
     if "()" in value:
         return tuple(from_wire(item) for item in value["()"])
     if "{}" in value:
         return {key: from_wire(item) for key, item in value["{}"].items()}
-    if "enum" in value:
-        cls = getattr(api, value["enum"], None) or globals().get(value["enum"])
-        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
-            raise ValueError(f"not an enum: {value['enum']}")
-        return cls(value["v"])
     raise ValueError(f"unreadable keeper value: {str(value)[:80]}")
 
 
@@ -7408,6 +7482,9 @@ class KeeperSsh(SshContext):
             # Keepalives keep a NAT's state and find a host that went away without a word.
             transport.set_keepalive(KEEPER_KEEPALIVE)
         sock = transport.sock
+        # paramiko's reader wakes every 0.1 s to look for work: 300 idle connections cost
+        # 5 % of a core that way. Every real event (data, EOF) wakes it at once anyway.
+        sock.settimeout(KEEPER_POLL)
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(
@@ -7760,12 +7837,16 @@ class Keeper:
         send({"end": True})
 
 
-def keeper_main(folder: str) -> int:
+def keeper_main(folder: str, detach: bool = False) -> int:
     """The keeper process (started by KeeperClient through KEEPER_BOOT): one per user and
-    folder (a lock), listening until stopped or idle for `persist`."""
+    folder (a lock), listening until stopped or idle for `persist`. `detach`: fork first,
+    so the keeper (out of the run's session since Popen's setsid) is no child of the run
+    and can never get a terminal: the run reaps the parent, init the keeper."""
     import fcntl
     import signal
 
+    if detach and os.fork():
+        os._exit(0)
     paths = KeeperPaths(Path(folder))
     log = Keeper.log
     lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -7818,17 +7899,11 @@ def keeper_main(folder: str) -> int:
     return 0
 
 
-# What the client runs to start a keeper: fork at once (so the keeper, out of the
-# run's session since Popen's setsid, is no child of the run and never gets a
-# terminal), then import this very file and serve.
-KEEPER_BOOT = """\
-import json, os, sys
-if os.fork():
-    os._exit(0)
-sys.path[:0] = json.loads(sys.argv[2])
-from venusctl import keeper_main
-sys.exit(keeper_main(sys.argv[1]))
-"""
+# How the client starts a keeper: this very file (argv[2] is its folder), detached.
+KEEPER_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[2]); import venusctl;"
+    " sys.exit(venusctl.keeper_main(sys.argv[1], detach=True))"
+)
 
 
 # -- the client's side -----------------------------------------------------------------------
@@ -7954,10 +8029,9 @@ class KeeperClient:
                 os.replace(paths.log, f"{paths.log}.1")
         log = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         here = os.path.dirname(os.path.abspath(__file__))
-        search = [here, *(path for path in sys.path if path and path != here)]
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", KEEPER_BOOT, str(paths.folder), json.dumps(search)],
+                [sys.executable, "-c", KEEPER_BOOT, str(paths.folder), here],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
