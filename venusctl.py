@@ -1,7 +1,7 @@
 """venusctl: see and steer the sealing threads of every worker host, over SSH.
 
 usage: venusctl [-i INVENTORY] [--json] [--full] [--debug] [--forks N] [--deadline DURATION]
-                COMMAND ...
+                [--no-persist] COMMAND ...
 
 commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
@@ -36,6 +36,7 @@ commands:
                             (see venusctl health --help)
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
+  keeper [status|stop]      this user's connection keeper: what it holds, or end it
 
 HOST is a host's name, its address, or address:port ([::1]:22) in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
@@ -68,6 +69,15 @@ original damocles-worker (any release, v0.1.1 to v0.13): its JSON-RPC port
 SSH connection, nothing installed on it. All hosts are asked in parallel,
 each within connect_timeout + command_timeout for its whole exchange, the
 run within --deadline if given.
+
+Connections are kept between runs by this user's connection keeper, started
+by the first run that reaches a host over SSH and ending after [defaults]
+persist (10m) without a request: the next commands answer without a new
+login, saying exactly what they would have said. Its socket is 0600 in
+$XDG_RUNTIME_DIR/venusctl (else /run/user/UID/venusctl, else
+$TMPDIR/venusctl-UID) and serves its user only. persist = 0,
+$VENUSCTL_PERSIST=0 or --no-persist: every run connects itself. health uses
+a keeper only when one is alive; --watch keeps its own connections.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error (also an inventory without hosts), 130 interrupted;
@@ -8057,7 +8067,8 @@ class KeeperClient:
         finally:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=1.0)  # the first fork's parent, gone by now
-        self._give_up(f"it did not start listening in {KEEPER_START_WAIT:g}s (see {paths.log})")
+        # Slow to start (a loaded machine): this run connects itself, the next finds it.
+        self._give_up(f"it did not listen within {KEEPER_START_WAIT:g}s", say=False)
         return None
 
     def request(self, document: dict[str, Any]) -> Any:

@@ -301,6 +301,17 @@ def test_every_command_says_the_same_with_and_without_the_keeper(tmp_path, fleet
     assert {row["host"] for row in keeper.info()["connections"]} == {"k1", "k2"}
 
 
+def test_debug_shows_the_keepers_traceback_of_a_failed_host(tmp_path, fleet, keeper):
+    path = fleet.inventory(tmp_path / "inventory.toml", "k1", fleet.table("kdown"))
+    assert vc(["list"], path)[0] == 1  # warm
+    status, _, err = vc(["--debug", "list"], path)
+    assert status == 1
+    trace = err.split("--- kdown: traceback\n", 1)[1]
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "in keeper" not in trace and "in job" in trace  # raised in the keeper's job
+    assert trace.rstrip().endswith("venusctl.ConnectionRefused: connection refused")
+
+
 def test_health_uses_a_live_keeper_and_never_starts_one(tmp_path, fleet, keeper):
     path = fleet.inventory(tmp_path / "inventory.toml", "k1")
     logins = fleet.logins("k1")
