@@ -8381,8 +8381,14 @@ class Context:
         self.err.flush()
 
 
-def _one_host(ctx: Context, host: Host, operation: str, *params: Any) -> Any:
-    """Ask one host like the fan-out asks many (an error becomes the result)."""
+def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
+    """Run work for one host like the fan-out does: an error becomes the result."""
+    return ctx.fan_out([host], lambda h: with_session(h, ctx.ssh, work))[host.name]
+
+
+def _ask_one(ctx: Context, host: Host, operation: str, *params: Any) -> Any:
+    """OPERATIONS[operation] for one host like the fan-out asks many (an error becomes the
+    result), through the keeper when the run has one."""
     pool = SessionPool(ctx.ssh)
     try:
         call = HostCall(pool, operation, {host.name: params})
@@ -8539,7 +8545,7 @@ def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
 
 def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     host = resolve_target(ctx.inventory, args.host)
-    outcome = _one_host(ctx, host, "status")
+    outcome = _ask_one(ctx, host, "status")
     entry = info_entry(host, outcome)
     if ctx.as_json:
         ctx.emit_json(entry)
@@ -8567,7 +8573,7 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
 
 def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
     host = resolve_target(ctx.inventory, target)
-    outcome = ActionOutcome.of(_one_host(ctx, host, "perform", action))
+    outcome = ActionOutcome.of(_ask_one(ctx, host, "perform", action))
     if ctx.as_json:
         ctx.emit_json(action_entry(host, action, outcome))
     else:
