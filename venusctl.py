@@ -158,6 +158,13 @@ __all__ = [
     "HealthSettings",
     "Inventory",
     "inventory_path",
+    "InventorySource",
+    "find_inventory",
+    "fleet_names",
+    "NoInventory",
+    "UnknownFleet",
+    "EmptySelection",
+    "split_limit",
     "load_inventory",
     "parse_inventory",
     "parse_rpc_address",
@@ -309,6 +316,12 @@ class InventoryError(UsageError):
     """The inventory file is unreadable or invalid; the message names file and line or key."""
 
     code = "inventory"
+
+
+class EmptySelection(UsageError):
+    """A -l whose terms each match hosts but together leave none (`gpu:&cpu`)."""
+
+    code = "empty-selection"
 
 
 class NoHosts(InventoryError):
@@ -602,21 +615,60 @@ def check_not_empty(what: str, example: str) -> Callable[[str], str]:
 
 
 def parse_limit(text: str) -> str:
-    """One -l/--limit value: comma-separated names, groups or globs, none of them empty.
+    """One -l/--limit value, an Ansible host pattern: names, groups, globs, none empty.
 
-    `-l ""`, `-l " "`, `-l ","` or `-l 'w1,,w2'` is refused: an empty
-    variable expanded into a limit must never select the whole fleet
-    (`-l '*'` does that, explicitly). Returned unchanged; select_hosts splits it.
+    Terms are separated by commas, or by colons when there is no comma
+    (split_limit); a term may start with `!` (exclude) or `&` (intersect).
+    `-l ""`, `-l " "`, `-l ","`, `-l 'w1,,w2'`, `-l 'gpu:'` or a lone `!`
+    is refused: an empty variable expanded into a limit must never select
+    the whole fleet (`-l all` or `-l '*'` does that, explicitly). Returned
+    unchanged; select_hosts reads it against the inventory.
     """
-    words = [word.strip() for word in text.split(",")]
+    words = [word.strip() for word in split_limit(text)]
     if not any(words):
         raise ValueError(
             f"empty limit {text!r}: give host names, groups or globs"
-            " (nothing empty ever means every host; -l '*' does)"
+            " (nothing empty ever means every host; -l all does)"
         )
-    if not all(words):
+    if not all(word.lstrip("!&").strip() for word in words):
         raise ValueError(f"empty name in the limit {text!r} (a variable that expanded to nothing?)")
     return text
+
+
+# One term that holds colons without separating anything: an address with its port
+# (10.0.0.1:22, [fd00::1]:22) or an IPv6 address, as Ansible's parse_address reads them.
+_ADDRESS_TERM = re.compile(r"[A-Za-z0-9_.%-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.%]+\](:[0-9]{1,5})?")
+
+
+def split_limit(text: str) -> list[str]:
+    """A limit's terms as Ansible's split_host_pattern makes them (kept empty for checks).
+
+    With a comma, the commas alone separate (`gpu,!h3`; then `10.0.0.1:22` stays one
+    term); without, the colons do (`all:!h1`, `gpu:&rack1`), except inside `[...]`
+    and in an address with its port or an IPv6 address.
+    """
+    if "," in text:
+        return text.split(",")
+    if _ADDRESS_TERM.fullmatch(text.strip()) or _is_ipv6(text.strip()):
+        return [text]
+    words, current, depth = [], "", 0
+    for char in text:
+        depth += (char == "[") - (char == "]" and depth > 0)
+        if char == ":" and depth == 0:
+            words.append(current)
+            current = ""
+        else:
+            current += char
+    return [*words, current]
+
+
+def _is_ipv6(text: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0]).version == 6
+    except ValueError:
+        return False
 
 
 # damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
@@ -861,9 +913,161 @@ class Inventory:
         return sorted({group for host in self.hosts for group in host.groups})
 
 
+# -- which inventory: found as config files are (kubectl's kubeconfig, git's config)
+
+
+FLEET_ENV = "VENUSCTL_FLEET"
+
+
+# The machine-wide folder (/etc/venusctl/inventory.toml, /etc/venusctl/NAME.toml).
+SYSTEM_CONFIG_DIR = Path("/etc/venusctl")
+
+
+class NoInventory(UsageError):
+    """No inventory given and none found where venusctl looks; the message lists where."""
+
+    code = "no-inventory"
+
+
+class UnknownFleet(UsageError):
+    """--fleet NAME (or $VENUSCTL_FLEET) names no fleet file; the message lists the known."""
+
+    code = "unknown-fleet"
+
+
+@dataclass(frozen=True)
+class InventorySource:
+    """Which inventory file a run reads, and the rule that chose it (`venusctl inventory`).
+
+    `passed` lists the places looked at first that held no file (the search
+    rules only; -i and the variables are taken as given).
+    """
+
+    path: Path
+    rule: str  # "-i", "--fleet prod", "$VENUSCTL_INVENTORY", "./inventory.toml", ...
+    passed: tuple[str, ...] = ()
+
+    @property
+    def why(self) -> str:
+        """'found as ./inventory.toml' or 'given by -i', with what was looked at first."""
+        chosen = self.rule in ("-i", f"${INVENTORY_ENV}") or self.rule.startswith(
+            ("--fleet", f"${FLEET_ENV}")
+        )
+        text = f"{'given by' if chosen else 'found as'} {self.rule}"
+        return text + (f"; not found first: {', '.join(self.passed)}" if self.passed else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "rule": self.rule, "passed": list(self.passed)}
+
+
+def user_config_dir(environ: Mapping[str, str]) -> tuple[Path, str]:
+    """venusctl's folder in the user's config (XDG Base Directory) and how to name it.
+
+    $XDG_CONFIG_HOME/venusctl when that is an absolute path (the spec ignores a
+    relative one), else ~/.config/venusctl ($HOME's).
+    """
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "venusctl", "$XDG_CONFIG_HOME/venusctl"
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".config" / "venusctl", "~/.config/venusctl"
+
+
+def fleet_names(environ: Mapping[str, str], system_dir: Path = SYSTEM_CONFIG_DIR) -> list[str]:
+    """The named fleets: NAME.toml in the user's venusctl folder, then the system's."""
+    names: dict[str, None] = {}
+    for folder in (user_config_dir(environ)[0], system_dir):
+        with contextlib.suppress(OSError):
+            names.update(
+                (path.stem, None)
+                for path in sorted(folder.glob("*.toml"))
+                if NAME_PATTERN.match(path.stem) and path.is_file()
+            )
+    return list(names)
+
+
+def parse_fleet_name(text: str) -> str:
+    """--fleet NAME: a file name in the config folders, so no path, no glob, nothing empty."""
+    if not text.strip():
+        raise ValueError("empty fleet name: give a name, e.g. --fleet prod")
+    if not NAME_PATTERN.match(text):
+        raise ValueError(
+            f"invalid fleet name {text!r}: letters, digits, '.', '_' or '-'"
+            " (a path goes with -i PATH)"
+        )
+    return text
+
+
+def find_inventory(
+    option: str | None,
+    fleet: str | None,
+    environ: Mapping[str, str],
+    system_dir: Path = SYSTEM_CONFIG_DIR,
+) -> InventorySource:
+    """The inventory to read, by the first rule that gives or finds one:
+
+    1. `-i PATH`;                      2. `--fleet NAME` (below);
+    3. `$VENUSCTL_INVENTORY` (a path); 4. `$VENUSCTL_FLEET` (a name);
+    5. `./inventory.toml`;             6. `$XDG_CONFIG_HOME/venusctl/inventory.toml`
+                                          (`~/.config/venusctl/inventory.toml`);
+    7. `/etc/venusctl/inventory.toml`.
+
+    A fleet NAME is the file NAME.toml in the user's venusctl folder, else in
+    /etc/venusctl. What -i and the variables give is taken as given (a missing
+    file is then the error "cannot read"); the search rules 5-7 take the first
+    file that exists, and none is NoInventory naming every place looked at.
+    """
+    if option is not None and fleet is not None:
+        raise UsageError("give -i PATH or --fleet NAME, not both")
+    if option is not None:
+        return InventorySource(Path(option), "-i")
+    if fleet is not None:
+        return _fleet_source(fleet, "--fleet", environ, system_dir)
+    if environ.get(INVENTORY_ENV):
+        return InventorySource(Path(environ[INVENTORY_ENV]), f"${INVENTORY_ENV}")
+    if environ.get(FLEET_ENV):
+        try:
+            name = parse_fleet_name(environ[FLEET_ENV])
+        except ValueError as error:
+            raise UsageError(f"${FLEET_ENV}: {error}") from None
+        return _fleet_source(name, f"${FLEET_ENV}", environ, system_dir)
+    user_dir, user_label = user_config_dir(environ)
+    candidates = (
+        (Path(DEFAULT_INVENTORY), f"./{DEFAULT_INVENTORY}"),
+        (user_dir / DEFAULT_INVENTORY, f"{user_label}/{DEFAULT_INVENTORY}"),
+        (system_dir / DEFAULT_INVENTORY, str(system_dir / DEFAULT_INVENTORY)),
+    )
+    passed: list[str] = []
+    for path, label in candidates:
+        if path.is_file():
+            return InventorySource(path, label, tuple(passed))
+        passed.append(label)
+    raise NoInventory(
+        f"no inventory: none of {', '.join(passed)} exists, and neither -i, --fleet,"
+        f" ${INVENTORY_ENV} nor ${FLEET_ENV} was given"
+    )
+
+
+def _fleet_source(
+    name: str, rule: str, environ: Mapping[str, str], system_dir: Path
+) -> InventorySource:
+    user_dir, user_label = user_config_dir(environ)
+    places = ((user_dir, user_label), (system_dir, str(system_dir)))
+    for folder, _ in places:
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return InventorySource(path, f"{rule} {name}")
+    known = fleet_names(environ, system_dir)
+    looked = " nor ".join(f"{label}/{name}.toml" for _, label in places)
+    listing = f"known fleets: {', '.join(known)}" if known else "no fleet files there yet"
+    raise UnknownFleet(
+        f"unknown fleet {name!r}{_closest(name, known)}: neither {looked} exists; {listing}"
+    )
+
+
 def inventory_path(option: str | None, environ: Mapping[str, str]) -> Path:
-    """-i wins, then $VENUSCTL_INVENTORY, then ./inventory.toml."""
-    return Path(option or environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+    """The inventory's path by find_inventory's rules (-i, then $VENUSCTL_INVENTORY, ...)."""
+    return find_inventory(option, None, environ).path
 
 
 def load_inventory(path: Path) -> Inventory:
@@ -1264,29 +1468,79 @@ def _address_matches(host: Host, target: str) -> bool:
 
 
 def select_hosts(inventory: Inventory, limits: Sequence[str] | None) -> list[Host]:
-    """Hosts matching any of the comma-separated names, groups or globs; every host if
-    no -l was given at all (None). An empty limit is refused, never "every host"."""
+    """The hosts an -l/--limit selects, as Ansible's host patterns do; every host if no
+    -l was given at all (None). In inventory order.
+
+    Each -l is split into terms (split_limit), and the terms of every -l are
+    applied as Ansible applies them: first the plain ones (union), then the
+    `&` ones (intersection), then the `!` ones (exclusion); with no plain term
+    (`-l '!h1'`) the start is every host. A term is a host name, a group,
+    `all` (every host), `ungrouped` (hosts without groups), a shell glob over
+    names, groups and addresses (`gpu-*`, `*`), an address or address:port, or
+    `~REGEX` (matched at the start of those). Refused, before any connection:
+    an empty term, a term that matches no host (with the closest names), and
+    a limit that leaves no host.
+    """
     check_has_hosts(inventory)
     if limits is None:
         return list(inventory.hosts)
     try:
-        patterns = [p.strip() for limit in limits for p in parse_limit(limit).split(",")]
+        terms = [t.strip() for limit in limits for t in split_limit(parse_limit(limit))]
     except ValueError as error:
         raise UsageError(f"-l/--limit: {error}") from None
-    if not patterns:
-        raise UsageError("-l/--limit: empty limit (-l '*' selects every host)")
-    chosen: set[str] = set()
-    for pattern in patterns:
-        matched = [host.name for host in inventory.hosts if _limit_matches(host, pattern)]
-        if not matched:
-            guess = "" if _is_glob(pattern) else _closest(pattern, _labels(inventory))
-            groups = f"; groups: {', '.join(inventory.groups)}" if inventory.groups else ""
-            raise UnknownHost(
-                f"--limit {pattern!r} matches no host{guess};"
-                f" known hosts: {_known_names(inventory)}{groups}"
-            )
-        chosen.update(matched)
+    plain = [term for term in terms if term[0] not in "!&"]
+    intersect = [term[1:].strip() for term in terms if term[0] == "&"]
+    exclude = [term[1:].strip() for term in terms if term[0] == "!"]
+    chosen: set[str] = set() if plain else set(inventory.names)
+    for term in plain:
+        chosen |= _term_hosts(inventory, term, limits)
+    for term in intersect:
+        chosen &= _term_hosts(inventory, term, limits)
+    for term in exclude:
+        chosen -= _term_hosts(inventory, term, limits)
+    if not chosen:
+        shown = ", ".join(repr(limit) for limit in limits)
+        raise EmptySelection(
+            f"--limit {shown} leaves no host (each term matches some, together none);"
+            f" known hosts: {_known_names(inventory)}{_groups_note(inventory)}"
+        )
     return [host for host in inventory.hosts if host.name in chosen]
+
+
+def _term_hosts(inventory: Inventory, term: str, limits: Sequence[str]) -> set[str]:
+    """The names of the hosts one limit term (without its ! or &) matches; none is an error."""
+    if term == "all":
+        return set(inventory.names)
+    if term == "ungrouped":
+        return {host.name for host in inventory.hosts if not host.groups}
+    if term.startswith("~"):
+        try:
+            pattern = re.compile(term[1:])
+        except re.error as error:
+            message = f"-l/--limit: invalid regular expression {term[1:]!r}: {error}"
+            raise UsageError(message) from None
+        matched = {h.name for h in inventory.hosts if any(map(pattern.match, _host_labels(h)))}
+    else:
+        matched = {host.name for host in inventory.hosts if _limit_matches(host, term)}
+    if not matched:
+        glob = _is_glob(term) or term.startswith("~")
+        guess = "" if glob else _closest(term, _labels(inventory))
+        commas = any("," in limit for limit in limits) and ":" in term
+        note = (
+            " (with a comma in the limit, only commas separate, as in Ansible: write"
+            f" {term.replace(':', ',')!r})"
+            if commas
+            else ""
+        )
+        raise UnknownHost(
+            f"--limit {term!r} matches no host{guess}{note};"
+            f" known hosts: {_known_names(inventory)}{_groups_note(inventory)}"
+        )
+    return matched
+
+
+def _groups_note(inventory: Inventory) -> str:
+    return f"; groups: {', '.join(inventory.groups)}" if inventory.groups else ""
 
 
 def _is_glob(pattern: str) -> bool:
@@ -1297,11 +1551,15 @@ def _labels(inventory: Inventory) -> list[str]:
     return [*inventory.names, *inventory.groups]
 
 
-def _limit_matches(host: Host, pattern: str) -> bool:
+def _host_labels(host: Host) -> list[str]:
     labels = [host.name, *host.groups]
     if host.address:
         labels += [host.address, f"{host.address}:{host.port or 22}"]
-    return any(fnmatch.fnmatchcase(label, pattern) for label in labels)
+    return labels
+
+
+def _limit_matches(host: Host, pattern: str) -> bool:
+    return any(fnmatch.fnmatchcase(label, pattern) for label in _host_labels(host))
 
 
 def _known_names(inventory: Inventory) -> str:
@@ -4760,6 +5018,8 @@ class Environment:
     clock: Callable[[], float] = time.monotonic  # deadlines and intervals
     now: Callable[[], float] = time.time  # timestamps: watch frames, health's report
     sleep: Callable[[float], None] = time.sleep
+    # where the machine-wide inventories are (/etc/venusctl): find_inventory's last rule
+    system_config: Path = SYSTEM_CONFIG_DIR
 
 
 @dataclass
@@ -4773,6 +5033,7 @@ class Context:
     forks: int = 50
     ssh: SshContext = field(default_factory=SshContext)
     full: bool = False  # --full: never cut a table cell
+    source: InventorySource | None = None  # which inventory file, by which rule
 
     @property
     def out(self) -> Any:
@@ -4989,8 +5250,18 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if args.ansible:
         ctx.emit_json(ansible_inventory(ctx.inventory))
     elif ctx.as_json:
-        ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
+        source = ctx.source.to_json() if ctx.source else None
+        ctx.emit_json(
+            {
+                "path": str(ctx.inventory.path),
+                "source": source,
+                "hosts": inventory_json(ctx.inventory),
+            }
+        )
     else:
+        if ctx.source is not None:
+            where = os.path.abspath(ctx.source.path)
+            ctx.out.write(escape_text(f"inventory: {where} ({ctx.source.why})") + "\n")
         ctx.out.write(ctx.table(*inventory_table(ctx.inventory)) + "\n")
     return ExitStatus.OK
 
@@ -5725,7 +5996,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--inventory",
             default=default(None),
             type=_argument_type(check_not_empty("inventory path", "-i inventory.toml"), "path"),
-            help="inventory file (TOML)",
+            help="inventory file (TOML); default: see --fleet",
+        )
+        parser.add_argument(
+            "--fleet",
+            metavar="NAME",
+            default=default(None),
+            type=_argument_type(parse_fleet_name, "fleet"),
+            help="the named fleet NAME: ~/.config/venusctl/NAME.toml, else"
+            " /etc/venusctl/NAME.toml (default: $VENUSCTL_INVENTORY, $VENUSCTL_FLEET,"
+            " ./inventory.toml, ~/.config/venusctl/inventory.toml,"
+            " /etc/venusctl/inventory.toml: the first given or found)",
         )
         parser.add_argument(
             "--json", action="store_true", default=default(False), help="print JSON"
@@ -5982,7 +6263,7 @@ def requested_command(argv: Sequence[str]) -> str | None:
     """The command word of argv, even when argv does not parse (options before it skipped)."""
     words = iter(argv)
     for word in words:
-        if word in ("-i", "--inventory", "--forks"):
+        if word in ("-i", "--inventory", "--fleet", "--forks"):
             next(words, None)  # the option's value, not the command
         elif not word.startswith("-"):
             return word
@@ -6023,9 +6304,16 @@ def _run(argv: list[str], env: Environment) -> int:
     # argparse writes --help and usage to sys.stdout/sys.stderr: those of `env` here.
     with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
         args = build_parser().parse_args(argv)
-    inventory = load_inventory(inventory_path(args.inventory, env.environ))
+    source = find_inventory(args.inventory, args.fleet, env.environ, env.system_config)
+    inventory = load_inventory(source.path)
     ctx = Context(
-        inventory, env, as_json=args.json, debug=args.debug, forks=args.forks, full=args.full
+        inventory,
+        env,
+        as_json=args.json,
+        debug=args.debug,
+        forks=args.forks,
+        full=args.full,
+        source=source,
     )
     return int(args.handler(ctx, args))
 
