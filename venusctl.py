@@ -2051,6 +2051,186 @@ def _state_value(state: ThreadState | None) -> str | None:
     return None if state is None else state.value
 
 
+# -- table specs: the columns of a table, for --columns, --sort, -o csv|tsv and colour
+#
+# A table is a TableSpec: its Columns in the order they show, each with its header
+# (also its --columns and --sort name, any case), how its cell is made from one row
+# (None: no value, "-" in a table, empty in CSV), its sort key and its colour.
+# Adding --sort, --columns, --no-header, -o csv|tsv and colour to a command's table is
+# one spec and add_table_options(parser, SPEC).
+
+# The colours of a terminal (SGR): what a cell's style names.
+STYLES = {"paused": "33", "error": "31", "expired": "1"}  # yellow, red, bold
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    cell: Callable[[Any], str | None]  # the cell's text, worker text unescaped
+    sort: Callable[[Any], Any] | None = None  # sort key (None: no value, sorted last)
+    style: Callable[[Any], str | None] | None = None  # a key of STYLES, or None
+    wide: bool = False  # shown with --wide
+    extra: bool = False  # shown only when --columns names it
+    aliases: tuple[str, ...] = ()  # more names for --columns and --sort
+    when: Callable[[Sequence[Any]], bool] | None = None  # shown by default only if true
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.header.lower(), *self.aliases)
+
+    def key(self, row: Any) -> Any:
+        return self.sort(row) if self.sort is not None else self.cell(row)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The columns of one command's table (see above); pure, so tested without a host."""
+
+    name: str  # the command, for messages
+    columns: tuple[Column, ...]
+
+    def column(self, name: str, option: str) -> Column:
+        """The column `name` (header or alias, any case); ValueError with the valid ones."""
+        wanted = name.strip().lower()
+        for column in self.columns:
+            if wanted in column.names:
+                return column
+        names = [column.header.lower() for column in self.columns]
+        aliases = [alias for column in self.columns for alias in column.aliases]
+        close = close_names(wanted, [*names, *aliases]) if wanted else []
+        guess = f"; did you mean {_either(close)}?" if close else ""
+        what = f"empty {option} name" if not wanted else f"unknown {option} {name.strip()!r}"
+        raise ValueError(f"{what} for {self.name}{guess} (valid: {', '.join(names)})")
+
+    def parse_columns(self, text: str) -> tuple[str, ...]:
+        """--columns host,index,state: headers, each known, in the order given."""
+        headers = tuple(self.column(word, "column").header for word in text.split(","))
+        return tuple(dict.fromkeys(headers))
+
+    def parse_sort(self, text: str) -> tuple[str, ...]:
+        """--sort state,elapsed: headers of the sort keys, the first the most significant."""
+        return tuple(self.column(word, "sort key").header for word in text.split(","))
+
+    def chosen(
+        self, rows: Sequence[Any], wide: bool, headers: Sequence[str] | None = None
+    ) -> list[Column]:
+        """The columns shown: those named by --columns, else the default (or --wide) set."""
+        if headers:
+            by_header = {column.header: column for column in self.columns}
+            return [by_header[header] for header in headers]
+        return [
+            column
+            for column in self.columns
+            if not column.extra
+            and (wide or not column.wide)
+            and (column.when is None or column.when(rows))
+        ]
+
+    def ordered(self, rows: Sequence[Any], keys: Sequence[str], reverse: bool) -> list[Any]:
+        """`rows` sorted by the columns `keys` (stable; rows without a value always last)."""
+        by_header = {column.header: column for column in self.columns}
+        ordered = list(rows)
+        for header in reversed(keys):
+            column = by_header[header]
+            keyed = [(column.key(row), row) for row in ordered]
+            present = [pair for pair in keyed if pair[0] is not None]
+            present.sort(key=lambda pair: pair[0], reverse=reverse)
+            ordered = [row for _, row in present] + [row for key, row in keyed if key is None]
+        return ordered
+
+    def cells(self, rows: Sequence[Any], columns: Sequence[Column]) -> list[list[str]]:
+        """The table's cells: "-" for no value, every cell escaped (worker text is data)."""
+        return [[_table_cell(column.cell(row)) for column in columns] for row in rows]
+
+    def data(self, rows: Sequence[Any], columns: Sequence[Column]) -> list[list[str]]:
+        """The cells for CSV and TSV: exact (unescaped), "" for no value."""
+        return [[column.cell(row) or "" for column in columns] for row in rows]
+
+    def styles(self, rows: Sequence[Any], columns: Sequence[Column]) -> list[list[str | None]]:
+        return [
+            [column.style(row) if column.style is not None else None for column in columns]
+            for row in rows
+        ]
+
+
+def _table_cell(value: str | None) -> str:
+    return "-" if value is None else escape_text(value)
+
+
+def _text(value: Any) -> str | None:
+    """A cell from a worker's value: None and "" are no value."""
+    return None if value is None or value == "" else str(value)
+
+
+def _number(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class TableView:
+    """How a command prints its table: from --columns, --sort, --reverse, --no-header, -o."""
+
+    columns: tuple[str, ...] = ()
+    sort: tuple[str, ...] = ()
+    reverse: bool = False
+    header: bool = True
+    output: str = "table"  # table | csv | tsv (json is the command's own document)
+    wide: bool = False
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> TableView:
+        return cls(
+            columns=getattr(args, "columns", None) or (),
+            sort=getattr(args, "sort", None) or (),
+            reverse=getattr(args, "reverse", False),
+            header=not getattr(args, "no_header", False),
+            output=getattr(args, "output", None) or "table",
+            wide=getattr(args, "wide", False),
+        )
+
+
+def render_spec(
+    spec: TableSpec,
+    rows: Sequence[Any],
+    view: TableView,
+    width: int | None = None,
+    color: bool = False,
+) -> str:
+    """One command's table as --columns, --sort, --no-header and -o want it.
+
+    `table`: the seed's layout (render_table), cut to `width` when given,
+    coloured when `color`; `csv`: RFC 4180 by Python's csv module, every
+    value exact (worker text is data there, quoted where needed); `tsv`: one
+    line per row, tab-separated, with tab, newline, carriage return and
+    backslash written as \\t, \\n, \\r and \\\\ (so a value never
+    breaks the line).
+    """
+    columns = spec.chosen(rows, view.wide, view.columns)
+    rows = spec.ordered(rows, view.sort, view.reverse) if view.sort else list(rows)
+    headers = [column.header for column in columns]
+    if view.output in ("csv", "tsv"):
+        data = spec.data(rows, columns)
+        lines = [headers, *data] if view.header else data
+        return delimited(lines, view.output)
+    styles = spec.styles(rows, columns) if color else None
+    return render_table(headers, spec.cells(rows, columns), width, styles, view.header)
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def delimited(lines: Sequence[Sequence[str]], output: str) -> str:
+    """Rows as CSV (the csv module's quoting, '\\n' line ends) or as TSV (escaped)."""
+    if output == "tsv":
+        return "".join("\t".join(v.translate(_TSV_ESCAPES) for v in line) + "\n" for line in lines)
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)
+    return buffer.getvalue()
+
+
 def error_json(error: BaseException | None) -> dict[str, Any] | None:
     if error is None:
         return None
@@ -2094,64 +2274,89 @@ def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: floa
     }
 
 
-LIST_HEADERS = ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPing"]
-
-
-LIST_WIDE_HEADERS = [
-    "Name",
-    "Dest",
-    "Version",
-    "Threads",
-    "Empty",
-    "Paused",
-    "Queued",  # threads with a pause queued behind their running stage
-    "Running",
-    "Waiting",
-    "Errors",
-    "LastPing",
-]
-
-
-def _last_ping_cell(entry: dict) -> str:
+def _last_ping_cell(entry: dict) -> str | None:
     if entry["last_ping"] is None:
-        return "-"
+        return None
     return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
 
 
-def _version_cell(entry: dict) -> str:
+def _version_cell(entry: dict) -> str | None:
     """The version; for a damocles-worker also the release line its WorkerInfo shape names."""
-    version = _cell(entry["version"])
+    version = entry["version"]
     line = entry.get("release_line")
-    return f"{version} ({line} API)" if line else version
+    return f"{version or '-'} ({line} API)" if line else _text(version)
+
+
+def _count(key: str) -> Callable[[dict], int | None]:
+    return lambda entry: (entry["summary"] or {}).get(key)
+
+
+def _count_column(key: str, wide: bool = False, style: str | None = None) -> Column:
+    def styled(entry: dict) -> str | None:
+        return style if (_count(key)(entry) or 0) > 0 else None
+
+    return Column(
+        key,
+        lambda entry: _number(_count(key)(entry)),
+        sort=_count(key),
+        style=styled if style else None,
+        wide=wide,
+    )
+
+
+def _queued(entry: dict) -> int | None:
+    return entry["pause_requested"]
+
+
+LIST_TABLE = TableSpec(
+    "list",
+    (
+        Column(
+            "Name", lambda e: e["name"], sort=lambda e: natural_key(e["name"]), aliases=("host",)
+        ),
+        Column("Dest", lambda e: e["dest"]),
+        Column("Version", _version_cell, wide=True),
+        _count_column("Threads"),
+        _count_column("Empty"),
+        _count_column("Paused", style="paused"),
+        Column(  # threads with a pause queued behind their running stage
+            "Queued",
+            lambda e: _number(_queued(e)),
+            sort=_queued,
+            style=lambda e: "paused" if _queued(e) else None,
+            wide=True,
+        ),
+        _count_column("Running", wide=True),
+        _count_column("Waiting", wide=True),
+        _count_column("Errors", style="error"),
+        Column(
+            "LastPing",
+            _last_ping_cell,
+            sort=lambda e: e["last_ping"],
+            style=lambda e: "expired" if e["expired"] else None,
+            aliases=("elapsed", "ping"),
+        ),
+        Column(
+            "Error",
+            lambda e: e["error"]["message"] if e["error"] else "",
+            sort=lambda e: e["error"]["message"] if e["error"] else None,
+            style=lambda e: "error" if e["error"] else None,
+            when=lambda entries: any(entry["error"] for entry in entries),
+        ),
+    ),
+)
+
+
+LIST_HEADERS = [column.header for column in LIST_TABLE.chosen([], wide=False)]
+
+
+LIST_WIDE_HEADERS = [column.header for column in LIST_TABLE.chosen([], wide=True)]
 
 
 def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of `venusctl list`; an Error column only when a host failed."""
-    headers = list(LIST_WIDE_HEADERS if wide else LIST_HEADERS)
-    with_errors = any(entry["error"] for entry in entries)
-    if with_errors:
-        headers.append("Error")
-    rows = []
-    for entry in entries:
-        summary = entry["summary"] or {}
-        cells = {
-            "Name": entry["name"],
-            "Dest": entry["dest"],
-            "Version": _version_cell(entry),
-            "LastPing": _last_ping_cell(entry),
-            "Queued": _cell(entry["pause_requested"]),
-            "Error": entry["error"]["message"] if entry["error"] else "",
-        }
-        for key in api.SUMMARY_KEYS:
-            cells[key] = _cell(summary.get(key))
-        rows.append([cells[header] for header in headers])
-    return headers, rows
-
-
-INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", "LastErr"]
-
-
-INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
+    columns = LIST_TABLE.chosen(entries, wide)
+    return [column.header for column in columns], LIST_TABLE.cells(entries, columns)
 
 
 def format_thread_state(activity: ThreadActivity, pause_queued: bool = False) -> str:
@@ -2175,26 +2380,77 @@ def _paused_cell(thread: WorkerInfo) -> str:
     return "queued" if thread.pause_requested else "false"
 
 
+def _state_order(thread: WorkerInfo) -> int | None:
+    """A task state's place in the flow (Empty first, Finished last), for --sort state."""
+    if not thread.job_state:
+        return None
+    return STATE_NAMES.index(thread.job_state) if thread.job_state in STATE_NAMES else 999
+
+
+def _paused_style(thread: WorkerInfo) -> str | None:
+    return "paused" if thread.paused or thread.pause_requested else None
+
+
+INFO_COLUMNS = (
+    Column("Index", lambda t: str(t.index), sort=lambda t: t.index),
+    Column("Loc", lambda t: _text(t.location), aliases=("location",)),
+    Column(
+        "SectorID",
+        lambda t: _text(t.job_id),
+        sort=lambda t: natural_key(t.job_id) if t.job_id else None,
+        aliases=("sector",),
+    ),
+    Column(
+        "Paused",
+        _paused_cell,
+        sort=lambda t: (t.paused, t.pause_requested),
+        style=_paused_style,
+    ),
+    Column(
+        "PausedElapsed",
+        lambda t: format_duration(t.thread_state.elapsed) if t.paused else None,
+        sort=lambda t: t.thread_state.elapsed if t.paused else None,
+        style=_paused_style,
+    ),
+    Column("State", lambda t: _text(t.job_state), sort=_state_order),
+    Column(  # seconds in the current task state (WorkerInfo state_elapsed)
+        "Elapsed",
+        lambda t: None if t.state_elapsed is None else format_duration(t.state_elapsed),
+        sort=lambda t: t.state_elapsed,
+        extra=True,
+        aliases=("instate",),
+    ),
+    Column("Plan", lambda t: _text(t.plan), wide=True),
+    Column("Stage", lambda t: _text(t.job_stage), wide=True),
+    Column(
+        "ThreadState",
+        thread_state_text,
+        sort=lambda t: _state_value(t.thread_state.state),
+        style=lambda t: "paused" if t.paused else None,
+        wide=True,
+    ),
+    Column(
+        "LastErr",
+        lambda t: _text(t.last_error),
+        style=lambda t: "error" if t.last_error else None,
+        aliases=("error",),
+    ),
+)
+
+
+INFO_TABLE = TableSpec("info", INFO_COLUMNS)
+
+
+INFO_HEADERS = [column.header for column in INFO_TABLE.chosen([], wide=False)]
+
+
+INFO_WIDE_HEADERS = [column.header for column in INFO_TABLE.chosen([], wide=True)]
+
+
 def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of `venusctl info`: one row per sealing thread."""
-    headers = INFO_WIDE_HEADERS if wide else INFO_HEADERS
-    rows = []
-    for thread in threads:
-        elapsed = thread.thread_state.elapsed
-        cells = {
-            "Index": str(thread.index),
-            "Loc": _cell(thread.location),
-            "SectorID": _cell(thread.job_id),
-            "Paused": _paused_cell(thread),
-            "PausedElapsed": format_duration(elapsed) if thread.paused else "-",
-            "State": _cell(thread.job_state),
-            "Plan": _cell(thread.plan),
-            "Stage": _cell(thread.job_stage),
-            "ThreadState": thread_state_text(thread),
-            "LastErr": _cell(thread.last_error),
-        }
-        rows.append([cells[header] for header in headers])
-    return headers, rows
+    columns = INFO_TABLE.chosen(threads, wide)
+    return [column.header for column in columns], INFO_TABLE.cells(threads, columns)
 
 
 def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
@@ -2272,28 +2528,34 @@ def _action_text(host: Host, action: Action, outcome: ActionOutcome) -> str:
     return f"{subject}: resumed"
 
 
-INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
-
-
 def _transport_cell(host: Host) -> str:
     return (
         f"{host.transport} -> damocles {host.rpc}" if host.backend == "damocles" else host.transport
     )
 
 
+INVENTORY_TABLE = TableSpec(
+    "inventory",
+    (
+        Column("Name", lambda h: h.name, sort=lambda h: natural_key(h.name), aliases=("host",)),
+        Column("Dest", lambda h: h.dest),
+        Column("User", lambda h: h.user),
+        Column("Transport", _transport_cell),
+        Column("Groups", lambda h: ",".join(h.groups) or None),
+        Column("Backend", lambda h: h.backend, extra=True),
+        Column("Config", lambda h: h.config, extra=True),
+        Column("Socket", lambda h: h.socket, extra=True),
+    ),
+)
+
+
+INVENTORY_HEADERS = [column.header for column in INVENTORY_TABLE.chosen([], wide=False)]
+
+
 def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
     """`venusctl inventory`: the hosts as venusctl resolved them (no connection)."""
-    rows = [
-        [
-            host.name,
-            host.dest,
-            host.user or "-",
-            _transport_cell(host),
-            ",".join(host.groups) or "-",
-        ]
-        for host in inventory.hosts
-    ]
-    return INVENTORY_HEADERS, rows
+    columns = INVENTORY_TABLE.chosen(inventory.hosts, wide=False)
+    return INVENTORY_HEADERS, INVENTORY_TABLE.cells(inventory.hosts, columns)
 
 
 def inventory_json(inventory: Inventory) -> list[dict[str, Any]]:
@@ -2390,21 +2652,58 @@ def fit_cells(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int)
     ]
 
 
-def render_table(headers: list[str], rows: list[list[str]], width: int | None = None) -> str:
+def render_table(
+    headers: list[str],
+    rows: list[list[str]],
+    width: int | None = None,
+    styles: Sequence[Sequence[str | None]] | None = None,
+    header: bool = True,
+) -> str:
     """The seed's table; every cell escaped (worker text is data), then cut to `width`
-    columns when one is given (a terminal; None: a pipe or file, or --full: never cut)."""
+    columns when one is given (a terminal; None: a pipe or file, or --full: never cut).
+
+    `styles` (a STYLES key or None per cell) colours cells for a terminal: the
+    colour goes around a cell already escaped and cut, and tabulate measures
+    the visible width only, so colour never moves a column or breaks the fit.
+    """
     from tabulate import simple_separated_format, tabulate
 
     cells = [[escape_text(str(cell)) for cell in row] for row in rows]
     if width is not None:
         cells = fit_cells(headers, cells, width)
+    if styles is not None:
+        cells = [
+            [_painted(cell, style) for cell, style in zip(row, row_styles, strict=True)]
+            for row, row_styles in zip(cells, styles, strict=True)
+        ]
     # The seed's layout: left-aligned columns two spaces apart, no rules. The
     # header goes in as the first row because tabulate pads real headers by
     # two more spaces; numparse off so an index or a count is never reformatted.
     table = tabulate(
-        [headers, *cells], tablefmt=simple_separated_format("  "), disable_numparse=True
+        [headers, *cells] if header else cells or [[""]],
+        tablefmt=simple_separated_format("  "),
+        disable_numparse=True,
     )
     return "\n".join(line.rstrip() for line in table.splitlines())
+
+
+def _painted(cell: str, style: str | None) -> str:
+    if style is None or cell in ("", "-"):
+        return cell
+    return f"\x1b[{STYLES[style]}m{cell}\x1b[0m"
+
+
+def header_styles(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[list[str | None]]:
+    """Colour for a table without a spec (bulk plans, drain): errors red, paused yellow."""
+
+    def style(header: str, cell: str) -> str | None:
+        if header in ("LastErr", "Error"):
+            return "error"
+        if header == "ThreadState" and cell.startswith("Paused"):
+            return "paused"
+        return None
+
+    return [[style(h, cell) for h, cell in zip(headers, row, strict=False)] for row in rows]
 
 
 # =============================================================================
@@ -3224,12 +3523,35 @@ def count_line(threads: Sequence[FleetThread]) -> str:
     return f"{_plural(len(threads), 'thread')} on {_plural(hosts, 'host')}"
 
 
+def _on_info(column: Column) -> Column:
+    """An info column read from a FleetThread's WorkerInfo."""
+
+    def of(function: Callable[[WorkerInfo], Any] | None) -> Callable[[FleetThread], Any] | None:
+        return None if function is None else lambda thread: function(thread.info)
+
+    return dataclasses.replace(
+        column, cell=of(column.cell), sort=of(column.sort), style=of(column.style)
+    )
+
+
+THREADS_TABLE = TableSpec(
+    "threads",
+    (
+        Column(
+            "Host",
+            lambda t: t.host.name,
+            sort=lambda t: natural_key(t.host.name),
+            aliases=("name",),
+        ),
+        *(_on_info(column) for column in INFO_COLUMNS),
+    ),
+)
+
+
 def threads_table(threads: Sequence[FleetThread], wide: bool) -> tuple[list[str], list[list[str]]]:
     """`venusctl threads`: a Host column, then the `info` columns."""
-    headers, rows = info_table([thread.info for thread in threads], wide)
-    return ["Host", *headers], [
-        [thread.host.name, *row] for thread, row in zip(threads, rows, strict=True)
-    ]
+    columns = THREADS_TABLE.chosen(threads, wide)
+    return [column.header for column in columns], THREADS_TABLE.cells(threads, columns)
 
 
 def fleet_thread_json(thread: FleetThread) -> dict[str, Any]:
