@@ -5356,6 +5356,7 @@ class Context:
     ssh: SshContext = field(default_factory=SshContext)
     full: bool = False  # --full: never cut a table cell
     source: InventorySource | None = None  # which inventory file, by which rule
+    color: str = "auto"  # --color: auto, always, never
 
     @property
     def out(self) -> Any:
@@ -5378,10 +5379,38 @@ class Context:
     def is_terminal(self, stream: Any) -> bool:
         return self.env.isatty(stream)
 
-    def table(self, headers: list[str], rows: list[list[str]]) -> str:
-        """A table for stdout: cut to the terminal's width on a terminal, unless --full."""
+    @property
+    def width(self) -> int | None:
+        """The width tables are cut to: the terminal's, None for a pipe or file or --full."""
         cut = not self.full and self.is_terminal(self.out)
-        return render_table(headers, rows, self.env.terminal_size().columns if cut else None)
+        return self.env.terminal_size().columns if cut else None
+
+    @property
+    def colour(self) -> bool:
+        """Colour stdout? --color always/never; auto (default): a terminal, without
+        $NO_COLOR (no-color.org: set and not empty) and not TERM=dumb."""
+        if self.color != "auto":
+            return self.color == "always"
+        environ = self.env.environ
+        if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
+            return False
+        return self.is_terminal(self.out)
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> str:
+        """A table for stdout: cut to the terminal's width on a terminal, unless --full;
+        errors red and paused threads yellow when colour is on."""
+        styles = header_styles(headers, rows) if self.colour else None
+        return render_table(headers, rows, self.width, styles)
+
+    def render(self, spec: TableSpec, rows: Sequence[Any], args: argparse.Namespace) -> str:
+        """A command's table as its --columns, --sort, --no-header and -o ask (render_spec)."""
+        view = TableView.of(args)
+        table = view.output == "table"
+        return render_spec(spec, rows, view, self.width if table else None, table and self.colour)
+
+    def delimited(self, args: argparse.Namespace) -> bool:
+        """-o csv or -o tsv: stdout holds the data alone; notes go to stderr."""
+        return getattr(args, "output", None) in ("csv", "tsv")
 
     def emit_json(self, document: Any) -> None:
         self.out.write(json.dumps(document, indent=2) + "\n")
@@ -5490,7 +5519,7 @@ def list_report(
     status = ExitStatus.FAILED if failed else ExitStatus.OK
     if ctx.as_json:
         return {"expiration": args.expiration, "hosts": entries}, status
-    return ctx.table(*list_table(entries, args.wide)), status
+    return ctx.render(LIST_TABLE, entries, args).rstrip("\n"), status
 
 
 def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -5537,9 +5566,12 @@ def threads_report(
             "unreachable": unreachable,
         }
         return document, status
-    lines = [ctx.table(*threads_table(threads, args.wide))] if threads else []
-    lines += [count_line(threads), *unreachable_lines(unreachable)]
-    return "\n".join(lines), status
+    table = ctx.render(THREADS_TABLE, threads, args).rstrip("\n")
+    notes = [count_line(threads), *unreachable_lines(unreachable)]
+    if ctx.delimited(args):  # the data alone on stdout; the count and who failed on stderr
+        ctx.err.write("".join(escape_text(line) + "\n" for line in notes))
+        return table, status
+    return "\n".join(([table] if threads else []) + notes), status
 
 
 def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -5562,7 +5594,7 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if ctx.as_json:
         ctx.emit_json(entry)
     elif entry["threads"] is not None:
-        ctx.out.write(ctx.table(*info_table(outcome.threads, args.wide)) + "\n")
+        ctx.out.write(ctx.render(INFO_TABLE, outcome.threads, args).rstrip("\n") + "\n")
     else:
         ctx.err.write(f"venusctl: {info_failure_line(entry)}\n")
     return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
@@ -5583,8 +5615,13 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     else:
         if ctx.source is not None:
             where = os.path.abspath(ctx.source.path)
-            ctx.out.write(escape_text(f"inventory: {where} ({ctx.source.why})") + "\n")
-        ctx.out.write(ctx.table(*inventory_table(ctx.inventory)) + "\n")
+            line = escape_text(f"inventory: {where} ({ctx.source.why})") + "\n"
+            # with -o csv|tsv the data alone on stdout; --no-header: the table alone
+            if ctx.delimited(args):
+                ctx.err.write(line)
+            elif not args.no_header:
+                ctx.out.write(line)
+        ctx.out.write(ctx.render(INVENTORY_TABLE, ctx.inventory.hosts, args).rstrip("\n") + "\n")
     return ExitStatus.OK
 
 
@@ -6308,6 +6345,36 @@ def add_watch(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_table_options(parser: argparse.ArgumentParser, spec: TableSpec, wide: bool = True) -> None:
+    """--columns, --sort, --reverse, --no-header and -o for a command that prints `spec`."""
+    group = parser.add_argument_group("table output")
+    names = ", ".join(column.header.lower() for column in spec.columns)
+    group.add_argument(
+        "--columns",
+        metavar="LIST",
+        type=_argument_type(spec.parse_columns, "columns"),
+        help=f"the columns to show, in this order (comma-separated, any case): {names}",
+    )
+    group.add_argument(
+        "--sort",
+        metavar="KEY",
+        type=_argument_type(spec.parse_sort, "sort key"),
+        help="sort the rows by these columns (comma-separated, first the most significant;"
+        " a column without a value sorts last)",
+    )
+    group.add_argument("--reverse", action="store_true", help="with --sort: largest first")
+    group.add_argument("--no-header", action="store_true", help="no header line (row)")
+    group.add_argument(
+        "-o",
+        "--output",
+        choices=("table", *(("wide",) if wide else ()), "csv", "tsv", "json"),
+        help="table (default)"
+        + (", wide (as --wide)" if wide else "")
+        + ", csv (RFC 4180: values exact, quoted where needed), tsv (tab, newline and"
+        " backslash escaped as \\t \\n \\\\), json (as --json)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The common options are accepted before or after the command name; in
     # the subcommands they default to SUPPRESS so they never undo the top level.
@@ -6344,6 +6411,15 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             default=default(False),
             help="never cut a table cell (on a terminal, long cells are cut with … to fit)",
+        )
+        parser.add_argument(
+            "--color",
+            "--colour",
+            dest="color",
+            choices=("auto", "always", "never"),
+            default=default("auto"),
+            help="colour tables (paused yellow, errors red, an expired LastPing bold): auto"
+            " (default) on a terminal unless $NO_COLOR is set, always, never",
         )
         parser.add_argument(
             "--forks",
@@ -6389,6 +6465,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="LastPing older than this gets a '!' (default 10m; 30s, 1h30m, ...)",
     )
     listing.add_argument("--wide", action="store_true", help="add Version, Running, Waiting")
+    add_table_options(listing, LIST_TABLE)
     add_watch(listing)
     listing.set_defaults(handler=command_list)
 
@@ -6398,6 +6475,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(threads, top=False)
     add_selectors(threads)
     threads.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")
+    add_table_options(threads, THREADS_TABLE)
     add_watch(threads)
     threads.set_defaults(handler=command_threads)
 
@@ -6411,6 +6489,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(info, top=False)
     info.add_argument("host", help="name, address or address:port")
     info.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")
+    add_table_options(info, INFO_TABLE)
     info.set_defaults(handler=command_info)
 
     pause = commands.add_parser(
@@ -6572,6 +6651,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--ansible", action="store_true", help="Ansible's dynamic-inventory JSON (playbooks/)"
     )
+    add_table_options(listing, INVENTORY_TABLE, wide=False)
     listing.set_defaults(handler=command_inventory)
     return parser
 
@@ -6592,6 +6672,17 @@ def requested_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def json_requested(argv: Sequence[str]) -> bool:
+    """--json or -o json anywhere in argv (even when argv does not parse)."""
+    words = list(argv)
+    for position, word in enumerate(words):
+        if word in ("--json", "-ojson", "--output=json"):
+            return True
+        if word in ("-o", "--output") and words[position + 1 : position + 2] == ["json"]:
+            return True
+    return False
+
+
 def _fail(
     argv: Sequence[str],
     env: Environment,
@@ -6605,7 +6696,7 @@ def _fail(
     the exit status the same either way. `health` answers as a monitoring plugin:
     `VENUS UNKNOWN - <message>`, exit 3 (its --json document: status UNKNOWN and the error).
     """
-    as_json = "--json" in argv
+    as_json = json_requested(argv)
     error = {"error": {"code": code, "message": message}}
     if requested_command(argv) == "health":
         line = f"VENUS UNKNOWN - {escape_text(message, also='|')}"
@@ -6626,16 +6717,20 @@ def _run(argv: list[str], env: Environment) -> int:
     # argparse writes --help and usage to sys.stdout/sys.stderr: those of `env` here.
     with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
         args = build_parser().parse_args(argv)
+    output = getattr(args, "output", None)
+    if output == "wide":
+        args.wide, args.output = True, "table"
     source = find_inventory(args.inventory, args.fleet, env.environ, env.system_config)
     inventory = load_inventory(source.path)
     ctx = Context(
         inventory,
         env,
-        as_json=args.json,
+        as_json=args.json or output == "json",
         debug=args.debug,
         forks=args.forks,
         full=args.full,
         source=source,
+        color=args.color,
     )
     return int(args.handler(ctx, args))
 

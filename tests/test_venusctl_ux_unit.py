@@ -295,3 +295,151 @@ def test_ansible_selects_the_same_hosts_through_playbooks_inventory_py(tmp_path)
     }
     assert ours == ansible
     assert ours["gpu:&rack2:!gpu-03"] == ["gpu-02"]  # not all empty or all everything
+
+
+# -- 4. output for people and spreadsheets -----------------------------------------------------
+
+NASTY = 'permanent: bad "quote", comma\nnew line\ttab \x1b[2J\\ back'
+
+
+def thread(index, **values):
+    from helpers import worker_info
+
+    return worker_info(index=index, **values)
+
+
+def threads():
+    return [
+        thread(0, job_id="s-t01000-10", job_state="C1Done", state_elapsed=30, last_error=NASTY,
+               thread_state={"state": "Paused", "elapsed": 20, "proc": None}),
+        thread(1, job_id="s-t01000-9", job_state="PC1Done", state_elapsed=300,
+               thread_state={"state": "Running", "elapsed": 3, "proc": "mock"}),
+        thread(2, job_id=None, job_state="", state_elapsed=None,
+               thread_state={"state": "Idle", "elapsed": None, "proc": None}),
+    ]  # fmt: skip
+
+
+def view(**values) -> venusctl.TableView:
+    return venusctl.TableView(**values)
+
+
+def test_columns_and_sort_keys_are_checked_with_the_valid_ones():
+    spec = venusctl.INFO_TABLE
+    assert spec.parse_columns("Index,state,LASTERR,error") == ("Index", "State", "LastErr")
+    assert spec.parse_sort("elapsed,index") == ("Elapsed", "Index")
+    with pytest.raises(ValueError) as caught:
+        spec.parse_columns("index,stat")
+    assert str(caught.value) == (
+        "unknown column 'stat' for info; did you mean state, instate or stage? (valid: index,"
+        " loc, sectorid,"
+        " paused, pausedelapsed, state, elapsed, plan, stage, threadstate, lasterr)"
+    )
+    with pytest.raises(ValueError, match="empty column name"):
+        spec.parse_columns("index,")
+    # on the command line: before any connection, exit 2 (the inventory's host is 10.0.0.1)
+    out, err = io.StringIO(), io.StringIO()
+    env = venusctl.Environment(stdout=out, stderr=err, environ={})
+    assert venusctl.main(["-i", "/nonexistent.toml", "threads", "--sort", "host,elapsd"], env) == 2
+    assert (
+        "argument --sort: unknown sort key 'elapsd' for threads; did you mean elapsed or pausedelapsed?"
+        in (err.getvalue())
+    )
+
+
+def test_sort_keeps_the_order_of_equals_and_puts_rows_without_a_value_last():
+    rows = threads()
+    spec = venusctl.INFO_TABLE
+    assert [t.index for t in spec.ordered(rows, ("Elapsed",), False)] == [0, 1, 2]
+    assert [t.index for t in spec.ordered(rows, ("Elapsed",), True)] == [1, 0, 2]
+    # natural order of sector ids: s-t01000-9 before s-t01000-10
+    assert [t.index for t in spec.ordered(rows, ("SectorID",), False)] == [1, 0, 2]
+    # task states in their flow order, not the alphabet's (PC1Done comes before C1Done)
+    assert [t.index for t in spec.ordered(rows, ("State",), False)] == [1, 0, 2]
+    # --reverse turns every key: paused first, then the highest index
+    assert [t.index for t in spec.ordered(rows, ("Paused", "Index"), True)] == [0, 2, 1]
+    text = venusctl.render_spec(spec, rows, view(columns=("Index", "Elapsed"), sort=("Elapsed",),
+                                                 reverse=True))  # fmt: skip
+    assert text.splitlines() == ["Index  Elapsed", "1      5m0s", "0      30s", "2      -"]
+    assert venusctl.render_spec(spec, rows, view(columns=("Index",), header=False)) == "0\n1\n2"
+
+
+def test_csv_keeps_worker_text_exact_and_the_csv_module_reads_it_back():
+    import csv
+
+    text = venusctl.render_spec(venusctl.INFO_TABLE, threads(), view(output="csv", wide=True))
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == venusctl.INFO_WIDE_HEADERS
+    assert rows[1][rows[0].index("LastErr")] == NASTY  # quotes, comma, newline, ESC: exact
+    last = dict(zip(rows[0], rows[3], strict=True))
+    assert (last["SectorID"], last["State"], last["PausedElapsed"], last["LastErr"]) == ("",) * 4
+    assert (last["Index"], last["Paused"], last["ThreadState"]) == ("2", "false", "Idle")
+    assert (
+        venusctl.render_spec(
+            venusctl.INFO_TABLE, threads(), view(output="csv", columns=("Index",), header=False)
+        )
+        == "0\n1\n2\n"
+    )
+
+
+def test_tsv_escapes_what_would_break_its_lines():
+    text = venusctl.render_spec(
+        venusctl.INFO_TABLE, threads()[:1], view(output="tsv", columns=("Index", "LastErr"))
+    )
+    lines = text.split("\n")
+    assert lines[:2] == [
+        "Index\tLastErr",
+        '0\tpermanent: bad "quote", comma\\nnew line\\ttab \x1b[2J\\\\ back',
+    ]
+    assert lines[2:] == [""]
+
+
+VISIBLE = __import__("re").compile(r"\x1b\[[0-9;]*m")
+
+
+def test_colour_marks_paused_and_errors_and_never_breaks_the_fit():
+    rows = threads()
+    plain = venusctl.render_spec(venusctl.INFO_TABLE, rows, view(wide=True), width=100)
+    painted = venusctl.render_spec(
+        venusctl.INFO_TABLE, rows, view(wide=True), width=100, color=True
+    )
+    assert painted != plain and VISIBLE.sub("", painted) == plain
+    assert all(len(line) <= 100 for line in plain.splitlines())
+    first = painted.splitlines()[1]
+    assert "\x1b[33mtrue\x1b[0m" in first  # paused: yellow
+    assert "\x1b[31mperman\u2026\x1b[0m" in first  # the error: red, cut inside the colour
+    assert "\x1b[2J" not in painted.replace("\\x1b[2J", "")  # the worker's ESC never raw
+    entries = [
+        {"name": "w1", "dest": "d", "version": None, "release_line": None, "pause_requested": 0,
+         "summary": {"Threads": 2, "Empty": 0, "Paused": 1, "Running": 1, "Waiting": 0,
+                     "Errors": 1}, "last_ping": 700.0, "expired": True, "error": None},
+    ]  # fmt: skip
+    painted = venusctl.render_spec(venusctl.LIST_TABLE, entries, view(), color=True)
+    assert "\x1b[1m11m40s!\x1b[0m" in painted  # expired LastPing: bold
+    assert "\x1b[33m1\x1b[0m" in painted and "\x1b[31m1\x1b[0m" in painted
+
+
+@pytest.mark.parametrize(
+    ("option", "environ", "tty", "coloured"),
+    [
+        ("auto", {}, True, True),
+        ("auto", {}, False, False),  # a pipe or a file
+        ("auto", {"NO_COLOR": "1"}, True, False),
+        ("auto", {"NO_COLOR": ""}, True, True),  # set but empty: not asked (no-color.org)
+        ("auto", {"TERM": "dumb"}, True, False),
+        ("always", {"NO_COLOR": "1"}, False, True),  # the command line beats the variable
+        ("never", {}, True, False),
+    ],
+)
+def test_colour_on_a_terminal_only_unless_forced(tmp_path, option, environ, tty, coloured):
+    path = write(tmp_path / "inventory.toml")
+    out = io.StringIO()
+    env = venusctl.Environment(
+        stdout=out, stderr=io.StringIO(), environ=environ, isatty=lambda stream: tty
+    )
+    # inventory --columns groups: "gpu,rack1" is no value to colour; a plan table is: use
+    # the Context the command would get
+    assert venusctl.main(["-i", str(path), "--color", option, "inventory"], env) == 0
+    ctx = venusctl.Context(parse(), env, color=option)
+    assert ctx.colour is coloured
+    table = ctx.table(*venusctl.info_table(threads(), wide=False))
+    assert ("\x1b[" in table) is coloured
