@@ -207,6 +207,10 @@ __all__ = [
     "plan_steps",
     "invalid_resume_state",
     "plan_summary",
+    "plan_moves",
+    "move_effect",
+    "Move",
+    "FINAL_STATES",
     "results_summary",
     "describe_thread",
     "JsonRpcClient",
@@ -310,6 +314,12 @@ class NotConfirmed(UsageError):
     """A bulk action neither confirmed with --yes nor on a terminal."""
 
     code = "not-confirmed"
+
+
+class NotForced(UsageError):
+    """A resume into Finished or Aborted without --force: it ends the sector's task for good."""
+
+    code = "not-forced"
 
 
 class InventoryError(UsageError):
@@ -3609,8 +3619,94 @@ def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) 
             steps.append(Step(thread, None, "skip: not paused"))
         else:
             note = f"resume in {to_state}" if to_state else "resume"
+            effect = to_state and move_effect(thread.info, to_state)
+            note = f"{note}: {effect}" if effect else note
             steps.append(Step(thread, Action("resume", thread.index, to_state), note))
     return steps
+
+
+# The resume states that end a sector's task for good: `--force` besides `--yes`.
+FINAL_STATES = ("Finished", "Aborted")
+
+
+def move_effect(thread: WorkerInfo, state: str) -> str | None:
+    """What resuming `thread` into `state` does to its sector, when it ends the task:
+    'finalises s-t01000-12 without a proof', 'drops s-t01000-12 and its data'; else None.
+
+    Finished runs the end of a sector (the worker reports it finalised and
+    clears the location's data) whatever was done before; Aborted drops it
+    (reference: damocles.md, "resume --state"). Neither can be undone.
+    """
+    sector = thread.job_id or "its task (no sector yet)"
+    if state == "Finished":
+        return f"finalises {sector} without a proof"
+    if state == "Aborted":
+        return f"drops {sector} and its data"
+    return None
+
+
+@dataclass(frozen=True)
+class Move:
+    """The threads of a bulk resume that go from one task state to another."""
+
+    before: str  # job_state now ("" without a task)
+    after: str
+    sectors: tuple[str, ...]  # their sector ids (threads without one are not counted)
+    threads: int
+
+    @property
+    def effect(self) -> str | None:
+        if self.after == "Finished":
+            return "finalised without a proof"
+        if self.after == "Aborted":
+            return "dropped with their data"
+        return None
+
+    def line(self) -> str:
+        """'C1Done -> Finished: 3 sectors (finalised without a proof)'."""
+        count = _plural(len(self.sectors), "sector")
+        threads = "" if self.threads == len(self.sectors) else f" ({self.threads} threads)"
+        effect = f", {self.effect}" if self.effect else ""
+        return f"{self.before or 'no task'} -> {self.after}: {count}{threads}{effect}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.before,
+            "to": self.after,
+            "sectors": len(self.sectors),
+            "job_ids": list(self.sectors),
+            "threads": self.threads,
+            "effect": self.effect,
+        }
+
+
+def plan_moves(steps: Sequence[Step]) -> list[Move]:
+    """How many sectors each state move of a bulk resume touches, by (from, to) state."""
+    groups: dict[tuple[str, str], list[WorkerInfo]] = {}
+    for step in steps:
+        action = step.action
+        if action is None or action.state is None:
+            continue
+        groups.setdefault((step.thread.info.job_state, action.state), []).append(step.thread.info)
+    return [
+        Move(before, after, tuple(t.job_id for t in infos if t.job_id), len(infos))
+        for (before, after), infos in groups.items()
+    ]
+
+
+def final_moves_text(steps: Sequence[Step]) -> str | None:
+    """'finalises 3 sectors without a proof' for the steps that end a task, else None."""
+    final = [s for s in steps if s.action is not None and s.action.state in FINAL_STATES]
+    if not final:
+        return None
+    finishing = [s for s in final if s.action.state == "Finished"]
+    dropping = [s for s in final if s.action.state == "Aborted"]
+    parts = []
+    if finishing:
+        parts.append(f"finalises {_plural(len(finishing), 'sector')} without a proof")
+    if dropping:
+        parts.append(f"drops {_plural(len(dropping), 'sector')} and their data")
+    return " and ".join(parts)
 
 
 def invalid_resume_state(
@@ -3661,11 +3757,14 @@ def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
 
 
 def plan_summary(kind: str, steps: Sequence[Step]) -> str:
-    """'plan: pause 4 threads on 2 hosts; 1 skipped', or 'plan: nothing to pause; 2 skipped'."""
+    """'plan: pause 4 threads on 2 hosts; 1 skipped', or 'plan: nothing to pause; 2 skipped';
+    then, for a resume into another state, one line per state move with its sector count."""
     acting = [step.thread for step in steps if step.action]
     skipped = len(steps) - len(acting)
     what = f"{kind} {count_line(acting)}" if acting else f"nothing to {kind}"
-    return f"plan: {what}" + (f"; {skipped} skipped" if skipped else "")
+    lines = [f"plan: {what}" + (f"; {skipped} skipped" if skipped else "")]
+    lines += [f"  moves {move.line()}" for move in plan_moves(steps)]
+    return "\n".join(lines)
 
 
 def step_json(step: Step) -> dict[str, Any]:
@@ -5633,12 +5732,7 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
 def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
     host = resolve_target(ctx.inventory, target)
     outcome = ActionOutcome.of(_one_host(ctx, host, lambda s: perform(s, host, action)))
-    if ctx.as_json:
-        ctx.emit_json(action_entry(host, action, outcome))
-    else:
-        stream = ctx.err if outcome.error else ctx.out
-        stream.write(action_line(host, action, outcome) + "\n")
-    return ExitStatus.FAILED if outcome.error else ExitStatus.OK
+    return _show_action(ctx, host, action, outcome)
 
 
 def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> list[Host]:
@@ -5734,18 +5828,145 @@ def show_results(
     document: dict[str, Any],
     results: Sequence[tuple[Step, ActionOutcome]],
     unreachable: Sequence[dict[str, Any]],
+    waited: PauseWait | None = None,
 ) -> ExitStatus:
-    failed = any(outcome.error for _, outcome in results)
+    failed = any(outcome.error for _, outcome in results) or (waited and waited.busy)
     if ctx.as_json:
         document["results"] = [
             action_entry(step.thread.host, step.action, outcome) for step, outcome in results
         ]
+        if waited is not None:
+            document["waited"] = waited.as_json()
         ctx.emit_json(document)
     else:
-        for step, outcome in results:
-            ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
+        if waited is None:  # with --wait, each line was said as it came
+            for step, outcome in results:
+                ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
         ctx.out.write(results_summary(kind, results) + "\n")
+        if waited is not None:
+            ctx.out.write(escape_text(waited.summary()) + "\n")
     return ExitStatus.FAILED if failed or unreachable else ExitStatus.OK
+
+
+# -- pause --wait: until each thread shows Paused
+
+
+WAIT_POLL = 1.0  # seconds between two looks at the threads a pause --wait waits for
+
+
+@dataclass
+class PauseWait:
+    """What pause --wait saw: each thread's last WorkerInfo, when it paused, who did not."""
+
+    timeout: float
+    started: float
+    latest: dict[tuple[str, int], WorkerInfo] = field(default_factory=dict)
+    paused_after: dict[tuple[str, int], float] = field(default_factory=dict)
+    busy: list[FleetThread] = field(default_factory=list)
+    interrupted: bool = False
+
+    def summary(self) -> str:
+        done = len(self.paused_after)
+        if not self.busy:
+            return f"waited {format_duration(round(self.elapsed, 1))}: {done} paused"
+        still = "; ".join(
+            f"{thread.label} ({describe_thread(self.latest[thread.key])})"
+            if thread.key in self.latest
+            else f"{thread.label} (not answering)"
+            for thread in self.busy
+        )
+        why = (
+            "interrupted"
+            if self.interrupted
+            else f"timed out after {format_duration(self.timeout)}"
+        )
+        return (
+            f"pause --wait {why}: {done} paused, still running: {still}; their pauses stay"
+            " queued (resume HOST INDEX cancels one)"
+        )
+
+    @property
+    def elapsed(self) -> float:
+        return max(self.paused_after.values(), default=0.0)
+
+    def as_json(self) -> dict[str, Any]:
+        busy = {thread.key for thread in self.busy}
+        return {
+            "timeout": self.timeout,
+            "interrupted": self.interrupted,
+            "threads": [
+                {
+                    "host": key[0],
+                    "index": key[1],
+                    "paused": key not in busy,
+                    "after": self.paused_after.get(key),
+                    "thread_state": _state_value(info.thread_state.state),
+                    "job_state": info.job_state,
+                }
+                for key, info in self.latest.items()
+            ],
+        }
+
+
+def wait_for_pauses(
+    ctx: Context,
+    pool: SessionPool,
+    args: argparse.Namespace,
+    results: Sequence[tuple[Step, ActionOutcome]],
+) -> PauseWait | None:
+    """pause --wait: poll the threads whose pause was sent until each shows Paused, saying
+    each one as it happens (a refused pause is not waited for); None without --wait.
+
+    On timeout or Ctrl-C the pauses stay queued: the operator asked for them
+    (drain is the command that takes them back when it gives up).
+    """
+    if getattr(args, "wait", None) is None:
+        return None
+    wait = PauseWait(args.wait, ctx.clock())
+    targets = []
+    for step, outcome in results:
+        if not ctx.as_json:
+            ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
+            ctx.out.flush()
+        if outcome.error is None:
+            targets.append(step.thread)
+    wait.busy = list(targets)
+    try:
+        while wait.busy:
+            _look_at_pauses(ctx, pool, wait)
+            now = ctx.clock()
+            if not wait.busy or now - wait.started >= wait.timeout:
+                break
+            ctx.sleep(min(WAIT_POLL, wait.started + wait.timeout - now))
+    except KeyboardInterrupt:
+        wait.interrupted = True
+    return wait
+
+
+def _look_at_pauses(ctx: Context, pool: SessionPool, wait: PauseWait) -> None:
+    hosts = list({thread.host.name: thread.host for thread in wait.busy}.values())
+    outcomes = ctx.fan_out(hosts, pool.status, progress=False)
+    still = []
+    for thread in wait.busy:
+        status = HostStatus.of(outcomes[thread.host.name])
+        info = next((t for t in status.threads or () if t.index == thread.index), None)
+        if info is not None:
+            wait.latest[thread.key] = info
+        if info is None or not info.paused:
+            still.append(thread)
+            continue
+        after = ctx.clock() - wait.started
+        wait.paused_after[thread.key] = round(after, 3)
+        if not ctx.as_json:
+            ctx.out.write(
+                escape_text(
+                    f"{thread.label}: Paused after {format_duration(round(after, 1))}"
+                    f" ({info.job_state or 'no task'})"
+                )
+                + "\n"
+            )
+            ctx.out.flush()
+    wait.busy = still
 
 
 def bulk_action(
@@ -5765,6 +5986,7 @@ def bulk_action(
             "action": kind,
             "state": to_state,
             "plan": [step_json(step) for step in steps],
+            "moves": [move.to_json() for move in plan_moves(steps)],
             "unreachable": unreachable,
             "results": None,
         }
@@ -5773,20 +5995,31 @@ def bulk_action(
         acting = [step for step in steps if step.action]
         if not acting or args.dry_run:
             return _without_action(ctx, document, steps, unreachable, args.dry_run)
+        final = final_moves_text(acting)
+        if final and not args.force:
+            raise NotForced(
+                f"not done: this resume {final} (see the plan), which cannot be undone;"
+                " add --force to do it",
+                document if ctx.as_json else None,
+            )
         not_terminal = _not_a_terminal(ctx)
         if not args.yes and not_terminal:
             raise NotConfirmed(
                 f"not confirmed: {not_terminal} is not a terminal; add --yes to act",
                 document if ctx.as_json else None,
             )
-        if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
+        question = f"{kind} {count_line([s.thread for s in acting])}" + (
+            f": {final}" if final else ""
+        )
+        if not args.yes and not confirm(ctx, f"{question}?"):
             if ctx.as_json:
                 ctx.emit_json(document)
             return ExitStatus.FAILED
         results = act_on_steps(ctx, pool, acting)
+        waited = wait_for_pauses(ctx, pool, args, results) if kind == "pause" else None
     finally:
         pool.close()
-    return show_results(ctx, kind, document, results, unreachable)
+    return show_results(ctx, kind, document, results, unreachable, waited)
 
 
 def _check_single_form(args: argparse.Namespace, kind: str) -> None:
@@ -5800,7 +6033,9 @@ def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if args.host is None:
         return bulk_action(ctx, args, "pause", None)
     _check_single_form(args, "pause")
-    return _act(ctx, args.host, Action("pause", args.index))
+    if args.wait is None:
+        return _act(ctx, args.host, Action("pause", args.index))
+    return _one_thread(ctx, args, Action("pause", args.index))
 
 
 def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -5809,7 +6044,66 @@ def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     _check_single_form(args, "resume")
     if args.to_state:
         raise UsageError("--to-state is for selectors; after HOST INDEX give the STATE itself")
-    return _act(ctx, args.host, Action("resume", args.index, args.state))
+    action = Action("resume", args.index, args.state)
+    if args.state not in FINAL_STATES:
+        return _act(ctx, args.host, action)
+    return _one_thread(ctx, args, action)
+
+
+def _one_thread(ctx: Context, args: argparse.Namespace, action: Action) -> ExitStatus:
+    """HOST INDEX, when the thread must be seen first (a resume that ends its sector: the
+    effect named, --force and --yes or a y/N) or after (pause --wait), on one session."""
+    host = resolve_target(ctx.inventory, args.host)
+    pool = SessionPool(ctx.ssh)
+    try:
+        status = HostStatus.of(ctx.fan_out([host], pool.status)[host.name])
+        if status.threads is None:
+            return _show_action(ctx, host, action, ActionOutcome(error=status.error))
+        info = next((t for t in status.threads if t.index == action.index), None)
+        if info is not None and action.kind == "resume":
+            _confirm_final(ctx, args, FleetThread(host, info), action)
+        done = ctx.fan_out([host], lambda h: pool.perform_all(h, [action]))[host.name]
+        outcome = done[0] if isinstance(done, list) else ActionOutcome(error=done)
+        # no such thread (the agent said so), a refusal, or a resume: its line is all
+        if info is None or outcome.error is not None or action.kind == "resume":
+            return _show_action(ctx, host, action, outcome)
+        step = Step(FleetThread(host, info), action, "")
+        waited = wait_for_pauses(ctx, pool, args, [(step, outcome)])
+    finally:
+        pool.close()
+    if ctx.as_json:
+        ctx.emit_json({**action_entry(host, action, outcome), "waited": waited.as_json()})
+    elif waited.busy or waited.interrupted:
+        ctx.err.write(f"venusctl: {escape_text(waited.summary())}\n")
+    if waited.interrupted:
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.FAILED if waited.busy else ExitStatus.OK
+
+
+def _confirm_final(
+    ctx: Context, args: argparse.Namespace, thread: FleetThread, action: Action
+) -> None:
+    """A resume into Finished or Aborted: refused without --force, then --yes or a y/N."""
+    effect = move_effect(thread.info, action.state)
+    what = f"{thread.label}: resume into {action.state} {effect}"
+    if not args.force:
+        raise NotForced(f"not done: {what}, which cannot be undone; add --force to do it")
+    if args.yes:
+        return
+    not_terminal = _not_a_terminal(ctx)
+    if not_terminal:
+        raise NotConfirmed(f"not confirmed: {not_terminal} is not a terminal; add --yes to act")
+    if not confirm(ctx, f"{what}?"):
+        raise NotConfirmed("not confirmed: nothing was sent")
+
+
+def _show_action(ctx: Context, host: Host, action: Action, outcome: ActionOutcome) -> ExitStatus:
+    if ctx.as_json:
+        ctx.emit_json(action_entry(host, action, outcome))
+    else:
+        stream = ctx.err if outcome.error else ctx.out
+        stream.write(action_line(host, action, outcome) + "\n")
+    return ExitStatus.FAILED if outcome.error else ExitStatus.OK
 
 
 # =============================================================================
@@ -6508,6 +6802,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_selectors(pause)
     add_confirmation(pause)
+    pause.add_argument(
+        "--wait",
+        nargs="?",
+        const=7200.0,
+        metavar="TIMEOUT",
+        type=_argument_type(_positive_duration, "duration"),
+        help="then wait until each thread shows Paused, saying so (default TIMEOUT 2h);"
+        " exit 1 if one is still running then (its pause stays queued)",
+    )
     pause.set_defaults(handler=command_pause)
 
     resume = commands.add_parser(
@@ -6539,6 +6842,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with selectors: move each task to STATE first (checked against its plan)",
     )
     add_confirmation(resume)
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="needed besides --yes (or the y/N) to resume into Finished (finalises the"
+        " sector without a proof) or Aborted (drops the sector and its data)",
+    )
     resume.set_defaults(handler=command_resume)
 
     health = commands.add_parser(
