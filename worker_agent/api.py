@@ -81,6 +81,8 @@ class Method(str, enum.Enum):
     VERSION = "VenusWorker.WorkerVersion"
     # Ours only: cancel a pause queued while a stage runs (never resumes a paused thread).
     CANCEL_PAUSE = "VenusWorker.WorkerCancelPause"
+    # Ours only: what a thread's last stage runs printed (worker_agent/stagelog.py).
+    STAGE_LOG = "VenusWorker.WorkerStageLog"
 
 
 class RpcCode(enum.IntEnum):
