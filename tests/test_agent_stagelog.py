@@ -226,3 +226,18 @@ def test_the_daemon_serves_the_logs_and_the_cli_reads_them_even_when_it_is_down(
             assert status == 1 and refused["error"]["message"] == "worker #5 not found"
         status, document = cli_json("worker", "-c", str(config), "logs", "--index", "0")
         assert status == 0 and document["runs"][0]["lines"][0]["text"] == "pc1 out"
+
+
+def test_what_the_service_answers_is_the_typed_contract(tmp_path):
+    from worker_agent import api
+
+    log = begin(tmp_path)
+    log.feed("stderr", b"permanent: x\n")
+    document = {"index": 0, "location": str(tmp_path), **read_stage_log(tmp_path)}
+    running = api.StageLog.from_json(document)  # while it runs: ended, outcome null
+    assert running.runs[0].ended is None and running.runs[0].lines[0].text == "permanent: x"
+    log.end("permanent: x", 1)
+    document = {"index": 0, "location": str(tmp_path), **read_stage_log(tmp_path)}
+    typed = api.StageLog.from_json(document)
+    assert typed.to_json() == document  # every key known, nothing dropped
+    assert typed.runs[0].exit_status == 1

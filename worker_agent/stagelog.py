@@ -316,7 +316,7 @@ def read_stage_log(location: Path, query: Any = None) -> dict:
             lines = lines[-query["lines"] :] if query["lines"] else []
         answer.append(
             {
-                **{k: v for k, v in record.items() if k != "schema"},
+                **{k: v for k, v in record.items() if k not in ("schema", "index")},
                 "run": number,
                 "first_line": first,
                 "lines_total": total,
