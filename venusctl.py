@@ -33,6 +33,10 @@ commands:
                             summary; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN;
                             [[silence]] tables mute hosts until a time
                             (see venusctl health --help)
+  logs HOST INDEX [--stage S] [-n LINES|all] [--runs N | --all] [-f]
+                            what the thread's last stage runs printed (stdout, stderr)
+  journal HOST [-n LINES|all] [-f]
+                            the agent's own log: journalctl -u UNIT on the host
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
@@ -798,7 +802,17 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     # backend "damocles": the worker's RPC address as seen from the worker
     # host itself, reached through a direct-tcpip channel of the SSH connection.
     "rpc": "127.0.0.1:17890",
+    # the agent's systemd unit, for `venusctl journal` (None: venus-worker.service, or
+    # damocles-worker.service for backend "damocles")
+    "unit": None,
 }
+
+
+DEFAULT_UNITS = {"venus": "venus-worker.service", "damocles": "damocles-worker.service"}
+
+
+# A systemd unit name (systemd.unit(5)): no leading '-', nothing a shell would read.
+UNIT_PATTERN = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,255}$")
 
 
 HOST_ONLY_KEYS = ("name", "address", "groups")
@@ -853,6 +867,12 @@ class Host:
     transport: str
     backend: str
     rpc: str = BUILTIN_DEFAULTS["rpc"]
+    unit: str | None = None
+
+    @property
+    def service_unit(self) -> str:
+        """The agent's systemd unit (`venusctl journal`): the inventory's, else the backend's."""
+        return self.unit or DEFAULT_UNITS[self.backend]
 
     @property
     def dest(self) -> str:
@@ -1302,6 +1322,7 @@ def _parse_host(
         transport=values["transport"],
         backend=values["backend"],
         rpc=values["rpc"],
+        unit=values["unit"],
     )
 
 
@@ -1375,6 +1396,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f"must be one of {', '.join(BACKENDS)}"
     if key == "agent" and not _splits(value):
         return "must be a command, e.g. 'venus-worker' or '/opt/venus/bin/venus-worker'"
+    if key == "unit" and not UNIT_PATTERN.match(value):
+        return "must be a systemd unit name, e.g. 'venus-worker.service'"
     if key == "rpc":
         try:
             parse_rpc_address(value)
@@ -4069,6 +4092,25 @@ class RpcAgent:
     def cancel_pause(self, index: int) -> bool:
         return checked_bool(self.rpc.call(api.Method.CANCEL_PAUSE.value, [index]))
 
+    def stage_log(self, index: int, query: dict[str, Any]) -> api.StageLog:
+        """What the thread's last stage runs printed (WorkerStageLog, docs/protocol.md)."""
+        try:
+            result = self.rpc.call(api.Method.STAGE_LOG.value, [index, query])
+        except AgentRefused as refused:
+            if refused.code == api.RpcCode.METHOD_NOT_FOUND:
+                raise NoStageLogs() from None
+            raise
+        return parsed(api.StageLog, result)
+
+
+class NoStageLogs(HostError):
+    """An agent from before stage logs (no WorkerStageLog, no `worker logs`)."""
+
+    kind = "no-stage-logs"
+
+    def __init__(self) -> None:
+        super().__init__("this agent keeps no stage logs (it is older than them: upgrade it)")
+
 
 def checked_bool(answer: Any) -> bool:
     if not isinstance(answer, bool):
@@ -4447,6 +4489,21 @@ def cancel_pause_argv(host: Host, index: int) -> list[str]:
     return _agent_command(host, "cancel-pause", "--index", str(_checked_index(index)), "--json")
 
 
+def stage_log_argv(host: Host, index: int, query: dict[str, Any]) -> list[str]:
+    """`worker logs` for the exec transport, from validated values only."""
+    argv = _agent_command(host, "logs", "--index", str(_checked_index(index)))
+    if query.get("stage") is not None:
+        argv += ["--stage", parse_stage(query["stage"])]
+    lines = query.get("lines")
+    argv += ["--lines", "all" if lines is None else str(_checked_index(lines))]
+    runs = query.get("runs", 1)
+    argv += ["--all"] if runs is None else ["--runs", str(_checked_index(runs))]
+    after = query.get("after")
+    if after is not None:
+        argv += ["--after", f"{_checked_index(after['run'])}:{int(after['line'])}"]
+    return [*argv, "--json"]
+
+
 def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
     argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
     if state is not None:
@@ -4497,6 +4554,15 @@ class CliAgent:
 
     def cancel_pause(self, index: int) -> bool:
         return self._act(cancel_pause_argv(self.host, index), answers=(True, False))
+
+    def stage_log(self, index: int, query: dict[str, Any]) -> api.StageLog:
+        result = self.run(stage_log_argv(self.host, index, query))
+        if result.exit_status == api.AgentExit.USAGE and "invalid choice: 'logs'" in result.stderr:
+            raise NoStageLogs()  # its CLI has no `logs` yet
+        document = parse_cli_reply(result)
+        if isinstance(document, dict) and document.get("error"):
+            raise cli_error(document["error"])
+        return parsed(api.StageLog, document)
 
     def _act(self, argv: list[str], answers: tuple[bool, ...] = (True,)) -> bool:
         document = parse_cli_reply(self.run(argv))
@@ -6374,6 +6440,309 @@ def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
 
 
 # =============================================================================
+# Commands: logs (a thread's stage output) and journal (the agent's own log)
+# =============================================================================
+
+
+FOLLOW_POLL = 1.0  # seconds between two looks for new lines (logs --follow)
+
+
+def _clock_text(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+
+def stage_run_header(host: Host, index: int, run: api.StageRun) -> str:
+    """'--- gpu-01 #0 run 12: stage C2 (C1Done) s-t010000-3, started 2025-06-01 12:00:01,
+    exit 1 after 4.4s: permanent: ...' (worker text escaped)."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
+    text = (
+        f"--- {host.name} #{index} run {run.run}: stage {run.stage} ({run.state})"
+        f" {run.sector_id or '-'}, started {started}, {stage_run_end(run)}"
+    )
+    return escape_text(text)
+
+
+def stage_run_end(run: api.StageRun) -> str:
+    if run.ended is None:
+        return "still running"
+    took = format_duration(round(max(0.0, run.ended - run.started), 1))
+    how = "timed out" if run.timed_out else f"exit {run.exit_status}"
+    if run.exit_status is None and not run.timed_out:
+        how = "ended"
+    return f"{how} after {took}: {run.outcome}"
+
+
+def stage_line_text(line: api.StageLine) -> str:
+    """'12:00:01 stderr permanent: ...': the worker's text escaped (ESC as \\x1b)."""
+    cut = " [cut]" if line.cut else ""
+    return f"{_clock_text(line.t)} {line.s} {escape_text(line.text)}{cut}"
+
+
+def stage_log_lines(
+    host: Host, index: int, log: api.StageLog, lines: int | None, stage: str | None = None
+) -> list[str]:
+    """The text of `venusctl logs`: each run's header, what it left out, its lines."""
+    if not log.runs:
+        what = f"run of stage {stage}" if stage else "stage run"
+        kept = f"the agent keeps the last {log.kept_runs} runs of each thread"
+        return [f"{host.name} #{index}: no {what} logged ({kept})"]
+    text = []
+    for run in log.runs:
+        text.append(stage_run_header(host, index, run))
+        shown_from = run.lines[0].n if run.lines else run.lines_total
+        if run.first_line:
+            text.append(
+                f"    ({run.first_line} lines dropped: a run keeps its last"
+                f" {log.max_run_bytes // 1024} KiB at most)"
+            )
+        if shown_from > run.first_line:
+            more = "; -n all shows them" if lines is not None else ""
+            text.append(f"    ({shown_from - run.first_line} earlier lines{more})")
+        text += [stage_line_text(line) for line in run.lines]
+    return text
+
+
+def _stage_log(
+    ctx: Context, pool: SessionPool, host: Host, index: int, query: dict[str, Any]
+) -> api.StageLog:
+    """One WorkerStageLog by the transport policy (the CLI reads the store when the daemon
+    is down), on the pool's kept session."""
+
+    def ask(session: LocalSession | SshSession) -> api.StageLog:
+        agent, refused = open_agent(session, host, for_status=True)
+        try:
+            return agent.stage_log(index, query)
+        except HostError as error:
+            if refused is not None and not isinstance(error, (AgentRefused, NoStageLogs)):
+                raise both_ways(refused, error) from None
+            raise
+        finally:
+            agent.close()
+
+    return pool.run(host, ask)
+
+
+def command_logs(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    host = resolve_target(ctx.inventory, args.host)
+    if host.backend == "damocles":
+        raise UsageError(
+            f"{host.name} is a damocles-worker, which keeps no stage logs: its own log is"
+            f" `venusctl journal {host.name}`"
+        )
+    query = {
+        "stage": args.stage,
+        "runs": None if args.all else args.runs,
+        "lines": args.lines,
+        "after": None,
+    }
+    pool = SessionPool(ctx.ssh)
+    try:
+        outcome = ctx.fan_out([host], lambda h: _stage_log(ctx, pool, h, args.index, query))
+        log = outcome[host.name]
+        if isinstance(log, BaseException):
+            return _logs_failed(ctx, host, log)
+        if ctx.as_json:
+            document = {"host": host.name, **log.to_json()}
+            ctx.out.write(json.dumps(document, indent=None if args.follow else 2) + "\n")
+        else:
+            ctx.out.write(
+                "".join(
+                    line + "\n"
+                    for line in stage_log_lines(host, args.index, log, args.lines, args.stage)
+                )
+            )
+        ctx.out.flush()
+        if not args.follow:
+            return ExitStatus.OK
+        return follow_stage_log(ctx, pool, host, args, log)
+    finally:
+        pool.close()
+
+
+def _logs_failed(ctx: Context, host: Host, error: BaseException) -> ExitStatus:
+    if ctx.as_json:
+        ctx.emit_json({"host": host.name, "runs": None, "error": error_json(error)})
+    else:
+        ctx.err.write(f"venusctl: {escape_text(f'{host.name}: {error_text(error)}')}\n")
+    return ExitStatus.FAILED
+
+
+def follow_stage_log(
+    ctx: Context, pool: SessionPool, host: Host, args: argparse.Namespace, log: api.StageLog
+) -> ExitStatus:
+    """logs --follow: every FOLLOW_POLL, what came after the last line shown (a new run
+    gets its header; a run that ends, its end line), until Ctrl-C (exit 0)."""
+    last = log.runs[-1] if log.runs else None
+    cursor = {"run": last.run, "line": last.lines[-1].n if last and last.lines else -1}
+    if last is not None and not last.lines:
+        cursor["line"] = last.lines_total - 1
+    running = {run.run for run in log.runs if run.ended is None}
+    if last is None:
+        cursor = {"run": 0, "line": -1}
+    query = {"stage": args.stage, "runs": None, "lines": None, "after": cursor}
+    try:
+        while True:
+            ctx.sleep(FOLLOW_POLL)
+            try:
+                news = _stage_log(ctx, pool, host, args.index, {**query, "after": cursor})
+            except HostError as error:
+                return _logs_failed(ctx, host, error)
+            for run in news.runs:
+                known = run.run == cursor["run"]
+                if ctx.as_json:
+                    if run.lines or not known or (run.run in running and run.ended):
+                        ctx.out.write(json.dumps({"host": host.name, **run.to_json()}) + "\n")
+                else:
+                    if not known:
+                        ctx.out.write(stage_run_header(host, args.index, run) + "\n")
+                    ctx.out.write("".join(stage_line_text(line) + "\n" for line in run.lines))
+                    if known and run.run in running and run.ended is not None:
+                        ctx.out.write(escape_text(f"--- run {run.run} {stage_run_end(run)}") + "\n")
+                if run.ended is None:
+                    running.add(run.run)
+                else:
+                    running.discard(run.run)
+                cursor = {"run": run.run, "line": run.lines[-1].n if run.lines else (
+                    cursor["line"] if known else -1)}  # fmt: skip
+            ctx.out.flush()
+    except KeyboardInterrupt:
+        return ExitStatus.OK
+
+
+def journal_argv(host: Host, lines: int | None, follow: bool) -> list[str]:
+    """journalctl for the agent's unit, from validated values only (argv, quoted once)."""
+    unit = host.service_unit
+    if not UNIT_PATTERN.match(unit):  # the inventory checked it: a second line of defence
+        raise ValueError(f"invalid unit name {unit!r}")
+    argv = ["journalctl", "--unit", unit, "--no-pager", "--output", "short-iso"]
+    argv += ["--lines", "all" if lines is None else str(_checked_index(lines))]
+    return [*argv, "--follow"] if follow else argv
+
+
+class LineWriter:
+    """Bytes from a command, written line by line with worker text escaped."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            self._write(line)
+        if lines:
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.buffer:
+            self._write(self.buffer)
+            self.buffer = b""
+        self.stream.flush()
+
+    def _write(self, line: bytes) -> None:
+        self.stream.write(escape_text(line.decode("utf-8", "replace").rstrip("\r")) + "\n")
+
+
+def stream_command(
+    session: LocalSession | SshSession,
+    argv: list[str],
+    out: LineWriter,
+    err: LineWriter,
+    timeout: float | None,
+) -> int:
+    """Run argv on the host (exec channel, or locally), its output to `out` and `err` as it
+    comes; its exit status. `timeout` bounds the whole run (None: until it ends or Ctrl-C)."""
+    if isinstance(session, LocalSession):
+        return _stream_local(argv, out, err, timeout)
+    import select
+
+    host = session.host
+    deadline = None if timeout is None else time.monotonic() + timeout
+    channel = session.client.get_transport().open_session(timeout=host.connect_timeout)
+    try:
+        channel.exec_command(shlex.join(argv))
+        while True:
+            if channel.recv_ready():
+                out.feed(channel.recv(65536))
+            elif channel.recv_stderr_ready():
+                err.feed(channel.recv_stderr(65536))
+            elif channel.exit_status_ready():
+                break
+            else:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
+                select.select([channel], [], [], 0.2)
+        return channel.recv_exit_status()
+    finally:
+        channel.close()
+        out.close()
+        err.close()
+
+
+def _stream_local(argv: list[str], out: LineWriter, err: LineWriter, timeout: float | None) -> int:
+    import selectors
+
+    try:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except FileNotFoundError:
+        err.feed(f"{argv[0]}: not found\n".encode())
+        err.close()
+        return COMMAND_NOT_FOUND
+    deadline = None if timeout is None else time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ, out)
+    selector.register(process.stderr, selectors.EVENT_READ, err)
+    try:
+        while selector.get_map():
+            if deadline is not None and time.monotonic() > deadline:
+                raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
+            for key, _ in selector.select(0.2):
+                chunk = os.read(key.fileobj.fileno(), 65536)
+                if chunk:
+                    key.data.feed(chunk)
+                else:
+                    selector.unregister(key.fileobj)
+        return process.wait()
+    finally:
+        selector.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        out.close()
+        err.close()
+
+
+def command_journal(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    """journalctl -u UNIT on the host, through SSH (or here for a local host)."""
+    host = resolve_target(ctx.inventory, args.host)
+    argv = journal_argv(host, args.lines, args.follow)
+    out, err = LineWriter(ctx.out), LineWriter(ctx.err)
+    timeout = None if args.follow else host.command_timeout
+
+    def run(session: LocalSession | SshSession) -> int:
+        return stream_command(session, argv, out, err, timeout)
+
+    try:
+        outcome = _one_host(ctx, host, run)
+    except KeyboardInterrupt:
+        return ExitStatus.OK if args.follow else ExitStatus.INTERRUPTED
+    if isinstance(outcome, BaseException):
+        ctx.err.write(f"venusctl: {escape_text(f'{host.name}: {error_text(outcome)}')}\n")
+        return ExitStatus.FAILED
+    if outcome == COMMAND_NOT_FOUND:
+        ctx.err.write(f"venusctl: {host.name}: journalctl not found (is it a systemd host?)\n")
+    elif outcome != 0:
+        ctx.err.write(
+            f"venusctl: {host.name}: journalctl exited {outcome} (the SSH user may need the"
+            " systemd-journal or adm group to read a system unit's journal)\n"
+        )
+    return ExitStatus.OK if outcome == 0 else ExitStatus.FAILED
+
+
+# =============================================================================
 # Commands: health
 # =============================================================================
 
@@ -6525,6 +6894,15 @@ def _positive_duration(text: str) -> float:
 def _parse_count(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
         raise ValueError(f"invalid count {text!r}: must be a whole number >= 1")
+    return int(text)
+
+
+def _parse_lines(text: str) -> int | None:
+    """-n LINES: a whole number >= 0, or `all` (None: no limit)."""
+    if text == "all":
+        return None
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise ValueError(f"invalid line count {text!r}: a whole number >= 0, or all")
     return int(text)
 
 
@@ -6954,6 +7332,77 @@ def build_parser() -> argparse.ArgumentParser:
         " cancelled: the threads keep running)",
     )
     drain.set_defaults(handler=command_drain)
+
+    logs = commands.add_parser(
+        "logs",
+        help="what a thread's last stage runs printed (stdout and stderr)",
+        description="What thread INDEX of HOST printed on stdout and stderr in its last stage"
+        " runs: the agent keeps the last 8 runs of each thread, up to 1 MiB each, in its store"
+        " (docs/protocol.md, WorkerStageLog). By default the newest run (the one that failed,"
+        " or the one running) with its last 50 lines; each line with its time and stream,"
+        " worker text escaped. Through the stream channel, or the agent's CLI over exec,"
+        " which reads the store itself while the daemon is down.",
+    )
+    common(logs, top=False)
+    logs.add_argument("host", help="name, address or address:port")
+    logs.add_argument(
+        "index", type=_argument_type(parse_index, "index"), help="thread index, as `info` shows"
+    )
+    logs.add_argument(
+        "--stage",
+        type=_argument_type(parse_stage, "stage"),
+        help="the newest runs of this stage (PC1, C2, ...) instead",
+    )
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=_argument_type(_parse_lines, "lines"),
+        default=50,
+        metavar="LINES",
+        help="the last LINES lines of each run (default 50), or all",
+    )
+    runs = logs.add_mutually_exclusive_group()
+    runs.add_argument(
+        "--runs",
+        type=_argument_type(_parse_count, "count"),
+        default=1,
+        metavar="N",
+        help="the newest N runs (default 1), oldest first",
+    )
+    runs.add_argument("--all", action="store_true", help="every run the agent kept")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new lines and new runs as they come, until Ctrl-C (--json: one"
+        " line per run with its new lines)",
+    )
+    logs.set_defaults(handler=command_logs)
+
+    journal = commands.add_parser(
+        "journal",
+        help="the agent's own log: journalctl -u UNIT on the host",
+        description="Run `journalctl --unit UNIT --lines LINES --no-pager --output"
+        " short-iso` on HOST through SSH (here for a local host), UNIT from the inventory's"
+        " `unit` (default venus-worker.service, damocles-worker.service for a damocles"
+        " host). The command is an argv of checked values, quoted once; every line is"
+        " printed with its control characters escaped. The SSH user needs to be allowed to"
+        " read that journal (group systemd-journal or adm).",
+    )
+    common(journal, top=False)
+    journal.add_argument("host", help="name, address or address:port")
+    journal.add_argument(
+        "-n",
+        "--lines",
+        type=_argument_type(_parse_lines, "lines"),
+        default=50,
+        metavar="LINES",
+        help="the last LINES lines (default 50), or all",
+    )
+    journal.add_argument(
+        "-f", "--follow", action="store_true", help="then new lines as they come, until Ctrl-C"
+    )
+    journal.set_defaults(handler=command_journal)
 
     listing = commands.add_parser("inventory", help="the hosts as venusctl reads them")
     common(listing, top=False)

@@ -32,6 +32,7 @@ import random
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ class MockProcessor:
         if fault is not None:
             # the run a real stage would have left in its stage log: only the failed ones
             # (a mock fleet would otherwise write a log for every stage of every thread)
-            stage_log = _stage_log(ctx, "mock")
+            stage_log = _stage_log(ctx, "mock", started=time.time() - seconds)
             stage_log.feed("stdout", f"mock {ctx.stage}: ran {seconds:.3g}s\n".encode())
             stage_log.feed("stderr", f"{fault.level}: {fault.message}\n".encode())
             stage_log.end(f"{fault.level}: {fault.message}", exit_status=1)
@@ -280,7 +281,9 @@ class CommandProcessor:
         return len(running)
 
 
-def _stage_log(ctx: StageContext, processor: str, argv=None) -> StageLog:
+def _stage_log(
+    ctx: StageContext, processor: str, argv=None, started: float | None = None
+) -> StageLog:
     """This run's stage log in the thread's store (stagelog.py); never fails the stage."""
     return StageLog.begin(
         ctx.location,
@@ -291,6 +294,7 @@ def _stage_log(ctx: StageContext, processor: str, argv=None) -> StageLog:
         sector_id=ctx.sector_id,
         processor=processor,
         argv=argv,
+        now=time.time if started is None else lambda: started,
     )
 
 
