@@ -7021,19 +7021,20 @@ def add_table_options(parser: argparse.ArgumentParser, spec: TableSpec, wide: bo
     """--columns, --sort, --reverse, --no-header and -o for a command that prints `spec`."""
     group = parser.add_argument_group("table output")
     names = ", ".join(column.header.lower() for column in spec.columns)
-    group.add_argument(
+    columns = group.add_argument(
         "--columns",
         metavar="LIST",
         type=_argument_type(spec.parse_columns, "columns"),
         help=f"the columns to show, in this order (comma-separated, any case): {names}",
     )
-    group.add_argument(
+    sort = group.add_argument(
         "--sort",
         metavar="KEY",
         type=_argument_type(spec.parse_sort, "sort key"),
         help="sort the rows by these columns (comma-separated, first the most significant;"
         " a column without a value sorts last)",
     )
+    columns.spec = sort.spec = spec  # what `venusctl __complete` offers for them
     group.add_argument("--reverse", action="store_true", help="with --sort: largest first")
     group.add_argument("--no-header", action="store_true", help="no header line (row)")
     group.add_argument(
@@ -7108,6 +7109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(parser, top=True)
     parser.add_argument("--version", action="version", version=VERSION_TEXT)
+    parser.add_argument(
+        "--help-man", action=_ManAction, help="print the manual page, venusctl(1), in roff"
+    )
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, prog="venusctl"
     )
@@ -7404,6 +7408,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     journal.set_defaults(handler=command_journal)
 
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="Print a completion script: commands, options, host names and groups"
+        " of the inventory, thread indexes (asked of the host), state, stage, plan and"
+        " column names. bash: `source <(venusctl completion bash)`, or save it as"
+        " ~/.local/share/bash-completion/completions/venusctl; zsh: `source <(venusctl"
+        " completion zsh)` after compinit, or save it as _venusctl in your $fpath; fish:"
+        " `venusctl completion fish | source`, or save it as"
+        " ~/.config/fish/completions/venusctl.fish.",
+    )
+    completion.add_argument("shell", choices=tuple(COMPLETIONS), help="bash, zsh or fish")
+    completion.set_defaults(handler=command_completion, inventory_free=True)
+
     listing = commands.add_parser("inventory", help="the hosts as venusctl reads them")
     common(listing, top=False)
     listing.add_argument(
@@ -7412,6 +7430,491 @@ def build_parser() -> argparse.ArgumentParser:
     add_table_options(listing, INVENTORY_TABLE, wide=False)
     listing.set_defaults(handler=command_inventory)
     return parser
+
+
+# =============================================================================
+# Completion and the man page, both read from the parser
+# =============================================================================
+
+# What the value of an argument is, by its dest, for `venusctl __complete`; choices
+# (--color, -o, the shells) come from the parser itself, --columns and --sort from their
+# table's spec.
+VALUE_KINDS = {
+    "inventory": "files",
+    "fleet": "fleets",
+    "limit": "limit",
+    "host": "hosts",
+    "target": "hosts",
+    "index": "index",
+    "states": "state-list",
+    "state": "states",
+    "to_state": "states",
+    "stage": "stages",
+    "plan": "plans",
+}
+
+
+# Thread indexes are asked of the host itself: never longer than this for a TAB.
+COMPLETE_TIMEOUT = 3.0
+
+
+@dataclass
+class Walk:
+    """Where the words before the cursor left the parser: the (sub)parser, the option
+    whose value comes next (if any), the positionals filled and the values seen."""
+
+    parser: argparse.ArgumentParser
+    command: str | None = None
+    expecting: argparse.Action | None = None
+    positionals: int = 0
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def walk_words(parser: argparse.ArgumentParser, words: Sequence[str]) -> Walk:
+    walk = Walk(parser)
+    rest_positional = False
+    for word in words:
+        if walk.expecting is not None:
+            walk.values[walk.expecting.dest] = word
+            walk.expecting = None
+        elif word == "--":
+            rest_positional = True
+        elif word.startswith("-") and len(word) > 1 and not rest_positional:
+            _walk_option(walk, word)
+        elif walk.command is None and _subcommands(walk.parser):
+            choices = _subcommands(walk.parser).choices
+            if word in choices:
+                walk.command, walk.parser = word, choices[word]
+        else:
+            positionals = _positionals(walk.parser)
+            if walk.positionals < len(positionals):
+                walk.values.setdefault(positionals[walk.positionals].dest, word)
+                if positionals[walk.positionals].nargs not in ("*", argparse.REMAINDER):
+                    walk.positionals += 1
+    return walk
+
+
+def _walk_option(walk: Walk, word: str) -> None:
+    options = walk.parser._option_string_actions
+    name, equals, value = word.partition("=")
+    action = options.get(name)
+    if action is None and not word.startswith("--") and word[:2] in options:
+        name, value, equals = word[:2], word[2:], "x" if word[2:] else ""
+        action = options[name]
+    if action is None or not _takes_value(action):
+        return
+    if equals:
+        walk.values[action.dest] = value
+    elif action.nargs is None:
+        walk.expecting = action
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0 and not isinstance(
+        action, (argparse._StoreConstAction, argparse._HelpAction, argparse._VersionAction)
+    )
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def _positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [
+        action
+        for action in parser._get_positional_actions()
+        if not isinstance(action, argparse._SubParsersAction)
+    ]
+
+
+def _short(text: str | None) -> str:
+    """A help text's first sentence, short enough for a completion menu."""
+    first = (text or "").split("; ")[0].split(". ")[0].replace("\n", " ")
+    return first if len(first) <= 70 else first[:69] + CUT_MARK
+
+
+def complete(
+    words: Sequence[str], current: str, env: Environment
+) -> tuple[str, list[tuple[str, str]]]:
+    """The candidates for `current` after `words` (the command line before it, without
+    the program's name): (directive, [(value, description)]). The directive is "files"
+    when the shell should complete a file name, else "-". Never raises for a bad line:
+    a TAB offers what it can."""
+    walk = walk_words(build_parser(), words)
+    action = walk.expecting
+    prefix = ""
+    if action is None and current.startswith("-") and "=" in current:
+        name, _, current = current.partition("=")
+        found = walk.parser._option_string_actions.get(name)
+        if found is not None and _takes_value(found):
+            action, prefix = found, f"{name}="
+    if action is not None:
+        directive, found = _action_values(action, current, walk, env)
+        return directive, [(prefix + value, text) for value, text in found]
+    if current.startswith("-"):
+        return "-", _options(walk.parser, current)
+    if walk.command is None:
+        subcommands = _subcommands(walk.parser)
+        helps = {choice.dest: choice.help for choice in subcommands._choices_actions}
+        return "-", [
+            (name, _short(helps.get(name)))
+            for name in subcommands.choices
+            if name.startswith(current) and name in helps
+        ]
+    positionals = _positionals(walk.parser)
+    if walk.positionals < len(positionals):
+        return _action_values(positionals[walk.positionals], current, walk, env)
+    return "-", _options(walk.parser, current) if not current else []
+
+
+def _options(parser: argparse.ArgumentParser, current: str) -> list[tuple[str, str]]:
+    found = []
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        for option in action.option_strings:
+            if option.startswith(current) and (option.startswith("--") or len(current) < 3):
+                found.append((option, _short(action.help)))
+    return found
+
+
+def _action_values(
+    action: argparse.Action, current: str, walk: Walk, env: Environment
+) -> tuple[str, list[tuple[str, str]]]:
+    spec = getattr(action, "spec", None)
+    if spec is not None:
+        names = [(column.header.lower(), column.header) for column in spec.columns]
+        return "-", _listed(current, names, ",")
+    if action.choices and not isinstance(action, argparse._SubParsersAction):
+        return "-", [(str(c), "") for c in action.choices if str(c).startswith(current)]
+    kind = VALUE_KINDS.get(action.dest)
+    if kind == "files":
+        return "files", []
+    try:
+        return "-", _kind_values(kind, current, walk, env)
+    except (VenusctlError, HostError, OSError, ValueError):
+        return "-", []  # no inventory, a host that does not answer: nothing to offer
+
+
+def _listed(current: str, names: Sequence[tuple[str, str]], separators: str) -> list:
+    """Candidates for the last item of a list being typed (`index,sta` -> `index,state`)."""
+    cut = max(current.rfind(separator) for separator in separators) + 1
+    head, tail = current[:cut], current[cut:]
+    for mark in "!&":  # a limit term: exclude or intersect
+        if separators != "," and tail.startswith(mark):
+            head, tail = head + mark, tail[1:]
+    return [(head + name, text) for name, text in names if name.startswith(tail)]
+
+
+def _kind_values(kind: str | None, current: str, walk: Walk, env: Environment) -> list:
+    if kind == "states":
+        return [(name, "") for name in STATE_NAMES if name.startswith(current)]
+    if kind == "state-list":
+        return _listed(current, [(name, "") for name in STATE_NAMES], ",")
+    if kind == "stages":
+        return [(name, "") for name in STAGE_NAMES if name.startswith(current)]
+    if kind == "plans":
+        return [(name, "") for name in PLAN_NAMES if name.startswith(current)]
+    if kind == "fleets":
+        return [(name, "fleet") for name in fleet_names(env.environ, env.system_config)]
+    if kind not in ("hosts", "limit", "index"):
+        return []
+    inventory = _line_inventory(walk, env)
+    if kind == "hosts":
+        return [(h.name, h.dest) for h in inventory.hosts if h.name.startswith(current)]
+    if kind == "limit":
+        names = [("all", "every host")] + [(host.name, host.dest) for host in inventory.hosts]
+        names += [
+            (group, f"group of {_plural(sum(group in h.groups for h in inventory.hosts), 'host')}")
+            for group in inventory.groups
+        ]
+        return _listed(current, names, ",:")
+    return _thread_indexes(inventory, walk, current)
+
+
+def _line_inventory(walk: Walk, env: Environment) -> Inventory:
+    """The inventory the command being typed would read (its -i or --fleet, else the rules)."""
+    source = find_inventory(
+        walk.values.get("inventory"), walk.values.get("fleet"), env.environ, env.system_config
+    )
+    return load_inventory(source.path)
+
+
+def _thread_indexes(inventory: Inventory, walk: Walk, current: str) -> list:
+    """The host's thread indexes, asked of it (within COMPLETE_TIMEOUT), with their state."""
+    host = resolve_target(inventory, walk.values.get("host", ""))
+    quick = dataclasses.replace(
+        host,
+        connect_timeout=min(host.connect_timeout, COMPLETE_TIMEOUT),
+        command_timeout=min(host.command_timeout, COMPLETE_TIMEOUT),
+    )
+    context = SshContext()
+    outcome = fan_out_until(
+        [quick],
+        lambda h: with_session(h, context, lambda session: query_status(session, h)),
+        1,
+        COMPLETE_TIMEOUT,
+    )[host.name]
+    if not isinstance(outcome, HostStatus) or outcome.threads is None:
+        return []
+    return [
+        (str(t.index), escape_text(f"{t.job_state or 'no task'} {thread_state_text(t)}"))
+        for t in outcome.threads
+        if str(t.index).startswith(current)
+    ]
+
+
+def split_line(line: str) -> tuple[list[str], str, bool]:
+    """A shell line up to the cursor as (words, the word being typed, is it in quotes),
+    with quotes and backslashes read as a POSIX shell reads them (an open quote kept open)."""
+    words: list[str] = []
+    word, started, quote = "", False, ""
+    escaped = False
+    for char in line:
+        if escaped:
+            word, escaped = word + char, False
+        elif quote:
+            if char == quote:
+                quote = ""
+            elif char == "\\" and quote == '"':
+                escaped = True
+            else:
+                word += char
+        elif char in "'\"":
+            quote, started = char, True
+        elif char == "\\":
+            escaped, started = True, True
+        elif char.isspace():
+            if started or word:
+                words.append(word)
+            word, started = "", False
+        else:
+            word, started = word + char, True
+    return words, word, bool(quote)
+
+
+def complete_main(argv: Sequence[str], env: Environment) -> int:
+    """`venusctl __complete SHELL line LINE` (bash: the line up to the cursor, and
+    --breaks its COMP_WORDBREAKS) or `__complete SHELL words WORD... CURRENT` (zsh, fish:
+    the words, unquoted): the directive on the first line, then one candidate a line
+    (fish and zsh: value TAB description)."""
+    args = list(argv)
+    shell = args.pop(0) if args else "bash"
+    mode = args.pop(0) if args else "line"
+    breaks = ""
+    if args[:1] == ["--breaks"]:
+        breaks, args = (args[1] if len(args) > 1 else ""), args[2:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    quoted = False
+    if mode == "line":
+        words, current, quoted = split_line(args[0] if args else "")
+    else:
+        words, current = args[:-1], (args[-1] if args else "")
+    directive, found = complete(words[1:], current, env)
+    cut = 0
+    if shell == "bash" and not quoted:
+        # bash replaces only what follows the last of its COMP_WORDBREAKS (':', '=')
+        cut = max((current.rfind(char) + 1 for char in breaks if char not in "'\"@$><;|&("),
+                  default=0)  # fmt: skip
+    lines = [directive]
+    for value, text in found:
+        value = value[cut:] if value.startswith(current[:cut]) else value
+        lines.append(f"{value}\t{text}" if shell in ("zsh", "fish") and text else value)
+    env.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+BASH_COMPLETION = """\
+# bash completion for venusctl (from `venusctl completion bash`). Load it in this shell
+# with:  source <(venusctl completion bash)
+# or for good:  venusctl completion bash > ~/.local/share/bash-completion/completions/venusctl
+_venusctl_complete() {
+    local IFS=$'\\n' reply
+    reply=($("${COMP_WORDS[0]}" __complete bash line --breaks "$COMP_WORDBREAKS" -- \\
+        "${COMP_LINE:0:COMP_POINT}" 2>/dev/null)) || return 0
+    if [[ ${reply[0]} == files ]]; then
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -f -- "${COMP_WORDS[COMP_CWORD]}"))
+    else
+        COMPREPLY=("${reply[@]:1}")
+    fi
+}
+complete -F _venusctl_complete venusctl
+"""
+
+
+ZSH_COMPLETION = """\
+#compdef venusctl
+# zsh completion for venusctl (from `venusctl completion zsh`). Load it with:
+#   source <(venusctl completion zsh)      (after compinit)
+# or for good: venusctl completion zsh > "${fpath[1]}/_venusctl"
+_venusctl() {
+    local -a reply values shown
+    local line
+    reply=("${(@f)$("${words[1]}" __complete zsh words -- "${(@Q)words[1,CURRENT-1]}" \\
+        "${(Q)PREFIX}" 2>/dev/null)}")
+    if [[ ${reply[1]} == files ]]; then
+        _files
+        return
+    fi
+    for line in "${(@)reply[2,-1]}"; do
+        [[ -n $line ]] || continue
+        values+=("${line%%$'\\t'*}")
+        if [[ $line == *$'\\t'* ]]; then
+            shown+=("${line%%$'\\t'*}  -- ${line#*$'\\t'}")
+        else
+            shown+=("$line")
+        fi
+    done
+    (( ${#values} )) && compadd -l -d shown -a values
+}
+if [[ ${funcstack[1]} == _venusctl ]]; then
+    _venusctl "$@"
+else
+    compdef _venusctl venusctl
+fi
+"""
+
+
+FISH_COMPLETION = """\
+# fish completion for venusctl (from `venusctl completion fish`). Load it with:
+#   venusctl completion fish | source
+# or for good: venusctl completion fish > ~/.config/fish/completions/venusctl.fish
+function __venusctl_complete
+    set -l tokens (commandline -opc)
+    set -l current (commandline -ct)
+    set -l reply ($tokens[1] __complete fish words -- $tokens $current 2>/dev/null)
+    test (count $reply) -gt 0; or return
+    if test "$reply[1]" = files
+        __fish_complete_path $current
+    else if test (count $reply) -gt 1
+        printf '%s\\n' $reply[2..-1]
+    end
+end
+complete -c venusctl -f -a '(__venusctl_complete)'
+"""
+
+
+COMPLETIONS = {"bash": BASH_COMPLETION, "zsh": ZSH_COMPLETION, "fish": FISH_COMPLETION}
+
+
+def command_completion(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    ctx.out.write(COMPLETIONS[args.shell])
+    return ExitStatus.OK
+
+
+# -- the man page: venusctl(1), from the parser's own texts
+
+
+def _roff(text: str) -> str:
+    """Text for roff: backslashes and a line's leading dot or quote made harmless."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(
+        "\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n")
+    )
+
+
+def _man_option(action: argparse.Action) -> list[str]:
+    names = ", ".join(f"\\fB{_roff(option)}\\fR" for option in action.option_strings)
+    if not action.option_strings:
+        names = f"\\fI{_roff(action.metavar or action.dest)}\\fR"
+    elif _takes_value(action) and not action.choices:
+        names += f" \\fI{_roff(str(action.metavar or action.dest.upper()))}\\fR"
+    elif action.choices and _takes_value(action):
+        names += f" \\fI{_roff('|'.join(map(str, action.choices)))}\\fR"
+    return [".TP", names, _roff(action.help or "")]
+
+
+def _man_description(parser: argparse.ArgumentParser) -> list[str]:
+    text = (parser.description or "").strip()
+    if not text:
+        return []
+    if parser.formatter_class is argparse.RawDescriptionHelpFormatter:
+        return [".nf", _roff(text), ".fi"]
+    return [_roff(text)]
+
+
+MAN_SECTIONS = {
+    "ENVIRONMENT": [
+        ("VENUSCTL_INVENTORY", "the inventory file, when neither -i nor --fleet is given"),
+        ("VENUSCTL_FLEET", "the named fleet, after $VENUSCTL_INVENTORY"),
+        ("XDG_CONFIG_HOME", "the user's config folder (default ~/.config): venusctl/ in it"),
+        ("NO_COLOR", "set and not empty: no colour, unless --color always"),
+        ("COLUMNS", "the width tables are cut to on a terminal"),
+    ],
+    "FILES": [
+        ("./inventory.toml", "the inventory, when none is given"),
+        ("~/.config/venusctl/inventory.toml", "next, the user's"),
+        ("~/.config/venusctl/NAME.toml", "the fleet NAME (--fleet NAME)"),
+        ("/etc/venusctl/inventory.toml", "last, the machine's (and /etc/venusctl/NAME.toml)"),
+    ],
+}
+
+
+def man_page(parser: argparse.ArgumentParser | None = None) -> str:
+    """venusctl(1) in roff, from the parser: every command, option and help text."""
+    parser = parser or build_parser()
+    summary = __doc__.split("\n", 1)[0].split(": ", 1)[1]
+    lines = [
+        f'.TH VENUSCTL 1 "" "venusctl {__version__}" "User Commands"',
+        ".SH NAME",
+        f"venusctl \\- {_roff(summary)}",
+        ".SH SYNOPSIS",
+        ".B venusctl",
+        "[\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGUMENTS\\fR]",
+        ".SH DESCRIPTION",
+        ".nf",
+        _roff(__doc__.split("\n\n", 1)[1].strip()),
+        ".fi",
+        ".SH OPTIONS",
+        "These go before or after the command.",
+    ]
+    for action in parser._actions:
+        if action.option_strings and action.help != argparse.SUPPRESS:
+            lines += _man_option(action)
+    lines.append(".SH COMMANDS")
+    subcommands = _subcommands(parser)
+    helps = {choice.dest: choice.help for choice in subcommands._choices_actions}
+    common = {option for a in parser._actions for option in a.option_strings}
+    for name, sub in subcommands.choices.items():
+        if name not in helps:
+            continue
+        positionals = " ".join(f"\\fI{_roff(a.metavar or a.dest)}\\fR" for a in _positionals(sub))
+        lines += [f".SS {name}", f"\\fBvenusctl {name}\\fR [\\fIOPTIONS\\fR] {positionals}",
+                  ".PP", _roff(helps[name] or "") + ".", ".PP"]  # fmt: skip
+        lines += _man_description(sub)
+        for action in sub._actions:
+            own = [option for option in action.option_strings if option not in common]
+            shown = action.help != argparse.SUPPRESS and not isinstance(
+                action, argparse._HelpAction
+            )
+            if shown and (own or not action.option_strings):
+                lines += _man_option(action)
+    for title, entries in MAN_SECTIONS.items():
+        lines.append(f".SH {title}")
+        for term, text in entries:
+            lines += [".TP", f"\\fB{_roff(term)}\\fR", _roff(text)]
+    lines += [
+        ".SH EXIT STATUS",
+        "0 all done, 1 some host or operation failed, 2 usage or configuration error,"
+        " 130 interrupted; \\fBhealth\\fR: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        ".SH SEE ALSO",
+        "\\fBvenus\\-worker\\fR(1), \\fBssh\\fR(1), \\fBssh_config\\fR(5),"
+        " \\fBjournalctl\\fR(1), \\fBansible\\fR(1)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class _ManAction(argparse.Action):
+    """--help-man: print venusctl(1) and exit, as --help does."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        sys.stdout.write(man_page(parser))
+        parser.exit()
 
 
 # =============================================================================
@@ -7478,8 +7981,11 @@ def _run(argv: list[str], env: Environment) -> int:
     output = getattr(args, "output", None)
     if output == "wide":
         args.wide, args.output = True, "table"
-    source = find_inventory(args.inventory, args.fleet, env.environ, env.system_config)
-    inventory = load_inventory(source.path)
+    if getattr(args, "inventory_free", False):  # completion: works before any inventory
+        source, inventory = None, Inventory(Path(DEFAULT_INVENTORY), ())
+    else:
+        source = find_inventory(args.inventory, args.fleet, env.environ, env.system_config)
+        inventory = load_inventory(source.path)
     ctx = Context(
         inventory,
         env,
@@ -7498,6 +8004,11 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     status. Only the __main__ guard exits."""
     env = env or Environment()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # a shell's TAB: hidden, never an error on the screen
+        try:
+            return complete_main(argv[1:], env)
+        except Exception:  # noqa: BLE001 - a TAB that cannot be completed offers nothing
+            return 0
     try:
         return _run(argv, env)
     except _ParserExit as done:
