@@ -38,6 +38,9 @@ commands:
                             what the thread's last stage runs printed (stdout, stderr)
   journal HOST [-n LINES|all] [-f]
                             the agent's own log: journalctl -u UNIT on the host
+  ssh HOST [COMMAND ...]    OpenSSH to HOST with the inventory's user, port, key,
+                            known_hosts and jump hosts: a session, or COMMAND
+  completion bash|zsh|fish  the shell completion script (also --help-man: the man page)
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
@@ -8845,6 +8848,81 @@ def command_journal(ctx: Context, args: argparse.Namespace) -> ExitStatus:
 
 
 # =============================================================================
+# Commands: ssh (OpenSSH itself, with the inventory's settings)
+# =============================================================================
+
+
+def openssh_options(target: SshTarget) -> list[str]:
+    """OpenSSH `-o` options for `target` as venusctl resolved it (SshTarget.ssh_options), with
+    each jump host reached by an `ssh -W` of its own options: ProxyJump on the command
+    line would carry neither a hop's key nor its known_hosts (ssh(1): command-line options
+    apply to the destination only)."""
+    options = target.ssh_options()
+    if target.via is None or target.proxy_command is not None:
+        return options
+    hop = ["ssh", "-F", "none", *openssh_options(target.via), "-W", "[%h]:%p", "--"]
+    # a literal % of a path or a name must not be read as a token by the outer ssh
+    hop = [word if word == "[%h]:%p" else word.replace("%", "%%") for word in hop]
+    hop.append(target.via.name.replace("%", "%%"))
+    kept = [option for option in options if not option.startswith("-oProxyJump=")]
+    return [*kept, f"-oProxyCommand={shlex.join(hop)}"]
+
+
+def ssh_argv(target: SshTarget, command: Sequence[str]) -> list[str]:
+    """`ssh -F none <the target's options> -- NAME [COMMAND...]`: no ssh_config read again
+    (venusctl applied it already, the inventory's values over it), COMMAND as ssh passes
+    its words: joined by spaces for the remote shell."""
+    return ["ssh", "-F", "none", *openssh_options(target), "--", target.name, *command]
+
+
+def command_ssh(ctx: Context, args: argparse.Namespace) -> ExitStatus | int:
+    """OpenSSH to HOST with the inventory's user, port, key, known_hosts, jump hosts and
+    options: an interactive session, or COMMAND; ssh's own exit status (255: ssh failed)."""
+    host = resolve_target(ctx.inventory, args.host)
+    if host.transport == "local":
+        raise UsageError(f"{host.name} is this machine (transport local): no SSH to it")
+    try:
+        target = ctx.ssh.target(host)
+    except HostError as error:
+        ctx.err.write(f"venusctl: {escape_text(f'{host.name}: {error}')}\n")
+        return ExitStatus.FAILED
+    argv = ssh_argv(target, args.command)
+    if args.print:
+        ctx.out.write(shlex.join(argv) + "\n")
+        return ExitStatus.OK
+    ssh = shutil.which("ssh", path=ctx.env.environ.get("PATH"))
+    if ssh is None:
+        raise UsageError("ssh not found on the PATH: install OpenSSH's client (openssh-client)")
+    # ssh runs a ProxyCommand through $SHELL: the hops above are quoted for sh
+    environ = {**ctx.env.environ, "SHELL": "/bin/sh"}
+    return run_attached(ctx, [ssh, *argv[1:]], environ)
+
+
+def run_attached(ctx: Context, argv: list[str], environ: Mapping[str, str]) -> int:
+    """Run argv on this run's terminal (its stdin, stdout, stderr), or through pipes when
+    the streams are not files (a test's, an embedding program's); its exit status."""
+
+    def fd(stream: Any) -> Any:
+        try:
+            stream.fileno()
+            return stream
+        except (AttributeError, OSError, ValueError):
+            return subprocess.PIPE
+
+    streams = [fd(ctx.stdin), fd(ctx.out), fd(ctx.err)]
+    if streams[0] is subprocess.PIPE:
+        streams[0] = subprocess.DEVNULL
+    ctx.out.flush()
+    done = subprocess.run(argv, stdin=streams[0], stdout=streams[1], stderr=streams[2],
+                          env=dict(environ))  # fmt: skip
+    if done.stdout:
+        ctx.out.write(done.stdout.decode("utf-8", "replace"))
+    if done.stderr:
+        ctx.err.write(done.stderr.decode("utf-8", "replace"))
+    return done.returncode
+
+
+# =============================================================================
 # Commands: health
 # =============================================================================
 
@@ -9520,6 +9598,28 @@ def build_parser() -> argparse.ArgumentParser:
         "-f", "--follow", action="store_true", help="then new lines as they come, until Ctrl-C"
     )
     journal.set_defaults(handler=command_journal)
+
+    ssh = commands.add_parser(
+        "ssh",
+        help="OpenSSH to a host with the inventory's settings (a session, or COMMAND)",
+        description="Run OpenSSH's ssh to HOST as venusctl reaches it: the inventory's user,"
+        " port, identity file, known_hosts and host-key policy over ~/.ssh/config's (or the"
+        " inventory's ssh_config), jump hosts and ProxyCommand included, so an operator"
+        " never retypes them. Without COMMAND an interactive session; with it, COMMAND run"
+        " there, its words joined by spaces for the remote shell as ssh does (quote what"
+        " the remote shell must not expand). ssh is run with `-F none` and every setting as"
+        " -o options (--print shows them). Exit status: the remote command's, or 255 when"
+        " ssh itself failed.",
+    )
+    common(ssh, top=False)
+    ssh.add_argument("host", help="name, address or address:port")
+    ssh.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="COMMAND", help="what to run there"
+    )
+    ssh.add_argument(
+        "--print", action="store_true", help="print the ssh command line instead of running it"
+    )
+    ssh.set_defaults(handler=command_ssh)
 
     completion = commands.add_parser(
         "completion",
