@@ -1,7 +1,7 @@
 """venusctl: see and steer the sealing threads of every worker host, over SSH.
 
-usage: venusctl [-i INVENTORY] [--json] [--full] [--debug] [--forks N] [--deadline DURATION]
-                COMMAND ...
+usage: venusctl [-i INVENTORY | --fleet NAME] [--json] [--full] [--color WHEN] [--debug]
+                [--forks N] [--deadline DURATION] COMMAND ...
 
 commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
@@ -20,8 +20,14 @@ commands:
                             thread whose pause is still queued, cancel that pause
   pause -l LIMIT [SELECTORS] [--yes | --dry-run]
   resume -l LIMIT [SELECTORS] [--to-state STATE] [--yes | --dry-run]
-                            the same for every selected thread: prints the plan,
-                            acts with --yes or after y/N on a terminal
+                            the same for every selected thread: prints the plan
+                            (with the sectors each state move touches), acts with
+                            --yes or after y/N on a terminal
+  pause ... --wait [TIMEOUT]
+                            then wait until each thread shows Paused (default 2h)
+  resume ... Finished|Aborted --force
+                            ends the sector's task for good (finalised without a proof,
+                            or dropped with its data): --force besides --yes or the y/N
   drain HOST|-l LIMIT [SELECTORS] [--timeout 2h] [--interval 2s] [--keep-queued]
                             pause every selected thread at its next stage boundary
                             and wait until every one is Paused; on timeout or Ctrl-C
@@ -45,21 +51,33 @@ commands:
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
 HOST is a host's name, its address, or address:port ([::1]:22) in the inventory. LIMIT
-is a comma-separated list of host names, group names and shell globs.
+is an Ansible host pattern: host names, group names, `all`, `ungrouped`, shell globs
+and ~REGEX, separated by commas (or by colons when there is none); a term may start
+with `!` (all but it: -l 'all:!gpu-03', or -l '!gpu-03' alone) or `&` (and also in
+it: -l 'gpu:&rack1'). Quote a `!` from the shell.
 SELECTORS: --state S[,S...], --stage X, --plan P, --paused, --errors,
 --error-match REGEX, --idle; a thread is selected when every one given
 holds. Names are checked before any connection: a case-only difference is
 normalised (c1done is C1Done), a typo refused with the closest names.
 Nothing empty ever means "all": an empty -l or selector value is refused;
-pause, resume and drain need -l, and reach the whole fleet only with -l '*'.
+pause, resume and drain need -l, and reach the whole fleet only with -l all
+(or -l '*'); a limit that leaves no host is refused too.
 
 Output: worker text (errors, paths, names) is printed with its control
 characters escaped (ESC as \\x1b, a newline as \\n); --json keeps it exact. On
 a terminal, long table cells are cut with ... to fit (LastErr first; --full:
 never). Under --json every failure is one document too:
-{"error": {"code": ..., "message": ...}}, with the same exit status.
+{"error": {"code": ..., "message": ...}}, with the same exit status. list, info,
+threads and inventory take --sort KEY[,KEY] [--reverse], --columns LIST,
+--no-header and -o table|wide|csv|tsv|json (CSV: values exact, quoted by the
+csv rules; TSV: tab, newline and backslash escaped). On a terminal, tables are
+coloured (paused yellow, errors red, an expired LastPing bold): never in a pipe,
+nor with $NO_COLOR set; --color always|never|auto.
 
-The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
+The inventory is the first of: -i PATH, --fleet NAME (~/.config/venusctl/NAME.toml,
+else /etc/venusctl/NAME.toml), $VENUSCTL_INVENTORY, $VENUSCTL_FLEET, ./inventory.toml,
+~/.config/venusctl/inventory.toml ($XDG_CONFIG_HOME), /etc/venusctl/inventory.toml;
+`venusctl inventory` says which file it read, and why.
 Each host is reached over SSH as OpenSSH would reach it: ~/.ssh/config and
 /etc/ssh/ssh_config (Include, Host, Match, ProxyJump, ProxyCommand, ...; the
 inventory's values win), known_hosts (hashed, patterns, @cert-authority,
