@@ -104,9 +104,11 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #
 #   Exit codes, Errors     ExitStatus, Severity; VenusctlError ends the run, HostError is a row
 #   Values                 durations, thread indexes, state and stage names, --stuck keys
-#   Inventory              inventory.toml -> Host, Inventory; HOST targets and --limit
+#   Inventory              which file (find_inventory: -i, --fleet, ... /etc/venusctl),
+#                          inventory.toml -> Host, Inventory; HOST targets, --limit patterns
 #   Host answers           HostStatus (typed at the edge), damocles' WorkerInfo shapes, Action
-#   Tables and JSON        what list, info, pause/resume and inventory print
+#   Tables and JSON        what list, info, pause/resume and inventory print; TableSpec:
+#                          columns, --sort, -o csv|tsv, colour (add_table_options)
 #   Health engine          thresholds, findings, the plugin line, JSON, Prometheus text
 #   Fleet threads, Drain   selectors and bulk plans; drain's view of a thread
 #   Deadlines              Deadline: one bound per exchange; the host job's, per thread
@@ -118,9 +120,12 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #                          SshContext (shared jump connections), LocalSession, SshSession
 #   Transport policy       open_agent (stream, exec, local, damocles; the fallback), actions,
 #                          fan_out -> GroupResult (per-host budget, --deadline), SessionPool
-#   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
-#                          health
-#   Argument parser, main  build_parser; main(argv, env) -> int, the only exit
+#   Commands               Context; list/threads/watch/info/inventory, pause/resume (--wait,
+#                          --force), drain, logs/journal, ssh, health
+#   Argument parser        build_parser
+#   Completion, man page   `venusctl __complete` and the shells' scripts, venusctl(1): both
+#                          read from the parser
+#   main                   main(argv, env) -> int, the only exit
 #
 # The contract with the agent (WorkerInfo, the report, codes, states, durations) is
 # worker_agent/api.py, which both programs import.
