@@ -101,8 +101,9 @@ persist (10m) without a request: the next commands answer without a new
 login, saying exactly what they would have said. Its socket is 0600 in
 $XDG_RUNTIME_DIR/venusctl (else /run/user/UID/venusctl, else
 $TMPDIR/venusctl-UID) and serves its user only. persist = 0,
-$VENUSCTL_PERSIST=0 or --no-persist: every run connects itself. health uses
-a keeper only when one is alive; --watch keeps its own connections.
+$VENUSCTL_PERSIST=0 or --no-persist: every run connects itself. health (and a
+TAB's thread indexes) use a keeper only when one is alive; journal, ssh and
+--watch connect themselves.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error (also an inventory without hosts), 130 interrupted;
@@ -295,6 +296,7 @@ __all__ = [
     "SessionPool",
     "HostCall",
     "OPERATIONS",
+    "host_operation",
     "KeeperClient",
     "keeper_main",
     "Context",
@@ -7525,19 +7527,6 @@ def _call(job: Callable[[Host], Any], host: Host, deadline: Deadline | None) -> 
             return error
 
 
-def fan_out_until(
-    hosts: Sequence[Host],
-    job: Callable[[Host], Any],
-    forks: int,
-    seconds: float,
-    progress: Callable[[int, int], None] | None = None,
-    budget: Callable[[Host], float] | None = None,
-) -> GroupResult:
-    """fan_out, back after `seconds` at the latest: unfinished hosts get a NoAnswer."""
-    until = Deadline(time.monotonic() + seconds, seconds, "deadline")
-    return fan_out(hosts, job, forks, progress, budget=budget, until=until)
-
-
 def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) -> Any:
     session = open_session(host, context)
     try:
@@ -7845,8 +7834,9 @@ def _private_folder(path: Path, what: str) -> None:
         raise KeeperUnavailable(f"{what} {path} is writable by others (mode {mode})")
 
 
-def keeper_paths(environ: Mapping[str, str]) -> KeeperPaths:
-    """This user's keeper folder, made 0700 if missing, checked either way."""
+def keeper_paths(environ: Mapping[str, str], make: bool = True) -> KeeperPaths:
+    """This user's keeper folder, made 0700 if missing (unless not `make`: a run that will
+    start no keeper leaves nothing behind), checked when it is there."""
     uid = os.getuid()
     runtime = environ.get("XDG_RUNTIME_DIR", "")
     logind = Path(f"/run/user/{uid}")
@@ -7858,9 +7848,11 @@ def keeper_paths(environ: Mapping[str, str]) -> KeeperPaths:
         folder = logind / "venusctl"
     else:
         folder = Path(tempfile.gettempdir()) / f"venusctl-{uid}"
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(folder, 0o700)
-    _private_folder(folder, "keeper folder")
+    if make:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+    if make or os.path.lexists(folder):
+        _private_folder(folder, "keeper folder")
     paths = KeeperPaths(folder)
     if len(os.fsencode(paths.socket)) > 107:
         raise KeeperUnavailable(f"keeper socket path {paths.socket} is too long for a socket")
@@ -7927,28 +7919,35 @@ class _Lines:
 # -- values on the keeper's wire: typed JSON both ways ------------------------------------------
 
 
-# The dataclasses a result may hold: api's values and these of this file; an operation
-# whose result has a new one of ours adds it here (one line). Each goes as its class name
-# and its fields in order: the keeper made it with this very code (its hello says so).
-WIRE_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (HostStatus, ActionOutcome, Action)}
+# The dataclasses a value may hold: any of this file's or of worker_agent.api's, so an
+# operation with a new one needs nothing here. Each goes as its class name and its fields
+# in order: the keeper made it with this very code (its hello says so), and no name is a
+# dataclass of both modules (a test checks), so the name says which.
 _WIRE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _is_wire_class(kind: Any) -> bool:
+    return (
+        isinstance(kind, type)
+        and dataclasses.is_dataclass(kind)
+        and kind.__module__ in (__name__, api.__name__)
+    )
 
 
 def _wire_fields(kind: type) -> tuple[str, ...] | None:
     names = _WIRE_FIELDS.get(kind)
     if names is None:
-        known = WIRE_CLASSES.get(kind.__name__) is kind or (
-            kind.__module__ == api.__name__ and dataclasses.is_dataclass(kind)
-        )
-        if not known:
+        if not _is_wire_class(kind):
             return None
         names = _WIRE_FIELDS[kind] = tuple(spec.name for spec in dataclasses.fields(kind))
     return names
 
 
 def _wire_class(name: str) -> type:
-    cls = WIRE_CLASSES.get(name) or getattr(api, name, None)
-    if not (isinstance(cls, type) and _wire_fields(cls) is not None):
+    cls = globals().get(name)
+    if not _is_wire_class(cls):
+        cls = getattr(api, name, None)
+    if not _is_wire_class(cls):
         raise ValueError(f"not a value the keeper carries: {name}")
     return cls
 
@@ -7974,6 +7973,8 @@ def to_wire(value: Any, tracebacks: bool = False) -> Any:
         return {"()": [to_wire(item, tracebacks) for item in value]}
     if kind is dict and all(type(key) is str for key in value):
         return {"{}": {key: to_wire(item, tracebacks) for key, item in value.items()}}
+    if kind is re.Pattern:  # a selector's --error-match
+        return {"re": [value.pattern, value.flags]}
     raise TypeError(f"the keeper cannot carry a {kind.__name__}")
 
 
@@ -7996,6 +7997,9 @@ def from_wire(value: Any) -> Any:
         return tuple(from_wire(item) for item in value["()"])
     if "{}" in value:
         return {key: from_wire(item) for key, item in value["{}"].items()}
+    if "re" in value:
+        pattern, flags = value["re"]
+        return re.compile(str(pattern), int(flags))
     raise ValueError(f"unreadable keeper value: {str(value)[:80]}")
 
 
@@ -8096,36 +8100,71 @@ class Operation:
     repeatable: bool
 
 
-def _perform_one(pool: SessionPool, host: Host, action: Action) -> ActionOutcome:
-    return pool.run(host, lambda session: perform(session, host, action))
-
-
-# Wiring a command to the keeper is one line here (and HostCall(pool, NAME, ...) in it).
+# What a run may ask of a host through the keeper, by name. The pool's own jobs are here;
+# every other one is a work(session, host, *params) function made an operation where it is
+# defined, by @host_operation (the commands' sections below).
 OPERATIONS: dict[str, Operation] = {
+    # through the host's kept agent channel, when there is one
     "status": Operation(lambda pool, host: pool.status(host), repeatable=True),
-    "perform": Operation(_perform_one, repeatable=False),
     "perform_all": Operation(lambda pool, host, actions: pool.perform_all(host, actions), False),
 }
 
 
+def host_operation(
+    name: str, repeatable: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make work(session, host, *params) the operation `name` (a decorator; the function is
+    left as it is): run on the host's kept session of the pool that asks, this run's or the
+    keeper's. A command asks it with ctx.ask(hosts, name, *params), which goes through the
+    keeper when the run has one, as list does.
+
+    The params and the result must be what to_wire carries (plain values, lists, tuples,
+    str-keyed dicts, enums, compiled patterns, dataclasses of this file or of api, a
+    HostError); `repeatable`: a read, which the run asks again itself when a keeper is
+    lost mid-run; False for one that acts (never sent twice)."""
+
+    def register(work: Callable[..., Any]) -> Callable[..., Any]:
+        if name in OPERATIONS:
+            raise ValueError(f"operation {name!r} defined twice")
+
+        def run(pool: SessionPool, host: Host, *params: Any) -> Any:
+            return pool.run(host, lambda session: work(session, host, *params))
+
+        OPERATIONS[name] = Operation(run, repeatable)
+        return work
+
+    return register
+
+
+host_operation("perform", repeatable=False)(perform)
+
+
 class HostCall:
     """One operation for each host of a fan-out: OPERATIONS[operation] on `pool`, with
-    params[host name] as its arguments. Called with a host it runs here; Context.fan_out
-    sends it to the keeper when there is one."""
+    params[host name] as a host's arguments, else `same`. Called with a host it runs here;
+    Context.fan_out sends it to the keeper when there is one."""
 
     def __init__(
-        self, pool: Any, operation: str, params: Mapping[str, Sequence[Any]] | None = None
+        self,
+        pool: Any,
+        operation: str,
+        params: Mapping[str, Sequence[Any]] | None = None,
+        same: Sequence[Any] = (),
     ) -> None:
+        if operation not in OPERATIONS:
+            raise ValueError(f"no operation {operation!r} (see host_operation)")
         self.pool = pool
         self.operation = operation
         self.params = params or {}
+        self.same = tuple(same)
 
     @property
     def repeatable(self) -> bool:
         return OPERATIONS[self.operation].repeatable
 
     def args(self, host: Host) -> tuple[Any, ...]:
-        return tuple(self.params.get(host.name, ()))
+        given = self.params.get(host.name)
+        return self.same if given is None else tuple(given)
 
     def __call__(self, host: Host) -> Any:
         return OPERATIONS[self.operation].run(self.pool, host, *self.args(host))
@@ -8721,10 +8760,10 @@ class KeeperClient:
 
     def paths(self) -> KeeperPaths:
         if self._paths is None:
-            self._paths = keeper_paths(self.environ)
+            self._paths = keeper_paths(self.environ, make=self.may_start)
         return self._paths
 
-    def connect(self, start: bool | None = None) -> _Lines | None:
+    def connect(self) -> _Lines | None:
         """A connection to a keeper of this very code, hello done; None (and `broken`
         says why, if it matters) when there is none to use."""
         if self.broken is not None:
@@ -8732,7 +8771,7 @@ class KeeperClient:
         try:
             paths = self.paths()
             lines = self._hello(paths)
-            if lines is None and (self.may_start if start is None else start):
+            if lines is None and self.may_start:
                 lines = self._start(paths)
         except KeeperUnavailable as problem:
             self._give_up(str(problem))
@@ -9167,6 +9206,27 @@ class Context:
             _show_traceback(self, host, outcomes[host.name])
         return outcomes
 
+    def ask(
+        self,
+        hosts: Sequence[Host],
+        operation: str,
+        *params: Any,
+        pool: SessionPool | None = None,
+        progress: bool = True,
+        until: Deadline | None = None,
+    ) -> GroupResult:
+        """OPERATIONS[operation](*params) of every host, as fan_out: through the keeper when
+        the run has one, else (and for what the keeper cannot answer) on `pool`, whose
+        sessions a command keeps across its steps; without one, on a pool of its own."""
+        own = pool is None
+        pool = SessionPool(self.ssh) if pool is None else pool
+        try:
+            call = HostCall(pool, operation, same=params)
+            return self.fan_out(hosts, call, progress, on_late=pool.forget, until=until)
+        finally:
+            if own:
+                pool.close()
+
     def host_budget(self, host: Host) -> float:
         """One host's whole exchange: connect_timeout (the inventory's, else
         ssh_config's ConnectTimeout, else 5 s) + command_timeout."""
@@ -9190,12 +9250,7 @@ def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
 def _ask_one(ctx: Context, host: Host, operation: str, *params: Any) -> Any:
     """OPERATIONS[operation] for one host like the fan-out asks many (an error becomes the
     result), through the keeper when the run has one."""
-    pool = SessionPool(ctx.ssh)
-    try:
-        call = HostCall(pool, operation, {host.name: params})
-        return ctx.fan_out([host], call, on_late=pool.forget)[host.name]
-    finally:
-        pool.close()
+    return ctx.ask([host], operation, *params)[host.name]
 
 
 def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
@@ -9270,7 +9325,7 @@ def list_report(
     ctx: Context, args: argparse.Namespace, hosts: list[Host], pool: SessionPool, progress: bool
 ) -> tuple[Any, ExitStatus]:
     """One `list` answer: the JSON document or the table text, and the exit status."""
-    outcomes = ctx.fan_out(hosts, HostCall(pool, "status"), progress, on_late=pool.forget)
+    outcomes = ctx.ask(hosts, "status", pool=pool, progress=progress)
     entries = [
         list_entry(host, outcomes[host.name], args.expiration, host_route(ctx.ssh, host))
         for host in hosts
@@ -9315,7 +9370,7 @@ def threads_report(
     progress: bool,
 ) -> tuple[Any, ExitStatus]:
     """The matching threads of every host: a table, a count line, then who did not answer."""
-    outcomes = ctx.fan_out(hosts, HostCall(pool, "status"), progress, on_late=pool.forget)
+    outcomes = ctx.ask(hosts, "status", pool=pool, progress=progress)
     threads, unreachable = select_threads(hosts, outcomes, selector)
     status = ExitStatus.FAILED if unreachable else ExitStatus.OK
     if ctx.as_json:
@@ -9603,7 +9658,7 @@ def wait_for_pauses(
 
 def _look_at_pauses(ctx: Context, pool: SessionPool, wait: PauseWait) -> None:
     hosts = list({thread.host.name: thread.host for thread in wait.busy}.values())
-    outcomes = ctx.fan_out(hosts, pool.status, progress=False)
+    outcomes = ctx.ask(hosts, "status", pool=pool, progress=False)
     still = []
     for thread in wait.busy:
         status = HostStatus.of(outcomes[thread.host.name])
@@ -9634,7 +9689,7 @@ def bulk_action(
     hosts = _selected_hosts(ctx, args, kind)
     pool = SessionPool(ctx.ssh)
     try:
-        outcomes = ctx.fan_out(hosts, HostCall(pool, "status"), on_late=pool.forget)
+        outcomes = ctx.ask(hosts, "status", pool=pool)
         threads, unreachable = select_threads(hosts, outcomes, selector_from(args))
         steps = plan_steps(kind, threads, to_state)
         problem = to_state and invalid_resume_state(steps, to_state)
@@ -9714,13 +9769,13 @@ def _one_thread(ctx: Context, args: argparse.Namespace, action: Action) -> ExitS
     host = resolve_target(ctx.inventory, args.host)
     pool = SessionPool(ctx.ssh)
     try:
-        status = HostStatus.of(ctx.fan_out([host], pool.status)[host.name])
+        status = HostStatus.of(ctx.ask([host], "status", pool=pool)[host.name])
         if status.threads is None:
             return _show_action(ctx, host, action, ActionOutcome(error=status.error))
         info = next((t for t in status.threads if t.index == action.index), None)
         if info is not None and action.kind == "resume":
             _confirm_final(ctx, args, FleetThread(host, info), action)
-        done = ctx.fan_out([host], lambda h: pool.perform_all(h, [action]))[host.name]
+        done = ctx.ask([host], "perform_all", [action], pool=pool)[host.name]
         outcome = done[0] if isinstance(done, list) else ActionOutcome(error=done)
         # no such thread (the agent said so), a refusal, or a resume: its line is all
         if info is None or outcome.error is not None or action.kind == "resume":
@@ -9811,9 +9866,7 @@ class Drain:
 
     def run(self) -> ExitStatus:
         started = self.ctx.clock()
-        outcomes = self.ctx.fan_out(
-            self.hosts, HostCall(self.pool, "status"), on_late=self.pool.forget
-        )
+        outcomes = self.ctx.ask(self.hosts, "status", pool=self.pool)
         self.targets, self.unreachable = select_threads(self.hosts, outcomes, self.selector)
         if not self.targets:
             if self.ctx.as_json:  # a script still gets its document: nothing was drained
@@ -9884,9 +9937,7 @@ class Drain:
 
     def poll(self) -> None:
         hosts = list({thread.host.name: thread.host for thread in self.targets}.values())
-        outcomes = self.ctx.fan_out(
-            hosts, HostCall(self.pool, "status"), progress=False, on_late=self.pool.forget
-        )
+        outcomes = self.ctx.ask(hosts, "status", pool=self.pool, progress=False)
         for host in hosts:
             status = HostStatus.of(outcomes[host.name])
             if status.threads is not None:
@@ -10101,24 +10152,21 @@ def stage_log_lines(
     return text
 
 
-def _stage_log(
-    ctx: Context, pool: SessionPool, host: Host, index: int, query: dict[str, Any]
+@host_operation("stage_log")
+def stage_log(
+    session: LocalSession | SshSession, host: Host, index: int, query: dict[str, Any]
 ) -> api.StageLog:
     """One WorkerStageLog by the transport policy (the CLI reads the store when the daemon
-    is down), on the pool's kept session."""
-
-    def ask(session: LocalSession | SshSession) -> api.StageLog:
-        agent, refused = open_agent(session, host, for_status=True)
-        try:
-            return agent.stage_log(index, query)
-        except HostError as error:
-            if refused is not None and not isinstance(error, (AgentRefused, NoStageLogs)):
-                raise both_ways(refused, error) from None
-            raise
-        finally:
-            agent.close()
-
-    return pool.run(host, ask)
+    is down)."""
+    agent, refused = open_agent(session, host, for_status=True)
+    try:
+        return agent.stage_log(index, query)
+    except HostError as error:
+        if refused is not None and not isinstance(error, (AgentRefused, NoStageLogs)):
+            raise both_ways(refused, error) from None
+        raise
+    finally:
+        agent.close()
 
 
 def command_logs(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -10136,8 +10184,7 @@ def command_logs(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     }
     pool = SessionPool(ctx.ssh)
     try:
-        outcome = ctx.fan_out([host], lambda h: _stage_log(ctx, pool, h, args.index, query))
-        log = outcome[host.name]
+        log = ctx.ask([host], "stage_log", args.index, query, pool=pool)[host.name]
         if isinstance(log, BaseException):
             return _logs_failed(ctx, host, log)
         if ctx.as_json:
@@ -10182,10 +10229,10 @@ def follow_stage_log(
     try:
         while True:
             ctx.sleep(FOLLOW_POLL)
-            try:
-                news = _stage_log(ctx, pool, host, args.index, {**query, "after": cursor})
-            except HostError as error:
-                return _logs_failed(ctx, host, error)
+            after = {**query, "after": cursor}
+            news = ctx.ask([host], "stage_log", args.index, after, pool=pool)[host.name]
+            if isinstance(news, BaseException):
+                return _logs_failed(ctx, host, news)
             for run in news.runs:
                 known = run.run == cursor["run"]
                 if ctx.as_json:
@@ -10490,7 +10537,7 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     pool = SessionPool(ctx.ssh)
     try:
         until = Deadline(time.monotonic() + deadline, deadline, "deadline")
-        outcomes = ctx.fan_out(hosts, HostCall(pool, "status"), on_late=pool.forget, until=until)
+        outcomes = ctx.ask(hosts, "status", pool=pool, until=until)
     finally:
         pool.close()
     missed = any(isinstance(error, NoAnswer) for error in outcomes.failed.values())
@@ -11290,6 +11337,8 @@ def _walk_option(walk: Walk, word: str) -> None:
     if action is None and not word.startswith("--") and word[:2] in options:
         name, value, equals = word[:2], word[2:], "x" if word[2:] else ""
         action = options[name]
+    if isinstance(action, argparse._StoreTrueAction):
+        walk.values[action.dest] = ""  # a flag that matters to what is offered: --no-persist
     if action is None or not _takes_value(action):
         return
     if equals:
@@ -11429,21 +11478,35 @@ def _line_inventory(walk: Walk, env: Environment) -> Inventory:
     return load_inventory(source.path)
 
 
+def _alive_keeper(inventory: Inventory, env: Environment, no_persist: bool) -> KeeperClient | None:
+    """This user's keeper if one is alive and may be used (it is never started here)."""
+    persist = persist_seconds(inventory, env.environ, no_persist)
+    if persist <= 0 or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    keeper = KeeperClient(env.environ, persist, False, lambda text: None, inventory.path)
+    try:
+        return keeper if keeper.running() else None
+    except KeeperUnavailable:
+        return None
+
+
 def _thread_indexes(inventory: Inventory, walk: Walk, current: str, env: Environment) -> list:
-    """The host's thread indexes, asked of it (within COMPLETE_TIMEOUT), with their state."""
+    """The host's thread indexes, asked of it (within COMPLETE_TIMEOUT), with their state:
+    through this user's keeper when one is alive (a TAB never starts one)."""
     host = resolve_target(inventory, walk.values.get("host", ""))
-    quick = dataclasses.replace(
-        host,
-        connect_timeout=min(host.connect_timeout or COMPLETE_TIMEOUT, COMPLETE_TIMEOUT),
-        command_timeout=min(host.command_timeout, COMPLETE_TIMEOUT),
-    )
-    context = SshContext(env.environ)
-    outcome = fan_out_until(
-        [quick],
-        lambda h: with_session(h, context, lambda session: query_status(session, h)),
-        1,
-        COMPLETE_TIMEOUT,
-    )[host.name]
+    keeper = _alive_keeper(inventory, env, no_persist="no_persist" in walk.values)
+    if keeper is None:  # connecting ourselves: no step may take longer than the TAB's wait
+        host = dataclasses.replace(
+            host,
+            connect_timeout=min(host.connect_timeout or COMPLETE_TIMEOUT, COMPLETE_TIMEOUT),
+            command_timeout=min(host.command_timeout, COMPLETE_TIMEOUT),
+        )
+    ctx = Context(inventory, env, forks=1, ssh=SshContext(env.environ), keeper=keeper)
+    until = Deadline(time.monotonic() + COMPLETE_TIMEOUT, COMPLETE_TIMEOUT, "completion")
+    try:
+        outcome = ctx.ask([host], "status", progress=False, until=until)[host.name]
+    finally:
+        ctx.ssh.close()
     if not isinstance(outcome, HostStatus) or outcome.threads is None:
         return []
     return [

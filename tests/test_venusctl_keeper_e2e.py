@@ -243,6 +243,7 @@ def normalized(text: str) -> str:
 
 def _without_times(value):
     volatile = {"last_ping", "age", "elapsed", "state_elapsed", "time", "heartbeat_age"}
+    volatile |= {"after"}  # pause --wait: when it was seen paused
     if isinstance(value, dict):
         return {k: ("T" if k in volatile else _without_times(v)) for k, v in value.items()}
     if isinstance(value, list):
@@ -272,6 +273,13 @@ COMMANDS = [
     ["--json", "drain", "-l", "k1,kdown", "--paused", "--timeout", "5s"],
     ["health", "-l", "k1"],
     ["--json", "health"],
+    # issue 19's: stage logs, pause --wait, a resume that ends a sector refused without --force
+    ["logs", "k1", "1"],
+    ["--json", "logs", "k2", "0", "--all"],
+    ["logs", "kdown", "0"],
+    ["pause", "k1", "0", "--wait", "2s"],
+    ["--json", "pause", "k1", "0", "--wait", "2s"],
+    ["resume", "k1", "0", "Aborted"],
 ]
 
 
@@ -322,6 +330,31 @@ def test_health_uses_a_live_keeper_and_never_starts_one(tmp_path, fleet, keeper)
     assert vc(["list"], path)[0] == 0  # now one is alive
     assert vc(["health"], path)[0] == status
     assert fleet.logins("k1") == logins + 2  # the list's; health used its connection
+
+
+def tab(path: Path, line: str) -> list[str]:
+    """The thread indexes a TAB at the end of `line` offers (fish's form: value TAB text)."""
+    out = io.StringIO()
+    env = venusctl.Environment(stdout=out, environ=dict(os.environ, VENUSCTL_INVENTORY=str(path)))
+    words, current, _ = venusctl.split_line(line)
+    assert venusctl.main(["__complete", "fish", "words", "--", *words, current], env) == 0
+    offered = [candidate.split("\t")[0] for candidate in out.getvalue().splitlines()[1:]]
+    return [value for value in offered if not value.startswith("-")]  # options come too
+
+
+def test_a_tab_asks_thread_indexes_through_a_live_keeper_and_never_starts_one(
+    tmp_path, fleet, keeper
+):
+    path = fleet.inventory(tmp_path / "inventory.toml", "k1")
+    logins = fleet.logins("k1")
+    assert tab(path, "venusctl pause k1 ") == ["0", "1"]  # asked of k1 itself
+    assert fleet.logins("k1") == logins + 1
+    assert keeper.pid() is None and not keeper.folder.exists()  # nothing left behind
+    assert vc(["list"], path)[0] == 0  # now one is alive
+    assert tab(path, "venusctl pause k1 ") == ["0", "1"]
+    assert fleet.logins("k1") == logins + 2  # the list's; the TAB used its connection
+    assert tab(path, "venusctl --no-persist resume k1 ") == ["0", "1"]
+    assert fleet.logins("k1") == logins + 3
 
 
 # -- 3. safe by construction -----------------------------------------------------------------

@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -132,6 +133,65 @@ def test_the_wire_carries_only_what_it_knows():
         from_wire({"enum": "Path", "v": 1})
 
 
+def test_any_dataclass_of_venusctl_or_api_goes_whole_with_no_line_of_its_own():
+    # What a new operation's arguments and results are made of, with nothing registered:
+    # a selector (its --error-match a compiled pattern), api's stage logs, one of ours.
+    selector = venusctl.Selector(states=("C1Done",), error_match=re.compile("disk", re.I))
+    assert through_the_wire([selector]) == [selector]
+    assert through_the_wire(selector).error_match.search("DISK full")
+    line = venusctl.api.StageLine(n=0, t=1.5, s="stderr", text="permanent: \x1b[31m", cut=False)
+    run = venusctl.api.StageRun(
+        run=3, stage="C2", state="C1Done", plan="sealer", sector_id="s-t01000-2",
+        processor="c2", argv=["c2", "--x"], started=1.0, ended=None, exit_status=None,
+        timed_out=False, outcome=None, dropped=0, first_line=0, lines_total=1, lines=[line],
+    )  # fmt: skip
+    log = venusctl.api.StageLog(index=0, location="/x", runs=[run], kept_runs=8, max_run_bytes=1)
+    assert through_the_wire(log) == log
+    thread = venusctl.FleetThread(inventory("").hosts[0], worker_info())
+    assert through_the_wire(thread) == thread
+
+
+def test_no_dataclass_name_is_both_ours_and_apis():
+    """The wire names a value by its class alone: a name in both would be read as ours."""
+
+    def names(module):
+        return {
+            name
+            for name, value in vars(module).items()
+            if venusctl._is_wire_class(value) and value.__module__ == module.__name__
+        }
+
+    assert names(venusctl) and names(venusctl.api)
+    assert names(venusctl) & names(venusctl.api) == set()
+
+
+def test_an_operation_is_one_decorated_function_and_a_name_can_be_given_once(monkeypatch):
+    monkeypatch.setattr(venusctl, "OPERATIONS", dict(venusctl.OPERATIONS))
+    asked = []
+
+    @venusctl.host_operation("probe")
+    def probe(session, host, word, count):
+        asked.append((session, host.name, word, count))
+        return f"{word} x{count}"
+
+    class Pool:  # the one call a pool makes of it: run(host, work) on the host's session
+        def run(self, host, work):
+            return work(f"session of {host.name}")
+
+    host = inventory("").hosts[0]
+    call = venusctl.HostCall(Pool(), "probe", {"other": ("no", 0)}, same=("yes", 2))
+    assert call(host) == "yes x2" and call.repeatable
+    assert asked == [("session of w1", "w1", "yes", 2)]
+    assert probe("s", host, "direct", 1) == "direct x1"  # the function is left as it was
+    with pytest.raises(ValueError, match="operation 'probe' defined twice"):
+        venusctl.host_operation("probe")(probe)
+    with pytest.raises(ValueError, match="no operation 'prob' "):
+        venusctl.HostCall(Pool(), "prob")
+    assert not venusctl.OPERATIONS["perform"].repeatable  # actions: never sent twice
+    assert not venusctl.OPERATIONS["perform_all"].repeatable
+    assert venusctl.OPERATIONS["stage_log"].repeatable
+
+
 def test_a_resolved_target_and_its_host_go_as_they_are_paths_made_absolute(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     host = venusctl.parse_inventory(
@@ -223,6 +283,21 @@ def test_the_keeper_folder_is_made_private_and_checked(tmp_path):
     runtime.chmod(0o777)
     with pytest.raises(KeeperUnavailable, match=r"XDG_RUNTIME_DIR .* is writable by others"):
         venusctl.keeper_paths({"XDG_RUNTIME_DIR": str(runtime)})
+
+
+def test_a_run_that_starts_no_keeper_makes_no_folder(tmp_path):
+    # health from cron, a TAB: they only look for a keeper that is there
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    paths = venusctl.keeper_paths({"XDG_RUNTIME_DIR": str(runtime)}, make=False)
+    assert paths.folder == runtime / "venusctl" and not paths.folder.exists()
+    client = venusctl.KeeperClient({"XDG_RUNTIME_DIR": str(runtime)}, 60.0, False, print)
+    assert client.connect() is None and client.broken is None and not client.running()
+    assert list(runtime.iterdir()) == []
+    (runtime / "venusctl").mkdir(mode=0o755)  # one that is there is checked all the same
+    (runtime / "venusctl").chmod(0o777)
+    with pytest.raises(KeeperUnavailable, match="writable by others"):
+        venusctl.keeper_paths({"XDG_RUNTIME_DIR": str(runtime)}, make=False)
 
 
 def test_a_keeper_folder_of_another_user_is_refused(tmp_path):
