@@ -6089,14 +6089,23 @@ def parse_known_hosts_line(text: str, path: str, number: int) -> KnownHostsLine 
     return KnownHostsLine(path, number, marker, patterns, key_type, blob)
 
 
+_WILD_PATTERN = re.compile(r"[*?!]")
+
+
 class KnownHostsFile:
-    """One known_hosts file, read once per run; appends are serialised by its lock."""
+    """One known_hosts file, read once per run; appends are serialised by its lock.
+
+    Lines that name their hosts literally are indexed by name, so a fleet's 300 lookups
+    in a file of 300 lines are not 90,000 pattern matches (~0.2 s of one core): only
+    the hashed, wildcard and negated lines are matched one by one, in file order."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock = threading.Lock()
         self.lines: list[KnownHostsLine] = []
         self._found: dict[str, list[KnownHostsLine]] = {}
+        self._named: dict[str, list[int]] = {}  # a literal name -> its lines' positions
+        self._matched: list[int] = []  # the positions of the lines matched one by one
         self.problem: str | None = None
         try:
             with open(path, "rb") as known:
@@ -6109,7 +6118,17 @@ class KnownHostsFile:
         for number, raw in enumerate(content.splitlines(), start=1):
             line = parse_known_hosts_line(raw.decode("utf-8", "replace").strip(), path, number)
             if line is not None:
-                self.lines.append(line)
+                self._add(line)
+
+    def _add(self, line: KnownHostsLine) -> None:
+        position = len(self.lines)
+        self.lines.append(line)
+        patterns = line.patterns
+        if patterns is None or patterns.startswith("|") or _WILD_PATTERN.search(patterns):
+            self._matched.append(position)
+            return
+        for name in dict.fromkeys(patterns.lower().split(",")):
+            self._named.setdefault(name, []).append(position)
 
     def matching(self, name: str) -> list[KnownHostsLine]:
         if self.problem:
@@ -6117,7 +6136,10 @@ class KnownHostsFile:
         with self.lock:
             found = self._found.get(name)
             if found is None:  # asked twice per connection: the key order, then the check
-                found = self._found[name] = [line for line in self.lines if line.matches(name)]
+                named = self._named.get(name.lower(), [])
+                matched = [i for i in self._matched if self.lines[i].matches(name)]
+                found = [self.lines[i] for i in sorted([*named, *matched])]
+                self._found[name] = found
         for line in found:
             if line.patterns is None or line.key_blob is None:
                 raise KnownHostsError(
@@ -6135,7 +6157,7 @@ class KnownHostsFile:
             with open(self.path, "a", encoding="utf-8") as known:
                 known.write(text)
             number = (self.lines[-1].number + 1) if self.lines else 1
-            self.lines.append(KnownHostsLine(self.path, number, None, field, key_type, blob))
+            self._add(KnownHostsLine(self.path, number, None, field, key_type, blob))
             self._found.clear()
 
 
