@@ -46,6 +46,11 @@ each method with one untimed warm-up first:
 venusctl is the installed `venusctl` command here (as an operator runs it: its module
 byte-compiled), with a runtime folder of the bench's own for the keeper.
 
+Every sshd of the fleet gives its logins a HOME of the bench's own with the stock ~/.bashrc
+(plain_login_options): a command run through ssh, ansible or venusctl's exec fallback pays
+the shell a worker's service user has, not this machine's root ~/.bashrc (pyenv init, about
+90 ms a session), which no stream channel pays.
+
 Everything started here (sshd, agents, ansible's and the bench's ssh control masters, the
 keeper) is stopped on exit, Ctrl-C included. Only 127.0.0.x addresses are used.
 """
@@ -710,7 +715,7 @@ JUMP_METHODS = ("venusctl list (jump)", "(j) ssh -J, xargs -P N", "(j) ssh -J, x
 def run_jump_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
     """The jump-host case: every size's hosts behind one bastion, venusctl against ssh -J."""
     env = bench_environment()
-    bastion = fleet.add_host("bastion", {"LogLevel": "VERBOSE"})
+    bastion = fleet.add_host("bastion", {"LogLevel": "VERBOSE", **plain_login_options(root)})
     bastion.start()
     ssh_config = write(root / "ssh_config", jump_ssh_config(fleet, bastion))
     rows = []
@@ -918,6 +923,36 @@ def parse_args(argv: list[str] | None):
     return options
 
 
+def plain_login_options(root: Path) -> dict[str, str]:
+    """sshd options that give the fleet's logins a HOME of their own, holding only the stock
+    ~/.bashrc (Debian's /etc/skel one, which returns at once when not interactive).
+
+    Why: sshd runs every remote command through the login's shell, `bash -c COMMAND`, and
+    bash reads ~/.bashrc when sshd starts it, interactive or not (stdin is a socket, and
+    SSH_CLIENT is set). This machine's root ~/.bashrc runs `pyenv init` and `pyenv
+    virtualenv-init`: about 90 ms a session, a cost of the bench machine, not of OpenSSH,
+    that a worker's service user does not have. It would count against every method that
+    runs a command (ssh, ssh through a ControlMaster, ansible, venusctl's exec fallback)
+    and never against venusctl's stream channel, which starts no shell. sshd_config's
+    SetEnv sets HOME after sshd's own (sshd_config(5)), for every session of the fleet.
+    """
+    home = root / "home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    skel = Path("/etc/skel/.bashrc")
+    (home / ".bashrc").write_text(skel.read_text() if skel.is_file() else "")
+    return {"SetEnv": f"HOME={home}"}
+
+
+def check_plain_logins(fleet: SshFleet, node: Node, root: Path) -> None:
+    """Before timing: a command run through ssh gets the bench's HOME, and no rc put pyenv
+    on its PATH."""
+    probe = 'echo "$HOME"; command -v pyenv || echo no-pyenv'
+    done = subprocess.run(
+        fleet.ssh_argv(node.host, "sh", "-c", probe), capture_output=True, text=True, timeout=60
+    )
+    require(done, done.stdout.split() == [str(root / "home"), "no-pyenv"], "a plain login")
+
+
 def run_with_fleet(options: argparse.Namespace, prefix: str, bench: Callable) -> int:
     """Start max(sizes) loopback sshd hosts with live agents, run `bench` on them,
     and clean everything up on any exit (Ctrl-C, SIGTERM, a failed start).
@@ -931,9 +966,10 @@ def run_with_fleet(options: argparse.Namespace, prefix: str, bench: Callable) ->
     nodes: list[Node] = []
     try:
         for index in range(max(options.sizes)):
-            nodes.append(Node(fleet.add_host(f"h{index + 1:02d}")))
+            nodes.append(Node(fleet.add_host(f"h{index + 1:02d}", plain_login_options(root))))
             nodes[-1].host.start()
         start_agents(nodes)
+        check_plain_logins(fleet, nodes[0], root)
         bench(options, root, fleet, nodes)
     except BenchError as error:
         print(f"bench failed: {error}", file=sys.stderr)
