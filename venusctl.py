@@ -1232,10 +1232,7 @@ def _persist_value(value: Any, where: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
     if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError as error:
-            raise InventoryError(f"{where}: persist: {error}") from None
+        return _inventory_duration("persist", value, where)
     raise InventoryError(f'{where}: persist: must be a duration such as "10m", or 0 for none')
 
 
