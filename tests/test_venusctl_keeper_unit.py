@@ -8,10 +8,12 @@ same). The end-to-end tests (test_venusctl_keeper_e2e.py) run the real thing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -200,12 +202,10 @@ def test_a_resolved_target_and_its_host_go_as_they_are_paths_made_absolute(monke
         Path("/etc/venusctl/inventory.toml"),
     ).hosts[0]
     target = venusctl.SshContext({}).target(host)
-    relative = venusctl.dataclasses.replace(target, identity_files=("keys/id",))
+    relative = dataclasses.replace(target, identity_files=("keys/id",))
     wired = json.loads(json.dumps(venusctl._target_to_wire(relative)))
     back = venusctl._target_from_wire(wired)
-    assert back == venusctl.dataclasses.replace(
-        relative, identity_files=(str(tmp_path / "keys/id"),)
-    )
+    assert back == dataclasses.replace(relative, identity_files=(str(tmp_path / "keys/id"),))
     assert back.via == target.via and back.via.user == "sealer"
     fields = venusctl._host_fields(json.loads(json.dumps(venusctl._host_to_wire(host))))
     assert venusctl.Host(**fields) == host
@@ -314,7 +314,7 @@ def test_a_keeper_folder_of_another_user_is_refused(tmp_path):
 
 
 def test_without_a_runtime_folder_it_is_one_of_its_own_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setattr(venusctl.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(venusctl, "Path", _NoLogind)
     paths = venusctl.keeper_paths({})
     assert paths.folder == Path(tmp_path) / f"venusctl-{os.getuid()}"
