@@ -40,6 +40,7 @@ REPORT = {
     "socket": "/run/venus-worker/venus-worker.sock",
     "ping_interval": 30.0,
     "summary": {"Threads": 3, "Empty": 0, "Paused": 3, "Running": 0, "Waiting": 0, "Errors": 3},
+    "sector_ranges": [{"miner": 10000, "start": 1000, "end": 1999, "last": 1500, "left": 499}],
 }
 
 
@@ -159,6 +160,7 @@ def test_codes_and_names_are_the_contracts_values():
         -32603,
         1001,
         1002,
+        1003,
         -32099,
         -32098,
     ]

@@ -35,6 +35,7 @@ WORKER_INFO = {
     "pause_requested": "bool",
     "auto_resumes": "int",
 }
+SECTOR_RANGE = dict.fromkeys(("miner", "start", "end", "last", "left"), "int")
 SUMMARY = dict.fromkeys(("Threads", "Empty", "Paused", "Running", "Waiting", "Errors"), "int")
 # report.json as the daemon writes it; readers (WorkerReport, the CLI) add "age".
 REPORT_FILE = {
@@ -46,6 +47,7 @@ REPORT_FILE = {
     "socket": "str",
     "ping_interval": "number",
     "summary": SUMMARY,
+    "sector_ranges": [SECTOR_RANGE],
 }
 REPORT = {**REPORT_FILE, "age": "number"}
 ERROR = {"code": "int", "message": "str"}

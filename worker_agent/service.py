@@ -2,17 +2,21 @@
 
 Each handler takes the positional params list and returns the JSON result or
 raises ``RpcError`` (codes: ``api.RpcCode``). ``WorkerService.methods`` is the
-table the server dispatches on, by ``api.Method`` name.
+table the server dispatches on, by ``api.Method`` name; ``methods_for(caller)``
+is that table for one request, with who asked (``api.Caller``) given to the
+handlers that change a thread, for its history.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker_agent import __version__
-from worker_agent.api import Method, RpcCode
+from worker_agent.api import Caller, Method, RpcCode, WorkerStats, parse_sector_id
+from worker_agent.history import HistoryFolder, compute_stats
 from worker_agent.protocol import RawJSON, RpcError
 from worker_agent.thread import (
     InvalidState,
@@ -47,17 +51,33 @@ class WorkerService:
         threads: Sequence[SealingThread],
         last_report: Callable[[], dict | None],
         clock: Callable[[], float] = time.time,
+        history: HistoryFolder | None = None,
     ):
         self.threads = list(threads)
         self._last_report = last_report
         self._clock = clock
+        self.history = history
         self.methods = {
             Method.LIST.value: self.worker_list,
             Method.PAUSE.value: self.worker_pause,
             Method.RESUME.value: self.worker_resume,
             Method.REPORT.value: self.worker_report,
             Method.VERSION.value: self.worker_version,
+            Method.HISTORY.value: self.worker_history,
+            Method.SECTOR.value: self.sector_history,
+            Method.STATS.value: self.worker_stats,
         }
+        # The handlers that record who asked (the history's `by`).
+        self._with_caller = (Method.PAUSE.value, Method.RESUME.value)
+
+    def methods_for(self, caller: Caller | None) -> dict[str, Callable[[list], Any]]:
+        """The method table for one request: who sent it goes to the handlers that use it."""
+        if caller is None:
+            return self.methods
+        table = dict(self.methods)
+        for name in self._with_caller:
+            table[name] = functools.partial(self.methods[name], caller=caller)
+        return table
 
     def _thread(self, value: Any) -> SealingThread:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -72,16 +92,16 @@ class WorkerService:
         _check_count(params, 0, 0)
         return RawJSON("[" + ",".join(thread.info_json() for thread in self.threads) + "]")
 
-    def worker_pause(self, params: list) -> bool:
+    def worker_pause(self, params: list, caller: Caller | None = None) -> bool:
         _check_count(params, 1, 1)
         thread = self._thread(params[0])
         try:
-            thread.request_pause()
+            thread.request_pause(by=caller)
         except RecordNotSaved as exc:
             raise _not_saved(thread, exc) from None
         return True
 
-    def worker_resume(self, params: list) -> bool:
+    def worker_resume(self, params: list, caller: Caller | None = None) -> bool:
         _check_count(params, 1, 2)
         thread = self._thread(params[0])
         state = params[1] if len(params) == 2 else None
@@ -91,7 +111,7 @@ class WorkerService:
                 f"invalid params: state must be a string or null, got {state!r}",
             )
         try:
-            thread.resume(state)
+            thread.resume(state, by=caller)
         except (InvalidState, NoTask) as exc:
             raise RpcError(RpcCode.INVALID_PARAMS, str(exc)) from None
         except NotPaused as exc:
@@ -112,3 +132,90 @@ class WorkerService:
     def worker_version(self, params: list) -> str:
         _check_count(params, 0, 0)
         return __version__
+
+    # ------------------------------------------------------------ history
+
+    def _history(self):
+        if self.history is None:
+            raise RpcError(
+                RpcCode.NO_HISTORY, "no history: this worker keeps none ([worker] history = false)"
+            )
+        return self.history
+
+    def worker_history(self, params: list) -> dict:
+        """[index, limit]: the thread's last `limit` entries (all with null), oldest first."""
+        _check_count(params, 1, 2)
+        thread = self._thread(params[0])
+        limit = params[1] if len(params) == 2 else None
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise RpcError(
+                RpcCode.INVALID_PARAMS,
+                f"invalid params: limit must be an integer >= 1 or null, got {limit!r}",
+            )
+        log = self._history().logs.get(thread.index)
+        if log is None or log.problem:
+            why = log.problem if log is not None else "not opened"
+            raise RpcError(RpcCode.NO_HISTORY, f"worker #{thread.index}: no history: {why}")
+        entries, kept = log.entries(limit)
+        return {
+            "index": thread.index,
+            "location": str(log.location),
+            "entries": entries,
+            "kept": kept,
+        }
+
+    def sector_history(self, params: list) -> dict:
+        """[sector_id]: the threads working on it now, and every entry naming it."""
+        _check_count(params, 1, 1)
+        try:
+            sector = parse_sector_id(params[0])
+        except ValueError as exc:
+            raise RpcError(RpcCode.INVALID_PARAMS, f"invalid params: {exc}") from None
+        live = [info for info in (t.info() for t in self.threads) if info["job_id"] == sector]
+        entries = self._history().sector_entries(sector)
+        return {"sector": sector, "threads": live, "entries": entries}
+
+    def worker_stats(self, params: list) -> dict:
+        """[window, indexes, plan]: per stage over the history of the runs in the last
+        `window` seconds (null: all kept), of these threads (null: all), of `plan`."""
+        _check_count(params, 0, 3)
+        window, indexes, plan = (list(params) + [None, None, None])[:3]
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0
+        ):
+            raise RpcError(
+                RpcCode.INVALID_PARAMS,
+                f"invalid params: window must be seconds > 0 or null, got {window!r}",
+            )
+        if indexes is None:
+            chosen = self.threads
+        elif isinstance(indexes, list):
+            chosen = [self._thread(index) for index in indexes]
+        else:
+            raise RpcError(
+                RpcCode.INVALID_PARAMS,
+                f"invalid params: indexes must be an array or null, got {indexes!r}",
+            )
+        if plan is not None and not isinstance(plan, str):
+            raise RpcError(
+                RpcCode.INVALID_PARAMS,
+                f"invalid params: plan must be a string or null, got {plan!r}",
+            )
+        folder = self._history()
+        now = self._clock()
+        logs = [
+            folder.logs[t.index]
+            for t in chosen
+            if t.index in folder.logs and not folder.logs[t.index].problem
+        ]
+        samples = [sample for log in logs for sample in log.samples()]
+        since = None if window is None else now - window
+        stats = WorkerStats(
+            time=round(now, 3),
+            window=None if window is None else float(window),
+            threads=[log.index for log in logs],
+            stages=compute_stats(samples, since, plan),
+        )
+        return stats.to_json()
