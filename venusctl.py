@@ -1,11 +1,12 @@
 """venusctl: see and steer the sealing threads of every worker host, over SSH.
 
-usage: venusctl [-i INVENTORY] [--json] [--debug] [--forks N] COMMAND ...
+usage: venusctl [-i INVENTORY] [--json] [--full] [--debug] [--forks N] COMMAND ...
 
 commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
                             one row per host: Name Dest Threads Empty Paused Errors LastPing
-                            (LastPing gets a "!" when older than --expiration)
+                            (LastPing gets a "!" when older than --expiration; --wide adds
+                            Version, Queued: pauses waiting for a running stage, ...)
   list ... --watch [SECONDS] [--count N]
                             refresh every SECONDS (default 2) over kept connections
   threads [SELECTORS] [--wide] [--watch [SECONDS]]
@@ -13,29 +14,42 @@ commands:
                             the info columns), a count line, unreachable hosts after
   info HOST [--wide]        one row per sealing thread of HOST
   pause HOST INDEX          pause thread INDEX; it stops at its next stage boundary
-  resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE
-  pause SELECTORS [--yes | --dry-run]
-  resume SELECTORS [--to-state STATE] [--yes | --dry-run]
+                            (says "paused" or "pause queued" behind a running stage)
+  resume HOST INDEX [STATE] resume a paused thread, optionally moved to STATE; on a
+                            thread whose pause is still queued, cancel that pause
+  pause -l LIMIT [SELECTORS] [--yes | --dry-run]
+  resume -l LIMIT [SELECTORS] [--to-state STATE] [--yes | --dry-run]
                             the same for every selected thread: prints the plan,
                             acts with --yes or after y/N on a terminal
-  drain HOST|SELECTORS [--timeout 2h] [--interval 2s]
+  drain HOST|-l LIMIT [SELECTORS] [--timeout 2h] [--interval 2s] [--keep-queued]
                             pause every selected thread at its next stage boundary
-                            and wait until every one is Paused
+                            and wait until every one is Paused; on timeout or Ctrl-C
+                            the pauses still queued are cancelled (unless --keep-queued)
   health [-l LIMIT] [--expiration 10m] [--paused-warn 1h] [--paused-crit 6h]
-         [--stuck KEY=DURATION ...] [--deadline 60s] [--prometheus FILE] [--quiet]
+         [--stuck KEY=DURATION ...] [-t 60s] [--prometheus FILE] [--quiet]
          [--verbose]
                             judge the fleet for cron and monitoring: a plugin line,
-                            one line per finding; exit 0 OK 1 WARNING 2 CRITICAL
-                            3 UNKNOWN (see venusctl health --help)
+                            the findings (identical ones grouped), a per-host
+                            summary; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN;
+                            [[silence]] tables mute hosts until a time
+                            (see venusctl health --help)
   inventory [--ansible]     the hosts as read from the inventory (no connection);
                             --ansible: Ansible's JSON inventory (playbooks/inventory.py)
 
 HOST is a host's name, its address, or address:port in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
-SELECTORS: -l LIMIT, --state S[,S...], --stage X, --plan P, --paused,
---errors, --error-match REGEX, --idle; a thread is selected when every one
-given holds. pause, resume and drain need at least one (-l '*' is the whole
-fleet): an action never covers every host by default.
+SELECTORS: --state S[,S...], --stage X, --plan P, --paused, --errors,
+--error-match REGEX, --idle; a thread is selected when every one given
+holds. Names are checked before any connection: a case-only difference is
+normalised (c1done is C1Done), a typo refused with the closest names.
+Nothing empty ever means "all": an empty -l or selector value is refused;
+pause, resume and drain need -l, and reach the whole fleet only with -l '*'.
+
+Output: worker text (errors, paths, names) is printed with its control
+characters escaped (ESC as \\x1b, a newline as \\n); --json keeps it exact. On
+a terminal, long table cells are cut with ... to fit (LastErr first; --full:
+never). Under --json every failure is one document too:
+{"error": {"code": ..., "message": ...}}, with the same exit status.
 
 The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
 Each host is reached over SSH (known_hosts checked, ~/.ssh/config and
@@ -49,8 +63,8 @@ damocles-worker (any release, v0.1.1 to v0.13): its JSON-RPC port (rpc =
 connection, nothing installed on it. All hosts are asked in parallel.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
-configuration error, 130 interrupted; health: 0 OK, 1 WARNING, 2 CRITICAL,
-3 UNKNOWN.
+configuration error (also an inventory without hosts), 130 interrupted;
+health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 """
 
 
@@ -79,6 +93,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
+import difflib
 import enum
 import fnmatch
 import getpass
@@ -88,6 +104,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -100,7 +117,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker_agent import api
+from worker_agent import __version__, api
 from worker_agent.api import ThreadActivity, ThreadState, WorkerInfo
 
 # paramiko, tomlkit and tabulate are imported inside the functions that need
@@ -121,6 +138,7 @@ __all__ = [
     "UnreadableReply",
     "UnsupportedReply",
     "NoReply",
+    "ReplyTimeout",
     "HttpRefused",
     "ResumeDidNotHold",
     "AgentRefused",
@@ -252,19 +270,51 @@ class Severity(enum.IntEnum):
 
 
 class VenusctlError(Exception):
-    """An error that ends the whole run with `exit_status` and a one-line message."""
+    """An error that ends the whole run with `exit_status` and a one-line message.
+
+    `code` is the stable word scripts read in the `--json` error document
+    (`{"error": {"code": ..., "message": ...}}`, README "--json").
+    """
 
     exit_status = ExitStatus.FAILED
+    code = "failed"
+
+    def __init__(self, message: str, document: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        # What a --json run had to say besides the error (e.g. the plan that was not
+        # confirmed): one document carries both.
+        self.document = document
 
 
 class UsageError(VenusctlError):
     """Bad command line, unknown target, or bad inventory: exit 2 before any connection."""
 
     exit_status = ExitStatus.USAGE
+    code = "usage"
+
+
+class UnknownHost(UsageError):
+    """A HOST or a -l word that names no host (or group) of the inventory."""
+
+    code = "unknown-host"
+
+
+class NotConfirmed(UsageError):
+    """A bulk action neither confirmed with --yes nor on a terminal."""
+
+    code = "not-confirmed"
 
 
 class InventoryError(UsageError):
     """The inventory file is unreadable or invalid; the message names file and line or key."""
+
+    code = "inventory"
+
+
+class NoHosts(InventoryError):
+    """The inventory has no [[host]]: a command that asks hosts has none to ask."""
+
+    code = "no-hosts"
 
 
 class HostError(Exception):
@@ -291,6 +341,18 @@ class ConnectionRefused(HostError):
 
 class HostTimeout(HostError):
     kind = "timeout"
+
+
+class ReplyTimeout(HostTimeout):
+    """The request was sent (or the command started) but no reply came in time.
+
+    For a status it is a timeout row like any other; for a pause or a resume it
+    means the action may still take effect, and it is reported so (action_error).
+    """
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class HostKeyMismatch(HostError):
@@ -346,6 +408,39 @@ class StreamForbidden(HostError):
     kind = "stream-forbidden"
 
 
+class StreamConnectFailed(HostError):
+    """sshd could not connect the stream channel to the agent's socket.
+
+    OpenSSH says only "connect failed", whether no agent listens there, the
+    SSH user may not use the socket, or AllowStreamLocalForwarding is off: so
+    it never says "agent not running"; the exec fallback (the CLI on the
+    host) can tell which.
+    """
+
+    kind = "stream-connect-failed"
+
+
+class AgentUnreachable(HostError):
+    """The agent's CLI on the host found the socket but could not talk to it (api code
+    AGENT_UNREACHABLE: permission denied, a timeout): the agent may well be running."""
+
+    kind = "agent-unreachable"
+
+
+class BothWaysFailed(HostError):
+    """auto: the stream channel failed, and so did the exec fallback; the row names both.
+
+    `kind` is the exec failure's (the more precise one: not installed, config
+    unreadable, permission denied on the socket).
+    """
+
+    def __init__(self, stream: HostError, fallback: HostError) -> None:
+        super().__init__(
+            f"stream: {error_text(stream)}; exec fallback: {error_text(fallback)}", fallback.kind
+        )
+        self.stream, self.fallback = stream, fallback
+
+
 class TcpForwardingForbidden(HostError):
     """sshd refused the direct-tcpip channel to a damocles host's RPC (AllowTcpForwarding no)."""
 
@@ -382,9 +477,6 @@ class NoAnswer(HostError):
 # =============================================================================
 
 
-STATE_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
-
-
 def parse_duration(text: str) -> float:
     """The one duration grammar (api.parse_duration: '10m', '1h 30m', '5min', '500ms'),
     where a plain number is seconds ('600'), as venusctl's options and inventory always took."""
@@ -415,43 +507,116 @@ def parse_index(text: str) -> int:
     return int(text)
 
 
+# difflib's similarity from which a known name is offered as "did you mean": low enough
+# for two-letter stage labels (C3 -> C1, C2), high enough to offer nothing for nonsense.
+CLOSE_ENOUGH = 0.5
+
+
+def known_name(
+    kind: str, text: str, known: Sequence[str], example: str = "", valid: str | None = None
+) -> str:
+    """A name from the command line, checked against the names venusctl knows.
+
+    The exact name, or the one it differs from only in case (`c1done` ->
+    `C1Done`); anything else is a ValueError with the closest names ("did you
+    mean C1Done?") and the valid list (`valid`, else every known name), so a
+    typo is refused before any connection instead of matching nothing. Empty
+    is refused too: nothing empty ever means "all".
+    """
+    if not text.strip():
+        hint = f", e.g. {example}" if example else ""
+        raise ValueError(f"empty {kind}: give a {kind} name{hint}")
+    if text in known:
+        return text
+    by_fold = {name.casefold(): name for name in known}
+    if text.casefold() in by_fold:
+        return by_fold[text.casefold()]
+    close = close_names(text.casefold(), list(by_fold))
+    guess = f"; did you mean {_either([by_fold[name] for name in close])}?" if close else ""
+    raise ValueError(f"unknown {kind} {text!r}{guess} (valid: {valid or ', '.join(known)})")
+
+
+def close_names(word: str, names: Sequence[str], count: int = 3) -> list[str]:
+    """The names most like `word` (difflib's ratio, at least CLOSE_ENOUGH), best first;
+    equally close ones in their given order, so a message is the same on every run."""
+    scores = []
+    for position, name in enumerate(names):
+        matcher = difflib.SequenceMatcher(None, word, name)
+        if matcher.real_quick_ratio() >= CLOSE_ENOUGH and matcher.ratio() >= CLOSE_ENOUGH:
+            scores.append((-matcher.ratio(), position, name))
+    return [name for _, _, name in sorted(scores)[:count]]
+
+
+def _either(names: Sequence[str]) -> str:
+    """'A', 'A or B', 'A, B or C'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def parse_state(text: str) -> str:
-    """A state name from the command line: letters and digits only (e.g. C1Done)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid state {text!r}: a state name is letters and digits only")
-    return text
+    """A task state name from the command line (e.g. C1Done): a known state, case normalised."""
+    return known_name("state", text, STATE_NAMES, "C1Done")
 
 
 def parse_state_list(text: str) -> tuple[str, ...]:
-    """--state C1Done,PC1Done: comma-separated state names, each letters and digits."""
+    """--state C1Done,PC1Done: comma-separated state names, each one known; none empty."""
     names = tuple(name.strip() for name in text.split(","))
     if not any(names):
-        raise ValueError(f"invalid state list {text!r}: give one or more names, e.g. C1Done")
-    return tuple(parse_state(name) for name in names if name)
+        raise ValueError(f"empty state list {text!r}: give one or more names, e.g. C1Done")
+    if not all(names):
+        raise ValueError(f"empty name in the state list {text!r}")
+    return tuple(parse_state(name) for name in names)
 
 
 def parse_stage(text: str) -> str:
-    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed)."""
-    if not STATE_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid stage {text!r}: a stage label is letters and digits only")
-    return text
-
-
-PLAN_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*$")
+    """A stage label as WorkerInfo's job_stage shows it (PC1, C2, WaitSeed): a known one."""
+    return known_name("stage", text, STAGE_NAMES, "PC1")
 
 
 def parse_plan_name(text: str) -> str:
-    if not PLAN_NAME_PATTERN.fullmatch(text):
-        raise ValueError(f"invalid plan {text!r}: e.g. sealer, snapup, rebuild, unseal")
-    return text
+    """A plan name (sealer, snapup, rebuild, unseal, wdpost), case normalised."""
+    return known_name("plan", text, PLAN_NAMES, "sealer")
 
 
 def compile_error_match(text: str) -> re.Pattern[str]:
-    """--error-match REGEX, searched in last_error; a bad regex is one usage line."""
+    """--error-match REGEX, searched in last_error; a bad regex is one usage line.
+
+    An empty or blank one is refused: it would match every thread in error.
+    """
+    if not text.strip():
+        raise ValueError("empty regular expression: it would match every error (--errors does)")
     try:
         return re.compile(text)
     except re.error as error:
         raise ValueError(f"invalid regular expression {text!r}: {error}") from error
+
+
+def check_not_empty(what: str, example: str) -> Callable[[str], str]:
+    """An option value that must not be empty or blank (a path, a host name)."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise ValueError(f"empty {what}: nothing empty ever means a default (e.g. {example})")
+        return text
+
+    return check
+
+
+def parse_limit(text: str) -> str:
+    """One -l/--limit value: comma-separated names, groups or globs, none of them empty.
+
+    `-l ""`, `-l " "`, `-l ","` or `-l 'w1,,w2'` is refused: an empty
+    variable expanded into a limit must never select the whole fleet
+    (`-l '*'` does that, explicitly). Returned unchanged; select_hosts splits it.
+    """
+    words = [word.strip() for word in text.split(",")]
+    if not any(words):
+        raise ValueError(
+            f"empty limit {text!r}: give host names, groups or globs"
+            " (nothing empty ever means every host; -l '*' does)"
+        )
+    if not all(words):
+        raise ValueError(f"empty name in the limit {text!r} (a variable that expanded to nothing?)")
+    return text
 
 
 # damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
@@ -466,6 +631,18 @@ STATE_NAMES = (
     *api.STATE_NAMES,
     *(name for name in WDPOST_STATES if name not in api.STATE_NAMES),
 )
+
+
+# damocles' wdpost stage labels (reference §1.5): Allocated="Generate", Generated="SubmitProof".
+WDPOST_STAGES = ("Generate", "SubmitProof")
+
+
+# The stage labels WorkerInfo's job_stage shows (`--stage`): the agent's plans and wdpost's.
+STAGE_NAMES = tuple(sorted({*api.STAGE_NAMES, *WDPOST_STAGES}))
+
+
+# The plans a thread may run (`--plan`): the agent's, and damocles' wdpost.
+PLAN_NAMES = (*api.PLAN_STATES, "wdpost")
 
 
 # How long a job may stay in one state before `health` calls it stuck, by the
@@ -516,15 +693,10 @@ HEALTH_DEFAULTS = {
 
 
 def check_stuck_key(key: str) -> str:
-    """A `--stuck` key: a stage label (damocles' wdpost ones too), a state name or `default`;
-    a typo is refused."""
-    stages = (STUCK_DEFAULTS, api.STAGE_NAMES, WDPOST_STAGE_NAMES, STATE_NAMES)
-    if any(key in names for names in stages):
-        return key
-    raise ValueError(
-        f"unknown stage or state {key!r} (stages: {', '.join(STUCK_DEFAULTS)};"
-        " or a state name such as C1Done)"
-    )
+    """A `--stuck` key: a stage label, a state name or `default` (case normalised)."""
+    known = list(dict.fromkeys([*STUCK_DEFAULTS, *STAGE_NAMES, *STATE_NAMES]))
+    valid = f"stages: {', '.join(STUCK_DEFAULTS)}; or a state name such as C1Done"
+    return known_name("stage or state", key, known, "PC1", valid)
 
 
 def parse_stuck_option(text: str) -> tuple[str, float]:
@@ -654,10 +826,31 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class Silence:
+    """A `[[silence]]` table: maintenance. `health` still reports the hosts it names,
+    marked, but their findings do not raise its status until `until` (Unix seconds)."""
+
+    hosts: str  # names, groups and globs, as -l takes them
+    until: float
+    reason: str
+    names: tuple[str, ...] = ()  # the hosts it names, resolved when the inventory is read
+
+    @property
+    def until_text(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(self.until))
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     hosts: tuple[Host, ...]
     health: HealthSettings = field(default_factory=HealthSettings)
+    silences: tuple[Silence, ...] = ()
+
+    def silence_of(self, name: str, now: float) -> Silence | None:
+        """The silence in force for host `name` at `now` (the one lasting longest), or None."""
+        active = [s for s in self.silences if name in s.names and s.until > now]
+        return max(active, key=lambda silence: silence.until, default=None)
 
     @property
     def names(self) -> list[str]:
@@ -693,11 +886,11 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     except ParseError as error:
         raise InventoryError(f"{path}:{error.line}: TOML error: {error}") from error
     locator = _KeyLocator(text, path)
-    unknown_tables = sorted(set(document) - {"defaults", "host", "health"})
+    unknown_tables = sorted(set(document) - {"defaults", "host", "health", "silence"})
     if unknown_tables:
         raise InventoryError(
             f"{locator.where(unknown_tables[0])}: unknown key {unknown_tables[0]!r} "
-            "(expected [defaults], [[host]] and [health] tables)"
+            "(expected [defaults], [[host]], [health] and [[silence]] tables)"
         )
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -721,7 +914,78 @@ def parse_inventory(text: str, path: Path) -> Inventory:
             raise InventoryError(f"{where}: duplicate host name {host.name!r}")
         hosts.append(host)
     health = _parse_health(document.get("health", {}), locator, path.parent)
-    return Inventory(path=path, hosts=tuple(hosts), health=health)
+    inventory = Inventory(path=path, hosts=tuple(hosts), health=health)
+    silences = _parse_silences(document.get("silence", []), inventory, locator)
+    return Inventory(path=path, hosts=inventory.hosts, health=health, silences=silences)
+
+
+SILENCE_KEYS = ("hosts", "until", "reason")
+
+
+def _parse_silences(tables: Any, inventory: Inventory, locator: _KeyLocator) -> tuple:
+    """[[silence]] tables: hosts (as -l: names, groups, globs), until (a time with its
+    offset), reason. Each is checked like the rest: one line naming the file and the key."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise InventoryError(f"{locator.where('silence')}: silences must be [[silence]] tables")
+    silences = []
+    for position, table in enumerate(tables):
+        header = locator.where(None, "silence", position)
+        label = f"silence[{position}]"
+        for key in table:
+            if key not in SILENCE_KEYS:
+                where = locator.where(key, "silence", position)
+                raise InventoryError(
+                    f"{where}: {label}: unknown key {key!r} (known: {', '.join(SILENCE_KEYS)})"
+                )
+        missing = [key for key in SILENCE_KEYS if key not in table]
+        if missing:
+            raise InventoryError(f"{header}: {label}: missing {missing[0]!r}")
+        values = {}
+        for key in SILENCE_KEYS:
+            where = locator.where(key, "silence", position)
+            try:
+                values[key] = _silence_value(key, table[key], inventory)
+            except (ValueError, UsageError) as error:
+                raise InventoryError(f"{where}: {label}: {key}: {error}") from None
+        hosts, names = values["hosts"]
+        silences.append(Silence(hosts, values["until"], values["reason"], names))
+    return tuple(silences)
+
+
+def _silence_value(key: str, value: Any, inventory: Inventory) -> Any:
+    if key == "until":
+        return _silence_until(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    if key == "reason":
+        return value.strip()
+    names = tuple(host.name for host in select_hosts(inventory, [parse_limit(value)]))
+    return value, names
+
+
+def _silence_until(value: Any) -> float:
+    """A TOML offset date-time or an ISO 8601 string with its offset ("2026-12-24T08:00Z").
+
+    A time without an offset is refused: cron, the operator and the inventory's
+    reviewer may each read it in another zone.
+    """
+    import datetime
+
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f'not a date and time, e.g. "2026-12-24T08:00Z"; got {value!r}'
+            ) from None
+    if not isinstance(moment, datetime.datetime):
+        raise ValueError(f'must be a date and time, e.g. "2026-12-24T08:00Z"; got {value!r}')
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(
+            f"{value!s} has no offset: write it with Z or +HH:MM (e.g. 2026-12-24T08:00Z)"
+        )
+    return moment.timestamp()
 
 
 HEALTH_KEYS = ("expiration", "paused_warn", "paused_crit", "stuck", "deadline", "prometheus")
@@ -961,8 +1225,17 @@ class _KeyLocator:
         return None
 
 
+def check_has_hosts(inventory: Inventory) -> None:
+    """Every command that asks hosts refuses an inventory without any (exit 2)."""
+    if not inventory.hosts:
+        raise NoHosts(f"no hosts in {inventory.path} (add [[host]] tables)")
+
+
 def resolve_target(inventory: Inventory, target: str) -> Host:
     """A host named by its name, its address, or address:port; else UsageError (exit 2)."""
+    check_has_hosts(inventory)
+    if not target.strip():
+        raise UsageError("empty HOST: give a host name, address or address:port")
     for host in inventory.hosts:
         if host.name == target:
             return host
@@ -972,7 +1245,16 @@ def resolve_target(inventory: Inventory, target: str) -> Host:
     if len(matches) > 1:
         names = ", ".join(host.name for host in matches)
         raise UsageError(f"{target!r} matches several hosts ({names}): use a name or address:port")
-    raise UsageError(f"unknown host {target!r}; known hosts: {_known_names(inventory)}")
+    raise UnknownHost(
+        f"unknown host {target!r}{_closest(target, inventory.names)};"
+        f" known hosts: {_known_names(inventory)}"
+    )
+
+
+def _closest(word: str, names: Sequence[str]) -> str:
+    """' (did you mean gpu-01?)' for a typo'd host or group, else ''."""
+    close = close_names(word, names)
+    return f" (did you mean {_either(close)}?)" if close else ""
 
 
 def _address_matches(host: Host, target: str) -> bool:
@@ -982,20 +1264,37 @@ def _address_matches(host: Host, target: str) -> bool:
 
 
 def select_hosts(inventory: Inventory, limits: Sequence[str] | None) -> list[Host]:
-    """Hosts matching any of the comma-separated names, groups or globs (all if none)."""
-    patterns = [p.strip() for limit in limits or () for p in limit.split(",") if p.strip()]
-    if not patterns:
+    """Hosts matching any of the comma-separated names, groups or globs; every host if
+    no -l was given at all (None). An empty limit is refused, never "every host"."""
+    check_has_hosts(inventory)
+    if limits is None:
         return list(inventory.hosts)
+    try:
+        patterns = [p.strip() for limit in limits for p in parse_limit(limit).split(",")]
+    except ValueError as error:
+        raise UsageError(f"-l/--limit: {error}") from None
+    if not patterns:
+        raise UsageError("-l/--limit: empty limit (-l '*' selects every host)")
     chosen: set[str] = set()
     for pattern in patterns:
         matched = [host.name for host in inventory.hosts if _limit_matches(host, pattern)]
         if not matched:
-            raise UsageError(
-                f"--limit {pattern!r} matches no host; known hosts: {_known_names(inventory)}"
-                + (f"; groups: {', '.join(inventory.groups)}" if inventory.groups else "")
+            guess = "" if _is_glob(pattern) else _closest(pattern, _labels(inventory))
+            groups = f"; groups: {', '.join(inventory.groups)}" if inventory.groups else ""
+            raise UnknownHost(
+                f"--limit {pattern!r} matches no host{guess};"
+                f" known hosts: {_known_names(inventory)}{groups}"
             )
         chosen.update(matched)
     return [host for host in inventory.hosts if host.name in chosen]
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(char in pattern for char in "*?[")
+
+
+def _labels(inventory: Inventory) -> list[str]:
+    return [*inventory.names, *inventory.groups]
 
 
 def _limit_matches(host: Host, pattern: str) -> bool:
@@ -1357,17 +1656,70 @@ def check_resume_state(thread: WorkerInfo, state: str, line: DamoclesLine | None
 
 @dataclass(frozen=True)
 class Action:
-    """pause or resume of one thread, validated before any connection."""
+    """pause, resume or cancel-pause of one thread, validated before any connection."""
 
-    kind: str  # "pause" | "resume"
+    kind: str  # "pause" | "resume" | "cancel-pause" (drain's: a queued pause taken back)
     index: int
     state: str | None = None
 
     def via(self, agent: Agent) -> str | None:
-        """Do it; returns a note when the answer was more than "done" (damocles)."""
+        """Do it; returns a note when the answer was more than "done"."""
         if self.kind == "pause":
             return agent.pause(self.index)
+        if self.kind == "cancel-pause":
+            return PAUSE_CANCELLED if agent.cancel_pause(self.index) else NOTHING_QUEUED
         return agent.resume(self.index, self.state)
+
+
+PAUSE_CANCELLED = "pause request cancelled: it was still queued; the thread keeps running"
+PAUSE_QUEUED = "pause queued: it stops when its running stage ends (result kept; resume cancels)"
+PAUSE_SENT = "pause sent: it stops at its next stage boundary (a running stage finishes first)"
+NOTHING_QUEUED = "no pause queued any more (the thread took it, or none was asked for)"
+
+
+# The damocles-worker queues a pause token that no API shows or takes back (reference §3).
+DAMOCLES_QUEUED = (
+    "a damocles-worker can neither show nor cancel a queued pause: if one is queued,"
+    " the thread stops at its next stage boundary"
+)
+
+
+def resume_cancelling_queued(
+    agent: RpcAgent | CliAgent, index: int, state: str | None
+) -> str | None:
+    """Our agent's resume, which also takes back a pause still queued (WorkerCancelPause).
+
+    A thread that is not paused may be running with a pause queued behind its
+    stage: resume cancels that request and says so. The cancel never resumes;
+    if it finds nothing queued (the thread took the pause just now), the resume
+    is sent once more. With a STATE nothing is cancelled: a running task cannot
+    be moved, the refusal stands.
+    """
+    try:
+        agent.resume_paused(index, state)
+        return None
+    except AgentRefused as refused:
+        if refused.code != api.RpcCode.NOT_PAUSED or state is not None:
+            raise
+        not_paused = refused
+    try:
+        cancelled = agent.cancel_pause(index)
+    except AgentRefused as refused:
+        if refused.code != api.RpcCode.METHOD_NOT_FOUND:
+            raise not_paused from None
+        cancelled = None  # an agent from before WorkerCancelPause
+    except UnreadableReply:  # its CLI from before `cancel-pause`
+        cancelled = None
+    if cancelled is None:
+        raise AgentRefused(
+            api.RpcCode.NOT_PAUSED,
+            f"{not_paused}; this agent cannot cancel a queued pause (upgrade it): if one"
+            " is queued, the thread stops at its next stage boundary",
+        )
+    if cancelled:
+        return PAUSE_CANCELLED
+    agent.resume_paused(index, state)
+    return None
 
 
 @dataclass(frozen=True)
@@ -1390,22 +1742,47 @@ class ActionOutcome:
 # =============================================================================
 
 
+# Worker text is data. What a worker sends (errors, paths, names, versions) must
+# not move the cursor, retitle the terminal, clear the screen, start a new line
+# in a plugin's output or a mail, or flip the text's direction.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def escape_text(text: str, also: str = "") -> str:
+    """`text` with every control character shown as a visible escape: the one escape
+    function of every printer (tables, lines, prompts, progress, health, the cron mail).
+
+    C0 controls, DEL and C1 controls (ESC and CSI too) become `\\n`, `\\r`,
+    `\\t` or `\\xNN`, as the original worker's CLI shows its errors on one line;
+    Unicode line/paragraph separators and bidirectional controls become
+    `\\uNNNN`. `also` names more characters to escape (health: `|`, the
+    plugin's perfdata separator). Backslashes are left as they are, so escaping
+    twice changes nothing. `--json` never goes through it: JSON keeps the exact text.
+    """
+    pattern = _UNSAFE_PATTERNS.get(also)
+    if pattern is None:
+        pattern = re.compile(f"[{_UNSAFE}{re.escape(also)}]")
+        _UNSAFE_PATTERNS[also] = pattern
+    return pattern.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_lines(text: str) -> str:
+    """Multi-line text of ours (a traceback) with each line escaped; its own newlines kept."""
+    return "".join(escape_text(line) + "\n" for line in text.splitlines())
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-# Worker text on one line: the C0 and C1 controls (newline, ESC ...) and DEL escaped,
-# as damocles-worker's own CLI shows a last_error: an anyhow chain's "\n\nCaused by:"
-# stays in its cell. Backslashes stay as they are (escaping twice changes nothing);
-# JSON keeps the exact text. (Minimal, for issue 14: issue 10 brings the one escape
-# function of every printer, which this one follows.)
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def escape_text(text: str) -> str:
-    """`text` with no control character left: \\n, \\r, \\t, the others \\xNN."""
-    return _CONTROLS.sub(lambda m: _NAMED_ESCAPES.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
 
 
 def _cell(value: Any) -> str:
@@ -1446,6 +1823,13 @@ def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: floa
         "version": status.version,
         "release_line": status.release_line,
         "summary": summary.to_json() if summary is not None else None,
+        # threads whose pause waits for their stage's end; None: no live thread list, or a
+        # damocles-worker (which shows no queued pause)
+        "pause_requested": (
+            None
+            if status.threads is None or host.backend == "damocles"
+            else sum(thread.pause_requested for thread in status.threads)
+        ),
         "last_ping": age,
         "expired": age is not None and age > expiration,
         "error": error_json(status.error),
@@ -1462,6 +1846,7 @@ LIST_WIDE_HEADERS = [
     "Threads",
     "Empty",
     "Paused",
+    "Queued",  # threads with a pause queued behind their running stage
     "Running",
     "Waiting",
     "Errors",
@@ -1496,6 +1881,7 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
             "Dest": entry["dest"],
             "Version": _version_cell(entry),
             "LastPing": _last_ping_cell(entry),
+            "Queued": _cell(entry["pause_requested"]),
             "Error": entry["error"]["message"] if entry["error"] else "",
         }
         for key in api.SUMMARY_KEYS:
@@ -1510,12 +1896,25 @@ INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", 
 INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
 
 
-def format_thread_state(activity: ThreadActivity) -> str:
-    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it."""
+def format_thread_state(activity: ThreadActivity, pause_queued: bool = False) -> str:
+    """Idle, Paused(17s), Running(1m3s) mock, Waiting(5s): as damocles-worker shows it;
+    `Running(3m) mock, pause queued` while a pause waits for the stage to end."""
     state = activity.state.value if activity.state is not None else "-"
     elapsed = activity.elapsed
     text = state if elapsed is None else f"{state}({format_duration(elapsed)})"
-    return f"{text} {activity.proc}" if activity.proc else text
+    text = f"{text} {activity.proc}" if activity.proc else text
+    return f"{text}, pause queued" if pause_queued else text
+
+
+def thread_state_text(thread: WorkerInfo) -> str:
+    return format_thread_state(thread.thread_state, thread.pause_requested)
+
+
+def _paused_cell(thread: WorkerInfo) -> str:
+    """info's Paused column: true, false, or queued (asked for, the running stage first)."""
+    if thread.paused:
+        return "true"
+    return "queued" if thread.pause_requested else "false"
 
 
 def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], list[list[str]]]:
@@ -1528,12 +1927,12 @@ def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], li
             "Index": str(thread.index),
             "Loc": _cell(thread.location),
             "SectorID": _cell(thread.job_id),
-            "Paused": "true" if thread.paused else "false",
+            "Paused": _paused_cell(thread),
             "PausedElapsed": format_duration(elapsed) if thread.paused else "-",
             "State": _cell(thread.job_state),
             "Plan": _cell(thread.plan),
             "Stage": _cell(thread.job_stage),
-            "ThreadState": format_thread_state(thread.thread_state),
+            "ThreadState": thread_state_text(thread),
             "LastErr": _cell(thread.last_error),
         }
         rows.append([cells[header] for header in headers])
@@ -1560,7 +1959,7 @@ def info_failure_line(entry: dict) -> str:
     """Why `info` has no table, with the stale heartbeat's age when there is one."""
     age = entry["last_ping"]
     stale = f" (last heartbeat {format_duration(age)} ago)" if age is not None else ""
-    return f"{entry['name']}: {entry['error']['message']}{stale}"
+    return escape_text(f"{entry['name']}: {entry['error']['message']}{stale}")
 
 
 def action_entry(host: Host, action: Action, outcome: ActionOutcome) -> dict:
@@ -1574,21 +1973,42 @@ def action_entry(host: Host, action: Action, outcome: ActionOutcome) -> dict:
         "via": outcome.via,
         "ok": outcome.error is None,
         "note": outcome.note,
-        "error": error_json(outcome.error),
+        "error": action_error_json(outcome.error),
     }
 
 
 def action_line(host: Host, action: Action, outcome: ActionOutcome) -> str:
-    """The one line `pause`/`resume` print about the outcome."""
+    """The one line `pause`/`resume` print about the outcome (escaped: it quotes the agent)."""
+    return escape_text(_action_text(host, action, outcome))
+
+
+def action_error(host: Host, action: Action, error: BaseException) -> str:
+    """Why an action was not done, as `pause`/`resume` and drain say it. A reply that did
+    not come is not a failure: the agent may have acted (ReplyTimeout, NoReply)."""
+    check = f"it may still take effect; check with `venusctl info {host.name}`"
+    if isinstance(error, ReplyTimeout):
+        return f"{action.kind}: no reply in {error.seconds:g}s \u2014 {check}"
+    if isinstance(error, NoReply):  # the connection closed where the reply was due
+        return f"{action.kind}: no reply ({error}) \u2014 {check}"
+    verb = "refused" if isinstance(error, AgentRefused) else "failed"
+    return f"{action.kind} {verb}: {error_text(error)}"
+
+
+def action_error_json(error: BaseException | None) -> dict[str, Any] | None:
+    if isinstance(error, ReplyTimeout):
+        return {"kind": "no-reply", "message": str(error), "seconds": error.seconds}
+    return error_json(error)  # NoReply's kind is no-reply already
+
+
+def _action_text(host: Host, action: Action, outcome: ActionOutcome) -> str:
     subject = f"{host.name} #{action.index}"
     error = outcome.error
     if error is not None:
-        verb = "refused" if isinstance(error, AgentRefused) else "failed"
-        return f"{subject}: {action.kind} {verb}: {error_text(error)}"
+        return f"{subject}: {action_error(host, action, error)}"
     if outcome.note:
         return f"{subject}: {outcome.note}"
     if action.kind == "pause":
-        return f"{subject}: paused (a stage in flight finishes first)"
+        return f"{subject}: paused"
     if action.state:
         return f"{subject}: resumed in state {action.state}"
     return f"{subject}: resumed"
@@ -1671,14 +2091,60 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
     return document
 
 
-def render_table(headers: list[str], rows: list[list[str]]) -> str:
+# Columns cut first when a table is wider than the terminal: worker text that
+# can run to hundreds of characters. Then the widest of the others, in turn.
+CUT_FIRST = ("LastErr", "Error")
+CUT_MARK = "\u2026"  # …
+CUT_FLOOR = 6  # a cut column keeps at least this many characters (or its header's)
+
+
+def fit_cells(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> list[list[str]]:
+    """Rows whose cells are cut with `…` so that each line fits in `width` columns.
+
+    LastErr (or list's Error) gives way first, down to a floor; then the
+    widest remaining column, one character at a time, so long cells shrink
+    evenly. Headers are never cut; a table that cannot fit even so is left as
+    wide as its floors.
+    """
+    widths = [
+        max([len(header), *(len(row[n]) for row in rows)]) for n, header in enumerate(headers)
+    ]
+    floors = [max(len(header), CUT_FLOOR) for header in headers]
+    excess = sum(widths) + 2 * (len(headers) - 1) - width
+    for name in CUT_FIRST:
+        if name in headers and excess > 0:
+            column = headers.index(name)
+            cut = min(excess, max(0, widths[column] - floors[column]))
+            widths[column] -= cut
+            excess -= cut
+    while excess > 0:
+        column = max(range(len(headers)), key=lambda n: widths[n] - floors[n])
+        if widths[column] <= floors[column]:
+            break
+        widths[column] -= 1
+        excess -= 1
+    return [
+        [
+            cell if len(cell) <= widths[n] else cell[: widths[n] - 1] + CUT_MARK
+            for n, cell in enumerate(row)
+        ]
+        for row in rows
+    ]
+
+
+def render_table(headers: list[str], rows: list[list[str]], width: int | None = None) -> str:
+    """The seed's table; every cell escaped (worker text is data), then cut to `width`
+    columns when one is given (a terminal; None: a pipe or file, or --full: never cut)."""
     from tabulate import simple_separated_format, tabulate
 
+    cells = [[escape_text(str(cell)) for cell in row] for row in rows]
+    if width is not None:
+        cells = fit_cells(headers, cells, width)
     # The seed's layout: left-aligned columns two spaces apart, no rules. The
     # header goes in as the first row because tabulate pads real headers by
     # two more spaces; numparse off so an index or a count is never reformatted.
     table = tabulate(
-        [headers, *rows], tablefmt=simple_separated_format("  "), disable_numparse=True
+        [headers, *cells], tablefmt=simple_separated_format("  "), disable_numparse=True
     )
     return "\n".join(line.rstrip() for line in table.splitlines())
 
@@ -1721,9 +2187,17 @@ class Finding:
     state: str | None = None
     stage: str | None = None
     duration: float | None = None
+    # What identical findings share (the error text, the stuck stage and threshold): the
+    # report shows them as one line. Empty: the message itself.
+    cause: str = ""
+    silenced: bool = False  # on a host under a [[silence]]: reported, never raises the status
+
+    @property
+    def shared(self) -> str:
+        return self.cause or self.message
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "severity": self.severity.name}
+        return {**asdict(self), "severity": self.severity.name, "cause": self.shared}
 
 
 @dataclass
@@ -1741,11 +2215,18 @@ class HostHealth:
     findings: list[Finding] = field(default_factory=list)
     # Threads a --stuck threshold could not be applied to (no time in state reported).
     not_judged: list[Finding] = field(default_factory=list)
+    silence: Silence | None = None
 
     def as_json(self) -> dict[str, Any]:
         # The findings are listed once, at the top of the report, with their host.
-        listed = ("findings", "not_judged")
-        return {key: value for key, value in asdict(self).items() if key not in listed}
+        document = {key: getattr(self, key) for key in ("name", "up", "heartbeat_age")}
+        for key in ("thread_states", "job_states", "threads", "empty", "errors"):
+            document[key] = getattr(self, key)
+        silence = self.silence
+        document["silenced"] = (
+            None if silence is None else {"until": silence.until_text, "reason": silence.reason}
+        )
+        return document
 
 
 THREAD_STATES = tuple(state.value for state in ThreadState)
@@ -1778,7 +2259,11 @@ def _host_failure(name: str, error: BaseException) -> Finding:
     if isinstance(error, (AgentNotRunning, DamoclesNotReachable)):
         return Finding(Severity.CRITICAL, "agent-not-running", name, str(error))
     if isinstance(error, HostError):
-        return Finding(Severity.CRITICAL, "host-unreachable", name, f"unreachable: {error}")
+        # The host answered over SSH but its agent could not be asked: say that, not
+        # "unreachable" (the kind stays host-unreachable: any SSH or transport failure).
+        agent_side = isinstance(error, (BothWaysFailed, StreamConnectFailed, AgentUnreachable))
+        why = "cannot ask the agent" if agent_side else "unreachable"
+        return Finding(Severity.CRITICAL, "host-unreachable", name, f"{why}: {error}")
     # A bug of ours, not a fact about the host: we cannot judge it.
     return Finding(Severity.UNKNOWN, "internal-error", name, describe_unexpected(error))
 
@@ -1787,11 +2272,12 @@ def _agent_down(name: str, status: HostStatus, age: float | None, expiration: fl
     """The host answered over SSH, but not its daemon (the CLI may have read its heartbeat)."""
     error = status.error or AgentNotRunning("agent not running")
     kind = "agent-not-running" if isinstance(error, AgentNotRunning) else "host-unreachable"
-    message = error_text(error)
+    cause = error_text(error)
+    message = cause
     if age is not None:
         expired = " (expired)" if age > expiration else ""
         message += f"; last heartbeat {format_duration(age)} ago{expired}"
-    return Finding(Severity.CRITICAL, kind, name, message, duration=age)
+    return Finding(Severity.CRITICAL, kind, name, message, duration=age, cause=cause)
 
 
 def _count_threads(health: HostHealth, threads: list[WorkerInfo]) -> None:
@@ -1823,11 +2309,16 @@ def _stuck(thread: WorkerInfo, where: dict[str, Any], thresholds: Thresholds) ->
     if in_state is None or in_state < limit:
         return None
     doing = f"stage {where['stage']}" if where["stage"] else f"state {where['state']}"
-    message = (
-        f"{doing} for {format_duration(in_state)}"
-        f" (stuck after {format_duration(limit)}, --stuck {key})"
+    after = f"stuck after {format_duration(limit)}, --stuck {key}"
+    message = f"{doing} for {format_duration(in_state)} ({after})"
+    return Finding(
+        Severity.WARNING,
+        "thread-stuck",
+        message=message,
+        duration=in_state,
+        cause=f"stuck in {doing} (over {format_duration(limit)}, --stuck {key})",
+        **where,
     )
-    return Finding(Severity.WARNING, "thread-stuck", message=message, duration=in_state, **where)
 
 
 def _not_judged(
@@ -1875,16 +2366,26 @@ def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Findi
         critical = paused_for is not None and paused_for >= thresholds.paused_crit
         severity = Severity.CRITICAL if critical else Severity.WARNING
         message = f"paused by an error for {format_duration(paused_for)}: {error}"
-        return Finding(severity, "thread-error", message=message, duration=paused_for, **where)
+        return Finding(
+            severity,
+            "thread-error",
+            message=message,
+            duration=paused_for,
+            cause=f"paused on: {error}",
+            **where,
+        )
     if thread.paused:
         if paused_for is None or paused_for < thresholds.paused_warn:
             return None
-        message = (
-            f"paused by hand for {format_duration(paused_for)}"
-            f" (warning after {format_duration(thresholds.paused_warn)})"
-        )
+        warning = f"warning after {format_duration(thresholds.paused_warn)}"
+        message = f"paused by hand for {format_duration(paused_for)} ({warning})"
         return Finding(
-            Severity.WARNING, "thread-paused", message=message, duration=paused_for, **where
+            Severity.WARNING,
+            "thread-paused",
+            message=message,
+            duration=paused_for,
+            cause=f"paused by hand ({warning})",
+            **where,
         )
     return _stuck(thread, where, thresholds)
 
@@ -1904,12 +2405,17 @@ def judge_host(
         # (or the disk under its state folder) is stuck. A host without any
         # report (a damocles worker writes none) is never judged on this.
         limit = format_duration(thresholds.expiration)
-        message = (
-            f"heartbeat {format_duration(age)} old, over the {limit} expiration"
-            " (the agent answers but its reporter is stuck)"
-        )
+        stuck = f"over the {limit} expiration (the agent answers but its reporter is stuck)"
+        message = f"heartbeat {format_duration(age)} old, {stuck}"
         health.findings.append(
-            Finding(Severity.CRITICAL, "heartbeat-expired", name, message, duration=age)
+            Finding(
+                Severity.CRITICAL,
+                "heartbeat-expired",
+                name,
+                message,
+                duration=age,
+                cause=f"heartbeat {stuck}",
+            )
         )
     _count_threads(health, outcome.threads)
     who = "damocles-worker" if outcome.release_line else "the agent"
@@ -1929,17 +2435,26 @@ def judge_fleet(
     thresholds: Thresholds,
     now: float,
     deadline: float | None = None,
+    silences: Callable[[str, float], Silence | None] | None = None,
 ) -> HealthReport:
     """Hosts' outcomes (in inventory order) -> findings and the overall status. No I/O.
 
     `deadline` is given when the run stopped waiting: the hosts whose outcome
     is a NoAnswer were still being asked, and the whole report is UNKNOWN.
+    `silences(host, now)` gives the host's [[silence]] in force (Inventory.silence_of):
+    its findings are kept, marked silenced, and leave the status as it is.
     """
     hosts = [judge_host(name, outcome, thresholds) for name, outcome in outcomes.items()]
+    for host in hosts:
+        host.silence = silences(host.name, now) if silences is not None else None
+        if host.silence is not None:
+            host.findings = [dataclasses.replace(f, silenced=True) for f in host.findings]
     findings = [finding for host in hosts for finding in host.findings]
-    findings.sort(key=lambda finding: -_SEVERITY_RANK[finding.severity])  # stable: host order
-    status = max((f.severity for f in findings), key=_SEVERITY_RANK.get, default=Severity.OK)
-    missed = deadline is not None and any(f.kind == "no-answer" for f in findings)
+    # stable: host order; the silenced ones after the others
+    findings.sort(key=lambda finding: (finding.silenced, -_SEVERITY_RANK[finding.severity]))
+    judged = [finding for finding in findings if not finding.silenced]
+    status = max((f.severity for f in judged), key=_SEVERITY_RANK.get, default=Severity.OK)
+    missed = deadline is not None and any(f.kind == "no-answer" for f in judged)
     return HealthReport(
         status=Severity.UNKNOWN if missed else status,
         hosts=hosts,
@@ -1951,8 +2466,14 @@ def judge_fleet(
 
 
 def fleet_counts(report: HealthReport) -> dict[str, int]:
-    """The plugin line's performance data: the whole fleet in numbers."""
-    up = [host for host in report.hosts if host.up]
+    """The plugin line's performance data: the fleet as judged, in numbers.
+
+    `hosts` counts every host asked and `silenced` those under a [[silence]];
+    the others count the hosts judged (not silenced), so that `errors` and
+    `unreachable` agree with the thresholds they carry (PERFDATA_THRESHOLDS).
+    """
+    judged = [host for host in report.hosts if host.silence is None]
+    up = [host for host in judged if host.up]
     return {
         "hosts": len(report.hosts),
         "threads": sum(host.threads for host in up),
@@ -1960,10 +2481,37 @@ def fleet_counts(report: HealthReport) -> dict[str, int]:
         "waiting": sum(host.thread_states.get(ThreadState.Waiting.value, 0) for host in up),
         "paused": sum(host.thread_states.get(ThreadState.Paused.value, 0) for host in up),
         "errors": sum(host.errors for host in up),
-        "unreachable": len(report.hosts) - len(up),
+        "unreachable": len(judged) - len(up),
         "idle": sum(host.thread_states.get(ThreadState.Idle.value, 0) for host in up),
         "empty": sum(host.empty for host in up),
+        "silenced": len(report.hosts) - len(judged),
     }
+
+
+# warn and crit of a count whose value alone decides a state, in the plugin guidelines'
+# range syntax ("0": alert above 0): a thread in error is at least a WARNING, a host that
+# cannot be asked is CRITICAL. Every count has min 0.
+PERFDATA_THRESHOLDS = {"errors": ("0", ""), "unreachable": ("", "0")}
+
+
+# A perfdata label the guidelines allow bare: no space, quote, '=' or '|'.
+_BARE_LABEL = re.compile(r"[^\s'=|]+")
+
+
+def perfdata_item(label: str, value: int, warn: str = "", crit: str = "", low: str = "0") -> str:
+    """`'label'=value[UOM];[warn];[crit];[min];[max]` (Nagios plugin guidelines); the label
+    quoted only when it must be, trailing empty fields left out."""
+    if "'" in label or "=" in label:
+        raise ValueError(f"perfdata label {label!r}: no quote or '=' allowed")
+    shown = label if _BARE_LABEL.fullmatch(label) else f"'{label}'"
+    return f"{shown}={value};{warn};{crit};{low}".rstrip(";")
+
+
+def perfdata(report: HealthReport) -> str:
+    return " ".join(
+        perfdata_item(label, value, *PERFDATA_THRESHOLDS.get(label, ("", "")))
+        for label, value in fleet_counts(report).items()
+    )
 
 
 # What the first line says about each kind of finding (one, several).
@@ -1979,25 +2527,41 @@ _FINDING_PHRASES = {
 }
 
 
+def plugin_text(text: str) -> str:
+    """Text for the plugin's output: escaped (worker text is data) and without `|`, which
+    would start the performance data (status line) or more of it (long output)."""
+    return escape_text(text, also="|")
+
+
 def health_summary(report: HealthReport) -> str:
-    """The first line, e.g. `VENUS CRITICAL - 1 host unreachable, 2 threads in error | hosts=..`."""
+    """The first line, e.g. `VENUS CRITICAL - 1 host unreachable, 2 threads in error | hosts=..`.
+
+    Its text holds counts and venusctl's own words, never worker text; the
+    findings of silenced hosts are not counted in it, the silenced hosts are.
+    """
     counts = fleet_counts(report)
     by_kind: dict[str, int] = {}
     for finding in report.findings:
-        by_kind[finding.kind] = by_kind.get(finding.kind, 0) + 1
+        if not finding.silenced:
+            by_kind[finding.kind] = by_kind.get(finding.kind, 0) + 1
     phrases = [
         f"{by_kind[kind]} {one if by_kind[kind] == 1 else several}"
         for kind, (one, several) in _FINDING_PHRASES.items()
         if kind in by_kind
+    ]
+    phrases += [  # kinds added later (their own count, their kind as the phrase)
+        f"{count} {kind}" for kind, count in by_kind.items() if kind not in _FINDING_PHRASES
     ]
     if report.deadline is not None:
         phrases.insert(0, f"deadline of {format_duration(report.deadline)} passed")
     if report.problem is not None:
         phrases.insert(0, report.problem)
     if not phrases:
-        phrases = [_plural(counts["hosts"], "host") + ", " + _plural(counts["threads"], "thread")]
-    perfdata = " ".join(f"{key}={value}" for key, value in counts.items())
-    return f"VENUS {report.status.name} - {', '.join(phrases)} | {perfdata}"
+        judged = counts["hosts"] - counts["silenced"]
+        phrases = [_plural(judged, "host") + ", " + _plural(counts["threads"], "thread")]
+    if counts["silenced"]:
+        phrases.append(f"{_plural(counts['silenced'], 'host')} silenced")
+    return f"VENUS {report.status.name} - {plugin_text(', '.join(phrases))} | {perfdata(report)}"
 
 
 def finding_line(finding: Finding) -> str:
@@ -2008,15 +2572,107 @@ def finding_line(finding: Finding) -> str:
     """
     subject = finding.host
     if finding.index is not None:
-        subject += f" #{finding.index} {_cell(finding.sector)} {_cell(finding.state)}"
+        subject += f" #{finding.index} {finding.sector or '-'} {finding.state or '-'}"
     label = "INFO" if finding.kind == "not-judged" else finding.severity.name
-    return f"{label} {subject}: {escape_text(finding.message)}"
+    silenced = " [silenced]" if finding.silenced else ""
+    return plugin_text(f"{label}{silenced} {subject}: {finding.message}")
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Identical findings (same severity, kind and cause; silenced or not): one line."""
+
+    findings: tuple[Finding, ...]
+
+    @property
+    def first(self) -> Finding:
+        return self.findings[0]
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(dict.fromkeys(finding.host for finding in self.findings))
+
+    @property
+    def of_threads(self) -> bool:
+        return self.first.index is not None
+
+    def as_json(self) -> dict[str, Any]:
+        first = self.first
+        return {
+            "severity": first.severity.name,
+            "kind": first.kind,
+            "cause": first.shared,
+            "silenced": first.silenced,
+            "count": len(self.findings),
+            "hosts": self.hosts,
+        }
+
+
+GROUP_HOSTS_SHOWN = 10  # a group line names this many hosts, then "and N more"
+
+
+def group_findings(findings: Sequence[Finding]) -> list[FindingGroup]:
+    """Findings grouped when identical, in the order of their first member (worst first)."""
+    groups: dict[tuple, list[Finding]] = {}
+    for finding in findings:
+        key = (finding.severity, finding.kind, finding.shared, finding.silenced)
+        groups.setdefault(key, []).append(finding)
+    return [FindingGroup(tuple(members)) for members in groups.values()]
+
+
+def group_line(group: FindingGroup) -> str:
+    """One finding's own line; several as one: `WARNING 12 threads on 3 hosts paused on:
+    permanent: No cached parameters... (h1, h2, h3; longest 6h0m3s)`."""
+    if len(group.findings) == 1:
+        return finding_line(group.first)
+    first, hosts = group.first, group.hosts
+    names = ", ".join(hosts[:GROUP_HOSTS_SHOWN])
+    if len(hosts) > GROUP_HOSTS_SHOWN:
+        names += f" and {len(hosts) - GROUP_HOSTS_SHOWN} more"
+    durations = [f.duration for f in group.findings if f.duration is not None]
+    if durations:
+        names += f"; longest {format_duration(max(durations))}"
+    if group.of_threads:
+        subject = f"{_plural(len(group.findings), 'thread')} on {_plural(len(hosts), 'host')}"
+    else:
+        subject = f"{_plural(len(hosts), 'host')}:"
+    silenced = " [silenced]" if first.silenced else ""
+    return plugin_text(f"{first.severity.name}{silenced} {subject} {first.shared} ({names})")
+
+
+HOSTS_HEADERS = ["Host", "Threads", "Paused", "Errors", "Heartbeat", "Note"]
+
+
+def _host_note(host: HostHealth) -> str:
+    notes = [] if host.up else ["no thread list (see above)"]
+    if host.silence is not None:
+        notes.append(f"silenced until {host.silence.until_text}: {host.silence.reason}")
+    return "; ".join(notes) or "-"
+
+
+def hosts_summary(report: HealthReport) -> list[str]:
+    """After the findings: one row per host (its threads, paused, errors, heartbeat age)."""
+    rows = []
+    for host in report.hosts:
+        paused = host.thread_states.get(ThreadState.Paused.value, 0)
+        counts = [str(host.threads), str(paused), str(host.errors)] if host.up else ["-"] * 3
+        age = format_duration(host.heartbeat_age) if host.heartbeat_age is not None else "-"
+        rows.append([host.name, *counts, age, plugin_text(_host_note(host))])
+    return render_table(HOSTS_HEADERS, rows).splitlines()
 
 
 def health_text(report: HealthReport, verbose: bool = False) -> str:
-    lines = [health_summary(report), *(finding_line(finding) for finding in report.findings)]
-    if verbose:
+    """The plugin's output: the status line, then the long output (Nagios plugin
+    guidelines): the findings, identical ones grouped (with --verbose each thread of a
+    group below it), then the per-host summary. No `|` and no worker newline in any of it."""
+    lines = [health_summary(report)]
+    for group in group_findings(report.findings):
+        lines.append(group_line(group))
+        if verbose and len(group.findings) > 1:
+            lines += [f"  {finding_line(finding)}" for finding in group.findings]
+    if verbose:  # what could not be judged (INFO), before the summary
         lines += [finding_line(finding) for finding in report.not_judged]
+    lines += hosts_summary(report)
     return "\n".join(lines) + "\n"
 
 
@@ -2025,6 +2681,7 @@ def health_json(report: HealthReport) -> dict[str, Any]:
         "status": report.status.name,
         "summary": health_summary(report),
         "findings": [finding.as_json() for finding in report.findings],
+        "groups": [group.as_json() for group in group_findings(report.findings)],
         "not_judged": [finding.as_json() for finding in report.not_judged],
         "hosts": [host.as_json() for host in report.hosts],
     }
@@ -2348,17 +3005,26 @@ class Step:
 def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) -> list[Step]:
     """What a bulk pause or resume does to each selected thread.
 
-    Pause skips threads already paused (pausing them changes nothing);
-    resume skips threads that are not paused (the agent would refuse).
+    Pause skips threads already paused or with a pause queued (pausing them
+    changes nothing); resume skips threads that are not paused (the agent would
+    refuse), but cancels a pause still queued (not with --to-state: a running
+    task cannot be moved).
     """
     steps = []
     for thread in threads:
-        paused = thread.info.paused
+        paused, queued = thread.info.paused, thread.info.pause_requested
         if kind == "pause" and paused:
             steps.append(Step(thread, None, "skip: already paused"))
+        elif kind == "pause" and queued:
+            steps.append(Step(thread, None, "skip: pause already queued"))
         elif kind == "pause":
             note = "pause after the stage in flight" if thread.info.busy else "pause"
             steps.append(Step(thread, Action("pause", thread.index), note))
+        elif queued and not to_state:
+            # our agent's resume takes a queued pause back (WorkerCancelPause)
+            steps.append(Step(thread, Action("resume", thread.index), "cancel the queued pause"))
+        elif queued:
+            steps.append(Step(thread, None, "skip: not paused yet (a pause is queued)"))
         elif not paused:
             steps.append(Step(thread, None, "skip: not paused"))
         else:
@@ -2406,7 +3072,7 @@ def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
                 str(info.index),
                 _cell(info.job_id),
                 _cell(info.job_state),
-                format_thread_state(info.thread_state),
+                thread_state_text(info),
                 _cell(info.last_error),
                 step.note,
             ]
@@ -2459,10 +3125,10 @@ def thread_progress(thread: WorkerInfo) -> tuple[ThreadState | None, str]:
 
 def describe_thread(thread: WorkerInfo) -> str:
     """'Running(3s) mock at PC1 (TicketAssigned)' for drain's progress lines."""
-    text = format_thread_state(thread.thread_state)
+    text = thread_state_text(thread)
     if thread.job_stage and thread.busy:
         text += f" at {thread.job_stage}"
-    return text + (f" ({thread.job_state})" if thread.job_state else "")
+    return escape_text(text + (f" ({thread.job_state})" if thread.job_state else ""))
 
 
 def _state_json(info: WorkerInfo) -> dict[str, Any]:
@@ -2492,11 +3158,13 @@ def drain_table(
             _cell(now.job_id),
             _cell(thread.info.job_state),
             _cell(now.job_state),
-            format_thread_state(now.thread_state),
+            thread_state_text(now),
         ]
         if failed:
             error = failed.get(thread.key)
-            row.append(f"pause failed: {error_text(error)}" if error else "")
+            row.append(
+                action_error(thread.host, Action("pause", thread.index), error) if error else ""
+            )
         rows.append(row)
     return headers, rows
 
@@ -2589,10 +3257,18 @@ class JsonRpcClient:
         ).encode()
         try:
             self.stream.sendall(head + body)
+        except TimeoutError as error:
+            raise HostTimeout(f"timeout after {self.timeout:g}s sending to the agent") from error
+        except OSError as error:
+            raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
+        try:
             status, headers = self._read_head()
             reply = self._read_exactly(self._content_length(headers))
         except TimeoutError as error:
-            raise HostTimeout(f"timeout after {self.timeout:g}s waiting for the agent") from error
+            # Sent: the agent may act on it although its reply never came.
+            raise ReplyTimeout(
+                f"timeout after {self.timeout:g}s waiting for the agent", self.timeout
+            ) from error
         except OSError as error:
             raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
         if headers.get("connection", "").lower() == "close":
@@ -2689,12 +3365,36 @@ class RpcAgent:
         )
 
     def pause(self, index: int) -> str | None:
-        self.rpc.call(api.Method.PAUSE.value, [index])
-        return None
+        """Pause, and say whether the thread stopped or its pause waits for its stage.
+
+        The thread list comes in the same batch, answered after the pause (one round
+        trip): None when the thread is Paused, else the queued-pause note.
+        """
+        done, threads = self.rpc.batch(
+            [(api.Method.PAUSE.value, [index]), (api.Method.LIST.value, [])]
+        )
+        if isinstance(done, HostError):
+            raise done
+        if not isinstance(threads, HostError):
+            for thread in checked_threads(threads):
+                if thread.index == index and thread.paused:
+                    return None
+        return PAUSE_QUEUED
 
     def resume(self, index: int, state: str | None) -> str | None:
+        return resume_cancelling_queued(self, index, state)
+
+    def resume_paused(self, index: int, state: str | None) -> None:
         self.rpc.call(api.Method.RESUME.value, [index, state])
-        return None
+
+    def cancel_pause(self, index: int) -> bool:
+        return checked_bool(self.rpc.call(api.Method.CANCEL_PAUSE.value, [index]))
+
+
+def checked_bool(answer: Any) -> bool:
+    if not isinstance(answer, bool):
+        raise UnreadableReply(f"unreadable reply: {json.dumps(answer)[:80]}")
+    return answer
 
 
 class DamoclesAgent:
@@ -2858,8 +3558,13 @@ class DamoclesAgent:
         answer = self._act(api.Method.RESUME, [position, state])
         if answer is False:
             # Our agent's code for the same case, so scripts see one answer.
-            raise AgentRefused(api.RpcCode.NOT_PAUSED, f"worker #{index} is not paused")
+            raise AgentRefused(
+                api.RpcCode.NOT_PAUSED, f"worker #{index} is not paused; {DAMOCLES_QUEUED}"
+            )
         return damocles_resume_note(before, self._read_back(index, before, state), state)
+
+    def cancel_pause(self, index: int) -> bool:
+        raise AgentRefused(api.RpcCode.METHOD_NOT_FOUND, DAMOCLES_QUEUED)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -2993,6 +3698,7 @@ class CommandResult:
 
 
 COMMAND_NOT_FOUND = 127  # the shell's exit status for a command it cannot find
+COMMAND_NOT_RUNNABLE = 126  # ... and for one it found but may not run
 
 
 def _last_line(text: str) -> str:
@@ -3003,9 +3709,17 @@ def _last_line(text: str) -> str:
 def parse_cli_reply(result: CommandResult) -> Any:
     """The one JSON document the agent CLI prints, or the HostError its exit status means."""
     if result.exit_status == COMMAND_NOT_FOUND:
-        return_text = _last_line(result.stderr)
+        shell_says = _last_line(result.stderr)
         raise AgentNotInstalled(
-            "agent not installed" + (f" ({return_text})" if return_text else "")
+            "agent not installed, or not on the PATH sshd gives the SSH user"
+            + (f" ({shell_says})" if shell_says else "")
+        )
+    if result.exit_status == COMMAND_NOT_RUNNABLE:
+        shell_says = _last_line(result.stderr)
+        raise HostError(
+            "agent command not runnable by the SSH user"
+            + (f" ({shell_says})" if shell_says else ""),
+            "agent-not-runnable",
         )
     try:
         return json.loads(result.stdout)
@@ -3023,6 +3737,8 @@ def cli_error(error: Any) -> HostError:
     code, message = error.get("code"), str(error.get("message", ""))
     if code == api.RpcCode.AGENT_NOT_RUNNING:
         return AgentNotRunning("agent not running")
+    if code == api.RpcCode.AGENT_UNREACHABLE:
+        return AgentUnreachable(f"agent: {message}")
     if code == api.RpcCode.CONFIG_ERROR:
         return HostError(f"agent: {message}", "agent-config-error")
     return AgentRefused(code if isinstance(code, int) else 0, message)
@@ -3046,6 +3762,10 @@ def status_argv(host: Host) -> list[str]:
 
 def pause_argv(host: Host, index: int) -> list[str]:
     return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
+
+
+def cancel_pause_argv(host: Host, index: int) -> list[str]:
+    return _agent_command(host, "cancel-pause", "--index", str(_checked_index(index)), "--json")
 
 
 def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
@@ -3088,18 +3808,24 @@ class CliAgent:
 
     def pause(self, index: int) -> str | None:
         self._act(pause_argv(self.host, index))
-        return None
+        return PAUSE_SENT  # the CLI does not say which: one more command to ask is not worth it
 
     def resume(self, index: int, state: str | None) -> str | None:
-        self._act(resume_argv(self.host, index, state))
-        return None
+        return resume_cancelling_queued(self, index, state)
 
-    def _act(self, argv: list[str]) -> None:
+    def resume_paused(self, index: int, state: str | None) -> None:
+        self._act(resume_argv(self.host, index, state))
+
+    def cancel_pause(self, index: int) -> bool:
+        return self._act(cancel_pause_argv(self.host, index), answers=(True, False))
+
+    def _act(self, argv: list[str], answers: tuple[bool, ...] = (True,)) -> bool:
         document = parse_cli_reply(self.run(argv))
         if isinstance(document, dict) and document.get("error"):
             raise cli_error(document["error"])
-        if document is not True:
+        if not isinstance(document, bool) or document not in answers:
             raise UnreadableReply(f"unreadable reply: {json.dumps(document)[:80]}")
+        return document
 
 
 # =============================================================================
@@ -3114,10 +3840,11 @@ def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
     channel = transport.open_session(timeout=timeout)
     try:
         channel.exec_command(command)
+        # From here the command runs: a timeout is a reply that did not come (ReplyTimeout).
         stdout = _read_until_eof(channel, channel.recv, deadline, timeout)
         stderr = _read_until_eof(channel, channel.recv_stderr, deadline, timeout)
         if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-            raise HostTimeout(f"timeout after {timeout:g}s (command)")
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
         return CommandResult(
             channel.recv_exit_status(),
             stdout.decode("utf-8", "replace"),
@@ -3132,12 +3859,12 @@ def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: f
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise HostTimeout(f"timeout after {timeout:g}s (command)")
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
         channel.settimeout(remaining)
         try:
             chunk = receive(65536)
         except TimeoutError as error:
-            raise HostTimeout(f"timeout after {timeout:g}s (command)") from error
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout) from error
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -3451,7 +4178,8 @@ class LocalSession:
                 f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
             ) from error
         except subprocess.TimeoutExpired as error:
-            raise HostTimeout(f"timeout after {self.host.command_timeout:g}s (command)") from error
+            timeout = self.host.command_timeout
+            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout) from error
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
     def alive(self) -> bool:
@@ -3485,9 +4213,12 @@ class SshSession:
                 raise StreamForbidden("stream forwarding forbidden by sshd") from error
             if error.code == 2:
                 # OpenSSH also says "connect failed" when AllowStreamLocalForwarding
-                # is off; auto then asks the CLI, which can tell the two apart.
-                raise AgentNotRunning(
-                    "agent not running (or sshd forbids stream forwarding)"
+                # is off or the SSH user may not use the socket; auto then asks the
+                # CLI, which can tell these apart from an agent that is not running.
+                raise StreamConnectFailed(
+                    f"connect failed to the agent socket {self.host.socket} (no agent"
+                    " listening, the SSH user may not use it, or sshd forbids stream"
+                    " forwarding)"
                 ) from error
             raise HostError(f"channel refused: {error.text}") from error
         return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
@@ -3637,24 +4368,38 @@ def open_agent(
         return session.cli(), None
     try:
         return session.open_control(), None
-    except (StreamForbidden, AgentNotRunning) as refused:
+    except (StreamForbidden, StreamConnectFailed, AgentNotRunning) as refused:
         if host.transport == "auto" or (host.transport == "local" and for_status):
             return session.cli(), refused
         raise
 
 
 def agent_status(agent: Agent, refused: HostError | None) -> HostStatus:
-    """agent.status(), where `refused` is why open_agent fell back to this agent (the CLI)."""
+    """agent.status(), where `refused` is why open_agent fell back to this agent (the CLI).
+
+    When the CLI cannot ask the daemon either, the row names both causes, the
+    CLI's own words included (not on sshd's PATH, its config unreadable,
+    permission denied on the socket); "agent not running" only when the CLI,
+    on the host, found nothing listening.
+    """
     if refused is None:
         return agent.status()
     try:
         status = agent.status()
-    except HostError:
-        # No usable CLI either: what the socket said is the better reason.
-        raise refused from None
-    if status.threads is None and status.error is None:
-        status.error = refused
+    except HostError as error:
+        raise both_ways(refused, error) from None
+    if status.threads is None:
+        status.error = both_ways(refused, status.error) if status.error else refused
     return status
+
+
+def both_ways(refused: HostError, fallback: BaseException) -> BaseException:
+    """The error of a host that the fallback could not reach either."""
+    if isinstance(fallback, AgentNotRunning) or not isinstance(fallback, HostError):
+        return fallback  # the CLI saw it on the host: the whole truth
+    if isinstance(refused, AgentNotRunning):
+        return refused  # a local socket checked here: nothing listens, that is the truth
+    return BothWaysFailed(refused, fallback)
 
 
 def query_status(session: LocalSession | SshSession, host: Host) -> HostStatus:
@@ -3674,20 +4419,28 @@ def perform_all(
     A refusal of one thread (not paused, bad state) does not stop the next;
     a host that cannot be reached at all raises, as for one action.
     """
-    agent, _ = open_agent(session, host, for_status=False)
+    agent, refused = open_agent(session, host, for_status=False)
     try:
-        return act_all(agent, actions)
+        return act_all(agent, actions, refused)
     finally:
         agent.close()
 
 
-def act_all(agent: Agent, actions: Sequence[Action]) -> list[ActionOutcome]:
-    """Each action through `agent`, in order: its outcome, or the error it met."""
+def act_all(
+    agent: Agent, actions: Sequence[Action], refused: HostError | None = None
+) -> list[ActionOutcome]:
+    """Each action through `agent`, in order: its outcome, or the error it met.
+
+    `refused`: why open_agent fell back to this agent; a failure then names both ways.
+    """
     outcomes: list[ActionOutcome] = []
     for action in actions:
         try:
             note = action.via(agent)
         except HostError as error:
+            # a refusal is the agent's answer, a missing reply may still take effect
+            if refused is not None and not isinstance(error, (AgentRefused, ReplyTimeout)):
+                error = both_ways(refused, error)
             outcomes.append(ActionOutcome(error=error))
         else:
             outcomes.append(ActionOutcome(agent.via, note))
@@ -4002,6 +4755,8 @@ class Environment:
     stderr: Any = field(default_factory=lambda: sys.stderr)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     isatty: Callable[[Any], bool] = _isatty  # is this stream a terminal?
+    # The terminal's size, for tables cut to fit (honours $COLUMNS).
+    terminal_size: Callable[[], os.terminal_size] = shutil.get_terminal_size
     clock: Callable[[], float] = time.monotonic  # deadlines and intervals
     now: Callable[[], float] = time.time  # timestamps: watch frames, health's report
     sleep: Callable[[float], None] = time.sleep
@@ -4017,6 +4772,7 @@ class Context:
     debug: bool = False
     forks: int = 50
     ssh: SshContext = field(default_factory=SshContext)
+    full: bool = False  # --full: never cut a table cell
 
     @property
     def out(self) -> Any:
@@ -4039,13 +4795,18 @@ class Context:
     def is_terminal(self, stream: Any) -> bool:
         return self.env.isatty(stream)
 
+    def table(self, headers: list[str], rows: list[list[str]]) -> str:
+        """A table for stdout: cut to the terminal's width on a terminal, unless --full."""
+        cut = not self.full and self.is_terminal(self.out)
+        return render_table(headers, rows, self.env.terminal_size().columns if cut else None)
+
     def emit_json(self, document: Any) -> None:
         self.out.write(json.dumps(document, indent=2) + "\n")
 
     def report_traceback(self, host: Host, error: BaseException) -> None:
         if self.debug:
             self.err.write(f"--- {host.name}: traceback\n")
-            self.err.write("".join(traceback.format_exception(error)))
+            self.err.write(escape_lines("".join(traceback.format_exception(error))))
 
     def fan_out(
         self, hosts: Sequence[Host], job: Callable[[Host], Any], progress: bool = True
@@ -4146,7 +4907,7 @@ def list_report(
     status = ExitStatus.FAILED if failed else ExitStatus.OK
     if ctx.as_json:
         return {"expiration": args.expiration, "hosts": entries}, status
-    return render_table(*list_table(entries, args.wide)), status
+    return ctx.table(*list_table(entries, args.wide)), status
 
 
 def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -4193,7 +4954,7 @@ def threads_report(
             "unreachable": unreachable,
         }
         return document, status
-    lines = [render_table(*threads_table(threads, args.wide))] if threads else []
+    lines = [ctx.table(*threads_table(threads, args.wide))] if threads else []
     lines += [count_line(threads), *unreachable_lines(unreachable)]
     return "\n".join(lines), status
 
@@ -4218,7 +4979,7 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if ctx.as_json:
         ctx.emit_json(entry)
     elif entry["threads"] is not None:
-        ctx.out.write(render_table(*info_table(outcome.threads, args.wide)) + "\n")
+        ctx.out.write(ctx.table(*info_table(outcome.threads, args.wide)) + "\n")
     else:
         ctx.err.write(f"venusctl: {info_failure_line(entry)}\n")
     return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
@@ -4230,7 +4991,7 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     elif ctx.as_json:
         ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
     else:
-        ctx.out.write(render_table(*inventory_table(ctx.inventory)) + "\n")
+        ctx.out.write(ctx.table(*inventory_table(ctx.inventory)) + "\n")
     return ExitStatus.OK
 
 
@@ -4251,11 +5012,11 @@ def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
 
 
 def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> list[Host]:
-    """The hosts of a bulk command; refuses to act on the whole fleet by default."""
-    if not selector_from(args).given and not args.limit:
+    """The hosts of a bulk action: only those -l names; the whole fleet only by -l '*'."""
+    if not args.limit:
         raise UsageError(
-            f"{command}: select threads (--state, --errors, -l HOST ...); an action never"
-            " covers the whole fleet by default (-l '*' does)"
+            f"{command}: which hosts? give -l LIMIT (-l '*' for the whole fleet):"
+            " an action never covers every host by default"
         )
     return select_hosts(ctx.inventory, args.limit)
 
@@ -4264,7 +5025,7 @@ def show_plan(
     ctx: Context, kind: str, steps: Sequence[Step], unreachable: Sequence[dict[str, Any]]
 ) -> None:
     if steps:
-        ctx.out.write(render_table(*plan_table(steps)) + "\n")
+        ctx.out.write(ctx.table(*plan_table(steps)) + "\n")
         ctx.out.write(plan_summary(kind, steps) + "\n")
     for line in unreachable_lines(unreachable):
         ctx.out.write(line + "\n")
@@ -4303,7 +5064,7 @@ def _not_a_terminal(ctx: Context) -> str | None:
 
 def confirm(ctx: Context, question: str) -> bool:
     """A y/N answer on the terminal (stdin); anything but y or yes is no."""
-    ctx.err.write(f"{question} [y/N] ")
+    ctx.err.write(f"{escape_text(question)} [y/N] ")
     ctx.err.flush()
     if ctx.stdin.readline().strip().lower() in ("y", "yes"):
         return True
@@ -4384,9 +5145,10 @@ def bulk_action(
             return _without_action(ctx, document, steps, unreachable, args.dry_run)
         not_terminal = _not_a_terminal(ctx)
         if not args.yes and not_terminal:
-            if ctx.as_json:
-                ctx.emit_json(document)
-            raise UsageError(f"not confirmed: {not_terminal} is not a terminal; add --yes to act")
+            raise NotConfirmed(
+                f"not confirmed: {not_terminal} is not a terminal; add --yes to act",
+                document if ctx.as_json else None,
+            )
         if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
             if ctx.as_json:
                 ctx.emit_json(document)
@@ -4432,7 +5194,10 @@ class Drain:
     """Pause every selected thread at its next stage boundary, then wait until all are Paused.
 
     The agent keeps the result of the stage in flight (docs/protocol.md), so
-    a drained thread is Paused one stage further, never a stage back.
+    a drained thread is Paused one stage further, never a stage back. When it
+    gives up (timeout, Ctrl-C) the pauses it asked for and that are still
+    queued are taken back (WorkerCancelPause), unless --keep-queued: no thread
+    stops hours later because of a drain that was given up.
     """
 
     def __init__(
@@ -4446,6 +5211,14 @@ class Drain:
         self.ctx, self.pool, self.hosts, self.selector = ctx, pool, hosts, selector
         self.timeout: float = args.timeout
         self.interval: float = args.interval
+        self.keep_queued: bool = args.keep_queued
+        self.asked: set[tuple[str, int]] = set()  # threads drain itself sent a pause
+        # what became of each still-running thread's queued pause when drain gave up:
+        # cancelled, kept, taken (nothing queued any more), cannot-cancel (damocles),
+        # cancel-failed (then self.cancel_errors says why)
+        self.queued: dict[tuple[str, int], str] = {}
+        self.cancel_errors: dict[tuple[str, int], BaseException] = {}
+        self.interrupted = False
         self.terminal = ctx.is_terminal(ctx.err)
         self.targets: list[FleetThread] = []
         self.latest: dict[tuple[str, int], WorkerInfo] = {}
@@ -4470,24 +5243,57 @@ class Drain:
             return ExitStatus.FAILED
         self.latest = {thread.key: thread.info for thread in self.targets}
         acting = [step for step in plan_steps("pause", self.targets, None) if step.action]
-        for step, outcome in act_on_steps(self.ctx, self.pool, acting):
-            if outcome.error is not None:
-                self.failed[step.thread.key] = outcome.error
-        self._progress(
-            f"drain: pausing {count_line(self.targets)} at their next stage boundary"
-            f" (timeout {format_duration(self.timeout)})"
-        )
-        deadline = started + self.timeout
+        try:
+            for step, outcome in act_on_steps(self.ctx, self.pool, acting):
+                if outcome.error is not None:
+                    self.failed[step.thread.key] = outcome.error
+                else:
+                    self.asked.add(step.thread.key)
+            self._progress(
+                f"drain: pausing {count_line(self.targets)} at their next stage boundary"
+                f" (timeout {format_duration(self.timeout)})"
+            )
+            self.wait(started + self.timeout, started)
+        except KeyboardInterrupt:
+            # Ctrl-C: the pauses already sent must not stay queued behind the operator's back.
+            self.interrupted = True
+            self.asked |= {step.thread.key for step in acting if step.thread.key not in self.failed}
+            self._progress("drain: interrupted")
+        busy = self.busy()
+        self.settle_queued(busy)
+        status = self.report(busy, self.ctx.clock() - started)
+        return ExitStatus.INTERRUPTED if self.interrupted else status
+
+    def wait(self, deadline: float, started: float) -> None:
         while True:
             self.poll()
             busy = self.busy()
             now = self.ctx.clock()
             # A thread whose pause failed is not waited for: nothing will stop it.
             if now >= deadline or all(thread.key in self.failed for thread in busy):
-                break
+                return
             self._quiet_progress(busy, now - started)
             self.ctx.sleep(min(self.interval, deadline - now))
-        return self.report(busy, self.ctx.clock() - started)
+
+    def settle_queued(self, busy: list[FleetThread]) -> None:
+        """Drain gave up on `busy`: take back the pauses it queued, or keep them if asked."""
+        mine = [thread for thread in busy if thread.key in self.asked]
+        cancel = []
+        for thread in mine:
+            if thread.host.backend == "damocles":
+                self.queued[thread.key] = "cannot-cancel"
+            elif self.keep_queued:
+                self.queued[thread.key] = "kept"
+            else:
+                cancel.append(Step(thread, Action("cancel-pause", thread.index), "cancel"))
+        if not cancel:
+            return
+        for step, outcome in act_on_steps(self.ctx, self.pool, cancel):
+            key = step.thread.key
+            if outcome.error is not None:
+                self.queued[key], self.cancel_errors[key] = "cancel-failed", outcome.error
+            else:
+                self.queued[key] = "cancelled" if outcome.note == PAUSE_CANCELLED else "taken"
 
     def poll(self) -> None:
         hosts = list({thread.host.name: thread.host for thread in self.targets}.values())
@@ -4507,8 +5313,8 @@ class Drain:
             if old is None:
                 continue
             if thread_progress(old) != thread_progress(info) and self.terminal:
-                self.ctx.err.write(
-                    f"{host.name} #{key[1]}: {describe_thread(old)} -> {describe_thread(info)}\n"
+                self._progress(
+                    f"{host.name} #{key[1]}: {describe_thread(old)} -> {describe_thread(info)}"
                 )
             self.latest[key] = info
 
@@ -4526,7 +5332,7 @@ class Drain:
         ]
 
     def _progress(self, line: str) -> None:
-        self.ctx.err.write(line + "\n")
+        self.ctx.err.write(escape_text(line) + "\n")
         self.ctx.err.flush()
 
     def _quiet_progress(self, busy: list[FleetThread], elapsed: float) -> None:
@@ -4552,14 +5358,17 @@ class Drain:
 
     def _write_report(self, busy: list[FleetThread], elapsed: float) -> None:
         out = self.ctx.out
-        out.write(render_table(*drain_table(self.targets, self.latest, self.failed)) + "\n")
+        out.write(self.ctx.table(*drain_table(self.targets, self.latest, self.failed)) + "\n")
         for line in unreachable_lines(self.unreachable):
             out.write(line + "\n")
         if busy:
             still = "; ".join(f"{thread.label} {self._why_busy(thread)}" for thread in busy)
             waited = any(thread.key not in self.failed for thread in busy)
             why = f"timed out after {format_duration(self.timeout)}" if waited else "incomplete"
-            self.ctx.err.write(f"venusctl: drain {why}; still running: {still}\n")
+            why = "interrupted" if self.interrupted else why
+            self.ctx.err.write(escape_text(f"venusctl: drain {why}; still running: {still}") + "\n")
+            for line in self.queued_lines():
+                self.ctx.err.write(escape_text(f"venusctl: {line}") + "\n")
             return
         failed = f", {len(self.failed)} could not be paused" if self.failed else ""
         out.write(
@@ -4567,18 +5376,43 @@ class Drain:
             f" none is running{failed}\n"
         )
 
+    def queued_lines(self) -> list[str]:
+        """What became of the pauses still queued when drain gave up, one line per outcome."""
+        by_outcome: dict[str, list[str]] = {}
+        for key, outcome in self.queued.items():
+            by_outcome.setdefault(outcome, []).append(f"{key[0]} #{key[1]}")
+        lines = []
+        said = {
+            "cancelled": "queued pause cancelled (the thread keeps running)",
+            "kept": "pause still queued (--keep-queued): it stops at its next stage boundary",
+            "taken": "no pause queued any more: it took its pause (or lost the request) meanwhile",
+            "cannot-cancel": DAMOCLES_QUEUED,
+        }
+        for outcome, text in said.items():
+            if outcome in by_outcome:
+                lines.append(f"{', '.join(by_outcome[outcome])}: {text}")
+        for key, error in self.cancel_errors.items():
+            lines.append(
+                f"{key[0]} #{key[1]}: cancel of the queued pause failed: {error_text(error)};"
+                " it may still stop at its next stage boundary"
+            )
+        return lines
+
     def _why_busy(self, thread: FleetThread) -> str:
         error = self.host_errors.get(thread.host.name)
         if error is not None:
             return f"(host not answering: {error_text(error)})"
         state = describe_thread(self.latest[thread.key])
         failed = self.failed.get(thread.key)
-        return f"(pause failed: {error_text(failed)}; {state})" if failed else f"({state})"
+        if failed is None:
+            return f"({state})"
+        return f"({action_error(thread.host, Action('pause', thread.index), failed)}; {state})"
 
     def as_json(self, busy: list[FleetThread], elapsed: float) -> dict[str, Any]:
         busy_keys = {thread.key for thread in busy}
         return {
             "drained": not busy,
+            "interrupted": self.interrupted,
             "elapsed": round(elapsed, 3),
             "timeout": self.timeout,
             "threads": [
@@ -4589,7 +5423,11 @@ class Drain:
                     "before": _state_json(thread.info),
                     "after": _state_json(self.latest[thread.key]),
                     "running": thread.key in busy_keys,
-                    "error": error_json(self.failed.get(thread.key)),
+                    "error": action_error_json(self.failed.get(thread.key)),
+                    # when drain gave up: cancelled, kept, taken, cannot-cancel,
+                    # cancel-failed (cancel_error), or null (nothing queued by drain)
+                    "queued": self.queued.get(thread.key),
+                    "cancel_error": error_json(self.cancel_errors.get(thread.key)),
                 }
                 for thread in self.targets
             ],
@@ -4693,7 +5531,13 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
     for host in hosts:
         _show_traceback(ctx, host, outcomes[host.name])
     missed = any(isinstance(error, NoAnswer) for error in outcomes.failed.values())
-    report = judge_fleet(outcomes, thresholds, ctx.env.now(), deadline if missed else None)
+    report = judge_fleet(
+        outcomes,
+        thresholds,
+        ctx.env.now(),
+        deadline if missed else None,
+        silences=ctx.inventory.silence_of,
+    )
     if textfile:
         try:
             write_textfile(Path(textfile), prometheus_text(report))
@@ -4708,7 +5552,7 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
         ctx.emit_json(health_json(report))
     else:
         # One write: two overlapping runs sharing a log or a mail never interleave lines.
-        ctx.out.write(health_text(report, args.verbose))
+        ctx.out.write(health_text(report, verbose=args.verbose))
         ctx.out.flush()
     return report.status
 
@@ -4766,6 +5610,9 @@ def _parse_forks(text: str) -> int:
     return int(text)
 
 
+VERSION_TEXT = f"venusctl {__version__}"
+
+
 _STUCK_HELP = "\n".join(
     [f"  {key:<18}{value / 3600:g}h" for key, value in STUCK_DEFAULTS.items()]
     + [f"  {key:<18}{value / 3600:g}h (wdpost)" for key, value in WDPOST_STUCK_DEFAULTS.items()]
@@ -4787,21 +5634,37 @@ findings:
             reports no time in state for that thread (not a finding)
 Idle and empty threads are counted, not judged.
 
-The first line is a monitoring plugin's (`VENUS CRITICAL - ... | perfdata`),
-then one line per finding. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also
-for a bad inventory or bad arguments). Defaults can be set in the inventory's
-[health] table (expiration, paused_warn, paused_crit, stuck, deadline,
-prometheus); the command line wins.
+Output as the monitoring-plugin guidelines want it: the status line
+(`VENUS CRITICAL - 1 host unreachable, ... | hosts=6;;;0 ... errors=3;0;;0
+unreachable=1;;0;0 ...`), then the findings, identical ones on one line
+("WARNING 12 threads on 3 hosts paused on: permanent: ... (h1, h2, h3)";
+--verbose adds each thread below it), then a summary per host (threads,
+paused, errors, heartbeat age). Worker text is escaped; no `|` or newline
+from a worker ever reaches the output. Exit 0 OK, 1 WARNING, 2 CRITICAL,
+3 UNKNOWN (also for a bad inventory or bad arguments).
+
+Defaults can be set in the inventory's [health] table (expiration,
+paused_warn, paused_crit, stuck, deadline, prometheus); the command line wins.
+Maintenance: a [[silence]] table (hosts = "gpu-01,rack2", until =
+"2026-12-24T08:00Z", reason = "...") keeps its hosts in the report, marked
+[silenced], without their findings raising the status until then.
 
 stuck thresholds by stage (--stuck KEY=DURATION; KEY may also be a state name):
 {_STUCK_HELP}
 """
 
 
+LIMIT_TYPE = _argument_type(parse_limit, "limit")
+
+
 def add_selectors(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("thread selectors (every one given must hold)")
     group.add_argument(
-        "-l", "--limit", action="append", help="hosts: names, groups or globs (comma-separated)"
+        "-l",
+        "--limit",
+        action="append",
+        type=LIMIT_TYPE,
+        help="hosts: names, groups or globs (comma-separated); -l '*' is every host",
     )
     group.add_argument(
         "--state",
@@ -4858,7 +5721,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(parser: argparse.ArgumentParser, top: bool) -> None:
         default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
         parser.add_argument(
-            "-i", "--inventory", default=default(None), help="inventory file (TOML)"
+            "-i",
+            "--inventory",
+            default=default(None),
+            type=_argument_type(check_not_empty("inventory path", "-i inventory.toml"), "path"),
+            help="inventory file (TOML)",
         )
         parser.add_argument(
             "--json", action="store_true", default=default(False), help="print JSON"
@@ -4868,6 +5735,12 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             default=default(False),
             help="show tracebacks of failures",
+        )
+        parser.add_argument(
+            "--full",
+            action="store_true",
+            default=default(False),
+            help="never cut a table cell (on a terminal, long cells are cut with … to fit)",
         )
         parser.add_argument(
             "--forks",
@@ -4883,9 +5756,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common(parser, top=True)
-    from worker_agent import __version__  # one version for both commands (setup.cfg reads it)
-
-    parser.add_argument("--version", action="version", version=f"venusctl {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, prog="venusctl"
     )
@@ -4901,7 +5772,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(listing, top=False)
     listing.add_argument(
-        "-l", "--limit", action="append", help="names, groups or globs (comma-separated)"
+        "-l",
+        "--limit",
+        action="append",
+        type=LIMIT_TYPE,
+        help="names, groups or globs (comma-separated); default: every host",
     )
     listing.add_argument(
         "--expiration",
@@ -4993,7 +5868,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(health, top=False)
     duration = _argument_type(parse_duration, "duration")
     health.add_argument(
-        "-l", "--limit", action="append", help="names, groups or globs (comma-separated)"
+        "-l",
+        "--limit",
+        action="append",
+        type=LIMIT_TYPE,
+        help="names, groups or globs (comma-separated); default: every host",
     )
     health.add_argument(
         "--expiration",
@@ -5023,21 +5902,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument(
         "--deadline",
+        "-t",
+        "--timeout",  # the monitoring-plugin guidelines' name for it
+        dest="deadline",
         type=_argument_type(_positive_duration, "duration"),  # 0s: UNKNOWN every time
         metavar="DURATION",
-        help="the whole run ends by then, else UNKNOWN (default 60s)",
-    )
-    health.add_argument(
-        "--prometheus",
-        metavar="FILE",
-        help="also write the venus_fleet_* series to FILE, a node_exporter textfile (*.prom)",
+        help="the whole run ends by then, else UNKNOWN (default 60s; -t 45 is 45 seconds)",
     )
     health.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        help="also list what could not be judged (e.g. a damocles-worker thread whose time"
-        " in state is not reported: INFO lines)",
+        help="below each line of identical findings, one line per thread or host; and what"
+        " could not be judged (e.g. a damocles-worker thread whose time in state is not"
+        " reported: INFO lines)",
+    )
+    health.add_argument("-V", "--version", action="version", version=VERSION_TEXT)
+    health.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        type=_argument_type(check_not_empty("textfile path", "--prometheus venus.prom"), "path"),
+        help="also write the venus_fleet_* series to FILE, a node_exporter textfile (*.prom)",
     )
     health.add_argument(
         "-q",
@@ -5052,7 +5937,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pause every thread of HOST (or every thread the selectors match) at"
         " its next stage boundary, keeping the finished stage's result, then wait until"
         " none is Running or Waiting. Exit 0 when drained, 1 on timeout (naming the"
-        " threads still running).",
+        " threads still running), 130 on Ctrl-C. When it gives up, the pauses it queued"
+        " and that the threads have not taken yet are cancelled (--keep-queued keeps"
+        " them).",
     )
     common(drain, top=False)
     drain.add_argument("target", nargs="?", metavar="HOST", help="name, address or address:port")
@@ -5068,6 +5955,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_argument_type(_positive_duration, "duration"),
         default=2.0,
         help="time between polls (default 2s)",
+    )
+    drain.add_argument(
+        "--keep-queued",
+        action="store_true",
+        help="on timeout or Ctrl-C, leave the pauses still queued (by default they are"
+        " cancelled: the threads keep running)",
     )
     drain.set_defaults(handler=command_drain)
 
@@ -5096,12 +5989,33 @@ def requested_command(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _fail(argv: Sequence[str], env: Environment, message: str, status: int) -> int:
-    """One line about a failed run; `health` says it as a monitoring plugin: UNKNOWN, 3."""
+def _fail(
+    argv: Sequence[str],
+    env: Environment,
+    message: str,
+    status: int,
+    code: str,
+    document: dict[str, Any] | None = None,
+) -> int:
+    """How a failed run ends: one line on stderr, or under --json one document on stdout,
+    `{"error": {"code": ..., "message": ...}}` (with `document`'s keys when there is one),
+    the exit status the same either way. `health` answers as a monitoring plugin:
+    `VENUS UNKNOWN - <message>`, exit 3 (its --json document: status UNKNOWN and the error).
+    """
+    as_json = "--json" in argv
+    error = {"error": {"code": code, "message": message}}
     if requested_command(argv) == "health":
-        env.stdout.write(f"VENUS UNKNOWN - {message}\n")
+        line = f"VENUS UNKNOWN - {escape_text(message, also='|')}"
+        if as_json:
+            health = {"status": "UNKNOWN", "summary": line, "findings": [], "hosts": []}
+            env.stdout.write(json.dumps({**health, **error}, indent=2) + "\n")
+        else:
+            env.stdout.write(line + "\n")
         return int(Severity.UNKNOWN)
-    env.stderr.write(f"venusctl: {message}\n")
+    if as_json:
+        env.stdout.write(json.dumps({**(document or {}), **error}, indent=2) + "\n")
+    else:
+        env.stderr.write(f"venusctl: {escape_text(message)}\n")
     return int(status)
 
 
@@ -5110,7 +6024,9 @@ def _run(argv: list[str], env: Environment) -> int:
     with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
         args = build_parser().parse_args(argv)
     inventory = load_inventory(inventory_path(args.inventory, env.environ))
-    ctx = Context(inventory, env, as_json=args.json, debug=args.debug, forks=args.forks)
+    ctx = Context(
+        inventory, env, as_json=args.json, debug=args.debug, forks=args.forks, full=args.full
+    )
     return int(args.handler(ctx, args))
 
 
@@ -5124,17 +6040,16 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except _ParserExit as done:
         return done.status
     except VenusctlError as error:
-        return _fail(argv, env, str(error), error.exit_status)
+        return _fail(argv, env, str(error), error.exit_status, error.code, error.document)
     except KeyboardInterrupt:
-        env.stderr.write("venusctl: interrupted\n")
-        return int(ExitStatus.INTERRUPTED)
+        return _fail(argv, env, "interrupted", ExitStatus.INTERRUPTED, "interrupted")
     except BrokenPipeError:
         # `venusctl list | head`: the reader left; nothing more to say.
         return int(ExitStatus.FAILED)
     except Exception as error:
         if "--debug" in argv:
-            traceback.print_exc(file=env.stderr)
-        return _fail(argv, env, describe_unexpected(error), ExitStatus.FAILED)
+            env.stderr.write(escape_lines(traceback.format_exc()))
+        return _fail(argv, env, describe_unexpected(error), ExitStatus.FAILED, "internal-error")
 
 
 if __name__ == "__main__":

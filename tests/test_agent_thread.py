@@ -526,3 +526,80 @@ def test_an_operators_pause_is_never_auto_resumed(world):
     clock.advance(3600)
     thread.step()
     assert thread.record.paused and thread.info()["auto_resumes"] == 0
+
+
+# -- cancel a queued pause (issue 10: WorkerCancelPause) ----------------------------------------
+
+
+def test_a_queued_pause_cancelled_mid_stage_is_never_taken(world):
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    cancelled = []
+
+    def pause_then_cancel(ctx):
+        thread.request_pause()
+        assert thread.info()["pause_requested"]
+        cancelled.append(thread.cancel_pause())
+        assert not thread.store.load().pause_requested  # the cancel is saved at once
+
+    processor.hooks["PC1"] = pause_then_cancel
+    thread.step()
+    assert cancelled == [True]
+    thread.step()  # the boundary: nothing queued any more, the thread goes on
+    assert not thread.record.paused and state_of(thread) == "PC2Done"
+    assert thread.info()["pause_requested"] is False
+    assert make().info()["thread_state"]["state"] != "Paused"  # nor after a restart
+
+
+def test_cancel_never_resumes_a_thread_that_took_its_pause_or_an_error(world):
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    processor.hooks["PC1"] = lambda ctx: thread.request_pause()
+    thread.step()
+    thread.step()  # took the pause at the boundary
+    assert thread.record.paused
+    assert thread.cancel_pause() is False and thread.record.paused
+    thread.resume()
+    processor.fail("PC2", Failed(Level.PERMANENT, "boom"))
+    thread.step()
+    assert thread.record.paused and thread.cancel_pause() is False
+    assert thread.info()["last_error"] == "permanent: boom"  # the error stays for an operator
+    assert thread.cancel_pause() is False  # nothing queued: nothing changes
+
+
+def test_a_cancel_that_comes_after_the_boundary_decided_changes_nothing(world):
+    # The thread decided to pause (under the state lock) before the cancel: it stays paused,
+    # and the cancel says False. And the other way round: cancel first, no pause.
+    _, processor, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    thread.request_pause()
+    thread.step()
+    assert thread.record.paused and thread.cancel_pause() is False
+    thread.resume()
+    thread.request_pause()
+    assert thread.cancel_pause() is True
+    thread.step()
+    assert not thread.record.paused
+
+
+def test_a_cancel_between_the_boundary_check_and_its_write_wins(world):
+    # The thread saw the request, then the cancel is committed before the thread's own
+    # write of the pause: the pause is not taken, so the cancel's True is the truth.
+    _, _, _, make = world
+    thread = make()
+    step_until(thread, lambda t: state_of(t) == "TicketAssigned")
+    thread.request_pause()
+    answers = []
+    pause = thread._pause
+
+    def cancel_first(*args, **kwargs):
+        answers.append(thread.cancel_pause())
+        return pause(*args, **kwargs)
+
+    thread._pause = cancel_first
+    thread.step()
+    assert answers == [True] and not thread.record.paused
+    assert not thread.store.load().paused

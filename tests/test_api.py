@@ -163,6 +163,7 @@ def test_codes_and_names_are_the_contracts_values():
         1003,
         -32099,
         -32098,
+        -32097,  # issue 10: the socket is there, this user cannot talk to it
     ]
     assert [int(code) for code in api.AgentExit] == [0, 1, 2, 3]
     assert [state.value for state in api.ThreadState] == ["Idle", "Running", "Waiting", "Paused"]

@@ -26,9 +26,10 @@ import venusctl
 
 DURATION = r"(\d+\.\ds|\d+s|\d+m\d+s|\d+h\d+m\d+s)"
 PERFDATA = (
-    r"hosts=\d+ threads=\d+ running=\d+ waiting=\d+ paused=\d+ errors=\d+ unreachable=\d+"
-    r" idle=\d+ empty=\d+"
+    r"hosts=\d+;;;0 threads=\d+;;;0 running=\d+;;;0 waiting=\d+;;;0 paused=\d+;;;0"
+    r" errors=\d+;0;;0 unreachable=\d+;;0;0 idle=\d+;;;0 empty=\d+;;;0 silenced=\d+;;;0"
 )
+HOSTS_HEADER = "Host  Threads  Paused  Errors  Heartbeat  Note"
 
 
 pytestmark = [
@@ -39,9 +40,18 @@ pytestmark = [
 
 
 def health(capsys, path: Path, *argv: str) -> tuple[int, list[str], str]:
+    """(status, the status line and the findings' lines, stderr); the per-host summary that
+    ends the output is checked (one row per host) and left out."""
     status = venusctl.main(["-i", str(path), "health", *argv])
     captured = capsys.readouterr()
-    return status, captured.out.splitlines(), captured.err
+    lines = captured.out.splitlines()
+    headers = [n for n, line in enumerate(lines) if line.split() == HOSTS_HEADER.split()]
+    if headers:
+        (end,) = headers
+        hosts = {line.split()[0] for line in lines[end + 1 :]}
+        assert len(hosts) == len(lines) - end - 1, lines
+        lines = lines[:end]
+    return status, lines, captured.err
 
 
 def health_json(capsys, path: Path, *argv: str) -> tuple[int, dict]:
@@ -85,7 +95,7 @@ def test_thread_in_error_is_warning_then_critical_after_paused_crit(tmp_path, ca
     status, lines, _ = health(capsys, path, "--quiet")
     assert status == 1
     assert re.fullmatch(rf"VENUS WARNING - 1 thread in error \| {PERFDATA}", lines[0]), lines
-    assert "errors=1" in lines[0] and "unreachable=0" in lines[0]
+    assert "errors=1;0;;0" in lines[0] and "unreachable=0;;0;0" in lines[0]
     error = "permanent: No cached parameters found for stacked-proof-of-replication (test fleet)"
     pattern = rf"WARNING w1 #0 s-t010000-\d+ C1Done: paused by an error for {DURATION}: "
     assert re.fullmatch(pattern + re.escape(error), lines[1]), lines
@@ -106,12 +116,17 @@ def test_stopped_agent_and_stopped_sshd_are_critical(tmp_path, capsys, ssh_fleet
     path = ssh_fleet.inventory(tmp_path, *tables)
     status, lines, _ = health(capsys, path, "--quiet")
     assert status == 2
-    assert lines[0].startswith("VENUS CRITICAL - 1 host unreachable, 2 agents not running | ")
-    assert "hosts=4 threads=2 " in lines[0] and "unreachable=3" in lines[0]
+    # dead-stream: stream alone cannot tell a dead agent from a closed door (issue 10)
+    assert lines[0].startswith("VENUS CRITICAL - 2 hosts unreachable, 1 agent not running | ")
+    assert "hosts=4;;;0 threads=2;;;0 " in lines[0] and "unreachable=3;;0;0" in lines[0]
     assert re.fullmatch(
         rf"CRITICAL dead: agent not running; last heartbeat {DURATION} ago", lines[1]
     )
-    assert lines[2] == "CRITICAL dead-stream: agent not running (or sshd forbids stream forwarding)"
+    socket = ssh_fleet.agents["dead"].socket
+    assert lines[2] == (
+        f"CRITICAL dead-stream: cannot ask the agent: connect failed to the agent socket {socket}"
+        " (no agent listening, the SSH user may not use it, or sshd forbids stream forwarding)"
+    )
     assert lines[3] == "CRITICAL down: unreachable: connection refused"
     assert len(lines) == 4  # calm is fine
     _, document = health_json(capsys, path, "--expiration", "1ms")
@@ -146,10 +161,19 @@ def test_stuck_job_is_a_warning_and_a_state_threshold_beats_its_stage(tmp_path, 
     status, lines, _ = health(capsys, path, "--stuck", "WaitPCLanded=1s")
     assert status == 1
     assert lines[0].startswith("VENUS WARNING - 2 threads stuck | ")
-    for index, line in enumerate(lines[1:]):
+    # identical findings are one line (issue 10); --verbose lists each thread below it
+    assert re.fullmatch(
+        r"WARNING 2 threads on 1 host stuck in stage WaitPCLanded \(over 1s, --stuck"
+        rf" WaitPCLanded\) \(calm; longest {DURATION}\)",
+        lines[1],
+    ), lines
+    assert len(lines) == 2
+    status, lines, _ = health(capsys, path, "--stuck", "WaitPCLanded=1s", "--verbose")
+    assert status == 1 and lines[1].startswith("WARNING 2 threads on 1 host stuck in stage")
+    for index, line in enumerate(lines[2:]):
         assert re.fullmatch(
-            rf"WARNING calm #{index} s-t010000-\d+ PCSubmitted: stage WaitPCLanded for {DURATION}"
-            r" \(stuck after 1s, --stuck WaitPCLanded\)",
+            rf"  WARNING calm #{index} s-t010000-\d+ PCSubmitted: stage WaitPCLanded for"
+            rf" {DURATION} \(stuck after 1s, --stuck WaitPCLanded\)",
             line,
         ), line
     # the state's own threshold wins over its stage's
@@ -174,7 +198,7 @@ def test_thread_paused_by_hand_is_a_warning_after_paused_warn_and_never_stuck(
         status, lines, _ = health(capsys, path, "--paused-warn", "0s")
         assert status == 1
         assert lines[0].startswith("VENUS WARNING - 1 thread paused by hand too long | ")
-        assert "paused=1" in lines[0]
+        assert "paused=1;;;0" in lines[0]
         assert re.fullmatch(
             rf"WARNING calm #1 s-t010000-\d+ \w+: paused by hand for {DURATION}"
             r" \(warning after 0s\)",
@@ -209,10 +233,13 @@ def test_deadline_passed_is_unknown_3_and_the_process_does_not_wait(tmp_path, ss
     assert done.returncode == 3, done
     lines = done.stdout.splitlines()
     assert lines[0].startswith(
-        "VENUS UNKNOWN - deadline of 2s passed, 1 host did not answer in time | hosts=2 "
+        "VENUS UNKNOWN - deadline of 2s passed, 1 host did not answer in time | hosts=2;;;0 "
     ), lines
     assert lines[1] == "UNKNOWN hung: no answer before the deadline of 2s"
-    assert len(lines) == 2  # calm answered in time and is fine
+    # calm answered in time and is fine: then only the per-host summary
+    assert lines[2].split() == HOSTS_HEADER.split() and len(lines) == 5
+    assert lines[3].split()[:5] == ["hung", "-", "-", "-", "-"]
+    assert lines[4].split()[:4] == ["calm", "2", "0", "0"]
     assert done.stderr == ""  # the abandoned SSH work says nothing at exit
     assert elapsed < 15, elapsed  # not the hung command's 25 s
 

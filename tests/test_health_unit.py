@@ -67,10 +67,14 @@ def test_a_healthy_fleet_is_ok_with_counts_and_no_findings():
         }
     )
     assert report.status == Severity.OK and report.findings == []
-    assert venusctl.health_text(report) == (
-        "VENUS OK - 2 hosts, 3 threads | hosts=2 threads=3 running=1 waiting=1 paused=0"
-        " errors=0 unreachable=0 idle=1 empty=1\n"
-    )
+    # issue 10: perfdata with min (and warn/crit where a count decides), a per-host summary
+    assert venusctl.health_text(report).splitlines() == [
+        "VENUS OK - 2 hosts, 3 threads | hosts=2;;;0 threads=3;;;0 running=1;;;0 waiting=1;;;0"
+        " paused=0;;;0 errors=0;0;;0 unreachable=0;;0;0 idle=1;;;0 empty=1;;;0 silenced=0;;;0",
+        "Host  Threads  Paused  Errors  Heartbeat  Note",
+        "w1    2        0       0       2.5s       -",
+        "w2    1        0       0       2.5s       -",
+    ]
 
 
 def test_unreachable_host_is_critical_and_the_others_are_still_judged():
@@ -81,9 +85,10 @@ def test_unreachable_host_is_critical_and_the_others_are_still_judged():
         "host-unreachable",
         "down",
     )
-    assert venusctl.health_text(report).splitlines() == [
-        "VENUS CRITICAL - 1 host unreachable | hosts=2 threads=1 running=1 waiting=0 paused=0"
-        " errors=0 unreachable=1 idle=0 empty=0",
+    assert venusctl.health_text(report).splitlines()[:2] == [
+        "VENUS CRITICAL - 1 host unreachable | hosts=2;;;0 threads=1;;;0 running=1;;;0"
+        " waiting=0;;;0 paused=0;;;0 errors=0;0;;0 unreachable=1;;0;0 idle=0;;;0 empty=0;;;0"
+        " silenced=0;;;0",
         "CRITICAL down: unreachable: connection refused",
     ]
 
@@ -202,7 +207,7 @@ def test_critical_outranks_unknown_outranks_warning():
 def test_json_has_status_summary_findings_and_hosts():
     report = judge({"down": ConnectionRefused("connection refused"), "w1": status(thread(0))})
     document = venusctl.health_json(report)
-    assert set(document) == {"status", "summary", "findings", "not_judged", "hosts"}
+    assert set(document) == {"status", "summary", "findings", "groups", "not_judged", "hosts"}
     assert document["status"] == "CRITICAL"
     assert document["summary"] == venusctl.health_summary(report)
     assert document["findings"][0] == {
@@ -215,6 +220,8 @@ def test_json_has_status_summary_findings_and_hosts():
         "state": None,
         "stage": None,
         "duration": None,
+        "cause": "unreachable: connection refused",
+        "silenced": False,
     }
     w1 = document["hosts"][1]
     assert (w1["name"], w1["up"], w1["threads"], w1["heartbeat_age"]) == ("w1", True, 1, 2.5)
@@ -224,7 +231,7 @@ def test_json_has_status_summary_findings_and_hosts():
 
 def test_ok_line_counts_in_the_singular_too():
     text = venusctl.health_text(judge({"w1": status(thread(0))}))
-    assert text.startswith("VENUS OK - 1 host, 1 thread | hosts=1 threads=1 ")
+    assert text.startswith("VENUS OK - 1 host, 1 thread | hosts=1;;;0 threads=1;;;0 ")
 
 
 def samples(text):
@@ -402,7 +409,7 @@ def test_usage_errors_of_health_exit_3_with_a_plugin_line(tmp_path, capsys):
     path.write_text(HEALTH_INVENTORY)
     assert venusctl.main(["-i", str(path), "health", "--deadline", "0s"]) == 3
     assert capsys.readouterr().out.startswith(
-        "VENUS UNKNOWN - argument --deadline: invalid duration '0s': must be more than 0"
+        "VENUS UNKNOWN - argument --deadline/-t/--timeout: invalid duration '0s': must be more"
     )
 
 

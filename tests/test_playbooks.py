@@ -915,7 +915,10 @@ def test_gpu_unit_allows_the_listed_devices_and_the_network(site, deployed, tmp_
 
 def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
     cron_file = tmp_path / "venusctl-health"
-    lock = tmp_path / "health.lock"
+    # the lock's folder exists, open to all: the playbook makes it the cron user's alone
+    lock_dir = tmp_path / "lock"
+    lock_dir.mkdir()
+    lock_dir.chmod(0o777)
     # ansible.builtin.cron insists on finding a crontab binary even when it only
     # writes cron_file (it never runs it then): a stand-in that fails if called.
     stub = tmp_path / "bin"
@@ -932,7 +935,7 @@ def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
                 "venus_health_cron_user": "root",
                 "venus_health_mailto": "ops@example.com",
                 "venus_health_prometheus_file": str(prom),
-                "venus_health_lock": str(lock),
+                "venus_health_lock_dir": str(lock_dir),
                 "ansible_python_interpreter": os.path.realpath(sys.executable),
             }
         ),
@@ -943,7 +946,10 @@ def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
     def run() -> dict[str, int]:
         return ran_ok(site.run_playbook(argv, env), "localhost")
 
-    assert run()["changed"] == 3
+    assert run()["changed"] == 4
+    # only the cron user can write where the lock is: nobody else can hold it (issue 10)
+    info = lock_dir.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o700)
     lines = cron_file.read_text().splitlines()
     # cron strips the quotes ansible.builtin.cron puts around environment values.
     assert 'MAILTO="ops@example.com"' in lines
@@ -951,7 +957,7 @@ def test_health_cron_installs_a_flocked_job_that_runs(site, deployed, tmp_path):
     (job,) = [line for line in lines if "health" in line and not line.startswith("#")]
     fields = shlex.split(job)
     assert fields[:6] == ["*/5", "*", "*", "*", "*", "root"]
-    assert fields[6:9] == ["flock", "--nonblock", str(lock)]
+    assert fields[6:9] == ["flock", "--nonblock", str(lock_dir / "health.lock")]
     python, venusctl, *args = fields[9:]
     # The Python that runs Ansible here: it has venusctl's dependencies.
     assert os.access(python, os.X_OK) and Path(python).name.startswith("python")
@@ -1197,3 +1203,34 @@ def test_toml_filters_write_what_the_agent_reads(tmp_path):
     assert toml.toml_value(True) == "true" and toml.toml_value(1.5) == "1.5"
     with pytest.raises(ValueError):
         toml.toml_value(float("nan"))
+
+
+def test_health_cron_default_lock_is_in_a_folder_only_the_cron_user_writes():
+    """issue 10: never /tmp or /run/lock (anyone could hold the lock and skip every run).
+    The role's defaults, rendered as Ansible renders them (Jinja2, its expanduser)."""
+    import jinja2
+    import yaml
+
+    defaults = yaml.safe_load((PLAYBOOKS / "roles/venus_health/defaults/main.yml").read_text())
+    environment = jinja2.Environment()
+    environment.filters["expanduser"] = os.path.expanduser
+
+    def rendered(key: str, **values: str) -> str:
+        text = environment.from_string(defaults[key]).render(**values)
+        return text.strip()
+
+    for cron_user, folder in [
+        ("sealer", "/var/lib/venusctl-health"),
+        ("", os.path.expanduser("~/.local/state/venusctl")),
+    ]:
+        lock_dir = rendered("venus_health_lock_dir", venus_health_cron_user=cron_user)
+        assert lock_dir == folder
+        assert (
+            rendered("venus_health_lock", venus_health_lock_dir=lock_dir) == f"{folder}/health.lock"
+        )
+        assert not lock_dir.startswith(("/tmp", "/var/tmp", "/run/lock", "/dev/shm"))
+    tasks = (PLAYBOOKS / "roles/venus_health/tasks/main.yml").read_text()
+    assert "venus_health_lock | dirname == venus_health_lock_dir" in tasks  # no lock elsewhere
+    assert re.search(
+        r"path: \"\{\{ venus_health_lock_dir \}\}\"\n.*\n.*owner: .*\n\s+mode: \"0700\"", tasks
+    )

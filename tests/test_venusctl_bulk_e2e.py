@@ -173,7 +173,7 @@ def test_threads_bad_selector_is_one_line_and_exit_2(tmp_path, capsys, ssh_fleet
     assert len(err.splitlines()) == 1 and "invalid regular expression 'No (cached'" in err
     status, out, err = run(capsys, path, "threads", "--state", "C1Done,rm -rf")
     assert (status, out) == (2, "")
-    assert "invalid state 'rm -rf'" in err and len(err.splitlines()) == 1
+    assert "unknown state 'rm -rf'" in err and len(err.splitlines()) == 1
 
 
 # -- bulk pause / resume -------------------------------------------------------------------------
@@ -181,8 +181,8 @@ def test_threads_bad_selector_is_one_line_and_exit_2(tmp_path, capsys, ssh_fleet
 
 def test_bulk_resume_dry_run_prints_the_plan_and_sends_nothing(tmp_path, capsys, ssh_fleet):
     path = ssh_fleet.inventory(tmp_path, "b1", "b2", "down")
-    argv = ["resume", "--errors", "--error-match", "No cached parameters", "--to-state", "C1Done"]
-    status, out, err = run(capsys, path, *argv, "--dry-run")
+    argv = ["resume", "-l", "*", "--errors", "--error-match", "No cached parameters"]
+    status, out, err = run(capsys, path, *argv, "--to-state", "C1Done", "--dry-run")
     assert (status, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].split() == [
@@ -238,11 +238,10 @@ def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_flee
     assert "plan: pause 2 threads on 2 hosts; 2 skipped" in out
     assert "  down: connection refused" in out
     tail = out.splitlines()[-3:]
-    assert tail == [
-        "b1 #1: paused (a stage in flight finishes first)",
-        "b2 #1: paused (a stage in flight finishes first)",
-        "paused 2 of 2 threads on 2 hosts",
-    ]
+    # issue 10: the line says whether the thread stopped or its pause waits for its stage
+    for host, line in zip(("b1", "b2"), tail, strict=False):
+        assert re.fullmatch(rf"{host} #1: (paused|{re.escape(venusctl.PAUSE_QUEUED)})", line)
+    assert tail[2] == "paused 2 of 2 threads on 2 hosts"
     for host in ("b1", "b2"):
         wait_until(
             lambda host=host: (
@@ -283,12 +282,15 @@ def test_bulk_pause_and_resume_with_yes_one_host_down(tmp_path, capsys, ssh_flee
 
 def test_bulk_action_refusals(tmp_path, capsys, ssh_fleet):
     path = ssh_fleet.inventory(tmp_path, "b1", "b2")
-    # no selector: never the whole fleet by default
-    status, out, err = run(capsys, path, "pause", "--yes")
-    assert (status, out) == (2, "")
-    assert "an action never covers the whole fleet by default (-l '*' does)" in err
+    # no -l: never the whole fleet by default, thread selectors or not (issue 10: the hosts
+    # of an action are named, -l '*' for all of them)
+    for selectors in ([], ["--errors"]):
+        status, out, err = run(capsys, path, "pause", *selectors, "--yes")
+        assert (status, out) == (2, "")
+        assert "give -l LIMIT (-l '*' for the whole fleet)" in err
     # a selector that matches nothing says so
-    status, out, err = run(capsys, path, "resume", "--error-match", "no such error", "--yes")
+    argv = ["resume", "-l", "*", "--error-match", "no such error", "--yes"]
+    status, out, err = run(capsys, path, *argv)
     assert (status, out, err) == (1, "", "venusctl: no thread matches the selection\n")
     # HOST INDEX and selectors do not mix
     status, _, err = run(capsys, path, "pause", "b1", "1", "--errors")
@@ -428,10 +430,14 @@ def test_drain_times_out_naming_the_threads_still_running(tmp_path, capsys, ssh_
     assert status == 1
     assert re.search(
         r"^venusctl: drain timed out after 1s; still running: stuck #0"
-        r" \(Running\((?:\d+[hms])+\) mock at \w+ \(\w+\)\)$",
+        r" \(Running\((?:\d+[hms])+\) mock, pause queued at \w+ \(\w+\)\)$",
         err,
         re.M,
     ), err
+    # issue 10: the pause it queued is taken back: the thread keeps running, nothing queued
+    assert err.endswith("venusctl: stuck #0: queued pause cancelled (the thread keeps running)\n")
+    (thread,) = threads_of(capsys, path, "stuck")
+    assert thread["pause_requested"] is False and thread["thread_state"]["state"] == "Running"
     rows = table_rows(out)
     assert rows[0] == ["Host", "Index", "SectorID", "Before", "After", "ThreadState"]
     assert rows[1][:2] == ["stuck", "0"] and rows[1][5].startswith("Running(")
@@ -441,7 +447,7 @@ def test_drain_times_out_naming_the_threads_still_running(tmp_path, capsys, ssh_
 def test_drain_needs_a_target(tmp_path, capsys, ssh_fleet):
     path = ssh_fleet.inventory(tmp_path, "stuck")
     status, _, err = run(capsys, path, "drain")
-    assert status == 2 and "drain: select threads" in err
+    assert status == 2 and "drain: which hosts? give -l LIMIT" in err
     status, _, err = run(capsys, path, "drain", "nosuchhost")
     assert status == 2 and "unknown host 'nosuchhost'" in err
 

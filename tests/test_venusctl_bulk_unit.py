@@ -86,15 +86,16 @@ def test_selector_given_only_with_a_criterion():
 
 def test_selector_value_parsers_refuse_what_is_not_a_name():
     assert venusctl.parse_state_list("C1Done, PC1Done") == ("C1Done", "PC1Done")
-    with pytest.raises(ValueError, match="invalid state 'C1Done;reboot'"):
+    # issue 10: names are checked against the known ones, not only their spelling
+    with pytest.raises(ValueError, match="unknown state 'C1Done;reboot'"):
         venusctl.parse_state_list("C1Done;reboot")
     with pytest.raises(ValueError, match="give one or more names"):
         venusctl.parse_state_list(",")
     with pytest.raises(ValueError, match="invalid regular expression '\\(unclosed'"):
         venusctl.compile_error_match("(unclosed")
-    with pytest.raises(ValueError, match="invalid plan"):
+    with pytest.raises(ValueError, match="unknown plan 'Sealer!'"):
         venusctl.parse_plan_name("Sealer!")
-    with pytest.raises(ValueError, match="invalid stage"):
+    with pytest.raises(ValueError, match="unknown stage 'PC 1'"):
         venusctl.parse_stage("PC 1")
 
 
@@ -248,7 +249,7 @@ def fake_time_context():
 
 def test_drain_stops_waiting_for_a_thread_whose_pause_failed_and_says_it_runs():
     ctx, out, err, now = fake_time_context()
-    args = argparse.Namespace(timeout=7200.0, interval=2.0)
+    args = argparse.Namespace(timeout=7200.0, interval=2.0, keep_queued=False)
     drain = venusctl.Drain(ctx, RefusingPool([RUNNING]), [W2], Selector(), args)
     assert drain.run() == venusctl.ExitStatus.FAILED
     assert now[0] < 10  # not the 2 h timeout: nothing would stop it
@@ -280,7 +281,8 @@ def test_drain_waits_until_paused_not_just_until_nothing_runs():
     between = info(2, "PC1Done", "Idle")
     paused = info(2, "PC1Done", "Paused")
     pool = ScriptedPool([RUNNING], [between], [between], [paused])
-    drain = venusctl.Drain(ctx, pool, [W2], Selector(), argparse.Namespace(timeout=60, interval=2))
+    args = argparse.Namespace(timeout=60, interval=2, keep_queued=False)
+    drain = venusctl.Drain(ctx, pool, [W2], Selector(), args)
     assert drain.run() == venusctl.ExitStatus.OK, err.getvalue()
     assert now[0] == 4  # two polls saw Idle and kept waiting
     assert pool.polls == [[paused]]

@@ -238,6 +238,7 @@ def test_list_counts_every_line_right_and_names_the_line(line, capsys):
         str(4 + snap + wdpost),  # Threads
         str(1 + wdpost),  # Empty: asking for work, and the wdpost thread
         str(1 + snap),  # Paused
+        "-",  # Queued (issue 10): a damocles-worker shows no queued pause
         *running,  # Running, Waiting: only v0.9+ says
         "1",  # Errors
         "0s",  # LastPing: no heartbeat, the age of this answer
@@ -389,7 +390,9 @@ def test_resume_without_a_state_reads_the_thread_back(line, capsys):
     doing = ", Running(0s) builtin PC2" if line.thread_state else ""
     assert out == f"act #2: resumed (now in PC1Done{doing})\n"
     status, _, err = run(capsys, line.path, "resume", "act", "2")
-    assert status == 1 and err == "act #2: resume refused: worker #2 is not paused\n"
+    # issue 10: and what a damocles-worker cannot do about a queued pause
+    assert status == 1
+    assert err == f"act #2: resume refused: worker #2 is not paused; {venusctl.DAMOCLES_QUEUED}\n"
 
 
 def test_resume_with_a_state_moves_it_there(line, capsys):
@@ -402,18 +405,19 @@ def test_resume_with_a_state_moves_it_there(line, capsys):
 
 
 def test_resume_states_are_checked_before_anything_is_sent(line, capsys):
-    # v0.8+ would ignore the typo and resume in C1Done; before, the RPC refuses it itself
-    status, out, err = run(capsys, line.path, "resume", "act", "6", "C1done")
+    # v0.8+ would ignore a typo and resume in C1Done: venusctl refuses a name no plan has
+    # before any connection (issue 10), and normalises a case-only difference
+    status, out, err = run(capsys, line.path, "resume", "act", "6", "C1Dnoe")
+    assert status == 2 and out == "" and "unknown state 'C1Dnoe'; did you mean C1Done" in err
+    # a state of another plan would abort the task; the state it is in would re-pause it
+    status, out, err = run(capsys, line.path, "resume", "act", "6", "SnapEncoded")
     assert status == 1 and out == ""
     assert err.startswith(
-        f'act #6: resume refused: invalid state "C1done" for plan sealer on damocles-worker'
+        f'act #6: resume refused: invalid state "SnapEncoded" for plan sealer on damocles-worker'
         f" {line.name}; valid states: Empty, Allocated,"
     )
     assert ("SyntheticPoRepNeeded" in err) == line.thread_state  # a state of v0.9+ only
-    # a state of another plan would abort the task; the state it is in would re-pause it
-    status, _, err = run(capsys, line.path, "resume", "act", "6", "SnapEncoded")
-    assert status == 1 and 'invalid state "SnapEncoded"' in err
-    status, _, err = run(capsys, line.path, "resume", "act", "6", "C1Done")
+    status, _, err = run(capsys, line.path, "resume", "act", "6", "c1done")
     assert status == 1 and "worker #6 is already in C1Done: damocles-worker would pause" in err
     assert thread_at(capsys, line, "act", 6)["thread_state"]["state"] == "Paused"
     if line.release.at_least("v0.2"):  # a snapup thread (plan inferred before v0.5)
@@ -607,14 +611,17 @@ def test_health_judges_damocles_workers_on_their_threads_without_a_heartbeat(
     assert lines[0].startswith(
         "VENUS CRITICAL - 1 agent not running, 1 heartbeat expired, 2 threads in error,"
     ), lines
-    assert "hosts=4 threads=8 " in lines[0] and "unreachable=1" in lines[0]
+    assert "hosts=4;;;0 threads=8;;;0 " in lines[0] and "unreachable=1;;0;0" in lines[0]
     assert lines[1].startswith("CRITICAL calm: heartbeat ")  # worst first, in inventory order
     assert lines[2] == f"CRITICAL dam-down: damocles RPC not reachable at 127.0.0.1:{closed}"
-    damocles = [line for line in lines[3:] if " dam-" in line]
-    error = r"paused by an error for \d+s: permanent: No cached parameters found for .*"
-    assert re.fullmatch(rf"WARNING dam-new #0 \S+ C1Done: {error}", damocles[0]), damocles
+    # the same error on both damocles workers: one line (issue 10)
+    assert re.fullmatch(
+        r"WARNING 2 threads on 2 hosts paused on: permanent: No cached parameters found for"
+        r" .* \(dam-new, dam-old; longest \d+s\)",
+        lines[3],
+    ), lines
     stuck = r"stage PC1 for \d+\w+ \(stuck after 0s, --stuck PC1\)"
-    assert re.fullmatch(rf"WARNING dam-new #1 \S+ TicketAssigned: {stuck}", damocles[1])
-    assert re.fullmatch(rf"WARNING dam-old #0 \S+ C1Done: {error}", damocles[2])
-    # v0.7 has no elapsed time for a running thread: never judged stuck (--verbose says so)
-    assert len(damocles) == 3
+    assert re.fullmatch(rf"WARNING dam-new #1 \S+ TicketAssigned: {stuck}", lines[4])
+    # v0.7 has no elapsed time for a running thread: never judged stuck (--verbose says
+    # so); then the per-host summary
+    assert lines[5].split() == ["Host", "Threads", "Paused", "Errors", "Heartbeat", "Note"]

@@ -567,7 +567,11 @@ def test_resume_reads_the_thread_back(standin, tag):
         assert agent.resume(2, None) == f"resumed (now in PC1Done{running})"  # for good now
         with pytest.raises(AgentRefused) as refused:
             agent.resume(3, None)
-        assert (refused.value.code, str(refused.value)) == (1001, "worker #3 is not paused")
+        # issue 10: and that a queued pause there can be neither seen nor cancelled
+        assert (refused.value.code, str(refused.value)) == (
+            1001,
+            f"worker #3 is not paused; {venusctl.DAMOCLES_QUEUED}",
+        )
         assert agent.resume(4, "Aborted") == f"resumed in state Aborted (now without a task{idle})"
     assert worker.paused() == []
 
@@ -698,8 +702,9 @@ def test_health_lists_what_a_damocles_worker_gives_no_time_to_judge():
         " not judged (damocles-worker does not report time in state)"
     ]
     assert report.status is venusctl.Severity.WARNING  # not judged is no finding
-    assert venusctl.health_text(report).count("\n") == 2
-    assert venusctl.health_text(report, verbose=True).count("\n") == 3
+    # the status line, the finding, then (issue 10) the per-host summary: a header, a row
+    assert venusctl.health_text(report).count("\n") == 2 + 2
+    assert venusctl.health_text(report, verbose=True).count("\n") == 3 + 2
     document = venusctl.health_json(report)
     assert [item["index"] for item in document["not_judged"]] == [0]
     assert venusctl.parse_stuck_option("Generate=20m") == ("Generate", 1200.0)

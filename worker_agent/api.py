@@ -105,6 +105,8 @@ class Method(str, enum.Enum):
     HISTORY = "VenusWorker.WorkerHistory"
     SECTOR = "VenusWorker.SectorHistory"
     STATS = "VenusWorker.WorkerStats"
+    # Ours only: cancel a pause queued while a stage runs (never resumes a paused thread).
+    CANCEL_PAUSE = "VenusWorker.WorkerCancelPause"
 
 
 class RpcCode(enum.IntEnum):
@@ -120,6 +122,9 @@ class RpcCode(enum.IntEnum):
     NO_HISTORY = 1003  # the history is off ([worker] history = false) or cannot be read
     AGENT_NOT_RUNNING = -32099  # client side only: nothing answers on the socket
     CONFIG_ERROR = -32098  # CLI only: a usage or configuration error (exit 2)
+    # client side only: the socket is there but this user cannot talk to it (permission
+    # denied, a timeout, a reset): the agent may well be running
+    AGENT_UNREACHABLE = -32097
 
 
 class AgentExit(enum.IntEnum):
@@ -453,6 +458,7 @@ class HistoryKind(str, enum.Enum):
     RETRY = "retry"  # the stage failed with a temporary error: it runs again
     ABORT = "abort"  # the stage failed with an abort error: the task moved to Aborted
     PAUSE_REQUEST = "pause_request"  # someone asked for a pause (`by`), taken at a boundary
+    PAUSE_CANCEL = "pause_cancel"  # someone cancelled the pause still queued (`by`)
     PAUSE = "pause"  # the thread paused: by an error (outcome, error) or as asked
     RESUME = "resume"  # someone resumed it (`by`), maybe into the `requested` state
     AUTO_RESUME = "auto_resume"  # an [[sealing.auto_resume]] rule resumed it

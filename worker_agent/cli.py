@@ -4,6 +4,7 @@
     venus-worker worker [-c CONFIG | --socket PATH] list   [--json]
     venus-worker worker [-c CONFIG | --socket PATH] pause  --index N [--json]
     venus-worker worker [-c CONFIG | --socket PATH] resume --index N [--state S] [--json]
+    venus-worker worker [-c CONFIG | --socket PATH] cancel-pause --index N [--json]
     venus-worker worker [-c CONFIG | --state-dir DIR] report [--json]
     venus-worker worker [-c CONFIG] status [--json]
     venus-worker worker [-c CONFIG | --state-dir DIR] history --index N [--limit K] [--json]
@@ -197,6 +198,14 @@ def cmd_resume(args, out: Output) -> int:
     return ExitStatus.OK
 
 
+def cmd_cancel_pause(args, out: Output) -> int:
+    with AgentClient(_socket_path(args), actor=_actor(args)) as client:
+        cancelled = client.call(Method.CANCEL_PAUSE.value, args.index)
+    text = "queued pause cancelled" if cancelled else "no pause queued (nothing changed)"
+    out.result(cancelled, f"#{args.index} {text}")
+    return ExitStatus.OK
+
+
 def cmd_report(args, out: Output) -> int:
     state_dir = _state_dir(args)
     report = read_report(state_dir)
@@ -209,10 +218,14 @@ def cmd_report(args, out: Output) -> int:
 
 
 def cmd_status(args, out: Output) -> int:
+    state_dir = _state_dir(args)
     try:
-        report = read_report(_state_dir(args))
+        report = read_report(state_dir)
     except ReportError as exc:  # the live thread list is still worth showing
         print(f"venus-worker: {exc}", file=out.stderr)
+        report = None
+    except OSError as exc:  # e.g. a state folder this user may not read
+        print(f"venus-worker: cannot read the heartbeat in {state_dir}: {exc}", file=out.stderr)
         report = None
     threads, error, status = None, None, ExitStatus.OK
     try:
@@ -618,6 +631,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(resume)
     resume.add_argument("-s", "--state", help="move the task to this state first")
     resume.set_defaults(func=cmd_resume)
+    cancel = action(
+        "cancel-pause",
+        "cancel a pause still queued behind a running stage",
+        "Cancel a pause asked for while a stage runs, before the thread takes it: the "
+        "thread keeps running. Never resumes a paused thread. --json: true if a queued "
+        "pause was cancelled, false if none was queued (or the thread already paused).",
+    )
+    _add_index(cancel)
+    cancel.set_defaults(func=cmd_cancel_pause)
     report = action(
         "report",
         "the last heartbeat (works without the daemon)",
@@ -665,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--plan", help="only tasks of this plan (sealer, snapup, ...)")
     stats.set_defaults(func=cmd_stats)
-    for sub in (listing, pause, resume, report, status, history, sector, stats):
+    for sub in (listing, pause, resume, cancel, report, status, history, sector, stats):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
         )

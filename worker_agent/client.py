@@ -30,7 +30,14 @@ class AgentUnreachable(RpcError):
     """The socket is there but talking to it failed (permission, timeout, reset)."""
 
     def __init__(self, path: Path | str, error: Exception):
-        super().__init__(RpcCode.INTERNAL_ERROR, f"cannot talk to the agent at {path}: {error}")
+        if isinstance(error, PermissionError):
+            message = (
+                f"permission denied on the agent socket {path} (this user may not use it:"
+                " socket_group?)"
+            )
+        else:
+            message = f"cannot talk to the agent at {path}: {error}"
+        super().__init__(RpcCode.AGENT_UNREACHABLE, message)
 
 
 class _UnixConnection(http.client.HTTPConnection):

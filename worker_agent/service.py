@@ -66,9 +66,10 @@ class WorkerService:
             Method.HISTORY.value: self.worker_history,
             Method.SECTOR.value: self.sector_history,
             Method.STATS.value: self.worker_stats,
+            Method.CANCEL_PAUSE.value: self.worker_cancel_pause,
         }
         # The handlers that record who asked (the history's `by`).
-        self._with_caller = (Method.PAUSE.value, Method.RESUME.value)
+        self._with_caller = (Method.PAUSE.value, Method.RESUME.value, Method.CANCEL_PAUSE.value)
 
     def methods_for(self, caller: Caller | None) -> dict[str, Callable[[list], Any]]:
         """The method table for one request: who sent it goes to the handlers that use it."""
@@ -100,6 +101,11 @@ class WorkerService:
         except RecordNotSaved as exc:
             raise _not_saved(thread, exc) from None
         return True
+
+    def worker_cancel_pause(self, params: list, caller: Caller | None = None) -> bool:
+        """True: a queued pause was cancelled; False: none was queued (or it was taken)."""
+        _check_count(params, 1, 1)
+        return self._thread(params[0]).cancel_pause(by=caller)
 
     def worker_resume(self, params: list, caller: Caller | None = None) -> bool:
         _check_count(params, 1, 2)

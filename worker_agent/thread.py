@@ -515,7 +515,10 @@ class SealingThread:
             if not self._pause_requested:
                 return self._stopping
         # Also when stopping: a drain followed by a service stop must stay paused.
-        self._pause(None)
+        try:
+            self._pause(None, requested=True)
+        except _Nothing:  # cancelled (cancel_pause) before this boundary was reached
+            return self._stopping
         return True
 
     def _start_task_when_due(self) -> None:
@@ -695,11 +698,15 @@ class SealingThread:
         last_error: str | None,
         also: Callable[[ThreadRecord], None] | None = None,
         stage: str | None = None,
+        requested: bool = False,
     ) -> None:
         """Pause now; `stage`: the stage whose run failed with `last_error` (for the history)."""
         now = self.clock.now()
 
         def pause(record: ThreadRecord) -> None:
+            # Checked again under the state lock: a cancel (cancel_pause) may have come first.
+            if requested and not record.pause_requested:
+                raise _Nothing()
             # A pause an operator asked for (saved in the record) is never auto-resumed.
             rule = None if record.pause_requested else self._auto_resume_rule(record, last_error)
             record.paused, record.paused_at, record.last_error = True, now, last_error
@@ -844,6 +851,33 @@ class SealingThread:
 
         self._commit(save_request, after=take_effect, note=asked)
         log.info("thread #%d: pause requested", self.index)
+
+    def cancel_pause(self, by: Caller | None = None) -> bool:
+        """Cancel a pause queued while a stage runs; True if one was cancelled.
+
+        Never resumes: a thread that already took its pause (or was paused by an
+        error meanwhile) stays paused and the answer is False, so a late cancel can
+        never undo a pause. The request and its cancel are decided under the state
+        lock, in the order of their writes: the thread pauses, or it does not.
+        `by`: who asked (the history's pause_cancel line).
+        """
+
+        def cancel(record: ThreadRecord) -> None:
+            if record.paused or not record.pause_requested:
+                raise _Nothing()
+            record.pause_requested = False
+
+        def cancelled(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            return self._entry(
+                HistoryKind.PAUSE_CANCEL, old, new, by=by, note="the queued pause will not happen"
+            )
+
+        try:
+            self._commit(cancel, after=self._forget_pause_request, note=cancelled)
+        except _Nothing:
+            return False
+        log.info("thread #%d: queued pause cancelled", self.index)
+        return True
 
     def resume(self, state_name: str | None = None, by: Caller | None = None) -> None:
         """Resume a paused thread, optionally moving its task to `state_name` first.
