@@ -56,6 +56,7 @@ from worker_agent.states import NO_STAGE, PLANS, State
 __all__ = [
     "PLAN_STATES",
     "STAGE_NAMES",
+    "STAGE_ORDER",
     "STATE_NAMES",
     "SUMMARY_KEYS",
     "ACTOR_HEADER",
@@ -155,6 +156,12 @@ PLAN_STATES: dict[str, tuple[str, ...]] = {
 STAGE_NAMES: frozenset[str] = frozenset(
     plan.stage(state) for plan in PLANS.values() for state in State
 ) - {NO_STAGE}
+# The stage labels in the order a task meets them (sealer's first, then the other plans').
+STAGE_ORDER: tuple[str, ...] = tuple(
+    stage
+    for stage in dict.fromkeys(plan.stage(s) for plan in PLANS.values() for s in plan.states)
+    if stage != NO_STAGE
+)
 
 
 # ---------------------------------------------------------------- durations
