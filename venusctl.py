@@ -33,8 +33,16 @@ commands:
                             summary; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN;
                             [[silence]] tables mute hosts until a time
                             (see venusctl health --help)
-  inventory [--ansible]     the hosts as read from the inventory (no connection);
-                            --ansible: Ansible's JSON inventory (playbooks/inventory.py)
+  inventory [--ansible | --check]
+                            the hosts as read from the inventory (no connection);
+                            --ansible: Ansible's JSON inventory (playbooks/inventory.py);
+                            --check: no two hosts of one miner share sector numbers
+  sector SECTOR_ID [-l LIMIT]
+                            where a sector is and what happened to it (its event log)
+  history HOST INDEX [--limit K]
+                            one thread's history: state changes, pauses, who asked
+  stats [SELECTORS] [--since 7d] [--by-host]
+                            per stage: tasks, p50, p90, max, failures, common error
 
 HOST is a host's name, its address, or address:port in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
@@ -82,7 +90,7 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #   Transport policy       open_agent (stream, exec, local, damocles; the fallback), actions,
 #                          fan_out -> GroupResult, SessionPool (watch, drain, bulk)
 #   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
-#                          health
+#                          health; sector/history/stats (the agents' histories)
 #   Argument parser, main  build_parser; main(argv, env) -> int, the only exit
 #
 # The contract with the agent (WorkerInfo, the report, codes, states, durations) is
