@@ -80,6 +80,14 @@ def test_the_golden_shapes_are_the_api_types():
     assert keys(api.Report) == list(wire.REPORT)
     assert keys(api.ErrorInfo) == list(wire.ERROR)
     assert keys(api.AgentStatus) == list(wire.STATUS)
+    assert keys(api.SectorRange) == list(wire.SECTOR_RANGE)
+    assert keys(api.Caller) == list(wire.CALLER)
+    assert keys(api.HistoryEntry) == list(wire.HISTORY_ENTRY)
+    assert keys(api.ThreadHistory) == list(wire.THREAD_HISTORY)
+    assert keys(api.SectorLog) == list(wire.SECTOR_LOG)
+    assert keys(api.StageStats) == list(wire.STAGE_STATS)
+    assert keys(api.ErrorCount) == list(wire.ERROR_COUNT)
+    assert keys(api.WorkerStats) == list(wire.WORKER_STATS)
 
 
 @pytest.mark.parametrize(

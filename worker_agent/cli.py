@@ -382,8 +382,12 @@ def cmd_sector(args, out: Output) -> int:
         lines.append("now: unknown (the daemon is not running)")
     for info in found["threads"] or []:
         lines.append("now: " + format_list_line(info))
-    if found["threads"] == [] and not found["entries"]:
-        lines.append("not on this worker, now or in its history")
+    if not found["threads"] and not found["entries"]:
+        lines.append(
+            "not on this worker, now or in its history"
+            if found["threads"] == []
+            else "not on this worker in its history"
+        )
     lines += [format_entry(entry) for entry in found["entries"]]
     out.result(found, "\n".join(lines))
     held = found["threads"] or found["entries"]

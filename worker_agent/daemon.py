@@ -343,8 +343,9 @@ class Daemon:
                 )  # fmt: skip
             else:
                 counter.save_now()
+                start = "in its sector range" if self.config.sector_ranges() else "at 1"
                 log.info(
-                    "a new worker (no sector counter, no store records): numbering starts at 1"
+                    "a new worker (no sector counter, no store records): numbering starts %s", start
                 )
         for thread in self.threads:  # records of an older agent learn the counter's numbers
             if thread.usable and thread.record.last_numbers is None and thread.store.has_record():
