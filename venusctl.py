@@ -2157,7 +2157,7 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
 
 # Columns cut first when a table is wider than the terminal: worker text that
 # can run to hundreds of characters. Then the widest of the others, in turn.
-CUT_FIRST = ("LastErr", "Error")
+CUT_FIRST = ("LastErr", "Error", "MostCommonError", "Outcome", "Note")
 CUT_MARK = "\u2026"  # …
 CUT_FLOOR = 6  # a cut column keeps at least this many characters (or its header's)
 
@@ -6096,6 +6096,7 @@ def _common_error(figures: api.StageStats) -> str:
 
 
 STATS_BAR_MAX = 40
+STATS_ERROR_SHARE = 24  # columns the MostCommonError column keeps beside a bar
 
 
 def stage_bar(figures: api.StageStats, slowest: float, width: int, blocks: tuple[str, str]) -> str:
@@ -6128,7 +6129,8 @@ def stats_table(
     # A bar per row, scaled to the slowest: the picture before the figures' column of errors.
     columns = ctx.env.terminal_size().columns
     used = len(render_table(headers[:-1], [row[:-1] for row in cells]).splitlines()[0]) + 2
-    width = min(STATS_BAR_MAX, columns - used - 2 - len("MostCommonError"))
+    # what is left after the figures, less a share for the error text (cut first)
+    width = min(STATS_BAR_MAX, columns - used - 2 - STATS_ERROR_SHARE)
     if width < 8:
         return ctx.table(headers, cells)
     encoding = (getattr(ctx.out, "encoding", None) or "").lower().replace("-", "")
