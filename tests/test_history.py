@@ -174,24 +174,34 @@ def test_stage_stats_are_nearest_rank_and_merge_within_the_bucket_error():
     assert api.merge_stage_stats([one]) is one  # one host: exact
 
 
-def test_compute_stats_takes_the_window_and_the_plan():
-    def sample(time, stage, duration, error=None, plan="sealer"):
-        from worker_agent.history import Sample
+def test_compute_stats_takes_the_window_and_the_plan(tmp_path):
+    log = opened(tmp_path)
 
-        return Sample(time, plan, stage, duration, duration, error)
+    def run(time, stage, duration, error=None, plan="sealer"):
+        fields = {"outcome": "ok"} if error is None else {"outcome": "temporary", "error": error}
+        kind = "state" if error is None else "retry"
+        log.append(entry("s-t01000-1", kind, time, plan=plan, stage=stage, duration=duration,
+                         **fields))  # fmt: skip
 
-    samples = [
-        sample(10, "PC1", 5.0),
-        sample(20, "PC1", 7.0),
-        sample(30, "PC1", 9.0, "temporary: x"),
-        sample(40, "C2", 1.0),
-        sample(50, "PC1", 100.0, plan="snapup"),
-    ]
-    stats = {s.stage: s for s in compute_stats(samples)}
+    run(10, "PC1", 5.0)
+    run(20, "PC1", 7.0)
+    run(30, "PC1", 9.0, "x")
+    run(40, "C2", 1.0)
+    run(50, "PC1", 100.0, plan="snapup")
+    log.append(entry("s-t01000-1", "pause", 60))  # no stage run: not counted
+    stats = {s.stage: s for s in compute_stats([log])}
     assert stats["PC1"].tasks == 3 and stats["PC1"].failures == 1
-    recent = {s.stage: s for s in compute_stats(samples, since=15, plan="sealer")}
+    assert stats["PC1"].errors == [api.ErrorCount("temporary: x", 1)]
+    recent = {s.stage: s for s in compute_stats([log], since=15, plan="sealer")}
     assert (recent["PC1"].tasks, recent["PC1"].p50, recent["PC1"].max) == (1, 7.0, 7.0)
     assert recent["C2"].tasks == 1
+    # read back from the files alone, the same figures
+    reader = HistoryLog(tmp_path, 0, tmp_path / "store0")
+    reader.load()
+    assert compute_stats([reader]) == compute_stats([log])
+    seen = []
+    HistoryLog(tmp_path, 0, tmp_path / "store0").load(lambda *run: seen.append(run))
+    assert seen == []  # these lines have no in_state: nothing for the histogram
 
 
 @pytest.mark.parametrize(
@@ -408,7 +418,7 @@ def test_stage_durations_of_the_history_match_the_runs(world):
     clock, processor, make = world
     thread = make()
     step_until(thread, lambda t: t.info()["job_state"] == "C2Done")
-    stats = {s.stage: s for s in compute_stats(thread.history.samples())}
+    stats = {s.stage: s for s in compute_stats([thread.history])}
     assert stats["PC1"].tasks == 1 and stats["PC1"].p50 == 7.0
     assert statistics.mean(s.p50 for s in stats.values()) == 7.0
 

@@ -413,13 +413,12 @@ def cmd_stats(args, out: Output) -> int:
             for index, log in sorted(folder.logs.items())
             if not log.problem and (indexes is None or index in indexes)
         ]
-        samples = [sample for log in logs for sample in log.samples()]
         since = None if window is None else now - window
         stats = WorkerStats(
             round(now, 3),
             window,
             [log.index for log in logs],
-            compute_stats(samples, since, args.plan),
+            compute_stats(logs, since, args.plan),
         )
         return stats.to_json()
 

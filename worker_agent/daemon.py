@@ -149,7 +149,11 @@ class Daemon:
             problem = self._open_store(store)
             history = None
             if self.history is not None:
-                history = self.history.open_log(thread_config.index, thread_config.location)
+                # the metrics' stage-duration histogram, replayed: it survives restarts
+                observe = self.metrics.durations.observe if self.metrics is not None else None
+                history = self.history.open_log(
+                    thread_config.index, thread_config.location, observe
+                )
             thread = SealingThread(
                 thread_config,
                 store,
@@ -162,7 +166,6 @@ class Daemon:
             self.threads.append(thread)
         self._establish_counter(counter, counter_found)
         self._check_ranges(counter)
-        self._replay_durations()
         service = WorkerService(self.threads, lambda: self._report, history=self.history)
         config.socket.parent.mkdir(parents=True, exist_ok=True)
         self._check_folder(config.socket.parent, "the socket's folder")
@@ -200,16 +203,6 @@ class Daemon:
                 f"cannot use the history folder: {where}{exc.strerror or exc}"
             ) from None
         self.history = folder
-
-    def _replay_durations(self) -> None:
-        """The metrics' stage-duration histogram, from the histories: it survives restarts
-        (as far back as the history files go)."""
-        if self.metrics is None or self.history is None:
-            return
-        for log in self.history.logs.values():
-            for sample in log.samples():
-                if sample.error is None and sample.in_state is not None:
-                    self.metrics.durations.observe(sample.stage, sample.in_state)
 
     def _check_ranges(self, counter: SectorCounter) -> None:
         """Each configured sector range must hold its miner's counter (see the module doc).

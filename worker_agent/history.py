@@ -47,13 +47,14 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker_agent.api import HistoryEntry, HistoryKind, StageStats, stage_stats
 
@@ -81,6 +82,12 @@ _KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 _FAILED_KINDS = (HistoryKind.RETRY.value, HistoryKind.ABORT.value, HistoryKind.PAUSE.value)
 
 log = logging.getLogger("venus_worker.history")
+
+# Told (stage, in_state seconds) of every successful stage read back at open: the metrics'
+# stage-duration histogram (metrics.StageDurations.observe).
+Observe = Callable[[str, float], None]
+# stage -> (successful durations, failures' error texts): what the statistics are made of.
+Runs = dict[str, tuple[list[float], list[str]]]
 
 
 def entry_line(entry: HistoryEntry) -> bytes:
@@ -123,19 +130,18 @@ def _parse(line: bytes) -> dict | None:
     return value
 
 
-@dataclass(frozen=True)
-class Sample:
+class Sample(NamedTuple):
     """One run of a stage, as much of it as the statistics need."""
 
     time: float
     plan: str | None
     stage: str
     duration: float | None  # the run's own seconds
-    in_state: float | None  # seconds in the state by the end of the run
     error: str | None  # None: it succeeded; else "<level>: <text>"
 
 
-def _sample(entry: dict) -> Sample | None:
+def _sample(entry: dict) -> tuple[Sample, float | None] | None:
+    """The stage run a line records, and its in_state (for the metrics' replay)."""
     stage, kind = entry.get("stage"), entry.get("kind")
     if not isinstance(stage, str) or not isinstance(entry.get("time"), (int, float)):
         return None
@@ -147,14 +153,14 @@ def _sample(entry: dict) -> Sample | None:
     else:
         return None
     plan = entry.get("plan")
-    return Sample(
+    sample = Sample(
         time=float(entry["time"]),
         plan=plan if isinstance(plan, str) else None,
         stage=stage,
         duration=_seconds(entry.get("duration")),
-        in_state=_seconds(entry.get("in_state")),
         error=error,
     )
+    return sample, _seconds(entry.get("in_state"))
 
 
 def _seconds(value: Any) -> float | None:
@@ -163,20 +169,91 @@ def _seconds(value: Any) -> float | None:
     return float(value)
 
 
+# (plan, stage) pairs as small numbers, shared by every log of the process.
+_KEYS: list[tuple[str | None, str]] = []
+_KEY_CODES: dict[tuple[str | None, str], int] = {}
+_KEYS_LOCK = threading.Lock()
+
+
+def _key_code(plan: str | None, stage: str) -> int:
+    key = (plan, stage)
+    code = _KEY_CODES.get(key)
+    if code is None:
+        with _KEYS_LOCK:
+            code = _KEY_CODES.setdefault(key, len(_KEYS))
+            if code == len(_KEYS):
+                _KEYS.append(key)
+    return code
+
+
 class _Part:
-    """What one file of a log holds, in memory: its sectors and stage samples."""
+    """What one file of a log holds, in memory: its sectors and its stage runs, packed.
+
+    The runs are kept as arrays (about 18 bytes each, not Python objects): a
+    worker of 128 threads with full histories holds a million of them without
+    the garbage collector walking them.
+    """
 
     def __init__(self) -> None:
         self.sectors: set[str] = set()
-        self.samples: list[Sample] = []
+        self.times = array("d")
+        self.durations = array("f")  # NaN: not recorded
+        self.keys = array("H")  # _KEYS codes
+        self.errors = array("i")  # -1: it succeeded; else an index into error_texts
+        self.error_texts: list[str] = []
+        self._error_codes: dict[str, int] = {}
 
-    def add(self, entry: dict) -> None:
+    def add(self, entry: dict, observe: Observe | None = None) -> None:
         sector = entry.get("sector")
         if isinstance(sector, str):
             self.sectors.add(sector)
-        sample = _sample(entry)
-        if sample is not None:
-            self.samples.append(sample)
+        found = _sample(entry)
+        if found is None:
+            return
+        sample, in_state = found
+        self.times.append(sample.time)
+        self.durations.append(math.nan if sample.duration is None else sample.duration)
+        self.keys.append(_key_code(sample.plan, sample.stage))
+        if sample.error is None:
+            self.errors.append(-1)
+            if observe is not None and in_state is not None:
+                observe(sample.stage, in_state)
+        else:
+            code = self._error_codes.setdefault(sample.error, len(self.error_texts))
+            if code == len(self.error_texts):
+                self.error_texts.append(sample.error)
+            self.errors.append(code)
+
+    def samples(self) -> Iterator[Sample]:
+        for position, time in enumerate(self.times):
+            plan, stage = _KEYS[self.keys[position]]
+            duration = self.durations[position]
+            error = self.errors[position]
+            yield Sample(
+                time,
+                plan,
+                stage,
+                None if math.isnan(duration) else duration,
+                None if error < 0 else self.error_texts[error],
+            )
+
+    def collect(self, runs: Runs, since: float | None, plan: str | None) -> None:
+        """Add this part's runs at or after `since` of `plan` to `runs` (stage -> lists)."""
+        times, durations, keys, errors = self.times, self.durations, self.keys, self.errors
+        texts = self.error_texts
+        for position in range(len(times)):
+            # every run is looked at: a clock that stepped back leaves the times unsorted
+            if since is not None and times[position] < since:
+                continue
+            key_plan, stage = _KEYS[keys[position]]
+            if plan and key_plan != plan:
+                continue
+            successes, failures = runs.setdefault(stage, ([], []))
+            error = errors[position]
+            if error >= 0:
+                failures.append(texts[error])
+            elif not math.isnan(duration := durations[position]):
+                successes.append(duration)
 
 
 class HistoryLog:
@@ -212,22 +289,23 @@ class HistoryLog:
 
     # ------------------------------------------------------------ open
 
-    def load(self) -> None:
-        """Read both files into memory (what a reader of a stopped daemon's files does)."""
+    def load(self, observe: Observe | None = None) -> None:
+        """Read both files into memory (what a reader of a stopped daemon's files does);
+        `observe` is told of every successful stage read."""
         with self._lock:
-            self._before, _ = self._replay(_open_read(self.previous))
-            self._current, self.last = self._replay(_open_read(self.path))
+            self._before, _ = self._replay(_open_read(self.previous), observe)
+            self._current, self.last = self._replay(_open_read(self.path), observe)
             if self.last is None:
                 self.last = self._last_of(self.previous)
 
-    def open(self) -> None:
+    def open(self, observe: Observe | None = None) -> None:
         """Load, then open the current file for appending (the daemon's side).
 
         A problem (a symlink, a permission) is kept in `problem` and logged: the
         thread seals on without its history, and readers are told why.
         """
         try:
-            self.load()
+            self.load(observe)
             with self._lock:
                 self._open_current()
         except OSError as exc:
@@ -273,12 +351,12 @@ class HistoryLog:
         os.fsync(fd)
         return len(line)
 
-    def _replay(self, data: bytes) -> tuple[_Part, dict | None]:
+    def _replay(self, data: bytes, observe: Observe | None) -> tuple[_Part, dict | None]:
         part, last = _Part(), None
         for line in read_lines(data):
             entry = _parse(line)
             if entry is not None:
-                part.add(entry)
+                part.add(entry, observe)
                 last = entry
         return part, last
 
@@ -372,8 +450,14 @@ class HistoryLog:
         return _sector_entries(self.lines(), sector)
 
     def samples(self) -> list[Sample]:
+        """Every stage run kept, oldest first (for tests and readers of one thread)."""
         with self._lock:
-            return self._before.samples + self._current.samples
+            return [*self._before.samples(), *self._current.samples()]
+
+    def collect(self, runs: Runs, since: float | None = None, plan: str | None = None) -> None:
+        with self._lock:
+            self._before.collect(runs, since, plan)
+            self._current.collect(runs, since, plan)
 
 
 def _sector_entries(lines: Iterable[bytes], sector: str) -> list[dict]:
@@ -434,10 +518,10 @@ class HistoryFolder:
                     errno.ENOTDIR, "not a folder of its own (a symlink or a file)", str(self.path)
                 ) from None
 
-    def open_log(self, index: int, location: Path) -> HistoryLog:
+    def open_log(self, index: int, location: Path, observe: Observe | None = None) -> HistoryLog:
         """The thread's log, opened for appending (its problem, if any, in `problem`)."""
         history = HistoryLog(self.path, index, location, self.rotate_bytes)
-        history.open()
+        history.open(observe)
         self.logs[index] = history
         return history
 
@@ -496,19 +580,10 @@ class HistoryFolder:
 
 
 def compute_stats(
-    samples: Iterable[Sample], since: float | None = None, plan: str | None = None
+    logs: Iterable[HistoryLog], since: float | None = None, plan: str | None = None
 ) -> list[StageStats]:
-    """Per stage (by name), over the runs at or after `since` of `plan` (None: all)."""
-    durations: dict[str, list[float]] = {}
-    errors: dict[str, list[str]] = {}
-    for sample in samples:
-        if (since is not None and sample.time < since) or (plan and sample.plan != plan):
-            continue
-        durations.setdefault(sample.stage, [])
-        errors.setdefault(sample.stage, [])
-        if sample.error is None:
-            if sample.duration is not None:
-                durations[sample.stage].append(sample.duration)
-        else:
-            errors[sample.stage].append(sample.error)
-    return [stage_stats(stage, durations[stage], errors[stage]) for stage in sorted(durations)]
+    """Per stage (by name), over the logs' runs at or after `since` of `plan` (None: all)."""
+    runs: Runs = {}
+    for history in logs:
+        history.collect(runs, since, plan)
+    return [stage_stats(stage, *runs[stage]) for stage in sorted(runs)]

@@ -216,12 +216,11 @@ class WorkerService:
             for t in chosen
             if t.index in folder.logs and not folder.logs[t.index].problem
         ]
-        samples = [sample for log in logs for sample in log.samples()]
         since = None if window is None else now - window
         stats = WorkerStats(
             time=round(now, 3),
             window=None if window is None else float(window),
             threads=[log.index for log in logs],
-            stages=compute_stats(samples, since, plan),
+            stages=compute_stats(logs, since, plan),
         )
         return stats.to_json()
