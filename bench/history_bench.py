@@ -267,7 +267,9 @@ def agent_round(args, history: bool) -> dict:
                 location = folder / "stores" / str(index)
                 numbers = list(range(1_000_000 + index * 1000, 1_000_000 + index * 1000 + 200))
                 grow_history(folder / "state", index, location, numbers, 10000)
+        started = time.perf_counter()
         proc = agent_bench.start_daemon(config)
+        start_s = round(time.perf_counter() - started, 2)  # the histories are read before it
         try:
             time.sleep(args.busy_seconds)
             load = Path("/proc/loadavg").read_text().split()[0]
@@ -279,7 +281,7 @@ def agent_round(args, history: bool) -> dict:
         finally:
             agent_bench.stop_daemon(proc)
         return {"history": history, "load": load, "calls": calls, "rss_mb": rss,
-                "rss_peak_mb": peak, "history_lines": lines}  # fmt: skip
+                "rss_peak_mb": peak, "history_lines": lines, "start_s": start_s}  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
