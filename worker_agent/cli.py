@@ -39,7 +39,6 @@ from worker_agent.api import (
     Method,
     RpcCode,
     ThreadState,
-    WorkerStats,
     parse_duration,
     parse_sector_id,
 )
@@ -344,18 +343,12 @@ def cmd_history(args, out: Output) -> int:
     limit = args.limit or None
 
     def offline(folder) -> dict:
-        log = folder.logs.get(args.index)
-        if log is None or log.problem:
-            raise HistoryMissing(
-                f"worker #{args.index}: no history" + (f": {log.problem}" if log else "")
-            )
-        entries, kept = log.entries(limit)
-        return {
-            "index": args.index,
-            "location": str(log.location),
-            "entries": entries,
-            "kept": kept,
-        }
+        from worker_agent.history import HistoryUnavailable
+
+        try:
+            return folder.thread_history(args.index, limit)
+        except HistoryUnavailable as exc:
+            raise HistoryMissing(str(exc)) from None
 
     history, read = _ask_or_read(args, Method.HISTORY.value, [args.index, limit], offline)
     _offline_note(out, read)
@@ -405,22 +398,7 @@ def cmd_stats(args, out: Output) -> int:
     params = [window, indexes, args.plan]
 
     def offline(folder) -> dict:
-        from worker_agent.history import compute_stats
-
-        now = time.time()
-        logs = [
-            log
-            for index, log in sorted(folder.logs.items())
-            if not log.problem and (indexes is None or index in indexes)
-        ]
-        since = None if window is None else now - window
-        stats = WorkerStats(
-            round(now, 3),
-            window,
-            [log.index for log in logs],
-            compute_stats(logs, since, args.plan),
-        )
-        return stats.to_json()
+        return folder.stats(time.time(), window, indexes, args.plan).to_json()
 
     stats, read = _ask_or_read(args, Method.STATS.value, params, offline)
     _offline_note(out, read)

@@ -56,7 +56,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from worker_agent.api import HistoryEntry, HistoryKind, StageStats, stage_stats
+from worker_agent.api import HistoryEntry, HistoryKind, StageStats, WorkerStats, stage_stats
+from worker_agent.store import _fsync_dir  # the one way a folder is flushed
 
 __all__ = [
     "FOLDER_NAME",
@@ -64,6 +65,7 @@ __all__ = [
     "ROTATE_BYTES",
     "HistoryFolder",
     "HistoryLog",
+    "HistoryUnavailable",
     "Sample",
     "compute_stats",
     "entry_line",
@@ -483,14 +485,6 @@ def _write_all(fd: int, line: bytes, size: int) -> None:
         raise
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _describe(exc: OSError, path: Path) -> str:
     if exc.errno == errno.ELOOP:
         return f"{exc.filename or path} is a symlink: refusing to follow it"
@@ -498,6 +492,10 @@ def _describe(exc: OSError, path: Path) -> str:
 
 
 # ---------------------------------------------------------------- the folder
+
+
+class HistoryUnavailable(Exception):
+    """A thread whose history cannot be read; str() says which and why."""
 
 
 class HistoryFolder:
@@ -558,6 +556,33 @@ class HistoryFolder:
     def close(self) -> None:
         for history in self.logs.values():
             history.close()
+
+    def thread_history(self, index: int, limit: int | None) -> dict:
+        """WorkerHistory's reply (api.ThreadHistory) for thread `index`; HistoryUnavailable."""
+        history = self.logs.get(index)
+        if history is None or history.problem:
+            why = history.problem if history is not None else "not kept"
+            raise HistoryUnavailable(f"worker #{index}: no history: {why}")
+        entries, kept = history.entries(limit)
+        return {"index": index, "location": str(history.location), "entries": entries, "kept": kept}
+
+    def stats(
+        self, now: float, window: float | None, indexes: Sequence[int] | None, plan: str | None
+    ) -> WorkerStats:
+        """WorkerStats' reply: the runs of the last `window` seconds before `now` (None: all
+        kept) of threads `indexes` (None: all) and tasks of `plan` (None: all)."""
+        chosen = [
+            history
+            for index, history in sorted(self.logs.items())
+            if not history.problem and (indexes is None or index in indexes)
+        ]
+        since = None if window is None else now - window
+        return WorkerStats(
+            time=round(now, 3),
+            window=None if window is None else float(window),
+            threads=[history.index for history in chosen],
+            stages=compute_stats(chosen, since, plan),
+        )
 
     def _other_files(self) -> Iterator[Path]:
         """History files of stores that are not (any more) one of the configured threads."""

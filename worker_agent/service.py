@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker_agent import __version__
-from worker_agent.api import Caller, Method, RpcCode, WorkerStats, parse_sector_id
-from worker_agent.history import HistoryFolder, compute_stats
+from worker_agent.api import Caller, Method, RpcCode, parse_sector_id
+from worker_agent.history import HistoryFolder, HistoryUnavailable
 from worker_agent.protocol import RawJSON, RpcError
 from worker_agent.thread import (
     InvalidState,
@@ -160,17 +160,10 @@ class WorkerService:
                 RpcCode.INVALID_PARAMS,
                 f"invalid params: limit must be an integer >= 1 or null, got {limit!r}",
             )
-        log = self._history().logs.get(thread.index)
-        if log is None or log.problem:
-            why = log.problem if log is not None else "not opened"
-            raise RpcError(RpcCode.NO_HISTORY, f"worker #{thread.index}: no history: {why}")
-        entries, kept = log.entries(limit)
-        return {
-            "index": thread.index,
-            "location": str(log.location),
-            "entries": entries,
-            "kept": kept,
-        }
+        try:
+            return self._history().thread_history(thread.index, limit)
+        except HistoryUnavailable as exc:
+            raise RpcError(RpcCode.NO_HISTORY, str(exc)) from None
 
     def sector_history(self, params: list) -> dict:
         """[sector_id]: the threads working on it now, and every entry naming it."""
@@ -209,18 +202,5 @@ class WorkerService:
                 RpcCode.INVALID_PARAMS,
                 f"invalid params: plan must be a string or null, got {plan!r}",
             )
-        folder = self._history()
-        now = self._clock()
-        logs = [
-            folder.logs[t.index]
-            for t in chosen
-            if t.index in folder.logs and not folder.logs[t.index].problem
-        ]
-        since = None if window is None else now - window
-        stats = WorkerStats(
-            time=round(now, 3),
-            window=None if window is None else float(window),
-            threads=[log.index for log in logs],
-            stages=compute_stats(logs, since, plan),
-        )
-        return stats.to_json()
+        indexes = None if indexes is None else [thread.index for thread in chosen]
+        return self._history().stats(self._clock(), window, indexes, plan).to_json()
