@@ -260,6 +260,13 @@ def test_a_pause_and_a_resume_by_venusctl_record_who_asked(tmp_path, capsys, fle
         "PCSubmitted",
         "PC2Done",
     )
+    # through exec the agent's CLI asks, and passes the actor on (VENUS_WORKER_ACTOR)
+    by_exec = fleet.inventory(tmp_path, fleet.table("h3", transport="exec"))
+    status, document = run_json(capsys, by_exec, "pause", "h3", "0")
+    assert status == 0 and document["via"] == "exec"
+    asked = [e for e in entries(h3, 0) if e["kind"] == "pause_request"][-1]
+    assert asked["by"]["actor"] == venusctl.control_actor()
+    assert asked["by"]["uid"] == os.getuid()
     status, document = run_json(capsys, inventory, "history", "h3", "1", "--limit", "5")
     assert status == 0 and document["name"] == "h3" and len(document["entries"]) == 5
     assert any(e["kind"] == "resume" for e in document["entries"])
