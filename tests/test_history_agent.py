@@ -239,3 +239,12 @@ def test_history_off_keeps_no_files_and_says_so(tmp_path):
         _, body = one_response(agent.socket, post(json.dumps(request).encode()))
         assert json.loads(body)["error"]["code"] == api.RpcCode.NO_HISTORY
         assert not (agent.state_dir / "history").exists()
+
+
+def test_a_history_folder_others_can_write_in_refuses_the_start(tmp_path):
+    config = write_config(tmp_path, threads=1)
+    (tmp_path / "state" / "history").mkdir(parents=True)
+    (tmp_path / "state" / "history").chmod(0o777)
+    status, _, err = cli("daemon", "-c", str(config))
+    assert status == 1
+    assert "the history folder" in err and "is writable by" in err

@@ -202,6 +202,7 @@ class Daemon:
             raise DaemonError(
                 f"cannot use the history folder: {where}{exc.strerror or exc}"
             ) from None
+        self._check_folder(folder.path, "the history folder")
         self.history = folder
 
     def _check_ranges(self, counter: SectorCounter) -> None:
