@@ -1,6 +1,7 @@
 """venusctl: see and steer the sealing threads of every worker host, over SSH.
 
-usage: venusctl [-i INVENTORY] [--json] [--full] [--debug] [--forks N] COMMAND ...
+usage: venusctl [-i INVENTORY] [--json] [--full] [--debug] [--forks N] [--deadline DURATION]
+                COMMAND ...
 
 commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
@@ -44,7 +45,7 @@ commands:
   stats [SELECTORS] [--since 7d] [--by-host]
                             per stage: tasks, p50, p90, max, failures, common error
 
-HOST is a host's name, its address, or address:port in the inventory. LIMIT
+HOST is a host's name, its address, or address:port ([::1]:22) in the inventory. LIMIT
 is a comma-separated list of host names, group names and shell globs.
 SELECTORS: --state S[,S...], --stage X, --plan P, --paused, --errors,
 --error-match REGEX, --idle; a thread is selected when every one given
@@ -60,15 +61,21 @@ never). Under --json every failure is one document too:
 {"error": {"code": ..., "message": ...}}, with the same exit status.
 
 The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
-Each host is reached over SSH (known_hosts checked, ~/.ssh/config and
-ssh-agent honoured) through a direct-streamlocal channel to the agent's Unix
-socket, or by running `venus-worker worker -c CONFIG ... --json` on it when
-sshd refuses that channel (transport = "auto"; the CLI also reads the last
-heartbeat of a stopped daemon); transport = "local" talks to an agent on this
-machine without SSH. A host with backend = "damocles" is an original
-damocles-worker (any release, v0.1.1 to v0.13): its JSON-RPC port (rpc =
-"127.0.0.1:17890") is reached through one direct-tcpip channel of the SSH
-connection, nothing installed on it. All hosts are asked in parallel.
+Each host is reached over SSH as OpenSSH would reach it: ~/.ssh/config and
+/etc/ssh/ssh_config (Include, Host, Match, ProxyJump, ProxyCommand, ...; the
+inventory's values win), known_hosts (hashed, patterns, @cert-authority,
+@revoked, global files), ssh-agent; targets behind one jump host share one
+connection to it. A directive venusctl cannot honour is an error on its
+host's row. The agent is asked through a direct-streamlocal channel to its
+Unix socket, or by running `venus-worker worker -c CONFIG ... --json` on the
+host when sshd refuses that channel (transport = "auto"; the CLI also reads
+the last heartbeat of a stopped daemon); transport = "local" talks to an
+agent on this machine without SSH. A host with backend = "damocles" is an
+original damocles-worker (any release, v0.1.1 to v0.13): its JSON-RPC port
+(rpc = "127.0.0.1:17890") is reached through one direct-tcpip channel of the
+SSH connection, nothing installed on it. All hosts are asked in parallel,
+each within connect_timeout + command_timeout for its whole exchange, the
+run within --deadline if given.
 
 exit status: 0 all done, 1 some host or operation failed, 2 usage or
 configuration error (also an inventory without hosts), 130 interrupted;
@@ -85,10 +92,15 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #   Tables and JSON        what list, info, pause/resume and inventory print
 #   Health engine          thresholds, findings, the plugin line, JSON, Prometheus text
 #   Fleet threads, Drain   selectors and bulk plans; drain's view of a thread
+#   Deadlines              Deadline: one bound per exchange; the host job's, per thread
 #   JSON-RPC and agents    RpcAgent, CliAgent, DamoclesAgent: each wire answer -> api types
-#   Sessions               LocalSession, SshSession (paramiko, known_hosts, ssh_config)
+#   ssh_config             SshConfigFiles: OpenSSH's reading (Include, Host, Match, tokens)
+#   Reaching a host        SshTarget (frozen): inventory over ssh_config, jump hops
+#   known_hosts            KnownHosts, HostCertificate, check_host_key (OpenSSH's rules)
+#   Sessions               sockets (TCP, ProxyCommand, jump channels), ssh-agent and keys,
+#                          SshContext (shared jump connections), LocalSession, SshSession
 #   Transport policy       open_agent (stream, exec, local, damocles; the fallback), actions,
-#                          fan_out -> GroupResult, SessionPool (watch, drain, bulk)
+#                          fan_out -> GroupResult (per-host budget, --deadline), SessionPool
 #   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
 #                          health; sector/history/stats (the agents' histories)
 #   Argument parser, main  build_parser; main(argv, env) -> int, the only exit
@@ -107,7 +119,9 @@ import enum
 import fnmatch
 import functools
 import getpass
+import glob
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -476,7 +490,7 @@ class AgentRefused(HostError):
 
 
 class NoAnswer(HostError):
-    """The host was still being asked when `health --deadline` passed."""
+    """The host was still being asked when --deadline (any command's) passed."""
 
     kind = "no-answer"
 
@@ -728,18 +742,20 @@ INVENTORY_ENV = "VENUSCTL_INVENTORY"
 
 
 # The systemd layout the deployment playbook installs on every worker host.
+# None: the value ssh_config gives, as OpenSSH reads it, else OpenSSH's default.
 BUILTIN_DEFAULTS: dict[str, Any] = {
-    "user": None,  # None: ~/.ssh/config's User, else the local user name
-    "port": None,  # None: ~/.ssh/config's Port, else 22
-    "identity_file": None,  # None: ~/.ssh/config's IdentityFile, ssh-agent, ~/.ssh/id_*
-    "known_hosts": "~/.ssh/known_hosts",
-    "ssh_config": "~/.ssh/config",
+    "user": None,  # ssh_config's User, else the local user name
+    "port": None,  # ssh_config's Port, else 22
+    "identity_file": None,  # ssh_config's IdentityFile (+ ssh-agent), else ~/.ssh/id_*
+    "known_hosts": None,  # ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts
+    "ssh_config": None,  # ~/.ssh/config then /etc/ssh/ssh_config; a file: only it (ssh -F)
+    "jump": None,  # ssh_config's ProxyJump/ProxyCommand; "none": straight to the host
     "agent": "venus-worker",
     "config": "/etc/venus-worker/venus-worker.toml",
     "socket": "/run/venus-worker/venus-worker.sock",
-    "connect_timeout": 5.0,
+    "connect_timeout": None,  # ssh_config's ConnectTimeout, else 5 s
     "command_timeout": 15.0,
-    "host_key_policy": "reject",
+    "host_key_policy": None,  # ssh_config's StrictHostKeyChecking (yes, accept-new)
     "transport": "auto",
     "backend": "venus",
     # backend "damocles": the worker's RPC address as seen from the worker
@@ -759,7 +775,9 @@ HOST_ONLY_KEYS = ("name", "address", "groups")
 TRANSPORTS = ("auto", "stream", "exec", "local")
 
 
-HOST_KEY_POLICIES = ("reject", "accept-new")
+# reject: unknown keys refused (StrictHostKeyChecking yes); accept-new: recorded;
+# off: any key, even a changed one (StrictHostKeyChecking no) - only when asked here.
+HOST_KEY_POLICIES = ("reject", "accept-new", "off")
 
 
 # venus: our agent (worker_agent), on its Unix socket or through its CLI.
@@ -784,9 +802,15 @@ ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*$")
 LOCAL_PATH_KEYS = ("identity_file", "known_hosts", "ssh_config")
 
 
+def format_dest(address: str, port: int) -> str:
+    """address:port as an operator types it: [::1]:22 for an IPv6 address."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 @dataclass(frozen=True)
 class Host:
-    """One worker host, with every setting resolved from [defaults] and its table."""
+    """One worker host, with every setting resolved from [defaults], its groups' tables
+    and its own table (None: the inventory leaves it to ssh_config)."""
 
     name: str
     address: str | None
@@ -794,26 +818,28 @@ class Host:
     user: str | None
     groups: tuple[str, ...]
     identity_file: str | None
-    known_hosts: str
-    ssh_config: str
+    known_hosts: str | None
+    ssh_config: str | None
     agent: str
     config: str
     socket: str
-    connect_timeout: float
+    connect_timeout: float | None
     command_timeout: float
-    host_key_policy: str
+    host_key_policy: str | None
     transport: str
     backend: str
     rpc: str = BUILTIN_DEFAULTS["rpc"]
+    jump: str | None = None
     miner: int | None = None
     sector_numbers: tuple[int, int] | None = None  # (start, end), both included
 
     @property
     def dest(self) -> str:
-        """How the operator sees where the host is: address:port, or the local socket."""
+        """Where the inventory says the host is: address:port, or the local socket
+        (SshContext.target says where ssh_config then sends the connection)."""
         if self.transport == "local":
             return f"unix:{self.socket}"
-        return f"{self.address}:{self.port or 22}"
+        return format_dest(self.address or "", self.port or 22)
 
     @property
     def agent_argv(self) -> list[str]:
@@ -902,11 +928,12 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     except ParseError as error:
         raise InventoryError(f"{path}:{error.line}: TOML error: {error}") from error
     locator = _KeyLocator(text, path)
-    unknown_tables = sorted(set(document) - {"defaults", "host", "health", "silence"})
+    known_tables = {"defaults", "group", "host", "health", "silence"}
+    unknown_tables = sorted(set(document) - known_tables)
     if unknown_tables:
         raise InventoryError(
             f"{locator.where(unknown_tables[0])}: unknown key {unknown_tables[0]!r} "
-            "(expected [defaults], [[host]], [health] and [[silence]] tables)"
+            "(expected [defaults], [group.NAME], [[host]], [health] and [[silence]] tables)"
         )
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -919,12 +946,13 @@ def parse_inventory(text: str, path: Path) -> Inventory:
                 f" (known: {', '.join(BUILTIN_DEFAULTS)})"
             )
         merged_defaults[key] = _check_value(key, value, locator.where(key, "defaults"))
+    groups = _parse_groups(document.get("group", {}), locator)
     tables = document.get("host", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise InventoryError(f"{locator.where('host')}: hosts must be [[host]] tables")
     hosts: list[Host] = []
     for position, table in enumerate(tables):
-        host = _parse_host(table, position, merged_defaults, locator, path.parent)
+        host = _parse_host(table, position, merged_defaults, groups, locator, path.parent)
         if host.name in (seen.name for seen in hosts):
             where = locator.where("name", "host", position)
             raise InventoryError(f"{where}: duplicate host name {host.name!r}")
@@ -1004,6 +1032,46 @@ def _silence_until(value: Any) -> float:
     return moment.timestamp()
 
 
+def _parse_groups(tables: Any, locator: _KeyLocator) -> dict[str, dict[str, tuple[Any, str]]]:
+    """[group.NAME] tables: settings for every host in group NAME, as in [defaults].
+
+    Each value keeps where it was written, for the error when two groups of a
+    host set one key two ways.
+    """
+    if not isinstance(tables, dict):
+        raise InventoryError(f"{locator.where('group')}: 'group' must be [group.NAME] tables")
+    groups: dict[str, dict[str, tuple[Any, str]]] = {}
+    for name, table in tables.items():
+        header = locator.where(None, f"group.{name}")
+        if not NAME_PATTERN.match(name) or not isinstance(table, dict):
+            raise InventoryError(f"{header}: [group.{name}] must be a table named like a group")
+        values = {}
+        for key, value in table.items():
+            where = locator.where(key, f"group.{name}")
+            if key not in BUILTIN_DEFAULTS:
+                known = ", ".join(BUILTIN_DEFAULTS)
+                raise InventoryError(f"{where}: unknown key 'group.{name}.{key}' (known: {known})")
+            values[key] = (_check_value(key, value, where), where)
+        groups[name] = values
+    return groups
+
+
+def _group_values(
+    names: Sequence[str], groups: dict[str, dict[str, tuple[Any, str]]], label: str
+) -> dict[str, Any]:
+    """The settings a host's groups give it; two groups giving one key two values is an error."""
+    chosen: dict[str, tuple[Any, str]] = {}
+    for name in names:
+        for key, (value, where) in groups.get(name, {}).items():
+            if key in chosen and chosen[key][0] != value:
+                raise InventoryError(
+                    f"{where}: {label}: its groups set {key} two ways ({chosen[key][1]} and here);"
+                    " set it in the host's own table"
+                )
+            chosen[key] = (value, where)
+    return {key: value for key, (value, _) in chosen.items()}
+
+
 HEALTH_KEYS = ("expiration", "paused_warn", "paused_crit", "stuck", "deadline", "prometheus")
 
 
@@ -1062,18 +1130,21 @@ def _parse_host(
     table: dict[str, Any],
     position: int,
     defaults: dict[str, Any],
+    groups: dict[str, dict[str, tuple[Any, str]]],
     locator: _KeyLocator,
     base: Path,
 ) -> Host:
     label = f"host[{position}]" + (
         f" ({table['name']})" if isinstance(table.get("name"), str) else ""
     )
-    values = dict(defaults)
+    own = {}
     for key, value in table.items():
         where = locator.where(key, "host", position)
         if key not in BUILTIN_DEFAULTS and key not in HOST_ONLY_KEYS:
             raise InventoryError(f"{where}: {label}: unknown key {key!r}")
-        values[key] = _check_value(key, value, where)
+        own[key] = _check_value(key, value, where)
+    # [defaults], then the host's [group.NAME] tables, then its own table
+    values = {**defaults, **_group_values(own.get("groups", ()), groups, label), **own}
     header = locator.where(None, "host", position)
     if "name" not in table:
         raise InventoryError(f"{header}: {label}: missing 'name'")
@@ -1098,15 +1169,20 @@ def _parse_host(
         agent=values["agent"],
         config=values["config"],
         socket=values["socket"],
-        connect_timeout=float(values["connect_timeout"]),
+        connect_timeout=_seconds_or_none(values["connect_timeout"]),
         command_timeout=float(values["command_timeout"]),
         host_key_policy=values["host_key_policy"],
         transport=values["transport"],
         backend=values["backend"],
         rpc=values["rpc"],
+        jump=values["jump"],
         miner=values["miner"],
         sector_numbers=parse_sector_numbers(values["sector_numbers"]),
     )
+
+
+def _seconds_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _check_backend(
@@ -1148,8 +1224,8 @@ def _check_backend(
 
 
 def _local_path(value: str | None, base: Path) -> str | None:
-    if value is None:
-        return None
+    if value is None or value.lower() == "none":
+        return value  # ssh_config = "none": no file at all, as `ssh -F none`
     expanded = Path(os.path.expanduser(value))
     return str(expanded if expanded.is_absolute() else base / expanded)
 
@@ -1202,6 +1278,11 @@ def _value_problem(key: str, value: Any) -> str | None:
             parse_rpc_address(value)
         except ValueError as error:
             return str(error)
+    if key == "jump" and value.lower() != "none":
+        try:
+            parse_jump_spec(value)
+        except ValueError as error:
+            return str(error)
     return None
 
 
@@ -1239,6 +1320,30 @@ def parse_rpc_address(text: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError("port must be from 1 to 65535")
     return host, port
+
+
+_JUMP_HOP = re.compile(
+    r"^(?:ssh://)?(?:(?P<user>[^@/\s]+)@)?"
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.%]+)\]|(?P<host>[A-Za-z0-9_.%-]+|[0-9A-Fa-f:]*:[0-9A-Fa-f:.%]*))"
+    r"(?::(?P<port>[0-9]{1,5}))?/?$"
+)
+
+
+def parse_jump_spec(text: str) -> list[tuple[str | None, str, int | None]]:
+    """ProxyJump's `[user@]host[:port]` (or ssh:// URI), comma-separated, first hop first."""
+    hops = []
+    for part in text.split(","):
+        match = _JUMP_HOP.match(part.strip())
+        port = int(match.group("port")) if match and match.group("port") else None
+        if not match or (port is not None and not 1 <= port <= 65535):
+            raise SshConfigError(
+                f"ProxyJump: bad jump host {part.strip()!r} (want [user@]host[:port])"
+            )
+        host = match.group("v6") or match.group("host")
+        if ":" in host and match.group("v6") is None and match.group("port"):
+            raise ValueError(f"write an IPv6 jump host as [{host}]:port")
+        hops.append((match.group("user"), host, port))
+    return hops
 
 
 def _splits(command: str) -> bool:
@@ -1317,10 +1422,15 @@ def _closest(word: str, names: Sequence[str]) -> str:
     return f" (did you mean {_either(close)}?)" if close else ""
 
 
-def _address_matches(host: Host, target: str) -> bool:
+def _address_forms(host: Host) -> list[str]:
+    """How an operator may name a host by its address: 10.0.0.5, 10.0.0.5:22, ::1, [::1]:22."""
     if host.address is None:
-        return False
-    return target in (host.address, f"{host.address}:{host.port or 22}")
+        return []
+    return [host.address, format_dest(host.address, host.port or 22)]
+
+
+def _address_matches(host: Host, target: str) -> bool:
+    return target in _address_forms(host)
 
 
 def select_hosts(inventory: Inventory, limits: Sequence[str] | None) -> list[Host]:
@@ -1358,9 +1468,7 @@ def _labels(inventory: Inventory) -> list[str]:
 
 
 def _limit_matches(host: Host, pattern: str) -> bool:
-    labels = [host.name, *host.groups]
-    if host.address:
-        labels += [host.address, f"{host.address}:{host.port or 22}"]
+    labels = [host.name, *host.groups, *_address_forms(host)]
     return any(fnmatch.fnmatchcase(label, pattern) for label in labels)
 
 
@@ -1869,14 +1977,25 @@ def error_text(error: BaseException) -> str:
     return str(error) if isinstance(error, HostError) else describe_unexpected(error)
 
 
-def list_entry(host: Host, outcome: HostStatus | BaseException, expiration: float) -> dict:
-    """One host's `list --json` object (also what the table is made from)."""
+def list_entry(
+    host: Host,
+    outcome: HostStatus | BaseException,
+    expiration: float,
+    route: tuple[str, str | None] | None = None,
+) -> dict:
+    """One host's `list --json` object (also what the table is made from).
+
+    `route` is (Dest, Jump) as the connection went (host_route): ssh_config's
+    HostName and Port, the jump hosts; without it the inventory's address.
+    """
     status = HostStatus.of(outcome)
     age = status.last_ping
     summary = status.summary
+    dest, jump = route or (host.dest, None)
     return {
         "name": host.name,
-        "dest": host.dest,
+        "dest": dest,
+        "jump": jump,
         "transport": host.transport,
         "backend": host.backend,
         "via": status.via or None,
@@ -1902,6 +2021,7 @@ LIST_HEADERS = ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPin
 LIST_WIDE_HEADERS = [
     "Name",
     "Dest",
+    "Jump",
     "Version",
     "Threads",
     "Empty",
@@ -1918,6 +2038,16 @@ def _last_ping_cell(entry: dict) -> str:
     if entry["last_ping"] is None:
         return "-"
     return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
+
+
+def _jump_cell(route: str | None) -> str:
+    """The jump hosts as user@host:port,...; a ProxyCommand by its program (JSON has it all)."""
+    if route is None:
+        return "-"
+    if route.startswith("ProxyCommand "):
+        words = route.split()
+        return f"ProxyCommand {os.path.basename(words[1])}" if len(words) > 1 else route
+    return route
 
 
 def _version_cell(entry: dict) -> str:
@@ -1939,6 +2069,7 @@ def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[st
         cells = {
             "Name": entry["name"],
             "Dest": entry["dest"],
+            "Jump": _jump_cell(entry["jump"]),
             "Version": _version_cell(entry),
             "LastPing": _last_ping_cell(entry),
             "Queued": _cell(entry["pause_requested"]),
@@ -2050,6 +2181,8 @@ def action_error(host: Host, action: Action, error: BaseException) -> str:
         return f"{action.kind}: no reply in {error.seconds:g}s \u2014 {check}"
     if isinstance(error, NoReply):  # the connection closed where the reply was due
         return f"{action.kind}: no reply ({error}) \u2014 {check}"
+    if isinstance(error, NoAnswer):  # --deadline came first: the request may be out
+        return f"{action.kind}: {error} \u2014 {check}"
     verb = "refused" if isinstance(error, AgentRefused) else "failed"
     return f"{action.kind} {verb}: {error_text(error)}"
 
@@ -2119,12 +2252,15 @@ def ansible_hostvars(host: Host) -> dict[str, Any]:
         # As Ansible's implicit localhost: the Python running Ansible, no discovery.
         local = {"ansible_connection": "local", "ansible_python_interpreter": PLAYBOOK_PYTHON}
         return {**local, **agent}
-    strict = "accept-new" if host.host_key_policy == "accept-new" else "yes"
-    ssh_args = (
-        [] if host.ssh_config == os.path.expanduser("~/.ssh/config") else ["-F", host.ssh_config]
-    )
-    ssh_args += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
-    ssh_args += ["-o", f"StrictHostKeyChecking={strict}"]
+    # What the inventory sets; the rest Ansible's ssh reads from ssh_config, as venusctl does.
+    ssh_args = [] if host.ssh_config is None else ["-F", host.ssh_config]
+    if host.known_hosts is not None:
+        ssh_args += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
+    if host.host_key_policy is not None:
+        strict = {"reject": "yes", "off": "no"}.get(host.host_key_policy, host.host_key_policy)
+        ssh_args += ["-o", f"StrictHostKeyChecking={strict}"]
+    if host.jump is not None:
+        ssh_args += ["-o", f"ProxyJump={host.jump}"]
     hostvars: dict[str, Any] = {"ansible_host": host.address}
     if host.port is not None:
         hostvars["ansible_port"] = host.port
@@ -2133,7 +2269,8 @@ def ansible_hostvars(host: Host) -> dict[str, Any]:
     if host.identity_file is not None:
         hostvars["ansible_ssh_private_key_file"] = host.identity_file
     hostvars["ansible_ssh_common_args"] = shlex.join(ssh_args)
-    hostvars["ansible_ssh_timeout"] = math.ceil(host.connect_timeout)  # ssh wants whole seconds
+    if host.connect_timeout is not None:
+        hostvars["ansible_ssh_timeout"] = math.ceil(host.connect_timeout)  # whole seconds
     return {**hostvars, **agent}
 
 
@@ -3262,6 +3399,65 @@ def drain_table(
 
 
 # =============================================================================
+# Deadlines: one bound for a whole exchange, never a fresh timeout per read
+# =============================================================================
+
+
+# The deadline of the host job running in this thread (fan_out sets it): every
+# wait below it (connect, host key, ssh-agent, channel, request, reply) gets
+# what is left of it, whatever its own limit.
+_JOB = threading.local()
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A point in time (time.monotonic) by which something must be done.
+
+    `left()` is what every wait gets: the seconds remaining, or HostTimeout
+    once none are. Made with `after`, a deadline is never later than the
+    deadline of the host job it runs in.
+    """
+
+    end: float
+    seconds: float  # the budget it was made with, for the message
+    what: str  # what had that budget: "connect", "command", ...
+
+    @classmethod
+    def after(cls, seconds: float, what: str) -> Deadline:
+        own = cls(time.monotonic() + seconds, seconds, what)
+        job = getattr(_JOB, "deadline", None)
+        return job if job is not None and job.end < own.end else own
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def left(self, step: str | None = None) -> float:
+        remaining = self.end - time.monotonic()
+        if remaining <= 0:
+            raise self.timeout(step)
+        return remaining
+
+    def timeout(self, step: str | None = None) -> HostTimeout:
+        what = self.what if step is None or step == self.what else f"{self.what}: {step}"
+        return HostTimeout(f"timeout after {self.seconds:g}s ({what})")
+
+    def reply_timeout(self, step: str | None = None) -> ReplyTimeout:
+        """The timeout once the request is out: the agent may still act on it."""
+        return ReplyTimeout(str(self.timeout(step)), self.seconds)
+
+
+@contextlib.contextmanager
+def job_deadline(deadline: Deadline | None) -> Any:
+    """Run the block (one host's job) under `deadline`, in this thread."""
+    previous = getattr(_JOB, "deadline", None)
+    _JOB.deadline = deadline
+    try:
+        yield deadline
+    finally:
+        _JOB.deadline = previous
+
+
+# =============================================================================
 # JSON-RPC and the agents: our agent's socket and CLI, a damocles-worker's port
 # =============================================================================
 
@@ -3357,20 +3553,22 @@ class JsonRpcClient:
             f"{self.METHOD} / HTTP/1.1\r\nHost: localhost\r\nContent-Type: {self.CONTENT_TYPE}\r\n"
             f"{api.ACTOR_HEADER}: {control_actor()}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
+        # One deadline for the request and its whole reply: an agent sending a
+        # byte every second never gets a fresh timeout per read.
+        deadline = Deadline.after(self.timeout, "waiting for the agent")
         try:
+            self.stream.settimeout(deadline.left())
             self.stream.sendall(head + body)
         except TimeoutError as error:
-            raise HostTimeout(f"timeout after {self.timeout:g}s sending to the agent") from error
+            raise deadline.timeout("sending to the agent") from error
         except OSError as error:
             raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
         try:
-            status, headers = self._read_head()
-            reply = self._read_exactly(self._content_length(headers))
+            status, headers = self._read_head(deadline)
+            reply = self._read_exactly(self._content_length(headers), deadline)
         except TimeoutError as error:
             # Sent: the agent may act on it although its reply never came.
-            raise ReplyTimeout(
-                f"timeout after {self.timeout:g}s waiting for the agent", self.timeout
-            ) from error
+            raise deadline.reply_timeout() from error
         except OSError as error:
             raise HostError(f"connection to the agent lost: {error}", "connection-lost") from error
         if headers.get("connection", "").lower() == "close":
@@ -3390,11 +3588,11 @@ class JsonRpcClient:
         said = f': "{escape_text(first)}"' if first else " (no text)"
         return HttpRefused(f"the server answered HTTP {status}, {meaning}{said}")
 
-    def _read_head(self) -> tuple[int, dict[str, str]]:
+    def _read_head(self, deadline: Deadline) -> tuple[int, dict[str, str]]:
         while b"\r\n\r\n" not in self._buffer:
             if len(self._buffer) > 65536:
                 raise UnreadableReply("unreadable reply: HTTP header too long")
-            self._fill()
+            self._fill(deadline)
         head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         match = re.match(r"HTTP/1\.[01] (\d{3})", status_line)
@@ -3413,13 +3611,14 @@ class JsonRpcClient:
             raise UnreadableReply(f"unreadable reply: bad Content-Length {length!r}")
         return int(length)
 
-    def _read_exactly(self, count: int) -> bytes:
+    def _read_exactly(self, count: int, deadline: Deadline) -> bytes:
         while len(self._buffer) < count:
-            self._fill()
+            self._fill(deadline)
         data, self._buffer = self._buffer[:count], self._buffer[count:]
         return data
 
-    def _fill(self) -> None:
+    def _fill(self, deadline: Deadline) -> None:
+        self.stream.settimeout(deadline.left())
         chunk = self.stream.recv(65536)
         if not chunk:
             self.reusable = False
@@ -3937,22 +4136,1459 @@ class CliAgent:
 
 
 # =============================================================================
-# Sessions: how a host is reached (local, or SSH with paramiko)
+# ssh_config, read as OpenSSH reads it (no paramiko)
+# =============================================================================
+#
+# paramiko.SSHConfig is not used: it has no Include, it RUNS `Match exec`
+# commands (through invoke), expands tokens by plain string replacement (so
+# `%%h` becomes `%<host>` and a `~` anywhere in a value becomes the home
+# directory), and knows no first-ProxyCommand-or-ProxyJump rule. This reader
+# follows OpenSSH 9.2's readconf.c instead, and the tests compare it with
+# `ssh -G` on the same files.
+
+
+SSH_USER_CONFIG = "~/.ssh/config"
+SSH_SYSTEM_CONFIG = "/etc/ssh/ssh_config"
+SSH_INCLUDE_DEPTH = 16  # as OpenSSH's READCONF_MAX_DEPTH
+# What OpenSSH tries when no IdentityFile is given (missing ones are skipped).
+DEFAULT_IDENTITY_FILES = (
+    "~/.ssh/id_rsa",
+    "~/.ssh/id_ecdsa",
+    "~/.ssh/id_ecdsa_sk",
+    "~/.ssh/id_ed25519",
+    "~/.ssh/id_ed25519_sk",
+    "~/.ssh/id_xmss",
+    "~/.ssh/id_dsa",
+)
+DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+
+# Directives venusctl acts on. Everything that decides where, as whom or with
+# which trust a connection is made is either here or in SSH_REFUSED.
+SSH_HONOURED = {
+    "hostname",
+    "user",
+    "port",
+    "identityfile",
+    "certificatefile",
+    "identitiesonly",
+    "identityagent",
+    "connecttimeout",
+    "serveraliveinterval",
+    "hostkeyalias",
+    "proxyjump",
+    "proxycommand",
+    "userknownhostsfile",
+    "globalknownhostsfile",
+    "stricthostkeychecking",
+    "hashknownhosts",
+    "addressfamily",
+    "ignoreunknown",
+}
+
+# Directives that change where, as whom or with which trust OpenSSH would
+# connect, which venusctl does not implement: each is an error on the row of
+# a host it applies to, unless it has the value that changes nothing (given
+# here; None: any value is refused).
+SSH_REFUSED: dict[str, tuple[str, ...] | None] = {
+    "canonicalizehostname": ("no",),
+    "checkhostip": ("no",),
+    "verifyhostkeydns": ("no",),
+    "proxyusefdpass": ("no",),
+    "pubkeyauthentication": ("yes", "unbound", "host-bound"),
+    "knownhostscommand": ("none",),
+    "revokedhostkeys": ("none",),
+    "bindaddress": None,
+    "bindinterface": None,
+    "pkcs11provider": ("none",),
+    "securitykeyprovider": ("internal",),
+    "kexalgorithms": None,
+    "ciphers": None,
+    "macs": None,
+    "hostkeyalgorithms": None,
+    "pubkeyacceptedalgorithms": None,
+    "pubkeyacceptedkeytypes": None,
+    "casignaturealgorithms": None,
+    "requiredrsasize": None,
+    "tunnel": ("no",),
+}
+
+# Directives OpenSSH 9.2 knows that change nothing about where, as whom or
+# with which trust venusctl connects (forwardings it never opens, terminal
+# and logging settings, authentication methods other than public keys it
+# never tries, connection sharing it does its own way): accepted, no effect.
+SSH_WITHOUT_EFFECT = {
+    "addkeystoagent",
+    "batchmode",
+    "canonicaldomains",
+    "canonicalizefallbacklocal",
+    "canonicalizemaxdots",
+    "canonicalizepermittedcnames",
+    "challengeresponseauthentication",
+    "clearallforwardings",
+    "compression",
+    "connectionattempts",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "dynamicforward",
+    "enableescapecommandline",
+    "enablesshkeysign",
+    "escapechar",
+    "exitonforwardfailure",
+    "fingerprinthash",
+    "forkafterauthentication",
+    "forwardagent",
+    "forwardx11",
+    "forwardx11timeout",
+    "forwardx11trusted",
+    "gatewayports",
+    "gssapiauthentication",
+    "gssapiclientidentity",
+    "gssapidelegatecredentials",
+    "gssapikeyexchange",
+    "gssapikexalgorithms",
+    "gssapirenewalforcesrekey",
+    "gssapiserveridentity",
+    "gssapitrustdns",
+    "hostbasedacceptedalgorithms",
+    "hostbasedauthentication",
+    "hostbasedkeytypes",
+    "ipqos",
+    "kbdinteractiveauthentication",
+    "kbdinteractivedevices",
+    "localcommand",
+    "localforward",
+    "loglevel",
+    "logverbose",
+    "nohostauthenticationforlocalhost",
+    "numberofpasswordprompts",
+    "passwordauthentication",
+    "permitlocalcommand",
+    "permitremoteopen",
+    "preferredauthentications",
+    "rekeylimit",
+    "remotecommand",
+    "remoteforward",
+    "requesttty",
+    "sendenv",
+    "serveralivecountmax",
+    "sessiontype",
+    "setenv",
+    "stdinnull",
+    "streamlocalbindmask",
+    "streamlocalbindunlink",
+    "syslogfacility",
+    "tcpkeepalive",
+    "tunneldevice",
+    "updatehostkeys",
+    "visualhostkey",
+    "xauthlocation",
+    # deprecated or removed: OpenSSH itself only warns about these
+    "protocol",
+    "cipher",
+    "useprivilegedport",
+    "rhostsrsaauthentication",
+    "rsaauthentication",
+    "compressionlevel",
+    "useroaming",
+    "fallbacktorsh",
+    "usersh",
+    "dsaauthentication",
+    "skeyauthentication",
+    "tisauthentication",
+    "kerberosauthentication",
+    "kerberostgtpassing",
+    "afstokenpassing",
+    "usekeychain",
+}
+
+# Tokens each directive takes (ssh_config(5) TOKENS, OpenSSH 9.2).
+_PATH_TOKENS = "%CdhikLlnpru"
+SSH_TOKENS = {
+    "hostname": "%h",
+    "proxycommand": "%hnpr",
+    "proxyjump": "%hnpr",
+    "identityfile": _PATH_TOKENS,
+    "certificatefile": _PATH_TOKENS,
+    "identityagent": _PATH_TOKENS,
+    "userknownhostsfile": _PATH_TOKENS,
+}
+# Directives whose values take ${VAR} and a leading ~ (paths).
+SSH_PATH_DIRECTIVES = ("identityfile", "certificatefile", "identityagent", "userknownhostsfile")
+
+SSH_MULTI_VALUE = ("identityfile", "certificatefile")  # every line adds one, in order
+SSH_LIST_VALUE = ("userknownhostsfile", "globalknownhostsfile")  # one line, several values
+
+_YES_NO = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
+_STRICT = {
+    "yes": "yes",
+    "true": "yes",
+    "ask": "ask",
+    "accept-new": "accept-new",
+    "no": "off",
+    "false": "off",
+    "off": "off",
+}
+_CHOICES: dict[str, dict[str, str]] = {
+    "identitiesonly": _YES_NO,
+    "hashknownhosts": _YES_NO,
+    "checkhostip": _YES_NO,
+    "proxyusefdpass": _YES_NO,
+    "stricthostkeychecking": _STRICT,
+    "addressfamily": {"any": "any", "inet": "inet", "inet6": "inet6"},
+    "canonicalizehostname": {
+        "no": "no",
+        "yes": "yes",
+        "always": "always",
+        "false": "no",
+        "true": "yes",
+    },
+    "verifyhostkeydns": {"no": "no", "yes": "yes", "ask": "ask", "false": "no", "true": "yes"},
+}
+
+
+class SshConfigError(HostError):
+    """ssh_config says something venusctl cannot do, or cannot be read: that host's row."""
+
+    kind = "ssh-config"
+
+
+@dataclass(frozen=True)
+class ConfigLine:
+    """One directive of an ssh_config file, split as OpenSSH splits it."""
+
+    path: str
+    number: int
+    keyword: str  # lowercase
+    args: tuple[str, ...]
+    rest: str  # the raw text after the keyword (ProxyCommand keeps it as written)
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.number}"
+
+
+def split_config_words(text: str) -> list[str]:
+    """OpenSSH's argv_split: words, quotes ' and " and \\-escapes; '#' starts a comment
+    where a word would start. Unbalanced quotes raise ValueError."""
+    words: list[str] = []
+    position, length = 0, len(text)
+    while position < length:
+        if text[position] in " \t":
+            position += 1
+            continue
+        if text[position] == "#":
+            break
+        word, quote = [], ""
+        while position < length:
+            char = text[position]
+            following = text[position + 1] if position + 1 < length else ""
+            if char == "\\" and (
+                following in "'\"\\" and following or (not quote and following == " ")
+            ):
+                word.append(following)
+                position += 2
+                continue
+            if not quote and char in " \t":
+                break
+            if not quote and char in "'\"":
+                quote = char
+            elif quote and char == quote:
+                quote = ""
+            else:
+                word.append(char)
+            position += 1
+        if quote:
+            raise ValueError("invalid quotes")
+        words.append("".join(word))
+    return words
+
+
+def _config_keyword(line: str) -> tuple[str, str]:
+    """(keyword, rest): the keyword ends at whitespace or one '=' (OpenSSH's strdelim)."""
+    match = re.match(r"\s*([^\s=]+)\s*(?:=\s*)?", line)
+    if not match:
+        return "", ""
+    return match.group(1), line[match.end() :]
+
+
+def parse_ssh_config(text: str, path: str) -> list[ConfigLine]:
+    """The directives of one file, in order; syntax errors raise SshConfigError(path:line)."""
+    lines = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip(" \t\f\r\n")
+        keyword, rest = _config_keyword(line)
+        if not keyword or keyword.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        if not rest:
+            raise SshConfigError(f"{where}: no argument after keyword {keyword!r}")
+        try:
+            args = tuple(split_config_words(rest))
+        except ValueError:
+            raise SshConfigError(f"{where}: invalid quotes") from None
+        lines.append(ConfigLine(path, number, keyword.lower(), args, rest))
+    return lines
+
+
+def ssh_pattern_matches(name: str, pattern: str) -> bool:
+    """OpenSSH's match_pattern: '*' and '?' only ([ is a plain character)."""
+    return _pattern_regex(pattern).fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    # Cached: a fan-out matches every host against every known_hosts line.
+    parts = (".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def ssh_pattern_list_matches(name: str, patterns: str, lower: bool) -> bool:
+    """OpenSSH's match_pattern_list: comma-separated, a matching '!pattern' vetoes."""
+    matched = False
+    for pattern in patterns.split(","):
+        negated = pattern.startswith("!")
+        pattern = pattern[1:] if negated else pattern
+        if ssh_pattern_matches(name, pattern.lower() if lower else pattern):
+            if negated:
+                return False
+            matched = True
+    return matched
+
+
+@dataclass
+class _Lookup:
+    """The state of one ssh_config lookup: the values found so far (first one wins)."""
+
+    original: str  # the name as given (%n, Host patterns)
+    local_user: str
+    values: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # keyword -> file:line
+    final: bool = False  # the second pass `Match final` asks for
+    wants_final: bool = False
+    ignore_unknown: str = ""
+
+    def hostname(self) -> str:
+        """What `Match host` compares: HostName so far (%h expanded), else the name."""
+        configured = self.values.get("hostname")
+        if configured is None:
+            return self.original
+        if self.final:
+            return configured
+        return expand_tokens(configured, {"h": self.original.lower()}, "%h", "HostName")
+
+
+class SshConfigFiles:
+    """The ssh_config files of one run: each parsed once, looked up once per name.
+
+    `sources` are read in order, each (path, kind): "user" (~/.ssh/config:
+    may be missing, must not be writable by others, as OpenSSH checks it),
+    "system" (/etc/ssh/ssh_config: may be missing) or "given" (the
+    inventory's one file, as `ssh -F FILE`: must exist). Include paths are
+    relative to ~/.ssh in a user or given file and /etc/ssh in the system one,
+    globs sorted, included files checked like ~/.ssh/config, 16 deep at most.
+    """
+
+    def __init__(self, sources: Sequence[tuple[str, str]]) -> None:
+        self.sources = list(sources)
+        self._parsed: dict[str, list[ConfigLine] | SshConfigError] = {}
+        self._lock = threading.Lock()
+
+    def _file(self, path: str, kind: str) -> list[ConfigLine]:
+        with self._lock:
+            cached = self._parsed.get(path)
+            if cached is None:
+                cached = self._parsed[path] = self._read(path, kind)
+        if isinstance(cached, SshConfigError):
+            raise cached
+        return cached
+
+    @staticmethod
+    def _read(path: str, kind: str) -> list[ConfigLine] | SshConfigError:
+        try:
+            with open(path, "rb") as handle:
+                status = os.fstat(handle.fileno())
+                data = handle.read()
+        except FileNotFoundError:
+            if kind in ("user", "system"):
+                return []
+            return SshConfigError(f"cannot read ssh_config {path}: no such file")
+        except OSError as error:
+            return SshConfigError(f"cannot read ssh_config {path}: {error.strerror}")
+        if kind in ("user", "included") and (
+            status.st_uid not in (0, os.getuid()) or status.st_mode & 0o022
+        ):
+            # OpenSSH refuses these too: anyone who can write it decides where ssh goes.
+            return SshConfigError(f"bad owner or permissions on {path} (others can write it)")
+        try:
+            return parse_ssh_config(data.decode("utf-8"), path)
+        except UnicodeDecodeError:
+            return SshConfigError(f"cannot read ssh_config {path}: not UTF-8 text")
+        except SshConfigError as error:
+            return error
+
+    def lookup(self, name: str) -> _Lookup:
+        """Every directive that applies to `name`, first value winning, with its file:line."""
+        found = _Lookup(original=name, local_user=getpass.getuser())
+        for final in (False, True):
+            found.final = final
+            for path, kind in self.sources:
+                lines = self._file(os.path.expanduser(path), kind)
+                self._apply(lines, found, kind != "system", active=True, never=False, depth=0)
+            if not found.wants_final:
+                break
+            if "hostname" in found.values:  # as ssh.c does before its final pass
+                found.values["hostname"] = found.hostname()
+        return found
+
+    def _apply(
+        self,
+        lines: list[ConfigLine],
+        found: _Lookup,
+        user_file: bool,
+        active: bool,
+        never: bool,
+        depth: int,
+    ) -> None:
+        for line in lines:
+            if line.keyword == "host":
+                active = not never and _host_line_matches(line, found.original)
+            elif line.keyword == "match":
+                active = _match_line(line, found, skip=never) and not never
+            elif line.keyword == "include":
+                self._include(line, found, user_file, active, never, depth)
+            else:
+                _check_directive(line, found)
+                if active:
+                    _assign(line, found)
+
+    def _include(
+        self,
+        line: ConfigLine,
+        found: _Lookup,
+        user_file: bool,
+        active: bool,
+        never: bool,
+        depth: int,
+    ) -> None:
+        if depth >= SSH_INCLUDE_DEPTH:
+            raise SshConfigError(f"{line.where}: Include nested more than {SSH_INCLUDE_DEPTH} deep")
+        base = os.path.expanduser("~/.ssh") if user_file else "/etc/ssh"
+        for pattern in line.args:
+            if pattern.startswith("~"):
+                if not user_file:
+                    raise SshConfigError(f"{line.where}: Include {pattern}: ~ in a system file")
+                pattern = os.path.expanduser(pattern)
+            elif not pattern.startswith("/"):
+                pattern = os.path.join(base, pattern)
+            for path in sorted(glob.glob(pattern)):
+                included = self._file(path, "included")
+                # each included file starts in the including block's state
+                self._apply(included, found, user_file, active, never or not active, depth + 1)
+
+
+def _host_line_matches(line: ConfigLine, name: str) -> bool:
+    """`Host p1 p2 !p3`: some pattern matches the name as given, no negated one does."""
+    matched = False
+    for pattern in line.args:
+        if not pattern:
+            raise SshConfigError(f"{line.where}: Host: empty pattern")
+        if pattern.startswith("!"):
+            if ssh_pattern_matches(name, pattern[1:]):
+                return False
+        elif ssh_pattern_matches(name, pattern):
+            matched = True
+    return matched
+
+
+def _match_line(line: ConfigLine, found: _Lookup, skip: bool) -> bool:
+    """A `Match` line, criteria evaluated left to right as OpenSSH's match_cfg_line."""
+    words = list(line.args)
+    result, attributes = True, 0
+    while words:
+        word = words.pop(0)
+        if word.startswith("#"):
+            break
+        negate = word.startswith("!")
+        criterion = (word[1:] if negate else word).lower()
+        if criterion == "all":
+            if attributes or (words and not words[0].startswith("#")):
+                raise SshConfigError(
+                    f"{line.where}: Match: 'all' cannot be combined with other criteria"
+                )
+            return result and not negate
+        attributes += 1
+        if criterion == "final":
+            found.wants_final = True
+            if found.final == negate:
+                result = False
+            continue
+        if criterion == "canonical":
+            if not skip and result:
+                raise SshConfigError(
+                    f"{line.where}: Match canonical is not supported by venusctl"
+                    " (it does not canonicalize host names)"
+                )
+            result = False
+            continue
+        if not words or words[0].startswith("#"):
+            raise SshConfigError(f"{line.where}: Match: missing argument for {criterion!r}")
+        argument = words.pop(0)
+        if criterion == "host":
+            matched = ssh_pattern_list_matches(found.hostname().lower(), argument, lower=True)
+        elif criterion == "originalhost":
+            matched = ssh_pattern_list_matches(found.original.lower(), argument, lower=True)
+        elif criterion == "user":
+            user = found.values.get("user") or found.local_user
+            matched = ssh_pattern_list_matches(user, argument, lower=False)
+        elif criterion == "localuser":
+            matched = ssh_pattern_list_matches(found.local_user, argument, lower=False)
+        elif criterion == "exec":
+            if skip or not result:
+                continue  # OpenSSH skips the command once an earlier criterion failed
+            raise SshConfigError(
+                f"{line.where}: Match exec is not supported: venusctl never runs commands"
+                " from ssh_config to decide where to connect"
+            )
+        else:
+            raise SshConfigError(f"{line.where}: Match: unsupported criterion {criterion!r}")
+        if matched == negate:
+            result = False
+    if not attributes:
+        raise SshConfigError(f"{line.where}: Match needs at least one criterion")
+    return result
+
+
+def _check_directive(line: ConfigLine, found: _Lookup) -> None:
+    """Known directive with a valid value, wherever it is (OpenSSH checks inactive ones too)."""
+    keyword = line.keyword
+    if keyword == "ignoreunknown":
+        return
+    known = keyword in SSH_HONOURED or keyword in SSH_REFUSED or keyword in SSH_WITHOUT_EFFECT
+    if not known:
+        if found.ignore_unknown and ssh_pattern_list_matches(keyword, found.ignore_unknown, True):
+            return
+        raise SshConfigError(f"{line.where}: unknown ssh_config directive {line.keyword!r}")
+    value = line.args[0] if line.args else ""
+    if keyword == "port" and _config_port(value) is None:
+        raise SshConfigError(f"{line.where}: bad port {value!r}")
+    if keyword in ("connecttimeout", "serveraliveinterval") and _config_seconds(value) is None:
+        raise SshConfigError(f"{line.where}: {keyword}: bad time value {value!r}")
+    choices = _CHOICES.get(keyword)
+    if choices is not None and value.lower() not in choices:
+        raise SshConfigError(
+            f"{line.where}: {keyword}: {value!r} is not one of {', '.join(dict.fromkeys(choices))}"
+        )
+    if keyword in SSH_LIST_VALUE and "none" in (arg.lower() for arg in line.args[1:]):
+        raise SshConfigError(f"{line.where}: {keyword}: 'none' must appear alone")
+
+
+def _assign(line: ConfigLine, found: _Lookup) -> None:
+    keyword, values = line.keyword, found.values
+    if keyword == "ignoreunknown":
+        found.ignore_unknown = found.ignore_unknown or line.args[0]
+        return
+    if keyword in SSH_MULTI_VALUE:
+        listed = values.setdefault(keyword, [])
+        if line.args[0] not in listed:
+            listed.append(line.args[0])
+            found.origins.setdefault(keyword, line.where)
+        return
+    if keyword == "proxycommand" and values.get("proxyjump", "none").lower() != "none":
+        return  # an earlier ProxyJump wins (a ProxyJump none does not block ProxyCommand)
+    if keyword == "proxyjump" and "proxycommand" in values:
+        return  # an earlier ProxyCommand (even `none`) wins
+    if keyword in values:
+        return
+    if keyword == "proxycommand":
+        value: Any = line.rest.lstrip(" \t=")
+    elif keyword in SSH_LIST_VALUE:
+        value = list(line.args)
+    elif keyword in _CHOICES:
+        value = _CHOICES[keyword][line.args[0].lower()]
+    else:
+        value = line.args[0]
+    values[keyword] = value
+    found.origins[keyword] = line.where
+
+
+def _config_port(text: str) -> int | None:
+    if re.fullmatch(r"[0-9]{1,5}", text):
+        return int(text) if 1 <= int(text) <= 65535 else None
+    try:
+        return socket.getservbyname(text, "tcp")
+    except OSError:
+        return None
+
+
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _config_seconds(text: str) -> float | None:
+    """OpenSSH's convtime ("30", "1m30s"), or "none" (0: not set)."""
+    if text.lower() == "none":
+        return 0.0
+    parts = re.findall(r"([0-9]+)([smhdwSMHDW]?)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        return None
+    return float(sum(int(number) * _TIME_UNITS[unit.lower()] for number, unit in parts))
+
+
+def expand_tokens(text: str, values: Mapping[str, str], allowed: str, directive: str) -> str:
+    """OpenSSH's percent_expand: %X from `values` if X is in `allowed`, %% is %."""
+    out, position = [], 0
+    while True:
+        found = text.find("%", position)
+        if found < 0:
+            out.append(text[position:])
+            return "".join(out)
+        out.append(text[position:found])
+        token = text[found + 1 : found + 2]
+        if token == "%":
+            out.append("%")
+        elif token and token in allowed and token in values:
+            out.append(values[token])
+        else:
+            raise SshConfigError(f"{directive}: unknown token %{token} in {text!r}")
+        position = found + 2
+
+
+def expand_environment(text: str, directive: str) -> str:
+    """${VAR} from the environment; an unset one is an error (as OpenSSH's dollar_expand)."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise SshConfigError(f"{directive}: environment variable ${{{name}}} is not set")
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, text)
+
+
+# =============================================================================
+# Reaching a host: the inventory over ssh_config, resolved once (SshTarget)
 # =============================================================================
 
 
+DEFAULT_CONNECT_TIMEOUT = 5.0
+MAX_JUMP_HOPS = 8  # a longer chain is taken for a loop (Host * ProxyJump bastion, say)
+
+# What may be put in a ProxyCommand through a token: a shell must read it as
+# one plain word (OpenSSH 9.6 added the same rule for %h and %r).
+_SAFE_TOKEN_VALUE = re.compile(r"^[A-Za-z0-9_.:%@+\[\]-]+$")
+
+
+class JumpHostError(HostError):
+    """The jump host (or ProxyCommand) a target is reached through failed: the target's row."""
+
+    kind = "jump-host"
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where, as whom and with which trust one SSH connection is made.
+
+    The inventory's values over ssh_config's over OpenSSH's defaults, every
+    token and path expanded, resolved once per run with no connection made.
+    Frozen and hashable: two targets are equal exactly when one connection
+    would do for both (the key of the shared jump connections here, and of a
+    connection keeper). `via` is the jump host this one is reached through
+    (itself a target, with its own `via` for a chain); `ssh_options` gives
+    the same settings to OpenSSH.
+    """
+
+    name: str  # as given: the inventory's address, or a jump host's name (%n)
+    hostname: str  # where the connection goes (HostName)
+    port: int
+    user: str
+    identity_files: tuple[str, ...]
+    identities_given: bool  # False: OpenSSH's default ~/.ssh/id_* list
+    certificate_files: tuple[str, ...]
+    identities_only: bool
+    identity_agent: str | None  # the ssh-agent socket, None for no agent
+    user_known_hosts: tuple[str, ...]
+    global_known_hosts: tuple[str, ...]
+    host_key_alias: str | None
+    strict_host_key_checking: str  # "yes", "accept-new" or "off"
+    hash_known_hosts: bool
+    connect_timeout: float
+    server_alive_interval: float
+    address_family: str  # "any", "inet", "inet6"
+    proxy_command: str | None = None  # tokens expanded
+    via: SshTarget | None = None
+
+    @property
+    def dest(self) -> str:
+        return format_dest(self.hostname, self.port)
+
+    @property
+    def label(self) -> str:
+        """How a row names a jump host: its name, and where that went when it differs."""
+        return self.name if self.name == self.dest else f"{self.name} ({self.dest})"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name known_hosts is searched for: HostKeyAlias, else host or [host]:port."""
+        if self.host_key_alias:
+            return self.host_key_alias
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+    @property
+    def jump_hops(self) -> tuple[SshTarget, ...]:
+        """The jump hosts, first to last."""
+        hops: list[SshTarget] = []
+        hop = self.via
+        while hop is not None:
+            hops.insert(0, hop)
+            hop = hop.via
+        return tuple(hops)
+
+    @property
+    def route(self) -> str | None:
+        """How the connection is carried, as `list --wide` shows it; None when direct."""
+        if self.proxy_command is not None:
+            return f"ProxyCommand {self.proxy_command}"
+        if self.via is None:
+            return None
+        return ",".join(f"{hop.user}@{hop.dest}" for hop in self.jump_hops)
+
+    def ssh_options(self) -> list[str]:
+        """The same settings as OpenSSH `-o` options (with `-F none`, nothing else read)."""
+        options = {
+            "HostName": self.hostname,
+            "Port": str(self.port),
+            "User": self.user,
+            "IdentitiesOnly": "yes" if self.identities_only else "no",
+            "IdentityAgent": self.identity_agent or "none",
+            "UserKnownHostsFile": " ".join(self.user_known_hosts) or "none",
+            "GlobalKnownHostsFile": " ".join(self.global_known_hosts) or "none",
+            "StrictHostKeyChecking": {"off": "no"}.get(
+                self.strict_host_key_checking, self.strict_host_key_checking
+            ),
+            "HashKnownHosts": "yes" if self.hash_known_hosts else "no",
+            "ConnectTimeout": str(math.ceil(self.connect_timeout)),
+            "ServerAliveInterval": str(int(self.server_alive_interval)),
+            "AddressFamily": self.address_family,
+        }
+        if self.host_key_alias:
+            options["HostKeyAlias"] = self.host_key_alias
+        if self.proxy_command is not None:
+            options["ProxyCommand"] = self.proxy_command
+        elif self.via is not None:
+            options["ProxyJump"] = ",".join(
+                f"{hop.user}@{format_dest(hop.hostname, hop.port)}" for hop in self.jump_hops
+            )
+        argv = [f"-o{key}={value}" for key, value in options.items()]
+        argv += [f"-oIdentityFile={path}" for path in self.identity_files]
+        argv += [f"-oCertificateFile={path}" for path in self.certificate_files]
+        return argv
+
+
+def _token_values(name: str, hostname: str, port: int, user: str, alias: str | None) -> dict:
+    local = socket.gethostname()
+    return {
+        "h": hostname,
+        "n": name,
+        "p": str(port),
+        "r": user,
+        "u": getpass.getuser(),
+        "d": os.path.expanduser("~"),
+        "i": str(os.getuid()),
+        "k": alias or name,
+        "L": local.split(".")[0],
+        "l": local,
+        "C": hashlib.sha1(f"{local}{hostname}{port}{user}".encode()).hexdigest(),
+    }
+
+
+def _expand_path(text: str, tokens: Mapping[str, str], directive: str) -> str:
+    """${VAR}, then %-tokens, then a leading ~: OpenSSH's order for a path."""
+    expanded = expand_tokens(
+        expand_environment(text, directive), tokens, SSH_TOKENS[directive], directive
+    )
+    return os.path.expanduser(expanded)
+
+
+def _identity_agent(
+    value: str | None, tokens: Mapping[str, str], environ: Mapping[str, str]
+) -> str | None:
+    if value is None or value == "SSH_AUTH_SOCK":
+        return environ.get("SSH_AUTH_SOCK") or None
+    if value.lower() == "none":
+        return None
+    if value.startswith("$") and not value.startswith("${"):
+        return environ.get(value[1:]) or None
+    return _expand_path(value, tokens, "identityagent")
+
+
+def _strict_policy(policy: str | None, found: _Lookup, allow_off: bool) -> str:
+    """The inventory's host_key_policy, else ssh_config's StrictHostKeyChecking."""
+    if policy is not None:
+        return {"reject": "yes", "accept-new": "accept-new", "off": "off"}[policy]
+    strict = found.values.get("stricthostkeychecking", "ask")
+    if strict == "off" and not allow_off:
+        raise SshConfigError(
+            f"{found.origins['stricthostkeychecking']}: StrictHostKeyChecking no turns host key"
+            " checking off; venusctl does that only where the inventory says"
+            ' host_key_policy = "off"'
+        )
+    return "yes" if strict == "ask" else strict
+
+
+def _check_refused(found: _Lookup) -> None:
+    for keyword, neutral in SSH_REFUSED.items():
+        value = found.values.get(keyword)
+        if value is None or (neutral is not None and str(value).lower() in neutral):
+            continue
+        raise SshConfigError(
+            f"{found.origins[keyword]}: {keyword} {value} is not supported by venusctl"
+            " (it changes where or with which trust OpenSSH connects)"
+        )
+
+
+@dataclass(frozen=True)
+class _Given:
+    """What the inventory says about a host; None: let ssh_config (then OpenSSH) say it."""
+
+    port: int | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    host_key_policy: str | None = None
+    connect_timeout: float | None = None
+    jump: str | None = None
+
+
+_UNSET: Any = object()
+
+
+def resolve_ssh_target(host: Host, files: SshConfigFiles, environ: Mapping[str, str]) -> SshTarget:
+    """The host's SshTarget: inventory values win, ssh_config fills the rest."""
+    given = _Given(
+        port=host.port,
+        user=host.user,
+        identity_file=host.identity_file,
+        known_hosts=host.known_hosts,
+        host_key_policy=host.host_key_policy,
+        connect_timeout=host.connect_timeout,
+        jump=host.jump,
+    )
+    name = host.address or "localhost"
+    return _resolve(name, given, files, environ, host.host_key_policy == "off", seen=(name,))
+
+
+def _resolve(
+    name: str,
+    given: _Given,
+    files: SshConfigFiles,
+    environ: Mapping[str, str],
+    allow_off: bool,
+    *,
+    via: Any = _UNSET,
+    seen: tuple[str, ...] = (),
+    default_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> SshTarget:
+    found = files.lookup(name)
+    _check_refused(found)
+    values = found.values
+    hostname = name
+    if "hostname" in values:
+        hostname = expand_tokens(values["hostname"], {"h": name.lower()}, "%h", "HostName")
+    port = given.port or _config_port(values.get("port", "22")) or 22
+    user = given.user or values.get("user") or getpass.getuser()
+    alias = values.get("hostkeyalias")
+    tokens = _token_values(name, hostname, port, user, alias)
+    if given.identity_file is not None:
+        identities, given_identities = (given.identity_file,), True
+    elif values.get("identityfile"):
+        identities = tuple(_expand_path(p, tokens, "identityfile") for p in values["identityfile"])
+        given_identities = True
+    else:
+        identities = tuple(os.path.expanduser(path) for path in DEFAULT_IDENTITY_FILES)
+        given_identities = False
+    if given.known_hosts is not None:
+        user_known: tuple[str, ...] = (given.known_hosts,)
+    else:
+        configured = values.get("userknownhostsfile", list(DEFAULT_USER_KNOWN_HOSTS))
+        user_known = _known_hosts_paths(configured, tokens)
+    global_known = values.get("globalknownhostsfile", list(DEFAULT_GLOBAL_KNOWN_HOSTS))
+    configured_timeout = _config_seconds(values.get("connecttimeout", "none")) or None
+    target = SshTarget(
+        name=name,
+        hostname=hostname,
+        port=port,
+        user=user,
+        identity_files=identities,
+        identities_given=given_identities,
+        certificate_files=tuple(
+            _expand_path(path, tokens, "certificatefile")
+            for path in values.get("certificatefile", [])
+        ),
+        identities_only=values.get("identitiesonly") == "yes",
+        identity_agent=_identity_agent(values.get("identityagent"), tokens, environ),
+        user_known_hosts=user_known,
+        global_known_hosts=tuple(p for p in global_known if p.lower() != "none"),
+        host_key_alias=alias,
+        strict_host_key_checking=_strict_policy(given.host_key_policy, found, allow_off),
+        hash_known_hosts=values.get("hashknownhosts") == "yes",
+        connect_timeout=given.connect_timeout or configured_timeout or default_timeout,
+        server_alive_interval=_config_seconds(values.get("serveraliveinterval", "0")) or 0.0,
+        address_family=values.get("addressfamily", "any"),
+    )
+    if via is not _UNSET:
+        return dataclasses.replace(target, via=via)  # a later hop of a chain
+    jump = given.jump if given.jump is not None else values.get("proxyjump")
+    command = None if given.jump is not None else values.get("proxycommand")
+    route_tokens = {"h": hostname, "n": name, "p": str(port), "r": user}
+    if jump is not None and jump.lower() != "none":
+        spec = expand_tokens(jump, route_tokens, SSH_TOKENS["proxyjump"], "ProxyJump")
+        hop = _jump_chain(spec, files, environ, allow_off, seen, target.connect_timeout)
+        return dataclasses.replace(target, via=hop)
+    if command is not None and command.lower() != "none":
+        for token in ("h", "n", "r"):
+            if f"%{token}" in command and not _SAFE_TOKEN_VALUE.match(route_tokens[token]):
+                raise SshConfigError(
+                    f"{found.origins['proxycommand']}: ProxyCommand: %{token} would be"
+                    f" {route_tokens[token]!r}, which a shell would not read as one plain word"
+                )
+        expanded = expand_tokens(command, route_tokens, SSH_TOKENS["proxycommand"], "ProxyCommand")
+        return dataclasses.replace(target, proxy_command=expanded)
+    return target
+
+
+def _known_hosts_paths(paths: Sequence[str], tokens: Mapping[str, str]) -> tuple[str, ...]:
+    if [p.lower() for p in paths] == ["none"]:
+        return ()
+    return tuple(_expand_path(path, tokens, "userknownhostsfile") for path in paths)
+
+
+def _jump_chain(
+    spec: str,
+    files: SshConfigFiles,
+    environ: Mapping[str, str],
+    allow_off: bool,
+    seen: tuple[str, ...],
+    timeout: float,
+) -> SshTarget:
+    """The last hop of a ProxyJump chain. The first hop is reached its own way (its
+    own ssh_config ProxyJump or ProxyCommand, as `ssh -J` does); each later hop
+    through the one before it. `seen`: the names on the way here, to find loops."""
+    try:
+        hops = parse_jump_spec(spec)
+    except ValueError as error:
+        raise SshConfigError(f"ProxyJump: {error}") from None
+    if len(seen) + len(hops) > MAX_JUMP_HOPS + 1:
+        raise SshConfigError(f"ProxyJump: more than {MAX_JUMP_HOPS} jump hosts ({spec})")
+    previous: Any = _UNSET
+    chain = seen
+    for user, host, port in hops:
+        if host in chain:
+            loop = " -> ".join((*chain, host))
+            raise SshConfigError(f"ProxyJump loop: {loop} (add ProxyJump none for {host})")
+        chain = (*chain, host)
+        given = _Given(port=port, user=user)
+        previous = _resolve(
+            host,
+            given,
+            files,
+            environ,
+            allow_off,
+            via=previous,
+            seen=chain,
+            default_timeout=timeout,
+        )
+    return previous
+
+
+# =============================================================================
+# known_hosts and host certificates, checked as OpenSSH checks them
+# =============================================================================
+#
+# paramiko.HostKeys is not used: it stops at the first line it cannot read
+# (one @cert-authority or @revoked line fails every host), matches neither
+# wildcards nor negations, and knows no markers. paramiko does negotiate and
+# parse `*-cert-v01@openssh.com` host keys, but checks nothing in the
+# certificate: the CA signature, type, principals and validity are checked here.
+
+
+class HostKeyRevoked(HostError):
+    kind = "host-key-revoked"
+
+
+class HostCertificateRejected(HostError):
+    kind = "host-certificate"
+
+
+class KnownHostsError(HostError):
+    kind = "known-hosts"
+
+
+KNOWN_HOSTS_MARKERS = ("cert-authority", "revoked")
+
+# The host key algorithms paramiko offers (Transport._preferred_keys), plain then certs.
+PLAIN_HOST_KEY_ALGORITHMS = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+CERT_HOST_KEY_ALGORITHMS = tuple(
+    f"{name}-cert-v01@openssh.com" for name in PLAIN_HOST_KEY_ALGORITHMS
+)
+
+# A certificate's key type -> (its plain key type, how many key fields follow the nonce)
+CERT_KEY_TYPES = {
+    "ssh-ed25519-cert-v01@openssh.com": ("ssh-ed25519", 1),
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com": ("ecdsa-sha2-nistp256", 2),
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com": ("ecdsa-sha2-nistp384", 2),
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com": ("ecdsa-sha2-nistp521", 2),
+    "ssh-rsa-cert-v01@openssh.com": ("ssh-rsa", 2),
+}
+
+CERT_TYPE_HOST = 2
+CERT_FOREVER = 0xFFFFFFFFFFFFFFFF
+
+
+class _WireReader:
+    """The SSH wire encoding (RFC 4251): uint32, uint64, length-prefixed strings."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def take(self, count: int) -> bytes:
+        if self.position + count > len(self.data):
+            raise ValueError("truncated")
+        chunk = self.data[self.position : self.position + count]
+        self.position += count
+        return chunk
+
+    def uint32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def uint64(self) -> int:
+        return int.from_bytes(self.take(8), "big")
+
+    def string(self) -> bytes:
+        return self.take(self.uint32())
+
+    def text(self) -> str:
+        return self.string().decode("utf-8")
+
+    def done(self) -> bool:
+        return self.position == len(self.data)
+
+
+def _wire_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def key_blob_type(blob: bytes) -> str | None:
+    try:
+        return _WireReader(blob).text()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@dataclass(frozen=True)
+class HostCertificate:
+    """An OpenSSH certificate (PROTOCOL.certkeys), as much as a host key check needs."""
+
+    key_type: str  # e.g. ssh-ed25519-cert-v01@openssh.com
+    plain_blob: bytes  # the certified key, as a plain public key blob
+    serial: int
+    cert_type: int
+    key_id: str
+    principals: tuple[str, ...]
+    valid_after: int
+    valid_before: int
+    critical_options: bytes
+    signature_key: bytes  # the CA's public key blob
+    signature: bytes
+    signed: bytes  # everything the CA signed
+
+    @classmethod
+    def parse(cls, blob: bytes) -> HostCertificate:
+        reader = _WireReader(blob)
+        key_type = reader.text()
+        if key_type not in CERT_KEY_TYPES:
+            raise ValueError(f"unsupported certificate type {key_type}")
+        plain_type, fields = CERT_KEY_TYPES[key_type]
+        reader.string()  # nonce
+        start = reader.position
+        for _ in range(fields):
+            reader.string()
+        plain_blob = _wire_string(plain_type.encode()) + blob[start : reader.position]
+        serial, cert_type = reader.uint64(), reader.uint32()
+        key_id = reader.text()
+        names = _WireReader(reader.string())
+        principals = []
+        while not names.done():
+            principals.append(names.text())
+        valid_after, valid_before = reader.uint64(), reader.uint64()
+        critical = reader.string()
+        reader.string()  # extensions
+        reader.string()  # reserved
+        signature_key = reader.string()
+        signed = blob[: reader.position]
+        signature = reader.string()
+        if not reader.done():
+            raise ValueError("trailing data")
+        return cls(
+            key_type,
+            plain_blob,
+            serial,
+            cert_type,
+            key_id,
+            tuple(principals),
+            valid_after,
+            valid_before,
+            critical,
+            signature_key,
+            signature,
+            signed,
+        )
+
+    def problem(self, name: str, now: float) -> str | None:
+        """Why this certificate does not vouch for host `name` now (None: it does).
+
+        The CA signature is checked by `signed_by`; this is the rest of what
+        OpenSSH's sshkey_cert_check_host checks.
+        """
+        if self.cert_type != CERT_TYPE_HOST:
+            return "it is a user certificate, not a host certificate"
+        if not self.principals:
+            return "it names no host (no principals)"
+        if name not in self.principals:
+            return f"it is for {', '.join(self.principals)}, not {name}"
+        if now < self.valid_after:
+            return f"it is not valid before {_utc(self.valid_after)}"
+        if self.valid_before != CERT_FOREVER and now >= self.valid_before:
+            return f"it expired at {_utc(self.valid_before)}"
+        if self.critical_options:
+            return "it carries critical options (none are defined for host certificates)"
+        return None
+
+    def signed_by(self, ca_blob: bytes) -> bool:
+        """True when the CA key `ca_blob` made this certificate's signature."""
+        import paramiko
+        from paramiko.message import Message
+
+        if self.signature_key != ca_blob:
+            return False
+        ca_type = key_blob_type(ca_blob) or ""
+        signature_algorithm = key_blob_type(self.signature)
+        # OpenSSH's CASignatureAlgorithms refuses SHA-1 RSA signatures by default.
+        if ca_type.endswith("-cert-v01@openssh.com") or signature_algorithm == "ssh-rsa":
+            return False
+        try:
+            ca_key = paramiko.PKey.from_type_string(ca_type, ca_blob)
+            return bool(ca_key.verify_ssh_sig(self.signed, Message(self.signature)))
+        except Exception:  # noqa: BLE001 - any key or signature paramiko cannot use does not vouch
+            return False
+
+
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(min(seconds, 253402300799)))
+
+
+@dataclass(frozen=True)
+class KnownHostsLine:
+    """One line of a known_hosts file (sshd(8) SSH_KNOWN_HOSTS FILE FORMAT)."""
+
+    path: str
+    number: int
+    marker: str | None  # "cert-authority", "revoked" or None
+    patterns: str | None  # None: the line could not even be split into fields
+    key_type: str
+    key_blob: bytes | None  # None: the key does not decode
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.number}"
+
+    def matches(self, name: str) -> bool:
+        """Does this line speak for `name` (host, [host]:port, or a HostKeyAlias)?"""
+        if self.patterns is None:
+            return True  # unreadable: it may be this very host's line
+        name = name.lower()
+        if self.patterns.startswith("|1|"):
+            return _hashed_name_matches(self.patterns, name)
+        return ssh_pattern_list_matches(name, self.patterns, lower=True)
+
+
+def _hashed_name_matches(field: str, name: str) -> bool:
+    parts = field.split("|")
+    if len(parts) != 4:
+        return False
+    try:
+        salt, digest = base64.b64decode(parts[2]), base64.b64decode(parts[3])
+    except ValueError:
+        return False
+    return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
+
+
+def hashed_name(name: str) -> str:
+    """`|1|salt|hash` as `ssh-keygen -H` and HashKnownHosts write it."""
+    salt = os.urandom(20)
+    digest = hmac.new(salt, name.lower().encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def parse_known_hosts_line(text: str, path: str, number: int) -> KnownHostsLine | None:
+    fields = text.split()
+    if not fields or fields[0].startswith("#"):
+        return None
+    marker = None
+    if fields[0].startswith("@"):
+        marker = fields[0][1:]
+        fields = fields[1:]
+    if len(fields) < 3 or (marker is not None and marker not in KNOWN_HOSTS_MARKERS):
+        return KnownHostsLine(path, number, marker, None, "", None)
+    patterns, key_type, encoded = fields[:3]
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        blob = None
+    if blob is not None and key_blob_type(blob) != key_type:
+        blob = None
+    return KnownHostsLine(path, number, marker, patterns, key_type, blob)
+
+
+class KnownHostsFile:
+    """One known_hosts file, read once per run; appends are serialised by its lock."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.lines: list[KnownHostsLine] = []
+        self._found: dict[str, list[KnownHostsLine]] = {}
+        self.problem: str | None = None
+        try:
+            with open(path, "rb") as known:
+                content = known.read()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            self.problem = f"cannot read known_hosts {path}: {error.strerror}"
+            return
+        for number, raw in enumerate(content.splitlines(), start=1):
+            line = parse_known_hosts_line(raw.decode("utf-8", "replace").strip(), path, number)
+            if line is not None:
+                self.lines.append(line)
+
+    def matching(self, name: str) -> list[KnownHostsLine]:
+        if self.problem:
+            raise KnownHostsError(self.problem)
+        with self.lock:
+            found = self._found.get(name)
+            if found is None:  # asked twice per connection: the key order, then the check
+                found = self._found[name] = [line for line in self.lines if line.matches(name)]
+        for line in found:
+            if line.patterns is None or line.key_blob is None:
+                raise KnownHostsError(
+                    f"cannot read known_hosts {line.where}: not a valid host key line"
+                )
+        return found
+
+    def append(self, name: str, key_type: str, blob: bytes, hashed: bool) -> None:
+        field = hashed_name(name) if hashed else name
+        text = f"{field} {key_type} {base64.b64encode(blob).decode()}\n"
+        with self.lock:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as known:
+                known.write(text)
+            number = (self.lines[-1].number + 1) if self.lines else 1
+            self.lines.append(KnownHostsLine(self.path, number, None, field, key_type, blob))
+            self._found.clear()
+
+
+def fingerprint(key: Any) -> str:
+    blob = key if isinstance(key, bytes) else key.asbytes()
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _plain_type_algorithms(key_type: str) -> tuple[str, ...]:
+    return ("rsa-sha2-512", "rsa-sha2-256") if key_type == "ssh-rsa" else (key_type,)
+
+
+@dataclass
+class KnownHosts:
+    """The user files then the global files that speak for one target (OpenSSH's order)."""
+
+    user_files: list[KnownHostsFile]
+    global_files: list[KnownHostsFile]
+
+    def matching(self, name: str) -> list[KnownHostsLine]:
+        return [
+            line for known in self.user_files + self.global_files for line in known.matching(name)
+        ]
+
+    def algorithm_order(self, name: str) -> list[str]:
+        """Host key algorithms to offer, those known_hosts can vouch for first (OpenSSH's
+        order_hostkeyalgs): certificates when a CA is known for the name, then the key
+        types it has keys of, then the rest."""
+        lines = self.matching(name)
+        known = [
+            algorithm
+            for line in lines
+            if line.marker is None
+            for algorithm in _plain_type_algorithms(line.key_type)
+        ]
+        plain = [*dict.fromkeys(a for a in known if a in PLAIN_HOST_KEY_ALGORITHMS)]
+        plain += [a for a in PLAIN_HOST_KEY_ALGORITHMS if a not in plain]
+        if any(line.marker == "cert-authority" for line in lines):
+            return [*CERT_HOST_KEY_ALGORITHMS, *plain]
+        return [*plain, *CERT_HOST_KEY_ALGORITHMS]
+
+
+def check_host_key(target: SshTarget, key: Any, known: KnownHosts) -> None:
+    """Accept the server's key or raise why not, as OpenSSH's check_host_key decides:
+
+    - a key (or a certificate's CA) in a matching @revoked line is refused;
+    - a certificate signed by a matching @cert-authority must be a valid host
+      certificate for the name; without such a CA its plain key is checked;
+    - a plain key is accepted when a matching line has it; a matching line
+      with another key (of any type) is a mismatch; no matching line is an
+      unknown key: refused, or recorded under accept-new (and off).
+    """
+    name = target.known_hosts_name
+    lines = known.matching(name)
+    plain_blob = key.asbytes()
+    certificate = None
+    if key.public_blob is not None:
+        try:
+            certificate = HostCertificate.parse(key.public_blob.key_blob)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise HostCertificateRejected(f"unreadable host certificate: {error}") from None
+    revoked = {line.key_blob: line for line in lines if line.marker == "revoked"}
+    for blob in (plain_blob, certificate.signature_key if certificate else None):
+        if blob in revoked:
+            raise HostKeyRevoked(
+                f"host key {fingerprint(blob)} is revoked (@revoked at {revoked[blob].where})"
+            )
+    if certificate is not None:
+        authorities = [line for line in lines if line.marker == "cert-authority"]
+        trusted = [line for line in authorities if certificate.signed_by(line.key_blob)]
+        if trusted:
+            principal = target.host_key_alias or target.hostname
+            problem = certificate.problem(principal, time.time())
+            if problem:
+                raise HostCertificateRejected(
+                    f"host certificate {certificate.key_id!r} refused: {problem}"
+                    f" (CA at {trusted[0].where})"
+                )
+            return
+        # No CA known for it: the certificate's plain key is checked instead (OpenSSH:
+        # "No matching CA found. Retry with plain key").
+    _check_plain_key(target, key, plain_blob, lines, known, certificate)
+
+
+def _check_plain_key(
+    target: SshTarget,
+    key: Any,
+    blob: bytes,
+    lines: list[KnownHostsLine],
+    known: KnownHosts,
+    certificate: HostCertificate | None,
+) -> None:
+    plain = [line for line in lines if line.marker is None]
+    if any(line.key_blob == blob for line in plain):
+        return
+    if plain and target.strict_host_key_checking == "off":
+        return  # the inventory's explicit opt-in: a changed key is let through, not recorded
+    if plain:
+        # Another key for the same name, of this type or another: a changed host key.
+        other = next((line for line in plain if line.key_type == key.get_name()), plain[0])
+        raise HostKeyMismatch(
+            "host key mismatch (possible MITM): server offers "
+            f"{key.get_name()} {fingerprint(blob)}, known_hosts has "
+            f"{other.key_type} {fingerprint(other.key_blob)} ({other.where})"
+        )
+    if target.strict_host_key_checking == "yes":
+        where = known.user_files[0].path if known.user_files else "known_hosts"
+        by_ca = (
+            f"; its certificate's CA {fingerprint(certificate.signature_key)} is in no"
+            " matching @cert-authority line"
+            if certificate is not None
+            else ""
+        )
+        raise UnknownHostKey(
+            f"unknown host key {key.get_name()} {fingerprint(blob)} for {target.known_hosts_name}"
+            f' (not in {where}{by_ca}; host_key_policy = "accept-new" records it)'
+        )
+    if not known.user_files:
+        # OpenSSH warns and goes on; going on would accept any key on every run.
+        raise UnknownHostKey(
+            f"unknown host key {key.get_name()} {fingerprint(blob)} for {target.known_hosts_name}"
+            " (UserKnownHostsFile none: nowhere to record it)"
+        )
+    known.user_files[0].append(
+        target.known_hosts_name, key.get_name(), blob, target.hash_known_hosts
+    )
+
+
+# =============================================================================
+# Sessions: how a host is reached (local, or SSH with paramiko)
+# =============================================================================
+#
+# paramiko does the SSH protocol (Transport, channels, key classes, AgentSSH's
+# wire format). venusctl does the rest as OpenSSH does, because paramiko's
+# SSHClient and fabric's Connection do not: one deadline from TCP connect to
+# the last ssh-agent signature (paramiko reads the agent socket with no
+# timeout at all), OpenSSH's identity order (agent keys matching IdentityFile,
+# IdentitiesOnly, CertificateFile), ProxyCommand on a socketpair (paramiko's
+# ProxyCommand never drains the command's stderr, busy-loops at EOF and runs
+# no shell), and jump hosts whose one connection carries every target behind
+# them (fabric opens one gateway connection per target, checks host keys with
+# AutoAddPolicy, and expands ProxyCommand's %p as 22 whatever the Port).
+
+
+_PARAMIKO_IMPORT = threading.Lock()
+
+
+def import_paramiko() -> Any:
+    """`import paramiko`, without the import of invoke it makes for `Match exec` alone.
+
+    paramiko.config imports invoke (~65 ms here, a third of paramiko's import)
+    only to run `Match exec` commands for paramiko.SSHConfig, which venusctl
+    does not use (it refuses Match exec). invoke is blocked for this one
+    import only: a later `import invoke` works as ever.
+    """
+    with _PARAMIKO_IMPORT:
+        blocked = "invoke" not in sys.modules
+        if blocked:
+            sys.modules["invoke"] = None  # type: ignore[assignment]
+        try:
+            import paramiko
+        finally:
+            if blocked and "invoke" in sys.modules and sys.modules["invoke"] is None:
+                del sys.modules["invoke"]
+        return paramiko
+
+
 def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
-    """Run one command over an exec channel within host.command_timeout."""
-    timeout = host.command_timeout
-    deadline = time.monotonic() + timeout
-    channel = transport.open_session(timeout=timeout)
+    """Run one command over an exec channel; channel, command and output within one deadline."""
+    deadline = Deadline.after(host.command_timeout, "command")
+    try:
+        channel = transport.open_session(timeout=deadline.left())
+    except Exception as error:
+        if "Timeout" in str(error):
+            raise deadline.timeout() from error
+        raise
     try:
         channel.exec_command(command)
         # From here the command runs: a timeout is a reply that did not come (ReplyTimeout).
-        stdout = _read_until_eof(channel, channel.recv, deadline, timeout)
-        stderr = _read_until_eof(channel, channel.recv_stderr, deadline, timeout)
-        if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
+        stdout = _read_until_eof(channel, channel.recv, deadline)
+        stderr = _read_until_eof(channel, channel.recv_stderr, deadline)
+        if not channel.status_event.wait(deadline.remaining()):
+            raise deadline.reply_timeout()
         return CommandResult(
             channel.recv_exit_status(),
             stdout.decode("utf-8", "replace"),
@@ -3962,17 +5598,16 @@ def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
         channel.close()
 
 
-def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: float) -> bytes:
+def _read_until_eof(channel: Any, receive: Callable, deadline: Deadline) -> bytes:
     chunks, received = [], 0
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
-        channel.settimeout(remaining)
+        if deadline.remaining() <= 0:
+            raise deadline.reply_timeout()
+        channel.settimeout(deadline.remaining())
         try:
             chunk = receive(65536)
         except TimeoutError as error:
-            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout) from error
+            raise deadline.reply_timeout() from error
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -3982,152 +5617,34 @@ def _read_until_eof(channel: Any, receive: Callable, deadline: float, timeout: f
             raise UnreadableReply(f"unreadable reply: more than {MAX_REPLY_BYTES} bytes")
 
 
-class HostKeyStore:
-    """One known_hosts file, read once per run and shared by the fan-out threads.
-
-    Only the checked lookup and the accept-new append live here; paramiko
-    compares the key (a changed key raises BadHostKeyException whatever the
-    policy, as OpenSSH does).
-    """
-
-    def __init__(self, path: str) -> None:
-        import paramiko
-
-        self.path = path
-        self.lock = threading.Lock()
-        self.keys = paramiko.HostKeys()
-        try:
-            if os.path.exists(path):
-                self.keys.load(path)
-        except OSError as error:
-            raise HostError(f"cannot read known_hosts {path}: {error}", "known-hosts") from error
-        except (paramiko.hostkeys.InvalidHostKey, UnicodeDecodeError, ValueError) as error:
-            # paramiko stops at a key it cannot decode (OpenSSH skips the line); the
-            # line may hold this very host's key, so it is not skipped here either.
-            raise HostError(
-                f"cannot read known_hosts {path}{_bad_line(path)}: not a valid host key line",
-                "known-hosts",
-            ) from error
-
-    def lookup(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            found = self.keys.lookup(name)
-            return dict(found) if found else {}
-
-    def record(self, name: str, key: Any) -> None:
-        line = f"{name} {key.get_name()} {key.get_base64()}\n"
-        with self.lock:
-            self.keys.add(name, key.get_name(), key)
-            directory = os.path.dirname(self.path)
-            if directory:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as known_hosts:
-                known_hosts.write(line)
+# -- sockets: TCP, ProxyCommand, a channel through a jump host -----------------------------
 
 
-def _bad_line(path: str) -> str:
-    """':N' for the first line of a known_hosts file paramiko cannot read, else ''."""
-    from paramiko.hostkeys import HostKeyEntry
-
-    with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            line = raw.decode("utf-8", "replace").strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                HostKeyEntry.from_line(line, number)
-            except Exception:  # noqa: BLE001 - finding the line paramiko failed on, whatever it raised
-                return f":{number}"
-    return ""
-
-
-def fingerprint(key: Any) -> str:
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-class _HostKeyPolicy:
-    """paramiko MissingHostKeyPolicy: reject unknown keys, or record them (accept-new)."""
-
-    def __init__(self, store: HostKeyStore, accept_new: bool) -> None:
-        self.store = store
-        self.accept_new = accept_new
-
-    def missing_host_key(self, client: Any, name: str, key: Any) -> None:
-        if not self.accept_new:
-            raise UnknownHostKey(
-                f"unknown host key {key.get_name()} {fingerprint(key)} "
-                f'(not in {self.store.path}; host_key_policy = "accept-new" records it)'
-            )
-        self.store.record(name, key)
-
-
-@dataclass
-class SshTarget:
-    """Where and as whom to connect, after ~/.ssh/config is applied."""
-
-    hostname: str
-    port: int
-    user: str
-    identity_files: list[str]
-
-
-class SshContext:
-    """Per-run SSH state shared by all hosts: known_hosts stores, ssh_config files."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stores: dict[str, HostKeyStore] = {}
-        self._configs: dict[str, Any] = {}
-
-    def store(self, path: str) -> HostKeyStore:
-        with self._lock:
-            if path not in self._stores:
-                self._stores[path] = HostKeyStore(path)
-            return self._stores[path]
-
-    def target(self, host: Host) -> SshTarget:
-        """Inventory values win; ~/.ssh/config fills what the inventory left unset."""
-        import paramiko
-
-        try:
-            options = self._ssh_config(host.ssh_config).lookup(host.address)
-            port = host.port or int(options.get("port", 22))
-        except (OSError, ValueError, paramiko.SSHException) as error:
-            # One row per host says so; a broken ssh_config is not worth a traceback.
-            raise HostError(f"cannot use {host.ssh_config}: {error}", "ssh-config") from error
-        identity = [host.identity_file] if host.identity_file else options.get("identityfile", [])
-        return SshTarget(
-            hostname=options.get("hostname", host.address),
-            port=port,
-            user=host.user or options.get("user") or getpass.getuser(),
-            identity_files=[os.path.expanduser(path) for path in identity],
-        )
-
-    def _ssh_config(self, path: str) -> Any:
-        import paramiko
-
-        with self._lock:
-            if path not in self._configs:
-                exists = os.path.exists(path)
-                self._configs[path] = (
-                    paramiko.SSHConfig.from_path(path) if exists else paramiko.SSHConfig()
-                )
-            return self._configs[path]
-
-
-def connect_tcp(hostname: str, port: int, timeout: float) -> socket.socket:
+def connect_tcp(hostname: str, port: int, timeout: float, family: str = "any") -> socket.socket:
     """A TCP connection with TCP_NODELAY, so paramiko does not stall on Nagle."""
+    families = {"any": socket.AF_UNSPEC, "inet": socket.AF_INET, "inet6": socket.AF_INET6}
     try:
-        sock = socket.create_connection((hostname, port), timeout=timeout)
-    except ConnectionRefusedError as error:
-        raise ConnectionRefused("connection refused") from error
-    except TimeoutError as error:
-        raise HostTimeout(f"timeout after {timeout:g}s (connect)") from error
+        addresses = socket.getaddrinfo(hostname, port, families[family], socket.SOCK_STREAM)
     except socket.gaierror as error:
         raise HostError(f"cannot resolve {hostname}: {error.strerror}", "unreachable") from error
-    except OSError as error:
-        raise HostError(f"cannot connect: {error.strerror or error}", "unreachable") from error
+    deadline = time.monotonic() + timeout
+    failure: BaseException | None = None
+    for address_family, kind, proto, _, address in addresses:
+        sock = socket.socket(address_family, kind, proto)
+        try:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.connect(address)
+            break
+        except OSError as error:
+            sock.close()
+            failure = error
+    else:
+        if isinstance(failure, ConnectionRefusedError):
+            raise ConnectionRefused("connection refused") from failure
+        if isinstance(failure, TimeoutError):
+            raise HostTimeout(f"timeout after {timeout:g}s (connect)") from failure
+        reason = getattr(failure, "strerror", None) or failure
+        raise HostError(f"cannot connect: {reason}", "unreachable") from failure
     # Measured on loopback: 116 ms -> 31 ms per host. sshd holds a packet
     # after auth until it is ACKed, and Nagle holds ours behind it.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -4155,11 +5672,390 @@ class QuickAckSocket(socket.socket):
         return data
 
 
-_STREAMLOCAL_CLASS: list[type] = []
+# Outside single quotes a shell reads these; outside any quotes these too.
+_SHELL_IN_DOUBLE_QUOTES = set("$`\\")
+_SHELL_UNQUOTED = set("|&;<>()*?[]{}~#=\n") | _SHELL_IN_DOUBLE_QUOTES
 
 
-def streamlocal_transport_class() -> type:
-    """paramiko.Transport plus `open_streamlocal`, built on first use (lazy import).
+def _needs_shell(command: str) -> bool:
+    """Does `command` use shell syntax (pipes, redirections, $VAR, globs, ...)?"""
+    quote = ""
+    for char in command:
+        if quote == "'":
+            quote = "" if char == "'" else quote
+        elif quote == '"':
+            if char == '"':
+                quote = ""
+            elif char in _SHELL_IN_DOUBLE_QUOTES:
+                return True
+        elif char in "'\"":
+            quote = char
+        elif char in _SHELL_UNQUOTED:
+            return True
+    return False
+
+
+def proxy_command_argv(command: str, environ: Mapping[str, str]) -> list[str]:
+    """How a ProxyCommand runs: as argv (shlex, no shell) when it is plain words;
+    when it uses shell syntax, with the user's shell as OpenSSH runs every one
+    (`$SHELL -c "exec COMMAND"`). Tokens were checked to be plain words first,
+    so no host or user name can inject shell syntax either way."""
+    if _needs_shell(command):
+        return [environ.get("SHELL") or "/bin/sh", "-c", f"exec {command}"]
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        raise SshConfigError(f"ProxyCommand {command!r}: {error}") from error
+    if not words:
+        raise SshConfigError("ProxyCommand is empty")
+    return words
+
+
+PROXY_STDERR_BYTES = 16384
+
+
+class ProxyCommandSocket(socket.socket):
+    """Our end of a socketpair whose other end is a ProxyCommand's stdin and stdout.
+
+    A real socket, so paramiko reads it with timeouts and select like TCP;
+    the command's stderr is drained (a chatty `ssh -v` never blocks) and its
+    last line is the reason a failure shows. Closing it stops the command.
+    """
+
+    process: subprocess.Popen
+    command: str
+    _stderr: bytes
+
+    @classmethod
+    def start(cls, command: str, environ: Mapping[str, str]) -> ProxyCommandSocket:
+        argv = proxy_command_argv(command, environ)
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=theirs,
+                stdout=theirs,
+                stderr=subprocess.PIPE,
+                env=dict(environ),
+                start_new_session=True,  # a Ctrl-C reaches venusctl, which stops it in order
+            )
+        except OSError as error:
+            ours.close()
+            raise JumpHostError(f"ProxyCommand {argv[0]}: {error.strerror}") from error
+        finally:
+            theirs.close()
+        sock = cls(fileno=ours.detach())
+        sock.process, sock.command, sock._stderr = process, command, b""
+        threading.Thread(target=sock._drain, name="proxycommand-stderr", daemon=True).start()
+        return sock
+
+    def _drain(self) -> None:
+        for chunk in iter(lambda: self.process.stderr.read1(4096), b""):
+            self._stderr = (self._stderr + chunk)[-PROXY_STDERR_BYTES:]
+
+    def failure(self) -> JumpHostError | None:
+        """Why the command ended (its exit status and last stderr line), if it did."""
+        try:
+            status = self.process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            return None
+        time.sleep(0.05)  # the last stderr line may still be in the pipe
+        lines = self._stderr.decode("utf-8", "replace").strip().splitlines()
+        said = f": {lines[-1]}" if lines else ""
+        return JumpHostError(f"ProxyCommand exited with status {status}{said}")
+
+    def close(self) -> None:
+        super().close()
+        process = getattr(self, "process", None)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def open_jump_channel(jump: Any, hop: SshTarget, target: SshTarget, deadline: Deadline) -> Any:
+    """A direct-tcpip channel through the jump host's connection to the target's port."""
+    import paramiko
+
+    try:
+        return jump.open_channel(
+            "direct-tcpip",
+            (target.hostname, target.port),
+            ("127.0.0.1", 0),
+            timeout=deadline.left("channel through the jump host"),
+        )
+    except paramiko.ChannelException as error:
+        if error.code == 1:
+            raise JumpHostError(
+                f"jump host {hop.label} refuses to forward to {target.dest} (AllowTcpForwarding)"
+            ) from error
+        raise HostError(
+            f"jump host {hop.label} cannot reach {target.dest}: {error.text.lower()}", "unreachable"
+        ) from error
+    except paramiko.SSHException as error:
+        if "Timeout" in str(error):
+            raise deadline.timeout("channel through the jump host") from error
+        raise JumpHostError(f"jump host {hop.label}: {error}") from error
+    except (EOFError, OSError) as error:
+        raise JumpHostError(f"jump host {hop.label}: connection lost") from error
+
+
+# -- ssh-agent and identities ----------------------------------------------------------------
+
+
+class _AgentSocket:
+    """The ssh-agent's Unix socket, every read within the connect deadline.
+
+    paramiko's AgentSSH reads the agent with no timeout: an agent that never
+    answers (stopped, or hung on a confirmation prompt) would hold the
+    connection, and the SSH transport thread signing with it, forever.
+    """
+
+    def __init__(self, sock: socket.socket, path: str, deadline: Deadline) -> None:
+        self.sock, self.path, self.deadline = sock, path, deadline
+
+    def _arm(self) -> None:
+        self.sock.settimeout(self.deadline.left(f"ssh-agent {self.path} did not answer"))
+
+    def send(self, data: bytes) -> int:
+        self._arm()
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise self.deadline.timeout(f"ssh-agent {self.path} did not answer") from None
+        return len(data)
+
+    def recv(self, count: int) -> bytes:
+        self._arm()
+        try:
+            return self.sock.recv(count)
+        except TimeoutError:
+            raise self.deadline.timeout(f"ssh-agent {self.path} did not answer") from None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_ssh_agent(path: str, deadline: Deadline) -> tuple[Any | None, str | None]:
+    """(the agent with its keys, None), or (None, why it could not be asked)."""
+    from paramiko.agent import AgentSSH
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(deadline.left(f"ssh-agent {path}"))
+        sock.connect(path)
+    except TimeoutError:
+        sock.close()
+        raise deadline.timeout(f"ssh-agent {path} did not answer") from None
+    except OSError as error:
+        sock.close()
+        return None, f"ssh-agent {path}: {error.strerror}"
+    agent = AgentSSH()
+    try:
+        agent._connect(_AgentSocket(sock, path, deadline))
+    except HostTimeout:
+        sock.close()
+        raise
+    except Exception as error:  # noqa: BLE001 - paramiko's SSHException, or a dead agent
+        sock.close()
+        return None, f"ssh-agent {path}: {error}"
+    return agent, None
+
+
+@dataclass
+class Identity:
+    """One key to offer: a file's, or the agent's (which signs for it)."""
+
+    label: str
+    blob: bytes | None  # the public key blob, when it is known without a passphrase
+    load: Callable[[], Any]  # -> a paramiko PKey (AgentKey, or the file's key)
+
+
+def public_blob_of(path: str) -> bytes | None:
+    """A key file's public key blob, without its passphrase: `path.pub`, or the public
+    part an OpenSSH-format private key keeps in the clear."""
+    try:
+        fields = Path(f"{path}.pub").read_text(encoding="utf-8").split()
+        return base64.b64decode(fields[1])
+    except (OSError, IndexError, ValueError, UnicodeDecodeError):
+        pass
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(
+        r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE KEY-----", text, re.S
+    )
+    if not match:
+        return None
+    try:
+        data = base64.b64decode("".join(match.group(1).split()))
+        if not data.startswith(b"openssh-key-v1\0"):
+            return None
+        reader = _WireReader(data[len(b"openssh-key-v1\0") :])
+        for _ in range(3):
+            reader.string()  # cipher, kdf, kdf options
+        return reader.string() if reader.uint32() >= 1 else None
+    except ValueError:
+        return None
+
+
+def _certificate_blobs(target: SshTarget, identity_file: str) -> list[tuple[str, bytes]]:
+    """(path, certificate blob) of the CertificateFiles and `identity-cert.pub`."""
+    found = []
+    for path in (*target.certificate_files, f"{identity_file}-cert.pub"):
+        try:
+            fields = Path(path).read_text(encoding="utf-8").split()
+            found.append((path, base64.b64decode(fields[1])))
+        except (OSError, IndexError, ValueError, UnicodeDecodeError):
+            continue
+    return found
+
+
+def _with_certificates(
+    target: SshTarget, identity_file: str, blob: bytes | None, load: Callable[[], Any]
+) -> list[Identity]:
+    """The identity's certificates first (each must certify this very key), then the key."""
+    identities = []
+    for path, certificate in _certificate_blobs(target, identity_file):
+        try:
+            certified = HostCertificate.parse(certificate).plain_blob
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if blob is not None and certified == blob:
+
+            def with_certificate(path: str = path) -> Any:
+                key = load()
+                key.load_certificate(path)
+                return key
+
+            identities.append(Identity(f"{identity_file} with {path}", blob, with_certificate))
+    identities.append(Identity(identity_file, blob, load))
+    return identities
+
+
+def identities_to_offer(target: SshTarget, agent: Any | None) -> tuple[list[Identity], list[str]]:
+    """The keys in OpenSSH's order (pubkey_prepare), and notes on keys left out.
+
+    Agent keys come first, in the agent's order: one matching an IdentityFile
+    signs for it (no passphrase needed), the others only without
+    IdentitiesOnly. The files the agent does not hold follow; a file whose
+    key needs a passphrase is left out with a note (nothing can ask for it).
+    """
+    import paramiko
+    from paramiko.agent import AgentKey
+
+    files: list[tuple[str, bytes | None]] = []
+    notes = []
+    for path in target.identity_files:
+        if os.path.exists(path):
+            files.append((path, public_blob_of(path)))
+        elif target.identities_given:
+            notes.append(f"{path}: no such file")
+    preferred: list[Identity] = []
+    for agent_key in agent.get_keys() if agent is not None else ():
+        blob = agent_key.asbytes()
+
+        def from_agent(key: Any = agent_key) -> Any:
+            return AgentKey(key.agent, key.blob, key.comment)
+
+        matching = [path for path, file_blob in files if file_blob == blob]
+        if matching:
+            files = [(path, file_blob) for path, file_blob in files if path != matching[0]]
+            preferred += _with_certificates(target, matching[0], blob, from_agent)
+        elif not target.identities_only:
+            label = f"ssh-agent key {agent_key.comment or fingerprint(blob)}"
+            preferred.append(Identity(label, blob, from_agent))
+
+    def from_file(path: str) -> Callable[[], Any]:
+        def load() -> Any:
+            try:
+                return paramiko.PKey.from_path(path)
+            except paramiko.PasswordRequiredException:
+                raise _NeedsPassphrase(path) from None
+            except TypeError as error:  # cryptography's word for an OpenSSH-format one
+                if "password" in str(error).lower():
+                    raise _NeedsPassphrase(path) from None
+                raise ValueError(str(error)) from None
+
+        return load
+
+    for path, blob in files:
+        preferred += _with_certificates(target, path, blob, from_file(path))
+    return preferred, notes
+
+
+class _NeedsPassphrase(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def authenticate(transport: Any, target: SshTarget, deadline: Deadline) -> None:
+    """Public-key authentication as OpenSSH does it, every attempt within `deadline`."""
+    import paramiko
+
+    agent, agent_problem = (None, None)
+    if target.identity_agent:
+        agent, agent_problem = open_ssh_agent(target.identity_agent, deadline)
+    try:
+        identities, notes = identities_to_offer(target, agent)
+        if agent_problem:
+            notes.append(agent_problem)
+        tried = []
+        for identity in identities:
+            try:
+                key = identity.load()
+            except _NeedsPassphrase as needs:
+                notes.append(f"{needs.path} needs its passphrase (add it to ssh-agent)")
+                continue
+            except (OSError, ValueError, paramiko.SSHException) as error:
+                notes.append(f"{identity.label}: {error}")
+                continue
+            transport.auth_timeout = deadline.left("authentication")
+            try:
+                further = transport.auth_publickey(target.user, key)
+            except paramiko.BadAuthenticationType as error:
+                allowed = ", ".join(error.allowed_types) or "none"
+                raise AuthenticationFailed(
+                    f"authentication failed: the server takes no public keys (it allows: {allowed})"
+                ) from error
+            except paramiko.AuthenticationException:
+                tried.append(identity.label)
+                deadline.left("authentication")
+                continue
+            if further:
+                raise AuthenticationFailed(
+                    "authentication failed: the server wants more than a public key"
+                    f" ({', '.join(further)})"
+                )
+            return
+        raise AuthenticationFailed(_auth_failure(target, tried, notes))
+    finally:
+        if agent is not None:
+            agent._close()
+
+
+def _auth_failure(target: SshTarget, tried: list[str], notes: list[str]) -> str:
+    if tried:
+        text = f"authentication failed as {target.user} (tried {', '.join(tried)})"
+    else:
+        text = f"authentication failed as {target.user}: no key to offer"
+    return text + "".join(f"; {note}" for note in notes)
+
+
+# -- the SSH transport ------------------------------------------------------------------------
+
+
+_TRANSPORT_CLASS: list[type] = []
+
+
+def ssh_transport_class() -> type:
+    """paramiko.Transport plus `open_streamlocal` and a per-connection host key order,
+    built on first use (lazy import).
 
     paramiko has no API for `direct-streamlocal@openssh.com` (OpenSSH's
     forwarding to a Unix socket, PROTOCOL 2.4): `open_channel` builds the
@@ -4168,14 +6064,22 @@ def streamlocal_transport_class() -> type:
     paramiko internals; setup.cfg pins paramiko for that reason and the
     tests open the channel through a real sshd.
     """
-    if _STREAMLOCAL_CLASS:
-        return _STREAMLOCAL_CLASS[0]
+    if _TRANSPORT_CLASS:
+        return _TRANSPORT_CLASS[0]
     import paramiko
     from paramiko.channel import Channel
     from paramiko.common import cMSG_CHANNEL_OPEN
     from paramiko.message import Message
 
-    class StreamlocalTransport(paramiko.Transport):
+    class VenusTransport(paramiko.Transport):
+        # Set before start_client: the host key algorithms known_hosts can vouch for
+        # first, as OpenSSH orders them (paramiko offers certificates last).
+        host_key_order: tuple[str, ...] | None = None
+
+        @property
+        def preferred_keys(self) -> tuple[str, ...]:
+            return self.host_key_order or super().preferred_keys
+
         def open_streamlocal(self, socket_path: str, timeout: float) -> Any:
             if not self.active:
                 raise paramiko.SSHException("SSH session not active")
@@ -4213,38 +6117,204 @@ def streamlocal_transport_class() -> type:
                 raise self.get_exception() or paramiko.SSHException("channel open failed")
             return channel
 
-    _STREAMLOCAL_CLASS.append(StreamlocalTransport)
-    return StreamlocalTransport
+    _TRANSPORT_CLASS.append(VenusTransport)
+    return VenusTransport
 
 
-def ssh_failure(error: BaseException, timeout: float) -> BaseException:
+# The name the earlier code (and its tests) use for the same class.
+streamlocal_transport_class = ssh_transport_class
+
+
+def ssh_failure(error: BaseException, deadline: Deadline, step: str) -> BaseException:
     """paramiko's exceptions as the reasons an operator reads in a host row."""
     import paramiko
 
     if isinstance(error, HostError):
         return error
-    if isinstance(error, paramiko.BadHostKeyException):
-        return HostKeyMismatch(
-            "host key mismatch (possible MITM): server offers "
-            f"{error.key.get_name()} {fingerprint(error.key)}, known_hosts has "
-            f"{error.expected_key.get_name()} {fingerprint(error.expected_key)}"
-        )
+    if deadline.remaining() <= 0:
+        return deadline.timeout(step)
     if isinstance(error, paramiko.AuthenticationException):
-        return AuthenticationFailed("authentication failed")
+        return AuthenticationFailed(f"authentication failed: {error}")
     if isinstance(error, paramiko.SSHException):
         text = str(error)
-        if "No authentication methods" in text:
-            return AuthenticationFailed("authentication failed (no key or ssh-agent identity)")
-        # "No existing session": start_client gave up waiting for the key
-        # exchange (paramiko does not raise on that timeout itself).
-        if "banner" in text or "timeout" in text.lower() or "No existing session" in text:
-            return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+        if "banner" in text or "timeout" in text.lower():
+            return HostError("connection closed by the server during SSH handshake", "ssh-error")
         return HostError(f"SSH error: {text}", "ssh-error")
     if isinstance(error, (TimeoutError, socket.timeout)):
-        return HostTimeout(f"timeout after {timeout:g}s (SSH handshake)")
+        return deadline.timeout(step)
     if isinstance(error, (EOFError, ConnectionError)):
         return HostError("connection closed by the server during SSH handshake", "ssh-error")
     return error
+
+
+def start_ssh(sock: Any, target: SshTarget, known: KnownHosts, deadline: Deadline) -> Any:
+    """An SSH session on `sock`: key exchange, host key checked, authenticated."""
+    import logging
+
+    # paramiko logs a failed connection from its own thread; without a
+    # handler Python prints that to stderr, next to the host row that
+    # already says what went wrong.
+    paramiko_log = logging.getLogger("paramiko")
+    if not paramiko_log.handlers:
+        paramiko_log.addHandler(logging.NullHandler())
+
+    transport = ssh_transport_class()(sock)
+    step = "SSH handshake"
+    try:
+        transport.host_key_order = tuple(known.algorithm_order(target.known_hosts_name))
+        transport.banner_timeout = deadline.left(step)
+        transport.start_client(timeout=deadline.left(step))
+        if not transport.completion_event.is_set():
+            raise deadline.timeout(step)  # start_client returns quietly when its time is up
+        step = "host key"
+        check_host_key(target, transport.get_remote_server_key(), known)
+        step = "authentication"
+        authenticate(transport, target, deadline)
+        if target.server_alive_interval:
+            transport.set_keepalive(int(target.server_alive_interval))
+    except BaseException as error:
+        transport.close()
+        failure = getattr(sock, "failure", None)
+        ended = failure() if failure is not None and not isinstance(error, HostError) else None
+        raise (ended or ssh_failure(error, deadline, step)) from error
+    return transport
+
+
+class _Shared:
+    """One jump host connection being made, or made, for every target behind it."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.transport: Any = None
+        self.error: HostError | None = None
+        self.failed_at = 0.0
+
+
+# A failed jump host is the cause on every row behind it for this long (one
+# attempt for a whole fan-out), then tried again (a watch goes on for hours).
+JUMP_RETRY_AFTER = 5.0
+
+
+class SshContext:
+    """Per-run SSH state shared by all hosts: ssh_config files, resolved targets,
+    known_hosts files, and the one connection to each jump host."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
+        self._lock = threading.Lock()
+        self._configs: dict[str | None, SshConfigFiles] = {}
+        self._targets: dict[Host, SshTarget | HostError] = {}
+        self._known: dict[str, KnownHostsFile] = {}
+        self._jumps: dict[SshTarget, _Shared] = {}
+
+    def config_files(self, host: Host) -> SshConfigFiles:
+        """`ssh_config = FILE` is `ssh -F FILE` (only that file; "none": none); unset, the
+        files ssh reads: ~/.ssh/config (checked as OpenSSH does), /etc/ssh/ssh_config."""
+        key = host.ssh_config
+        with self._lock:
+            if key not in self._configs:
+                if key is None:
+                    sources = [(SSH_USER_CONFIG, "user"), (SSH_SYSTEM_CONFIG, "system")]
+                elif key.lower() == "none":
+                    sources = []
+                else:
+                    sources = [(key, "given")]
+                self._configs[key] = SshConfigFiles(sources)
+            return self._configs[key]
+
+    def target(self, host: Host) -> SshTarget:
+        """The host's SshTarget (inventory over ssh_config), resolved once per run."""
+        with self._lock:
+            cached = self._targets.get(host)
+        if cached is None:
+            try:
+                cached = resolve_ssh_target(host, self.config_files(host), self.environ)
+            except HostError as error:
+                cached = error
+            with self._lock:
+                self._targets[host] = cached
+        if isinstance(cached, HostError):
+            raise cached
+        return cached
+
+    def known_hosts(self, target: SshTarget) -> KnownHosts:
+        def files(paths: Sequence[str]) -> list[KnownHostsFile]:
+            with self._lock:
+                for path in paths:
+                    if path not in self._known:
+                        self._known[path] = KnownHostsFile(path)
+                return [self._known[path] for path in paths]
+
+        return KnownHosts(files(target.user_known_hosts), files(target.global_known_hosts))
+
+    def open_transport(self, target: SshTarget, deadline: Deadline) -> Any:
+        """An authenticated SSH transport to `target`, by its route."""
+        import_paramiko()
+        known = self.known_hosts(target)  # a bad line fails before any connection
+        if target.proxy_command is not None:
+            sock = ProxyCommandSocket.start(target.proxy_command, self.environ)
+        elif target.via is not None:
+            jump = self.jump_transport(target.via, deadline)
+            sock = open_jump_channel(jump, target.via, target, deadline)
+        else:
+            sock = connect_tcp(
+                target.hostname,
+                target.port,
+                deadline.left("connect"),
+                target.address_family,
+            )
+        try:
+            return start_ssh(sock, target, known, deadline)
+        except BaseException:
+            sock.close()
+            raise
+
+    def jump_transport(self, hop: SshTarget, deadline: Deadline) -> Any:
+        """The one connection to jump host `hop`, made by the first target that needs it;
+        the others wait for it (each within its own deadline) and share it."""
+        with self._lock:
+            shared = self._jumps.get(hop)
+            stale = (
+                shared is not None
+                and shared.ready.is_set()
+                and (
+                    (
+                        shared.error is not None
+                        and time.monotonic() - shared.failed_at > JUMP_RETRY_AFTER
+                    )
+                    or (shared.transport is not None and not shared.transport.is_active())
+                )
+            )
+            opener = shared is None or stale
+            if opener:
+                shared = self._jumps[hop] = _Shared()
+        if opener:
+            own = Deadline.after(hop.connect_timeout, "connect")
+            bound = own if own.end < deadline.end else deadline
+            try:
+                shared.transport = self.open_transport(hop, bound)
+            except HostError as error:
+                shared.error = (
+                    error
+                    if isinstance(error, JumpHostError)
+                    else JumpHostError(f"jump host {hop.label}: {error}")
+                )
+                shared.failed_at = time.monotonic()
+            finally:
+                shared.ready.set()
+        elif not shared.ready.wait(deadline.left(f"jump host {hop.label}")):
+            raise deadline.timeout(f"jump host {hop.label}")
+        if shared.error is not None:
+            raise shared.error
+        return shared.transport
+
+    def close(self) -> None:
+        """Close the jump host connections (the targets' sessions are closed first)."""
+        with self._lock:
+            shared, self._jumps = list(self._jumps.values()), {}
+        for entry in shared:
+            if entry.transport is not None:
+                entry.transport.close()
 
 
 class LocalSession:
@@ -4255,13 +6325,17 @@ class LocalSession:
 
     def open_control(self) -> RpcAgent:
         """The agent's control socket itself."""
+        deadline = Deadline.after(self.host.connect_timeout or DEFAULT_CONNECT_TIMEOUT, "connect")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.host.connect_timeout)
         try:
+            sock.settimeout(deadline.left())
             sock.connect(self.host.socket)
         except (FileNotFoundError, ConnectionRefusedError) as error:
             sock.close()
             raise AgentNotRunning(f"agent not running at {self.host.socket}") from error
+        except TimeoutError as error:
+            sock.close()
+            raise deadline.timeout() from error
         except OSError as error:
             sock.close()
             raise HostError(f"cannot connect to {self.host.socket}: {error.strerror}") from error
@@ -4271,12 +6345,13 @@ class LocalSession:
         return CliAgent(self.host, self._run, via="local-exec")
 
     def _run(self, argv: list[str]) -> CommandResult:
+        deadline = Deadline.after(self.host.command_timeout, "command")
         try:
             done = subprocess.run(
                 argv,
                 capture_output=True,
                 text=True,
-                timeout=self.host.command_timeout,
+                timeout=deadline.left(),
                 stdin=subprocess.DEVNULL,
             )
         except FileNotFoundError as error:
@@ -4286,8 +6361,7 @@ class LocalSession:
                 f"cannot run {argv[0]}: {error.strerror}", "agent-not-runnable"
             ) from error
         except subprocess.TimeoutExpired as error:
-            timeout = self.host.command_timeout
-            raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout) from error
+            raise deadline.reply_timeout() from error
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
     def alive(self) -> bool:
@@ -4298,21 +6372,20 @@ class LocalSession:
 
 
 class SshSession:
-    """One authenticated SSH connection to a host (paramiko), used for stream or exec."""
+    """One authenticated SSH connection to a host (a paramiko transport), for stream or exec."""
 
-    def __init__(self, host: Host, client: Any) -> None:
+    def __init__(self, host: Host, transport: Any, target: SshTarget | None = None) -> None:
         self.host = host
-        self.client = client
+        self.transport = transport
+        self.target = target
 
     def open_control(self) -> RpcAgent:
         """A direct-streamlocal channel to the agent's control socket on the host."""
         from paramiko.ssh_exception import ChannelException
 
-        transport = self.client.get_transport()
+        deadline = Deadline.after(self.host.command_timeout, "opening the agent channel")
         try:
-            channel = transport.open_streamlocal(
-                self.host.socket, timeout=self.host.connect_timeout
-            )
+            channel = self.transport.open_streamlocal(self.host.socket, timeout=deadline.left())
         except ChannelException as error:
             # RFC 4254 reason codes: 1 administratively prohibited (sshd has
             # AllowStreamLocalForwarding no), 2 connect failed (no socket or
@@ -4329,6 +6402,10 @@ class SshSession:
                     " forwarding)"
                 ) from error
             raise HostError(f"channel refused: {error.text}") from error
+        except HostTimeout:
+            raise deadline.timeout() from None
+        except (EOFError, OSError) as error:
+            raise HostError(f"connection lost: {error}", "connection-lost") from error
         return RpcAgent(JsonRpcClient(channel, self.host.command_timeout), via="stream")
 
     def open_damocles(self) -> DamoclesAgent:
@@ -4343,10 +6420,10 @@ class SshSession:
         """
         import paramiko
 
-        timeout = self.host.connect_timeout
+        deadline = Deadline.after(self.host.command_timeout, "opening the RPC channel")
         try:
-            channel = self.client.get_transport().open_channel(
-                "direct-tcpip", self.host.rpc_address, ("127.0.0.1", 0), timeout=timeout
+            channel = self.transport.open_channel(
+                "direct-tcpip", self.host.rpc_address, ("127.0.0.1", 0), timeout=deadline.left()
             )
         except paramiko.ChannelException as error:
             # RFC 4254 reason codes, as for the stream channel above.
@@ -4362,7 +6439,7 @@ class SshSession:
         except paramiko.SSHException as error:
             # paramiko's only signal that the channel did not open in time
             if "Timeout" in str(error):
-                raise HostTimeout(f"timeout after {timeout:g}s opening the RPC channel") from error
+                raise deadline.timeout() from error
             raise HostError(f"SSH error: {error}", "ssh-error") from error
         except (EOFError, OSError) as error:
             raise HostError(f"connection lost: {error}", "connection-lost") from error
@@ -4375,7 +6452,7 @@ class SshSession:
         import paramiko
 
         try:
-            return run_remote(self.client.get_transport(), shlex.join(argv), self.host)
+            return run_remote(self.transport, shlex.join(argv), self.host)
         except paramiko.SSHException as error:
             # e.g. sshd refused the session channel (MaxSessions) or dropped the connection
             raise HostError(f"SSH error: {error}", "ssh-error") from error
@@ -4383,61 +6460,37 @@ class SshSession:
             raise HostError(f"connection lost: {error}", "connection-lost") from error
 
     def alive(self) -> bool:
-        transport = self.client.get_transport()
-        return transport is not None and transport.is_active()
+        return self.transport.is_active()
 
     def close(self) -> None:
-        self.client.close()
+        self.transport.close()
 
 
 def connect_ssh(host: Host, context: SshContext) -> SshSession:
-    import logging
-
-    import paramiko
-
-    # paramiko logs a failed connection from its own thread; without a
-    # handler Python prints that to stderr, next to the host row that
-    # already says what went wrong.
-    paramiko_log = logging.getLogger("paramiko")
-    if not paramiko_log.handlers:
-        paramiko_log.addHandler(logging.NullHandler())
-
+    """The host's SSH session: resolved (SshTarget), reached by its route, host key
+    checked, authenticated, all within the connect deadline."""
     target = context.target(host)
-    store = context.store(host.known_hosts)
-    timeout = host.connect_timeout
-    sock = connect_tcp(target.hostname, target.port, timeout)
-    client = paramiko.SSHClient()
-    key_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
-    for key_type, key in store.lookup(key_name).items():
-        client.get_host_keys().add(key_name, key_type, key)
-    client.set_missing_host_key_policy(_HostKeyPolicy(store, host.host_key_policy == "accept-new"))
-    try:
-        client.connect(
-            target.hostname,
-            port=target.port,
-            username=target.user,
-            key_filename=target.identity_files or None,
-            # An explicit key means that key (and ssh-agent), not every ~/.ssh/id_*.
-            look_for_keys=not target.identity_files,
-            allow_agent=True,
-            sock=sock,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            channel_timeout=timeout,
-            transport_factory=streamlocal_transport_class(),
-        )
-    except BaseException as error:
-        client.close()
-        sock.close()
-        raise ssh_failure(error, timeout) from error
-    return SshSession(host, client)
+    deadline = Deadline.after(target.connect_timeout, "connect")
+    return SshSession(host, context.open_transport(target, deadline), target)
 
 
 def open_session(host: Host, context: SshContext) -> LocalSession | SshSession:
     if host.transport == "local":
         return LocalSession(host)
     return connect_ssh(host, context)
+
+
+def host_route(context: SshContext, host: Host) -> tuple[str, str | None]:
+    """(Dest, Jump) as a row shows them: where ssh_config sends the connection, through
+    which jump hosts; the inventory's address when ssh_config cannot be read (the row
+    says why)."""
+    if host.transport == "local":
+        return host.dest, None
+    try:
+        target = context.target(host)
+    except HostError:
+        return host.dest, None
+    return target.dest, target.route
 
 
 # =============================================================================
@@ -4584,37 +6637,79 @@ def _is_error(value: Any) -> bool:
     return isinstance(value, BaseException)
 
 
+# A job past its deadline is given up on this much later, so that the job's
+# own timeout, which names the step it was on, is what its row says.
+LATE_GRACE = 0.5
+
+
 def fan_out(
     hosts: Sequence[Host],
     job: Callable[[Host], Any],
     forks: int,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    budget: Callable[[Host], float] | None = None,
+    until: Deadline | None = None,
+    on_late: Callable[[Host], None] | None = None,
 ) -> GroupResult:
     """Run job(host) for every host, at most `forks` at a time.
 
-    Returns a GroupResult: one bad host never stops the others. Workers
-    are daemon threads so a Ctrl-C in the main thread ends the run at once;
-    each host is bounded by its own connect and command timeouts.
-    progress(done, total) is called after each host, from the worker
-    threads, one call at a time.
+    Returns a GroupResult: one bad host never stops the others. With a
+    `budget`, each job runs in a thread of its own under a Deadline of
+    budget(host) seconds (every wait in the sessions gets what is left of
+    it); a job still running LATE_GRACE past it becomes a HostTimeout row,
+    on_late(host) is called (to close what it holds) and the fan-out goes
+    on. `until` ends the whole fan-out: a host not done by then is a
+    NoAnswer. Threads are daemon threads, so a Ctrl-C in the main thread
+    ends the run at once. progress(done, total) is called after each host,
+    from the worker threads, one call at a time, never after the return.
     """
     results: dict[str, Any | BaseException] = {}
     queue = list(reversed(hosts))
     lock = threading.Lock()
+    stopped = False
+    late = (
+        NoAnswer(f"no answer before the deadline of {format_duration(until.seconds)}")
+        if until is not None
+        else None
+    )
+
+    def run(host: Host) -> Any:
+        seconds = budget(host) if budget is not None else None
+        if seconds is None and until is None:
+            return _call(job, host, None)
+        deadline = (
+            Deadline(time.monotonic() + seconds, seconds, "connect_timeout + command_timeout")
+            if seconds is not None
+            else None
+        )
+        box: list[Any] = []
+        finished = threading.Event()
+
+        def call() -> None:
+            box.append(_call(job, host, deadline))
+            finished.set()
+
+        threading.Thread(target=call, name=f"venusctl-job-{host.name}", daemon=True).start()
+        ends = [end for end in (deadline and deadline.end + LATE_GRACE, until and until.end) if end]
+        if finished.wait(max(0.0, min(ends) - time.monotonic())):
+            return box[0]
+        if on_late is not None:
+            on_late(host)
+        if deadline is None or (until is not None and until.end < deadline.end + LATE_GRACE):
+            return late
+        return deadline.reply_timeout("no answer")  # an action may still be under way
 
     def worker() -> None:
         while True:
             with lock:
-                if not queue:
+                if not queue or (until is not None and until.remaining() <= 0):
                     return
                 host = queue.pop()
-            try:
-                outcome = job(host)
-            except Exception as error:  # noqa: BLE001 - kept as that host's result
-                outcome = error
+            outcome = run(host)
             with lock:
                 results[host.name] = outcome
-                if progress is not None:
+                if progress is not None and not stopped:
                     progress(len(results), len(hosts))
 
     threads = [
@@ -4624,8 +6719,22 @@ def fan_out(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    return GroupResult((host.name, results[host.name]) for host in hosts)
+        thread.join(None if until is None else until.remaining() + 1.0)
+    with lock:
+        stopped = True
+        outcomes = dict(results)
+        if progress is not None and len(outcomes) < len(hosts):
+            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
+    return GroupResult((host.name, outcomes.get(host.name, late)) for host in hosts)
+
+
+def _call(job: Callable[[Host], Any], host: Host, deadline: Deadline | None) -> Any:
+    """job(host) under `deadline`; an exception is the host's result."""
+    with job_deadline(deadline):
+        try:
+            return job(host)
+        except Exception as error:  # noqa: BLE001 - kept as that host's result
+            return error
 
 
 def fan_out_until(
@@ -4634,49 +6743,11 @@ def fan_out_until(
     forks: int,
     seconds: float,
     progress: Callable[[int, int], None] | None = None,
+    budget: Callable[[Host], float] | None = None,
 ) -> GroupResult:
-    """fan_out, but back after `seconds` at the latest: unfinished hosts get a NoAnswer.
-
-    The fan-out runs in a daemon thread and its workers are daemon threads
-    too, so a host that hangs past its own timeouts never keeps a cron run
-    (or the process exit) waiting. progress(done, total) as for fan_out,
-    never after the return (a late host must not write over the report).
-    """
-    finished: dict[str, Any | BaseException] = {}
-    lock = threading.Lock()
-    stopped = False
-
-    def shown(done: int, total: int) -> None:
-        with lock:
-            if not stopped and progress is not None:
-                progress(done, total)
-
-    def recorded(host: Host) -> Any:
-        try:
-            outcome = job(host)
-        except BaseException as error:
-            with lock:
-                finished[host.name] = error
-            raise
-        with lock:
-            finished[host.name] = outcome
-        return outcome
-
-    done = threading.Event()
-
-    def run_all() -> None:
-        fan_out(hosts, recorded, forks, shown if progress is not None else None)
-        done.set()
-
-    threading.Thread(target=run_all, name="venusctl-health", daemon=True).start()
-    done.wait(seconds)
-    with lock:
-        stopped = True
-        outcomes = dict(finished)
-        if progress is not None:
-            progress(len(hosts), len(hosts))  # erases the line, even when hosts are late
-    late = NoAnswer(f"no answer before the deadline of {format_duration(seconds)}")
-    return GroupResult((host.name, outcomes.get(host.name, late)) for host in hosts)
+    """fan_out, back after `seconds` at the latest: unfinished hosts get a NoAnswer."""
+    until = Deadline(time.monotonic() + seconds, seconds, "deadline")
+    return fan_out(hosts, job, forks, progress, budget=budget, until=until)
 
 
 def with_session(host: Host, context: SshContext, work: Callable[[Any], Any]) -> Any:
@@ -4881,6 +6952,7 @@ class Context:
     forks: int = 50
     ssh: SshContext = field(default_factory=SshContext)
     full: bool = False  # --full: never cut a table cell
+    deadline: Deadline | None = None  # --deadline: the whole run ends by then
 
     @property
     def out(self) -> Any:
@@ -4917,15 +6989,37 @@ class Context:
             self.err.write(escape_lines("".join(traceback.format_exception(error))))
 
     def fan_out(
-        self, hosts: Sequence[Host], job: Callable[[Host], Any], progress: bool = True
+        self,
+        hosts: Sequence[Host],
+        job: Callable[[Host], Any],
+        progress: bool = True,
+        on_late: Callable[[Host], None] | None = None,
     ) -> GroupResult:
-        """fan_out with this run's forks, tracebacks under --debug, and `12/30 hosts` on
-        stderr while it runs when stderr is a terminal (nothing extra otherwise)."""
+        """fan_out with this run's forks, each host within its budget and the run within
+        --deadline, tracebacks under --debug, and `12/30 hosts` on stderr while it runs
+        when stderr is a terminal (nothing extra otherwise)."""
         show = progress and len(hosts) > 1 and self.is_terminal(self.err)
-        outcomes = fan_out(hosts, job, self.forks, self._show_progress if show else None)
+        outcomes = fan_out(
+            hosts,
+            job,
+            self.forks,
+            self._show_progress if show else None,
+            budget=self.host_budget,
+            until=self.deadline,
+            on_late=on_late,
+        )
         for host in hosts:
             _show_traceback(self, host, outcomes[host.name])
         return outcomes
+
+    def host_budget(self, host: Host) -> float:
+        """One host's whole exchange: connect_timeout (the inventory's, else
+        ssh_config's ConnectTimeout, else 5 s) + command_timeout."""
+        connect = host.connect_timeout
+        if connect is None and host.transport != "local":
+            with contextlib.suppress(HostError):  # the job itself reports a bad ssh_config
+                connect = self.ssh.target(host).connect_timeout
+        return (connect or DEFAULT_CONNECT_TIMEOUT) + host.command_timeout
 
     def _show_progress(self, done: int, total: int) -> None:
         # \r rewrites the line; the last call erases it, so the table starts clean.
@@ -4935,9 +7029,7 @@ class Context:
 
 def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
     """Run work for one host like the fan-out does: an error becomes the result."""
-    outcome = fan_out([host], lambda h: with_session(h, ctx.ssh, work), 1)[host.name]
-    _show_traceback(ctx, host, outcome)
-    return outcome
+    return ctx.fan_out([host], lambda h: with_session(h, ctx.ssh, work))[host.name]
 
 
 def show_report(ctx: Context, report: Any, status: ExitStatus) -> ExitStatus:
@@ -4998,7 +7090,10 @@ def watch(
             frames += 1
             if args.count is not None and frames >= args.count:
                 return status
-            ctx.sleep(max(0.0, args.watch - (ctx.clock() - started)))
+            pause = max(0.0, args.watch - (ctx.clock() - started))
+            if ctx.deadline is not None and ctx.deadline.remaining() <= pause:
+                return status  # --deadline ends the watch too
+            ctx.sleep(pause)
     except KeyboardInterrupt:
         if terminal:
             ctx.out.write("\n")
@@ -5009,8 +7104,11 @@ def list_report(
     ctx: Context, args: argparse.Namespace, hosts: list[Host], pool: SessionPool, progress: bool
 ) -> tuple[Any, ExitStatus]:
     """One `list` answer: the JSON document or the table text, and the exit status."""
-    outcomes = ctx.fan_out(hosts, pool.status, progress)
-    entries = [list_entry(host, outcomes[host.name], args.expiration) for host in hosts]
+    outcomes = ctx.fan_out(hosts, pool.status, progress, on_late=pool.forget)
+    entries = [
+        list_entry(host, outcomes[host.name], args.expiration, host_route(ctx.ssh, host))
+        for host in hosts
+    ]
     failed = any(entry["error"] for entry in entries)
     status = ExitStatus.FAILED if failed else ExitStatus.OK
     if ctx.as_json:
@@ -5051,7 +7149,7 @@ def threads_report(
     progress: bool,
 ) -> tuple[Any, ExitStatus]:
     """The matching threads of every host: a table, a count line, then who did not answer."""
-    outcomes = ctx.fan_out(hosts, pool.status, progress)
+    outcomes = ctx.fan_out(hosts, pool.status, progress, on_late=pool.forget)
     threads, unreachable = select_threads(hosts, outcomes, selector)
     status = ExitStatus.FAILED if unreachable else ExitStatus.OK
     if ctx.as_json:
@@ -5252,7 +7350,7 @@ def act_on_steps(
         actions = [step.action for step in by_host[host.name]]
         return pool.perform_all(host, actions)
 
-    outcomes = ctx.fan_out(hosts, job)
+    outcomes = ctx.fan_out(hosts, job, on_late=pool.forget)
     failed = outcomes.failed  # a host that could not be reached at all: each of its steps
     results: list[tuple[Step, ActionOutcome]] = []
     for host in hosts:
@@ -5292,7 +7390,7 @@ def bulk_action(
     hosts = _selected_hosts(ctx, args, kind)
     pool = SessionPool(ctx.ssh)
     try:
-        outcomes = ctx.fan_out(hosts, pool.status)
+        outcomes = ctx.fan_out(hosts, pool.status, on_late=pool.forget)
         threads, unreachable = select_threads(hosts, outcomes, selector_from(args))
         steps = plan_steps(kind, threads, to_state)
         problem = to_state and invalid_resume_state(steps, to_state)
@@ -5396,7 +7494,7 @@ class Drain:
 
     def run(self) -> ExitStatus:
         started = self.ctx.clock()
-        outcomes = self.ctx.fan_out(self.hosts, self.pool.status)
+        outcomes = self.ctx.fan_out(self.hosts, self.pool.status, on_late=self.pool.forget)
         self.targets, self.unreachable = select_threads(self.hosts, outcomes, self.selector)
         if not self.targets:
             if self.ctx.as_json:  # a script still gets its document: nothing was drained
@@ -5420,7 +7518,10 @@ class Drain:
                 f"drain: pausing {count_line(self.targets)} at their next stage boundary"
                 f" (timeout {format_duration(self.timeout)})"
             )
-            self.wait(started + self.timeout, started)
+            deadline = started + self.timeout
+            if self.ctx.deadline is not None:  # --deadline bounds the whole run
+                deadline = min(deadline, started + self.ctx.deadline.remaining())
+            self.wait(deadline, started)
         except KeyboardInterrupt:
             # Ctrl-C: the pauses already sent must not stay queued behind the operator's back.
             self.interrupted = True
@@ -5464,7 +7565,9 @@ class Drain:
 
     def poll(self) -> None:
         hosts = list({thread.host.name: thread.host for thread in self.targets}.values())
-        outcomes = self.ctx.fan_out(hosts, self.pool.status, progress=False)
+        outcomes = self.ctx.fan_out(
+            hosts, self.pool.status, progress=False, on_late=self.pool.forget
+        )
         for host in hosts:
             status = HostStatus.of(outcomes[host.name])
             if status.threads is not None:
@@ -5694,6 +7797,7 @@ def command_health(ctx: Context, args: argparse.Namespace) -> Severity:
         ctx.forks,
         deadline,
         ctx._show_progress if show else None,
+        budget=ctx.host_budget,
     )
     for host in hosts:
         _show_traceback(ctx, host, outcomes[host.name])
@@ -6356,7 +8460,7 @@ def add_watch(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     # The common options are accepted before or after the command name; in
     # the subcommands they default to SUPPRESS so they never undo the top level.
-    def common(parser: argparse.ArgumentParser, top: bool) -> None:
+    def common(parser: argparse.ArgumentParser, top: bool, deadline: bool = True) -> None:
         default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
         parser.add_argument(
             "-i",
@@ -6386,6 +8490,15 @@ def build_parser() -> argparse.ArgumentParser:
             default=default(50),
             help="hosts asked at the same time (default 50)",
         )
+        if deadline:
+            parser.add_argument(
+                "--deadline",
+                type=_argument_type(_positive_duration, "duration"),
+                default=default(None),
+                metavar="DURATION",
+                help="the whole run ends by then; a host not done is a row saying so"
+                " (each host also ends within its connect_timeout + command_timeout)",
+            )
 
     parser = _Parser(
         prog="venusctl",
@@ -6503,7 +8616,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=HEALTH_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common(health, top=False)
+    common(health, top=False, deadline=False)  # its own --deadline, with UNKNOWN
     duration = _argument_type(parse_duration, "duration")
     health.add_argument(
         "-l",
@@ -6544,6 +8657,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",  # the monitoring-plugin guidelines' name for it
         dest="deadline",
         type=_argument_type(_positive_duration, "duration"),  # 0s: UNKNOWN every time
+        default=argparse.SUPPRESS,  # `venusctl --deadline 30s health` keeps the 30s
         metavar="DURATION",
         help="the whole run ends by then, else UNKNOWN (default 60s; -t 45 is 45 seconds)",
     )
@@ -6690,7 +8804,7 @@ def requested_command(argv: Sequence[str]) -> str | None:
     """The command word of argv, even when argv does not parse (options before it skipped)."""
     words = iter(argv)
     for word in words:
-        if word in ("-i", "--inventory", "--forks"):
+        if word in ("-i", "--inventory", "--forks", "--deadline"):
             next(words, None)  # the option's value, not the command
         elif not word.startswith("-"):
             return word
@@ -6732,10 +8846,23 @@ def _run(argv: list[str], env: Environment) -> int:
     with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
         args = build_parser().parse_args(argv)
     inventory = load_inventory(inventory_path(args.inventory, env.environ))
+    run_deadline = None
+    if args.deadline is not None and args.command != "health":  # health: its UNKNOWN rule
+        run_deadline = Deadline(time.monotonic() + args.deadline, args.deadline, "--deadline")
     ctx = Context(
-        inventory, env, as_json=args.json, debug=args.debug, forks=args.forks, full=args.full
+        inventory,
+        env,
+        as_json=args.json,
+        debug=args.debug,
+        forks=args.forks,
+        full=args.full,
+        ssh=SshContext(env.environ),
+        deadline=run_deadline,
     )
-    return int(args.handler(ctx, args))
+    try:
+        return int(args.handler(ctx, args))
+    finally:
+        ctx.ssh.close()  # the jump host connections, after every session is closed
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

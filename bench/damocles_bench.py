@@ -90,7 +90,7 @@ def main() -> int:
         inventory = root / "inventory.toml"
         inventory.write_text(
             f'[defaults]\nuser = "{fleet.user}"\nidentity_file = "{fleet.client_key}"\n'
-            f'known_hosts = "{fleet.known_hosts}"\nssh_config = "{root}/none"\n'
+            f'known_hosts = "{fleet.known_hosts}"\nssh_config = "none"\n'
             f'[[host]]\nname = "dam"\naddress = "{sshd.address}"\nport = {sshd.port}\n'
             f'backend = "damocles"\nrpc = "127.0.0.1:{port}"\n'
         )

@@ -13,11 +13,22 @@ size N (the first N hosts), times in the same run, round-robin:
              so ssh ControlPersist is on: timed runs reuse the warm-up run's connections)
   (c) floor  paramiko connect + authenticate to every host in parallel threads, nothing run,
              timed in-process (TCP_NODELAY set), plus `python -c "import paramiko"` wall time
-             measured separately; "(c) total" = both, the least any Python+paramiko tool pays
+             (invoke kept out, as venusctl does) measured separately; "(c) total" = both, the
+             least any Python+paramiko tool pays
 
 and `venusctl list` against one agent over the local transport (no SSH). Each method gets one
 untimed warm-up run ("cold" column), then --runs timed runs; the table shows medians. ansible
 comes with the `test` extra (playbook tests); when .venv lacks it, the bench pip-installs it.
+
+    .venv/bin/python bench/fanout_bench.py --jump [--sizes 30] [--runs 5]
+
+is the jump-host case instead (issue 13 item 7): the same N hosts behind one more sshd, the
+bastion, every connection through it, timed in the same run, round-robin:
+
+  venusctl   `venusctl list` with `jump = "bastion"`: one bastion connection, N channels
+  (j) ssh -J OpenSSH in parallel, `xargs -P N ssh -J bastion ... report --json` (each target's
+             ssh runs its own `ssh -W` to the bastion: N bastion connections)
+  (j) true   the same with `true` as the remote command: OpenSSH's connections alone
 
 Everything started here (sshd, agents, ansible's ssh control masters) is stopped on exit,
 Ctrl-C included. Only 127.0.0.x addresses are used.
@@ -58,6 +69,11 @@ AGENT_START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 300.0
 AGENT_THREADS = 3
 TARGET_SIZE = 30
+# The floor's import: paramiko without invoke, which paramiko.config imports only for
+# `Match exec` and which venusctl keeps out too (venusctl.import_paramiko).
+IMPORT_PARAMIKO = "python -c 'import paramiko' (no invoke)"
+IMPORT_PARAMIKO_CODE = "import sys; sys.modules['invoke'] = None; import paramiko"
+TARGET_VS_JUMP = 0.5  # issue 13 item 7: venusctl <= 0.5 x (j) ssh -J, at N = 30
 # Targets of issue 3 item 7, at N = 30.
 TARGET_VS_OPENSSH = 0.7  # venusctl <= 0.7 x (a)
 TARGET_ANSIBLE_FACTOR = 10.0  # (b) >= 10 x venusctl
@@ -208,6 +224,35 @@ def venusctl_inventory(fleet: SshFleet, nodes: list[Node]) -> str:
     return "\n".join(lines)
 
 
+def jump_ssh_config(fleet: SshFleet, bastion: SshHost) -> str:
+    """How both venusctl and OpenSSH reach the bastion (and nothing of ~/.ssh/config)."""
+    return (
+        f"Host bastion\n  HostName {bastion.address}\n  Port {bastion.port}\n"
+        f"  User {fleet.user}\n  IdentityFile {fleet.client_key}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {fleet.known_hosts}\n  StrictHostKeyChecking yes\n"
+        "  BatchMode yes\n  IdentityAgent none\n"
+    )
+
+
+def jump_inventory(fleet: SshFleet, nodes: list[Node], ssh_config: Path) -> str:
+    text = venusctl_inventory(fleet, nodes)
+    every_host_behind = f'ssh_config = {toml_string(ssh_config)}\njump = "bastion"'
+    return text.replace('ssh_config = "/dev/null"', every_host_behind, 1)
+
+
+def openssh_jump_lines(
+    fleet: SshFleet, nodes: list[Node], ssh_config: Path, command: list[str] | None
+) -> str:
+    """`ssh -F CONFIG -J bastion ... user@host COMMAND` per host, as xargs reads them."""
+    lines = []
+    for node in nodes:
+        remote = command or [str(AGENT), "worker", "-c", str(node.config), "report", "--json"]
+        argv = fleet.ssh_argv(node.host, *remote)[1:]
+        argv[argv.index("/dev/null")] = str(ssh_config)  # -F: the bastion's definition
+        lines.append(shlex.join(["-J", "bastion", *argv]))
+    return "\n".join(lines) + "\n"
+
+
 def local_inventory(node: Node) -> str:
     return "\n".join(
         [
@@ -330,15 +375,33 @@ def check_venusctl_uses_stream(inventory: Path, env: dict[str, str]) -> None:
         raise BenchError(f"venusctl did not use the stream transport for {not_stream}")
 
 
-def openssh_xargs(lines_file: Path, count: int, env: dict[str, str]) -> Callable[[], float]:
+def openssh_xargs(
+    lines_file: Path, count: int, env: dict[str, str], answers: str | None = '"summary"'
+) -> Callable[[], float]:
     argv = ["xargs", "-P", str(count), "-L", "1", shutil.which("ssh") or "/usr/bin/ssh"]
 
     def run() -> float:
         elapsed, done = timed_run(argv, env, stdin_path=lines_file)
-        require(done, done.stdout.count('"summary"') == count, "ssh via xargs")
+        ok = answers is None or done.stdout.count(answers) == count
+        require(done, ok, "ssh via xargs")
         return elapsed
 
     return run
+
+
+def check_venusctl_uses_the_jump(inventory: Path, env: dict[str, str], bastion: SshHost) -> None:
+    """Before timing: every host answers through the stream channel, through the bastion."""
+    argv = [str(PYTHON), str(VENUSCTL), "-i", str(inventory), "--json", "list"]
+    _, done = timed_run(argv, env)
+    require(done, True, "venusctl --json list (jump)")
+    route = f"@{bastion.address}:{bastion.port}"
+    wrong = [
+        h["name"]
+        for h in json.loads(done.stdout)["hosts"]
+        if h.get("via") != "stream" or h.get("error") or not (h.get("jump") or "").endswith(route)
+    ]
+    if wrong:
+        raise BenchError(f"venusctl did not reach {wrong} through the bastion's stream channels")
 
 
 def ansible_command(inventory: Path, count: int, env: dict[str, str]) -> Callable[[], float]:
@@ -445,7 +508,7 @@ def summary_rows(results: dict[int, dict[str, float]]) -> list[list[str]]:
     rows = []
     for size, medians in results.items():
         venusctl = medians.get("venusctl list")
-        floor = medians["(c) paramiko connect+auth"] + medians["python -c 'import paramiko'"]
+        floor = medians["(c) paramiko connect+auth"] + medians[IMPORT_PARAMIKO]
         row = [str(size)]
         row.append(ms(venusctl))
         row += [ms(medians["(a) ssh, xargs -P N"]), ms(medians.get("(b) ansible -m command"))]
@@ -486,7 +549,7 @@ def target_verdicts(medians: dict[str, float]) -> list[str]:
         return ["venusctl not measured"]
     openssh = medians["(a) ssh, xargs -P N"]
     ansible = medians.get("(b) ansible -m command")
-    floor = medians["(c) paramiko connect+auth"] + medians["python -c 'import paramiko'"]
+    floor = medians["(c) paramiko connect+auth"] + medians[IMPORT_PARAMIKO]
     verdicts = [
         verdict("venusctl <= 0.7 x (a)", venusctl / openssh, TARGET_VS_OPENSSH, "x (a)"),
         verdict("venusctl <= 1.5 x (c) total", venusctl / floor, TARGET_VS_FLOOR, "x (c)"),
@@ -581,7 +644,7 @@ def methods_for_size(
         inventory = write(directory / "ansible.ini", ansible_inventory(fleet, chosen))
         methods["(b) ansible -m command"] = ansible_command(inventory, size, env)
     methods["(c) paramiko connect+auth"] = paramiko_floor(fleet, chosen)
-    methods["python -c 'import paramiko'"] = python_command("import paramiko", env)
+    methods[IMPORT_PARAMIKO] = python_command(IMPORT_PARAMIKO_CODE, env)
     return methods
 
 
@@ -615,12 +678,72 @@ def run_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
         print("  " + line)
 
 
+JUMP_METHODS = ("venusctl list (jump)", "(j) ssh -J, xargs -P N", "(j) ssh -J, xargs -P N, true")
+
+
+def run_jump_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
+    """The jump-host case: every size's hosts behind one bastion, venusctl against ssh -J."""
+    env = bench_environment()
+    bastion = fleet.add_host("bastion", {"LogLevel": "VERBOSE"})
+    bastion.start()
+    ssh_config = write(root / "ssh_config", jump_ssh_config(fleet, bastion))
+    rows = []
+    for size in options.sizes:
+        chosen = nodes[:size]
+        directory = root / f"jump{size}"
+        directory.mkdir()
+        inventory = write(directory / "inventory.toml", jump_inventory(fleet, chosen, ssh_config))
+        check_venusctl_uses_the_jump(inventory, env, bastion)
+        logins = bastion.log_path.read_text().count("Accepted publickey")
+        venusctl_list(inventory, [n.name for n in chosen], env)()
+        shared = bastion.log_path.read_text().count("Accepted publickey") - logins
+        if shared != 1:
+            raise BenchError(f"venusctl logged in to the bastion {shared} times for {size} hosts")
+        report = write(directory / "ssh-J", openssh_jump_lines(fleet, chosen, ssh_config, None))
+        bare = write(
+            directory / "ssh-J-true", openssh_jump_lines(fleet, chosen, ssh_config, ["true"])
+        )
+        methods = {
+            JUMP_METHODS[0]: venusctl_list(inventory, [n.name for n in chosen], env),
+            JUMP_METHODS[1]: openssh_xargs(report, size, env),
+            JUMP_METHODS[2]: openssh_xargs(bare, size, env, answers=None),
+        }
+        samples = measure(methods, options.runs)
+        print_size_table(f"N = {size} behind one bastion", samples)
+        medians = {name: sample.median for name, sample in samples.items()}
+        venusctl, openssh, bare_ssh = (medians[name] for name in JUMP_METHODS)
+        rows.append(
+            [str(size), ms(venusctl), ms(openssh), ms(bare_ssh)]
+            + [f"{venusctl / openssh:.2f}", f"{venusctl / bare_ssh:.2f}"]
+        )
+    print("\nmachine:\n  " + "\n  ".join(machine_description()))
+    print("\nmedians, ms (one bastion connection for venusctl, checked in the bastion's log):\n")
+    headers = [
+        "N",
+        "venusctl",
+        "(j) ssh -J",
+        "(j) ssh -J true",
+        "venusctl/(j)",
+        "venusctl/(j) true",
+    ]
+    print(markdown_table(headers, rows))
+    largest = rows[-1]
+    ratio = float(largest[4])
+    print(
+        f"\ntarget at N = {largest[0]}: venusctl <= {TARGET_VS_JUMP} x (j) ssh -J:"
+        f" {ratio:.2f} -> {'met' if ratio <= TARGET_VS_JUMP else 'MISSED'}"
+    )
+
+
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,10,30", help="comma-separated fleet sizes")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per method (median)")
     parser.add_argument("--no-ansible", dest="ansible", action="store_false")
     parser.add_argument("--no-venusctl", dest="venusctl", action="store_false")
+    parser.add_argument(
+        "--jump", action="store_true", help="the jump-host case: venusctl against ssh -J"
+    )
     options = parser.parse_args(argv)
     options.sizes = sorted({int(size) for size in options.sizes.split(",")})
     if options.runs < 1 or options.sizes[0] < 1:
@@ -663,6 +786,8 @@ def run_with_fleet(options: argparse.Namespace, prefix: str, bench: Callable) ->
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    if options.jump:
+        return run_with_fleet(options, "vfj-", run_jump_bench)
     if options.ansible and not ensure_ansible():
         print("ansible-core could not be installed; running without (b)", file=sys.stderr)
         options.ansible = False

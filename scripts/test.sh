@@ -9,6 +9,10 @@ cd "$root"
 need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# the ssh tests judge venusctl by OpenSSH's own client tools (ssh -G, ssh-keygen,
+# ssh-agent, ssh-add), and make network namespaces for the jump-host tests (ip)
+command -v ssh-agent >/dev/null 2>&1 || need+=(openssh-client)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # promtool (in Debian's prometheus package) and node_exporter judge the agent's
 # metrics textfile and the alert rules; the tests run them as plain processes (a
 # container's policy-rc.d keeps apt from starting their services, as for sshd's).

@@ -199,7 +199,7 @@ class Fleet:
             "identity_file": str(self.ssh.client_key),
             "known_hosts": str(self.ssh.known_hosts),
             # no ~/.ssh/config of whoever runs the tests
-            "ssh_config": str(self.root / "no-ssh-config"),
+            "ssh_config": "none",
             "agent": AGENT_COMMAND,
             # generous: a loaded CI machine must not turn into a timeout row
             "connect_timeout": 10,

@@ -87,7 +87,8 @@ def _public_key_text(private_key: Path) -> str:
 
 
 def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((address, 0))
         return probe.getsockname()[1]
 
@@ -118,9 +119,13 @@ class SshHost:
         client_public_key: str,
         sshd_options: dict[str, str] | None,
         on_key_change: Callable[[], None],
+        netns: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.name = name
         self.address = address
+        # A network namespace to run in (tests/netns.py): reachable only from inside it.
+        self.netns = netns
         self.dir = directory
         self.host_key_path = directory / "ssh_host_ed25519_key"
         self.config_path = directory / "sshd_config"
@@ -134,7 +139,7 @@ class SshHost:
         self.authorized_keys_path.write_text(client_public_key + "\n")
         _generate_key(self.host_key_path, f"sshfleet-{name}")
         self.host_public_key = _public_key_text(self.host_key_path)
-        self.port = _free_port(address)
+        self.port = port or _free_port(address)
         self._write_config()
 
     def __repr__(self) -> str:
@@ -145,7 +150,9 @@ class SshHost:
         return self._process is not None and self._process.poll() is None
 
     def known_hosts_line(self) -> str:
-        return f"[{self.address}]:{self.port} {self.host_public_key}"
+        # OpenSSH looks up port 22 by the bare name, any other port as [host]:port
+        name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        return f"{name} {self.host_public_key}"
 
     def start(self) -> None:
         if self.alive:
@@ -185,8 +192,9 @@ class SshHost:
         self.restart()
 
     def _write_config(self) -> None:
+        listen = f"[{self.address}]" if ":" in self.address else self.address
         options = {
-            "ListenAddress": f"{self.address}:{self.port}",
+            "ListenAddress": f"{listen}:{self.port}",
             "HostKey": str(self.host_key_path),
             "PidFile": str(self.pid_path),
             "AuthorizedKeysFile": str(self.authorized_keys_path),
@@ -198,6 +206,8 @@ class SshHost:
 
     def _spawn_and_wait(self) -> None:
         argv = [_find_binary("sshd"), "-D", "-e", "-f", str(self.config_path)]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
                 argv,
@@ -214,7 +224,7 @@ class SshHost:
             if self._process.poll() is not None:
                 self._process = None
                 raise SshFleetError(f"sshd {self.name} exited at start: {self._log_text()}")
-            if _accepts_connections(self.address, self.port):
+            if self._listening():
                 return
             time.sleep(0.02)
         self.stop()
@@ -222,6 +232,11 @@ class SshHost:
             f"sshd {self.name} not accepting on {self.address}:{self.port} "
             f"after {START_TIMEOUT:.0f}s: {self._log_text()}"
         )
+
+    def _listening(self) -> bool:
+        if self.netns:  # not reachable from out here: sshd says so in its log (LogLevel INFO+)
+            return "Server listening on" in self._log_text()
+        return _accepts_connections(self.address, self.port)
 
     def _log_text(self) -> str:
         try:
@@ -251,10 +266,21 @@ class SshFleet:
     def __exit__(self, *exc_info: object) -> None:
         self.stop_all()
 
-    def add_host(self, name: str, sshd_options: dict[str, str] | None = None) -> SshHost:
+    def add_host(
+        self,
+        name: str,
+        sshd_options: dict[str, str] | None = None,
+        address: str | None = None,
+        netns: str | None = None,
+        port: int | None = None,
+    ) -> SshHost:
+        """A new sshd (not started) on the next 127.0.0.x, or on `address` (e.g. "::1");
+        in network namespace `netns` if given (then logging at INFO, its readiness sign)."""
+        if netns:
+            sshd_options = {"LogLevel": "INFO", **(sshd_options or {})}
         if any(host.name == name for host in self.hosts):
             raise ValueError(f"host {name!r} already in the fleet")
-        address = str(FIRST_ADDRESS + len(self.hosts))
+        address = address or str(FIRST_ADDRESS + len(self.hosts))
         host = SshHost(
             name,
             address,
@@ -262,6 +288,8 @@ class SshFleet:
             self.client_public_key,
             sshd_options,
             on_key_change=self._rewrite_known_hosts,
+            netns=netns,
+            port=port,
         )
         self.hosts.append(host)
         self._rewrite_known_hosts()

@@ -91,6 +91,7 @@ class HistoryFleet:
     def __init__(self, root: Path):
         self.root = root
         self.ssh = SshFleet(root / "ssh")
+        (root / "no-ssh-config").write_text("")  # nothing of the machine's ~/.ssh/config
         self.agents = {}
         self.dam_port = 0
 
@@ -173,7 +174,7 @@ def test_a_sectors_log_after_a_fault_where_it_is_and_why(tmp_path, capsys, fleet
     assert re.fullmatch(r"s-t010000-\d{1,3}", sector)  # h1's range
     number = sector.rsplit("-", 1)[1]
     status, out, err = run(capsys, fleet.all(tmp_path), "sector", f"10000:{number}")
-    assert status == 0, err
+    assert status == 0, out + err
     assert "Host:       h1 (" in out and "h2 (" not in out
     assert "Thread:     #0 " in out and "State:      C1Done (stage C2)" in out
     assert "LastErr:    permanent: No cached parameters found (history test)" in out

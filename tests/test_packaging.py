@@ -97,7 +97,8 @@ def test_the_control_host_install_gives_both_commands_with_one_version():
         for line in metadata.get_all("Requires-Dist")
         if "extra ==" not in line
     }
-    assert {"paramiko", "fabric", "tabulate", "tomlkit"} <= requires
+    assert {"paramiko", "tabulate", "tomlkit"} <= requires
+    assert "fabric" not in requires  # nothing imports it (issue 13)
     scripts = {
         entry.name
         for entry in importlib.metadata.distribution("venusctl").entry_points

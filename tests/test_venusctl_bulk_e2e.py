@@ -548,7 +548,7 @@ def test_session_pool_keeps_connections_and_reconnects_a_dropped_one(tmp_path, s
         second = pool.status(host)
         assert pool.session(host) is session  # one SSH connection for both refreshes
         assert first.via == second.via == "stream" and len(second.threads) == 2
-        session.client.get_transport().close()  # the connection drops
+        session.transport.close()  # the connection drops
         third = pool.status(host)
         assert pool.session(host) is not session and third.threads is not None
     finally:

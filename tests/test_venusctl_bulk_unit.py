@@ -233,6 +233,9 @@ class RefusingPool:
         # the outcome of the host's one pause
         return [ActionOutcome(error=venusctl.HostTimeout("timed out"))]
 
+    def forget(self, host) -> None:
+        """What the fan-out calls for a host past its budget: nothing is held here."""
+
 
 def fake_time_context():
     """A Context on StringIO streams whose sleep only moves its clock: (ctx, out, err, now)."""
@@ -272,6 +275,9 @@ class ScriptedPool:
 
     def perform_all(self, host, actions):
         return [ActionOutcome("stream")]  # the host's one pause, accepted
+
+    def forget(self, host) -> None:
+        """What the fan-out calls for a host past its budget: nothing is held here."""
 
 
 def test_drain_waits_until_paused_not_just_until_nothing_runs():

@@ -124,7 +124,7 @@ def inventory(path: Path, fleet: SshFleet, *tables: dict) -> Path:
         path,
         list(tables),
         user=fleet.user,
-        ssh_config=str(path.parent / "no-ssh-config"),
+        ssh_config="none",
         connect_timeout=10,
         command_timeout=20,
     )
@@ -234,6 +234,7 @@ def test_list_counts_every_line_right_and_names_the_line(line, capsys):
     snap, wdpost = release.at_least("v0.2"), release.at_least("v0.8")
     running = ["1", "0"] if line.thread_state else ["-", "-"]
     assert rows["ro"][2:] == [
+        "-",  # Jump: reached directly
         f"{version} ({line.name} API)",
         str(4 + snap + wdpost),  # Threads
         str(1 + wdpost),  # Empty: asking for work, and the wdpost thread

@@ -259,7 +259,7 @@ def test_resume_takes_back_a_queued_pause(tmp_path, capsys, ssh_fleet, transport
     row = out.splitlines()[1]
     assert re.search(r"\squeued\s.*Running\(\S+\) mock, pause queued", row), row
     status, out, _ = run(capsys, path, "list", "--wide")
-    assert out.splitlines()[1].split()[6] == "1"  # Queued
+    assert out.splitlines()[1].split()[7] == "1"  # Queued (after Dest and Jump)
     status, out, err = run(capsys, path, "resume", "stuck", "0")
     assert (status, out) == (0, f"stuck #0: {venusctl.PAUSE_CANCELLED}\n"), err
     thread = stuck_thread(capsys, path)
@@ -438,7 +438,7 @@ def user_rows(capsys, sealer, tables: list[dict]) -> dict[str, dict]:
         user=name,
         identity_file=str(fleet.client_key),
         known_hosts=str(fleet.known_hosts),
-        ssh_config=str(root / "no-ssh-config"),
+        ssh_config="none",
         connect_timeout=10,
         command_timeout=20,
     )
