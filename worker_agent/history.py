@@ -191,7 +191,7 @@ def _key_code(plan: str | None, stage: str) -> int:
 class _Part:
     """What one file of a log holds, in memory: its sectors and its stage runs, packed.
 
-    The runs are kept as arrays (about 18 bytes each, not Python objects): a
+    The runs are kept as arrays (about 22 bytes each, not Python objects): a
     worker of 128 threads with full histories holds a million of them without
     the garbage collector walking them.
     """
@@ -199,7 +199,7 @@ class _Part:
     def __init__(self) -> None:
         self.sectors: set[str] = set()
         self.times = array("d")
-        self.durations = array("f")  # NaN: not recorded
+        self.durations = array("d")  # NaN: not recorded
         self.keys = array("H")  # _KEYS codes
         self.errors = array("i")  # -1: it succeeded; else an index into error_texts
         self.error_texts: list[str] = []
@@ -280,6 +280,7 @@ class HistoryLog:
         self.rotate_bytes, self.keep_tasks = rotate_bytes, keep_tasks
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._writing = False  # open() made it the writer, until close()
         self._size = 0
         self._current = _Part()  # of self.path
         self._before = _Part()  # of self.previous
@@ -310,6 +311,7 @@ class HistoryLog:
             self.load(observe)
             with self._lock:
                 self._open_current()
+                self._writing = True
         except OSError as exc:
             self.problem = _describe(exc, self.path)
             log.error("thread #%d: history not kept: %s", self.index, self.problem)
@@ -371,6 +373,7 @@ class HistoryLog:
 
     def close(self) -> None:
         with self._lock:
+            self._writing = False
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -381,9 +384,11 @@ class HistoryLog:
         """Write `entry` and flush it to disk; False (logged, counted) if it could not be."""
         line = entry_line(entry)
         with self._lock:
-            if self._fd is None:
+            if self.problem is not None or not self._writing:  # a reader, or closed
                 return False
             try:
+                if self._fd is None:  # a rotation that could not open the new file
+                    self._open_current()
                 if self._size >= self.rotate_bytes and len(self._current.sectors) > self.keep_tasks:
                     self._rotate()
                 if self._lost:
