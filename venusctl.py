@@ -1,7 +1,7 @@
 """venusctl: see and steer the sealing threads of every worker host, over SSH.
 
-usage: venusctl [-i INVENTORY] [--json] [--full] [--debug] [--forks N] [--deadline DURATION]
-                COMMAND ...
+usage: venusctl [-i INVENTORY | --fleet NAME] [--json] [--full] [--color WHEN] [--debug]
+                [--forks N] [--deadline DURATION] COMMAND ...
 
 commands:
   list [-l LIMIT] [--expiration 10m] [--wide]
@@ -20,8 +20,14 @@ commands:
                             thread whose pause is still queued, cancel that pause
   pause -l LIMIT [SELECTORS] [--yes | --dry-run]
   resume -l LIMIT [SELECTORS] [--to-state STATE] [--yes | --dry-run]
-                            the same for every selected thread: prints the plan,
-                            acts with --yes or after y/N on a terminal
+                            the same for every selected thread: prints the plan
+                            (with the sectors each state move touches), acts with
+                            --yes or after y/N on a terminal
+  pause ... --wait [TIMEOUT]
+                            then wait until each thread shows Paused (default 2h)
+  resume ... Finished|Aborted --force
+                            ends the sector's task for good (finalised without a proof,
+                            or dropped with its data): --force besides --yes or the y/N
   drain HOST|-l LIMIT [SELECTORS] [--timeout 2h] [--interval 2s] [--keep-queued]
                             pause every selected thread at its next stage boundary
                             and wait until every one is Paused; on timeout or Ctrl-C
@@ -44,23 +50,42 @@ commands:
                             one thread's history: state changes, pauses, who asked
   stats [SELECTORS] [--since 7d] [--by-host]
                             per stage: tasks, p50, p90, max, failures, common error
+  logs HOST INDEX [--stage S] [-n LINES|all] [--runs N | --all] [-f]
+                            what the thread's last stage runs printed (stdout, stderr)
+  journal HOST [-n LINES|all] [-f]
+                            the agent's own log: journalctl -u UNIT on the host
+  ssh HOST [COMMAND ...]    OpenSSH to HOST with the inventory's user, port, key,
+                            known_hosts and jump hosts: a session, or COMMAND
+  completion bash|zsh|fish  the shell completion script (also --help-man: the man page)
 
 HOST is a host's name, its address, or address:port ([::1]:22) in the inventory. LIMIT
-is a comma-separated list of host names, group names and shell globs.
+is an Ansible host pattern: host names, group names, `all`, `ungrouped`, shell globs
+and ~REGEX, separated by commas (or by colons when there is none); a term may start
+with `!` (all but it: -l 'all:!gpu-03', or -l '!gpu-03' alone) or `&` (and also in
+it: -l 'gpu:&rack1'). Quote a `!` from the shell.
 SELECTORS: --state S[,S...], --stage X, --plan P, --paused, --errors,
 --error-match REGEX, --idle; a thread is selected when every one given
 holds. Names are checked before any connection: a case-only difference is
 normalised (c1done is C1Done), a typo refused with the closest names.
 Nothing empty ever means "all": an empty -l or selector value is refused;
-pause, resume and drain need -l, and reach the whole fleet only with -l '*'.
+pause, resume and drain need -l, and reach the whole fleet only with -l all
+(or -l '*'); a limit that leaves no host is refused too.
 
 Output: worker text (errors, paths, names) is printed with its control
 characters escaped (ESC as \\x1b, a newline as \\n); --json keeps it exact. On
 a terminal, long table cells are cut with ... to fit (LastErr first; --full:
 never). Under --json every failure is one document too:
-{"error": {"code": ..., "message": ...}}, with the same exit status.
+{"error": {"code": ..., "message": ...}}, with the same exit status. list, info,
+threads and inventory take --sort KEY[,KEY] [--reverse], --columns LIST,
+--no-header and -o table|wide|csv|tsv|json (CSV: values exact, quoted by the
+csv rules; TSV: tab, newline and backslash escaped). On a terminal, tables are
+coloured (paused yellow, errors red, an expired LastPing bold): never in a pipe,
+nor with $NO_COLOR set; --color always|never|auto.
 
-The inventory is -i PATH, else $VENUSCTL_INVENTORY, else ./inventory.toml.
+The inventory is the first of: -i PATH, --fleet NAME (~/.config/venusctl/NAME.toml,
+else /etc/venusctl/NAME.toml), $VENUSCTL_INVENTORY, $VENUSCTL_FLEET, ./inventory.toml,
+~/.config/venusctl/inventory.toml ($XDG_CONFIG_HOME), /etc/venusctl/inventory.toml;
+`venusctl inventory` says which file it read, and why.
 Each host is reached over SSH as OpenSSH would reach it: ~/.ssh/config and
 /etc/ssh/ssh_config (Include, Host, Match, ProxyJump, ProxyCommand, ...; the
 inventory's values win), known_hosts (hashed, patterns, @cert-authority,
@@ -87,9 +112,11 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #
 #   Exit codes, Errors     ExitStatus, Severity; VenusctlError ends the run, HostError is a row
 #   Values                 durations, thread indexes, state and stage names, --stuck keys
-#   Inventory              inventory.toml -> Host, Inventory; HOST targets and --limit
+#   Inventory              which file (find_inventory: -i, --fleet, ... /etc/venusctl),
+#                          inventory.toml -> Host, Inventory; HOST targets, --limit patterns
 #   Host answers           HostStatus (typed at the edge), damocles' WorkerInfo shapes, Action
-#   Tables and JSON        what list, info, pause/resume and inventory print
+#   Tables and JSON        what list, info, pause/resume and inventory print; TableSpec:
+#                          columns, --sort, -o csv|tsv, colour (add_table_options)
 #   Health engine          thresholds, findings, the plugin line, JSON, Prometheus text
 #   Fleet threads, Drain   selectors and bulk plans; drain's view of a thread
 #   Deadlines              Deadline: one bound per exchange; the host job's, per thread
@@ -101,9 +128,13 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #                          SshContext (shared jump connections), LocalSession, SshSession
 #   Transport policy       open_agent (stream, exec, local, damocles; the fallback), actions,
 #                          fan_out -> GroupResult (per-host budget, --deadline), SessionPool
-#   Commands               Context; list/threads/watch/info/inventory, pause/resume, drain,
-#                          health; sector/history/stats (the agents' histories)
-#   Argument parser, main  build_parser; main(argv, env) -> int, the only exit
+#   Commands               Context; list/threads/watch/info/inventory, pause/resume (--wait,
+#                          --force), drain, logs/journal, ssh, health; sector/history/stats
+#                          (the agents' histories)
+#   Argument parser        build_parser
+#   Completion, man page   `venusctl __complete` and the shells' scripts, venusctl(1): both
+#                          read from the parser
+#   main                   main(argv, env) -> int, the only exit
 #
 # The contract with the agent (WorkerInfo, the report, codes, states, durations) is
 # worker_agent/api.py, which both programs import.
@@ -181,6 +212,13 @@ __all__ = [
     "HealthSettings",
     "Inventory",
     "inventory_path",
+    "InventorySource",
+    "find_inventory",
+    "fleet_names",
+    "NoInventory",
+    "UnknownFleet",
+    "EmptySelection",
+    "split_limit",
     "load_inventory",
     "parse_inventory",
     "parse_rpc_address",
@@ -223,6 +261,10 @@ __all__ = [
     "plan_steps",
     "invalid_resume_state",
     "plan_summary",
+    "plan_moves",
+    "move_effect",
+    "Move",
+    "FINAL_STATES",
     "results_summary",
     "describe_thread",
     "JsonRpcClient",
@@ -328,10 +370,22 @@ class NotConfirmed(UsageError):
     code = "not-confirmed"
 
 
+class NotForced(UsageError):
+    """A resume into Finished or Aborted without --force: it ends the sector's task for good."""
+
+    code = "not-forced"
+
+
 class InventoryError(UsageError):
     """The inventory file is unreadable or invalid; the message names file and line or key."""
 
     code = "inventory"
+
+
+class EmptySelection(UsageError):
+    """A -l whose terms each match hosts but together leave none (`gpu:&cpu`)."""
+
+    code = "empty-selection"
 
 
 class NoHosts(InventoryError):
@@ -625,21 +679,60 @@ def check_not_empty(what: str, example: str) -> Callable[[str], str]:
 
 
 def parse_limit(text: str) -> str:
-    """One -l/--limit value: comma-separated names, groups or globs, none of them empty.
+    """One -l/--limit value, an Ansible host pattern: names, groups, globs, none empty.
 
-    `-l ""`, `-l " "`, `-l ","` or `-l 'w1,,w2'` is refused: an empty
-    variable expanded into a limit must never select the whole fleet
-    (`-l '*'` does that, explicitly). Returned unchanged; select_hosts splits it.
+    Terms are separated by commas, or by colons when there is no comma
+    (split_limit); a term may start with `!` (exclude) or `&` (intersect).
+    `-l ""`, `-l " "`, `-l ","`, `-l 'w1,,w2'`, `-l 'gpu:'` or a lone `!`
+    is refused: an empty variable expanded into a limit must never select
+    the whole fleet (`-l all` or `-l '*'` does that, explicitly). Returned
+    unchanged; select_hosts reads it against the inventory.
     """
-    words = [word.strip() for word in text.split(",")]
+    words = [word.strip() for word in split_limit(text)]
     if not any(words):
         raise ValueError(
             f"empty limit {text!r}: give host names, groups or globs"
-            " (nothing empty ever means every host; -l '*' does)"
+            " (nothing empty ever means every host; -l all does)"
         )
-    if not all(words):
+    if not all(word.lstrip("!&").strip() for word in words):
         raise ValueError(f"empty name in the limit {text!r} (a variable that expanded to nothing?)")
     return text
+
+
+# One term that holds colons without separating anything: an address with its port
+# (10.0.0.1:22, [fd00::1]:22) or an IPv6 address, as Ansible's parse_address reads them.
+_ADDRESS_TERM = re.compile(r"[A-Za-z0-9_.%-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.%]+\](:[0-9]{1,5})?")
+
+
+def split_limit(text: str) -> list[str]:
+    """A limit's terms as Ansible's split_host_pattern makes them (kept empty for checks).
+
+    With a comma, the commas alone separate (`gpu,!h3`; then `10.0.0.1:22` stays one
+    term); without, the colons do (`all:!h1`, `gpu:&rack1`), except inside `[...]`
+    and in an address with its port or an IPv6 address.
+    """
+    if "," in text:
+        return text.split(",")
+    if _ADDRESS_TERM.fullmatch(text.strip()) or _is_ipv6(text.strip()):
+        return [text]
+    words, current, depth = [], "", 0
+    for char in text:
+        depth += (char == "[") - (char == "]" and depth > 0)
+        if char == ":" and depth == 0:
+            words.append(current)
+            current = ""
+        else:
+            current += char
+    return [*words, current]
+
+
+def _is_ipv6(text: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0]).version == 6
+    except ValueError:
+        return False
 
 
 # damocles' wdpost plan has its own states (reference §3); worker_agent has no such plan.
@@ -766,7 +859,17 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     # sure no two hosts of one miner share a number. None: the agent config's own.
     "miner": None,
     "sector_numbers": None,
+    # the agent's systemd unit, for `venusctl journal` (None: venus-worker.service, or
+    # damocles-worker.service for backend "damocles")
+    "unit": None,
 }
+
+
+DEFAULT_UNITS = {"venus": "venus-worker.service", "damocles": "damocles-worker.service"}
+
+
+# A systemd unit name (systemd.unit(5)): no leading '-', nothing a shell would read.
+UNIT_PATTERN = re.compile(r"^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,255}$")
 
 
 HOST_ONLY_KEYS = ("name", "address", "groups")
@@ -832,6 +935,12 @@ class Host:
     jump: str | None = None
     miner: int | None = None
     sector_numbers: tuple[int, int] | None = None  # (start, end), both included
+    unit: str | None = None
+
+    @property
+    def service_unit(self) -> str:
+        """The agent's systemd unit (`venusctl journal`): the inventory's, else the backend's."""
+        return self.unit or DEFAULT_UNITS[self.backend]
 
     @property
     def dest(self) -> str:
@@ -903,9 +1012,161 @@ class Inventory:
         return sorted({group for host in self.hosts for group in host.groups})
 
 
+# -- which inventory: found as config files are (kubectl's kubeconfig, git's config)
+
+
+FLEET_ENV = "VENUSCTL_FLEET"
+
+
+# The machine-wide folder (/etc/venusctl/inventory.toml, /etc/venusctl/NAME.toml).
+SYSTEM_CONFIG_DIR = Path("/etc/venusctl")
+
+
+class NoInventory(UsageError):
+    """No inventory given and none found where venusctl looks; the message lists where."""
+
+    code = "no-inventory"
+
+
+class UnknownFleet(UsageError):
+    """--fleet NAME (or $VENUSCTL_FLEET) names no fleet file; the message lists the known."""
+
+    code = "unknown-fleet"
+
+
+@dataclass(frozen=True)
+class InventorySource:
+    """Which inventory file a run reads, and the rule that chose it (`venusctl inventory`).
+
+    `passed` lists the places looked at first that held no file (the search
+    rules only; -i and the variables are taken as given).
+    """
+
+    path: Path
+    rule: str  # "-i", "--fleet prod", "$VENUSCTL_INVENTORY", "./inventory.toml", ...
+    passed: tuple[str, ...] = ()
+
+    @property
+    def why(self) -> str:
+        """'found as ./inventory.toml' or 'given by -i', with what was looked at first."""
+        chosen = self.rule in ("-i", f"${INVENTORY_ENV}") or self.rule.startswith(
+            ("--fleet", f"${FLEET_ENV}")
+        )
+        text = f"{'given by' if chosen else 'found as'} {self.rule}"
+        return text + (f"; not found first: {', '.join(self.passed)}" if self.passed else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "rule": self.rule, "passed": list(self.passed)}
+
+
+def user_config_dir(environ: Mapping[str, str]) -> tuple[Path, str]:
+    """venusctl's folder in the user's config (XDG Base Directory) and how to name it.
+
+    $XDG_CONFIG_HOME/venusctl when that is an absolute path (the spec ignores a
+    relative one), else ~/.config/venusctl ($HOME's).
+    """
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "venusctl", "$XDG_CONFIG_HOME/venusctl"
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".config" / "venusctl", "~/.config/venusctl"
+
+
+def fleet_names(environ: Mapping[str, str], system_dir: Path = SYSTEM_CONFIG_DIR) -> list[str]:
+    """The named fleets: NAME.toml in the user's venusctl folder, then the system's."""
+    names: dict[str, None] = {}
+    for folder in (user_config_dir(environ)[0], system_dir):
+        with contextlib.suppress(OSError):
+            names.update(
+                (path.stem, None)
+                for path in sorted(folder.glob("*.toml"))
+                if NAME_PATTERN.match(path.stem) and path.is_file()
+            )
+    return list(names)
+
+
+def parse_fleet_name(text: str) -> str:
+    """--fleet NAME: a file name in the config folders, so no path, no glob, nothing empty."""
+    if not text.strip():
+        raise ValueError("empty fleet name: give a name, e.g. --fleet prod")
+    if not NAME_PATTERN.match(text):
+        raise ValueError(
+            f"invalid fleet name {text!r}: letters, digits, '.', '_' or '-'"
+            " (a path goes with -i PATH)"
+        )
+    return text
+
+
+def find_inventory(
+    option: str | None,
+    fleet: str | None,
+    environ: Mapping[str, str],
+    system_dir: Path = SYSTEM_CONFIG_DIR,
+) -> InventorySource:
+    """The inventory to read, by the first rule that gives or finds one:
+
+    1. `-i PATH`;                      2. `--fleet NAME` (below);
+    3. `$VENUSCTL_INVENTORY` (a path); 4. `$VENUSCTL_FLEET` (a name);
+    5. `./inventory.toml`;             6. `$XDG_CONFIG_HOME/venusctl/inventory.toml`
+                                          (`~/.config/venusctl/inventory.toml`);
+    7. `/etc/venusctl/inventory.toml`.
+
+    A fleet NAME is the file NAME.toml in the user's venusctl folder, else in
+    /etc/venusctl. What -i and the variables give is taken as given (a missing
+    file is then the error "cannot read"); the search rules 5-7 take the first
+    file that exists, and none is NoInventory naming every place looked at.
+    """
+    if option is not None and fleet is not None:
+        raise UsageError("give -i PATH or --fleet NAME, not both")
+    if option is not None:
+        return InventorySource(Path(option), "-i")
+    if fleet is not None:
+        return _fleet_source(fleet, "--fleet", environ, system_dir)
+    if environ.get(INVENTORY_ENV):
+        return InventorySource(Path(environ[INVENTORY_ENV]), f"${INVENTORY_ENV}")
+    if environ.get(FLEET_ENV):
+        try:
+            name = parse_fleet_name(environ[FLEET_ENV])
+        except ValueError as error:
+            raise UsageError(f"${FLEET_ENV}: {error}") from None
+        return _fleet_source(name, f"${FLEET_ENV}", environ, system_dir)
+    user_dir, user_label = user_config_dir(environ)
+    candidates = (
+        (Path(DEFAULT_INVENTORY), f"./{DEFAULT_INVENTORY}"),
+        (user_dir / DEFAULT_INVENTORY, f"{user_label}/{DEFAULT_INVENTORY}"),
+        (system_dir / DEFAULT_INVENTORY, str(system_dir / DEFAULT_INVENTORY)),
+    )
+    passed: list[str] = []
+    for path, label in candidates:
+        if path.is_file():
+            return InventorySource(path, label, tuple(passed))
+        passed.append(label)
+    raise NoInventory(
+        f"no inventory: none of {', '.join(passed)} exists, and neither -i, --fleet,"
+        f" ${INVENTORY_ENV} nor ${FLEET_ENV} was given"
+    )
+
+
+def _fleet_source(
+    name: str, rule: str, environ: Mapping[str, str], system_dir: Path
+) -> InventorySource:
+    user_dir, user_label = user_config_dir(environ)
+    places = ((user_dir, user_label), (system_dir, str(system_dir)))
+    for folder, _ in places:
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return InventorySource(path, f"{rule} {name}")
+    known = fleet_names(environ, system_dir)
+    looked = " nor ".join(f"{label}/{name}.toml" for _, label in places)
+    listing = f"known fleets: {', '.join(known)}" if known else "no fleet files there yet"
+    raise UnknownFleet(
+        f"unknown fleet {name!r}{_closest(name, known)}: neither {looked} exists; {listing}"
+    )
+
+
 def inventory_path(option: str | None, environ: Mapping[str, str]) -> Path:
-    """-i wins, then $VENUSCTL_INVENTORY, then ./inventory.toml."""
-    return Path(option or environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+    """The inventory's path by find_inventory's rules (-i, then $VENUSCTL_INVENTORY, ...)."""
+    return find_inventory(option, None, environ).path
 
 
 def load_inventory(path: Path) -> Inventory:
@@ -1178,6 +1439,7 @@ def _parse_host(
         jump=values["jump"],
         miner=values["miner"],
         sector_numbers=parse_sector_numbers(values["sector_numbers"]),
+        unit=values["unit"],
     )
 
 
@@ -1273,6 +1535,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f"must be one of {', '.join(BACKENDS)}"
     if key == "agent" and not _splits(value):
         return "must be a command, e.g. 'venus-worker' or '/opt/venus/bin/venus-worker'"
+    if key == "unit" and not UNIT_PATTERN.match(value):
+        return "must be a systemd unit name, e.g. 'venus-worker.service'"
     if key == "rpc":
         try:
             parse_rpc_address(value)
@@ -1434,29 +1698,79 @@ def _address_matches(host: Host, target: str) -> bool:
 
 
 def select_hosts(inventory: Inventory, limits: Sequence[str] | None) -> list[Host]:
-    """Hosts matching any of the comma-separated names, groups or globs; every host if
-    no -l was given at all (None). An empty limit is refused, never "every host"."""
+    """The hosts an -l/--limit selects, as Ansible's host patterns do; every host if no
+    -l was given at all (None). In inventory order.
+
+    Each -l is split into terms (split_limit), and the terms of every -l are
+    applied as Ansible applies them: first the plain ones (union), then the
+    `&` ones (intersection), then the `!` ones (exclusion); with no plain term
+    (`-l '!h1'`) the start is every host. A term is a host name, a group,
+    `all` (every host), `ungrouped` (hosts without groups), a shell glob over
+    names, groups and addresses (`gpu-*`, `*`), an address or address:port, or
+    `~REGEX` (matched at the start of those). Refused, before any connection:
+    an empty term, a term that matches no host (with the closest names), and
+    a limit that leaves no host.
+    """
     check_has_hosts(inventory)
     if limits is None:
         return list(inventory.hosts)
     try:
-        patterns = [p.strip() for limit in limits for p in parse_limit(limit).split(",")]
+        terms = [t.strip() for limit in limits for t in split_limit(parse_limit(limit))]
     except ValueError as error:
         raise UsageError(f"-l/--limit: {error}") from None
-    if not patterns:
-        raise UsageError("-l/--limit: empty limit (-l '*' selects every host)")
-    chosen: set[str] = set()
-    for pattern in patterns:
-        matched = [host.name for host in inventory.hosts if _limit_matches(host, pattern)]
-        if not matched:
-            guess = "" if _is_glob(pattern) else _closest(pattern, _labels(inventory))
-            groups = f"; groups: {', '.join(inventory.groups)}" if inventory.groups else ""
-            raise UnknownHost(
-                f"--limit {pattern!r} matches no host{guess};"
-                f" known hosts: {_known_names(inventory)}{groups}"
-            )
-        chosen.update(matched)
+    plain = [term for term in terms if term[0] not in "!&"]
+    intersect = [term[1:].strip() for term in terms if term[0] == "&"]
+    exclude = [term[1:].strip() for term in terms if term[0] == "!"]
+    chosen: set[str] = set() if plain else set(inventory.names)
+    for term in plain:
+        chosen |= _term_hosts(inventory, term, limits)
+    for term in intersect:
+        chosen &= _term_hosts(inventory, term, limits)
+    for term in exclude:
+        chosen -= _term_hosts(inventory, term, limits)
+    if not chosen:
+        shown = ", ".join(repr(limit) for limit in limits)
+        raise EmptySelection(
+            f"--limit {shown} leaves no host (each term matches some, together none);"
+            f" known hosts: {_known_names(inventory)}{_groups_note(inventory)}"
+        )
     return [host for host in inventory.hosts if host.name in chosen]
+
+
+def _term_hosts(inventory: Inventory, term: str, limits: Sequence[str]) -> set[str]:
+    """The names of the hosts one limit term (without its ! or &) matches; none is an error."""
+    if term == "all":
+        return set(inventory.names)
+    if term == "ungrouped":
+        return {host.name for host in inventory.hosts if not host.groups}
+    if term.startswith("~"):
+        try:
+            pattern = re.compile(term[1:])
+        except re.error as error:
+            message = f"-l/--limit: invalid regular expression {term[1:]!r}: {error}"
+            raise UsageError(message) from None
+        matched = {h.name for h in inventory.hosts if any(map(pattern.match, _host_labels(h)))}
+    else:
+        matched = {host.name for host in inventory.hosts if _limit_matches(host, term)}
+    if not matched:
+        glob = _is_glob(term) or term.startswith("~")
+        guess = "" if glob else _closest(term, _labels(inventory))
+        commas = any("," in limit for limit in limits) and ":" in term
+        note = (
+            " (with a comma in the limit, only commas separate, as in Ansible: write"
+            f" {term.replace(':', ',')!r})"
+            if commas
+            else ""
+        )
+        raise UnknownHost(
+            f"--limit {term!r} matches no host{guess}{note};"
+            f" known hosts: {_known_names(inventory)}{_groups_note(inventory)}"
+        )
+    return matched
+
+
+def _groups_note(inventory: Inventory) -> str:
+    return f"; groups: {', '.join(inventory.groups)}" if inventory.groups else ""
 
 
 def _is_glob(pattern: str) -> bool:
@@ -1467,9 +1781,12 @@ def _labels(inventory: Inventory) -> list[str]:
     return [*inventory.names, *inventory.groups]
 
 
+def _host_labels(host: Host) -> list[str]:
+    return [host.name, *host.groups, *_address_forms(host)]
+
+
 def _limit_matches(host: Host, pattern: str) -> bool:
-    labels = [host.name, *host.groups, *_address_forms(host)]
-    return any(fnmatch.fnmatchcase(label, pattern) for label in labels)
+    return any(fnmatch.fnmatchcase(label, pattern) for label in _host_labels(host))
 
 
 def _known_names(inventory: Inventory) -> str:
@@ -1961,6 +2278,186 @@ def _state_value(state: ThreadState | None) -> str | None:
     return None if state is None else state.value
 
 
+# -- table specs: the columns of a table, for --columns, --sort, -o csv|tsv and colour
+#
+# A table is a TableSpec: its Columns in the order they show, each with its header
+# (also its --columns and --sort name, any case), how its cell is made from one row
+# (None: no value, "-" in a table, empty in CSV), its sort key and its colour.
+# Adding --sort, --columns, --no-header, -o csv|tsv and colour to a command's table is
+# one spec and add_table_options(parser, SPEC).
+
+# The colours of a terminal (SGR): what a cell's style names.
+STYLES = {"paused": "33", "error": "31", "expired": "1"}  # yellow, red, bold
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    cell: Callable[[Any], str | None]  # the cell's text, worker text unescaped
+    sort: Callable[[Any], Any] | None = None  # sort key (None: no value, sorted last)
+    style: Callable[[Any], str | None] | None = None  # a key of STYLES, or None
+    wide: bool = False  # shown with --wide
+    extra: bool = False  # shown only when --columns names it
+    aliases: tuple[str, ...] = ()  # more names for --columns and --sort
+    when: Callable[[Sequence[Any]], bool] | None = None  # shown by default only if true
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.header.lower(), *self.aliases)
+
+    def key(self, row: Any) -> Any:
+        return self.sort(row) if self.sort is not None else self.cell(row)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The columns of one command's table (see above); pure, so tested without a host."""
+
+    name: str  # the command, for messages
+    columns: tuple[Column, ...]
+
+    def column(self, name: str, option: str) -> Column:
+        """The column `name` (header or alias, any case); ValueError with the valid ones."""
+        wanted = name.strip().lower()
+        for column in self.columns:
+            if wanted in column.names:
+                return column
+        names = [column.header.lower() for column in self.columns]
+        aliases = [alias for column in self.columns for alias in column.aliases]
+        close = close_names(wanted, [*names, *aliases]) if wanted else []
+        guess = f"; did you mean {_either(close)}?" if close else ""
+        what = f"empty {option} name" if not wanted else f"unknown {option} {name.strip()!r}"
+        raise ValueError(f"{what} for {self.name}{guess} (valid: {', '.join(names)})")
+
+    def parse_columns(self, text: str) -> tuple[str, ...]:
+        """--columns host,index,state: headers, each known, in the order given."""
+        headers = tuple(self.column(word, "column").header for word in text.split(","))
+        return tuple(dict.fromkeys(headers))
+
+    def parse_sort(self, text: str) -> tuple[str, ...]:
+        """--sort state,elapsed: headers of the sort keys, the first the most significant."""
+        return tuple(self.column(word, "sort key").header for word in text.split(","))
+
+    def chosen(
+        self, rows: Sequence[Any], wide: bool, headers: Sequence[str] | None = None
+    ) -> list[Column]:
+        """The columns shown: those named by --columns, else the default (or --wide) set."""
+        if headers:
+            by_header = {column.header: column for column in self.columns}
+            return [by_header[header] for header in headers]
+        return [
+            column
+            for column in self.columns
+            if not column.extra
+            and (wide or not column.wide)
+            and (column.when is None or column.when(rows))
+        ]
+
+    def ordered(self, rows: Sequence[Any], keys: Sequence[str], reverse: bool) -> list[Any]:
+        """`rows` sorted by the columns `keys` (stable; rows without a value always last)."""
+        by_header = {column.header: column for column in self.columns}
+        ordered = list(rows)
+        for header in reversed(keys):
+            column = by_header[header]
+            keyed = [(column.key(row), row) for row in ordered]
+            present = [pair for pair in keyed if pair[0] is not None]
+            present.sort(key=lambda pair: pair[0], reverse=reverse)
+            ordered = [row for _, row in present] + [row for key, row in keyed if key is None]
+        return ordered
+
+    def cells(self, rows: Sequence[Any], columns: Sequence[Column]) -> list[list[str]]:
+        """The table's cells: "-" for no value, every cell escaped (worker text is data)."""
+        return [[_table_cell(column.cell(row)) for column in columns] for row in rows]
+
+    def data(self, rows: Sequence[Any], columns: Sequence[Column]) -> list[list[str]]:
+        """The cells for CSV and TSV: exact (unescaped), "" for no value."""
+        return [[column.cell(row) or "" for column in columns] for row in rows]
+
+    def styles(self, rows: Sequence[Any], columns: Sequence[Column]) -> list[list[str | None]]:
+        return [
+            [column.style(row) if column.style is not None else None for column in columns]
+            for row in rows
+        ]
+
+
+def _table_cell(value: str | None) -> str:
+    return "-" if value is None else escape_text(value)
+
+
+def _text(value: Any) -> str | None:
+    """A cell from a worker's value: None and "" are no value."""
+    return None if value is None or value == "" else str(value)
+
+
+def _number(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class TableView:
+    """How a command prints its table: from --columns, --sort, --reverse, --no-header, -o."""
+
+    columns: tuple[str, ...] = ()
+    sort: tuple[str, ...] = ()
+    reverse: bool = False
+    header: bool = True
+    output: str = "table"  # table | csv | tsv (json is the command's own document)
+    wide: bool = False
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> TableView:
+        return cls(
+            columns=getattr(args, "columns", None) or (),
+            sort=getattr(args, "sort", None) or (),
+            reverse=getattr(args, "reverse", False),
+            header=not getattr(args, "no_header", False),
+            output=getattr(args, "output", None) or "table",
+            wide=getattr(args, "wide", False),
+        )
+
+
+def render_spec(
+    spec: TableSpec,
+    rows: Sequence[Any],
+    view: TableView,
+    width: int | None = None,
+    color: bool = False,
+) -> str:
+    """One command's table as --columns, --sort, --no-header and -o want it.
+
+    `table`: the seed's layout (render_table), cut to `width` when given,
+    coloured when `color`; `csv`: RFC 4180 by Python's csv module, every
+    value exact (worker text is data there, quoted where needed); `tsv`: one
+    line per row, tab-separated, with tab, newline, carriage return and
+    backslash written as \\t, \\n, \\r and \\\\ (so a value never
+    breaks the line).
+    """
+    columns = spec.chosen(rows, view.wide, view.columns)
+    rows = spec.ordered(rows, view.sort, view.reverse) if view.sort else list(rows)
+    headers = [column.header for column in columns]
+    if view.output in ("csv", "tsv"):
+        data = spec.data(rows, columns)
+        lines = [headers, *data] if view.header else data
+        return delimited(lines, view.output)
+    styles = spec.styles(rows, columns) if color else None
+    return render_table(headers, spec.cells(rows, columns), width, styles, view.header)
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def delimited(lines: Sequence[Sequence[str]], output: str) -> str:
+    """Rows as CSV (the csv module's quoting, '\\n' line ends) or as TSV (escaped)."""
+    if output == "tsv":
+        return "".join("\t".join(v.translate(_TSV_ESCAPES) for v in line) + "\n" for line in lines)
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(lines)
+    return buffer.getvalue()
+
+
 def error_json(error: BaseException | None) -> dict[str, Any] | None:
     if error is None:
         return None
@@ -2015,76 +2512,100 @@ def list_entry(
     }
 
 
-LIST_HEADERS = ["Name", "Dest", "Threads", "Empty", "Paused", "Errors", "LastPing"]
-
-
-LIST_WIDE_HEADERS = [
-    "Name",
-    "Dest",
-    "Jump",
-    "Version",
-    "Threads",
-    "Empty",
-    "Paused",
-    "Queued",  # threads with a pause queued behind their running stage
-    "Running",
-    "Waiting",
-    "Errors",
-    "LastPing",
-]
-
-
-def _last_ping_cell(entry: dict) -> str:
+def _last_ping_cell(entry: dict) -> str | None:
     if entry["last_ping"] is None:
-        return "-"
+        return None
     return format_duration(entry["last_ping"]) + ("!" if entry["expired"] else "")
 
 
-def _jump_cell(route: str | None) -> str:
+def _jump_cell(route: str | None) -> str | None:
     """The jump hosts as user@host:port,...; a ProxyCommand by its program (JSON has it all)."""
     if route is None:
-        return "-"
+        return None
     if route.startswith("ProxyCommand "):
         words = route.split()
         return f"ProxyCommand {os.path.basename(words[1])}" if len(words) > 1 else route
     return route
 
 
-def _version_cell(entry: dict) -> str:
+def _version_cell(entry: dict) -> str | None:
     """The version; for a damocles-worker also the release line its WorkerInfo shape names."""
-    version = _cell(entry["version"])
+    version = entry["version"]
     line = entry.get("release_line")
-    return f"{version} ({line} API)" if line else version
+    return f"{version or '-'} ({line} API)" if line else _text(version)
+
+
+def _count(key: str) -> Callable[[dict], int | None]:
+    return lambda entry: (entry["summary"] or {}).get(key)
+
+
+def _count_column(key: str, wide: bool = False, style: str | None = None) -> Column:
+    def styled(entry: dict) -> str | None:
+        return style if (_count(key)(entry) or 0) > 0 else None
+
+    return Column(
+        key,
+        lambda entry: _number(_count(key)(entry)),
+        sort=_count(key),
+        style=styled if style else None,
+        wide=wide,
+    )
+
+
+def _queued(entry: dict) -> int | None:
+    return entry["pause_requested"]
+
+
+LIST_TABLE = TableSpec(
+    "list",
+    (
+        Column(
+            "Name", lambda e: e["name"], sort=lambda e: natural_key(e["name"]), aliases=("host",)
+        ),
+        Column("Dest", lambda e: e["dest"]),
+        Column("Jump", lambda e: _jump_cell(e["jump"]), wide=True),
+        Column("Version", _version_cell, wide=True),
+        _count_column("Threads"),
+        _count_column("Empty"),
+        _count_column("Paused", style="paused"),
+        Column(  # threads with a pause queued behind their running stage
+            "Queued",
+            lambda e: _number(_queued(e)),
+            sort=_queued,
+            style=lambda e: "paused" if _queued(e) else None,
+            wide=True,
+        ),
+        _count_column("Running", wide=True),
+        _count_column("Waiting", wide=True),
+        _count_column("Errors", style="error"),
+        Column(
+            "LastPing",
+            _last_ping_cell,
+            sort=lambda e: e["last_ping"],
+            style=lambda e: "expired" if e["expired"] else None,
+            aliases=("elapsed", "ping"),
+        ),
+        Column(
+            "Error",
+            lambda e: e["error"]["message"] if e["error"] else "",
+            sort=lambda e: e["error"]["message"] if e["error"] else None,
+            style=lambda e: "error" if e["error"] else None,
+            when=lambda entries: any(entry["error"] for entry in entries),
+        ),
+    ),
+)
+
+
+LIST_HEADERS = [column.header for column in LIST_TABLE.chosen([], wide=False)]
+
+
+LIST_WIDE_HEADERS = [column.header for column in LIST_TABLE.chosen([], wide=True)]
 
 
 def list_table(entries: list[dict], wide: bool) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of `venusctl list`; an Error column only when a host failed."""
-    headers = list(LIST_WIDE_HEADERS if wide else LIST_HEADERS)
-    with_errors = any(entry["error"] for entry in entries)
-    if with_errors:
-        headers.append("Error")
-    rows = []
-    for entry in entries:
-        summary = entry["summary"] or {}
-        cells = {
-            "Name": entry["name"],
-            "Dest": entry["dest"],
-            "Jump": _jump_cell(entry["jump"]),
-            "Version": _version_cell(entry),
-            "LastPing": _last_ping_cell(entry),
-            "Queued": _cell(entry["pause_requested"]),
-            "Error": entry["error"]["message"] if entry["error"] else "",
-        }
-        for key in api.SUMMARY_KEYS:
-            cells[key] = _cell(summary.get(key))
-        rows.append([cells[header] for header in headers])
-    return headers, rows
-
-
-INFO_HEADERS = ["Index", "Loc", "SectorID", "Paused", "PausedElapsed", "State", "LastErr"]
-
-
-INFO_WIDE_HEADERS = [*INFO_HEADERS[:-1], "Plan", "Stage", "ThreadState", "LastErr"]
+    columns = LIST_TABLE.chosen(entries, wide)
+    return [column.header for column in columns], LIST_TABLE.cells(entries, columns)
 
 
 def format_thread_state(activity: ThreadActivity, pause_queued: bool = False) -> str:
@@ -2108,26 +2629,77 @@ def _paused_cell(thread: WorkerInfo) -> str:
     return "queued" if thread.pause_requested else "false"
 
 
+def _state_order(thread: WorkerInfo) -> int | None:
+    """A task state's place in the flow (Empty first, Finished last), for --sort state."""
+    if not thread.job_state:
+        return None
+    return STATE_NAMES.index(thread.job_state) if thread.job_state in STATE_NAMES else 999
+
+
+def _paused_style(thread: WorkerInfo) -> str | None:
+    return "paused" if thread.paused or thread.pause_requested else None
+
+
+INFO_COLUMNS = (
+    Column("Index", lambda t: str(t.index), sort=lambda t: t.index),
+    Column("Loc", lambda t: _text(t.location), aliases=("location",)),
+    Column(
+        "SectorID",
+        lambda t: _text(t.job_id),
+        sort=lambda t: natural_key(t.job_id) if t.job_id else None,
+        aliases=("sector",),
+    ),
+    Column(
+        "Paused",
+        _paused_cell,
+        sort=lambda t: (t.paused, t.pause_requested),
+        style=_paused_style,
+    ),
+    Column(
+        "PausedElapsed",
+        lambda t: format_duration(t.thread_state.elapsed) if t.paused else None,
+        sort=lambda t: t.thread_state.elapsed if t.paused else None,
+        style=_paused_style,
+    ),
+    Column("State", lambda t: _text(t.job_state), sort=_state_order),
+    Column(  # seconds in the current task state (WorkerInfo state_elapsed)
+        "Elapsed",
+        lambda t: None if t.state_elapsed is None else format_duration(t.state_elapsed),
+        sort=lambda t: t.state_elapsed,
+        extra=True,
+        aliases=("instate",),
+    ),
+    Column("Plan", lambda t: _text(t.plan), wide=True),
+    Column("Stage", lambda t: _text(t.job_stage), wide=True),
+    Column(
+        "ThreadState",
+        thread_state_text,
+        sort=lambda t: _state_value(t.thread_state.state),
+        style=lambda t: "paused" if t.paused else None,
+        wide=True,
+    ),
+    Column(
+        "LastErr",
+        lambda t: _text(t.last_error),
+        style=lambda t: "error" if t.last_error else None,
+        aliases=("error",),
+    ),
+)
+
+
+INFO_TABLE = TableSpec("info", INFO_COLUMNS)
+
+
+INFO_HEADERS = [column.header for column in INFO_TABLE.chosen([], wide=False)]
+
+
+INFO_WIDE_HEADERS = [column.header for column in INFO_TABLE.chosen([], wide=True)]
+
+
 def info_table(threads: Sequence[WorkerInfo], wide: bool) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of `venusctl info`: one row per sealing thread."""
-    headers = INFO_WIDE_HEADERS if wide else INFO_HEADERS
-    rows = []
-    for thread in threads:
-        elapsed = thread.thread_state.elapsed
-        cells = {
-            "Index": str(thread.index),
-            "Loc": _cell(thread.location),
-            "SectorID": _cell(thread.job_id),
-            "Paused": _paused_cell(thread),
-            "PausedElapsed": format_duration(elapsed) if thread.paused else "-",
-            "State": _cell(thread.job_state),
-            "Plan": _cell(thread.plan),
-            "Stage": _cell(thread.job_stage),
-            "ThreadState": thread_state_text(thread),
-            "LastErr": _cell(thread.last_error),
-        }
-        rows.append([cells[header] for header in headers])
-    return headers, rows
+    columns = INFO_TABLE.chosen(threads, wide)
+    return [column.header for column in columns], INFO_TABLE.cells(threads, columns)
 
 
 def info_entry(host: Host, outcome: HostStatus | BaseException) -> dict:
@@ -2207,28 +2779,34 @@ def _action_text(host: Host, action: Action, outcome: ActionOutcome) -> str:
     return f"{subject}: resumed"
 
 
-INVENTORY_HEADERS = ["Name", "Dest", "User", "Transport", "Groups"]
-
-
 def _transport_cell(host: Host) -> str:
     return (
         f"{host.transport} -> damocles {host.rpc}" if host.backend == "damocles" else host.transport
     )
 
 
+INVENTORY_TABLE = TableSpec(
+    "inventory",
+    (
+        Column("Name", lambda h: h.name, sort=lambda h: natural_key(h.name), aliases=("host",)),
+        Column("Dest", lambda h: h.dest),
+        Column("User", lambda h: h.user),
+        Column("Transport", _transport_cell),
+        Column("Groups", lambda h: ",".join(h.groups) or None),
+        Column("Backend", lambda h: h.backend, extra=True),
+        Column("Config", lambda h: h.config, extra=True),
+        Column("Socket", lambda h: h.socket, extra=True),
+    ),
+)
+
+
+INVENTORY_HEADERS = [column.header for column in INVENTORY_TABLE.chosen([], wide=False)]
+
+
 def inventory_table(inventory: Inventory) -> tuple[list[str], list[list[str]]]:
     """`venusctl inventory`: the hosts as venusctl resolved them (no connection)."""
-    rows = [
-        [
-            host.name,
-            host.dest,
-            host.user or "-",
-            _transport_cell(host),
-            ",".join(host.groups) or "-",
-        ]
-        for host in inventory.hosts
-    ]
-    return INVENTORY_HEADERS, rows
+    columns = INVENTORY_TABLE.chosen(inventory.hosts, wide=False)
+    return INVENTORY_HEADERS, INVENTORY_TABLE.cells(inventory.hosts, columns)
 
 
 def inventory_json(inventory: Inventory) -> list[dict[str, Any]]:
@@ -2333,21 +2911,58 @@ def fit_cells(headers: Sequence[str], rows: Sequence[Sequence[str]], width: int)
     ]
 
 
-def render_table(headers: list[str], rows: list[list[str]], width: int | None = None) -> str:
+def render_table(
+    headers: list[str],
+    rows: list[list[str]],
+    width: int | None = None,
+    styles: Sequence[Sequence[str | None]] | None = None,
+    header: bool = True,
+) -> str:
     """The seed's table; every cell escaped (worker text is data), then cut to `width`
-    columns when one is given (a terminal; None: a pipe or file, or --full: never cut)."""
+    columns when one is given (a terminal; None: a pipe or file, or --full: never cut).
+
+    `styles` (a STYLES key or None per cell) colours cells for a terminal: the
+    colour goes around a cell already escaped and cut, and tabulate measures
+    the visible width only, so colour never moves a column or breaks the fit.
+    """
     from tabulate import simple_separated_format, tabulate
 
     cells = [[escape_text(str(cell)) for cell in row] for row in rows]
     if width is not None:
         cells = fit_cells(headers, cells, width)
+    if styles is not None:
+        cells = [
+            [_painted(cell, style) for cell, style in zip(row, row_styles, strict=True)]
+            for row, row_styles in zip(cells, styles, strict=True)
+        ]
     # The seed's layout: left-aligned columns two spaces apart, no rules. The
     # header goes in as the first row because tabulate pads real headers by
     # two more spaces; numparse off so an index or a count is never reformatted.
     table = tabulate(
-        [headers, *cells], tablefmt=simple_separated_format("  "), disable_numparse=True
+        [headers, *cells] if header else cells or [[""]],
+        tablefmt=simple_separated_format("  "),
+        disable_numparse=True,
     )
     return "\n".join(line.rstrip() for line in table.splitlines())
+
+
+def _painted(cell: str, style: str | None) -> str:
+    if style is None or cell in ("", "-"):
+        return cell
+    return f"\x1b[{STYLES[style]}m{cell}\x1b[0m"
+
+
+def header_styles(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[list[str | None]]:
+    """Colour for a table without a spec (bulk plans, drain): errors red, paused yellow."""
+
+    def style(header: str, cell: str) -> str | None:
+        if header in ("LastErr", "Error"):
+            return "error"
+        if header == "ThreadState" and cell.startswith("Paused"):
+            return "paused"
+        return None
+
+    return [[style(h, cell) for h, cell in zip(headers, row, strict=False)] for row in rows]
 
 
 # =============================================================================
@@ -3195,12 +3810,35 @@ def count_line(threads: Sequence[FleetThread]) -> str:
     return f"{_plural(len(threads), 'thread')} on {_plural(hosts, 'host')}"
 
 
+def _on_info(column: Column) -> Column:
+    """An info column read from a FleetThread's WorkerInfo."""
+
+    def of(function: Callable[[WorkerInfo], Any] | None) -> Callable[[FleetThread], Any] | None:
+        return None if function is None else lambda thread: function(thread.info)
+
+    return dataclasses.replace(
+        column, cell=of(column.cell), sort=of(column.sort), style=of(column.style)
+    )
+
+
+THREADS_TABLE = TableSpec(
+    "threads",
+    (
+        Column(
+            "Host",
+            lambda t: t.host.name,
+            sort=lambda t: natural_key(t.host.name),
+            aliases=("name",),
+        ),
+        *(_on_info(column) for column in INFO_COLUMNS),
+    ),
+)
+
+
 def threads_table(threads: Sequence[FleetThread], wide: bool) -> tuple[list[str], list[list[str]]]:
     """`venusctl threads`: a Host column, then the `info` columns."""
-    headers, rows = info_table([thread.info for thread in threads], wide)
-    return ["Host", *headers], [
-        [thread.host.name, *row] for thread, row in zip(threads, rows, strict=True)
-    ]
+    columns = THREADS_TABLE.chosen(threads, wide)
+    return [column.header for column in columns], THREADS_TABLE.cells(threads, columns)
 
 
 def fleet_thread_json(thread: FleetThread) -> dict[str, Any]:
@@ -3258,8 +3896,94 @@ def plan_steps(kind: str, threads: Sequence[FleetThread], to_state: str | None) 
             steps.append(Step(thread, None, "skip: not paused"))
         else:
             note = f"resume in {to_state}" if to_state else "resume"
+            effect = to_state and move_effect(thread.info, to_state)
+            note = f"{note}: {effect}" if effect else note
             steps.append(Step(thread, Action("resume", thread.index, to_state), note))
     return steps
+
+
+# The resume states that end a sector's task for good: `--force` besides `--yes`.
+FINAL_STATES = ("Finished", "Aborted")
+
+
+def move_effect(thread: WorkerInfo, state: str) -> str | None:
+    """What resuming `thread` into `state` does to its sector, when it ends the task:
+    'finalises s-t01000-12 without a proof', 'drops s-t01000-12 and its data'; else None.
+
+    Finished runs the end of a sector (the worker reports it finalised and
+    clears the location's data) whatever was done before; Aborted drops it
+    (reference: damocles.md, "resume --state"). Neither can be undone.
+    """
+    sector = thread.job_id or "its task (no sector yet)"
+    if state == "Finished":
+        return f"finalises {sector} without a proof"
+    if state == "Aborted":
+        return f"drops {sector} and its data"
+    return None
+
+
+@dataclass(frozen=True)
+class Move:
+    """The threads of a bulk resume that go from one task state to another."""
+
+    before: str  # job_state now ("" without a task)
+    after: str
+    sectors: tuple[str, ...]  # their sector ids (threads without one are not counted)
+    threads: int
+
+    @property
+    def effect(self) -> str | None:
+        if self.after == "Finished":
+            return "finalised without a proof"
+        if self.after == "Aborted":
+            return "dropped with their data"
+        return None
+
+    def line(self) -> str:
+        """'C1Done -> Finished: 3 sectors (finalised without a proof)'."""
+        count = _plural(len(self.sectors), "sector")
+        threads = "" if self.threads == len(self.sectors) else f" ({self.threads} threads)"
+        effect = f", {self.effect}" if self.effect else ""
+        return f"{self.before or 'no task'} -> {self.after}: {count}{threads}{effect}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.before,
+            "to": self.after,
+            "sectors": len(self.sectors),
+            "job_ids": list(self.sectors),
+            "threads": self.threads,
+            "effect": self.effect,
+        }
+
+
+def plan_moves(steps: Sequence[Step]) -> list[Move]:
+    """How many sectors each state move of a bulk resume touches, by (from, to) state."""
+    groups: dict[tuple[str, str], list[WorkerInfo]] = {}
+    for step in steps:
+        action = step.action
+        if action is None or action.state is None:
+            continue
+        groups.setdefault((step.thread.info.job_state, action.state), []).append(step.thread.info)
+    return [
+        Move(before, after, tuple(t.job_id for t in infos if t.job_id), len(infos))
+        for (before, after), infos in groups.items()
+    ]
+
+
+def final_moves_text(steps: Sequence[Step]) -> str | None:
+    """'finalises 3 sectors without a proof' for the steps that end a task, else None."""
+    final = [s for s in steps if s.action is not None and s.action.state in FINAL_STATES]
+    if not final:
+        return None
+    finishing = [s for s in final if s.action.state == "Finished"]
+    dropping = [s for s in final if s.action.state == "Aborted"]
+    parts = []
+    if finishing:
+        parts.append(f"finalises {_plural(len(finishing), 'sector')} without a proof")
+    if dropping:
+        parts.append(f"drops {_plural(len(dropping), 'sector')} and their data")
+    return " and ".join(parts)
 
 
 def invalid_resume_state(
@@ -3310,11 +4034,14 @@ def plan_table(steps: Sequence[Step]) -> tuple[list[str], list[list[str]]]:
 
 
 def plan_summary(kind: str, steps: Sequence[Step]) -> str:
-    """'plan: pause 4 threads on 2 hosts; 1 skipped', or 'plan: nothing to pause; 2 skipped'."""
+    """'plan: pause 4 threads on 2 hosts; 1 skipped', or 'plan: nothing to pause; 2 skipped';
+    then, for a resume into another state, one line per state move with its sector count."""
     acting = [step.thread for step in steps if step.action]
     skipped = len(steps) - len(acting)
     what = f"{kind} {count_line(acting)}" if acting else f"nothing to {kind}"
-    return f"plan: {what}" + (f"; {skipped} skipped" if skipped else "")
+    lines = [f"plan: {what}" + (f"; {skipped} skipped" if skipped else "")]
+    lines += [f"  moves {move.line()}" for move in plan_moves(steps)]
+    return "\n".join(lines)
 
 
 def step_json(step: Step) -> dict[str, Any]:
@@ -3690,6 +4417,25 @@ class RpcAgent:
 
     def cancel_pause(self, index: int) -> bool:
         return checked_bool(self.rpc.call(api.Method.CANCEL_PAUSE.value, [index]))
+
+    def stage_log(self, index: int, query: dict[str, Any]) -> api.StageLog:
+        """What the thread's last stage runs printed (WorkerStageLog, docs/protocol.md)."""
+        try:
+            result = self.rpc.call(api.Method.STAGE_LOG.value, [index, query])
+        except AgentRefused as refused:
+            if refused.code == api.RpcCode.METHOD_NOT_FOUND:
+                raise NoStageLogs() from None
+            raise
+        return parsed(api.StageLog, result)
+
+
+class NoStageLogs(HostError):
+    """An agent from before stage logs (no WorkerStageLog, no `worker logs`)."""
+
+    kind = "no-stage-logs"
+
+    def __init__(self) -> None:
+        super().__init__("this agent keeps no stage logs (it is older than them: upgrade it)")
 
 
 def checked_bool(answer: Any) -> bool:
@@ -4075,6 +4821,21 @@ def cancel_pause_argv(host: Host, index: int) -> list[str]:
     return _acting_command(host, "cancel-pause", "--index", str(_checked_index(index)), "--json")
 
 
+def stage_log_argv(host: Host, index: int, query: dict[str, Any]) -> list[str]:
+    """`worker logs` for the exec transport, from validated values only."""
+    argv = _agent_command(host, "logs", "--index", str(_checked_index(index)))
+    if query.get("stage") is not None:
+        argv += ["--stage", parse_stage(query["stage"])]
+    lines = query.get("lines")
+    argv += ["--lines", "all" if lines is None else str(_checked_index(lines))]
+    runs = query.get("runs", 1)
+    argv += ["--all"] if runs is None else ["--runs", str(_checked_index(runs))]
+    after = query.get("after")
+    if after is not None:
+        argv += ["--after", f"{_checked_index(after['run'])}:{int(after['line'])}"]
+    return [*argv, "--json"]
+
+
 def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
     argv = _acting_command(host, "resume", "--index", str(_checked_index(index)))
     if state is not None:
@@ -4125,6 +4886,15 @@ class CliAgent:
 
     def cancel_pause(self, index: int) -> bool:
         return self._act(cancel_pause_argv(self.host, index), answers=(True, False))
+
+    def stage_log(self, index: int, query: dict[str, Any]) -> api.StageLog:
+        result = self.run(stage_log_argv(self.host, index, query))
+        if result.exit_status == api.AgentExit.USAGE and "invalid choice: 'logs'" in result.stderr:
+            raise NoStageLogs()  # its CLI has no `logs` yet
+        document = parse_cli_reply(result)
+        if isinstance(document, dict) and document.get("error"):
+            raise cli_error(document["error"])
+        return parsed(api.StageLog, document)
 
     def _act(self, argv: list[str], answers: tuple[bool, ...] = (True,)) -> bool:
         document = parse_cli_reply(self.run(argv))
@@ -6939,6 +7709,8 @@ class Environment:
     clock: Callable[[], float] = time.monotonic  # deadlines and intervals
     now: Callable[[], float] = time.time  # timestamps: watch frames, health's report
     sleep: Callable[[float], None] = time.sleep
+    # where the machine-wide inventories are (/etc/venusctl): find_inventory's last rule
+    system_config: Path = SYSTEM_CONFIG_DIR
 
 
 @dataclass
@@ -6953,6 +7725,8 @@ class Context:
     ssh: SshContext = field(default_factory=SshContext)
     full: bool = False  # --full: never cut a table cell
     deadline: Deadline | None = None  # --deadline: the whole run ends by then
+    source: InventorySource | None = None  # which inventory file, by which rule
+    color: str = "auto"  # --color: auto, always, never
 
     @property
     def out(self) -> Any:
@@ -6975,10 +7749,38 @@ class Context:
     def is_terminal(self, stream: Any) -> bool:
         return self.env.isatty(stream)
 
-    def table(self, headers: list[str], rows: list[list[str]]) -> str:
-        """A table for stdout: cut to the terminal's width on a terminal, unless --full."""
+    @property
+    def width(self) -> int | None:
+        """The width tables are cut to: the terminal's, None for a pipe or file or --full."""
         cut = not self.full and self.is_terminal(self.out)
-        return render_table(headers, rows, self.env.terminal_size().columns if cut else None)
+        return self.env.terminal_size().columns if cut else None
+
+    @property
+    def colour(self) -> bool:
+        """Colour stdout? --color always/never; auto (default): a terminal, without
+        $NO_COLOR (no-color.org: set and not empty) and not TERM=dumb."""
+        if self.color != "auto":
+            return self.color == "always"
+        environ = self.env.environ
+        if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
+            return False
+        return self.is_terminal(self.out)
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> str:
+        """A table for stdout: cut to the terminal's width on a terminal, unless --full;
+        errors red and paused threads yellow when colour is on."""
+        styles = header_styles(headers, rows) if self.colour else None
+        return render_table(headers, rows, self.width, styles)
+
+    def render(self, spec: TableSpec, rows: Sequence[Any], args: argparse.Namespace) -> str:
+        """A command's table as its --columns, --sort, --no-header and -o ask (render_spec)."""
+        view = TableView.of(args)
+        table = view.output == "table"
+        return render_spec(spec, rows, view, self.width if table else None, table and self.colour)
+
+    def delimited(self, args: argparse.Namespace) -> bool:
+        """-o csv or -o tsv: stdout holds the data alone; notes go to stderr."""
+        return getattr(args, "output", None) in ("csv", "tsv")
 
     def emit_json(self, document: Any) -> None:
         self.out.write(json.dumps(document, indent=2) + "\n")
@@ -7113,7 +7915,7 @@ def list_report(
     status = ExitStatus.FAILED if failed else ExitStatus.OK
     if ctx.as_json:
         return {"expiration": args.expiration, "hosts": entries}, status
-    return ctx.table(*list_table(entries, args.wide)), status
+    return ctx.render(LIST_TABLE, entries, args).rstrip("\n"), status
 
 
 def command_list(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -7160,9 +7962,12 @@ def threads_report(
             "unreachable": unreachable,
         }
         return document, status
-    lines = [ctx.table(*threads_table(threads, args.wide))] if threads else []
-    lines += [count_line(threads), *unreachable_lines(unreachable)]
-    return "\n".join(lines), status
+    table = ctx.render(THREADS_TABLE, threads, args).rstrip("\n")
+    notes = [count_line(threads), *unreachable_lines(unreachable)]
+    if ctx.delimited(args):  # the data alone on stdout; the count and who failed on stderr
+        ctx.err.write("".join(escape_text(line) + "\n" for line in notes))
+        return table, status
+    return "\n".join(([table] if threads else []) + notes), status
 
 
 def command_threads(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -7185,7 +7990,7 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if ctx.as_json:
         ctx.emit_json(entry)
     elif entry["threads"] is not None:
-        ctx.out.write(ctx.table(*info_table(outcome.threads, args.wide)) + "\n")
+        ctx.out.write(ctx.render(INFO_TABLE, outcome.threads, args).rstrip("\n") + "\n")
     else:
         ctx.err.write(f"venusctl: {info_failure_line(entry)}\n")
     return ExitStatus.FAILED if entry["error"] else ExitStatus.OK
@@ -7197,9 +8002,24 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if args.ansible:
         ctx.emit_json(ansible_inventory(ctx.inventory))
     elif ctx.as_json:
-        ctx.emit_json({"path": str(ctx.inventory.path), "hosts": inventory_json(ctx.inventory)})
+        source = ctx.source.to_json() if ctx.source else None
+        ctx.emit_json(
+            {
+                "path": str(ctx.inventory.path),
+                "source": source,
+                "hosts": inventory_json(ctx.inventory),
+            }
+        )
     else:
-        ctx.out.write(ctx.table(*inventory_table(ctx.inventory)) + "\n")
+        if ctx.source is not None:
+            where = os.path.abspath(ctx.source.path)
+            line = escape_text(f"inventory: {where} ({ctx.source.why})") + "\n"
+            # with -o csv|tsv the data alone on stdout; --no-header: the table alone
+            if ctx.delimited(args):
+                ctx.err.write(line)
+            elif not args.no_header:
+                ctx.out.write(line)
+        ctx.out.write(ctx.render(INVENTORY_TABLE, ctx.inventory.hosts, args).rstrip("\n") + "\n")
     return ExitStatus.OK
 
 
@@ -7268,12 +8088,7 @@ def command_inventory_check(ctx: Context) -> ExitStatus:
 def _act(ctx: Context, target: str, action: Action) -> ExitStatus:
     host = resolve_target(ctx.inventory, target)
     outcome = ActionOutcome.of(_one_host(ctx, host, lambda s: perform(s, host, action)))
-    if ctx.as_json:
-        ctx.emit_json(action_entry(host, action, outcome))
-    else:
-        stream = ctx.err if outcome.error else ctx.out
-        stream.write(action_line(host, action, outcome) + "\n")
-    return ExitStatus.FAILED if outcome.error else ExitStatus.OK
+    return _show_action(ctx, host, action, outcome)
 
 
 def _selected_hosts(ctx: Context, args: argparse.Namespace, command: str) -> list[Host]:
@@ -7369,18 +8184,145 @@ def show_results(
     document: dict[str, Any],
     results: Sequence[tuple[Step, ActionOutcome]],
     unreachable: Sequence[dict[str, Any]],
+    waited: PauseWait | None = None,
 ) -> ExitStatus:
-    failed = any(outcome.error for _, outcome in results)
+    failed = any(outcome.error for _, outcome in results) or (waited and waited.busy)
     if ctx.as_json:
         document["results"] = [
             action_entry(step.thread.host, step.action, outcome) for step, outcome in results
         ]
+        if waited is not None:
+            document["waited"] = waited.as_json()
         ctx.emit_json(document)
     else:
-        for step, outcome in results:
-            ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
+        if waited is None:  # with --wait, each line was said as it came
+            for step, outcome in results:
+                ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
         ctx.out.write(results_summary(kind, results) + "\n")
+        if waited is not None:
+            ctx.out.write(escape_text(waited.summary()) + "\n")
     return ExitStatus.FAILED if failed or unreachable else ExitStatus.OK
+
+
+# -- pause --wait: until each thread shows Paused
+
+
+WAIT_POLL = 1.0  # seconds between two looks at the threads a pause --wait waits for
+
+
+@dataclass
+class PauseWait:
+    """What pause --wait saw: each thread's last WorkerInfo, when it paused, who did not."""
+
+    timeout: float
+    started: float
+    latest: dict[tuple[str, int], WorkerInfo] = field(default_factory=dict)
+    paused_after: dict[tuple[str, int], float] = field(default_factory=dict)
+    busy: list[FleetThread] = field(default_factory=list)
+    interrupted: bool = False
+
+    def summary(self) -> str:
+        done = len(self.paused_after)
+        if not self.busy:
+            return f"waited {format_duration(round(self.elapsed, 1))}: {done} paused"
+        still = "; ".join(
+            f"{thread.label} ({describe_thread(self.latest[thread.key])})"
+            if thread.key in self.latest
+            else f"{thread.label} (not answering)"
+            for thread in self.busy
+        )
+        why = (
+            "interrupted"
+            if self.interrupted
+            else f"timed out after {format_duration(self.timeout)}"
+        )
+        return (
+            f"pause --wait {why}: {done} paused, still running: {still}; their pauses stay"
+            " queued (resume HOST INDEX cancels one)"
+        )
+
+    @property
+    def elapsed(self) -> float:
+        return max(self.paused_after.values(), default=0.0)
+
+    def as_json(self) -> dict[str, Any]:
+        busy = {thread.key for thread in self.busy}
+        return {
+            "timeout": self.timeout,
+            "interrupted": self.interrupted,
+            "threads": [
+                {
+                    "host": key[0],
+                    "index": key[1],
+                    "paused": key not in busy,
+                    "after": self.paused_after.get(key),
+                    "thread_state": _state_value(info.thread_state.state),
+                    "job_state": info.job_state,
+                }
+                for key, info in self.latest.items()
+            ],
+        }
+
+
+def wait_for_pauses(
+    ctx: Context,
+    pool: SessionPool,
+    args: argparse.Namespace,
+    results: Sequence[tuple[Step, ActionOutcome]],
+) -> PauseWait | None:
+    """pause --wait: poll the threads whose pause was sent until each shows Paused, saying
+    each one as it happens (a refused pause is not waited for); None without --wait.
+
+    On timeout or Ctrl-C the pauses stay queued: the operator asked for them
+    (drain is the command that takes them back when it gives up).
+    """
+    if getattr(args, "wait", None) is None:
+        return None
+    wait = PauseWait(args.wait, ctx.clock())
+    targets = []
+    for step, outcome in results:
+        if not ctx.as_json:
+            ctx.out.write(action_line(step.thread.host, step.action, outcome) + "\n")
+            ctx.out.flush()
+        if outcome.error is None:
+            targets.append(step.thread)
+    wait.busy = list(targets)
+    try:
+        while wait.busy:
+            _look_at_pauses(ctx, pool, wait)
+            now = ctx.clock()
+            if not wait.busy or now - wait.started >= wait.timeout:
+                break
+            ctx.sleep(min(WAIT_POLL, wait.started + wait.timeout - now))
+    except KeyboardInterrupt:
+        wait.interrupted = True
+    return wait
+
+
+def _look_at_pauses(ctx: Context, pool: SessionPool, wait: PauseWait) -> None:
+    hosts = list({thread.host.name: thread.host for thread in wait.busy}.values())
+    outcomes = ctx.fan_out(hosts, pool.status, progress=False)
+    still = []
+    for thread in wait.busy:
+        status = HostStatus.of(outcomes[thread.host.name])
+        info = next((t for t in status.threads or () if t.index == thread.index), None)
+        if info is not None:
+            wait.latest[thread.key] = info
+        if info is None or not info.paused:
+            still.append(thread)
+            continue
+        after = ctx.clock() - wait.started
+        wait.paused_after[thread.key] = round(after, 3)
+        if not ctx.as_json:
+            ctx.out.write(
+                escape_text(
+                    f"{thread.label}: Paused after {format_duration(round(after, 1))}"
+                    f" ({info.job_state or 'no task'})"
+                )
+                + "\n"
+            )
+            ctx.out.flush()
+    wait.busy = still
 
 
 def bulk_action(
@@ -7400,6 +8342,7 @@ def bulk_action(
             "action": kind,
             "state": to_state,
             "plan": [step_json(step) for step in steps],
+            "moves": [move.to_json() for move in plan_moves(steps)],
             "unreachable": unreachable,
             "results": None,
         }
@@ -7408,20 +8351,31 @@ def bulk_action(
         acting = [step for step in steps if step.action]
         if not acting or args.dry_run:
             return _without_action(ctx, document, steps, unreachable, args.dry_run)
+        final = final_moves_text(acting)
+        if final and not args.force:
+            raise NotForced(
+                f"not done: this resume {final} (see the plan), which cannot be undone;"
+                " add --force to do it",
+                document if ctx.as_json else None,
+            )
         not_terminal = _not_a_terminal(ctx)
         if not args.yes and not_terminal:
             raise NotConfirmed(
                 f"not confirmed: {not_terminal} is not a terminal; add --yes to act",
                 document if ctx.as_json else None,
             )
-        if not args.yes and not confirm(ctx, f"{kind} {count_line([s.thread for s in acting])}?"):
+        question = f"{kind} {count_line([s.thread for s in acting])}" + (
+            f": {final}" if final else ""
+        )
+        if not args.yes and not confirm(ctx, f"{question}?"):
             if ctx.as_json:
                 ctx.emit_json(document)
             return ExitStatus.FAILED
         results = act_on_steps(ctx, pool, acting)
+        waited = wait_for_pauses(ctx, pool, args, results) if kind == "pause" else None
     finally:
         pool.close()
-    return show_results(ctx, kind, document, results, unreachable)
+    return show_results(ctx, kind, document, results, unreachable, waited)
 
 
 def _check_single_form(args: argparse.Namespace, kind: str) -> None:
@@ -7435,7 +8389,9 @@ def command_pause(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     if args.host is None:
         return bulk_action(ctx, args, "pause", None)
     _check_single_form(args, "pause")
-    return _act(ctx, args.host, Action("pause", args.index))
+    if args.wait is None:
+        return _act(ctx, args.host, Action("pause", args.index))
+    return _one_thread(ctx, args, Action("pause", args.index))
 
 
 def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
@@ -7444,7 +8400,66 @@ def command_resume(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     _check_single_form(args, "resume")
     if args.to_state:
         raise UsageError("--to-state is for selectors; after HOST INDEX give the STATE itself")
-    return _act(ctx, args.host, Action("resume", args.index, args.state))
+    action = Action("resume", args.index, args.state)
+    if args.state not in FINAL_STATES:
+        return _act(ctx, args.host, action)
+    return _one_thread(ctx, args, action)
+
+
+def _one_thread(ctx: Context, args: argparse.Namespace, action: Action) -> ExitStatus:
+    """HOST INDEX, when the thread must be seen first (a resume that ends its sector: the
+    effect named, --force and --yes or a y/N) or after (pause --wait), on one session."""
+    host = resolve_target(ctx.inventory, args.host)
+    pool = SessionPool(ctx.ssh)
+    try:
+        status = HostStatus.of(ctx.fan_out([host], pool.status)[host.name])
+        if status.threads is None:
+            return _show_action(ctx, host, action, ActionOutcome(error=status.error))
+        info = next((t for t in status.threads if t.index == action.index), None)
+        if info is not None and action.kind == "resume":
+            _confirm_final(ctx, args, FleetThread(host, info), action)
+        done = ctx.fan_out([host], lambda h: pool.perform_all(h, [action]))[host.name]
+        outcome = done[0] if isinstance(done, list) else ActionOutcome(error=done)
+        # no such thread (the agent said so), a refusal, or a resume: its line is all
+        if info is None or outcome.error is not None or action.kind == "resume":
+            return _show_action(ctx, host, action, outcome)
+        step = Step(FleetThread(host, info), action, "")
+        waited = wait_for_pauses(ctx, pool, args, [(step, outcome)])
+    finally:
+        pool.close()
+    if ctx.as_json:
+        ctx.emit_json({**action_entry(host, action, outcome), "waited": waited.as_json()})
+    elif waited.busy or waited.interrupted:
+        ctx.err.write(f"venusctl: {escape_text(waited.summary())}\n")
+    if waited.interrupted:
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.FAILED if waited.busy else ExitStatus.OK
+
+
+def _confirm_final(
+    ctx: Context, args: argparse.Namespace, thread: FleetThread, action: Action
+) -> None:
+    """A resume into Finished or Aborted: refused without --force, then --yes or a y/N."""
+    effect = move_effect(thread.info, action.state)
+    what = f"{thread.label}: resume into {action.state} {effect}"
+    if not args.force:
+        raise NotForced(f"not done: {what}, which cannot be undone; add --force to do it")
+    if args.yes:
+        return
+    not_terminal = _not_a_terminal(ctx)
+    if not_terminal:
+        raise NotConfirmed(f"not confirmed: {not_terminal} is not a terminal; add --yes to act")
+    if not confirm(ctx, f"{what}?"):
+        raise NotConfirmed("not confirmed: nothing was sent")
+
+
+def _show_action(ctx: Context, host: Host, action: Action, outcome: ActionOutcome) -> ExitStatus:
+    if ctx.as_json:
+        ctx.emit_json(action_entry(host, action, outcome))
+    else:
+        stream = ctx.err if outcome.error else ctx.out
+        stream.write(action_line(host, action, outcome) + "\n")
+    return ExitStatus.FAILED if outcome.error else ExitStatus.OK
 
 
 # =============================================================================
@@ -7717,6 +8732,384 @@ def command_drain(ctx: Context, args: argparse.Namespace) -> ExitStatus:
         return Drain(ctx, pool, hosts, selector_from(args), args).run()
     finally:
         pool.close()
+
+
+# =============================================================================
+# Commands: logs (a thread's stage output) and journal (the agent's own log)
+# =============================================================================
+
+
+FOLLOW_POLL = 1.0  # seconds between two looks for new lines (logs --follow)
+
+
+def _clock_text(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+
+def stage_run_header(host: Host, index: int, run: api.StageRun) -> str:
+    """'--- gpu-01 #0 run 12: stage C2 (C1Done) s-t010000-3, started 2025-06-01 12:00:01,
+    exit 1 after 4.4s: permanent: ...' (worker text escaped)."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
+    text = (
+        f"--- {host.name} #{index} run {run.run}: stage {run.stage} ({run.state})"
+        f" {run.sector_id or '-'}, started {started}, {stage_run_end(run)}"
+    )
+    return escape_text(text)
+
+
+def stage_run_end(run: api.StageRun) -> str:
+    if run.ended is None:
+        return "still running"
+    took = format_duration(round(max(0.0, run.ended - run.started), 1))
+    how = "timed out" if run.timed_out else f"exit {run.exit_status}"
+    if run.exit_status is None and not run.timed_out:
+        how = "ended"
+    return f"{how} after {took}: {run.outcome}"
+
+
+def stage_line_text(line: api.StageLine) -> str:
+    """'12:00:01 stderr permanent: ...': the worker's text escaped (ESC as \\x1b)."""
+    cut = " [cut]" if line.cut else ""
+    return f"{_clock_text(line.t)} {line.s} {escape_text(line.text)}{cut}"
+
+
+def stage_log_lines(
+    host: Host, index: int, log: api.StageLog, lines: int | None, stage: str | None = None
+) -> list[str]:
+    """The text of `venusctl logs`: each run's header, what it left out, its lines."""
+    if not log.runs:
+        what = f"run of stage {stage}" if stage else "stage run"
+        kept = f"the agent keeps the last {log.kept_runs} runs of each thread"
+        return [f"{host.name} #{index}: no {what} logged ({kept})"]
+    text = []
+    for run in log.runs:
+        text.append(stage_run_header(host, index, run))
+        shown_from = run.lines[0].n if run.lines else run.lines_total
+        if run.first_line:
+            text.append(
+                f"    ({run.first_line} lines dropped: a run keeps its last"
+                f" {log.max_run_bytes // 1024} KiB at most)"
+            )
+        if shown_from > run.first_line:
+            more = "; -n all shows them" if lines is not None else ""
+            text.append(f"    ({shown_from - run.first_line} earlier lines{more})")
+        text += [stage_line_text(line) for line in run.lines]
+    return text
+
+
+def _stage_log(
+    ctx: Context, pool: SessionPool, host: Host, index: int, query: dict[str, Any]
+) -> api.StageLog:
+    """One WorkerStageLog by the transport policy (the CLI reads the store when the daemon
+    is down), on the pool's kept session."""
+
+    def ask(session: LocalSession | SshSession) -> api.StageLog:
+        agent, refused = open_agent(session, host, for_status=True)
+        try:
+            return agent.stage_log(index, query)
+        except HostError as error:
+            if refused is not None and not isinstance(error, (AgentRefused, NoStageLogs)):
+                raise both_ways(refused, error) from None
+            raise
+        finally:
+            agent.close()
+
+    return pool.run(host, ask)
+
+
+def command_logs(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    host = resolve_target(ctx.inventory, args.host)
+    if host.backend == "damocles":
+        raise UsageError(
+            f"{host.name} is a damocles-worker, which keeps no stage logs: its own log is"
+            f" `venusctl journal {host.name}`"
+        )
+    query = {
+        "stage": args.stage,
+        "runs": None if args.all else args.runs,
+        "lines": args.lines,
+        "after": None,
+    }
+    pool = SessionPool(ctx.ssh)
+    try:
+        outcome = ctx.fan_out([host], lambda h: _stage_log(ctx, pool, h, args.index, query))
+        log = outcome[host.name]
+        if isinstance(log, BaseException):
+            return _logs_failed(ctx, host, log)
+        if ctx.as_json:
+            document = {"host": host.name, **log.to_json()}
+            ctx.out.write(json.dumps(document, indent=None if args.follow else 2) + "\n")
+        else:
+            ctx.out.write(
+                "".join(
+                    line + "\n"
+                    for line in stage_log_lines(host, args.index, log, args.lines, args.stage)
+                )
+            )
+        ctx.out.flush()
+        if not args.follow:
+            return ExitStatus.OK
+        return follow_stage_log(ctx, pool, host, args, log)
+    finally:
+        pool.close()
+
+
+def _logs_failed(ctx: Context, host: Host, error: BaseException) -> ExitStatus:
+    if ctx.as_json:
+        ctx.emit_json({"host": host.name, "runs": None, "error": error_json(error)})
+    else:
+        ctx.err.write(f"venusctl: {escape_text(f'{host.name}: {error_text(error)}')}\n")
+    return ExitStatus.FAILED
+
+
+def follow_stage_log(
+    ctx: Context, pool: SessionPool, host: Host, args: argparse.Namespace, log: api.StageLog
+) -> ExitStatus:
+    """logs --follow: every FOLLOW_POLL, what came after the last line shown (a new run
+    gets its header; a run that ends, its end line), until Ctrl-C (exit 0)."""
+    last = log.runs[-1] if log.runs else None
+    cursor = {"run": last.run, "line": last.lines[-1].n if last and last.lines else -1}
+    if last is not None and not last.lines:
+        cursor["line"] = last.lines_total - 1
+    running = {run.run for run in log.runs if run.ended is None}
+    if last is None:
+        cursor = {"run": 0, "line": -1}
+    query = {"stage": args.stage, "runs": None, "lines": None, "after": cursor}
+    try:
+        while True:
+            ctx.sleep(FOLLOW_POLL)
+            try:
+                news = _stage_log(ctx, pool, host, args.index, {**query, "after": cursor})
+            except HostError as error:
+                return _logs_failed(ctx, host, error)
+            for run in news.runs:
+                known = run.run == cursor["run"]
+                if ctx.as_json:
+                    if run.lines or not known or (run.run in running and run.ended):
+                        ctx.out.write(json.dumps({"host": host.name, **run.to_json()}) + "\n")
+                else:
+                    if not known:
+                        ctx.out.write(stage_run_header(host, args.index, run) + "\n")
+                    ctx.out.write("".join(stage_line_text(line) + "\n" for line in run.lines))
+                    if known and run.run in running and run.ended is not None:
+                        ctx.out.write(escape_text(f"--- run {run.run} {stage_run_end(run)}") + "\n")
+                if run.ended is None:
+                    running.add(run.run)
+                else:
+                    running.discard(run.run)
+                cursor = {"run": run.run, "line": run.lines[-1].n if run.lines else (
+                    cursor["line"] if known else -1)}  # fmt: skip
+            ctx.out.flush()
+    except KeyboardInterrupt:
+        return ExitStatus.OK
+
+
+def journal_argv(host: Host, lines: int | None, follow: bool) -> list[str]:
+    """journalctl for the agent's unit, from validated values only (argv, quoted once)."""
+    unit = host.service_unit
+    if not UNIT_PATTERN.match(unit):  # the inventory checked it: a second line of defence
+        raise ValueError(f"invalid unit name {unit!r}")
+    argv = ["journalctl", "--unit", unit, "--no-pager", "--output", "short-iso"]
+    argv += ["--lines", "all" if lines is None else str(_checked_index(lines))]
+    return [*argv, "--follow"] if follow else argv
+
+
+class LineWriter:
+    """Bytes from a command, written line by line with worker text escaped."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            self._write(line)
+        if lines:
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.buffer:
+            self._write(self.buffer)
+            self.buffer = b""
+        self.stream.flush()
+
+    def _write(self, line: bytes) -> None:
+        self.stream.write(escape_text(line.decode("utf-8", "replace").rstrip("\r")) + "\n")
+
+
+def stream_command(
+    session: LocalSession | SshSession,
+    argv: list[str],
+    out: LineWriter,
+    err: LineWriter,
+    timeout: float | None,
+) -> int:
+    """Run argv on the host (exec channel, or locally), its output to `out` and `err` as it
+    comes; its exit status. `timeout` bounds the whole run (None: until it ends or Ctrl-C)."""
+    if isinstance(session, LocalSession):
+        return _stream_local(argv, out, err, timeout)
+    import select
+
+    host = session.host
+    deadline = None if timeout is None else time.monotonic() + timeout
+    channel = session.transport.open_session(timeout=host.command_timeout)
+    try:
+        channel.exec_command(shlex.join(argv))
+        while True:
+            if channel.recv_ready():
+                out.feed(channel.recv(65536))
+            elif channel.recv_stderr_ready():
+                err.feed(channel.recv_stderr(65536))
+            elif channel.exit_status_ready():
+                break
+            else:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
+                select.select([channel], [], [], 0.2)
+        return channel.recv_exit_status()
+    finally:
+        channel.close()
+        out.close()
+        err.close()
+
+
+def _stream_local(argv: list[str], out: LineWriter, err: LineWriter, timeout: float | None) -> int:
+    import selectors
+
+    try:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except FileNotFoundError:
+        err.feed(f"{argv[0]}: not found\n".encode())
+        err.close()
+        return COMMAND_NOT_FOUND
+    deadline = None if timeout is None else time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ, out)
+    selector.register(process.stderr, selectors.EVENT_READ, err)
+    try:
+        while selector.get_map():
+            if deadline is not None and time.monotonic() > deadline:
+                raise ReplyTimeout(f"timeout after {timeout:g}s (command)", timeout)
+            for key, _ in selector.select(0.2):
+                chunk = os.read(key.fileobj.fileno(), 65536)
+                if chunk:
+                    key.data.feed(chunk)
+                else:
+                    selector.unregister(key.fileobj)
+        return process.wait()
+    finally:
+        selector.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        out.close()
+        err.close()
+
+
+def command_journal(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    """journalctl -u UNIT on the host, through SSH (or here for a local host)."""
+    host = resolve_target(ctx.inventory, args.host)
+    argv = journal_argv(host, args.lines, args.follow)
+    out, err = LineWriter(ctx.out), LineWriter(ctx.err)
+    timeout = None if args.follow else host.command_timeout
+
+    def run(session: LocalSession | SshSession) -> int:
+        return stream_command(session, argv, out, err, timeout)
+
+    try:
+        outcome = _one_host(ctx, host, run)
+    except KeyboardInterrupt:
+        return ExitStatus.OK if args.follow else ExitStatus.INTERRUPTED
+    if isinstance(outcome, BaseException):
+        ctx.err.write(f"venusctl: {escape_text(f'{host.name}: {error_text(outcome)}')}\n")
+        return ExitStatus.FAILED
+    if outcome == COMMAND_NOT_FOUND:
+        ctx.err.write(f"venusctl: {host.name}: journalctl not found (is it a systemd host?)\n")
+    elif outcome != 0:
+        ctx.err.write(
+            f"venusctl: {host.name}: journalctl exited {outcome} (the SSH user may need the"
+            " systemd-journal or adm group to read a system unit's journal)\n"
+        )
+    return ExitStatus.OK if outcome == 0 else ExitStatus.FAILED
+
+
+# =============================================================================
+# Commands: ssh (OpenSSH itself, with the inventory's settings)
+# =============================================================================
+
+
+def openssh_options(target: SshTarget) -> list[str]:
+    """OpenSSH `-o` options for `target` as venusctl resolved it (SshTarget.ssh_options), with
+    each jump host reached by an `ssh -W` of its own options: ProxyJump on the command
+    line would carry neither a hop's key nor its known_hosts (ssh(1): command-line options
+    apply to the destination only)."""
+    options = target.ssh_options()
+    if target.via is None or target.proxy_command is not None:
+        return options
+    hop = ["ssh", "-F", "none", *openssh_options(target.via), "-W", "[%h]:%p", "--"]
+    # a literal % of a path or a name must not be read as a token by the outer ssh
+    hop = [word if word == "[%h]:%p" else word.replace("%", "%%") for word in hop]
+    hop.append(target.via.name.replace("%", "%%"))
+    kept = [option for option in options if not option.startswith("-oProxyJump=")]
+    return [*kept, f"-oProxyCommand={shlex.join(hop)}"]
+
+
+def ssh_argv(target: SshTarget, command: Sequence[str]) -> list[str]:
+    """`ssh -F none <the target's options> -- NAME [COMMAND...]`: no ssh_config read again
+    (venusctl applied it already, the inventory's values over it), COMMAND as ssh passes
+    its words: joined by spaces for the remote shell."""
+    return ["ssh", "-F", "none", *openssh_options(target), "--", target.name, *command]
+
+
+def command_ssh(ctx: Context, args: argparse.Namespace) -> ExitStatus | int:
+    """OpenSSH to HOST with the inventory's user, port, key, known_hosts, jump hosts and
+    options: an interactive session, or COMMAND; ssh's own exit status (255: ssh failed)."""
+    host = resolve_target(ctx.inventory, args.host)
+    if host.transport == "local":
+        raise UsageError(f"{host.name} is this machine (transport local): no SSH to it")
+    try:
+        target = ctx.ssh.target(host)
+    except HostError as error:
+        ctx.err.write(f"venusctl: {escape_text(f'{host.name}: {error}')}\n")
+        return ExitStatus.FAILED
+    argv = ssh_argv(target, args.command)
+    if args.print:
+        ctx.out.write(shlex.join(argv) + "\n")
+        return ExitStatus.OK
+    ssh = shutil.which("ssh", path=ctx.env.environ.get("PATH"))
+    if ssh is None:
+        raise UsageError("ssh not found on the PATH: install OpenSSH's client (openssh-client)")
+    # ssh runs a ProxyCommand through $SHELL: the hops above are quoted for sh
+    environ = {**ctx.env.environ, "SHELL": "/bin/sh"}
+    return run_attached(ctx, [ssh, *argv[1:]], environ)
+
+
+def run_attached(ctx: Context, argv: list[str], environ: Mapping[str, str]) -> int:
+    """Run argv on this run's terminal (its stdin, stdout, stderr), or through pipes when
+    the streams are not files (a test's, an embedding program's); its exit status."""
+
+    def fd(stream: Any) -> Any:
+        try:
+            stream.fileno()
+            return stream
+        except (AttributeError, OSError, ValueError):
+            return subprocess.PIPE
+
+    streams = [fd(ctx.stdin), fd(ctx.out), fd(ctx.err)]
+    if streams[0] is subprocess.PIPE:
+        streams[0] = subprocess.DEVNULL
+    ctx.out.flush()
+    done = subprocess.run(argv, stdin=streams[0], stdout=streams[1], stderr=streams[2],
+                          env=dict(environ))  # fmt: skip
+    if done.stdout:
+        ctx.out.write(done.stdout.decode("utf-8", "replace"))
+    if done.stderr:
+        ctx.err.write(done.stderr.decode("utf-8", "replace"))
+    return done.returncode
 
 
 # =============================================================================
@@ -8344,6 +9737,15 @@ def _parse_count(text: str) -> int:
     return int(text)
 
 
+def _parse_lines(text: str) -> int | None:
+    """-n LINES: a whole number >= 0, or `all` (None: no limit)."""
+    if text == "all":
+        return None
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise ValueError(f"invalid line count {text!r}: a whole number >= 0, or all")
+    return int(text)
+
+
 def _parse_forks(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
         raise ValueError(f"invalid --forks {text!r}: must be a whole number >= 1")
@@ -8457,6 +9859,37 @@ def add_watch(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_table_options(parser: argparse.ArgumentParser, spec: TableSpec, wide: bool = True) -> None:
+    """--columns, --sort, --reverse, --no-header and -o for a command that prints `spec`."""
+    group = parser.add_argument_group("table output")
+    names = ", ".join(column.header.lower() for column in spec.columns)
+    columns = group.add_argument(
+        "--columns",
+        metavar="LIST",
+        type=_argument_type(spec.parse_columns, "columns"),
+        help=f"the columns to show, in this order (comma-separated, any case): {names}",
+    )
+    sort = group.add_argument(
+        "--sort",
+        metavar="KEY",
+        type=_argument_type(spec.parse_sort, "sort key"),
+        help="sort the rows by these columns (comma-separated, first the most significant;"
+        " a column without a value sorts last)",
+    )
+    columns.spec = sort.spec = spec  # what `venusctl __complete` offers for them
+    group.add_argument("--reverse", action="store_true", help="with --sort: largest first")
+    group.add_argument("--no-header", action="store_true", help="no header line (row)")
+    group.add_argument(
+        "-o",
+        "--output",
+        choices=("table", *(("wide",) if wide else ()), "csv", "tsv", "json"),
+        help="table (default)"
+        + (", wide (as --wide)" if wide else "")
+        + ", csv (RFC 4180: values exact, quoted where needed), tsv (tab, newline and"
+        " backslash escaped as \\t \\n \\\\), json (as --json)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The common options are accepted before or after the command name; in
     # the subcommands they default to SUPPRESS so they never undo the top level.
@@ -8467,7 +9900,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--inventory",
             default=default(None),
             type=_argument_type(check_not_empty("inventory path", "-i inventory.toml"), "path"),
-            help="inventory file (TOML)",
+            help="inventory file (TOML); default: see --fleet",
+        )
+        parser.add_argument(
+            "--fleet",
+            metavar="NAME",
+            default=default(None),
+            type=_argument_type(parse_fleet_name, "fleet"),
+            help="the named fleet NAME: ~/.config/venusctl/NAME.toml, else"
+            " /etc/venusctl/NAME.toml (default: $VENUSCTL_INVENTORY, $VENUSCTL_FLEET,"
+            " ./inventory.toml, ~/.config/venusctl/inventory.toml,"
+            " /etc/venusctl/inventory.toml: the first given or found)",
         )
         parser.add_argument(
             "--json", action="store_true", default=default(False), help="print JSON"
@@ -8483,6 +9926,15 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             default=default(False),
             help="never cut a table cell (on a terminal, long cells are cut with … to fit)",
+        )
+        parser.add_argument(
+            "--color",
+            "--colour",
+            dest="color",
+            choices=("auto", "always", "never"),
+            default=default("auto"),
+            help="colour tables (paused yellow, errors red, an expired LastPing bold): auto"
+            " (default) on a terminal unless $NO_COLOR is set, always, never",
         )
         parser.add_argument(
             "--forks",
@@ -8508,6 +9960,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(parser, top=True)
     parser.add_argument("--version", action="version", version=VERSION_TEXT)
+    parser.add_argument(
+        "--help-man", action=_ManAction, help="print the manual page, venusctl(1), in roff"
+    )
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, prog="venusctl"
     )
@@ -8537,6 +9992,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="LastPing older than this gets a '!' (default 10m; 30s, 1h30m, ...)",
     )
     listing.add_argument("--wide", action="store_true", help="add Version, Running, Waiting")
+    add_table_options(listing, LIST_TABLE)
     add_watch(listing)
     listing.set_defaults(handler=command_list)
 
@@ -8546,6 +10002,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(threads, top=False)
     add_selectors(threads)
     threads.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")
+    add_table_options(threads, THREADS_TABLE)
     add_watch(threads)
     threads.set_defaults(handler=command_threads)
 
@@ -8559,6 +10016,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(info, top=False)
     info.add_argument("host", help="name, address or address:port")
     info.add_argument("--wide", action="store_true", help="add Plan, Stage, ThreadState")
+    add_table_options(info, INFO_TABLE)
     info.set_defaults(handler=command_info)
 
     pause = commands.add_parser(
@@ -8577,6 +10035,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_selectors(pause)
     add_confirmation(pause)
+    pause.add_argument(
+        "--wait",
+        nargs="?",
+        const=7200.0,
+        metavar="TIMEOUT",
+        type=_argument_type(_positive_duration, "duration"),
+        help="then wait until each thread shows Paused, saying so (default TIMEOUT 2h);"
+        " exit 1 if one is still running then (its pause stays queued)",
+    )
     pause.set_defaults(handler=command_pause)
 
     resume = commands.add_parser(
@@ -8608,6 +10075,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with selectors: move each task to STATE first (checked against its plan)",
     )
     add_confirmation(resume)
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="needed besides --yes (or the y/N) to resume into Finished (finalises the"
+        " sector without a proof) or Aborted (drops the sector and its data)",
+    )
     resume.set_defaults(handler=command_resume)
 
     health = commands.add_parser(
@@ -8716,6 +10189,113 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drain.set_defaults(handler=command_drain)
 
+    logs = commands.add_parser(
+        "logs",
+        help="what a thread's last stage runs printed (stdout and stderr)",
+        description="What thread INDEX of HOST printed on stdout and stderr in its last stage"
+        " runs: the agent keeps the last 8 runs of each thread, up to 1 MiB each, in its store"
+        " (docs/protocol.md, WorkerStageLog). By default the newest run (the one that failed,"
+        " or the one running) with its last 50 lines; each line with its time and stream,"
+        " worker text escaped. Through the stream channel, or the agent's CLI over exec,"
+        " which reads the store itself while the daemon is down.",
+    )
+    common(logs, top=False)
+    logs.add_argument("host", help="name, address or address:port")
+    logs.add_argument(
+        "index", type=_argument_type(parse_index, "index"), help="thread index, as `info` shows"
+    )
+    logs.add_argument(
+        "--stage",
+        type=_argument_type(parse_stage, "stage"),
+        help="the newest runs of this stage (PC1, C2, ...) instead",
+    )
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=_argument_type(_parse_lines, "lines"),
+        default=50,
+        metavar="LINES",
+        help="the last LINES lines of each run (default 50), or all",
+    )
+    runs = logs.add_mutually_exclusive_group()
+    runs.add_argument(
+        "--runs",
+        type=_argument_type(_parse_count, "count"),
+        default=1,
+        metavar="N",
+        help="the newest N runs (default 1), oldest first",
+    )
+    runs.add_argument("--all", action="store_true", help="every run the agent kept")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new lines and new runs as they come, until Ctrl-C (--json: one"
+        " line per run with its new lines)",
+    )
+    logs.set_defaults(handler=command_logs)
+
+    journal = commands.add_parser(
+        "journal",
+        help="the agent's own log: journalctl -u UNIT on the host",
+        description="Run `journalctl --unit UNIT --lines LINES --no-pager --output"
+        " short-iso` on HOST through SSH (here for a local host), UNIT from the inventory's"
+        " `unit` (default venus-worker.service, damocles-worker.service for a damocles"
+        " host). The command is an argv of checked values, quoted once; every line is"
+        " printed with its control characters escaped. The SSH user needs to be allowed to"
+        " read that journal (group systemd-journal or adm).",
+    )
+    common(journal, top=False)
+    journal.add_argument("host", help="name, address or address:port")
+    journal.add_argument(
+        "-n",
+        "--lines",
+        type=_argument_type(_parse_lines, "lines"),
+        default=50,
+        metavar="LINES",
+        help="the last LINES lines (default 50), or all",
+    )
+    journal.add_argument(
+        "-f", "--follow", action="store_true", help="then new lines as they come, until Ctrl-C"
+    )
+    journal.set_defaults(handler=command_journal)
+
+    ssh = commands.add_parser(
+        "ssh",
+        help="OpenSSH to a host with the inventory's settings (a session, or COMMAND)",
+        description="Run OpenSSH's ssh to HOST as venusctl reaches it: the inventory's user,"
+        " port, identity file, known_hosts and host-key policy over ~/.ssh/config's (or the"
+        " inventory's ssh_config), jump hosts and ProxyCommand included, so an operator"
+        " never retypes them. Without COMMAND an interactive session; with it, COMMAND run"
+        " there, its words joined by spaces for the remote shell as ssh does (quote what"
+        " the remote shell must not expand). ssh is run with `-F none` and every setting as"
+        " -o options (--print shows them). Exit status: the remote command's, or 255 when"
+        " ssh itself failed.",
+    )
+    common(ssh, top=False)
+    ssh.add_argument("host", help="name, address or address:port")
+    ssh.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="COMMAND", help="what to run there"
+    )
+    ssh.add_argument(
+        "--print", action="store_true", help="print the ssh command line instead of running it"
+    )
+    ssh.set_defaults(handler=command_ssh)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="Print a completion script: commands, options, host names and groups"
+        " of the inventory, thread indexes (asked of the host), state, stage, plan and"
+        " column names. bash: `source <(venusctl completion bash)`, or save it as"
+        " ~/.local/share/bash-completion/completions/venusctl; zsh: `source <(venusctl"
+        " completion zsh)` after compinit, or save it as _venusctl in your $fpath; fish:"
+        " `venusctl completion fish | source`, or save it as"
+        " ~/.config/fish/completions/venusctl.fish.",
+    )
+    completion.add_argument("shell", choices=tuple(COMPLETIONS), help="bash, zsh or fish")
+    completion.set_defaults(handler=command_completion, inventory_free=True)
+
     listing = commands.add_parser("inventory", help="the hosts as venusctl reads them")
     common(listing, top=False)
     listing.add_argument(
@@ -8727,6 +10307,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the inventory: no two hosts of one miner with overlapping sector_numbers"
         " (exit 1 naming each pair)",
     )
+    add_table_options(listing, INVENTORY_TABLE, wide=False)
     listing.set_defaults(handler=command_inventory)
     add_history_commands(commands, common)
     return parser
@@ -8796,6 +10377,491 @@ def add_history_commands(commands: Any, common: Callable[..., None]) -> None:
 
 
 # =============================================================================
+# Completion and the man page, both read from the parser
+# =============================================================================
+
+# What the value of an argument is, by its dest, for `venusctl __complete`; choices
+# (--color, -o, the shells) come from the parser itself, --columns and --sort from their
+# table's spec.
+VALUE_KINDS = {
+    "inventory": "files",
+    "fleet": "fleets",
+    "limit": "limit",
+    "host": "hosts",
+    "target": "hosts",
+    "index": "index",
+    "states": "state-list",
+    "state": "states",
+    "to_state": "states",
+    "stage": "stages",
+    "plan": "plans",
+}
+
+
+# Thread indexes are asked of the host itself: never longer than this for a TAB.
+COMPLETE_TIMEOUT = 3.0
+
+
+@dataclass
+class Walk:
+    """Where the words before the cursor left the parser: the (sub)parser, the option
+    whose value comes next (if any), the positionals filled and the values seen."""
+
+    parser: argparse.ArgumentParser
+    command: str | None = None
+    expecting: argparse.Action | None = None
+    positionals: int = 0
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def walk_words(parser: argparse.ArgumentParser, words: Sequence[str]) -> Walk:
+    walk = Walk(parser)
+    rest_positional = False
+    for word in words:
+        if walk.expecting is not None:
+            walk.values[walk.expecting.dest] = word
+            walk.expecting = None
+        elif word == "--":
+            rest_positional = True
+        elif word.startswith("-") and len(word) > 1 and not rest_positional:
+            _walk_option(walk, word)
+        elif walk.command is None and _subcommands(walk.parser):
+            choices = _subcommands(walk.parser).choices
+            if word in choices:
+                walk.command, walk.parser = word, choices[word]
+        else:
+            positionals = _positionals(walk.parser)
+            if walk.positionals < len(positionals):
+                walk.values.setdefault(positionals[walk.positionals].dest, word)
+                if positionals[walk.positionals].nargs not in ("*", argparse.REMAINDER):
+                    walk.positionals += 1
+    return walk
+
+
+def _walk_option(walk: Walk, word: str) -> None:
+    options = walk.parser._option_string_actions
+    name, equals, value = word.partition("=")
+    action = options.get(name)
+    if action is None and not word.startswith("--") and word[:2] in options:
+        name, value, equals = word[:2], word[2:], "x" if word[2:] else ""
+        action = options[name]
+    if action is None or not _takes_value(action):
+        return
+    if equals:
+        walk.values[action.dest] = value
+    elif action.nargs is None:
+        walk.expecting = action
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0 and not isinstance(
+        action, (argparse._StoreConstAction, argparse._HelpAction, argparse._VersionAction)
+    )
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def _positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [
+        action
+        for action in parser._get_positional_actions()
+        if not isinstance(action, argparse._SubParsersAction)
+    ]
+
+
+def _short(text: str | None) -> str:
+    """A help text's first sentence, short enough for a completion menu."""
+    first = (text or "").split("; ")[0].split(". ")[0].replace("\n", " ")
+    return first if len(first) <= 70 else first[:69] + CUT_MARK
+
+
+def complete(
+    words: Sequence[str], current: str, env: Environment
+) -> tuple[str, list[tuple[str, str]]]:
+    """The candidates for `current` after `words` (the command line before it, without
+    the program's name): (directive, [(value, description)]). The directive is "files"
+    when the shell should complete a file name, else "-". Never raises for a bad line:
+    a TAB offers what it can."""
+    walk = walk_words(build_parser(), words)
+    action = walk.expecting
+    prefix = ""
+    if action is None and current.startswith("-") and "=" in current:
+        name, _, current = current.partition("=")
+        found = walk.parser._option_string_actions.get(name)
+        if found is not None and _takes_value(found):
+            action, prefix = found, f"{name}="
+    if action is not None:
+        directive, found = _action_values(action, current, walk, env)
+        return directive, [(prefix + value, text) for value, text in found]
+    if current.startswith("-"):
+        return "-", _options(walk.parser, current)
+    if walk.command is None:
+        subcommands = _subcommands(walk.parser)
+        helps = {choice.dest: choice.help for choice in subcommands._choices_actions}
+        return "-", [
+            (name, _short(helps.get(name)))
+            for name in subcommands.choices
+            if name.startswith(current) and name in helps
+        ]
+    positionals = _positionals(walk.parser)
+    if walk.positionals < len(positionals):
+        return _action_values(positionals[walk.positionals], current, walk, env)
+    return "-", _options(walk.parser, current) if not current else []
+
+
+def _options(parser: argparse.ArgumentParser, current: str) -> list[tuple[str, str]]:
+    found = []
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        for option in action.option_strings:
+            if option.startswith(current) and (option.startswith("--") or len(current) < 3):
+                found.append((option, _short(action.help)))
+    return found
+
+
+def _action_values(
+    action: argparse.Action, current: str, walk: Walk, env: Environment
+) -> tuple[str, list[tuple[str, str]]]:
+    spec = getattr(action, "spec", None)
+    if spec is not None:
+        names = [(column.header.lower(), column.header) for column in spec.columns]
+        return "-", _listed(current, names, ",")
+    if action.choices and not isinstance(action, argparse._SubParsersAction):
+        return "-", [(str(c), "") for c in action.choices if str(c).startswith(current)]
+    kind = VALUE_KINDS.get(action.dest)
+    if kind == "files":
+        return "files", []
+    try:
+        return "-", _kind_values(kind, current, walk, env)
+    except (VenusctlError, HostError, OSError, ValueError):
+        return "-", []  # no inventory, a host that does not answer: nothing to offer
+
+
+def _listed(current: str, names: Sequence[tuple[str, str]], separators: str) -> list:
+    """Candidates for the last item of a list being typed (`index,sta` -> `index,state`)."""
+    cut = max(current.rfind(separator) for separator in separators) + 1
+    head, tail = current[:cut], current[cut:]
+    for mark in "!&":  # a limit term: exclude or intersect
+        if separators != "," and tail.startswith(mark):
+            head, tail = head + mark, tail[1:]
+    return [(head + name, text) for name, text in names if name.startswith(tail)]
+
+
+def _kind_values(kind: str | None, current: str, walk: Walk, env: Environment) -> list:
+    if kind == "states":
+        return [(name, "") for name in STATE_NAMES if name.startswith(current)]
+    if kind == "state-list":
+        return _listed(current, [(name, "") for name in STATE_NAMES], ",")
+    if kind == "stages":
+        return [(name, "") for name in STAGE_NAMES if name.startswith(current)]
+    if kind == "plans":
+        return [(name, "") for name in PLAN_NAMES if name.startswith(current)]
+    if kind == "fleets":
+        return [(name, "fleet") for name in fleet_names(env.environ, env.system_config)]
+    if kind not in ("hosts", "limit", "index"):
+        return []
+    inventory = _line_inventory(walk, env)
+    if kind == "hosts":
+        return [(h.name, h.dest) for h in inventory.hosts if h.name.startswith(current)]
+    if kind == "limit":
+        names = [("all", "every host")] + [(host.name, host.dest) for host in inventory.hosts]
+        names += [
+            (group, f"group of {_plural(sum(group in h.groups for h in inventory.hosts), 'host')}")
+            for group in inventory.groups
+        ]
+        return _listed(current, names, ",:")
+    return _thread_indexes(inventory, walk, current, env)
+
+
+def _line_inventory(walk: Walk, env: Environment) -> Inventory:
+    """The inventory the command being typed would read (its -i or --fleet, else the rules)."""
+    source = find_inventory(
+        walk.values.get("inventory"), walk.values.get("fleet"), env.environ, env.system_config
+    )
+    return load_inventory(source.path)
+
+
+def _thread_indexes(inventory: Inventory, walk: Walk, current: str, env: Environment) -> list:
+    """The host's thread indexes, asked of it (within COMPLETE_TIMEOUT), with their state."""
+    host = resolve_target(inventory, walk.values.get("host", ""))
+    quick = dataclasses.replace(
+        host,
+        connect_timeout=min(host.connect_timeout or COMPLETE_TIMEOUT, COMPLETE_TIMEOUT),
+        command_timeout=min(host.command_timeout, COMPLETE_TIMEOUT),
+    )
+    context = SshContext(env.environ)
+    outcome = fan_out_until(
+        [quick],
+        lambda h: with_session(h, context, lambda session: query_status(session, h)),
+        1,
+        COMPLETE_TIMEOUT,
+    )[host.name]
+    if not isinstance(outcome, HostStatus) or outcome.threads is None:
+        return []
+    return [
+        (str(t.index), escape_text(f"{t.job_state or 'no task'} {thread_state_text(t)}"))
+        for t in outcome.threads
+        if str(t.index).startswith(current)
+    ]
+
+
+def split_line(line: str) -> tuple[list[str], str, bool]:
+    """A shell line up to the cursor as (words, the word being typed, is it in quotes),
+    with quotes and backslashes read as a POSIX shell reads them (an open quote kept open)."""
+    words: list[str] = []
+    word, started, quote = "", False, ""
+    escaped = False
+    for char in line:
+        if escaped:
+            word, escaped = word + char, False
+        elif quote:
+            if char == quote:
+                quote = ""
+            elif char == "\\" and quote == '"':
+                escaped = True
+            else:
+                word += char
+        elif char in "'\"":
+            quote, started = char, True
+        elif char == "\\":
+            escaped, started = True, True
+        elif char.isspace():
+            if started or word:
+                words.append(word)
+            word, started = "", False
+        else:
+            word, started = word + char, True
+    return words, word, bool(quote)
+
+
+def complete_main(argv: Sequence[str], env: Environment) -> int:
+    """`venusctl __complete SHELL line LINE` (bash: the line up to the cursor, and
+    --breaks its COMP_WORDBREAKS) or `__complete SHELL words WORD... CURRENT` (zsh, fish:
+    the words, unquoted): the directive on the first line, then one candidate a line
+    (fish and zsh: value TAB description)."""
+    args = list(argv)
+    shell = args.pop(0) if args else "bash"
+    mode = args.pop(0) if args else "line"
+    breaks = ""
+    if args[:1] == ["--breaks"]:
+        breaks, args = (args[1] if len(args) > 1 else ""), args[2:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    quoted = False
+    if mode == "line":
+        words, current, quoted = split_line(args[0] if args else "")
+    else:
+        words, current = args[:-1], (args[-1] if args else "")
+    directive, found = complete(words[1:], current, env)
+    cut = 0
+    if shell == "bash" and not quoted:
+        # bash replaces only what follows the last of its COMP_WORDBREAKS (':', '=')
+        cut = max((current.rfind(char) + 1 for char in breaks if char not in "'\"@$><;|&("),
+                  default=0)  # fmt: skip
+    lines = [directive]
+    for value, text in found:
+        value = value[cut:] if value.startswith(current[:cut]) else value
+        lines.append(f"{value}\t{text}" if shell in ("zsh", "fish") and text else value)
+    env.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+BASH_COMPLETION = """\
+# bash completion for venusctl (from `venusctl completion bash`). Load it in this shell
+# with:  source <(venusctl completion bash)
+# or for good:  venusctl completion bash > ~/.local/share/bash-completion/completions/venusctl
+_venusctl_complete() {
+    local IFS=$'\\n' reply
+    reply=($("${COMP_WORDS[0]}" __complete bash line --breaks "$COMP_WORDBREAKS" -- \\
+        "${COMP_LINE:0:COMP_POINT}" 2>/dev/null)) || return 0
+    if [[ ${reply[0]} == files ]]; then
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -f -- "${COMP_WORDS[COMP_CWORD]}"))
+    else
+        COMPREPLY=("${reply[@]:1}")
+    fi
+}
+complete -F _venusctl_complete venusctl
+"""
+
+
+ZSH_COMPLETION = """\
+#compdef venusctl
+# zsh completion for venusctl (from `venusctl completion zsh`). Load it with:
+#   source <(venusctl completion zsh)      (after compinit)
+# or for good: venusctl completion zsh > "${fpath[1]}/_venusctl"
+_venusctl() {
+    local -a reply values shown
+    local line
+    reply=("${(@f)$("${words[1]}" __complete zsh words -- "${(@Q)words[1,CURRENT-1]}" \\
+        "${(Q)PREFIX}" 2>/dev/null)}")
+    if [[ ${reply[1]} == files ]]; then
+        _files
+        return
+    fi
+    for line in "${(@)reply[2,-1]}"; do
+        [[ -n $line ]] || continue
+        values+=("${line%%$'\\t'*}")
+        if [[ $line == *$'\\t'* ]]; then
+            shown+=("${line%%$'\\t'*}  -- ${line#*$'\\t'}")
+        else
+            shown+=("$line")
+        fi
+    done
+    (( ${#values} )) && compadd -l -d shown -a values
+}
+if [[ ${funcstack[1]} == _venusctl ]]; then
+    _venusctl "$@"
+else
+    compdef _venusctl venusctl
+fi
+"""
+
+
+FISH_COMPLETION = """\
+# fish completion for venusctl (from `venusctl completion fish`). Load it with:
+#   venusctl completion fish | source
+# or for good: venusctl completion fish > ~/.config/fish/completions/venusctl.fish
+function __venusctl_complete
+    set -l tokens (commandline -opc)
+    set -l current (commandline -ct)
+    set -l reply ($tokens[1] __complete fish words -- $tokens $current 2>/dev/null)
+    test (count $reply) -gt 0; or return
+    if test "$reply[1]" = files
+        __fish_complete_path $current
+    else if test (count $reply) -gt 1
+        printf '%s\\n' $reply[2..-1]
+    end
+end
+complete -c venusctl -f -a '(__venusctl_complete)'
+"""
+
+
+COMPLETIONS = {"bash": BASH_COMPLETION, "zsh": ZSH_COMPLETION, "fish": FISH_COMPLETION}
+
+
+def command_completion(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    ctx.out.write(COMPLETIONS[args.shell])
+    return ExitStatus.OK
+
+
+# -- the man page: venusctl(1), from the parser's own texts
+
+
+def _roff(text: str) -> str:
+    """Text for roff: backslashes and a line's leading dot or quote made harmless."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(
+        "\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n")
+    )
+
+
+def _man_option(action: argparse.Action) -> list[str]:
+    names = ", ".join(f"\\fB{_roff(option)}\\fR" for option in action.option_strings)
+    if not action.option_strings:
+        names = f"\\fI{_roff(action.metavar or action.dest)}\\fR"
+    elif _takes_value(action) and not action.choices:
+        names += f" \\fI{_roff(str(action.metavar or action.dest.upper()))}\\fR"
+    elif action.choices and _takes_value(action):
+        names += f" \\fI{_roff('|'.join(map(str, action.choices)))}\\fR"
+    return [".TP", names, _roff(action.help or "")]
+
+
+def _man_description(parser: argparse.ArgumentParser) -> list[str]:
+    text = (parser.description or "").strip()
+    if not text:
+        return []
+    if parser.formatter_class is argparse.RawDescriptionHelpFormatter:
+        return [".nf", _roff(text), ".fi"]
+    return [_roff(text)]
+
+
+MAN_SECTIONS = {
+    "ENVIRONMENT": [
+        ("VENUSCTL_INVENTORY", "the inventory file, when neither -i nor --fleet is given"),
+        ("VENUSCTL_FLEET", "the named fleet, after $VENUSCTL_INVENTORY"),
+        ("XDG_CONFIG_HOME", "the user's config folder (default ~/.config): venusctl/ in it"),
+        ("NO_COLOR", "set and not empty: no colour, unless --color always"),
+        ("COLUMNS", "the width tables are cut to on a terminal"),
+    ],
+    "FILES": [
+        ("./inventory.toml", "the inventory, when none is given"),
+        ("~/.config/venusctl/inventory.toml", "next, the user's"),
+        ("~/.config/venusctl/NAME.toml", "the fleet NAME (--fleet NAME)"),
+        ("/etc/venusctl/inventory.toml", "last, the machine's (and /etc/venusctl/NAME.toml)"),
+    ],
+}
+
+
+def man_page(parser: argparse.ArgumentParser | None = None) -> str:
+    """venusctl(1) in roff, from the parser: every command, option and help text."""
+    parser = parser or build_parser()
+    summary = __doc__.split("\n", 1)[0].split(": ", 1)[1]
+    lines = [
+        f'.TH VENUSCTL 1 "" "venusctl {__version__}" "User Commands"',
+        ".SH NAME",
+        f"venusctl \\- {_roff(summary)}",
+        ".SH SYNOPSIS",
+        ".B venusctl",
+        "[\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGUMENTS\\fR]",
+        ".SH DESCRIPTION",
+        ".nf",
+        _roff(__doc__.split("\n\n", 1)[1].strip()),
+        ".fi",
+        ".SH OPTIONS",
+        "These go before or after the command.",
+    ]
+    for action in parser._actions:
+        if action.option_strings and action.help != argparse.SUPPRESS:
+            lines += _man_option(action)
+    lines.append(".SH COMMANDS")
+    subcommands = _subcommands(parser)
+    helps = {choice.dest: choice.help for choice in subcommands._choices_actions}
+    common = {option for a in parser._actions for option in a.option_strings}
+    for name, sub in subcommands.choices.items():
+        if name not in helps:
+            continue
+        positionals = " ".join(f"\\fI{_roff(a.metavar or a.dest)}\\fR" for a in _positionals(sub))
+        lines += [f".SS {name}", f"\\fBvenusctl {name}\\fR [\\fIOPTIONS\\fR] {positionals}",
+                  ".PP", _roff(helps[name] or "") + ".", ".PP"]  # fmt: skip
+        lines += _man_description(sub)
+        for action in sub._actions:
+            own = [option for option in action.option_strings if option not in common]
+            shown = action.help != argparse.SUPPRESS and not isinstance(
+                action, argparse._HelpAction
+            )
+            if shown and (own or not action.option_strings):
+                lines += _man_option(action)
+    for title, entries in MAN_SECTIONS.items():
+        lines.append(f".SH {title}")
+        for term, text in entries:
+            lines += [".TP", f"\\fB{_roff(term)}\\fR", _roff(text)]
+    lines += [
+        ".SH EXIT STATUS",
+        "0 all done, 1 some host or operation failed, 2 usage or configuration error,"
+        " 130 interrupted; \\fBhealth\\fR: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        ".SH SEE ALSO",
+        "\\fBvenus\\-worker\\fR(1), \\fBssh\\fR(1), \\fBssh_config\\fR(5),"
+        " \\fBjournalctl\\fR(1), \\fBansible\\fR(1)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class _ManAction(argparse.Action):
+    """--help-man: print venusctl(1) and exit, as --help does."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        sys.stdout.write(man_page(parser))
+        parser.exit()
+
+
+# =============================================================================
 # main
 # =============================================================================
 
@@ -8804,11 +10870,22 @@ def requested_command(argv: Sequence[str]) -> str | None:
     """The command word of argv, even when argv does not parse (options before it skipped)."""
     words = iter(argv)
     for word in words:
-        if word in ("-i", "--inventory", "--forks", "--deadline"):
+        if word in ("-i", "--inventory", "--fleet", "--forks", "--deadline"):
             next(words, None)  # the option's value, not the command
         elif not word.startswith("-"):
             return word
     return None
+
+
+def json_requested(argv: Sequence[str]) -> bool:
+    """--json or -o json anywhere in argv (even when argv does not parse)."""
+    words = list(argv)
+    for position, word in enumerate(words):
+        if word in ("--json", "-ojson", "--output=json"):
+            return True
+        if word in ("-o", "--output") and words[position + 1 : position + 2] == ["json"]:
+            return True
+    return False
 
 
 def _fail(
@@ -8824,7 +10901,7 @@ def _fail(
     the exit status the same either way. `health` answers as a monitoring plugin:
     `VENUS UNKNOWN - <message>`, exit 3 (its --json document: status UNKNOWN and the error).
     """
-    as_json = "--json" in argv
+    as_json = json_requested(argv)
     error = {"error": {"code": code, "message": message}}
     if requested_command(argv) == "health":
         line = f"VENUS UNKNOWN - {escape_text(message, also='|')}"
@@ -8845,19 +10922,28 @@ def _run(argv: list[str], env: Environment) -> int:
     # argparse writes --help and usage to sys.stdout/sys.stderr: those of `env` here.
     with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
         args = build_parser().parse_args(argv)
-    inventory = load_inventory(inventory_path(args.inventory, env.environ))
+    output = getattr(args, "output", None)
+    if output == "wide":
+        args.wide, args.output = True, "table"
+    if getattr(args, "inventory_free", False):  # completion: works before any inventory
+        source, inventory = None, Inventory(Path(DEFAULT_INVENTORY), ())
+    else:
+        source = find_inventory(args.inventory, args.fleet, env.environ, env.system_config)
+        inventory = load_inventory(source.path)
     run_deadline = None
     if args.deadline is not None and args.command != "health":  # health: its UNKNOWN rule
         run_deadline = Deadline(time.monotonic() + args.deadline, args.deadline, "--deadline")
     ctx = Context(
         inventory,
         env,
-        as_json=args.json,
+        as_json=args.json or output == "json",
         debug=args.debug,
         forks=args.forks,
         full=args.full,
         ssh=SshContext(env.environ),
         deadline=run_deadline,
+        source=source,
+        color=args.color,
     )
     try:
         return int(args.handler(ctx, args))
@@ -8870,6 +10956,11 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     status. Only the __main__ guard exits."""
     env = env or Environment()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # a shell's TAB: hidden, never an error on the screen
+        try:
+            return complete_main(argv[1:], env)
+        except Exception:  # noqa: BLE001 - a TAB that cannot be completed offers nothing
+            return 0
     try:
         return _run(argv, env)
     except _ParserExit as done:

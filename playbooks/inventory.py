@@ -7,9 +7,14 @@ Runs ``venusctl.py inventory --ansible`` from the checkout this file lives in,
 with the Python running this script, so Ansible and venusctl always see the
 same hosts, groups, addresses, users, keys, and agent config and socket paths.
 
-The inventory file: $VENUSCTL_INVENTORY if set, else ./inventory.toml if there
-is one, else the checkout's inventory.toml (so it also works from playbooks/,
-where ansible.cfg names this script).
+The inventory file is the one venusctl itself reads ($VENUSCTL_INVENTORY,
+$VENUSCTL_FLEET, ./inventory.toml, ~/.config/venusctl/inventory.toml,
+/etc/venusctl/inventory.toml: `venusctl inventory` says which), and when
+venusctl finds none, the checkout's inventory.toml (so it also works from
+playbooks/, where ansible.cfg names this script). Groups are the hosts'
+`groups` (`ungrouped` for a host without any), so Ansible's host patterns
+(`-l 'gpu:!gpu-03'`, `-l 'gpu:&rack1'`, `-l '!gpu-03'`) select the very hosts
+venusctl's `-l` does.
 
     inventory.py --list         the whole inventory, with _meta.hostvars
     inventory.py --host NAME    one host's variables ({} for an unknown host)
@@ -19,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,24 +32,30 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 VENUSCTL = CHECKOUT / "venusctl.py"
 
 
-def inventory_file() -> str:
-    chosen = os.environ.get("VENUSCTL_INVENTORY")
-    if chosen:
-        return chosen
-    here = Path("inventory.toml")
-    return str(here.resolve() if here.is_file() else CHECKOUT / "inventory.toml")
-
-
-def venusctl_inventory() -> dict:
-    env = dict(os.environ, VENUSCTL_INVENTORY=inventory_file())
-    done = subprocess.run(
-        [sys.executable, str(VENUSCTL), "inventory", "--ansible"],
-        env=env,
+def run_venusctl(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(VENUSCTL), *argv, "inventory", "--ansible", "--json"],
         capture_output=True,
         text=True,
     )
+
+
+def _error_code(done: subprocess.CompletedProcess) -> str | None:
+    try:
+        return json.loads(done.stdout)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def venusctl_inventory() -> dict:
+    done = run_venusctl()
+    if done.returncode != 0 and _error_code(done) == "no-inventory":
+        done = run_venusctl("-i", str(CHECKOUT / "inventory.toml"))
     if done.returncode != 0:
-        reason = done.stderr.strip() or f"exit code {done.returncode}"
+        try:
+            reason = json.loads(done.stdout)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = done.stderr.strip() or f"exit code {done.returncode}"
         raise SystemExit(f"inventory.py: venusctl inventory --ansible failed: {reason}")
     try:
         return json.loads(done.stdout)

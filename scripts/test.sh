@@ -23,13 +23,17 @@ command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-ex
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+# venusctl's completion scripts are loaded by the real shells, its man page rendered by man.
+command -v zsh >/dev/null 2>&1 || need+=(zsh)
+command -v fish >/dev/null 2>&1 || need+=(fish)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${need[*]} (the tests run sshd, curl, promtool, node_exporter, sudo, systemd-analyze, shellcheck)"
+    echo "installing ${need[*]} (the tests run sshd, curl, promtool, node_exporter, sudo, systemd-analyze, shellcheck, zsh, fish, man)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "missing: ${need[*]} (the tests run sshd, curl, promtool, node_exporter, sudo, systemd-analyze, shellcheck); install them" >&2
+    echo "missing: ${need[*]} (the tests run sshd, curl, promtool, node_exporter, sudo, systemd-analyze, shellcheck, zsh, fish, man); install them" >&2
     exit 2
   fi
 fi

@@ -201,6 +201,7 @@ def test_bulk_resume_dry_run_prints_the_plan_and_sends_nothing(tmp_path, capsys,
     ]
     assert lines[3:] == [
         "plan: resume 2 threads on 2 hosts",
+        "  moves C1Done -> C1Done: 2 sectors",  # how many sectors each state move touches
         "unreachable (1):",
         "  down: connection refused",
         "dry run: nothing was sent",

@@ -328,7 +328,7 @@ def test_health_judges_threads_and_lists_what_it_cannot(line, capsys):
     assert status == 1, lines  # WARNING
     error = re.escape(f": {ERROR_ESCAPED}")
     assert re.fullmatch(
-        rf"WARNING ro #0 s-t01000-2 C1Done: paused by an error for 1[78]s{error}", lines[1]
+        rf"WARNING ro #0 s-t01000-2 C1Done: paused by an error for \d+s{error}", lines[1]
     )
     unjudged = "not judged (damocles-worker does not report time in state)"
     info = [text for text in lines if text.startswith("INFO ")]
@@ -349,7 +349,12 @@ def test_health_judges_threads_and_lists_what_it_cannot(line, capsys):
     # without --verbose: the findings only
     assert venusctl.main(argv) == 1
     quiet = capsys.readouterr().out.splitlines()
-    assert quiet == [text for text in lines if not text.startswith("INFO ")]
+
+    # the two runs may straddle a second: compare them without the elapsed times
+    def timeless(texts):
+        return [re.sub(r"\b\d+(\.\d+)?s\b", "Ns", text) for text in texts]
+
+    assert timeless(quiet) == timeless(text for text in lines if not text.startswith("INFO "))
 
 
 # -- pause -----------------------------------------------------------------------------------------

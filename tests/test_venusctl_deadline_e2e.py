@@ -105,6 +105,15 @@ def test_an_agent_that_trickles_its_reply_ends_at_the_command_deadline(
     assert 3 <= elapsed < 3 + SLACK
 
 
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
 @pytest.fixture
 def stopped_ssh_agent(short_dir, ssh_fleet):
     """A real ssh-agent holding the fleet's key, then SIGSTOPped: it accepts, never answers."""
@@ -113,8 +122,9 @@ def stopped_ssh_agent(short_dir, ssh_fleet):
         ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
+        # The socket file appears at bind(), before listen(): wait until it accepts.
         deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
+        while not _accepts(sock) and time.monotonic() < deadline:
             time.sleep(0.02)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
         subprocess.run(["ssh-add", "-q", str(ssh_fleet.ssh.client_key)], env=env, check=True)

@@ -454,6 +454,7 @@ def test_on_a_terminal_rows_fit_its_width_lasterr_cut_first():
         env=Environment(
             isatty=lambda stream: True, terminal_size=lambda: os.terminal_size((120, 24))
         ),
+        color="never",  # lengths counted here are the visible ones (colour: test_venusctl_ux_*)
     )
     text = ctx.table(*venusctl.info_table([long_thread(0), long_thread(1)], wide=False))
     lines = text.splitlines()

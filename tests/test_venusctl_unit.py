@@ -163,11 +163,10 @@ def test_unreadable_inventory_names_the_file(tmp_path):
         venusctl.load_inventory(missing)
 
 
-def test_inventory_path_option_then_environment_then_cwd():
+def test_inventory_path_option_then_environment():
     environ = {"VENUSCTL_INVENTORY": "/srv/fleet.toml"}
     assert venusctl.inventory_path("x.toml", environ) == Path("x.toml")
     assert venusctl.inventory_path(None, environ) == Path("/srv/fleet.toml")
-    assert venusctl.inventory_path(None, {}) == Path("inventory.toml")
 
 
 def test_shipped_inventory_is_valid_and_local():
@@ -712,8 +711,10 @@ def test_inventory_command_lists_hosts_without_connecting(tmp_path, capsys):
     path.write_text(INVENTORY)
     assert venusctl.main(["-i", str(path), "inventory"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["Name", "Dest", "User", "Transport", "Groups"]
-    assert lines[1].split() == ["gpu-01", "10.0.0.1:22", "sealer", "auto", "gpu,rack1"]
+    # first which file was read, and by which rule
+    assert lines[0] == f"inventory: {path} (given by -i)"
+    assert lines[1].split() == ["Name", "Dest", "User", "Transport", "Groups"]
+    assert lines[2].split() == ["gpu-01", "10.0.0.1:22", "sealer", "auto", "gpu,rack1"]
     # common options go before or after the command name
     assert venusctl.main(["--json", "-i", str(path), "inventory"]) == 0
     hosts = json.loads(capsys.readouterr().out)["hosts"]
@@ -735,7 +736,8 @@ def test_main_runs_in_the_environment_it_is_given(tmp_path, capsys):
         sleep=slept.append,
     )
     assert venusctl.main(["inventory"], env) == 0
-    assert out.getvalue().splitlines()[1].split()[:2] == ["w1", f"127.0.0.1:{port}"]
+    assert out.getvalue().splitlines()[0] == f"inventory: {path} (given by $VENUSCTL_INVENTORY)"
+    assert out.getvalue().splitlines()[2].split()[:2] == ["w1", f"127.0.0.1:{port}"]
     out.truncate(0), out.seek(0)
     assert venusctl.main(["list", "--watch", "5", "--count", "2", "--json"], env) == 1
     frames = [json.loads(line) for line in out.getvalue().splitlines()]

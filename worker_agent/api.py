@@ -74,6 +74,9 @@ __all__ = [
     "SectorLog",
     "SectorRange",
     "StageStats",
+    "StageLine",
+    "StageLog",
+    "StageRun",
     "Summary",
     "ThreadActivity",
     "ThreadHistory",
@@ -108,6 +111,8 @@ class Method(str, enum.Enum):
     STATS = "VenusWorker.WorkerStats"
     # Ours only: cancel a pause queued while a stage runs (never resumes a paused thread).
     CANCEL_PAUSE = "VenusWorker.WorkerCancelPause"
+    # Ours only: what a thread's last stage runs printed (worker_agent/stagelog.py).
+    STAGE_LOG = "VenusWorker.WorkerStageLog"
 
 
 class RpcCode(enum.IntEnum):
@@ -394,6 +399,51 @@ class Report(_Wire):
     # Seconds since `time` on the reader's clock: added by WorkerReport and the CLI, not in
     # the file.
     age: float | None = field(default=None, metadata={_OMIT_NONE: True})
+
+
+@dataclass(frozen=True)
+class StageLine(_Wire):
+    """One line a stage run printed (``WorkerStageLog``; worker_agent/stagelog.py)."""
+
+    n: int  # the run's line number, from 0, over both streams
+    t: float  # Unix seconds on the worker's clock
+    s: str  # "stdout" or "stderr"
+    text: str  # exact (worker text: escape it before a terminal)
+    # True: the line was longer than stagelog.MAX_LINE (sent only then)
+    cut: bool | None = field(default=None, metadata={_OMIT_NONE: True})
+
+
+@dataclass(frozen=True)
+class StageRun(_Wire):
+    """One stage run of a thread and its kept lines."""
+
+    run: int
+    stage: str
+    state: str
+    plan: str | None
+    sector_id: str | None
+    processor: str
+    argv: list[str] | None
+    started: float
+    ended: float | None  # None while it runs
+    exit_status: int | None
+    timed_out: bool
+    outcome: str | None  # "done", "interrupted: ...", "<level>: <message>"; None while it runs
+    dropped: int  # lines dropped by the bound (before first_line)
+    first_line: int
+    lines_total: int
+    lines: list[StageLine]
+
+
+@dataclass(frozen=True)
+class StageLog(_Wire):
+    """``VenusWorker.WorkerStageLog``'s result: the runs a query asked for, oldest first."""
+
+    index: int
+    location: str
+    runs: list[StageRun]
+    kept_runs: int
+    max_run_bytes: int
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,15 @@ def _die_with_parent() -> Callable[[], None]:
 class _Stream:
     """One pipe's bytes: the last TAIL_BYTES kept, lines logged while the budget lasts."""
 
-    def __init__(self, name: str, emit: Callable[[str, str], None], budget: list[int]):
+    def __init__(
+        self,
+        name: str,
+        emit: Callable[[str, str], None],
+        budget: list[int],
+        sink: Callable[[str, bytes], None] | None = None,
+    ):
         self.name, self._emit, self._budget = name, emit, budget
+        self._sink = sink  # every chunk, as it comes (the stage log, stagelog.py)
         self.tail = bytearray()
         self._line = bytearray()
         self._cut = False  # the current line was longer than LOG_LINE: skip to its end
@@ -107,6 +114,8 @@ class _Stream:
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
+        if self._sink is not None:
+            self._sink(self.name, chunk)
         self.tail += chunk
         if len(self.tail) > 2 * TAIL_BYTES:  # trim in batches: amortized O(1) per byte
             del self.tail[:-TAIL_BYTES]
@@ -198,12 +207,17 @@ class StageRun:
             return True
         return info is not None
 
-    def collect(self, timeout: float | None) -> Collected:
-        """Read both pipes until the command ends (or its timeout); reap it."""
+    def collect(
+        self, timeout: float | None, on_output: Callable[[str, bytes], None] | None = None
+    ) -> Collected:
+        """Read both pipes until the command ends (or its timeout); reap it.
+
+        `on_output(stream, chunk)` gets every chunk as it is read (the stage log).
+        """
         budget = [LOG_BYTES]
         streams = {
-            self.proc.stdout.fileno(): _Stream("stdout", self._log_line, budget),
-            self.proc.stderr.fileno(): _Stream("stderr", self._log_line, budget),
+            self.proc.stdout.fileno(): _Stream("stdout", self._log_line, budget, on_output),
+            self.proc.stderr.fileno(): _Stream("stderr", self._log_line, budget, on_output),
         }
         selector = selectors.DefaultSelector()
         for fd in streams:

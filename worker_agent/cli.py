@@ -10,6 +10,8 @@
     venus-worker worker [-c CONFIG | --state-dir DIR] history --index N [--limit K] [--json]
     venus-worker worker [-c CONFIG | --state-dir DIR] sector SECTOR_ID [--json]
     venus-worker worker [-c CONFIG | --state-dir DIR] stats [--since 7d] [--index N] [--json]
+    venus-worker worker [-c CONFIG | --socket PATH] logs --index N [--stage S] [-n LINES]
+                 [--runs K | --all] [--json]
     venus-worker set-counter -c CONFIG [--miner M] --last N [--json]
 
 pause and resume record who asked in the thread's history: the caller's uid
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -203,6 +206,71 @@ def cmd_cancel_pause(args, out: Output) -> int:
     text = "queued pause cancelled" if cancelled else "no pause queued (nothing changed)"
     out.result(cancelled, f"#{args.index} {text}")
     return ExitStatus.OK
+
+
+def stage_log_query(args) -> dict:
+    """The WorkerStageLog query of `worker logs`' options (stagelog.check_query checks it)."""
+    after = None
+    if args.after:
+        run, _, line = args.after.partition(":")
+        if not (run.isdigit() and line.lstrip("-").isdigit()):
+            raise ConfigError(f"--after {args.after!r}: expected RUN:LINE, e.g. 12:40")
+        after = {"run": int(run), "line": int(line)}
+    return {
+        "stage": args.stage,
+        "runs": None if args.all else args.runs,
+        "lines": None if args.lines == "all" else int(args.lines),
+        "after": after,
+    }
+
+
+_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def format_stage_log(document: dict) -> str:
+    """`worker logs` as text: a line per run, then its lines (controls shown as \\xNN)."""
+    lines = []
+    for run in document["runs"]:
+        ended = "running" if run["ended"] is None else run["outcome"]
+        lines.append(
+            f"--- #{document['index']} run {run['run']}: stage {run['stage']} "
+            f"({run['state']}) {run['sector_id'] or '-'}: {ended}"
+        )
+        if run["first_line"] and run["lines"] and run["lines"][0]["n"] == run["first_line"]:
+            lines.append(f"[{run['first_line']} earlier lines not kept]")
+        for line in run["lines"]:
+            text = _UNSEEN.sub(lambda m: f"\\x{ord(m.group()):02x}", line["text"])
+            lines.append(f"{line['s']}: {text}")
+    return "\n".join(lines) or f"#{document['index']}: no stage run logged yet"
+
+
+def cmd_logs(args, out: Output) -> int:
+    query = stage_log_query(args)
+    try:
+        with AgentClient(_socket_path(args)) as client:
+            document = client.call(Method.STAGE_LOG.value, args.index, query)
+    except AgentNotRunning:
+        document = _stage_log_from_store(args, query)  # the files are there all the same
+    out.result(document, format_stage_log(document))
+    return ExitStatus.OK
+
+
+def _stage_log_from_store(args, query: dict) -> dict:
+    """The daemon is down: read the stage logs from the thread's store, as it would."""
+    from worker_agent.stagelog import QueryError, read_stage_log
+
+    path = _config_path(args)
+    if not path:
+        raise AgentNotRunning(args.socket or "?", "(give -c CONFIG to read the logs without it)")
+    threads = load_config(path).threads
+    if not 0 <= args.index < len(threads):
+        raise RpcError(RpcCode.INVALID_PARAMS, f"worker #{args.index} not found")
+    location = threads[args.index].location
+    try:
+        found = read_stage_log(location, query)
+    except QueryError as exc:
+        raise ConfigError(str(exc)) from None
+    return {"index": args.index, "location": str(location), **found}
 
 
 def cmd_report(args, out: Output) -> int:
@@ -668,7 +736,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--plan", help="only tasks of this plan (sealer, snapup, ...)")
     stats.set_defaults(func=cmd_stats)
-    for sub in (listing, pause, resume, cancel, report, status, history, sector, stats):
+    logs = action(
+        "logs",
+        "what a thread's last stage runs printed",
+        "The stdout and stderr a thread's last stage runs printed, kept in its store (the"
+        " last 8 runs, up to 1 MiB each): the newest run, or the newest of --stage, with its"
+        " last LINES lines. Read from the store itself while the daemon is down (-c CONFIG).",
+    )
+    _add_index(logs)
+    logs.add_argument("--stage", help="only runs of this stage (PC1, C2, ...)")
+    logs.add_argument("-n", "--lines", default="100", help="lines per run (default 100), or all")
+    choice = logs.add_mutually_exclusive_group()
+    choice.add_argument("--runs", type=int, default=1, help="the newest RUNS runs (default 1)")
+    choice.add_argument("--all", action="store_true", help="every kept run")
+    logs.add_argument("--after", metavar="RUN:LINE", help="only what came after this line")
+    logs.set_defaults(func=cmd_logs)
+    for sub in (listing, pause, resume, cancel, report, status, history, sector, stats, logs):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
         )

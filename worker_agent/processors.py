@@ -32,12 +32,14 @@ import random
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker_agent.children import TOKEN_VARIABLE, StageRun, boot_id
 from worker_agent.config import CommandConfig, CommandStage, Config, MockConfig
+from worker_agent.stagelog import StageLog
 from worker_agent.states import WAIT_STAGES, Event, Level, Plan, State
 from worker_agent.store import StageProcess
 
@@ -117,6 +119,12 @@ class MockProcessor:
             return Interrupted()
         fault = self._fault_for(ctx)
         if fault is not None:
+            # the run a real stage would have left in its stage log: only the failed ones
+            # (a mock fleet would otherwise write a log for every stage of every thread)
+            stage_log = _stage_log(ctx, "mock", started=time.time() - seconds)
+            stage_log.feed("stdout", f"mock {ctx.stage}: ran {seconds:.3g}s\n".encode())
+            stage_log.feed("stderr", f"{fault.level}: {fault.message}\n".encode())
+            stage_log.end(f"{fault.level}: {fault.message}", exit_status=1)
             return fault
         if not is_wait:
             # A visible trace of the "work", so tests can see abort/finish clear the data folder.
@@ -223,23 +231,31 @@ class CommandProcessor:
         label = f"thread #{ctx.index} {ctx.stage}"
         if ctx.started is not None:  # before the command exists: nothing of it goes unrecorded
             ctx.started(StageProcess(None, token, boot_id(), ctx.stage))
+        stage_log = _stage_log(ctx, self.name, command.argv)
         try:
             run = StageRun.start(
                 command.argv, ctx.location, stage_environment(ctx, command, token), label
             )
         except OSError as exc:
-            return Failed(
+            failed = Failed(
                 Level.PERMANENT, f"stage {ctx.stage}: cannot run {command.argv[0]}: {exc}"
             )
+            stage_log.end(f"{failed.level}: {failed.message}")
+            return failed
         with self._running_lock:
             self._running.add(run)
         try:
             if ctx.started is not None:
                 ctx.started(StageProcess(run.pid, token, boot_id(), ctx.stage))
-            result = run.collect(command.timeout)
+            result = run.collect(command.timeout, on_output=stage_log.feed)
         finally:
             with self._running_lock:
                 self._running.discard(run)
+        outcome = self._outcome(ctx, command, result)
+        stage_log.end(_outcome_text(outcome), result.returncode, result.timed_out)
+        return outcome
+
+    def _outcome(self, ctx: StageContext, command: CommandStage, result) -> Outcome:
         if self._killed_at_exit:
             return Interrupted()  # not the command's failure: the state must not change
         if result.timed_out:
@@ -263,6 +279,32 @@ class CommandProcessor:
         for run in running:
             run.kill()
         return len(running)
+
+
+def _stage_log(
+    ctx: StageContext, processor: str, argv=None, started: float | None = None
+) -> StageLog:
+    """This run's stage log in the thread's store (stagelog.py); never fails the stage."""
+    return StageLog.begin(
+        ctx.location,
+        index=ctx.index,
+        stage=ctx.stage,
+        state=ctx.state.value,
+        plan=ctx.plan.name,
+        sector_id=ctx.sector_id,
+        processor=processor,
+        argv=argv,
+        now=time.time if started is None else lambda: started,
+    )
+
+
+def _outcome_text(outcome: Outcome) -> str:
+    """How a run ended, for its stage log: done, interrupted, or the level and message."""
+    if isinstance(outcome, Failed):
+        return f"{outcome.level}: {outcome.message}"
+    if isinstance(outcome, Interrupted):
+        return "interrupted: the daemon stopped (the stage runs again)"
+    return "done" + (f" ({outcome.event.value})" if outcome.event else "")
 
 
 def _event_from_stdout(stdout: str, ctx: StageContext) -> Event | None:

@@ -18,6 +18,7 @@ from worker_agent import __version__
 from worker_agent.api import Caller, Method, RpcCode, parse_sector_id
 from worker_agent.history import HistoryFolder, HistoryUnavailable
 from worker_agent.protocol import RawJSON, RpcError
+from worker_agent.stagelog import QueryError, read_stage_log
 from worker_agent.thread import (
     InvalidState,
     NoTask,
@@ -67,6 +68,7 @@ class WorkerService:
             Method.SECTOR.value: self.sector_history,
             Method.STATS.value: self.worker_stats,
             Method.CANCEL_PAUSE.value: self.worker_cancel_pause,
+            Method.STAGE_LOG.value: self.worker_stage_log,
         }
         # The handlers that record who asked (the history's `by`).
         self._with_caller = (Method.PAUSE.value, Method.RESUME.value, Method.CANCEL_PAUSE.value)
@@ -127,6 +129,16 @@ class WorkerService:
         except StoreUnusable as exc:
             raise RpcError(RpcCode.CHANGE_NOT_SAVED, f"change not made: {exc}") from None
         return True
+
+    def worker_stage_log(self, params: list) -> dict:
+        """[index, query or null]: the thread's last stage runs and their output (stagelog.py)."""
+        _check_count(params, 1, 2)
+        thread = self._thread(params[0])
+        try:
+            found = read_stage_log(thread.config.location, params[1] if len(params) == 2 else None)
+        except QueryError as exc:
+            raise RpcError(RpcCode.INVALID_PARAMS, f"invalid params: {exc}") from None
+        return {"index": thread.index, "location": str(thread.config.location), **found}
 
     def worker_report(self, params: list) -> dict:
         _check_count(params, 0, 0)
