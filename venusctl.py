@@ -9499,7 +9499,7 @@ def thread_history(
 
 def command_history(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     host = resolve_target(ctx.inventory, args.host)
-    limit = args.limit or None
+    limit = args.entries or None
     outcome = _one_host(ctx, host, lambda s: thread_history(s, host, args.index, limit))
     if _is_error(outcome):
         if ctx.as_json:
@@ -10345,6 +10345,7 @@ def add_history_commands(commands: Any, common: Callable[..., None]) -> None:
     history.add_argument(
         "-n",
         "--limit",
+        dest="entries",  # not "limit": that is the host pattern everywhere else (completion)
         type=_argument_type(lambda text: int(parse_index(text)), "count"),
         default=100,
         metavar="K",
