@@ -194,19 +194,25 @@ class Fleet:
         return path
 
     def defaults(self, **overrides: object) -> dict[str, object]:
-        values: dict[str, object] = {
-            "user": self.ssh.user,
-            "identity_file": str(self.ssh.client_key),
-            "known_hosts": str(self.ssh.known_hosts),
-            # no ~/.ssh/config of whoever runs the tests
-            "ssh_config": "none",
-            "agent": AGENT_COMMAND,
-            # generous: a loaded CI machine must not turn into a timeout row
-            "connect_timeout": 10,
-            "command_timeout": 20,
-        }
-        values.update(overrides)
-        return values
+        return fleet_defaults(self.ssh, **overrides)
+
+
+def fleet_defaults(ssh: SshFleet, **overrides: object) -> dict[str, object]:
+    """The [defaults] of an inventory reaching `ssh`'s hosts: its user, key and known_hosts,
+    this venv's agent CLI; an override of None leaves that key out."""
+    values: dict[str, object] = {
+        "user": ssh.user,
+        "identity_file": str(ssh.client_key),
+        "known_hosts": str(ssh.known_hosts),
+        # no ~/.ssh/config of whoever runs the tests
+        "ssh_config": "none",
+        "agent": AGENT_COMMAND,
+        # generous: a loaded CI machine must not turn into a timeout row
+        "connect_timeout": 10,
+        "command_timeout": 20,
+    }
+    values.update(overrides)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def write_inventory(path: Path, hosts: list[dict], **defaults: object) -> Path:

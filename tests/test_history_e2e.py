@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import WORKER_TABLE, fleet_agent, run, run_json, write_inventory
+from conftest import WORKER_TABLE, fleet_agent, fleet_defaults, run, run_json, write_inventory
 from helpers import stop_process
 from sshfleet import SshFleet
 
@@ -112,14 +112,7 @@ class HistoryFleet:
         return write_inventory(
             path / "inventory.toml",
             list(tables),
-            user=self.ssh.user,
-            identity_file=str(self.ssh.client_key),
-            known_hosts=str(self.ssh.known_hosts),
-            ssh_config=str(self.root / "no-ssh-config"),
-            agent=str(Path(sys.executable).parent / "venus-worker"),
-            miner=10000,
-            connect_timeout=10,
-            command_timeout=20,
+            **fleet_defaults(self.ssh, ssh_config=str(self.root / "no-ssh-config"), miner=10000),
         )
 
     def all(self, path: Path) -> Path:
