@@ -38,6 +38,8 @@ from agent_helpers import (
 
 from worker_agent.protocol import RpcError
 
+pytestmark = pytest.mark.e2e  # a real daemon in every test
+
 FAST = 'seal_interval = "10ms"\nrecover_interval = "20ms"\nmax_retries = 2'
 
 

@@ -383,6 +383,7 @@ def metrics_agent():
             agent.close()
 
 
+@pytest.mark.e2e
 def test_real_daemon_textfile_passes_promtool_and_holds_the_golden_series(metrics_agent):
     agent, textfile = metrics_agent
     text = textfile.read_text()
@@ -411,6 +412,7 @@ def test_real_daemon_textfile_passes_promtool_and_holds_the_golden_series(metric
     assert value(samples, "venus_worker_stage_duration_seconds_count", stage="Unseal") == 1
 
 
+@pytest.mark.e2e
 def test_real_daemon_textfile_agrees_with_worker_list(metrics_agent):
     agent, textfile = metrics_agent
 
@@ -428,6 +430,7 @@ def test_real_daemon_textfile_agrees_with_worker_list(metrics_agent):
     wait_until(agree, what="the textfile to agree with WorkerList")
 
 
+@pytest.mark.e2e
 def test_real_daemon_rewrites_the_textfile_at_every_heartbeat_and_leaves_no_temp(metrics_agent):
     _, textfile = metrics_agent
     first = value(read_samples(textfile), "venus_worker_last_heartbeat_timestamp_seconds")
@@ -447,6 +450,7 @@ def test_real_daemon_rewrites_the_textfile_at_every_heartbeat_and_leaves_no_temp
     assert len([n for n in names if n.endswith(".tmp")]) <= 1
 
 
+@pytest.mark.e2e
 def test_node_exporter_serves_the_textfile(metrics_agent, tmp_path):
     agent, textfile = metrics_agent
     with node_exporter(textfile.parent, tmp_path / "node_exporter.log") as scrape:
