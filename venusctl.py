@@ -40,6 +40,16 @@ commands:
                             summary; exit 0 OK 1 WARNING 2 CRITICAL 3 UNKNOWN;
                             [[silence]] tables mute hosts until a time
                             (see venusctl health --help)
+  inventory [--ansible | --check]
+                            the hosts as read from the inventory (no connection);
+                            --ansible: Ansible's JSON inventory (playbooks/inventory.py);
+                            --check: no two hosts of one miner share sector numbers
+  sector SECTOR_ID [-l LIMIT]
+                            where a sector is and what happened to it (its event log)
+  history HOST INDEX [--limit K]
+                            one thread's history: state changes, pauses, who asked
+  stats [SELECTORS] [--since 7d] [--by-host]
+                            per stage: tasks, p50, p90, max, failures, common error
   logs HOST INDEX [--stage S] [-n LINES|all] [--runs N | --all] [-f]
                             what the thread's last stage runs printed (stdout, stderr)
   journal HOST [-n LINES|all] [-f]
@@ -47,8 +57,6 @@ commands:
   ssh HOST [COMMAND ...]    OpenSSH to HOST with the inventory's user, port, key,
                             known_hosts and jump hosts: a session, or COMMAND
   completion bash|zsh|fish  the shell completion script (also --help-man: the man page)
-  inventory [--ansible]     the hosts as read from the inventory (no connection);
-                            --ansible: Ansible's JSON inventory (playbooks/inventory.py)
   keeper [status|stop]      this user's connection keeper: what it holds, or end it
 
 HOST is a host's name, its address, or address:port ([::1]:22) in the inventory. LIMIT
@@ -134,7 +142,8 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 #   Keeper                 connections kept between runs: a per-user process on a 0600
 #                          socket (the wire, typed values, OPERATIONS, HostCall), its client
 #   Commands               Context; list/threads/watch/info/inventory, pause/resume (--wait,
-#                          --force), drain, logs/journal, ssh, health
+#                          --force), drain, logs/journal, ssh, health; sector/history/stats
+#                          (the agents' histories)
 #   Argument parser        build_parser
 #   Completion, man page   `venusctl __complete` and the shells' scripts, venusctl(1): both
 #                          read from the parser
@@ -327,6 +336,57 @@ __all__ = [
     "Environment",
     "main",
     "requested_command",
+    # added by the issues after 11 (the tests' names for them; test_api checks the list)
+    "COMPLETIONS",
+    "COMPLETE_TIMEOUT",
+    "DAMOCLES_QUEUED",
+    "DEFAULT_IDENTITY_FILES",
+    "FINDING_STATUSES",
+    "FLEET_METRICS",
+    "HEALTH_DEFAULTS",
+    "INFO_TABLE",
+    "INFO_WIDE_HEADERS",
+    "KnownHostsFile",
+    "LATE_GRACE",
+    "LIST_TABLE",
+    "NotConfirmed",
+    "PAUSE_CANCELLED",
+    "PAUSE_QUEUED",
+    "PAUSE_SENT",
+    "PLAN_NAMES",
+    "ProxyCommandSocket",
+    "STAGE_NAMES",
+    "STATE_NAMES",
+    "STATS_BAR_MAX",
+    "SshConfigError",
+    "SshConfigFiles",
+    "TableView",
+    "ThreadState",
+    "UnknownHost",
+    "WDPOST_STATES",
+    "WorkerInfo",
+    "action_entry",
+    "action_line",
+    "ansible_hostvars",
+    "control_actor",
+    "drain_table",
+    "entry_line",
+    "escape_text",
+    "finding_line",
+    "fit_cells",
+    "history_table",
+    "info_entry",
+    "info_failure_line",
+    "judge_host",
+    "man_page",
+    "perfdata_item",
+    "plan_table",
+    "range_overlaps",
+    "render_spec",
+    "selector_from",
+    "split_line",
+    "stage_bar",
+    "stats_rows",
 ]
 
 
@@ -883,6 +943,11 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     # backend "damocles": the worker's RPC address as seen from the worker
     # host itself, reached through a direct-tcpip channel of the SSH connection.
     "rpc": "127.0.0.1:17890",
+    # The miner the host's agent seals for, and its own sector numbers ("1000-1999"):
+    # the deploy role writes them into the agent's [sealing]; `inventory --check` makes
+    # sure no two hosts of one miner share a number. None: the agent config's own.
+    "miner": None,
+    "sector_numbers": None,
     # the agent's systemd unit, for `venusctl journal` (None: venus-worker.service, or
     # damocles-worker.service for backend "damocles")
     "unit": None,
@@ -957,6 +1022,8 @@ class Host:
     backend: str
     rpc: str = BUILTIN_DEFAULTS["rpc"]
     jump: str | None = None
+    miner: int | None = None
+    sector_numbers: tuple[int, int] | None = None  # (start, end), both included
     unit: str | None = None
 
     @property
@@ -1489,6 +1556,8 @@ def _parse_host(
         backend=values["backend"],
         rpc=values["rpc"],
         jump=values["jump"],
+        miner=values["miner"],
+        sector_numbers=parse_sector_numbers(values["sector_numbers"]),
         unit=values["unit"],
     )
 
@@ -1519,6 +1588,15 @@ def _check_backend(
             f"{where}: {label}: transport {values['transport']!r} cannot reach a damocles"
             f' backend ({why}); use transport = "auto" or "stream"'
         )
+    if values["backend"] == "damocles" and values["sector_numbers"] is not None:
+        key = "sector_numbers"
+        where = (
+            locator.where(key, "host", position) if key in table else locator.where(key, "defaults")
+        )
+        raise InventoryError(
+            f"{where}: {label}: a damocles-worker's sector numbers come from its"
+            " damocles-manager: 'sector_numbers' is for our agent only"
+        )
     if values["backend"] != "damocles" and "rpc" in table:
         raise InventoryError(
             f"{locator.where('rpc', 'host', position)}: {label}: 'rpc' is only used with"
@@ -1542,6 +1620,15 @@ def _check_value(key: str, value: Any, where: str) -> Any:
 
 
 def _value_problem(key: str, value: Any) -> str | None:
+    if key == "miner":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        return None if ok else "must be the miner's actor number, e.g. 1000 for t01000"
+    if key == "sector_numbers":
+        try:
+            parse_sector_numbers(value)
+        except ValueError as error:
+            return str(error)
+        return None
     if key == "port":
         ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
         return None if ok else "must be an integer from 1 to 65535"
@@ -1580,6 +1667,30 @@ def _value_problem(key: str, value: Any) -> str | None:
         except ValueError as error:
             return str(error)
     return None
+
+
+def parse_sector_numbers(value: Any) -> tuple[int, int] | None:
+    """An inventory's `sector_numbers`: "START-END" or {start = S, count = N} (or end = E),
+    as the agent's [sealing] sector_numbers; None stays None."""
+    if value is None:
+        return None
+    example = 'must be "START-END" (e.g. "1000-1999") or {start = 1000, count = 1000}'
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]{1,18})\s*-\s*([0-9]{1,18})\s*", value)
+        if match is None:
+            raise ValueError(example)
+        start, end = int(match[1]), int(match[2])
+    elif isinstance(value, dict) and set(value) in ({"start", "count"}, {"start", "end"}):
+        numbers = list(value.values())
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+            raise ValueError(example)
+        start = value["start"]
+        end = value["end"] if "end" in value else start + value["count"] - 1
+    else:
+        raise ValueError(example)
+    if start < 1 or end < start:
+        raise ValueError(f"{start}-{end}: must start at 1 or more and not end before it")
+    return start, end
 
 
 def parse_rpc_address(text: str) -> tuple[str, int]:
@@ -2844,6 +2955,10 @@ PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"
 
 def ansible_hostvars(host: Host) -> dict[str, Any]:
     agent = {"venus_worker_config": host.config, "venus_worker_socket": host.socket}
+    if host.miner is not None:
+        agent["venus_worker_sealing_miner"] = host.miner
+    if host.sector_numbers is not None:
+        agent["venus_worker_sealing_sector_numbers"] = "{}-{}".format(*host.sector_numbers)
     if host.agent != BUILTIN_DEFAULTS["agent"]:
         # Only a command the inventory names; else the playbooks' own install path.
         agent["venus_worker_bin"] = host.agent
@@ -2893,7 +3008,7 @@ def ansible_inventory(inventory: Inventory) -> dict[str, Any]:
 
 # Columns cut first when a table is wider than the terminal: worker text that
 # can run to hundreds of characters. Then the widest of the others, in turn.
-CUT_FIRST = ("LastErr", "Error")
+CUT_FIRST = ("LastErr", "Error", "MostCommonError", "Outcome", "Note")
 CUT_MARK = "\u2026"  # …
 CUT_FLOOR = 6  # a cut column keeps at least this many characters (or its header's)
 
@@ -3016,7 +3131,7 @@ class Finding:
 
     severity: Severity
     kind: str  # host-unreachable agent-not-running heartbeat-expired no-answer
-    #            internal-error thread-error thread-paused thread-stuck
+    #            internal-error thread-error thread-paused thread-stuck sector-range-low
     host: str
     message: str
     index: int | None = None
@@ -3227,6 +3342,31 @@ def judge_thread(host: str, thread: WorkerInfo, thresholds: Thresholds) -> Findi
     return _stuck(thread, where, thresholds)
 
 
+def _sector_range_findings(name: str, report: api.Report | None) -> list[Finding]:
+    """A configured sector range that runs low (WARNING) or is used up (CRITICAL: the
+    worker starts no new task), from the agent's report (issue 15)."""
+    findings = []
+    for numbers in (report.sector_ranges or []) if report is not None else []:
+        if not numbers.low:
+            continue
+        span = f"sector range {numbers.start}-{numbers.end} of miner {numbers.miner}"
+        if numbers.left == 0:
+            severity, said = Severity.CRITICAL, "used up: no new task starts"
+        else:
+            severity = Severity.WARNING
+            said = f"{numbers.left} numbers left (low under {api.SECTOR_NUMBERS_LOW})"
+        findings.append(
+            Finding(
+                severity,
+                "sector-range-low",
+                name,
+                f"{span}: {said}; give the worker a new [sealing] sector_numbers",
+                cause=f"sector range {said}",
+            )
+        )
+    return findings
+
+
 def judge_host(
     name: str, outcome: HostStatus | BaseException, thresholds: Thresholds
 ) -> HostHealth:
@@ -3254,6 +3394,7 @@ def judge_host(
                 cause=f"heartbeat {stuck}",
             )
         )
+    health.findings += _sector_range_findings(name, outcome.report)
     _count_threads(health, outcome.threads)
     who = "damocles-worker" if outcome.release_line else "the agent"
     for thread in outcome.threads:
@@ -3361,6 +3502,7 @@ _FINDING_PHRASES = {
     "thread-error": ("thread in error", "threads in error"),
     "thread-stuck": ("thread stuck", "threads stuck"),
     "thread-paused": ("thread paused by hand too long", "threads paused by hand too long"),
+    "sector-range-low": ("sector range low", "sector ranges low"),
 }
 
 
@@ -3590,6 +3732,7 @@ FINDING_STATUSES: dict[str, tuple[Severity, ...]] = {
     "thread-error": (Severity.WARNING, Severity.CRITICAL),
     "thread-stuck": (Severity.WARNING,),
     "thread-paused": (Severity.WARNING,),
+    "sector-range-low": (Severity.WARNING, Severity.CRITICAL),
 }
 
 
@@ -4196,6 +4339,30 @@ HTTP_REFUSALS = {
 }
 
 
+# The actor of the request a keeper's job thread works for (set per job from the run's
+# request): the keeper's own environment is that of whichever run started it.
+_REQUEST_ACTOR = threading.local()
+
+
+def control_actor() -> str:
+    """Who runs venusctl, as the agent's history records it: user@control-host (the sudo
+    user's name under sudo); in a keeper, the one the run that asked sent. Sent with every
+    request (the Venus-Actor header, or the CLI's VENUS_WORKER_ACTOR); printable ASCII
+    only, so it is one header line."""
+    asked = getattr(_REQUEST_ACTOR, "name", None)
+    return clean_actor(asked) if asked else _this_runs_actor()
+
+
+@functools.cache
+def _this_runs_actor() -> str:
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return clean_actor(f"{user}@{socket.gethostname()}")
+
+
+def clean_actor(text: str) -> str:
+    return re.sub(r"[^\x21-\x7e]", "?", text)[:100]
+
+
 class JsonRpcClient:
     """JSON-RPC 2.0 over HTTP/1.1 on one connected byte stream, kept alive.
 
@@ -4261,7 +4428,7 @@ class JsonRpcClient:
         """POST `body`; the reply's JSON. One header write and the body: one send."""
         head = (
             f"{self.METHOD} / HTTP/1.1\r\nHost: localhost\r\nContent-Type: {self.CONTENT_TYPE}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{api.ACTOR_HEADER}: {control_actor()}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         # One deadline for the request and its whole reply: an agent sending a
         # byte every second never gets a fresh timeout per read.
@@ -4790,12 +4957,18 @@ def status_argv(host: Host) -> list[str]:
     return _agent_command(host, "status", "--json")
 
 
+def _acting_command(host: Host, *command: str) -> list[str]:
+    """A change's command, naming who asks for the agent's history (issue 15) through the
+    environment: an agent that predates it ignores the variable (an option would fail)."""
+    return ["env", f"VENUS_WORKER_ACTOR={control_actor()}", *_agent_command(host, *command)]
+
+
 def pause_argv(host: Host, index: int) -> list[str]:
-    return _agent_command(host, "pause", "--index", str(_checked_index(index)), "--json")
+    return _acting_command(host, "pause", "--index", str(_checked_index(index)), "--json")
 
 
 def cancel_pause_argv(host: Host, index: int) -> list[str]:
-    return _agent_command(host, "cancel-pause", "--index", str(_checked_index(index)), "--json")
+    return _acting_command(host, "cancel-pause", "--index", str(_checked_index(index)), "--json")
 
 
 def stage_log_argv(host: Host, index: int, query: dict[str, Any]) -> list[str]:
@@ -4814,7 +4987,7 @@ def stage_log_argv(host: Host, index: int, query: dict[str, Any]) -> list[str]:
 
 
 def resume_argv(host: Host, index: int, state: str | None) -> list[str]:
-    argv = _agent_command(host, "resume", "--index", str(_checked_index(index)))
+    argv = _acting_command(host, "resume", "--index", str(_checked_index(index)))
     if state is not None:
         argv += ["--state", parse_state(state)]
     return [*argv, "--json"]
@@ -7787,7 +7960,8 @@ class SessionPool:
 #   keeper -> client  {"keeper": 1, "version": V, "code": C, "pid": P}
 #   client -> keeper  {"op": "run", "operation": "status", "hosts": [[HOST, TARGET,
 #                      BUDGET, PARAMS], ...], "forks": 50, "until": [LEFT, SECONDS] or
-#                      null, "persist": 600.0, "inventory": PATH, "debug": false}
+#                      null, "persist": 600.0, "inventory": PATH, "debug": false,
+#                      "actor": "alice@ctl"}
 #                   | {"op": "info"} | {"op": "stop", "reason": TEXT}
 #   keeper -> client  {"tick": N} every KEEPER_TICK while it works; {"start": I} before
 #                      host I's operation begins (operations that act); {"done": I,
@@ -8094,13 +8268,12 @@ _TARGET_PATHS = ("identity_files", "certificate_files", "user_known_hosts", "glo
 
 
 def _host_to_wire(host: Host) -> list[Any]:
-    return [getattr(host, name) for name in _HOST_FIELDS]
+    # typed like any value (groups and sector_numbers are tuples: a Host must stay hashable)
+    return [to_wire(getattr(host, name)) for name in _HOST_FIELDS]
 
 
 def _host_fields(values: Sequence[Any]) -> dict[str, Any]:
-    fields = dict(zip(_HOST_FIELDS, values, strict=True))
-    fields["groups"] = tuple(fields["groups"])
-    return fields
+    return {name: from_wire(value) for name, value in zip(_HOST_FIELDS, values, strict=True)}
 
 
 def _absolute(path: str | None) -> str | None:
@@ -8623,6 +8796,7 @@ class Keeper:
             left, seconds = request["until"]
             until = Deadline(time.monotonic() + float(left), float(seconds), "deadline")
         tracebacks = bool(request.get("debug"))
+        actor = str(request.get("actor") or "") or None  # the run's, not the keeper's own
         self.ssh.refresh([host.ssh_target for host in hosts])
         self._adopt(str(request.get("inventory", "")), hosts)
         answered: set[int] = set()  # hosts whose job sent its result line
@@ -8652,9 +8826,12 @@ class Keeper:
             if not operation.repeatable and not send({"start": index}):
                 raise HostError("not sent: venusctl stopped waiting", "closed")
             try:
+                _REQUEST_ACTOR.name = actor
                 value = operation.run(self.pool, host, *params[host.name])
             except Exception as error:  # noqa: BLE001 - the host's result, as in fan_out
                 value = error
+            finally:
+                _REQUEST_ACTOR.name = None
             answer(index, value)
             return value
 
@@ -9028,6 +9205,7 @@ class KeeperClient:
             "persist": self.persist,
             "inventory": self.inventory,
             "debug": ctx.debug,
+            "actor": control_actor(),
         }
         answers: dict[int, Any] = {}
         started: set[int] = set()
@@ -9454,6 +9632,8 @@ def command_info(ctx: Context, args: argparse.Namespace) -> ExitStatus:
 
 
 def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    if args.check:
+        return command_inventory_check(ctx)
     if args.ansible:
         ctx.emit_json(ansible_inventory(ctx.inventory))
     elif ctx.as_json:
@@ -9476,6 +9656,63 @@ def command_inventory(ctx: Context, args: argparse.Namespace) -> ExitStatus:
                 ctx.out.write(line)
         ctx.out.write(ctx.render(INVENTORY_TABLE, ctx.inventory.hosts, args).rstrip("\n") + "\n")
     return ExitStatus.OK
+
+
+def range_overlaps(inventory: Inventory) -> list[str]:
+    """Pairs of hosts of one miner whose sector numbers may collide: their ranges overlap,
+    or one of them has no range at all (it numbers from 1, unbounded). No connection."""
+    problems = []
+    by_miner: dict[int, list[Host]] = {}
+    for host in inventory.hosts:
+        if host.backend != "damocles" and host.miner is not None:
+            by_miner.setdefault(host.miner, []).append(host)
+    for miner, hosts in sorted(by_miner.items()):
+        for position, first in enumerate(hosts):
+            for second in hosts[position + 1 :]:
+                a, b = first.sector_numbers, second.sector_numbers
+                if a is None or b is None:
+                    lacking = ", ".join(h.name for h in (first, second) if h.sector_numbers is None)
+                    problems.append(
+                        f"miner {miner}: {first.name} and {second.name} may number the same"
+                        f" sectors: no sector_numbers on {lacking}"
+                    )
+                elif a[0] <= b[1] and b[0] <= a[1]:
+                    both = f"{max(a[0], b[0])}-{min(a[1], b[1])}"
+                    problems.append(
+                        f"miner {miner}: {first.name} ({a[0]}-{a[1]}) and {second.name}"
+                        f" ({b[0]}-{b[1]}) overlap: numbers {both} could name two sectors"
+                    )
+    return problems
+
+
+def command_inventory_check(ctx: Context) -> ExitStatus:
+    """`inventory --check`: the inventory read and validated, and the sector ranges of every
+    miner disjoint; exit 1 naming each pair of hosts that is not."""
+    problems = range_overlaps(ctx.inventory)
+    miners = sorted({host.miner for host in ctx.inventory.hosts if host.miner is not None})
+    if ctx.as_json:
+        ctx.emit_json(
+            {
+                "path": str(ctx.inventory.path),
+                "ok": not problems,
+                "miners": miners,
+                "problems": problems,
+            }
+        )
+    else:
+        checked = _plural(len(ctx.inventory.hosts), "host")
+        if not miners:
+            lines = [
+                f"{ctx.inventory.path}: {checked}; no host names its miner:"
+                " no sector ranges to check"
+            ]
+        else:
+            lines = [f"{ctx.inventory.path}: {checked}, miners {', '.join(map(str, miners))}"]
+        lines += [f"OVERLAP {problem}" for problem in problems]
+        if miners and not problems:
+            lines.append("sector ranges: disjoint for every miner")
+        ctx.out.write("\n".join(lines) + "\n")
+    return ExitStatus.FAILED if problems else ExitStatus.OK
 
 
 # =============================================================================
@@ -10673,6 +10910,470 @@ def command_keeper(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
+# Commands: sector, history, stats (the agents' histories)
+# =============================================================================
+#
+# Each host answers from its agent's history files (worker_agent/history.py): the
+# figures of `stats` are computed there, so a big fleet ships per-stage counts and
+# buckets, never its logs. A damocles-worker keeps no history: `sector` looks at its
+# live thread list only, `stats` and `history` name it as having none.
+
+NO_DAMOCLES_HISTORY = "no history from damocles-worker"
+
+
+class NoHistory(HostError):
+    """The host keeps no history to ask (a damocles-worker, an agent before it, or off)."""
+
+    kind = "no-history"
+
+
+def _history_agent(session: LocalSession | SshSession, host: Host) -> Agent:
+    """The agent to ask, by the transport policy: a dead daemon's CLI reads its files."""
+    agent, _ = open_agent(session, host, for_status=True)
+    return agent
+
+
+def ask_history(agent: Agent, method: api.Method, params: list[Any], argv: list[str]) -> Any:
+    """One history question: the control API's `method`, or the CLI's `argv` (which reads
+    the files of a stopped daemon). NoHistory where there is none to ask."""
+    if isinstance(agent, DamoclesAgent):
+        raise NoHistory(NO_DAMOCLES_HISTORY)
+    if isinstance(agent, CliAgent):
+        result = agent.run(_agent_command(agent.host, *argv, "--json"))
+        if result.exit_status == api.AgentExit.USAGE and "invalid choice" in result.stderr:
+            raise NoHistory("this agent keeps no history (a version before it: upgrade it)")
+        document = parse_cli_reply(result)
+        if isinstance(document, dict) and set(document) == {"error"}:
+            error = cli_error(document["error"])
+            if isinstance(error, AgentRefused) and error.code == api.RpcCode.NO_HISTORY:
+                raise NoHistory(str(error))
+            raise error
+        return document
+    try:
+        return agent.rpc.call(method.value, params)
+    except AgentRefused as refused:
+        if refused.code == api.RpcCode.METHOD_NOT_FOUND:
+            raise NoHistory(
+                "this agent keeps no history (a version before it: upgrade it)"
+            ) from None
+        if refused.code == api.RpcCode.NO_HISTORY:
+            raise NoHistory(str(refused)) from None
+        raise
+
+
+def _same_sector(job_id: str | None, sector: str) -> bool:
+    if not job_id:
+        return False
+    try:
+        return api.parse_sector_id(job_id) == sector
+    except ValueError:
+        return False
+
+
+@dataclass
+class SectorFind:
+    """One host's answer about a sector: the threads on it now, and its history there."""
+
+    threads: list[WorkerInfo]
+    entries: list[api.HistoryEntry]
+    note: str | None = None  # why there is no history, or why "now" is unknown
+    via: str = ""
+
+    @property
+    def found(self) -> bool:
+        return bool(self.threads or self.entries)
+
+
+@host_operation("find_sector")
+def find_sector(session: LocalSession | SshSession, host: Host, sector: str) -> SectorFind:
+    """Where `sector` is on this host: the live thread list first, then the history."""
+    agent = _history_agent(session, host)
+    try:
+        if isinstance(agent, DamoclesAgent):
+            live = [t for t in agent.threads() if _same_sector(t.job_id, sector)]
+            return SectorFind(live, [], NO_DAMOCLES_HISTORY, agent.via)
+        try:
+            document = ask_history(agent, api.Method.SECTOR, [sector], ["sector", sector])
+        except NoHistory as missing:
+            threads = agent.status().threads or []
+            live = [t for t in threads if _same_sector(t.job_id, sector)]
+            return SectorFind(live, [], str(missing), agent.via)
+        log = parsed(api.SectorLog, document)
+        note = None
+        if log.threads is None:
+            note = "the agent is not running: its history read from the files; where it"
+            note += " is now is unknown"
+        return SectorFind(log.threads or [], log.entries, note, agent.via)
+    finally:
+        agent.close()
+
+
+def _entry_clock(seconds: float) -> str:
+    """As lotus-miner prints its sector log: local time with the zone's offset."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(seconds))
+
+
+def _run_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    return format_duration(round(seconds)) if seconds >= 60 else f"{seconds:.1f}s"
+
+
+def caller_text(by: api.Caller | None) -> str:
+    """alice@ctl (uid 1000, pid 4242); the actor is the client's claim, the ids the kernel's."""
+    if by is None:
+        return ""
+    ids = ", ".join(
+        f"{key} {value}" for key, value in (("uid", by.uid), ("pid", by.pid)) if value is not None
+    )
+    if by.actor:
+        return f"{by.actor} ({ids})" if ids else by.actor
+    return ids
+
+
+def _states_text(entry: api.HistoryEntry) -> str:
+    before, after = entry.from_state, entry.to_state
+    if before and after and before != after:
+        return f"{before} -> {after}"
+    return after or before or "-"
+
+
+def _outcome_text(entry: api.HistoryEntry) -> str:
+    if not entry.outcome:
+        return ""
+    return "ok" if entry.outcome == "ok" else f"{entry.outcome}: {entry.error or ''}".rstrip()
+
+
+def entry_line(entry: api.HistoryEntry) -> str:
+    """What happened, on one line: `[state] PC1Done -> PC2Done  PC2 12m3s  ok`. Escaped."""
+    parts = [f"[{entry.kind}]", _states_text(entry)]
+    if entry.stage:
+        parts.append(f"{entry.stage} {_run_text(entry.duration)}")
+    for text in (_outcome_text(entry), f"to {entry.requested}" if entry.requested else ""):
+        if text:
+            parts.append(text)
+    if entry.by is not None:
+        parts.append(f"by {caller_text(entry.by)}")
+    if entry.note:
+        parts.append(f"({entry.note})")
+    return escape_text("  ".join(parts))
+
+
+def _find_json(host: Host, find: SectorFind) -> dict[str, Any]:
+    return {
+        "name": host.name,
+        "dest": host.dest,
+        "backend": host.backend,
+        "via": find.via or None,
+        "threads": [thread.to_json() for thread in find.threads],
+        "entries": [entry.to_json() for entry in find.entries],
+        "note": find.note,
+    }
+
+
+def sector_block(sector: str, host: Host, find: SectorFind) -> list[str]:
+    """One host's part of `venusctl sector`: where, state, stage, time in state, last error,
+    then the event log, oldest first (as `lotus-miner sectors status --log`)."""
+    lines = [f"Sector:     {sector}", f"Host:       {host.name} ({host.dest})"]
+    for thread in find.threads:
+        stage = f" (stage {thread.job_stage})" if thread.job_stage else ""
+        lines += [
+            f"Thread:     #{thread.index} {_cell(thread.location)}",
+            f"State:      {_cell(thread.job_state)}{stage}",
+            f"InState:    {format_duration(thread.state_elapsed)}",
+            f"Thread now: {format_thread_state(thread.thread_state)}",
+            f"LastErr:    {_cell(thread.last_error)}",
+        ]
+    if not find.threads and find.entries:
+        last = find.entries[-1]
+        now = "" if find.note else "; no thread holds it now"
+        lines += [
+            f"Thread:     #{last.index} (the last to hold it, by the history{now})",
+            f"State:      {_cell(last.to_state)} (last entry, {_entry_clock(last.time)})",
+        ]
+    if find.note:
+        lines.append(f"Note:       {escape_text(find.note)}")
+    if find.entries:
+        lines += ["", "Event Log:"]
+        width = len(str(len(find.entries) - 1))
+        lines += [
+            f"{number:>{width}}.  {_entry_clock(entry.time)}  #{entry.index}  {entry_line(entry)}"
+            for number, entry in enumerate(find.entries)
+        ]
+    return lines
+
+
+def command_sector(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    try:
+        sector = api.parse_sector_id(args.sector)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    hosts = select_hosts(ctx.inventory, args.limit)
+    outcomes = ctx.ask(hosts, "find_sector", sector)
+    holders = [(host, outcomes[host.name]) for host in hosts if not _is_error(outcomes[host.name])]
+    holders = [(host, find) for host, find in holders if find.found]
+    unreachable = [
+        info_entry(host, outcomes[host.name]) for host in hosts if _is_error(outcomes[host.name])
+    ]
+    status = ExitStatus.OK if holders and not unreachable else ExitStatus.FAILED
+    if ctx.as_json:
+        ctx.emit_json(
+            {
+                "sector": sector,
+                "hosts": [_find_json(host, find) for host, find in holders],
+                "searched": len(hosts) - len(unreachable),
+                "unreachable": unreachable,
+            }
+        )
+        return status
+    lines: list[str] = []
+    for host, find in holders:
+        lines += [*(["", "-" * 8] if lines else []), *sector_block(sector, host, find)]
+    if not holders:
+        asked = len(hosts) - len(unreachable)
+        lines.append(
+            f"{sector}: on none of the {_plural(asked, 'host')} that answered,"
+            " now or in their history"
+        )
+    if len(holders) > 1:
+        names = ", ".join(host.name for host, _ in holders)
+        lines += [
+            "",
+            f"WARNING: {sector} is on {len(holders)} hosts ({names}): workers of one miner"
+            " numbered the same sector. Give each its own [sealing] sector_numbers"
+            " (venusctl inventory --check).",
+        ]
+    lines += unreachable_lines(unreachable)
+    ctx.out.write("\n".join(lines) + "\n")
+    return status
+
+
+HISTORY_HEADERS = ["Time", "Kind", "Sector", "State", "Stage", "Run", "Outcome", "By", "Note"]
+
+
+def history_table(entries: Sequence[api.HistoryEntry]) -> tuple[list[str], list[list[str]]]:
+    rows = [
+        [
+            _entry_clock(entry.time),
+            entry.kind,
+            _cell(entry.sector),
+            _states_text(entry) + (f" (to {entry.requested})" if entry.requested else ""),
+            _cell(entry.stage),
+            _run_text(entry.duration) if entry.stage else "-",
+            _outcome_text(entry) or "-",
+            caller_text(entry.by) or "-",
+            _cell(entry.note),
+        ]
+        for entry in entries
+    ]
+    return HISTORY_HEADERS, rows
+
+
+@host_operation("history")
+def thread_history(
+    session: LocalSession | SshSession, host: Host, index: int, limit: int | None
+) -> api.ThreadHistory:
+    agent = _history_agent(session, host)
+    try:
+        argv = ["history", "--index", str(_checked_index(index)), "--limit", str(limit or 0)]
+        return parsed(
+            api.ThreadHistory, ask_history(agent, api.Method.HISTORY, [index, limit], argv)
+        )
+    finally:
+        agent.close()
+
+
+def command_history(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    host = resolve_target(ctx.inventory, args.host)
+    limit = args.entries or None
+    outcome = _ask_one(ctx, host, "history", args.index, limit)
+    if _is_error(outcome):
+        if ctx.as_json:
+            ctx.emit_json(
+                {
+                    "name": host.name,
+                    "dest": host.dest,
+                    "index": args.index,
+                    "error": error_json(outcome),
+                }
+            )
+        else:
+            ctx.err.write(f"venusctl: {host.name} #{args.index}: {error_text(outcome)}\n")
+        return ExitStatus.FAILED
+    if ctx.as_json:
+        ctx.emit_json({"name": host.name, "dest": host.dest, **outcome.to_json()})
+        return ExitStatus.OK
+    shown = len(outcome.entries)
+    where = f"{host.name} #{outcome.index} {escape_text(outcome.location)}"
+    head = f"{where}: {shown} of {outcome.kept} entries"
+    body = [ctx.table(*history_table(outcome.entries))] if outcome.entries else []
+    ctx.out.write("\n".join([head, *body]) + "\n")
+    return ExitStatus.OK
+
+
+@host_operation("stats")
+def host_stats(
+    session: LocalSession | SshSession,
+    host: Host,
+    window: float | None,
+    plan: str | None,
+    threads: Selector,
+) -> api.WorkerStats:
+    """The host's per-stage figures, computed on the host; with thread selectors, of the
+    threads matching them now (one more round trip for the thread list)."""
+    agent = _history_agent(session, host)
+    try:
+        if isinstance(agent, DamoclesAgent):
+            raise NoHistory(NO_DAMOCLES_HISTORY)
+        indexes = None
+        if threads.given:
+            status = agent.status()
+            if status.threads is None:
+                raise status.error or AgentNotRunning("agent not running")
+            indexes = [thread.index for thread in status.threads if threads.matches(thread)]
+            if not indexes:
+                return api.WorkerStats(time=0.0, window=window, threads=[], stages=[])
+        argv = ["stats", *(["--since", f"{window:g}s"] if window else [])]
+        argv += [f"--index={index}" for index in indexes or ()]
+        argv += ["--plan", plan] if plan else []
+        return parsed(
+            api.WorkerStats, ask_history(agent, api.Method.STATS, [window, indexes, plan], argv)
+        )
+    finally:
+        agent.close()
+
+
+def _stage_rank(stage: str) -> int:
+    return api.STAGE_ORDER.index(stage) if stage in api.STAGE_ORDER else len(api.STAGE_ORDER)
+
+
+def stats_rows(
+    answers: Sequence[tuple[str, api.WorkerStats]], by_host: bool, stage: str | None
+) -> list[tuple[str | None, api.StageStats]]:
+    """(host or None, figures) per stage in the order a task meets them: the hosts' figures
+    merged (api.merge_stage_stats), or with `by_host` each host's own, slowest p50 first."""
+    parts: dict[str, list[tuple[str, api.StageStats]]] = {}
+    for name, stats in answers:
+        for figures in stats.stages:
+            if stage is None or figures.stage == stage:
+                parts.setdefault(figures.stage, []).append((name, figures))
+    rows: list[tuple[str | None, api.StageStats]] = []
+    for label in sorted(parts, key=lambda s: (_stage_rank(s), s)):
+        if by_host:
+            own = sorted(parts[label], key=lambda part: (-(part[1].p50 or 0), natural_key(part[0])))
+            rows += own
+        else:
+            rows.append((None, api.merge_stage_stats([figures for _, figures in parts[label]])))
+    return rows
+
+
+def _row_json(host: str | None, figures: api.StageStats) -> dict[str, Any]:
+    document = {key: value for key, value in figures.to_json().items() if key != "buckets"}
+    return {"host": host, **document} if host is not None else document
+
+
+def _common_error(figures: api.StageStats) -> str:
+    if not figures.errors:
+        return "-"
+    top = figures.errors[0]
+    return f"{top.error} (x{top.count})"
+
+
+STATS_BAR_MAX = 40
+STATS_ERROR_SHARE = 24  # columns the MostCommonError column keeps beside a bar
+
+
+def stage_bar(figures: api.StageStats, slowest: float, width: int, blocks: tuple[str, str]) -> str:
+    """p50 solid, on to p90 shaded, scaled so the slowest p90 of the table fills `width`."""
+    if not slowest or figures.p50 is None:
+        return ""
+    solid = round(figures.p50 / slowest * width)
+    shaded = max(0, round((figures.p90 or figures.p50) / slowest * width) - solid)
+    return blocks[0] * max(solid, 1) + blocks[1] * shaded
+
+
+def stats_table(
+    ctx: Context, rows: Sequence[tuple[str | None, api.StageStats]], by_host: bool
+) -> str:
+    headers = ["Stage", *(["Host"] if by_host else []), "Tasks", "p50", "p90", "Max", "Failures"]
+    headers.append("MostCommonError")
+    cells = [
+        [
+            figures.stage,
+            *([host or "-"] if by_host else []),
+            str(figures.tasks),
+            *(_run_text(value) for value in (figures.p50, figures.p90, figures.max)),
+            str(figures.failures),
+            _common_error(figures),
+        ]
+        for host, figures in rows
+    ]
+    if not ctx.is_terminal(ctx.out) or not rows:
+        return ctx.table(headers, cells)
+    # A bar per row, scaled to the slowest: the picture before the figures' column of errors.
+    columns = ctx.env.terminal_size().columns
+    used = len(render_table(headers[:-1], [row[:-1] for row in cells]).splitlines()[0]) + 2
+    # what is left after the figures, less a share for the error text (cut first)
+    width = min(STATS_BAR_MAX, columns - used - 2 - STATS_ERROR_SHARE)
+    if width < 8:
+        return ctx.table(headers, cells)
+    encoding = (getattr(ctx.out, "encoding", None) or "").lower().replace("-", "")
+    blocks = ("█", "░") if encoding.startswith("utf") else ("#", "-")
+    slowest = max((figures.p90 or figures.p50 or 0) for _, figures in rows)
+    headers.insert(-1, "p50 / p90".ljust(width))
+    for row, (_, figures) in zip(cells, rows, strict=True):
+        row.insert(-1, stage_bar(figures, slowest, width, blocks))
+    return ctx.table(headers, cells)
+
+
+def command_stats(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    hosts = select_hosts(ctx.inventory, args.limit)
+    threads = dataclasses.replace(selector_from(args), stage=None, plan=None)
+    outcomes = ctx.ask(hosts, "stats", args.since, args.plan, threads)
+    answers = [
+        (host.name, outcomes[host.name]) for host in hosts if not _is_error(outcomes[host.name])
+    ]
+    without = [
+        (host, outcomes[host.name]) for host in hosts if isinstance(outcomes[host.name], NoHistory)
+    ]
+    unreachable = [
+        info_entry(host, outcome)
+        for host in hosts
+        if _is_error(outcome := outcomes[host.name]) and not isinstance(outcome, NoHistory)
+    ]
+    rows = stats_rows(answers, args.by_host, args.stage)
+    status = ExitStatus.FAILED if unreachable else ExitStatus.OK
+    if ctx.as_json:
+        ctx.emit_json(
+            {
+                "window": args.since,
+                "by_host": args.by_host,
+                "hosts": [name for name, _ in answers],
+                "stages": [_row_json(host, figures) for host, figures in rows],
+                "no_history": [
+                    {"name": host.name, "message": str(error)} for host, error in without
+                ],
+                "unreachable": unreachable,
+            }
+        )
+        return status
+    span = (
+        "all the history kept" if args.since is None else f"the last {format_duration(args.since)}"
+    )
+    counted = sum(len(stats.threads) for _, stats in answers)
+    lines = [f"{_plural(counted, 'thread')} on {_plural(len(answers), 'host')}, {span}"]
+    if rows:
+        lines.append(stats_table(ctx, rows, args.by_host))
+    else:
+        lines.append("no stage ran in that time")
+    lines += [f"no history: {host.name} ({escape_text(str(error))})" for host, error in without]
+    lines += unreachable_lines(unreachable)
+    ctx.out.write("\n".join(lines) + "\n")
+    return status
+
+
 # =============================================================================
 # Argument parser
 # =============================================================================
@@ -10754,6 +11455,8 @@ findings:
   WARNING   thread paused by an error; CRITICAL once paused --paused-crit
   WARNING   thread paused by hand for --paused-warn or longer
   WARNING   job in the same state for its --stuck threshold or longer
+  WARNING   a sector range ([sealing] sector_numbers) with fewer than 100 numbers
+            left; CRITICAL once used up (the worker starts no new task)
   UNKNOWN   host still not answered when --deadline passed (the whole run is UNKNOWN)
   INFO      (--verbose) a stuck threshold that cannot be judged: a damocles-worker
             reports no time in state for that thread (not a finding)
@@ -11288,6 +11991,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--ansible", action="store_true", help="Ansible's dynamic-inventory JSON (playbooks/)"
     )
+    listing.add_argument(
+        "--check",
+        action="store_true",
+        help="check the inventory: no two hosts of one miner with overlapping sector_numbers"
+        " (exit 1 naming each pair)",
+    )
     add_table_options(listing, INVENTORY_TABLE, wide=False)
     listing.set_defaults(handler=command_inventory)
 
@@ -11303,7 +12012,72 @@ def build_parser() -> argparse.ArgumentParser:
     common(keeper, top=False, deadline=False)
     keeper.add_argument("action", nargs="?", choices=("status", "stop"), default="status")
     keeper.set_defaults(handler=command_keeper, inventory_free=True)
+    add_history_commands(commands, common)
     return parser
+
+
+def add_history_commands(commands: Any, common: Callable[..., None]) -> None:
+    """The parser blocks of sector, history and stats (issue 15)."""
+    sector = commands.add_parser(
+        "sector",
+        help="where a sector is and what happened to it, across the fleet",
+        description="Find SECTOR_ID (s-t01000-2, t01000-2 or 1000:2) across the fleet (or"
+        " --limit): the hosts and threads working on it now (their live thread list), then"
+        " every agent's history. Prints where it is, its state, stage, time in state and last"
+        " error, and its event log oldest first, as `lotus-miner sectors status --log`. A"
+        " damocles-worker is searched through its live list only (it keeps no history)."
+        " Exit 1 when no host has it, or some host could not be asked.",
+    )
+    common(sector, top=False)
+    sector.add_argument("sector", metavar="SECTOR_ID", help="s-t01000-2, t01000-2 or 1000:2")
+    sector.add_argument(
+        "-l", "--limit", action="append", type=LIMIT_TYPE, help="names, groups or globs"
+    )
+    sector.set_defaults(handler=command_sector)
+
+    history = commands.add_parser(
+        "history",
+        help="one sealing thread's history",
+        description="The history of HOST's thread INDEX, oldest first: every state change"
+        " (stage, run time, outcome), retry, abort, pause, resume and auto-resume, with who"
+        " asked. Read from the daemon, or from its files while it is down (exec transport).",
+    )
+    common(history, top=False)
+    history.add_argument("host", help="name, address or address:port")
+    history.add_argument("index", type=_argument_type(parse_index, "index"), help="thread index")
+    history.add_argument(
+        "-n",
+        "--limit",
+        dest="entries",  # not "limit": that is the host pattern everywhere else (completion)
+        type=_argument_type(lambda text: int(parse_index(text)), "count"),
+        default=100,
+        metavar="K",
+        help="the last K entries (default 100; 0: all)",
+    )
+    history.set_defaults(handler=command_history)
+
+    stats = commands.add_parser(
+        "stats",
+        help="per stage: tasks, p50, p90, max, failures, across the selected threads",
+        description="For each stage, over the histories of the selected threads: tasks (runs"
+        " that succeeded), p50, p90 and max run time, failed runs and the most common error."
+        " Computed on each host (only the figures travel); the fleet's p50/p90 are merged from"
+        " the hosts' buckets (within 2.2 %%). --by-host shows every host's own figures, the"
+        " slowest first: which host is slow at which stage. On a terminal a bar per row shows"
+        " p50 (solid) and p90 (shaded), scaled to the slowest.",
+    )
+    common(stats, top=False)
+    add_selectors(stats)
+    stats.add_argument(
+        "--since",
+        type=_argument_type(_positive_duration, "duration"),
+        metavar="DURATION",
+        help="only runs in the last DURATION (7d, 12h, 30m)",
+    )
+    stats.add_argument(
+        "--by-host", action="store_true", help="a row per stage and host, slowest first"
+    )
+    stats.set_defaults(handler=command_stats)
 
 
 # =============================================================================

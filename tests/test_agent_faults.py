@@ -38,6 +38,8 @@ from agent_helpers import (
 
 from worker_agent.protocol import RpcError
 
+pytestmark = pytest.mark.e2e  # a real daemon in every test
+
 FAST = 'seal_interval = "10ms"\nrecover_interval = "20ms"\nmax_retries = 2'
 
 
@@ -406,6 +408,14 @@ def test_folders_another_user_could_write_in_are_refused():
         (folder / "store0").chmod(0o775)
         assert f"store {folder}/store0 is writable by its group (mode 0775)" in refused(config)
         (folder / "store0").chmod(0o755)
+        sockets = folder / "run"
+        sockets.mkdir(mode=0o777)
+        sockets.chmod(0o777)  # past the umask
+        usual = config.read_text()
+        config.write_text(usual.replace('socket = "agent.sock"', 'socket = "run/agent.sock"'))
+        assert f"the socket's folder {sockets} is writable by group and others" in refused(config)
+        assert not (sockets / "agent.sock").exists()
+        config.write_text(usual)
         folder.chmod(0o777)  # the folder above them all
         try:
             log = refused(config)

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_helpers import REPO, Agent, seed_fault, short_tmp, wait_until, write_config
+from agent_helpers import (
+    REPO,
+    Agent,
+    running_agent,
+    seed_fault,
+    short_tmp,
+    wait_until,
+    write_config,
+)
 from promtools import check_metrics, node_exporter, parse, value
 
 from worker_agent.config import ConfigError, load_config
@@ -383,6 +391,7 @@ def metrics_agent():
             agent.close()
 
 
+@pytest.mark.e2e
 def test_real_daemon_textfile_passes_promtool_and_holds_the_golden_series(metrics_agent):
     agent, textfile = metrics_agent
     text = textfile.read_text()
@@ -411,6 +420,7 @@ def test_real_daemon_textfile_passes_promtool_and_holds_the_golden_series(metric
     assert value(samples, "venus_worker_stage_duration_seconds_count", stage="Unseal") == 1
 
 
+@pytest.mark.e2e
 def test_real_daemon_textfile_agrees_with_worker_list(metrics_agent):
     agent, textfile = metrics_agent
 
@@ -428,6 +438,7 @@ def test_real_daemon_textfile_agrees_with_worker_list(metrics_agent):
     wait_until(agree, what="the textfile to agree with WorkerList")
 
 
+@pytest.mark.e2e
 def test_real_daemon_rewrites_the_textfile_at_every_heartbeat_and_leaves_no_temp(metrics_agent):
     _, textfile = metrics_agent
     first = value(read_samples(textfile), "venus_worker_last_heartbeat_timestamp_seconds")
@@ -447,6 +458,7 @@ def test_real_daemon_rewrites_the_textfile_at_every_heartbeat_and_leaves_no_temp
     assert len([n for n in names if n.endswith(".tmp")]) <= 1
 
 
+@pytest.mark.e2e
 def test_node_exporter_serves_the_textfile(metrics_agent, tmp_path):
     agent, textfile = metrics_agent
     with node_exporter(textfile.parent, tmp_path / "node_exporter.log") as scrape:
@@ -533,3 +545,28 @@ def test_metrics_off_writes_no_textfile_and_no_counters():
             assert not any(p.suffix == ".prom" for p in folder.rglob("*"))
         finally:
             agent.close()
+
+
+@pytest.mark.e2e
+def test_a_change_of_the_counts_is_written_without_waiting_for_the_heartbeat():
+    """Issue 16 point 1: the textfile is rewritten when the counts change, not only at the
+    heartbeat: with an hour between heartbeats, the thread's pause (a few 0.3 s stages
+    after the start) is in the file within about a second."""
+    with short_tmp() as folder:
+        (folder / "prom").mkdir()
+        worker = 'ping_interval = "1h"\nmetrics_textfile = "prom/venus-worker.prom"'
+        mock = 'duration = "300ms"\nwait_duration = "300ms"'
+        config = write_config(folder, threads=1, faults=seed_fault(), worker=worker, mock=mock)
+        textfile = folder / "prom" / "venus-worker.prom"
+        with running_agent(config) as agent:
+            wait_until(textfile.exists, what="the first textfile")
+            assert value(read_samples(textfile), "venus_worker_threads_paused") == 0
+            wait_until(lambda: agent.infos()[0]["thread_state"]["state"] == "Paused")
+            paused_at = time.monotonic()
+            wait_until(
+                lambda: value(read_samples(textfile), "venus_worker_threads_paused") == 1,
+                timeout=3,
+                what="the pause in the textfile",
+            )
+            assert time.monotonic() - paused_at < 2.5
+            assert value(read_samples(textfile), "venus_worker_thread_paused", index="0") == 1

@@ -22,6 +22,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from agent_helpers import (
     Agent,
     Tricklers,
@@ -36,6 +37,8 @@ from agent_helpers import (
 )
 
 from worker_agent.client import AgentClient
+
+pytestmark = pytest.mark.e2e  # a real daemon in every test
 
 # ---------------------------------------------------------------- 4. starvation
 

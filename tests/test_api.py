@@ -40,6 +40,7 @@ REPORT = {
     "socket": "/run/venus-worker/venus-worker.sock",
     "ping_interval": 30.0,
     "summary": {"Threads": 3, "Empty": 0, "Paused": 3, "Running": 0, "Waiting": 0, "Errors": 3},
+    "sector_ranges": [{"miner": 10000, "start": 1000, "end": 1999, "last": 1500, "left": 499}],
 }
 
 
@@ -79,6 +80,14 @@ def test_the_golden_shapes_are_the_api_types():
     assert keys(api.Report) == list(wire.REPORT)
     assert keys(api.ErrorInfo) == list(wire.ERROR)
     assert keys(api.AgentStatus) == list(wire.STATUS)
+    assert keys(api.SectorRange) == list(wire.SECTOR_RANGE)
+    assert keys(api.Caller) == list(wire.CALLER)
+    assert keys(api.HistoryEntry) == list(wire.HISTORY_ENTRY)
+    assert keys(api.ThreadHistory) == list(wire.THREAD_HISTORY)
+    assert keys(api.SectorLog) == list(wire.SECTOR_LOG)
+    assert keys(api.StageStats) == list(wire.STAGE_STATS)
+    assert keys(api.ErrorCount) == list(wire.ERROR_COUNT)
+    assert keys(api.WorkerStats) == list(wire.WORKER_STATS)
 
 
 @pytest.mark.parametrize(
@@ -159,6 +168,7 @@ def test_codes_and_names_are_the_contracts_values():
         -32603,
         1001,
         1002,
+        1003,
         -32099,
         -32098,
         -32097,  # issue 10: the socket is there, this user cannot talk to it

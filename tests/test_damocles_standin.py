@@ -1264,6 +1264,7 @@ def stop_process(process: subprocess.Popen) -> None:
     process.stderr.close()
 
 
+@pytest.mark.e2e
 def test_the_process_runs_a_scenario_on_a_real_timer(tmp_path):
     """The CLI: --release and --scenario; threads advance on the clock (stage 0.3 s)."""
     scenario = {
@@ -1297,6 +1298,7 @@ def test_it_listens_on_loopback_only(standin):
         StandinServer(standin().worker, host="0.0.0.0")
 
 
+@pytest.mark.e2e
 def test_the_process_refuses_what_it_cannot_be():
     """v0.1.0 spoke WebSocket; an unknown tag names the known ones."""
     for tag, message in (("v0.1.0", "WebSocket"), ("v9.9.9", "known: v0.1.1")):
@@ -1318,6 +1320,7 @@ def sshd(tmp_path_factory):
     fleet.stop_all()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("tag", ONE_TAG_PER_LINE)
 def test_it_is_reached_through_a_real_sshd_direct_tcpip_channel(standin, sshd, tag):
     """W §1.1: the port listens on loopback; here it is reached as venusctl reaches a

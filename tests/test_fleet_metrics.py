@@ -50,6 +50,8 @@ FINDINGS = {
     ("thread-error", "CRITICAL"),
     ("thread-stuck", "WARNING"),
     ("thread-paused", "WARNING"),
+    ("sector-range-low", "WARNING"),
+    ("sector-range-low", "CRITICAL"),
 }
 NOW = 1764282000.25
 

@@ -1235,3 +1235,63 @@ def test_health_cron_default_lock_is_in_a_folder_only_the_cron_user_writes():
     assert re.search(
         r"path: \"\{\{ venus_health_lock_dir \}\}\"\n.*\n.*owner: .*\n\s+mode: \"0700\"", tasks
     )
+
+
+SECTOR_RANGE_INVENTORY = """
+[defaults]
+miner = 1000
+
+[[host]]
+name = "w1"
+address = "10.0.0.11"
+sector_numbers = "1-99999"
+
+[[host]]
+name = "w2"
+address = "10.0.0.12"
+sector_numbers = { start = 100000, count = 100000 }
+
+[[host]]
+name = "other"
+address = "10.0.0.13"
+miner = 2000
+"""
+
+
+def test_each_host_of_a_miner_gets_its_own_sector_range_from_the_inventory(tmp_path):
+    """issue 15: inventory.toml's miner and sector_numbers reach each host's rendered
+    [sealing] (through the dynamic inventory's hostvars and the role's template, rendered
+    by Ansible itself); the agent's loader reads disjoint ranges back."""
+    from worker_agent.config import load_config
+
+    hostvars = _ansible_inventory(SECTOR_RANGE_INVENTORY, tmp_path)["_meta"]["hostvars"]
+    assert hostvars["w2"]["venus_worker_sealing_sector_numbers"] == "100000-199999"
+    assert "venus_worker_sealing_sector_numbers" not in hostvars["other"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(
+        ANSIBLE_HOME=str(tmp_path / "ah"),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ah" / "tmp"),
+        ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins"),
+    )
+    ranges = {}
+    for name in ("w1", "w2", "other"):
+        variables = tmp_path / f"{name}.json"
+        threads = [{"location": f"/srv/{name}/store1"}]
+        variables.write_text(json.dumps({**hostvars[name], "venus_worker_threads": threads}))
+        rendered = tmp_path / f"{name}.toml"
+        argv = [
+            ansible_tool("ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-m",
+            "ansible.builtin.template",
+        ]
+        argv += ["-a", f"src={ROLE / 'templates' / 'venus-worker.toml.j2'} dest={rendered}"]
+        for source in (ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", variables):
+            argv += ["-e", f"@{source}"]
+        argv += ["-e", f"ansible_python_interpreter={os.path.realpath(sys.executable)}"]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        ranges[name] = load_config(rendered).sector_ranges()
+    assert ranges == {"w1": {1000: (1, 99999)}, "w2": {1000: (100000, 199999)}, "other": {}}

@@ -81,6 +81,9 @@ def values(inventory: Path, line: str) -> list[str]:
         ("venusctl --color n", ["never"]),
         ("venusctl completion ", ["bash", "zsh", "fish"]),
         ("venusctl list --no-h", ["--no-header"]),
+        ("venusctl sector 1000:2 -l gpu-0", ["gpu-01", "gpu-02"]),
+        ("venusctl history gpu-01 0 --limit ", []),  # a count, not a host pattern
+        ("venusctl stats --st", ["--state", "--stage"]),
     ],
 )
 def test_candidates_come_from_the_parser_and_the_inventory(inventory, line, expected):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from conftest import free_loopback_port, run, run_json, write_inventory
+from conftest import fleet_defaults, free_loopback_port, run, run_json, write_inventory
 from damocles_standin import FROZEN, Release, StandinServer, ThreadSpec, Worker, release_of
 from helpers import stop_process
 from sshfleet import SshFleet
@@ -120,14 +120,7 @@ def damocles_table(fleet: SshFleet, name: str, port: int, sshd: str = "dam") -> 
 
 
 def inventory(path: Path, fleet: SshFleet, *tables: dict) -> Path:
-    return write_inventory(
-        path,
-        list(tables),
-        user=fleet.user,
-        ssh_config="none",
-        connect_timeout=10,
-        command_timeout=20,
-    )
+    return write_inventory(path, list(tables), **fleet_defaults(fleet))
 
 
 def rows_by_name(out: str) -> tuple[list[str], dict[str, list[str]]]:

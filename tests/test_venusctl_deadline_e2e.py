@@ -217,6 +217,10 @@ COMMANDS = {
     "bulk pause": ["pause", "-l", "hung", "--yes"],
     "drain": ["drain", "hung"],
     "health": ["health"],
+    "sector": ["sector", "1000:2"],
+    "history": ["history", "hung", "0"],
+    "stats": ["stats"],
+    "logs": ["logs", "hung", "0"],
 }
 
 

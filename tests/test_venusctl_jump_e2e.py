@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import AGENT_COMMAND, run, run_json, write_inventory
+from conftest import fleet_defaults, run, run_json, write_inventory
 from netns import InetdJump, Namespace, NamespaceError
 from sshfleet import SshFleet
 
@@ -95,16 +95,7 @@ def inventory(tmp_path, ssh_fleet, behind, ssh_config, names=tuple(TARGETS), **d
                 "socket": str(agent.socket),
             }
         )
-    values = {
-        "user": behind.fleet.user,
-        "identity_file": str(behind.fleet.client_key),
-        "known_hosts": str(behind.fleet.known_hosts),
-        "ssh_config": ssh_config,
-        "agent": AGENT_COMMAND,
-        "connect_timeout": 10,
-        "command_timeout": 20,
-        **defaults,
-    }
+    values = fleet_defaults(behind.fleet, ssh_config=ssh_config, **defaults)
     return write_inventory(tmp_path / "inventory.toml", tables, **values)
 
 

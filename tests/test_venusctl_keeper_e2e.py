@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENT_COMMAND, CALM_AGENT_CONFIG, fleet_agent, write_inventory
+from conftest import CALM_AGENT_CONFIG, fleet_agent, fleet_defaults, write_inventory
 from helpers import wait_until
 from sshfleet import SshFleet
 
@@ -67,17 +67,7 @@ class KeeperFleet:
 
     def inventory(self, path: Path, *hosts: str | dict, **defaults: object) -> Path:
         tables = [self.table(host) if isinstance(host, str) else host for host in hosts]
-        values: dict[str, object] = {
-            "user": self.ssh.user,
-            "identity_file": str(self.ssh.client_key),
-            "known_hosts": str(self.ssh.known_hosts),
-            "ssh_config": "none",
-            "agent": AGENT_COMMAND,
-            "connect_timeout": 10,
-            "command_timeout": 20,
-        }
-        values.update(defaults)
-        return write_inventory(path, tables, **values)
+        return write_inventory(path, tables, **fleet_defaults(self.ssh, **defaults))
 
     def logins(self, name: str) -> int:
         return self.log(name).count("Accepted publickey")
@@ -280,6 +270,14 @@ COMMANDS = [
     ["pause", "k1", "0", "--wait", "2s"],
     ["--json", "pause", "k1", "0", "--wait", "2s"],
     ["resume", "k1", "0", "Aborted"],
+    # issue 15's: a sector nobody has, a thread's history, the stage statistics
+    ["sector", "10000:999"],
+    ["--json", "sector", "s-t010000-999"],
+    ["history", "k1", "1"],
+    ["--json", "history", "k2", "0", "--limit", "3"],
+    ["history", "kdown", "0"],
+    ["stats", "--by-host"],
+    ["--json", "stats", "-l", "k1,kdown"],
 ]
 
 
@@ -688,3 +686,22 @@ def test_the_bastion_connection_is_kept_too(tmp_path, fleet, keeper):
     assert [hop["host"] for hop in info["jumps"]] == [
         f"kbastion ({bastion.address}:{bastion.port})"
     ]
+
+
+def test_the_agents_record_the_actor_of_the_run_that_asked_not_of_the_keepers_starter(
+    tmp_path, fleet, keeper
+):
+    """The keeper's environment is that of the run that started it (here a sudo of
+    'starter'); a later run's pause and resume are recorded with that run's own actor."""
+    path = fleet.inventory(tmp_path / "inventory.toml", "k2")
+    assert vc(["list"], path, env={"SUDO_USER": "starter"})[0] == 0  # starts the keeper
+    assert keeper.pid() is not None
+    for argv in (["pause", "k2", "1"], ["resume", "k2", "1"]):
+        status, _, err = vc(argv, path)
+        assert status == 0, err
+    status, out, err = vc(["--json", "history", "k2", "1", "--limit", "0"], path)
+    assert status == 0, err
+    asked = [e for e in json.loads(out)["entries"] if e["kind"] in ("pause_request", "resume")]
+    actors = {entry["by"]["actor"] for entry in asked[-2:]}
+    assert actors == {venusctl.control_actor()}
+    assert not venusctl.control_actor().startswith("starter@")

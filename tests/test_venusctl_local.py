@@ -7,8 +7,10 @@ the local path never imports paramiko.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -132,3 +134,29 @@ def test_python_venusctl_py_reads_inventory_toml_of_the_working_directory(tmp_pa
     assert done.stdout.splitlines()[1].startswith("local  unix:")
     assert "| tabulate" in done.stderr  # the list of imports is really there (its table)
     assert "paramiko" not in done.stderr and "fabric" not in done.stderr
+
+
+def test_a_thread_index_completes_from_the_host_itself(tmp_path, local_agent):
+    """Issue 19 point 3: TAB after `pause HOST ` asks HOST for its threads (within 3 s) and
+    offers each index with its task state; a host that does not answer offers nothing."""
+    path = local_inventory(tmp_path, local_agent)
+
+    def offered(line: str, inventory: Path = path) -> list[str]:
+        out = io.StringIO()
+        env = venusctl.Environment(stdout=out, environ={"VENUSCTL_INVENTORY": str(inventory)})
+        words, current, _ = venusctl.split_line(line)
+        assert venusctl.main(["__complete", "fish", "words", "--", *words, current], env) == 0
+        return out.getvalue().splitlines()[1:]
+
+    first = offered("venusctl pause local ")
+    assert [entry.split("\t")[0] for entry in first] == ["0", "1"]
+    assert first[0].startswith("0\tC1Done Paused")
+    assert [entry.split("\t")[0] for entry in offered("venusctl history local 1")] == ["1"]
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never says a word
+        (tmp_path / "known_hosts").write_text("")
+        table = {"name": "silent", "address": "127.0.0.1", "port": silent.getsockname()[1]}
+        defaults = {"ssh_config": "none", "known_hosts": str(tmp_path / "known_hosts")}
+        mute = write_inventory(tmp_path / "silent.toml", [table], **defaults)
+        started = time.monotonic()
+        assert offered("venusctl pause silent ", mute) == []
+        assert time.monotonic() - started < venusctl.COMPLETE_TIMEOUT + 1

@@ -35,6 +35,7 @@ from conftest import (
     VENUSCTL_COMMAND,
     WORKER_TABLE,
     fleet_agent,
+    fleet_defaults,
     run,
     run_json,
     write_inventory,
@@ -438,12 +439,7 @@ def user_rows(capsys, sealer, tables: list[dict]) -> dict[str, dict]:
     inventory = write_inventory(
         root / f"inventory-{len(tables)}-{time.monotonic_ns()}.toml",
         [{"address": host.address, "port": host.port, **table} for table in tables],
-        user=name,
-        identity_file=str(fleet.client_key),
-        known_hosts=str(fleet.known_hosts),
-        ssh_config="none",
-        connect_timeout=10,
-        command_timeout=20,
+        **fleet_defaults(fleet, user=name, agent=None),
     )
     status, document = run_json(capsys, inventory, "list")
     rows = {entry["name"]: entry for entry in document["hosts"]}

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import AGENT_COMMAND, run, run_json, write_inventory
+from conftest import AGENT_COMMAND, fleet_defaults, run, run_json, write_inventory
 from sshfleet import SshFleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("isolated_home")]
@@ -105,17 +105,7 @@ def inventory(tmp_path, ssh_fleet, reach, *names, ssh_config="none", **defaults)
                 "socket": str(agent.socket),
             }
         )
-    values = {
-        "user": reach.fleet.user,
-        "identity_file": str(reach.fleet.client_key),
-        "known_hosts": str(reach.fleet.known_hosts),
-        "ssh_config": str(ssh_config),
-        "agent": AGENT_COMMAND,
-        "connect_timeout": 10,
-        "command_timeout": 20,
-    }
-    values.update(defaults)
-    values = {key: value for key, value in values.items() if value is not None}
+    values = fleet_defaults(reach.fleet, ssh_config=str(ssh_config), **defaults)
     return write_inventory(tmp_path / "inventory.toml", tables, **values)
 
 

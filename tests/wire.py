@@ -2,8 +2,8 @@
 
 A shape maps each key to the JSON types its value may have ("int", "str",
 "null", "bool", "number"), to a nested shape, to `[shape]` (an array of
-them) or to `Nullable(shape)`. `assert_shape`
-wants exactly those keys: a key added, dropped or renamed by accident, or a
+them), to `Nullable(shape)` or to `Optional(shape)` (a key that may be
+missing). `assert_shape` wants exactly those keys: a key added, dropped or renamed by accident, or a
 value of another type, fails the test that checks a producer's real output.
 Change a shape only with docs/protocol.md.
 """
@@ -17,6 +17,13 @@ from typing import Any
 @dataclass(frozen=True)
 class Nullable:
     """A nested object that may be null instead."""
+
+    shape: Any
+
+
+@dataclass(frozen=True)
+class Optional:
+    """A key that may be left out (the history's lines omit their null keys)."""
 
     shape: Any
 
@@ -35,6 +42,7 @@ WORKER_INFO = {
     "pause_requested": "bool",
     "auto_resumes": "int",
 }
+SECTOR_RANGE = dict.fromkeys(("miner", "start", "end", "last", "left"), "int")
 SUMMARY = dict.fromkeys(("Threads", "Empty", "Paused", "Running", "Waiting", "Errors"), "int")
 # report.json as the daemon writes it; readers (WorkerReport, the CLI) add "age".
 REPORT_FILE = {
@@ -46,6 +54,7 @@ REPORT_FILE = {
     "socket": "str",
     "ping_interval": "number",
     "summary": SUMMARY,
+    "sector_ranges": [SECTOR_RANGE],
 }
 REPORT = {**REPORT_FILE, "age": "number"}
 ERROR = {"code": "int", "message": "str"}
@@ -53,6 +62,46 @@ CLI_ERROR = {"error": ERROR}
 RPC_ERROR_REPLY = {"jsonrpc": "str", "id": "int|str|null", "error": ERROR}
 # venus-worker worker status --json
 STATUS = {"report": Nullable(REPORT), "threads": Nullable([WORKER_INFO]), "error": Nullable(ERROR)}
+# The history (issue 15): one line of a thread's file, and the three replies.
+CALLER = {"uid": Optional("int"), "pid": Optional("int"), "actor": Optional("str")}
+HISTORY_ENTRY = {
+    "time": "number",
+    "kind": "str",
+    "index": "int",
+    "sector": Optional("str"),
+    "plan": Optional("str"),
+    "from": Optional("str"),
+    "to": Optional("str"),
+    "stage": Optional("str"),
+    "duration": Optional("number"),
+    "in_state": Optional("number"),
+    "outcome": Optional("str"),
+    "error": Optional("str"),
+    "retry": Optional("int"),
+    "requested": Optional("str"),
+    "by": Optional(CALLER),
+    "note": Optional("str"),
+}
+THREAD_HISTORY = {"index": "int", "location": "str", "entries": [HISTORY_ENTRY], "kept": "int"}
+SECTOR_LOG = {"sector": "str", "threads": Nullable([WORKER_INFO]), "entries": [HISTORY_ENTRY]}
+ERROR_COUNT = {"error": "str", "count": "int"}
+STAGE_STATS = {
+    "stage": "str",
+    "tasks": "int",
+    "failures": "int",
+    "p50": "number|null",
+    "p90": "number|null",
+    "max": "number|null",
+    "total": "number",
+    "buckets": "array",
+    "errors": [ERROR_COUNT],
+}
+WORKER_STATS = {
+    "time": "number",
+    "window": "number|null",
+    "threads": "array",
+    "stages": [STAGE_STATS],
+}
 
 
 def json_type(value: Any) -> str:
@@ -71,6 +120,9 @@ def assert_shape(value: Any, shape: Any, where: str = "$") -> None:
         if value is not None:
             assert_shape(value, shape.shape, where)
         return
+    if isinstance(shape, Optional):
+        assert_shape(value, shape.shape, where)
+        return
     if isinstance(shape, list):
         assert isinstance(value, list), f"{where}: expected an array, got {value!r:.60}"
         for position, item in enumerate(value):
@@ -84,9 +136,11 @@ def assert_shape(value: Any, shape: Any, where: str = "$") -> None:
         assert kind in allowed, f"{where}: {kind} ({value!r:.60}), expected {shape}"
         return
     assert isinstance(value, dict), f"{where}: expected an object, got {value!r:.60}"
-    assert set(value) == set(shape), (
+    required = {key for key, inner in shape.items() if not isinstance(inner, Optional)}
+    assert required <= set(value) <= set(shape), (
         f"{where}: keys {sorted(set(value) - set(shape))} not in the contract,"
-        f" {sorted(set(shape) - set(value))} missing"
+        f" {sorted(required - set(value))} missing"
     )
     for key, inner in shape.items():
-        assert_shape(value[key], inner, f"{where}.{key}")
+        if key in value:
+            assert_shape(value[key], inner, f"{where}.{key}")

@@ -12,7 +12,12 @@ and venusctl imports it too): both programs take from here
   thread), ``Summary`` (the heartbeat counts) and the one rule that computes
   them (``summarize``), ``Report`` (the heartbeat), ``ErrorInfo`` and
   ``AgentStatus`` (``venus-worker worker status --json``);
-- the one duration grammar (``parse_duration``).
+- the one duration grammar (``parse_duration``);
+- the history (issue 15): ``HistoryKind``, ``HistoryEntry`` (one line of a
+  thread's history file), ``Caller`` (who asked), the replies of WorkerHistory,
+  SectorHistory and WorkerStats, the sector id grammar (``parse_sector_id``)
+  and the one rule for stage statistics (``stage_stats``, ``merge_stage_stats``);
+- the report's sector ranges (``SectorRange``).
 
 Every value has ``from_json`` and ``to_json``. ``from_json`` is strict on
 what it knows and lenient on what it does not (docs/protocol.md, "Reading
@@ -38,10 +43,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,23 +56,40 @@ from worker_agent.states import NO_STAGE, PLANS, State
 __all__ = [
     "PLAN_STATES",
     "STAGE_NAMES",
+    "STAGE_ORDER",
     "STATE_NAMES",
     "SUMMARY_KEYS",
+    "ACTOR_HEADER",
+    "SECTOR_NUMBERS_LOW",
     "AgentExit",
     "AgentStatus",
+    "Caller",
+    "ErrorCount",
     "ErrorInfo",
+    "HistoryEntry",
+    "HistoryKind",
     "Method",
     "Report",
     "RpcCode",
+    "SectorLog",
+    "SectorRange",
+    "StageStats",
     "StageLine",
     "StageLog",
     "StageRun",
     "Summary",
     "ThreadActivity",
+    "ThreadHistory",
     "ThreadState",
     "WireError",
     "WorkerInfo",
+    "WorkerStats",
+    "bucket_seconds",
+    "duration_bucket",
+    "merge_stage_stats",
     "parse_duration",
+    "parse_sector_id",
+    "stage_stats",
     "summarize",
 ]
 
@@ -82,6 +105,10 @@ class Method(str, enum.Enum):
     RESUME = "VenusWorker.WorkerResume"
     REPORT = "VenusWorker.WorkerReport"
     VERSION = "VenusWorker.WorkerVersion"
+    # Ours only (issue 15): a thread's history, one sector's, the stage statistics.
+    HISTORY = "VenusWorker.WorkerHistory"
+    SECTOR = "VenusWorker.SectorHistory"
+    STATS = "VenusWorker.WorkerStats"
     # Ours only: cancel a pause queued while a stage runs (never resumes a paused thread).
     CANCEL_PAUSE = "VenusWorker.WorkerCancelPause"
     # Ours only: what a thread's last stage runs printed (worker_agent/stagelog.py).
@@ -98,6 +125,7 @@ class RpcCode(enum.IntEnum):
     INTERNAL_ERROR = -32603  # the handler failed; the daemon keeps running
     NOT_PAUSED = 1001  # resume of a thread that is not paused
     CHANGE_NOT_SAVED = 1002  # the record write failed (or the store is unusable): nothing changed
+    NO_HISTORY = 1003  # the history is off ([worker] history = false) or cannot be read
     AGENT_NOT_RUNNING = -32099  # client side only: nothing answers on the socket
     CONFIG_ERROR = -32098  # CLI only: a usage or configuration error (exit 2)
     # client side only: the socket is there but this user cannot talk to it (permission
@@ -133,6 +161,12 @@ PLAN_STATES: dict[str, tuple[str, ...]] = {
 STAGE_NAMES: frozenset[str] = frozenset(
     plan.stage(state) for plan in PLANS.values() for state in State
 ) - {NO_STAGE}
+# The stage labels in the order a task meets them (sealer's first, then the other plans').
+STAGE_ORDER: tuple[str, ...] = tuple(
+    stage
+    for stage in dict.fromkeys(plan.stage(s) for plan in PLANS.values() for s in plan.states)
+    if stage != NO_STAGE
+)
 
 
 # ---------------------------------------------------------------- durations
@@ -468,6 +502,9 @@ class Report(_Wire):
     socket: str
     ping_interval: float
     summary: Summary
+    # Each miner's configured [sealing] sector_numbers and how much of it is left ([]
+    # without any). Optional: agents before sector ranges do not send it (None).
+    sector_ranges: list[SectorRange] | None = field(default=None, metadata={_OMIT_NONE: True})
     # Seconds since `time` on the reader's clock: added by WorkerReport and the CLI, not in
     # the file.
     age: float | None = field(default=None, metadata={_OMIT_NONE: True})
@@ -533,3 +570,252 @@ class AgentStatus(_Wire):
     report: Report | None  # None when no heartbeat was ever written
     threads: list[WorkerInfo] | None  # None when the daemon could not be asked ...
     error: ErrorInfo | None  # ... and then why
+
+
+# ---------------------------------------------------------------- sector ranges
+
+# A range with fewer numbers left than this is reported low (health's sector-range-low
+# finding; monitoring/venus-worker.rules.yml's VenusWorkerSectorNumbersLow uses it too).
+SECTOR_NUMBERS_LOW = 100
+
+
+@dataclass(frozen=True)
+class SectorRange(_Wire):
+    """One miner's ``[sealing] sector_numbers`` in the report: the range and what is left."""
+
+    miner: int
+    start: int
+    end: int
+    last: int  # the last number handed out; start - 1 before the first one
+    left: int  # numbers still to hand out: end - last
+
+    @property
+    def low(self) -> bool:
+        return self.left < SECTOR_NUMBERS_LOW
+
+
+# ---------------------------------------------------------------- history
+
+# The HTTP header a control client names itself in (venusctl sends user@control-host);
+# the agent records it beside the socket peer's uid and pid (docs/protocol.md, "History").
+ACTOR_HEADER = "Venus-Actor"
+
+_SECTOR_FORMS = re.compile(r"(?:s-)?[tf]0([0-9]{1,19})-([0-9]{1,19})|([0-9]{1,19}):([0-9]{1,19})")
+
+
+def parse_sector_id(text: str) -> str:
+    """The agent's name of a sector: ``s-t01000-2``, also written ``t01000-2``,
+    ``f01000-2`` or ``1000:2`` (miner 1000, number 2). ValueError for anything else."""
+    match = _SECTOR_FORMS.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"invalid sector id {text!r} (examples: s-t01000-2, t01000-2, 1000:2)")
+    miner, number = (int(part) for part in (match[1] or match[3], match[2] or match[4]))
+    return f"s-t0{miner}-{number}"
+
+
+class HistoryKind(str, enum.Enum):
+    """``HistoryEntry.kind``: what one line of a thread's history records.
+
+    A reader takes any string there (an agent newer than the reader may write
+    kinds it does not know: shown as they are); new kinds are added here.
+    """
+
+    STATE = "state"  # the task moved from -> to: its stage succeeded (from Empty: a new task)
+    RETRY = "retry"  # the stage failed with a temporary error: it runs again
+    ABORT = "abort"  # the stage failed with an abort error: the task moved to Aborted
+    PAUSE_REQUEST = "pause_request"  # someone asked for a pause (`by`), taken at a boundary
+    PAUSE_CANCEL = "pause_cancel"  # someone cancelled the pause still queued (`by`)
+    PAUSE = "pause"  # the thread paused: by an error (outcome, error) or as asked
+    RESUME = "resume"  # someone resumed it (`by`), maybe into the `requested` state
+    AUTO_RESUME = "auto_resume"  # an [[sealing.auto_resume]] rule resumed it
+    # At start: the record is past the history's last line for the task (a crash
+    # between the record's write and the history's, or the history begins here).
+    RECOVERED = "recovered"
+    LOST = "lost"  # lines the agent could not write (a disk error); how many in `note`
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _optional(key: str | None = None) -> Any:
+    """An optional field left out of the JSON when None (history lines stay short)."""
+    metadata = {_OMIT_NONE: True} if key is None else {_OMIT_NONE: True, _KEY: key}
+    return field(default=None, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Caller(_Wire):
+    """Who asked for a change: the control socket peer's uid and pid (SO_PEERCRED, from
+    the kernel) and the name the client gave in its Venus-Actor header (a claim)."""
+
+    uid: int | None = _optional()
+    pid: int | None = _optional()
+    actor: str | None = _optional()
+
+
+@dataclass(frozen=True)
+class HistoryEntry(_Wire):
+    """One line of a thread's history file (JSON Lines, docs/protocol.md "History")."""
+
+    time: float  # Unix seconds, the worker's clock
+    kind: str  # a HistoryKind value
+    index: int  # the thread
+    sector: str | None = _optional()
+    plan: str | None = _optional()
+    from_state: str | None = _optional("from")  # the task's state before
+    to_state: str | None = _optional("to")  # and after (the same when it did not move)
+    stage: str | None = _optional()  # the stage that ran (state, retry, abort, pause)
+    duration: float | None = _optional()  # seconds that run of the stage took
+    in_state: float | None = _optional()  # seconds the task had been in `from` by then
+    outcome: str | None = _optional()  # "ok", or the error's level (temporary, permanent ...)
+    error: str | None = _optional()  # the error's text, without its level
+    retry: int | None = _optional()  # retry: how many the task has used in this state
+    requested: str | None = _optional()  # resume: the state asked for
+    by: Caller | None = _optional()  # pause_request, resume: who asked
+    note: str | None = _optional()
+
+
+@dataclass(frozen=True)
+class ThreadHistory(_Wire):
+    """``VenusWorker.WorkerHistory [index, limit]``: the last entries of one thread."""
+
+    index: int
+    location: str
+    entries: list[HistoryEntry]  # oldest first
+    kept: int  # entries in the thread's history files (the reply has the last `limit`)
+
+
+@dataclass(frozen=True)
+class SectorLog(_Wire):
+    """``VenusWorker.SectorHistory [sector_id]``: where a sector is and what happened to it."""
+
+    sector: str
+    # The threads working on it now; None when the live list could not be asked (the
+    # CLI reading the files of a stopped daemon).
+    threads: list[WorkerInfo] | None
+    entries: list[HistoryEntry]  # every thread's entries for it, oldest first
+
+
+@dataclass(frozen=True)
+class ErrorCount(_Wire):
+    error: str  # "<level>: <text>"
+    count: int
+
+
+@dataclass(frozen=True)
+class StageStats(_Wire):
+    """One stage's runs over the history (``stage_stats``); seconds."""
+
+    stage: str
+    tasks: int  # runs that succeeded (a task went through the stage)
+    failures: int  # runs that failed: temporary (retried), permanent, abort, critical
+    p50: float | None  # of the successful runs' durations; None without any
+    p90: float | None
+    max: float | None
+    total: float  # seconds of all successful runs
+    # The successful durations as [bucket, count] pairs (``duration_bucket``): what lets a
+    # fleet tool merge hosts' figures into fleet quantiles (``merge_stage_stats``).
+    buckets: list[list[int]]
+    errors: list[ErrorCount]  # the most common first, at most STATS_ERRORS
+
+
+@dataclass(frozen=True)
+class WorkerStats(_Wire):
+    """``VenusWorker.WorkerStats [window, indexes, plan]``: per stage, over the history."""
+
+    time: float  # the worker's clock when computed
+    window: float | None  # seconds back from `time`; None: all the history kept
+    threads: list[int]  # the threads counted
+    stages: list[StageStats]
+
+
+# Stage durations are counted in logarithmic buckets, 16 per doubling: a bucket's
+# middle is within 2.2 % of every duration in it, which is what a fleet-wide p50/p90
+# merged from several hosts' buckets may be off by (one host's own are exact).
+BUCKETS_PER_DOUBLING = 16
+STATS_ERRORS = 5
+_SMALLEST = 0.001  # durations below a millisecond share the lowest bucket
+
+
+def duration_bucket(seconds: float) -> int:
+    """The bucket of a duration (bucket i holds [2^(i/16), 2^((i+1)/16)) seconds)."""
+    return math.floor(math.log2(max(seconds, _SMALLEST)) * BUCKETS_PER_DOUBLING)
+
+
+def bucket_seconds(bucket: int) -> float:
+    """The middle of a bucket (geometric), the value a merged quantile takes."""
+    return 2 ** ((bucket + 0.5) / BUCKETS_PER_DOUBLING)
+
+
+def _rank(count: int, fraction: float) -> int:
+    """Nearest rank: the 1-based position of the `fraction` quantile among `count`."""
+    return max(1, math.ceil(fraction * count))
+
+
+def stage_stats(stage: str, durations: Iterable[float], errors: Iterable[str]) -> StageStats:
+    """One stage's figures from its successful run durations and its failures' texts."""
+    ordered = sorted(durations)
+    buckets: dict[int, int] = {}
+    for seconds in ordered:
+        bucket = duration_bucket(seconds)
+        buckets[bucket] = buckets.get(bucket, 0) + 1
+    counted: dict[str, int] = {}
+    failures = 0
+    for error in errors:
+        failures += 1
+        counted[error] = counted.get(error, 0) + 1
+    count = len(ordered)
+    return StageStats(
+        stage=stage,
+        tasks=count,
+        failures=failures,
+        p50=ordered[_rank(count, 0.5) - 1] if ordered else None,
+        p90=ordered[_rank(count, 0.9) - 1] if ordered else None,
+        max=ordered[-1] if ordered else None,
+        total=round(sum(ordered), 3),
+        buckets=[[bucket, n] for bucket, n in sorted(buckets.items())],
+        errors=_top_errors(counted),
+    )
+
+
+def _top_errors(counted: dict[str, int]) -> list[ErrorCount]:
+    ranked = sorted(counted.items(), key=lambda item: (-item[1], item[0]))
+    return [ErrorCount(error, count) for error, count in ranked[:STATS_ERRORS]]
+
+
+def merge_stage_stats(parts: Sequence[StageStats]) -> StageStats:
+    """Several hosts' figures of one stage as one: counts and max exact, p50/p90 from the
+    merged buckets (within 2.2 %; one part is returned as it is, exact), errors summed."""
+    if len(parts) == 1:
+        return parts[0]
+    buckets: dict[int, int] = {}
+    counted: dict[str, int] = {}
+    for part in parts:
+        for bucket, count in part.buckets:
+            buckets[bucket] = buckets.get(bucket, 0) + count
+        for error in part.errors:
+            counted[error.error] = counted.get(error.error, 0) + error.count
+    tasks = sum(part.tasks for part in parts)
+    highest = max((part.max for part in parts if part.max is not None), default=None)
+
+    def quantile(fraction: float) -> float | None:
+        if not tasks:
+            return None
+        rank, seen = _rank(tasks, fraction), 0
+        for bucket, count in sorted(buckets.items()):
+            seen += count
+            if seen >= rank:
+                return min(bucket_seconds(bucket), highest)
+        return highest
+
+    return StageStats(
+        stage=parts[0].stage,
+        tasks=tasks,
+        failures=sum(part.failures for part in parts),
+        p50=quantile(0.5),
+        p90=quantile(0.9),
+        max=highest,
+        total=round(sum(part.total for part in parts), 3),
+        buckets=[[bucket, n] for bucket, n in sorted(buckets.items())],
+        errors=_top_errors(counted),
+    )

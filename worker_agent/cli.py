@@ -7,9 +7,16 @@
     venus-worker worker [-c CONFIG | --socket PATH] cancel-pause --index N [--json]
     venus-worker worker [-c CONFIG | --state-dir DIR] report [--json]
     venus-worker worker [-c CONFIG] status [--json]
+    venus-worker worker [-c CONFIG | --state-dir DIR] history --index N [--limit K] [--json]
+    venus-worker worker [-c CONFIG | --state-dir DIR] sector SECTOR_ID [--json]
+    venus-worker worker [-c CONFIG | --state-dir DIR] stats [--since 7d] [--index N] [--json]
     venus-worker worker [-c CONFIG | --socket PATH] logs --index N [--stage S] [-n LINES]
                  [--runs K | --all] [--json]
     venus-worker set-counter -c CONFIG [--miner M] --last N [--json]
+
+pause and resume record who asked in the thread's history: the caller's uid
+and pid, and --actor NAME (default $VENUS_WORKER_ACTOR). history, sector and
+stats ask the daemon, and read its files when it is not running.
 
 The config may also come from $VENUS_WORKER_CONFIG. With --json, stdout is
 exactly one JSON document (docs/protocol.md).
@@ -30,7 +37,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from worker_agent import __version__
-from worker_agent.api import SUMMARY_KEYS, Method, RpcCode, ThreadState
+from worker_agent.api import (
+    SUMMARY_KEYS,
+    Method,
+    RpcCode,
+    ThreadState,
+    parse_duration,
+    parse_sector_id,
+)
 from worker_agent.api import AgentExit as ExitStatus
 from worker_agent.client import AgentClient, AgentNotRunning
 from worker_agent.config import ConfigError, load_config
@@ -168,22 +182,26 @@ def cmd_list(args, out: Output) -> int:
     return ExitStatus.OK
 
 
+def _actor(args) -> str | None:
+    return getattr(args, "actor", None) or os.environ.get("VENUS_WORKER_ACTOR") or None
+
+
 def cmd_pause(args, out: Output) -> int:
-    with AgentClient(_socket_path(args)) as client:
+    with AgentClient(_socket_path(args), actor=_actor(args)) as client:
         done = client.call(Method.PAUSE.value, args.index)
     out.result(done, f"#{args.index} worker pause done={str(done).lower()}")
     return ExitStatus.OK
 
 
 def cmd_resume(args, out: Output) -> int:
-    with AgentClient(_socket_path(args)) as client:
+    with AgentClient(_socket_path(args), actor=_actor(args)) as client:
         done = client.call(Method.RESUME.value, args.index, args.state)
     out.result(done, f"#{args.index} worker resume done={str(done).lower()}")
     return ExitStatus.OK
 
 
 def cmd_cancel_pause(args, out: Output) -> int:
-    with AgentClient(_socket_path(args)) as client:
+    with AgentClient(_socket_path(args), actor=_actor(args)) as client:
         cancelled = client.call(Method.CANCEL_PAUSE.value, args.index)
     text = "queued pause cancelled" if cancelled else "no pause queued (nothing changed)"
     out.result(cancelled, f"#{args.index} {text}")
@@ -295,6 +313,195 @@ def cmd_status(args, out: Output) -> int:
         lines.append(f"error: {error.message}")
     out.result(document, "\n".join(lines))
     return status
+
+
+# ---------------------------------------------------------------- history
+
+
+def _clock_text(seconds: float) -> str:
+    return (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+        + f".{int(seconds * 1000) % 1000:03d}"
+    )
+
+
+def seconds_text(seconds: float | None) -> str:
+    """1.25s under a minute, humantime's 13m 42s above."""
+    if seconds is None:
+        return "-"
+    return f"{seconds:.3g}s" if seconds < 60 else humantime(int(round(seconds)))
+
+
+def format_caller(by: dict | None) -> str:
+    if not by:
+        return ""
+    ids = ", ".join(f"{key} {by[key]}" for key in ("uid", "pid") if by.get(key) is not None)
+    actor = by.get("actor")
+    return f"by {actor} ({ids})" if actor else f"by {ids}"
+
+
+def format_entry(entry: dict) -> str:
+    """One history line: time, thread, kind, states, stage and run time, outcome, who, note."""
+    before, after = entry.get("from"), entry.get("to")
+    states = f"{before} -> {after}" if before and after and before != after else (after or "-")
+    parts = [_clock_text(entry["time"]), f"#{entry['index']}", entry["kind"], states]
+    if entry.get("stage"):
+        parts.append(f"{entry['stage']} {seconds_text(entry.get('duration'))}")
+    outcome = entry.get("outcome")
+    if outcome:
+        parts.append(outcome if outcome == "ok" else f"{outcome}: {entry.get('error') or ''}")
+    if entry.get("requested"):
+        parts.append(f"to {entry['requested']}")
+    if entry.get("by"):
+        parts.append(format_caller(entry["by"]))
+    if entry.get("note"):
+        parts.append(entry["note"])
+    return "  ".join(parts)
+
+
+def _offline_folder(args):
+    """The state folder's history, read from the files (the daemon is not running)."""
+    from worker_agent.history import HistoryFolder
+
+    path = _config_path(args)
+    config = load_config(path) if path and not args.state_dir else None
+    state_dir = Path(args.state_dir) if args.state_dir else config and config.state_dir
+    if state_dir is None:
+        raise ConfigError("no state folder given: use -c CONFIG or --state-dir DIR")
+    folder = HistoryFolder(state_dir)
+    if not folder.path.is_dir():
+        raise HistoryMissing(f"no history in {state_dir} (history off, or never run?)")
+    threads = [(t.index, t.location) for t in config.threads] if config else folder.discover()
+    folder.load_logs(threads)
+    return folder
+
+
+class HistoryMissing(Exception):
+    """No history folder to read; str() says where it was looked for."""
+
+
+def _ask_or_read(args, method: str, params: list, offline):
+    """The daemon's answer to `method`; from the files (`offline(folder)`) when it is down.
+
+    Returns (result, read_from_files).
+    """
+    try:
+        path = _socket_path(args)
+    except ConfigError:
+        if not args.state_dir:
+            raise
+        return offline(_offline_folder(args)), True
+    try:
+        with AgentClient(path) as client:
+            return client.call(method, *params), False
+    except AgentNotRunning:
+        if not (args.state_dir or _config_path(args)):
+            raise
+        return offline(_offline_folder(args)), True
+
+
+def _offline_note(out: Output, offline: bool) -> None:
+    if offline and not out.as_json:
+        print("(daemon not running: read from its history files)", file=out.stderr)
+
+
+def cmd_history(args, out: Output) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError("--limit must be 0 (all) or more")
+    limit = args.limit or None
+
+    def offline(folder) -> dict:
+        from worker_agent.history import HistoryUnavailable
+
+        try:
+            return folder.thread_history(args.index, limit)
+        except HistoryUnavailable as exc:
+            raise HistoryMissing(str(exc)) from None
+
+    history, read = _ask_or_read(args, Method.HISTORY.value, [args.index, limit], offline)
+    _offline_note(out, read)
+    shown = len(history["entries"])
+    lines = [f"#{history['index']} {history['location']}: {shown} of {history['kept']} entries"]
+    lines += [format_entry(entry) for entry in history["entries"]]
+    out.result(history, "\n".join(lines))
+    return ExitStatus.OK
+
+
+def cmd_sector(args, out: Output) -> int:
+    try:
+        sector = parse_sector_id(args.sector)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    def offline(folder) -> dict:
+        return {"sector": sector, "threads": None, "entries": folder.sector_entries(sector)}
+
+    found, read = _ask_or_read(args, Method.SECTOR.value, [sector], offline)
+    _offline_note(out, read)
+    lines = [f"sector {found['sector']}"]
+    if found["threads"] is None:
+        lines.append("now: unknown (the daemon is not running)")
+    for info in found["threads"] or []:
+        lines.append("now: " + format_list_line(info))
+    if not found["threads"] and not found["entries"]:
+        lines.append(
+            "not on this worker, now or in its history"
+            if found["threads"] == []
+            else "not on this worker in its history"
+        )
+    lines += [format_entry(entry) for entry in found["entries"]]
+    out.result(found, "\n".join(lines))
+    held = found["threads"] or found["entries"]
+    return ExitStatus.OK if held else ExitStatus.REFUSED
+
+
+def cmd_stats(args, out: Output) -> int:
+    window = None
+    if args.since is not None:
+        try:
+            window = parse_duration(args.since, bare_seconds=True)
+        except ValueError as exc:
+            raise ConfigError(f"--since: {exc}") from None
+    indexes = args.index or None
+    params = [window, indexes, args.plan]
+
+    def offline(folder) -> dict:
+        return folder.stats(time.time(), window, indexes, args.plan).to_json()
+
+    stats, read = _ask_or_read(args, Method.STATS.value, params, offline)
+    _offline_note(out, read)
+    out.result(stats, format_stats(stats))
+    return ExitStatus.OK
+
+
+def format_stats(stats: dict) -> str:
+    rows = [("Stage", "Tasks", "p50", "p90", "Max", "Failures", "MostCommonError")]
+    for stage in stats["stages"]:
+        errors = stage["errors"]
+        common = f"{errors[0]['error']} (x{errors[0]['count']})" if errors else "-"
+        rows.append(
+            (
+                stage["stage"],
+                str(stage["tasks"]),
+                *(seconds_text(stage[key]) for key in ("p50", "p90", "max")),
+                str(stage["failures"]),
+                common,
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    window = (
+        "all the history kept"
+        if stats["window"] is None
+        else f"the last {seconds_text(stats['window'])}"
+    )
+    lines = [f"threads {', '.join(f'#{i}' for i in stats['threads']) or '(none)'}; {window}"]
+    for row in rows:
+        lines.append(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
+            + "  "
+            + row[-1]
+        )
+    return "\n".join(lines)
 
 
 def cmd_daemon(args, out: Output) -> int:
@@ -435,7 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("-c", "--config", help="the daemon's config file (finds its socket)")
     worker.add_argument("--socket", help="the daemon's control socket")
-    worker.add_argument("--state-dir", help="the daemon's state folder (report.json)")
+    worker.add_argument("--state-dir", help="the daemon's state folder (report.json, history/)")
+    worker.add_argument(
+        "--actor",
+        help="who you are, recorded with a pause or resume in the thread's history"
+        " (default $VENUS_WORKER_ACTOR; your uid and pid are recorded anyway)",
+    )
     _add_json(worker)
     actions = worker.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -490,6 +702,40 @@ def build_parser() -> argparse.ArgumentParser:
         "The heartbeat report and the thread list in one call (the fleet tool's host row).",
     )
     status.set_defaults(func=cmd_status)
+    history = action(
+        "history",
+        "one thread's history (works without the daemon)",
+        "One thread's history, oldest first: every state change with its stage, run time and"
+        " outcome, every retry, abort, pause, resume and auto-resume, with who asked. Asks"
+        " the daemon; reads its files (<state_dir>/history) while it is down.",
+    )
+    _add_index(history)
+    history.add_argument(
+        "-n", "--limit", type=int, default=100, help="the last K entries (default 100; 0: all)"
+    )
+    history.set_defaults(func=cmd_history)
+    sector = action(
+        "sector",
+        "where a sector is and what happened to it (works without the daemon)",
+        "The thread working on SECTOR_ID now, and every history entry of it, oldest first."
+        " SECTOR_ID: s-t01000-2, t01000-2 or 1000:2. Exit 1 when this worker never had it.",
+    )
+    sector.add_argument("sector", metavar="SECTOR_ID")
+    sector.set_defaults(func=cmd_sector)
+    stats = action(
+        "stats",
+        "per stage: tasks, p50, p90, max, failures (works without the daemon)",
+        "Per stage, over the threads' histories: successful runs (tasks), their p50, p90 and"
+        " longest run time, failed runs and the most common error.",
+    )
+    stats.add_argument(
+        "--since", metavar="DURATION", help="only runs in the last DURATION (7d, 12h)"
+    )
+    stats.add_argument(
+        "-i", "--index", type=int, action="append", help="only this thread (repeatable)"
+    )
+    stats.add_argument("--plan", help="only tasks of this plan (sealer, snapup, ...)")
+    stats.set_defaults(func=cmd_stats)
     logs = action(
         "logs",
         "what a thread's last stage runs printed",
@@ -505,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--all", action="store_true", help="every kept run")
     logs.add_argument("--after", metavar="RUN:LINE", help="only what came after this line")
     logs.set_defaults(func=cmd_logs)
-    for sub in (listing, pause, resume, cancel, report, status, logs):
+    for sub in (listing, pause, resume, cancel, report, status, history, sector, stats, logs):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
         )
@@ -535,6 +781,9 @@ def main(
         return ExitStatus.REFUSED
     except ReportError as exc:
         out.error(RpcCode.INTERNAL_ERROR, str(exc))
+        return ExitStatus.REFUSED
+    except HistoryMissing as exc:
+        out.error(RpcCode.NO_HISTORY, str(exc))
         return ExitStatus.REFUSED
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, as other CLI tools do.

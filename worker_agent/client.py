@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from worker_agent.api import RpcCode
+from worker_agent.api import ACTOR_HEADER, RpcCode
 from worker_agent.protocol import RpcError, make_request, parse_reply
 
 __all__ = ["AgentClient", "AgentNotRunning", "AgentUnreachable"]
@@ -57,10 +57,18 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class AgentClient:
-    def __init__(self, path: Path | str, timeout: float = 10.0):
+    """`actor`: the name sent in every request's Venus-Actor header (the history's `by`)."""
+
+    def __init__(self, path: Path | str, timeout: float = 10.0, actor: str | None = None):
         self.path = str(path)
         self._conn = _UnixConnection(self.path, timeout)
         self._next_id = 0
+        self._headers = {"Content-Type": "application/json"}
+        if actor:
+            # a header value is one line of Latin-1: anything else would break the request
+            self._headers[ACTOR_HEADER] = "".join(
+                c if " " <= c <= "~" or "\xa0" <= c <= "\xff" else "?" for c in actor
+            )
 
     def close(self) -> None:
         self._conn.close()
@@ -97,7 +105,7 @@ class AgentClient:
 
     def _exchange(self, body: bytes) -> tuple[int, bytes]:
         try:
-            self._conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
+            self._conn.request("POST", "/", body=body, headers=self._headers)
             response = self._conn.getresponse()
             return response.status, response.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:

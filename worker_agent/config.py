@@ -17,12 +17,16 @@ Layout (all keys optional except ``location``)::
     request_timeout = "10s"            # a whole request (headers + body) within this, idle too
     metrics_textfile = "/var/lib/prometheus/node-exporter/venus-worker.prom"  # default: off
     strict_modes = true                # refuse folders others can write in (like sshd)
+    history = true                     # each thread's history in <state_dir>/history
+    history_size = "1MiB"              # a history file rotates past this (KiB, MiB, GiB)
 
     [sealing]                          # defaults for every thread
     miner = 10000                      # sectors are named s-t0<miner>-<number>
     max_retries = 5
     recover_interval = "60s"
     seal_interval = "30s"
+    sector_numbers = "1000-1999"       # only these numbers (also { start = 1000, count = 1000 }):
+                                       # give each worker of one miner its own range
     [[sealing.auto_resume]]            # resume error pauses by themselves (never a manual pause)
     match = "gpu busy|CUDA"            # regular expression, searched in last_error
     after = "10m"                      # how long the thread stays paused first (default 1m)
@@ -115,6 +119,7 @@ class SealingConfig:
     recover_interval: float = 60.0
     seal_interval: float = 30.0
     auto_resume: tuple[AutoResume, ...] = ()
+    sector_numbers: tuple[int, int] | None = None  # (start, end), both included
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,16 @@ class Config:
     command: CommandConfig
     metrics_textfile: Path | None = None  # node_exporter textfile (metrics.py); None: off
     strict_modes: bool = True
+    history: bool = True  # each thread's history (history.py)
+    history_size: int = 1 << 20  # bytes at which a history file rotates
+
+    def sector_ranges(self) -> dict[int, tuple[int, int]]:
+        """Each miner's configured range (the threads agree on it: load_config checks)."""
+        return {
+            thread.sealing.miner: thread.sealing.sector_numbers
+            for thread in self.threads
+            if thread.sealing.sector_numbers is not None
+        }
 
 
 # ---------------------------------------------------------------- reading
@@ -287,9 +302,85 @@ def _sealing(section: _Table, base: SealingConfig) -> SealingConfig:
         recover_interval=section.duration("recover_interval", base.recover_interval),
         seal_interval=section.duration("seal_interval", base.seal_interval),
         auto_resume=_auto_resume(section, base.auto_resume),
+        sector_numbers=_sector_numbers(section, base.sector_numbers),
     )
     section.finish()
     return config
+
+
+_RANGE_TEXT = re.compile(r"\s*([0-9]{1,18})\s*-\s*([0-9]{1,18})\s*")
+_RANGE_HELP = 'expected "START-END" (e.g. "1000-1999") or { start = 1000, count = 1000 }'
+
+
+def _sector_numbers(section: _Table, base: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`sector_numbers`: "START-END", or a table of start and count (or end)."""
+    if not section.has("sector_numbers"):
+        return base
+    value = section.raw("sector_numbers")
+    if isinstance(value, str):
+        match = _RANGE_TEXT.fullmatch(value)
+        if match is None:
+            raise section.error("sector_numbers", f"{value!r}: {_RANGE_HELP}")
+        start, end = int(match[1]), int(match[2])
+    elif isinstance(value, dict):
+        table = _Table(section.file, f"{section.prefix}.sector_numbers", value)
+        if table.has("count") == table.has("end") or not table.has("start"):
+            raise section.error(
+                "sector_numbers", f"needs start and one of count, end: {_RANGE_HELP}"
+            )
+        start = table.integer("start", 0, minimum=1)
+        if table.has("count"):
+            end = start + table.integer("count", 1, minimum=1) - 1
+        else:
+            end = table.integer("end", start, minimum=1)
+        table.finish()
+    else:
+        raise section.error("sector_numbers", f"{_RANGE_HELP}, got {_type_name(value)}")
+    if start < 1 or end < start:
+        raise section.error(
+            "sector_numbers",
+            f"{start}-{end}: the range must start at 1 or more and not end before it",
+        )
+    return start, end
+
+
+def _check_ranges(root: _Table, threads: tuple[ThreadConfig, ...]) -> None:
+    """One counter per miner, so one range: threads of a miner must agree on it."""
+    seen: dict[int, tuple[int, ThreadConfig]] = {}
+    for thread in threads:
+        first = seen.setdefault(thread.sealing.miner, (thread.index, thread))
+        if first[1].sealing.sector_numbers != thread.sealing.sector_numbers:
+            shown = [_range_text(t.sealing.sector_numbers) for t in (first[1], thread)]
+            raise root.error(
+                f"sealing_thread[{thread.index}]",
+                f"sealing.sector_numbers {shown[1]} differs from sealing_thread[{first[0]}]'s"
+                f" {shown[0]}, but both seal for miner {thread.sealing.miner}: the threads of"
+                " one miner share one sector counter, so one range",
+            )
+
+
+def _range_text(numbers: tuple[int, int] | None) -> str:
+    return "(none)" if numbers is None else f'"{numbers[0]}-{numbers[1]}"'
+
+
+_SIZE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def _size(table: _Table, key: str, default: int, minimum: int) -> int:
+    """A size: a number of bytes, or a string with a unit (B, KiB, MiB, GiB)."""
+    value = table.raw(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        size = int(match[1]) * _SIZE_UNITS[match[2]]
+    else:
+        raise table.error(
+            key, f'expected a size such as "1MiB", "512KiB" or 1048576, got {value!r}'
+        )
+    if size < minimum:
+        raise table.error(key, f"must be at least {minimum} bytes, got {size}")
+    return size
 
 
 def _auto_resume(section: _Table, base: tuple[AutoResume, ...]) -> tuple[AutoResume, ...]:
@@ -519,9 +610,14 @@ def load_config(path: str | os.PathLike) -> Config:
         raise worker.error(
             "strict_modes", f"expected true or false, got {_type_name(strict_modes)}"
         )
+    history = worker.raw("history", True)
+    if not isinstance(history, bool):
+        raise worker.error("history", f"expected true or false, got {_type_name(history)}")
+    history_size = _size(worker, "history_size", 1 << 20, minimum=4096)
     worker.finish()
     sealing = _sealing(root.table("sealing"), SealingConfig())
     threads = _threads(root, folder, sealing)
+    _check_ranges(root, threads)
     kind, mock, command = _processors(root, len(threads))
     root.finish()
     return Config(
@@ -538,4 +634,6 @@ def load_config(path: str | os.PathLike) -> Config:
         command=command,
         metrics_textfile=metrics_textfile,
         strict_modes=strict_modes,
+        history=history,
+        history_size=history_size,
     )

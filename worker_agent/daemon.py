@@ -8,8 +8,12 @@ and the pid holding it); every record is loaded (a bad one pauses only its
 thread, naming the file and field); the sector counter is raised above every
 number the records witnessed, or rebuilt from them when the counter file is
 lost (the start is refused when no record can say which numbers were used);
-the socket is bound, the first heartbeat is written (counting the loaded
-records), the threads start, and the service manager is told ``READY=1``.
+a configured sector range (``[sealing] sector_numbers``) must hold the
+counter (a fresh worker starts at its first number; a counter below or past
+it refuses the start: ``set-counter`` moves it); every thread's history is
+opened (history.py; the stage-duration histogram of the metrics is replayed
+from it); the socket is bound, the first heartbeat is written (counting the
+loaded records), the threads start, and the service manager is told ``READY=1``.
 
 Signals arrive on a pipe (``signal.set_wakeup_fd``) that the main thread
 reads; the handlers themselves do nothing. SIGTERM/SIGINT stop: stop
@@ -35,9 +39,10 @@ import time
 from pathlib import Path
 
 from worker_agent import __version__
-from worker_agent.api import WorkerInfo, summarize
+from worker_agent.api import SectorRange, WorkerInfo, summarize
 from worker_agent.config import Config, ConfigError, load_config
 from worker_agent.guard import InsecurePath, check_folder
+from worker_agent.history import HistoryFolder
 from worker_agent.metrics import MetricsError, WorkerMetrics
 from worker_agent.processors import make_processor
 from worker_agent.protocol import handle_body
@@ -119,6 +124,9 @@ class Daemon:
         self._stores: list[TaskStore] = []
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
+        self.counter: SectorCounter | None = None
+        self.history: HistoryFolder | None = None
+        self._low_ranges: set[int] = set()  # miners whose range was logged as low
 
     # ------------------------------------------------------------ start
 
@@ -127,7 +135,7 @@ class Daemon:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self._check_folder(config.state_dir, "state_dir")
         self._lock_state_dir()
-        counter = SectorCounter(config.state_dir)
+        counter = self.counter = SectorCounter(config.state_dir)
         counter_found = counter.load()
         processor = self.processor = make_processor(config)
         if self.metrics is not None:
@@ -135,20 +143,35 @@ class Daemon:
                 self.metrics.open()
             except MetricsError as exc:
                 raise DaemonError(str(exc)) from None
+        self._open_history()
         for thread_config in config.threads:
             store = TaskStore(thread_config.location)
             problem = self._open_store(store)
+            history = None
+            if self.history is not None:
+                # the metrics' stage-duration histogram, replayed: it survives restarts
+                observe = self.metrics.durations.observe if self.metrics is not None else None
+                history = self.history.open_log(
+                    thread_config.index, thread_config.location, observe
+                )
             thread = SealingThread(
-                thread_config, store, counter, processor, observer=self.metrics, problem=problem
+                thread_config,
+                store,
+                counter,
+                processor,
+                observer=self.metrics,
+                problem=problem,
+                history=history,
             )
             self.threads.append(thread)
         self._establish_counter(counter, counter_found)
-        service = WorkerService(self.threads, lambda: self._report)
+        self._check_ranges(counter)
+        service = WorkerService(self.threads, lambda: self._report, history=self.history)
         config.socket.parent.mkdir(parents=True, exist_ok=True)
         self._check_folder(config.socket.parent, "the socket's folder")
         self.server = ControlServer(
             config.socket,
-            lambda body: handle_body(body, service.methods),
+            lambda body, caller: handle_body(body, service.methods_for(caller)),
             config.socket_group,
             config.request_timeout,
         )
@@ -166,6 +189,72 @@ class Daemon:
         status = f"{len(self.threads)} sealing threads, control socket {config.socket}"
         log.info("venus-worker %s: %s", __version__, status)
         notify(f"READY=1\nSTATUS={status}")
+
+    def _open_history(self) -> None:
+        """``<state_dir>/history`` (history.py), unless [worker] history = false."""
+        if not self.config.history:
+            return
+        folder = HistoryFolder(self.config.state_dir, self.config.history_size)
+        try:
+            folder.prepare()
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise DaemonError(
+                f"cannot use the history folder: {where}{exc.strerror or exc}"
+            ) from None
+        self._check_folder(folder.path, "the history folder")
+        self.history = folder
+
+    def _check_ranges(self, counter: SectorCounter) -> None:
+        """Each configured sector range must hold its miner's counter (see the module doc).
+
+        A fresh worker (nothing handed out for that miner) starts at the range's
+        first number. A counter below the range means this worker once numbered
+        sectors outside it, and one past its end that it numbered beyond it: both
+        are refused rather than guessed, since a worker of one miner numbering
+        in another's range is how one id comes to name two sectors.
+        """
+        for miner, (start, end) in self.config.sector_ranges().items():
+            last = counter.last(miner)
+            shown = f"{start}-{end}"
+            fix = f"venus-worker set-counter -c {self.config.path} --miner {miner} --last"
+            if last == 0:
+                counter.ensure_above(miner, start - 1)
+                log.info("miner %d: sector numbers %s, starting at %d", miner, shown, start)
+            elif last < start - 1:
+                raise DaemonError(
+                    f"the sector counter of miner {miner} is at {last}, below its range"
+                    f" {shown} ([sealing] sector_numbers): this worker numbered sectors outside"
+                    f" the range before. If the range is new for it, start it at the range:"
+                    f" {fix} {start - 1}"
+                )
+            elif last > end:
+                raise DaemonError(
+                    f"the sector counter of miner {miner} is at {last}, past the end of its"
+                    f" range {shown} ([sealing] sector_numbers): numbers above {end} may be"
+                    " another worker's. Give this worker a range above"
+                    f" {last} (or check which numbers it really used)"
+                )
+
+    def sector_ranges(self) -> list[SectorRange]:
+        """Each configured range with the counter's position in it (the report's)."""
+        if self.counter is None:
+            return []
+        ranges = []
+        for miner, (start, end) in sorted(self.config.sector_ranges().items()):
+            last = max(self.counter.last(miner), start - 1)
+            ranges.append(SectorRange(miner, start, end, last, max(0, end - last)))
+        return ranges
+
+    def _warn_low(self, ranges: list[SectorRange]) -> None:
+        for numbers in ranges:
+            if numbers.low and numbers.miner not in self._low_ranges:
+                self._low_ranges.add(numbers.miner)
+                log.warning(
+                    "miner %d: only %d sector numbers left in the range %d-%d: give this"
+                    " worker a new range ([sealing] sector_numbers) before it runs out",
+                    numbers.miner, numbers.left, numbers.start, numbers.end,
+                )  # fmt: skip
 
     def _check_folder(self, folder: Path, what: str) -> None:
         if not self.config.strict_modes:
@@ -248,8 +337,9 @@ class Daemon:
                 )  # fmt: skip
             else:
                 counter.save_now()
+                start = "in its sector range" if self.config.sector_ranges() else "at 1"
                 log.info(
-                    "a new worker (no sector counter, no store records): numbering starts at 1"
+                    "a new worker (no sector counter, no store records): numbering starts %s", start
                 )
         for thread in self.threads:  # records of an older agent learn the counter's numbers
             if thread.usable and thread.record.last_numbers is None and thread.store.has_record():
@@ -270,14 +360,18 @@ class Daemon:
             "socket": str(self.config.socket),
             "ping_interval": self.config.ping_interval,
             "summary": _summary(self.threads),
+            "sector_ranges": [numbers.to_json() for numbers in self.sector_ranges()],
         }
 
     def write_report(self) -> None:
         report = self.build_report()
         write_json_atomic(self.config.state_dir / REPORT_NAME, report)
         self._report = report
+        ranges = [SectorRange.from_json(numbers) for numbers in report["sector_ranges"]]
+        self._warn_low(ranges)
         if self.metrics is not None:
-            self.metrics.write(report["time"], self.threads)  # logs its own failure
+            left = {str(numbers.miner): numbers.left for numbers in ranges}
+            self.metrics.write(report["time"], self.threads, left)  # logs its own failure
 
     def _report_loop(self) -> None:
         """Rewrite the report every ping_interval, and sooner when a count that matters moved.
@@ -326,6 +420,8 @@ class Daemon:
             store.unlock()
         if self.metrics is not None:
             self.metrics.close()
+        if self.history is not None:
+            self.history.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

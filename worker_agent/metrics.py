@@ -21,7 +21,10 @@ Series (docs/protocol.md has the table with examples; a thread's labels are
   ``venus_worker_thread_error``, ``venus_worker_thread_retries``;
 - ``venus_worker_tasks_finished_total{plan}``, ``venus_worker_tasks_aborted_total{plan}``:
   counters persisted in ``<state_dir>/task-counters.json``, so they survive restarts;
-- ``venus_worker_stage_duration_seconds{stage}``: a histogram of completed stages.
+- ``venus_worker_stage_duration_seconds{stage}``: a histogram of completed stages,
+  replayed from the sector history at start (so it survives restarts);
+- ``venus_worker_sector_numbers_left{miner}``: the numbers left in each configured
+  sector range (``[sealing] sector_numbers``); only with a range.
 
 Conventions, and why: times are Unix timestamps (``time() - x`` in PromQL is
 exact at any moment; an exported age is stale by a scrape interval and keeps
@@ -144,8 +147,14 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "venus_worker_stage_duration_seconds": (
         "histogram",
         "Completed stages: seconds from entering the state to the stage's success,"
-        " retries and pauses included; since the agent started.",
+        " retries and pauses included; as far back as the sector history goes.",
         ("stage",),
+    ),
+    "venus_worker_sector_numbers_left": (
+        "gauge",
+        "Sector numbers left in the miner's configured range ([sealing] sector_numbers);"
+        " only for a miner with a range.",
+        ("miner",),
     ),
 }
 
@@ -212,6 +221,7 @@ class Snapshot:
     aborted: dict[str, int] = field(default_factory=dict)
     durations: dict[str, tuple[list[int], float, int]] = field(default_factory=dict)
     version: str = __version__
+    numbers_left: dict[str, int] = field(default_factory=dict)  # miner -> left in its range
 
 
 def stage_labels(plans: Iterable[str]) -> list[str]:
@@ -241,6 +251,10 @@ def render(snapshot: Snapshot) -> str:
         for plan in sorted(set(plans) | set(counts)):
             out.sample(name, _labels((("plan", plan),)), counts.get(plan, 0))
     _histogram(out, "venus_worker_stage_duration_seconds", snapshot)
+    if snapshot.numbers_left:  # no range, no series: "left" of an unbounded counter means nothing
+        out.family("venus_worker_sector_numbers_left")
+        for miner, left in sorted(snapshot.numbers_left.items(), key=lambda item: int(item[0])):
+            out.sample("venus_worker_sector_numbers_left", _labels((("miner", miner),)), left)
     return out.text()
 
 
@@ -314,10 +328,11 @@ def _histogram(out: _Text, name: str, snapshot: Snapshot) -> None:
 class StageDurations:
     """The stage-duration histogram; `observe` is its one input.
 
-    Today the sealing threads feed it as their stages complete (it starts
-    empty at each start: Prometheus' rate() reads that as a counter reset).
-    A sector history (issue 15) can replay its log through the same `observe`
-    at start, and the histogram then survives restarts too.
+    The sealing threads feed it as their stages complete, and at start the
+    daemon replays every thread's history (history.py) through the same
+    `observe`: the histogram survives restarts, as far back as the history
+    files go (a rotation that drops the oldest file lowers it: a counter reset
+    to Prometheus' rate(), as a restart used to be).
     """
 
     def __init__(self) -> None:
@@ -491,7 +506,9 @@ class WorkerMetrics:
         self.textfile.open()
         self.counters.load()
 
-    def snapshot(self, heartbeat: float, threads: Sequence) -> Snapshot:
+    def snapshot(
+        self, heartbeat: float, threads: Sequence, numbers_left: dict[str, int] | None = None
+    ) -> Snapshot:
         finished, aborted = self.counters.snapshot()
         return Snapshot(
             name=self.config.name,
@@ -503,9 +520,12 @@ class WorkerMetrics:
             finished=finished,
             aborted=aborted,
             durations=self.durations.snapshot(),
+            numbers_left=dict(numbers_left or {}),
         )
 
-    def write(self, heartbeat: float, threads: Sequence) -> bool:
+    def write(
+        self, heartbeat: float, threads: Sequence, numbers_left: dict[str, int] | None = None
+    ) -> bool:
         """Render and replace the textfile; a failure is logged (the next heartbeat retries).
 
         Nothing is written unless open() took the lock: a daemon that failed to
@@ -513,7 +533,7 @@ class WorkerMetrics:
         """
         if not self.textfile.is_open:
             return False
-        text = render(self.snapshot(heartbeat, threads))
+        text = render(self.snapshot(heartbeat, threads, numbers_left))
         try:
             self.textfile.write(text)
         except OSError as exc:

@@ -17,6 +17,11 @@
   cannot lock out a legitimate one. Only if every connection is busy
   answering is the new one refused.
 - A client that hangs up before its reply is one log line, not a traceback.
+- Who asks: each request's handler gets an ``api.Caller`` — the peer's uid
+  and pid from the kernel (``SO_PEERCRED``, read once per connection; through
+  an SSH stream channel that is sshd's process of the login user's session)
+  and the ``Venus-Actor`` header the client may send (its own claim, cut to
+  ``MAX_ACTOR`` characters), which the history records with a pause or resume.
 - The socket file is created under ``umask(0o177)`` so it is ``0600`` from the
   first instant (no chmod race); with a group it is then opened to ``0660``.
   A stale socket is unlinked only if it *is* a socket and nobody answers on
@@ -36,6 +41,7 @@ import os
 import socket
 import socketserver
 import stat
+import struct
 import sys
 import threading
 import time
@@ -43,15 +49,18 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+from worker_agent.api import ACTOR_HEADER, Caller
+
 __all__ = ["ControlServer", "ServerError", "MAX_BODY", "MAX_CONNECTIONS", "IDLE_TIMEOUT"]
 
 MAX_BODY = 1 << 20
 IDLE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
+MAX_ACTOR = 200
 
 log = logging.getLogger("venus_worker.server")
 
-BodyHandler = Callable[[bytes], "bytes | None"]
+BodyHandler = Callable[[bytes, Caller], "bytes | None"]
 
 
 class ServerError(Exception):
@@ -67,6 +76,13 @@ class _Connection:
         self.since = time.monotonic()
         self.deadline = self.since + timeout
         self._begun = False
+        self._peer: tuple[int | None, int | None] | None = None
+
+    def peer(self) -> tuple[int | None, int | None]:
+        """(uid, pid) of the process at the other end, from the kernel; Nones if unknown."""
+        if self._peer is None:
+            self._peer = _peer_credentials(self.sock)
+        return self._peer
 
     def wait_for_request(self) -> None:
         """Between requests: the idle wait is bounded by the same timeout."""
@@ -186,11 +202,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away mid-body
             return
         self.conn.answering()
-        reply = self.server.handle_body(body)
+        reply = self.server.handle_body(body, self._caller())
         if reply is None:
             self._reply(204)
         else:
             self._reply(200, reply)
+
+    def _caller(self) -> Caller:
+        uid, pid = self.conn.peer()
+        actor = self.headers.get(ACTOR_HEADER)
+        actor = actor.strip()[:MAX_ACTOR] if actor else None
+        return Caller(uid=uid, pid=pid, actor=actor or None)
 
     def _not_allowed(self) -> None:
         self.send_response(405)
@@ -286,6 +308,18 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
             log.info("control client went away before its reply (%s)", type(error).__name__)
             return
         log.exception("control connection failed")
+
+
+def _peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
+    """The peer's (uid, pid) by SO_PEERCRED (Linux); (None, None) where there is none."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None, None
+    try:
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, 12))
+    except OSError:
+        return None, None
+    return uid, (pid or None)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -44,6 +44,7 @@ from worker_agent.states import PLANS, State, plan_named, sector_id
 __all__ = [
     "SCHEMA",
     "LockHeld",
+    "RangeExhausted",
     "SectorCounter",
     "StageProcess",
     "StoreError",
@@ -67,6 +68,10 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 class StoreError(Exception):
     """A record that cannot be read or trusted; str() says which file and why."""
+
+
+class RangeExhausted(Exception):
+    """A miner's configured sector range has no number left; str() says which and what to do."""
 
 
 class LockHeld(Exception):
@@ -535,9 +540,20 @@ class SectorCounter:
         with self._lock:
             self._save(dict(self._last))
 
-    def next(self, miner: int) -> int:
+    def next(self, miner: int, sector_numbers: tuple[int, int] | None = None) -> int:
+        """The next number of `miner`, within its `sector_numbers` range (start, end) if
+        it has one (the daemon put the counter in it at start); RangeExhausted past its end."""
         with self._lock:
             number = self._last.get(str(miner), 0) + 1
+            if sector_numbers is not None:
+                start, end = sector_numbers
+                number = max(number, start)
+                if number > end:
+                    raise RangeExhausted(
+                        f"the sector range {start}-{end} of miner {miner} is"
+                        " used up: no new task until the worker gets a new range ([sealing]"
+                        " sector_numbers) and restarts"
+                    )
             self._save({**self._last, str(miner): number})
             return number
 

@@ -41,6 +41,12 @@ Behaviour (and where it improves on damocles-worker):
 - A command stage's process group is saved in the record while it runs; at
   the start of a thread, what a crashed daemon left of it is killed before
   anything reruns.
+- With a history (history.py), every change ``_commit`` saves also gets its
+  line there, written right after the record (``_Note``): state changes with
+  the stage, its run time and outcome; retries, aborts, pauses, resumes and
+  auto-resumes, with who asked (``api.Caller``) where someone did.
+- A worker whose sector range (``[sealing] sector_numbers``) is used up starts
+  no new task: its idle threads show ``Waiting`` and the reason as last_error.
 """
 
 from __future__ import annotations
@@ -50,15 +56,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from worker_agent.api import ThreadState
+from worker_agent.api import Caller, HistoryEntry, HistoryKind, ThreadState
 from worker_agent.children import LeftoversAlive, kill_leftovers
 from worker_agent.config import AutoResume, ThreadConfig
 from worker_agent.processors import Done, Interrupted, Outcome, StageContext
 from worker_agent.states import NO_STAGE, WAIT_STAGES, Event, Level, Plan, State, plan_named
 from worker_agent.store import (
     LockHeld,
+    RangeExhausted,
     SectorCounter,
     StageProcess,
     StoreError,
@@ -84,6 +91,9 @@ log = logging.getLogger("venus_worker.thread")
 
 # How often a thread retries a record write the disk refused.
 WRITE_RETRY = 5.0
+
+# A change's history line, made from the record before and after it (inside the commit).
+_Note = Callable[["ThreadRecord", "ThreadRecord"], "HistoryEntry | None"]
 
 
 class IllegalTransition(Exception):
@@ -173,8 +183,12 @@ class SealingThread:
         clock=None,
         observer=None,
         problem: str | None = None,
+        history=None,
     ):
-        """`problem`: why the store cannot be used (the daemon could not create or lock it)."""
+        """`problem`: why the store cannot be used (the daemon could not create or lock it).
+
+        `history`: the thread's history.HistoryLog (None: none is kept).
+        """
         self.config = config
         self.index = config.index
         self.store = store
@@ -205,6 +219,11 @@ class SealingThread:
         self._view_retry = 0
         self._json_key: tuple | None = None
         self._json = ""
+        self.history = history
+        self._last_run: float | None = None  # seconds the last stage run took
+        self._pause_by: Caller | None = None  # who asked for the pause now queued
+        if history is not None and self.usable:
+            self._reconcile_history()
 
     def _load(self, problem: str | None) -> ThreadRecord:
         if problem is None:
@@ -238,6 +257,7 @@ class SealingThread:
         mutate: Callable[[ThreadRecord], None],
         activity: ThreadState | None = None,
         after: Callable[[], None] | None = None,
+        note: _Note | None = None,
     ) -> None:
         """Apply `mutate` to a copy of the record, write the copy, then make it the record.
 
@@ -249,17 +269,26 @@ class SealingThread:
         disk. If `mutate` raises, or the write fails (``RecordNotSaved``),
         nothing changes. Every record also carries the sector counter's
         numbers (``last_numbers``), the witness for a lost counter.
+
+        `note(old, new)` makes the change's history line; it is appended (and
+        flushed) once the record is on disk, still in the save lock, so the
+        history is in the order of the records. A history that cannot be
+        written never fails the change: the record is the truth.
         """
         with self._save_lock:
             with self._cond:
-                new = self.record.copy()
+                old = self.record
+                new = old.copy()
                 mutate(new)
                 new.last_numbers = merge_numbers(new.last_numbers, self.counter.snapshot())
                 data = new.to_json()
+                entry = None if note is None or self.history is None else note(old, new)
             try:
                 self.store.save(data)
             except OSError as exc:
                 raise RecordNotSaved(f"{self.store.path}: {exc.strerror or exc}") from exc
+            if entry is not None:
+                self.history.append(entry)
             with self._cond:
                 self.record = new
                 if after is not None:
@@ -274,6 +303,7 @@ class SealingThread:
         mutate: Callable[[ThreadRecord], None],
         activity: str | None = None,
         after: Callable[[], None] | None = None,
+        note: _Note | None = None,
     ) -> None:
         """``_commit`` for the sealing thread's own changes, made between stages.
 
@@ -288,21 +318,22 @@ class SealingThread:
 
         while True:
             try:
-                self._commit(between_stages, activity, after)
+                self._commit(between_stages, activity, after, note)
             except RecordNotSaved as exc:
                 self._blocked(f"cannot save {exc}")
                 continue
             self._unblocked()
             return
 
-    def _blocked(self, problem: str) -> None:
+    def _blocked(self, problem: str, retrying: bool = True) -> None:
         """The disk refused a write: show it, wait WRITE_RETRY, let the caller try again."""
         with self._cond:
             first = self._write_error is None
-            self._write_error = f"{Level.CRITICAL}: {problem} (retrying every {WRITE_RETRY:g}s)"
+            again = f" (retrying every {WRITE_RETRY:g}s)" if retrying else ""
+            self._write_error = f"{Level.CRITICAL}: {problem}{again}"
             self._version += 1
         if first:
-            log.error("thread #%d: %s; retrying every %gs", self.index, problem, WRITE_RETRY)
+            log.error("thread #%d: %s%s", self.index, problem, again)
         self._set_activity(ThreadState.Waiting)
         if self._sleep(WRITE_RETRY):
             raise _Stopping()
@@ -314,6 +345,66 @@ class SealingThread:
             self._write_error = None
             self._version += 1
         log.info("thread #%d: the disk takes writes again", self.index)
+
+    def _entry(
+        self,
+        kind: HistoryKind,
+        old: ThreadRecord,
+        new: ThreadRecord,
+        now: float | None = None,
+        **fields,
+    ) -> HistoryEntry:
+        """A history line about a change from record `old` to `new` (the task's, or the
+        task the change dropped)."""
+        task = new.task or old.task
+        before = old.task.state.value if old.task else None
+        after = new.task.state.value if new.task else before
+        return HistoryEntry(
+            time=round(self.clock.now() if now is None else now, 3),
+            kind=kind.value,
+            index=self.index,
+            sector=task.sector_id if task else None,
+            plan=task.plan if task else None,
+            from_state=before,
+            to_state=after,
+            **fields,
+        )
+
+    def _run_fields(self, stage: str | None) -> dict:
+        """The stage and its last run's time, for a line about that run's outcome."""
+        if stage is None or stage == NO_STAGE:
+            return {}
+        run = self._last_run
+        return {"stage": stage, "duration": None if run is None else round(run, 3)}
+
+    def _reconcile_history(self) -> None:
+        """At start: a task the record has moved past the history's last line gets a line.
+
+        The record is written before its history line, so a crash between the
+        two leaves the history one change behind; a history that begins with
+        this start (an upgrade, a lost folder) has no line for the task at all.
+        """
+        task = self.record.task
+        if task is None:
+            return
+        last = self.history.last
+        same = last is not None and last.get("sector") == task.sector_id
+        if same and last.get("to") == task.state.value:
+            return
+        self.history.append(
+            HistoryEntry(
+                time=round(self.clock.now(), 3),
+                kind=HistoryKind.RECOVERED.value,
+                index=self.index,
+                sector=task.sector_id,
+                plan=task.plan,
+                from_state=last.get("to") if same else None,
+                to_state=task.state.value,
+                note="the record was ahead of the history at start (a crash between the two writes)"
+                if same
+                else "the history of this task begins here",
+            )
+        )
 
     def _interrupt_requested(self) -> bool:
         return self._pause_requested or self._stopping
@@ -356,6 +447,11 @@ class SealingThread:
                 self.step()
             except _Stopping:
                 return
+            except RangeExhausted as exc:  # no new task: shown until a restart with a range
+                try:
+                    self._blocked(str(exc), retrying=False)
+                except _Stopping:
+                    return
             except OSError as exc:  # the disk (data folder, sector counter): wait and redo
                 where = f"{exc.filename}: " if exc.filename else ""
                 try:
@@ -430,7 +526,8 @@ class SealingThread:
         if self._wait(self._next_task_at - self._mono()):
             return
         miner = self.config.sealing.miner
-        number = self.counter.next(miner)  # persisted before any record uses it
+        # persisted before any record uses it; RangeExhausted past the end of sector_numbers
+        number = self.counter.next(miner, self.config.sealing.sector_numbers)
         plan = plan_named(self.config.plan)
         event = plan.happy_event(State.Empty)
         to = plan.next_state(State.Empty, event)
@@ -441,7 +538,11 @@ class SealingThread:
             change_state(task, to, event, now)
             record.task = task
 
-        self._save(start)
+        def started(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            entry = self._entry(HistoryKind.STATE, old, new, now, outcome="ok", note="new task")
+            return replace(entry, from_state=State.Empty.value)
+
+        self._save(start, note=started)
         log.info("thread #%d: new task %s (%s)", self.index, self.record.task.sector_id, plan.name)
 
     def _drop_task(self, state: State) -> None:
@@ -496,9 +597,11 @@ class SealingThread:
             self._set_activity(ThreadState.Waiting)
         else:
             self._set_activity(ThreadState.Running, self.processor.name)
+        started = self._mono()
         try:
             return self.processor.run(self._context(task, plan))
         finally:
+            self._last_run = max(0.0, self._mono() - started)
             self._set_activity(ThreadState.Idle)
 
     def _apply(self, task: Task, outcome: Outcome) -> None:
@@ -511,7 +614,10 @@ class SealingThread:
         elif outcome.level is Level.ABORT:
             self._abort(outcome.message)
         else:
-            self._pause(f"{outcome.level}: {outcome.message}")
+            self._pause(f"{outcome.level}: {outcome.message}", stage=self._stage_of(task))
+
+    def _stage_of(self, task: Task) -> str:
+        return plan_named(task.plan).stage(task.state)
 
     def _advance(self, task: Task, event: Event | None) -> None:
         plan = plan_named(task.plan)
@@ -522,7 +628,15 @@ class SealingThread:
             return
         now = self.clock.now()
         entered_at, stage = task.entered_at, plan.stage(task.state)
-        self._save(lambda record: change_state(record.task, to, event, now))
+
+        def moved(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            in_state = round(max(0.0, now - entered_at), 3)
+            fields = self._run_fields(stage)
+            return self._entry(
+                HistoryKind.STATE, old, new, now, outcome="ok", in_state=in_state, **fields
+            )
+
+        self._save(lambda record: change_state(record.task, to, event, now), note=moved)
         if self.observer is not None and stage != NO_STAGE:
             self.observer.stage_done(plan.name, stage, max(0.0, now - entered_at))
 
@@ -533,13 +647,26 @@ class SealingThread:
             self._pause(
                 f"{Level.PERMANENT}: {message} (still failing after {limit} retries)",
                 also=lambda record: setattr(record.task, "retry", 0),
+                stage=self._stage_of(self.record.task),
             )
             return
 
         def count(record: ThreadRecord) -> None:
             record.task.retry += 1
 
-        self._save(count)
+        def retried(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            return self._entry(
+                HistoryKind.RETRY,
+                old,
+                new,
+                outcome=Level.TEMPORARY.value,
+                error=message,
+                retry=new.task.retry,
+                note=f"retry {new.task.retry} of {limit}",
+                **self._run_fields(self._stage_of(old.task)),
+            )
+
+        self._save(count, note=retried)
         retry = self.record.task.retry
         log.warning("thread #%d: temporary: %s (retry %d/%d)", self.index, message, retry, limit)
         self._set_activity(ThreadState.Idle)
@@ -548,16 +675,32 @@ class SealingThread:
     def _abort(self, message: str) -> None:
         log.warning("thread #%d: abort: %s", self.index, message)
         now = self.clock.now()
+        stage = self._stage_of(self.record.task)
+
+        def aborted(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            return self._entry(
+                HistoryKind.ABORT,
+                old,
+                new,
+                now,
+                outcome=Level.ABORT.value,
+                error=message,
+                in_state=round(max(0.0, now - old.task.entered_at), 3),
+                **self._run_fields(stage),
+            )
+
         # Persist Aborted first: a crash during the clean-up then finishes it on restart.
-        self._save(lambda record: change_state(record.task, State.Aborted, None, now))
+        self._save(lambda record: change_state(record.task, State.Aborted, None, now), note=aborted)
         self._drop_task(State.Aborted)
 
     def _pause(
         self,
         last_error: str | None,
         also: Callable[[ThreadRecord], None] | None = None,
+        stage: str | None = None,
         requested: bool = False,
     ) -> None:
+        """Pause now; `stage`: the stage whose run failed with `last_error` (for the history)."""
         now = self.clock.now()
 
         def pause(record: ThreadRecord) -> None:
@@ -572,7 +715,21 @@ class SealingThread:
             if also is not None:
                 also(record)
 
-        self._save(pause, activity=ThreadState.Paused, after=self._forget_pause_request)
+        def paused(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            if last_error is None:
+                note = "at the stage boundary, as asked" if old.pause_requested else None
+                return self._entry(HistoryKind.PAUSE, old, new, now, by=self._pause_by, note=note)
+            level, _, text = last_error.partition(": ")
+            due = new.auto_resume_at
+            note = None if due is None else f"auto-resume in {due - now:g}s"
+            run = self._run_fields(stage) if stage else {}
+            return self._entry(
+                HistoryKind.PAUSE, old, new, now, outcome=level, error=text, note=note, **run
+            )
+
+        self._save(
+            pause, activity=ThreadState.Paused, after=self._forget_pause_request, note=paused
+        )
         if last_error:
             due = self.record.auto_resume_at
             when = f" (auto-resume in {due - now:g}s)" if due is not None else ""
@@ -582,6 +739,7 @@ class SealingThread:
 
     def _forget_pause_request(self) -> None:
         self._pause_requested = False
+        self._pause_by = None
 
     def _pause_after_crash(self, last_error: str) -> None:
         self._pause(last_error)
@@ -624,8 +782,22 @@ class SealingThread:
             record.paused, record.paused_at, record.last_error = False, None, None
             record.auto_resume_at, record.pause_requested = None, False
 
+        def resumed(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry | None:
+            if not used:
+                return None
+            level, _, text = used["error"].partition(": ")
+            rule = used["rule"]
+            return self._entry(
+                HistoryKind.AUTO_RESUME,
+                old,
+                new,
+                outcome=level,
+                error=text,
+                note=f"rule {rule.match!r}, {used['count']} of {rule.max} for this task",
+            )
+
         try:
-            self._save(resume)
+            self._save(resume, note=resumed)
         except _Nothing:
             return
         if not used:
@@ -641,12 +813,13 @@ class SealingThread:
 
     # ------------------------------------------------------------ control
 
-    def request_pause(self) -> None:
+    def request_pause(self, by: Caller | None = None) -> None:
         """Pause at the next boundary; waits end at once. No-op on a paused thread.
 
         The request is saved before this returns, and takes effect only once
         saved: a pause reported as failed (``RecordNotSaved``) did not happen.
         On a thread paused by an error, it cancels a pending auto-resume.
+        `by`: who asked (the history's pause_request line, and the pause's).
         """
         with self._cond:
             if not self.usable:
@@ -666,17 +839,27 @@ class SealingThread:
         def take_effect() -> None:
             if not self.record.paused:
                 self._pause_requested = True  # the waits end (notify) right after this
+                self._pause_by = by
 
-        self._commit(save_request, after=take_effect)
+        def asked(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            note = (
+                "cancels the pending auto-resume: the pause is the operator's now"
+                if old.paused
+                else "taken at the next stage boundary"
+            )
+            return self._entry(HistoryKind.PAUSE_REQUEST, old, new, by=by, note=note)
+
+        self._commit(save_request, after=take_effect, note=asked)
         log.info("thread #%d: pause requested", self.index)
 
-    def cancel_pause(self) -> bool:
+    def cancel_pause(self, by: Caller | None = None) -> bool:
         """Cancel a pause queued while a stage runs; True if one was cancelled.
 
         Never resumes: a thread that already took its pause (or was paused by an
         error meanwhile) stays paused and the answer is False, so a late cancel can
         never undo a pause. The request and its cancel are decided under the state
         lock, in the order of their writes: the thread pauses, or it does not.
+        `by`: who asked (the history's pause_cancel line).
         """
 
         def cancel(record: ThreadRecord) -> None:
@@ -684,17 +867,25 @@ class SealingThread:
                 raise _Nothing()
             record.pause_requested = False
 
+        def cancelled(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            return self._entry(
+                HistoryKind.PAUSE_CANCEL, old, new, by=by, note="the queued pause will not happen"
+            )
+
         try:
-            self._commit(cancel, after=self._forget_pause_request)
+            self._commit(cancel, after=self._forget_pause_request, note=cancelled)
         except _Nothing:
             return False
         log.info("thread #%d: queued pause cancelled", self.index)
         return True
 
-    def resume(self, state_name: str | None = None) -> None:
-        """Resume a paused thread, optionally moving its task to `state_name` first."""
+    def resume(self, state_name: str | None = None, by: Caller | None = None) -> None:
+        """Resume a paused thread, optionally moving its task to `state_name` first.
+
+        `by`: who asked (the history's resume line).
+        """
         if not self.usable:
-            self._resume_unusable(state_name)
+            self._resume_unusable(state_name, by)
             return
         target = self._resume_target(state_name)
         now = self.clock.now()
@@ -712,10 +903,19 @@ class SealingThread:
             record.paused, record.paused_at, record.last_error = False, None, None
             record.pause_requested, record.auto_resume_at = False, None
 
-        self._commit(resume, activity=ThreadState.Idle, after=self._forget_pause_request)
+        def resumed(old: ThreadRecord, new: ThreadRecord) -> HistoryEntry:
+            requested = target.value if target is not None else None
+            cleared = f"cleared: {old.last_error}" if old.last_error else None
+            return self._entry(
+                HistoryKind.RESUME, old, new, now, requested=requested, by=by, note=cleared
+            )
+
+        self._commit(
+            resume, activity=ThreadState.Idle, after=self._forget_pause_request, note=resumed
+        )
         log.info("thread #%d: resumed%s", self.index, f" at {target}" if target else "")
 
-    def _resume_unusable(self, state_name: str | None) -> None:
+    def _resume_unusable(self, state_name: str | None, by: Caller | None) -> None:
         """Try the store again; `Aborted` sets an unusable record aside (a fresh start)."""
         with self._save_lock:
             record = self._reopen_store(set_aside=state_name == State.Aborted.value)
@@ -729,7 +929,7 @@ class SealingThread:
                 self._cond.notify_all()
         log.info("thread #%d: store usable again", self.index)
         if record.paused:
-            self.resume(state_name)
+            self.resume(state_name, by)
 
     def _reopen_store(self, set_aside: bool) -> ThreadRecord:
         """The store's record, now that someone may have fixed it; StoreUnusable if not."""
