@@ -198,7 +198,8 @@ def test_a_resolved_target_and_its_host_go_as_they_are_paths_made_absolute(monke
     monkeypatch.chdir(tmp_path)
     host = venusctl.parse_inventory(
         '[defaults]\nssh_config = "none"\n[[host]]\nname = "w1"\naddress = "10.0.0.1"\n'
-        'groups = ["gpu"]\njump = "sealer@bastion:2222"\n',
+        'groups = ["gpu"]\njump = "sealer@bastion:2222"\nminer = 10000\n'
+        'sector_numbers = "1000-1999"\n',
         Path("/etc/venusctl/inventory.toml"),
     ).hosts[0]
     target = venusctl.SshContext({}).target(host)
@@ -209,6 +210,7 @@ def test_a_resolved_target_and_its_host_go_as_they_are_paths_made_absolute(monke
     assert back.via == target.via and back.via.user == "sealer"
     fields = venusctl._host_fields(json.loads(json.dumps(venusctl._host_to_wire(host))))
     assert venusctl.Host(**fields) == host
+    assert hash(venusctl.Host(**fields)) == hash(host)  # the keeper's pool keys by it
 
 
 # -- settings ---------------------------------------------------------------------------------
