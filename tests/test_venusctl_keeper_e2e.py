@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CALM_AGENT_CONFIG, fleet_agent, fleet_defaults, write_inventory
-from helpers import wait_until
+from helpers import make_user, remove_user, wait_until
 from sshfleet import SshFleet
 
 import venusctl
@@ -592,20 +592,10 @@ def test_an_action_under_way_in_a_lost_keeper_is_never_sent_again(tmp_path, flee
 
 @pytest.fixture
 def other_user():
-    if os.geteuid() != 0:
-        pytest.fail("this test makes a user: run it as root (CI does)")
-    name = f"vk{os.getpid()}"
-    done = subprocess.run(
-        ["useradd", "-M", "-d", "/", "-s", "/bin/sh", "-p", "*", name],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+    name = make_user("vk")
     try:
         yield name
     finally:
-        from test_venusctl_safety_e2e import remove_user
-
         remove_user(name)
 
 
