@@ -30,8 +30,29 @@ bastion, every connection through it, timed in the same run, round-robin:
              ssh runs its own `ssh -W` to the bastion: N bastion connections)
   (j) true   the same with `true` as the remote command: OpenSSH's connections alone
 
-Everything started here (sshd, agents, ansible's ssh control masters) is stopped on exit,
-Ctrl-C included. Only 127.0.0.x addresses are used.
+    .venv/bin/python bench/fanout_bench.py --keeper [--sizes 30,100,300] [--runs 5]
+
+is the warm-connection case (issue 18 item 6): the same fleet, and in the same run, round-robin,
+each method with one untimed warm-up first:
+
+  cold       `venusctl --no-persist -i INV list`: connects to every host itself
+  first      `venusctl -i INV list` with no keeper running: starts one, which connects
+  warm       `venusctl -i INV list` with the keeper alive (its warm-up started it)
+  (m) mux    OpenSSH in parallel through warm ControlMasters (ControlMaster=auto,
+             ControlPersist, warmed by the untimed run), `... report --json` on every host
+  (m) true   the same running `true`: the multiplexed sessions alone
+  (c) floor  as above: paramiko connect + auth to every host, plus `import paramiko`
+
+venusctl is the installed `venusctl` command here (as an operator runs it: its module
+byte-compiled), with a runtime folder of the bench's own for the keeper.
+
+Every sshd of the fleet gives its logins a HOME of the bench's own with the stock ~/.bashrc
+(plain_login_options): a command run through ssh, ansible or venusctl's exec fallback pays
+the shell a worker's service user has, not this machine's root ~/.bashrc (pyenv init, about
+90 ms a session), which no stream channel pays.
+
+Everything started here (sshd, agents, ansible's and the bench's ssh control masters, the
+keeper) is stopped on exit, Ctrl-C included. Only 127.0.0.x addresses are used.
 """
 
 from __future__ import annotations
@@ -65,6 +86,7 @@ PYTHON = VENV_BIN / "python"
 AGENT = VENV_BIN / "venus-worker"
 ANSIBLE = VENV_BIN / "ansible"
 VENUSCTL = REPO / "venusctl.py"
+VENUSCTL_COMMAND = VENV_BIN / "venusctl"
 AGENT_START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 300.0
 AGENT_THREADS = 3
@@ -78,6 +100,11 @@ TARGET_VS_JUMP = 0.5  # issue 13 item 7: venusctl <= 0.5 x (j) ssh -J, at N = 30
 TARGET_VS_OPENSSH = 0.7  # venusctl <= 0.7 x (a)
 TARGET_ANSIBLE_FACTOR = 10.0  # (b) >= 10 x venusctl
 TARGET_VS_FLOOR = 1.5  # venusctl <= 1.5 x (c) total
+# Targets of issue 18 item 6, at N = 300.
+TARGET_WARM_SECONDS = 0.3  # warm list <= 0.3 s
+TARGET_WARM_VS_MUX = 0.5  # warm list <= 0.5 x (m) OpenSSH with warm ControlMasters
+TARGET_COLD_VS_FLOOR = 1.1  # cold list <= 1.1 x (c) total
+KEEPER_SIZE = 300
 
 
 class BenchError(RuntimeError):
@@ -610,11 +637,15 @@ def ensure_ansible() -> bool:
 
 
 def stop_control_masters(root: Path) -> None:
-    """ansible leaves ssh ControlPersist masters behind; ask each to exit."""
-    control_dir = root / "ansible" / "cp"
-    if not control_dir.is_dir():
-        return
-    for control in control_dir.iterdir():
+    """ansible (and the --keeper bench) leave ssh ControlPersist masters behind; ask each to
+    exit."""
+    controls = [
+        control
+        for folder in (root / "ansible" / "cp", root / "cm")
+        if folder.is_dir()
+        for control in folder.iterdir()
+    ]
+    for control in controls:
         subprocess.run(
             ["ssh", "-F", "/dev/null", "-O", "exit", "-o", f"ControlPath={control}", "bench"],
             capture_output=True,
@@ -684,7 +715,7 @@ JUMP_METHODS = ("venusctl list (jump)", "(j) ssh -J, xargs -P N", "(j) ssh -J, x
 def run_jump_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
     """The jump-host case: every size's hosts behind one bastion, venusctl against ssh -J."""
     env = bench_environment()
-    bastion = fleet.add_host("bastion", {"LogLevel": "VERBOSE"})
+    bastion = fleet.add_host("bastion", {"LogLevel": "VERBOSE", **plain_login_options(root)})
     bastion.start()
     ssh_config = write(root / "ssh_config", jump_ssh_config(fleet, bastion))
     rows = []
@@ -735,6 +766,141 @@ def run_jump_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> N
     )
 
 
+KEEPER_METHODS = {
+    "cold": "venusctl list, cold (--no-persist)",
+    "first": "venusctl list, first (starts the keeper)",
+    "warm": "venusctl list, warm (keeper alive)",
+    "mux": "(m) ssh ControlMaster, xargs -P N",
+    "mux_true": "(m) ssh ControlMaster, true",
+    "floor": "(c) paramiko connect+auth",
+    "import": IMPORT_PARAMIKO,
+}
+
+
+def keeper_environment(root: Path) -> dict[str, str]:
+    """The bench's environment, with a runtime folder of its own for the keeper."""
+    env = bench_environment()
+    runtime = root / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    env.pop("VENUSCTL_PERSIST", None)  # the default: 10m
+    return env
+
+
+def venusctl_command(
+    inventory: Path, names: list[str], env: dict[str, str], *options: str
+) -> Callable[[], float]:
+    argv = [str(VENUSCTL_COMMAND), *options, "-i", str(inventory), "list"]
+
+    def run() -> float:
+        elapsed, done = timed_run(argv, env)
+        rows = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
+        require(done, set(names) <= rows and not done.stderr, f"venusctl {' '.join(options)} list")
+        return elapsed
+
+    return run
+
+
+def stop_keeper(env: dict[str, str]) -> None:
+    subprocess.run(
+        [str(VENUSCTL_COMMAND), "keeper", "stop"], env=env, capture_output=True, timeout=60
+    )
+
+
+def keeper_info(env: dict[str, str]) -> dict:
+    done = subprocess.run(
+        [str(VENUSCTL_COMMAND), "--json", "keeper"], env=env, capture_output=True, text=True
+    )
+    require(done, True, "venusctl keeper")
+    return json.loads(done.stdout)
+
+
+def first_run(inventory: Path, names: list[str], env: dict[str, str]) -> Callable[[], float]:
+    """A run with no keeper alive (the one before it is stopped, untimed)."""
+    run = venusctl_command(inventory, names, env)
+
+    def first() -> float:
+        stop_keeper(env)
+        return run()
+
+    return first
+
+
+def mux_lines(fleet: SshFleet, nodes: list[Node], root: Path, command: list[str] | None) -> str:
+    """ssh's arguments per host through a ControlMaster each (made by the first run)."""
+    lines = []
+    for node in nodes:
+        remote = command or [str(AGENT), "worker", "-c", str(node.config), "report", "--json"]
+        argv = fleet.ssh_argv(node.host, *remote)[1:]
+        mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={root}/cm/%C"]
+        lines.append(shlex.join([*mux, "-o", "ControlPersist=10m", *argv]))
+    return "\n".join(lines) + "\n"
+
+
+def keeper_methods(
+    size: int, fleet: SshFleet, nodes: list[Node], root: Path, env: dict[str, str]
+) -> dict[str, Callable[[], float]]:
+    chosen = nodes[:size]
+    names = [node.name for node in chosen]
+    directory = root / f"k{size}"
+    directory.mkdir()
+    (root / "cm").mkdir(mode=0o700, exist_ok=True)
+    inventory = write(directory / "inventory.toml", venusctl_inventory(fleet, chosen))
+    check_venusctl_uses_stream(inventory, env)
+    stop_keeper(env)
+    report = write(directory / "mux", mux_lines(fleet, chosen, root, None))
+    bare = write(directory / "mux-true", mux_lines(fleet, chosen, root, ["true"]))
+    return {
+        KEEPER_METHODS["cold"]: venusctl_command(inventory, names, env, "--no-persist"),
+        KEEPER_METHODS["first"]: first_run(inventory, names, env),
+        # after "first": its warm-up finds the keeper the first method left
+        KEEPER_METHODS["warm"]: venusctl_command(inventory, names, env),
+        KEEPER_METHODS["mux"]: openssh_xargs(report, size, env),
+        KEEPER_METHODS["mux_true"]: openssh_xargs(bare, size, env, answers=None),
+        KEEPER_METHODS["floor"]: paramiko_floor(fleet, chosen),
+        KEEPER_METHODS["import"]: python_command(IMPORT_PARAMIKO_CODE, env),
+    }
+
+
+def run_keeper_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
+    """The warm-connection case: cold, first and warm venusctl against warm ControlMasters."""
+    env = keeper_environment(root)
+    rows, verdicts = [], []
+    try:
+        for size in options.sizes:
+            # Rounds go in the methods' order: "warm" always right after "first" left a keeper.
+            samples = measure(keeper_methods(size, fleet, nodes, root, env), options.runs)
+            print_size_table(f"N = {size}, connections kept between runs", samples)
+            held = len(keeper_info(env).get("connections", []))
+            if held != size:
+                raise BenchError(f"the keeper holds {held} connections for {size} hosts")
+            medians = {name: sample.median for name, sample in samples.items()}
+            floor = medians[KEEPER_METHODS["floor"]] + medians[KEEPER_METHODS["import"]]
+            cold, warm = medians[KEEPER_METHODS["cold"]], medians[KEEPER_METHODS["warm"]]
+            mux, first = medians[KEEPER_METHODS["mux"]], medians[KEEPER_METHODS["first"]]
+            rows.append(
+                [str(size), ms(cold), ms(first), ms(warm), ms(mux)]
+                + [ms(medians[KEEPER_METHODS["mux_true"]]), ms(floor)]
+                + [f"{warm / mux:.3f}", f"{cold / floor:.2f}"]
+            )
+            if size == KEEPER_SIZE or size == max(options.sizes):
+                verdicts = [
+                    verdict("warm <= 0.3 s", warm / TARGET_WARM_SECONDS, 1.0, "x 0.3 s"),
+                    verdict("warm <= 0.5 x (m)", warm / mux, TARGET_WARM_VS_MUX, "x (m)"),
+                    verdict("cold <= 1.1 x (c) total", cold / floor, TARGET_COLD_VS_FLOOR, "x (c)"),
+                ]
+                verdicts = [f"N = {size}: {line}" for line in verdicts]
+    finally:
+        stop_keeper(env)
+    print("\nmachine:\n  " + "\n  ".join(machine_description()))
+    print("\nmedians, ms:\n")
+    headers = ["N", "cold", "first", "warm", "(m) mux", "(m) true", "(c) total"]
+    print(markdown_table([*headers, "warm/(m)", "cold/(c)"], rows))
+    print("\ntargets" + ("" if max(options.sizes) == KEEPER_SIZE else " (they are for N = 300)"))
+    for line in verdicts:
+        print("  " + line)
+
+
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,10,30", help="comma-separated fleet sizes")
@@ -744,11 +910,47 @@ def parse_args(argv: list[str] | None):
     parser.add_argument(
         "--jump", action="store_true", help="the jump-host case: venusctl against ssh -J"
     )
+    parser.add_argument(
+        "--keeper",
+        action="store_true",
+        help="warm connections between runs: venusctl cold, first and warm against ssh"
+        " ControlMasters",
+    )
     options = parser.parse_args(argv)
     options.sizes = sorted({int(size) for size in options.sizes.split(",")})
     if options.runs < 1 or options.sizes[0] < 1:
         parser.error("--runs and every size must be at least 1")
     return options
+
+
+def plain_login_options(root: Path) -> dict[str, str]:
+    """sshd options that give the fleet's logins a HOME of their own, holding only the stock
+    ~/.bashrc (Debian's /etc/skel one, which returns at once when not interactive).
+
+    Why: sshd runs every remote command through the login's shell, `bash -c COMMAND`, and
+    bash reads ~/.bashrc when sshd starts it, interactive or not (stdin is a socket, and
+    SSH_CLIENT is set). This machine's root ~/.bashrc runs `pyenv init` and `pyenv
+    virtualenv-init`: about 90 ms a session, a cost of the bench machine, not of OpenSSH,
+    that a worker's service user does not have. It would count against every method that
+    runs a command (ssh, ssh through a ControlMaster, ansible, venusctl's exec fallback)
+    and never against venusctl's stream channel, which starts no shell. sshd_config's
+    SetEnv sets HOME after sshd's own (sshd_config(5)), for every session of the fleet.
+    """
+    home = root / "home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    skel = Path("/etc/skel/.bashrc")
+    (home / ".bashrc").write_text(skel.read_text() if skel.is_file() else "")
+    return {"SetEnv": f"HOME={home}"}
+
+
+def check_plain_logins(fleet: SshFleet, node: Node, root: Path) -> None:
+    """Before timing: a command run through ssh gets the bench's HOME, and no rc put pyenv
+    on its PATH."""
+    probe = 'echo "$HOME"; command -v pyenv || echo no-pyenv'
+    done = subprocess.run(
+        fleet.ssh_argv(node.host, "sh", "-c", probe), capture_output=True, text=True, timeout=60
+    )
+    require(done, done.stdout.split() == [str(root / "home"), "no-pyenv"], "a plain login")
 
 
 def run_with_fleet(options: argparse.Namespace, prefix: str, bench: Callable) -> int:
@@ -764,9 +966,10 @@ def run_with_fleet(options: argparse.Namespace, prefix: str, bench: Callable) ->
     nodes: list[Node] = []
     try:
         for index in range(max(options.sizes)):
-            nodes.append(Node(fleet.add_host(f"h{index + 1:02d}")))
+            nodes.append(Node(fleet.add_host(f"h{index + 1:02d}", plain_login_options(root))))
             nodes[-1].host.start()
         start_agents(nodes)
+        check_plain_logins(fleet, nodes[0], root)
         bench(options, root, fleet, nodes)
     except BenchError as error:
         print(f"bench failed: {error}", file=sys.stderr)
@@ -788,6 +991,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     if options.jump:
         return run_with_fleet(options, "vfj-", run_jump_bench)
+    if options.keeper:
+        return run_with_fleet(options, "vfk-", run_keeper_bench)
     if options.ansible and not ensure_ansible():
         print("ansible-core could not be installed; running without (b)", file=sys.stderr)
         options.ansible = False

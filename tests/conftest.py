@@ -27,8 +27,11 @@ Hosts (all in one SshFleet):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -41,6 +44,30 @@ import pytest
 import tomlkit
 from helpers import Agent, wait_until
 from sshfleet import SshFleet, SshHost
+
+# No connection keeper unless a test asks for one (tests/test_venusctl_keeper_e2e.py):
+# a run's keeper would outlive the test, in the user's runtime folder.
+os.environ.setdefault("VENUSCTL_PERSIST", "0")
+# Where a run whose Environment lacks it would start one (no XDG_RUNTIME_DIR given).
+STRAY_KEEPER_FOLDERS = (
+    Path(tempfile.gettempdir()) / f"venusctl-{os.getuid()}",
+    Path(f"/run/user/{os.getuid()}/venusctl"),
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_keeper_left_behind():
+    """A test that built its own Environment without VENUSCTL_PERSIST=0 starts a real
+    keeper, which outlives the run: stopped here, its folder removed, and the run fails."""
+    before = {folder for folder in STRAY_KEEPER_FOLDERS if folder.exists()}
+    yield
+    left = [folder for folder in STRAY_KEEPER_FOLDERS if folder.exists() and folder not in before]
+    for folder in left:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((folder / "keeper.lock").read_text().strip()), signal.SIGTERM)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not left, f"a test started a connection keeper in {left}: give it VENUSCTL_PERSIST=0"
+
 
 BIN = Path(sys.executable).parent
 AGENT_COMMAND = str(BIN / "venus-worker")

@@ -180,3 +180,38 @@ class Agent:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def make_user(prefix: str) -> str:
+    """A system user made for a test (no home, no password, /bin/sh); remove_user after."""
+    if os.geteuid() != 0:
+        raise AssertionError("this test makes a user: run it as root (CI does)")
+    name = f"{prefix}{os.getpid()}"
+    done = subprocess.run(
+        ["useradd", "-M", "-d", "/", "-s", "/bin/sh", "-p", "*", name],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return name
+
+
+def remove_user(name: str) -> None:
+    """userdel, once the user's last processes (sshd's sessions, ending) are gone."""
+    import pwd
+
+    uid = pwd.getpwnam(name).pw_uid
+
+    def no_process_left() -> bool:
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                uids = [line for line in status.read_text().splitlines() if line.startswith("Uid:")]
+            except OSError:  # the process ended meanwhile
+                continue
+            if uids and int(uids[0].split()[1]) == uid:
+                return False
+        return True
+
+    wait_until(no_process_left, 15, 0.1, f"{name}'s processes to end")
+    done = subprocess.run(["userdel", name], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -341,7 +341,7 @@ def test_stats_on_a_terminal_draws_a_bar_per_stage_scaled_to_the_slowest(tmp_pat
     env = venusctl.Environment(
         stdout=out,
         stderr=io.StringIO(),
-        environ={},
+        environ={"VENUSCTL_PERSIST": "0"},
         isatty=lambda stream: stream is out,
         terminal_size=lambda: os.terminal_size((200, 50)),
     )
@@ -353,7 +353,9 @@ def test_stats_on_a_terminal_draws_a_bar_per_stage_scaled_to_the_slowest(tmp_pat
     assert max(bars.values()) == venusctl.STATS_BAR_MAX  # the slowest fills the bar
     assert bars["PC1"] > 4 * bars["PC2"]  # 300 ms against 20 ms, at a glance
     piped = io.StringIO()
-    env = venusctl.Environment(stdout=piped, stderr=io.StringIO(), environ={})
+    env = venusctl.Environment(
+        stdout=piped, stderr=io.StringIO(), environ={"VENUSCTL_PERSIST": "0"}
+    )
     assert venusctl.main(["-i", str(inventory), "stats"], env) == 0
     assert "█" not in piped.getvalue() and "p50 / p90" not in piped.getvalue()
 

@@ -466,6 +466,9 @@ def test_known_hosts_lines_match_the_names_ssh_keygen_finds(tmp_path):
         f"[10.0.0.7]:22 {key}",  # never matches: port 22 is looked up as the bare name
         f"db?,Cache.Example {key}",
         f"@cert-authority *.ca.example {key}",
+        # literal names (looked up by name) after and among the matched ones, in file order
+        f"DB1,10.0.0.5 {key}",
+        f"10.0.0.5,10.0.0.5 {key}",
     ]
     plain = tmp_path / "known_hosts"
     plain.write_text("\n".join(lines) + "\n")

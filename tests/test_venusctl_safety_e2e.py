@@ -40,7 +40,7 @@ from conftest import (
     run_json,
     write_inventory,
 )
-from helpers import REPO, Agent, stop_process, wait_until
+from helpers import REPO, Agent, make_user, remove_user, stop_process, wait_until
 from sshfleet import SshFleet
 
 import venusctl
@@ -371,15 +371,7 @@ def sealer():
     """A non-root user as the README's `user = "sealer"`, made for these tests, removed after;
     a world-readable folder it can use, with an sshd whose authorized_keys it may read
     (sshd reads them as the user) and the agent's command runnable by it."""
-    if os.geteuid() != 0:
-        pytest.fail("these tests make a user: run them as root (CI does)")
-    name = f"sealer{os.getpid()}"
-    done = subprocess.run(
-        ["useradd", "-M", "-d", "/", "-s", "/bin/sh", "-p", "*", name],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+    name = make_user("sealer")
     root = Path(tempfile.mkdtemp(prefix="vcu-", dir="/tmp"))
     root.chmod(0o755)
     fleet = SshFleet(root / "ssh")
@@ -401,27 +393,6 @@ def sealer():
         fleet.stop_all()
         remove_user(name)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def remove_user(name: str) -> None:
-    """userdel, once the user's last processes (sshd's sessions, ending) are gone."""
-    import pwd
-
-    uid = pwd.getpwnam(name).pw_uid
-
-    def no_process_left() -> bool:
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                uids = [line for line in status.read_text().splitlines() if line.startswith("Uid:")]
-            except OSError:  # the process ended meanwhile
-                continue
-            if uids and int(uids[0].split()[1]) == uid:
-                return False
-        return True
-
-    wait_until(no_process_left, 15, 0.1, f"{name}'s processes to end")
-    done = subprocess.run(["userdel", name], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
 
 
 def user_agent(root: Path, name: str, config_mode: int = 0o644) -> Agent:
