@@ -130,7 +130,11 @@ class Agent:
                 start_new_session=True,
             )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.close()  # a daemon that never answered is not left running
+                raise
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> None:
