@@ -11854,7 +11854,8 @@ def build_parser() -> argparse.ArgumentParser:
         " none is Running or Waiting. Exit 0 when drained, 1 on timeout (naming the"
         " threads still running), 130 on Ctrl-C. When it gives up, the pauses it queued"
         " and that the threads have not taken yet are cancelled (--keep-queued keeps"
-        " them).",
+        " them); a damocles-worker cannot cancel one, so its threads still pause at their"
+        " next boundary, and the result says so for each.",
     )
     common(drain, top=False)
     drain.add_argument("target", nargs="?", metavar="HOST", help="name, address or address:port")
