@@ -55,6 +55,31 @@ STRAY_KEEPER_FOLDERS = (
 )
 
 
+SESSION_TMP = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_tmp_noted(request, tmp_path_factory):
+    """Where this session's tmp_path folders are, for pytest_sessionfinish below."""
+    if request.config.option.basetemp is None:  # pytest's own /tmp/pytest-of-USER/pytest-N
+        request.config.stash[SESSION_TMP] = tmp_path_factory.getbasetemp()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """A passing run leaves nothing in /tmp: its tmp_path folders go too (pytest keeps the
+    last three runs'); a failing run keeps them for a look."""
+    basetemp = session.config.stash.get(SESSION_TMP, None)
+    if basetemp is None or exitstatus != 0:
+        return
+    shutil.rmtree(basetemp, ignore_errors=True)
+    current = basetemp.parent / "pytest-current"
+    if current.is_symlink() and not current.exists():  # it pointed at this run
+        current.unlink()
+    with contextlib.suppress(OSError):
+        basetemp.parent.rmdir()  # only if no other run's folder is left in it
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_keeper_left_behind():
     """A test that built its own Environment without VENUSCTL_PERSIST=0 starts a real
