@@ -146,30 +146,38 @@ class Node:
         return self.agent_dir / "daemon.log"
 
 
-def agent_config_text(node: Node, miner: int) -> str:
-    # Long mock stages: threads sit Running instead of cycling, so 30 agents do not load the
-    # 2 shared cores during the timings. The first stage is quick and the last thread fails
-    # it for good (paused, with an error), so the list has something in every column.
-    threads = "".join(
+def mock_agent_config(
+    node: Node, miner: int, threads: int, worker: str = "", mock: str = ""
+) -> str:
+    """A mock agent's config for `node`: `threads` sealing threads in hour-long stages,
+    `worker` and `mock` lines added to those tables (the benches' one template)."""
+    sealing = "".join(
         f'[[sealing_thread]]\nlocation = "{node.agent_dir / f"store{index}"}"\n\n'
-        for index in range(AGENT_THREADS)
+        for index in range(threads)
     )
     return f"""[worker]
 name = "{node.name}"
 socket = "{node.socket}"
 state_dir = "{node.state_dir}"
 ping_interval = "30s"
-
+{worker}
 [sealing]
 miner = {miner}
 
-{threads}[processors]
+{sealing}[processors]
 kind = "mock"
 
 [processors.mock]
 duration = "1h"
 wait_duration = "1h"
-durations = {{ AcquireDeals = "10ms" }}
+{mock}"""
+
+
+def agent_config_text(node: Node, miner: int) -> str:
+    # Long mock stages: threads sit Running instead of cycling, so 30 agents do not load the
+    # 2 shared cores during the timings. The first stage is quick and the last thread fails
+    # it for good (paused, with an error), so the list has something in every column.
+    mock = f"""durations = {{ AcquireDeals = "10ms" }}
 
 [[processors.mock.faults]]
 stage = "AcquireDeals"
@@ -177,6 +185,7 @@ level = "permanent"
 message = "bench: injected fault"
 threads = [{AGENT_THREADS - 1}]
 """
+    return mock_agent_config(node, miner, AGENT_THREADS, mock=mock)
 
 
 def start_agents(nodes: list[Node]) -> None:

@@ -50,7 +50,15 @@ sys.path.insert(0, str(BENCH))
 
 import agent_bench  # noqa: E402
 import fanout_bench  # noqa: E402
-from fanout_bench import AGENT, PYTHON, VENUSCTL, Node, stop_agents, wait_for_agent  # noqa: E402
+from fanout_bench import (  # noqa: E402
+    AGENT,
+    PYTHON,
+    VENUSCTL,
+    Node,
+    mock_agent_config,
+    stop_agents,
+    wait_for_agent,
+)
 from sshfleet import SshFleet  # noqa: E402
 
 from worker_agent.api import HistoryEntry  # noqa: E402
@@ -125,27 +133,7 @@ def grow_history(state_dir: Path, index: int, location: Path, tasks: list[int], 
 
 
 def config_text(node: Node, miner: int) -> str:
-    threads = "".join(
-        f'[[sealing_thread]]\nlocation = "{node.agent_dir / f"store{index}"}"\n\n'
-        for index in range(THREADS)
-    )
-    return f"""[worker]
-name = "{node.name}"
-socket = "{node.socket}"
-state_dir = "{node.state_dir}"
-ping_interval = "30s"
-history_size = "16MiB"
-
-[sealing]
-miner = {miner}
-
-{threads}[processors]
-kind = "mock"
-
-[processors.mock]
-duration = "1h"
-wait_duration = "1h"
-"""
+    return mock_agent_config(node, miner, THREADS, worker='history_size = "16MiB"\n')
 
 
 def start_fleet(fleet: SshFleet, count: int, tasks: int) -> tuple[list[Node], int]:
