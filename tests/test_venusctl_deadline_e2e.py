@@ -9,16 +9,15 @@ one error row within its deadline while the other hosts answer.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from agent_helpers import short_tmp
 from conftest import run, run_json, write_inventory
 from sshfleet import SshFleet
 
@@ -36,11 +35,8 @@ def rows(document) -> dict:
 @pytest.fixture
 def short_dir():
     """A folder with a short path: a Unix socket path must fit in 108 bytes."""
-    folder = Path(tempfile.mkdtemp(prefix="vcd-", dir="/tmp"))
-    try:
+    with short_tmp() as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class TricklingAgent:
