@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from worker_agent.store import write_json_atomic
+
 __all__ = [
     "KEEP_RUNS",
     "MAX_LINE",
@@ -66,10 +68,8 @@ def stage_log_dir(location: Path) -> Path:
 
 
 def _write_run(folder: Path, record: dict) -> None:
-    """run.json replaced whole (temp file and rename: a reader never sees half of it)."""
-    temp = folder / f".{RUN_NAME}.tmp"
-    temp.write_text(json.dumps(record, sort_keys=True) + "\n")
-    os.replace(temp, folder / RUN_NAME)
+    """run.json replaced whole (a reader never sees half of it); not fsynced, as the rest."""
+    write_json_atomic(folder / RUN_NAME, record, durable=False)
 
 
 def _run_numbers(folder: Path) -> list[int]:

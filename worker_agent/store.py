@@ -105,8 +105,9 @@ def _create_temp(path: Path, mode: int) -> tuple[Path, int]:
             continue  # 48 random bits taken already: draw again
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
-    """Replace `path` with `data` as JSON so that a crash leaves old or new, never half."""
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` as JSON so that a reader or a crash sees old or new, never
+    half; `durable=False` skips the fsyncs (a file whose loss in a power cut is harmless)."""
     # Compact on purpose: with indent, json falls back to its pure-Python encoder (3x slower),
     # and records are rewritten at every state change of every thread.
     payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode() + b"\n"
@@ -116,7 +117,8 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
             view = memoryview(payload)
             while view:  # plain syscalls: this runs at every state change of every thread
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, path)  # replaces a symlink at `path` itself, never its target
@@ -124,7 +126,8 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> Any:
