@@ -12588,14 +12588,9 @@ class _ManAction(argparse.Action):
 
 
 def requested_command(argv: Sequence[str]) -> str | None:
-    """The command word of argv, even when argv does not parse (options before it skipped)."""
-    words = iter(argv)
-    for word in words:
-        if word in ("-i", "--inventory", "--fleet", "--forks", "--deadline"):
-            next(words, None)  # the option's value, not the command
-        elif not word.startswith("-"):
-            return word
-    return None
+    """The command word of argv, even when argv does not parse: read as completion reads a
+    line, with the parser's own options (their values are never taken for the command)."""
+    return walk_words(build_parser(), argv).command
 
 
 def json_requested(argv: Sequence[str]) -> bool:

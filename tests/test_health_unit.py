@@ -391,6 +391,9 @@ def test_requested_command_skips_options_and_their_values():
     assert venusctl.requested_command(["-i", "health", "--forks", "3", "list"]) == "list"
     assert venusctl.requested_command(["--json", "health", "--stuck", "PC3=1h"]) == "health"
     assert venusctl.requested_command(["--json"]) is None
+    # every option that takes a value, from the parser: --color's was once read as the command
+    assert venusctl.requested_command(["--color", "never", "health"]) == "health"
+    assert venusctl.requested_command(["--fleet=prod", "--deadline", "5s", "health"]) == "health"
 
 
 def test_usage_errors_of_health_exit_3_with_a_plugin_line(tmp_path, capsys):
