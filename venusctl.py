@@ -9395,11 +9395,13 @@ class Context:
         progress: bool = True,
         on_late: Callable[[Host], None] | None = None,
         until: Deadline | None = None,
+        budgeted: bool = True,
     ) -> GroupResult:
-        """fan_out with this run's forks, each host within its budget and the run within
-        --deadline (or `until`), tracebacks under --debug, and `12/30 hosts` on stderr
-        while it runs when stderr is a terminal (nothing extra otherwise). A HostCall
-        goes through the connection keeper when the run has one."""
+        """fan_out with this run's forks, each host within its budget (unless not
+        `budgeted`: a job that runs until Ctrl-C) and the run within --deadline (or
+        `until`), tracebacks under --debug, and `12/30 hosts` on stderr while it runs when
+        stderr is a terminal (nothing extra otherwise). A HostCall goes through the
+        connection keeper when the run has one."""
         show = (
             self._show_progress
             if progress and len(hosts) > 1 and self.is_terminal(self.err)
@@ -9414,7 +9416,7 @@ class Context:
                 job,
                 self.forks,
                 show,
-                budget=self.host_budget,
+                budget=self.host_budget if budgeted else None,
                 until=until,
                 on_late=on_late,
             )
@@ -9458,9 +9460,13 @@ class Context:
         self.err.flush()
 
 
-def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any]) -> Any:
+def _one_host(ctx: Context, host: Host, work: Callable[[Any], Any], budgeted: bool = True) -> Any:
     """Run work for one host like the fan-out does: an error becomes the result."""
-    return ctx.fan_out([host], lambda h: with_session(h, ctx.ssh, work))[host.name]
+
+    def job(each: Host) -> Any:
+        return with_session(each, ctx.ssh, work)
+
+    return ctx.fan_out([host], job, budgeted=budgeted)[host.name]
 
 
 def _ask_one(ctx: Context, host: Host, operation: str, *params: Any) -> Any:
@@ -10647,7 +10653,8 @@ def command_journal(ctx: Context, args: argparse.Namespace) -> ExitStatus:
         return stream_command(session, argv, out, err, timeout)
 
     try:
-        outcome = _one_host(ctx, host, run)
+        # --follow runs until Ctrl-C (or --deadline): the host's budget would end it
+        outcome = _one_host(ctx, host, run, budgeted=not args.follow)
     except KeyboardInterrupt:
         return ExitStatus.OK if args.follow else ExitStatus.INTERRUPTED
     if isinstance(outcome, BaseException):

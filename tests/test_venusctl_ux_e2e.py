@@ -101,6 +101,7 @@ printf 'argv:'
 for word in "$@"; do printf ' [%s]' "$word"; done
 printf '\\n'
 printf '2026-12-01T10:00:00+0000 w venus-worker[42]: thread #0: bad \\033]0;owned\\007 line\\n'
+case " $* " in *" --follow "*) sleep 4; printf 'a line 4 s later\\n' ;; esac
 """
 
 
@@ -345,6 +346,14 @@ def test_journal_runs_journalctl_for_the_agents_unit_with_its_lines_escaped(tmp_
         "argv: [--unit] [venus-worker@2.service] [--no-pager] [--output] [short-iso] [--lines] [5]",
         "2026-12-01T10:00:00+0000 w venus-worker[42]: thread #0: bad \\x1b]0;owned\\x07 line",
     ]
+    # --follow runs until journalctl ends (or Ctrl-C): past the host's connect + command
+    # timeouts (3 s here), which bound every other exchange
+    quick = ux.inventory(
+        tmp_path / "quick.toml", ux.table("ux-log", connect_timeout=2, command_timeout=1)
+    )
+    status, out, err = run(capsys, quick, "journal", "ux-log", "-f")
+    assert status == 0, err
+    assert out.splitlines()[-1] == "a line 4 s later"
     path.write_text(path.read_text().replace('unit = "venus-worker@2.service"', 'unit = "x;y"'))
     status, out, err = run(capsys, path, "journal", "ux-log")
     assert status == 2 and "unit: must be a systemd unit name" in err
