@@ -233,6 +233,9 @@ class RefusingPool:
         # the outcome of the host's one pause
         return [ActionOutcome(error=venusctl.HostTimeout("timed out"))]
 
+    def send_ahead(self, hosts) -> None:
+        """What a status fan-out calls first: nothing is kept to send ahead on here."""
+
     def forget(self, host) -> None:
         """What the fan-out calls for a host past its budget: nothing is held here."""
 
@@ -275,6 +278,9 @@ class ScriptedPool:
 
     def perform_all(self, host, actions):
         return [ActionOutcome("stream")]  # the host's one pause, accepted
+
+    def send_ahead(self, hosts) -> None:
+        """What a status fan-out calls first: nothing is kept to send ahead on here."""
 
     def forget(self, host) -> None:
         """What the fan-out calls for a host past its budget: nothing is held here."""

@@ -271,6 +271,9 @@ class DrainPool:
         session = FakeSession(FakeAgent(self.log, self.cancels))
         return venusctl.perform_all(session, host, actions)
 
+    def send_ahead(self, hosts):
+        """What a status fan-out calls first: nothing is kept to send ahead on here."""
+
     def forget(self, host):
         """What the fan-out calls for a host past its budget: nothing is held here."""
 
