@@ -43,6 +43,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert (thread.sealing.max_retries, thread.sealing.recover_interval) == (5, 60.0)
     assert (thread.sealing.seal_interval, thread.sealing.miner) == (30.0, 10000)
     assert config.ping_interval == 30.0 and config.processor == "mock"
+    assert (config.request_timeout, config.idle_timeout) == (10.0, 600.0)
     assert config.socket == Path("/run/venus-worker/venus-worker.sock")
     assert config.name  # the host name
 
@@ -93,6 +94,7 @@ BAD_CONFIGS = [
         'sealing.recover_interval: bad duration "30"',
     ),
     ("[worker]\nping_interval = '1 minute'\n" + MINIMAL, "worker.ping_interval: bad duration"),
+    ("[worker]\nidle_timeout = '0s'\n" + MINIMAL, "worker.idle_timeout: must be greater than zero"),
     ("[sealing]\nseal_interval = 30\n" + MINIMAL, 'sealing.seal_interval: bad duration "30"'),
     (MINIMAL + "plan = 'niporep'\n", 'sealing_thread[0].plan: unknown plan "niporep"'),
     (MINIMAL + MINIMAL, "sealing_thread[1].location: "),

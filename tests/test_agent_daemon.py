@@ -7,6 +7,7 @@ import grp
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -208,6 +209,56 @@ def test_keep_alive_serves_many_requests_on_one_connection(agent):
             assert chunk, "connection closed early"
             received += chunk
         assert received.count(b"HTTP/1.1 200") == 3
+
+
+def one_reply(sock: socket.socket) -> bytes:
+    """Read one whole reply off a keep-alive connection (it may come in more than one piece)."""
+    received = b""
+    while b"\r\n\r\n" not in received or not received.endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-reply: {received!r}"
+        received += chunk
+    return received
+
+
+def test_a_reply_is_one_send_header_and_body(agent):
+    # One send: one SSH packet through sshd's stream channel, one read for the client.
+    request = post(b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerList","params":[]}')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(agent.socket))
+        for _ in range(200):
+            sock.sendall(request)
+            first = sock.recv(1 << 20)
+            head, _, body = first.partition(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            assert len(body) == length, f"the reply came in pieces: {first[:200]!r}"
+
+
+def test_an_answered_connection_waits_idle_timeout_a_new_one_request_timeout():
+    worker = 'request_timeout = "1s"\nidle_timeout = "3s"'
+    version = post(b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerVersion"}')
+    with (
+        short_tmp() as folder,
+        running_agent(write_config(folder, threads=1, worker=worker)) as agent,
+        socket.socket(socket.AF_UNIX) as kept,
+        socket.socket(socket.AF_UNIX) as silent,
+    ):
+        kept.settimeout(10)
+        silent.settimeout(10)
+        silent.connect(str(agent.socket))
+        kept.connect(str(agent.socket))
+        kept.sendall(version)
+        assert b'"result":"0.1.0"' in one_reply(kept)
+        started = time.monotonic()
+        assert silent.recv(100) == b""  # never asked: closed at request_timeout
+        assert 0.8 < time.monotonic() - started < 2.5
+        time.sleep(1.0)  # the kept one now waits longer than request_timeout...
+        kept.sendall(version)
+        assert b'"result":"0.1.0"' in one_reply(kept)  # ...and is answered
+        answered = time.monotonic()
+        assert kept.recv(100) == b""  # and is closed once idle for idle_timeout
+        assert 2.5 < time.monotonic() - answered < 5
 
 
 def test_a_stalled_half_request_is_closed_while_others_are_served(agent):

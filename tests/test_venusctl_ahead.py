@@ -118,14 +118,14 @@ def test_a_channel_with_an_unread_reply_is_closed_not_read_later(folder):
 
 def test_a_channel_the_agent_closed_while_idle_is_opened_again(folder):
     idle_one_second = CALM_AGENT_CONFIG.replace(
-        'ping_interval = "1s"', 'ping_interval = "1s"\nrequest_timeout = "1s"'
+        'ping_interval = "1s"', 'ping_interval = "1s"\nidle_timeout = "1s"'
     )
     (agent,) = start_agents(folder, 1, idle_one_second)
     (host,) = local_hosts(folder, [agent])
     pool = venusctl.SessionPool(venusctl.SshContext({}))
     try:
         first = pool.status(host)
-        # The agent closes a kept-alive connection that waits longer than request_timeout.
+        # The agent closes a kept-alive connection that waits longer than idle_timeout.
         time.sleep(1.5)
         pool.send_ahead([host])
         again = pool.status(host)

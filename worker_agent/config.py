@@ -14,7 +14,8 @@ Layout (all keys optional except ``location``)::
     socket_group = "venus"             # socket mode 0660 for that group (default 0600)
     state_dir = "/var/lib/venus-worker"
     ping_interval = "30s"
-    request_timeout = "10s"            # a whole request (headers + body) within this, idle too
+    request_timeout = "10s"            # a whole request (headers + body) within this
+    idle_timeout = "10m"               # a kept-alive connection waits this long for the next
     metrics_textfile = "/var/lib/prometheus/node-exporter/venus-worker.prom"  # default: off
     strict_modes = true                # refuse folders others can write in (like sshd)
     history = true                     # each thread's history in <state_dir>/history
@@ -178,6 +179,7 @@ class Config:
     command: CommandConfig
     metrics_textfile: Path | None = None  # node_exporter textfile (metrics.py); None: off
     strict_modes: bool = True
+    idle_timeout: float = 600.0  # a kept-alive connection's wait for its next request
     history: bool = True  # each thread's history (history.py)
     history_size: int = 1 << 20  # bytes at which a history file rotates
 
@@ -604,6 +606,9 @@ def load_config(path: str | os.PathLike) -> Config:
     request_timeout = worker.duration("request_timeout", 10.0)
     if request_timeout <= 0:
         raise worker.error("request_timeout", "must be greater than zero")
+    idle_timeout = worker.duration("idle_timeout", 600.0)
+    if idle_timeout <= 0:
+        raise worker.error("idle_timeout", "must be greater than zero")
     metrics_textfile = _metrics_textfile(worker, folder)
     strict_modes = worker.raw("strict_modes", True)
     if not isinstance(strict_modes, bool):
@@ -628,6 +633,7 @@ def load_config(path: str | os.PathLike) -> Config:
         state_dir=state_dir,
         ping_interval=ping_interval,
         request_timeout=request_timeout,
+        idle_timeout=idle_timeout,
         threads=threads,
         processor=kind,
         mock=mock,

@@ -174,6 +174,7 @@ class Daemon:
             lambda body, caller: handle_body(body, service.methods_for(caller)),
             config.socket_group,
             config.request_timeout,
+            config.idle_timeout,
         )
         self.write_report()
         for thread in self.threads:

@@ -7,10 +7,14 @@
   standard library would otherwise serve.
 - Keep-alive: requests may follow each other on one connection. One deadline
   covers a whole request, request line, headers and body: ``request_timeout``
-  (10 s by default, ``[worker] request_timeout``) from its first byte; an idle
-  connection also waits at most that long for the next request. A client
+  (10 s by default, ``[worker] request_timeout``) from its first byte. A client
   trickling a byte now and then therefore holds a connection for one deadline,
-  not for as long as it likes.
+  not for as long as it likes. A new connection must begin its first request
+  within ``request_timeout`` too; after a reply, a connection may wait up to
+  ``idle_timeout`` (10 min by default, ``[worker] idle_timeout``) for its next
+  one: venusctl's connection keeper holds its channel that long between an
+  operator's commands, and an idle connection costs a sleeping thread only
+  (past MAX_CONNECTIONS, the longest waiting goes first, below).
 - One thread per connection, at most ``MAX_CONNECTIONS``. When a new client
   comes while all are taken, the connection that has been waiting for (or
   reading) a request the longest is closed to admit it: idle and slow clients
@@ -54,7 +58,8 @@ from worker_agent.api import ACTOR_HEADER, Caller
 __all__ = ["ControlServer", "ServerError", "MAX_BODY", "MAX_CONNECTIONS", "IDLE_TIMEOUT"]
 
 MAX_BODY = 1 << 20
-IDLE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 10.0  # request_timeout's default
+KEEP_ALIVE_TIMEOUT = 600.0  # idle_timeout's default
 MAX_CONNECTIONS = 64
 MAX_ACTOR = 200
 
@@ -70,12 +75,14 @@ class ServerError(Exception):
 class _Connection:
     """One client connection: its deadline, and whether it waits for (or reads) a request."""
 
-    def __init__(self, sock: socket.socket, timeout: float):
+    def __init__(self, sock: socket.socket, timeout: float, idle_timeout: float | None = None):
         self.sock, self.timeout = sock, timeout
+        self.idle_timeout = timeout if idle_timeout is None else idle_timeout
         self.reading = True
         self.since = time.monotonic()
         self.deadline = self.since + timeout
         self._begun = False
+        self._served = False  # a reply went out: the next request may keep it waiting longer
         self._peer: tuple[int | None, int | None] | None = None
 
     def peer(self) -> tuple[int | None, int | None]:
@@ -85,10 +92,11 @@ class _Connection:
         return self._peer
 
     def wait_for_request(self) -> None:
-        """Between requests: the idle wait is bounded by the same timeout."""
+        """Before a request: the first within `timeout` of the connection, a later one
+        within `idle_timeout` of the reply before it."""
         self.reading, self._begun = True, False
         self.since = time.monotonic()
-        self.deadline = self.since + self.timeout
+        self.deadline = self.since + (self.idle_timeout if self._served else self.timeout)
 
     def got_bytes(self) -> None:
         if not self._begun:  # the request's first byte starts its one deadline
@@ -97,6 +105,7 @@ class _Connection:
 
     def answering(self) -> None:
         self.reading = False
+        self._served = True
 
     def close(self) -> None:
         """Wake the connection's thread (its recv returns EOF) so it ends."""
@@ -128,6 +137,9 @@ class _DeadlineReader(io.RawIOBase):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     server_version = "venus-worker"
+    # A reply's header and body are written at once (handle_one_request flushes): one
+    # send, so one SSH packet through sshd's stream channel and one read for the client.
+    wbufsize = 1 << 16
     sys_version = ""
     # Answer garbage with a proper status line (the base class would answer it as HTTP/0.9).
     default_request_version = "HTTP/1.1"
@@ -233,10 +245,16 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
     request_queue_size = 128
 
     def __init__(
-        self, path: str, handle_body: BodyHandler, group: str | None, request_timeout: float
+        self,
+        path: str,
+        handle_body: BodyHandler,
+        group: str | None,
+        request_timeout: float,
+        idle_timeout: float,
     ):
         self.handle_body = handle_body
         self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
         self._group = group
         self._connections: dict[socket.socket, _Connection] = {}
         self._connections_lock = threading.Lock()
@@ -274,7 +292,9 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
                 del self._connections[oldest.sock]
                 oldest.close()
                 self._note_closed()
-            self._connections[request] = _Connection(request, self.request_timeout)
+            self._connections[request] = _Connection(
+                request, self.request_timeout, self.idle_timeout
+            )
         super().process_request(request, client_address)
 
     def _note_closed(self) -> None:
@@ -361,11 +381,14 @@ class ControlServer:
         handle_body: BodyHandler,
         group: str | None = None,
         request_timeout: float = IDLE_TIMEOUT,
+        idle_timeout: float = KEEP_ALIVE_TIMEOUT,
     ):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._server = _ThreadingUnixServer(str(path), handle_body, group, request_timeout)
+            self._server = _ThreadingUnixServer(
+                str(path), handle_body, group, request_timeout, idle_timeout
+            )
         except OSError as exc:
             raise ServerError(f"cannot listen on {path}: {exc.strerror or exc}") from None
         self._thread = threading.Thread(
