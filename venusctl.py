@@ -1520,17 +1520,19 @@ def _parse_host(
     )
     own = {}
     for key, value in table.items():
-        where = locator.where(key, "host", position)
         if key not in BUILTIN_DEFAULTS and key not in HOST_ONLY_KEYS:
             only = " (a [defaults] setting: the keeper's idle time)" if key == "persist" else ""
+            where = locator.where(key, "host", position)
             raise InventoryError(f"{where}: {label}: unknown key {key!r}{only}")
-        own[key] = _check_value(key, value, where)
+        if _value_problem(key, value):  # the line is looked up for a message only
+            _check_value(key, value, locator.where(key, "host", position))
+        own[key] = value
     # [defaults], then the host's [group.NAME] tables, then its own table
     values = {**defaults, **_group_values(own.get("groups", ()), groups, label), **own}
-    header = locator.where(None, "host", position)
     if "name" not in table:
-        raise InventoryError(f"{header}: {label}: missing 'name'")
+        raise InventoryError(f"{locator.where(None, 'host', position)}: {label}: missing 'name'")
     if "address" not in table and values["transport"] != "local":
+        header = locator.where(None, "host", position)
         raise InventoryError(f"{header}: {label}: missing 'address'")
     for key in LOCAL_PATH_KEYS:
         values[key] = _local_path(values[key], base)
@@ -5549,7 +5551,7 @@ class SshConfigFiles:
 
     def lookup(self, name: str) -> _Lookup:
         """Every directive that applies to `name`, first value winning, with its file:line."""
-        found = _Lookup(original=name, local_user=getpass.getuser())
+        found = _Lookup(original=name, local_user=local_user())
         for final in (False, True):
             found.final = final
             for path, kind in self.sources:
@@ -5904,6 +5906,13 @@ class SshTarget:
         return argv
 
 
+@functools.cache
+def local_user() -> str:
+    """This process's user name, as ssh's %u and its default User (once: it is asked for
+    every host)."""
+    return getpass.getuser()
+
+
 def _token_values(name: str, hostname: str, port: int, user: str, alias: str | None) -> dict:
     local = socket.gethostname()
     return {
@@ -5911,7 +5920,7 @@ def _token_values(name: str, hostname: str, port: int, user: str, alias: str | N
         "n": name,
         "p": str(port),
         "r": user,
-        "u": getpass.getuser(),
+        "u": local_user(),
         "d": os.path.expanduser("~"),
         "i": str(os.getuid()),
         "k": alias or name,
@@ -6015,7 +6024,7 @@ def _resolve(
     if "hostname" in values:
         hostname = expand_tokens(values["hostname"], {"h": name.lower()}, "%h", "HostName")
     port = given.port or _config_port(values.get("port", "22")) or 22
-    user = given.user or values.get("user") or getpass.getuser()
+    user = given.user or values.get("user") or local_user()
     alias = values.get("hostkeyalias")
     tokens = _token_values(name, hostname, port, user, alias)
     if given.identity_file is not None:
@@ -9354,6 +9363,7 @@ class KeeperClient:
         trouble = None
         try:
             lines.send(request)
+            ctx.prefetch_table()
             while len(answers) < len(kept):
                 message = lines.receive(KEEPER_SILENCE)
                 if message is None:
@@ -9550,13 +9560,12 @@ class Context:
             else None
         )
         until = until if until is not None else self.deadline
-        if not self.as_json:
-            prefetch("tabulate")  # the table that follows, imported while hosts answer
         if isinstance(job, HostCall) and self.keeper is not None:
             outcomes = self.keeper.fan_out(self, hosts, job, show, until, on_late)
         else:
             if isinstance(job, HostCall):
                 job.send_ahead(hosts)
+            self.prefetch_table()
             outcomes = fan_out(
                 hosts,
                 job,
@@ -9590,6 +9599,12 @@ class Context:
         finally:
             if own:
                 pool.close()
+
+    def prefetch_table(self) -> None:
+        """The table module, imported while the hosts answer (not before: it would take
+        turns on the GIL with the run's own work before the requests go out)."""
+        if not self.as_json:
+            prefetch("tabulate")
 
     def host_budget(self, host: Host) -> float:
         """One host's whole exchange: connect_timeout (the inventory's, else
