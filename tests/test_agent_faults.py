@@ -390,6 +390,27 @@ def test_a_read_only_store_refuses_changes_with_the_reason():
 # ---------------------------------------------------------------- 6. symlinks and modes
 
 
+def test_a_store_made_usable_by_hand_is_checked_as_at_start_before_a_resume_uses_it():
+    with short_tmp() as folder:
+        config = write_config(folder, threads=1)
+        (folder / "place").write_text("a file where the store's folder should be")
+        config.write_text(config.read_text().replace('"store0"', '"place/store0"'))
+        with running_agent(config) as agent:
+            agent.wait_for(lambda i: i[0]["thread_state"]["state"] == "Paused", 15, "paused")
+            # The operator makes the folder, but others may write in it: refused, as at start.
+            (folder / "place").unlink()
+            (folder / "place").mkdir()
+            (folder / "place").chmod(0o777)
+            error = rpc_error(agent, "WorkerResume", 0, None)
+            parent = f"store {folder}/place/store0: its parent folder {folder}/place is writable"
+            assert error.code == 1002 and parent in error.message
+            assert "strict_modes = false" in error.message
+            assert not (folder / "place/store0/meta/task.json").exists()
+            (folder / "place").chmod(0o755)
+            assert agent.call("WorkerResume", 0, None) is True
+            agent.wait_for(lambda i: i[0]["job_id"] is not None, 15, "sealing in the store")
+
+
 def test_folders_another_user_could_write_in_are_refused():
     with short_tmp() as folder:
         config = write_config(folder, threads=1)

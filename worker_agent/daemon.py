@@ -162,6 +162,7 @@ class Daemon:
                 observer=self.metrics,
                 problem=problem,
                 history=history,
+                strict_modes=self.config.strict_modes,
             )
             self.threads.append(thread)
         self._establish_counter(counter, counter_found)

@@ -61,6 +61,7 @@ from dataclasses import dataclass, replace
 from worker_agent.api import Caller, HistoryEntry, HistoryKind, ThreadState
 from worker_agent.children import LeftoversAlive, kill_leftovers
 from worker_agent.config import AutoResume, ThreadConfig
+from worker_agent.guard import InsecurePath, check_folder
 from worker_agent.processors import Done, Interrupted, Outcome, StageContext
 from worker_agent.states import NO_STAGE, WAIT_STAGES, Event, Level, Plan, State, plan_named
 from worker_agent.store import (
@@ -184,12 +185,15 @@ class SealingThread:
         observer=None,
         problem: str | None = None,
         history=None,
+        strict_modes: bool = True,
     ):
         """`problem`: why the store cannot be used (the daemon could not create or lock it).
 
-        `history`: the thread's history.HistoryLog (None: none is kept).
+        `history`: the thread's history.HistoryLog (None: none is kept). `strict_modes`:
+        the daemon's [worker] strict_modes, for a store opened again by a resume.
         """
         self.config = config
+        self.strict_modes = strict_modes
         self.index = config.index
         self.store = store
         self.counter = counter
@@ -935,9 +939,16 @@ class SealingThread:
         """The store's record, now that someone may have fixed it; StoreUnusable if not."""
         try:
             self.store.prepare()
+            if self.strict_modes:  # as the daemon checks each store before it first opens it
+                check_folder(self.store.location, "store")
             self.store.lock()
         except LockHeld as exc:
             raise StoreUnusable(f"worker #{self.index}: store in use: {exc}") from None
+        except InsecurePath as exc:
+            raise StoreUnusable(
+                f"worker #{self.index}: {exc} (or set [worker] strict_modes = false);"
+                " fix it and resume again"
+            ) from None
         except OSError as exc:
             raise StoreUnusable(
                 f"worker #{self.index}: {_os_problem(exc)}; fix it and resume again"
