@@ -6623,15 +6623,29 @@ def import_paramiko() -> Any:
         return paramiko
 
 
+def open_exec_channel(transport: Any, deadline: Deadline) -> Any:
+    """A session channel for a command, within `deadline`; sshd's refusal (MaxSessions,
+    say) or a lost connection is that host's HostError, as for the other channels."""
+    import paramiko
+
+    try:
+        return transport.open_session(timeout=deadline.left())
+    except paramiko.ChannelException as error:
+        raise HostError(
+            f"session channel refused by sshd: {error.text} (its MaxSessions may be 0)"
+        ) from error
+    except paramiko.SSHException as error:
+        if "Timeout" in str(error):  # paramiko's only signal that it did not open in time
+            raise deadline.timeout() from error
+        raise HostError(f"SSH error: {error}", "ssh-error") from error
+    except (EOFError, OSError) as error:
+        raise HostError(f"connection lost: {error}", "connection-lost") from error
+
+
 def run_remote(transport: Any, command: str, host: Host) -> CommandResult:
     """Run one command over an exec channel; channel, command and output within one deadline."""
     deadline = Deadline.after(host.command_timeout, "command")
-    try:
-        channel = transport.open_session(timeout=deadline.left())
-    except Exception as error:
-        if "Timeout" in str(error):
-            raise deadline.timeout() from error
-        raise
+    channel = open_exec_channel(transport, deadline)
     try:
         channel.exec_command(command)
         # From here the command runs: a timeout is a reply that did not come (ReplyTimeout).
@@ -10747,7 +10761,9 @@ def stream_command(
 
     host = session.host
     deadline = None if timeout is None else time.monotonic() + timeout
-    channel = session.transport.open_session(timeout=host.command_timeout)
+    channel = open_exec_channel(
+        session.transport, Deadline.after(host.command_timeout, "opening the command channel")
+    )
     try:
         channel.exec_command(shlex.join(argv))
         while True:

@@ -118,6 +118,8 @@ class Ux:
         self.sshd = {
             "ux-log": fleet.ssh.add_host("ux-log", sshd_options={"SetEnv": f"PATH={path}"}),
             "ux-move": fleet.ssh.add_host("ux-move"),
+            # no command sessions at all; forwarding (the agent's stream channel) still works
+            "ux-nosession": fleet.ssh.add_host("ux-nosession", sshd_options={"MaxSessions": "0"}),
         }
         for sshd in self.sshd.values():
             sshd.start()
@@ -357,6 +359,23 @@ def test_journal_runs_journalctl_for_the_agents_unit_with_its_lines_escaped(tmp_
     path.write_text(path.read_text().replace('unit = "venus-worker@2.service"', 'unit = "x;y"'))
     status, out, err = run(capsys, path, "journal", "ux-log")
     assert status == 2 and "unit: must be a systemd unit name" in err
+
+
+def test_a_command_channel_sshd_refuses_is_that_hosts_error_not_an_internal_one(
+    tmp_path, capsys, ux
+):
+    sshd = ux.sshd["ux-nosession"]
+    table = {**ux.table("ux-log"), "name": "nosession", "address": sshd.address}
+    path = ux.inventory(tmp_path, {**table, "port": sshd.port})
+    status, out, err = run(capsys, path, "journal", "nosession")
+    assert status == 1 and out == ""
+    assert err.startswith("venusctl: nosession: session channel refused by sshd: "), err
+    assert "internal error" not in err, err
+    status, out, err = run(capsys, path, "list")  # the stream channel is no session
+    assert status == 0 and out.splitlines()[1].split()[:2] == [
+        "nosession",
+        f"{sshd.address}:{sshd.port}",
+    ], err
 
 
 # -- 6. ssh with only the inventory's settings -------------------------------------------------
