@@ -38,6 +38,9 @@ each method with one untimed warm-up first:
   cold       `venusctl --no-persist -i INV list`: connects to every host itself
   first      `venusctl -i INV list` with no keeper running: starts one, which connects
   warm       `venusctl -i INV list` with the keeper alive (its warm-up started it)
+  idle       the same, 15 s (untimed) after the run before it: past the agents'
+             request_timeout (10 s), after which they closed a kept connection until
+             [worker] idle_timeout (10 min by default) came; an operator's next command
   (m) mux    OpenSSH in parallel through warm ControlMasters (ControlMaster=auto,
              ControlPersist, warmed by the untimed run), `... report --json` on every host
   (m) true   the same running `true`: the multiplexed sessions alone
@@ -105,6 +108,7 @@ TARGET_WARM_SECONDS = 0.3  # warm list <= 0.3 s
 TARGET_WARM_VS_MUX = 0.5  # warm list <= 0.5 x (m) OpenSSH with warm ControlMasters
 TARGET_COLD_VS_FLOOR = 1.1  # cold list <= 1.1 x (c) total
 KEEPER_SIZE = 300
+IDLE_GAP = 15.0  # the "idle" method's untimed pause before its run
 
 
 class BenchError(RuntimeError):
@@ -779,6 +783,7 @@ KEEPER_METHODS = {
     "cold": "venusctl list, cold (--no-persist)",
     "first": "venusctl list, first (starts the keeper)",
     "warm": "venusctl list, warm (keeper alive)",
+    "idle": f"venusctl list, warm, {IDLE_GAP:g} s after",
     "mux": "(m) ssh ControlMaster, xargs -P N",
     "mux_true": "(m) ssh ControlMaster, true",
     "floor": "(c) paramiko connect+auth",
@@ -835,6 +840,16 @@ def first_run(inventory: Path, names: list[str], env: dict[str, str]) -> Callabl
     return first
 
 
+def after_idle(run: Callable[[], float], seconds: float) -> Callable[[], float]:
+    """`run`, after an untimed pause of `seconds`: the operator reading the last answer."""
+
+    def idle_then_run() -> float:
+        time.sleep(seconds)
+        return run()
+
+    return idle_then_run
+
+
 def mux_lines(fleet: SshFleet, nodes: list[Node], root: Path, command: list[str] | None) -> str:
     """ssh's arguments per host through a ControlMaster each (made by the first run)."""
     lines = []
@@ -864,6 +879,7 @@ def keeper_methods(
         KEEPER_METHODS["first"]: first_run(inventory, names, env),
         # after "first": its warm-up finds the keeper the first method left
         KEEPER_METHODS["warm"]: venusctl_command(inventory, names, env),
+        KEEPER_METHODS["idle"]: after_idle(venusctl_command(inventory, names, env), IDLE_GAP),
         KEEPER_METHODS["mux"]: openssh_xargs(report, size, env),
         KEEPER_METHODS["mux_true"]: openssh_xargs(bare, size, env, answers=None),
         KEEPER_METHODS["floor"]: paramiko_floor(fleet, chosen),
@@ -887,8 +903,9 @@ def run_keeper_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) ->
             floor = medians[KEEPER_METHODS["floor"]] + medians[KEEPER_METHODS["import"]]
             cold, warm = medians[KEEPER_METHODS["cold"]], medians[KEEPER_METHODS["warm"]]
             mux, first = medians[KEEPER_METHODS["mux"]], medians[KEEPER_METHODS["first"]]
+            idle = medians[KEEPER_METHODS["idle"]]
             rows.append(
-                [str(size), ms(cold), ms(first), ms(warm), ms(mux)]
+                [str(size), ms(cold), ms(first), ms(warm), ms(idle), ms(mux)]
                 + [ms(medians[KEEPER_METHODS["mux_true"]]), ms(floor)]
                 + [f"{warm / mux:.3f}", f"{cold / floor:.2f}"]
             )
@@ -903,7 +920,7 @@ def run_keeper_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) ->
         stop_keeper(env)
     print("\nmachine:\n  " + "\n  ".join(machine_description()))
     print("\nmedians, ms:\n")
-    headers = ["N", "cold", "first", "warm", "(m) mux", "(m) true", "(c) total"]
+    headers = ["N", "cold", "first", "warm", "idle", "(m) mux", "(m) true", "(c) total"]
     print(markdown_table([*headers, "warm/(m)", "cold/(c)"], rows))
     print("\ntargets" + ("" if max(options.sizes) == KEEPER_SIZE else " (they are for N = 300)"))
     for line in verdicts:
