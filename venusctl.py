@@ -11605,6 +11605,13 @@ def _parse_count(text: str) -> int:
     return int(text)
 
 
+def _parse_entry_count(text: str) -> int:
+    """history -n K: a whole number >= 0 (0: every entry)."""
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise ValueError(f"invalid count {text!r}: must be a whole number >= 0 (0: all)")
+    return int(text)
+
+
 def _parse_lines(text: str) -> int | None:
     """-n LINES: a whole number >= 0, or `all` (None: no limit)."""
     if text == "all":
@@ -12234,7 +12241,7 @@ def add_history_commands(commands: Any, common: Callable[..., None]) -> None:
         "-n",
         "--limit",
         dest="entries",  # not "limit": that is the host pattern everywhere else (completion)
-        type=_argument_type(lambda text: int(parse_index(text)), "count"),
+        type=_argument_type(_parse_entry_count, "count"),
         default=100,
         metavar="K",
         help="the last K entries (default 100; 0: all)",

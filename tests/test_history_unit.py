@@ -158,3 +158,13 @@ def test_a_bar_is_p50_solid_then_p90_shaded_scaled_to_the_slowest():
     assert venusctl.stage_bar(row, 10.0, 20, ("#", "-")) == "#" * 10 + "-" * 8
     assert venusctl.stage_bar(stats("PC1", [0.001]), 10.0, 20, ("#", "-")) == "#"  # never empty
     assert venusctl.stage_bar(stats("C2", []), 10.0, 20, ("#", "-")) == ""  # no run: no bar
+
+
+def test_history_entry_count_errors_name_the_count():
+    parser = venusctl.build_parser()
+    assert parser.parse_args(["history", "w1", "0", "-n", "0"]).entries == 0
+    assert parser.parse_args(["history", "w1", "0"]).entries == 100
+    for word in ("x", "-1", "1.5"):
+        with pytest.raises(venusctl.UsageError, match="invalid count") as refused:
+            parser.parse_args(["history", "w1", "0", "-n", word])
+        assert "thread index" not in str(refused.value)
