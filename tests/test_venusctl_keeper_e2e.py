@@ -23,10 +23,12 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import CALM_AGENT_CONFIG, fleet_agent, fleet_defaults, write_inventory
+from damocles_standin import FROZEN, StandinServer, ThreadSpec, Worker, release_of
 from helpers import make_user, remove_user, wait_until
 from sshfleet import SshFleet
 
@@ -305,6 +307,31 @@ def test_every_command_says_the_same_with_and_without_the_keeper(tmp_path, fleet
         assert normalized(warm[1]) == normalized(cold[1]), (argv, cold[1], warm[1])
         assert normalized(warm[2]) == normalized(cold[2]), (argv, cold[2], warm[2])
     assert {row["host"] for row in keeper.info()["connections"]} == {"k1", "k2"}
+
+
+def test_a_damocles_workers_kept_channel_carries_every_warm_status(tmp_path, fleet, keeper):
+    threads = [
+        ThreadSpec("/mnt/err", "sealer", "C1Done", 2, "paused", 17, "permanent: no params"),
+        ThreadSpec("/mnt/pc1", "sealer", "TicketAssigned", 3, "run", 100),
+    ]
+    server = StandinServer(Worker(release_of("v0.13.0"), threads, replace(FROZEN))).start()
+    try:
+        sshd = fleet.table("k1")
+        table = {"name": "kdam", "address": sshd["address"], "port": sshd["port"]}
+        table.update(backend="damocles", rpc=f"127.0.0.1:{server.port}")
+        path = fleet.inventory(tmp_path / "inventory.toml", table)
+        cold = vc(["--no-persist", "list"], path)
+        assert vc(["list"], path)[0] == 0  # starts the keeper, which opens the channel
+        channels, logins = server.accepted, fleet.logins("k1")
+        warm = [vc(argv, path) for argv in (["list"], ["threads", "-l", "kdam"], ["list"])]
+    finally:
+        server.close()
+    # Each warm status was sent ahead on the one channel the keeper kept: no new channel,
+    # no new login, and the answers of a cold run.
+    assert (server.accepted, fleet.logins("k1")) == (channels, logins)
+    assert warm[0][0] == cold[0] == 0 and normalized(warm[0][1]) == normalized(cold[1])
+    assert normalized(warm[2][1]) == normalized(cold[1])
+    assert "/mnt/err" in warm[1][1] and "C1Done" in warm[1][1], warm[1]
 
 
 def test_debug_shows_the_keepers_traceback_of_a_failed_host(tmp_path, fleet, keeper):
