@@ -197,17 +197,22 @@ def start_agents(nodes: list[Node]) -> None:
     for miner, node in enumerate(nodes, start=10000):
         node.agent_dir.mkdir(parents=True, exist_ok=True)
         node.config.write_text(agent_config_text(node, miner))
-        with open(node.log, "wb") as log:
-            node.process = subprocess.Popen(
-                [str(AGENT), "daemon", "-c", str(node.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Own session: Ctrl-C reaches only the bench, which then stops agents in order.
-                start_new_session=True,
-            )
+        spawn_agent(node)
     for node in nodes:
         wait_for_agent(node)
+
+
+def spawn_agent(node: Node) -> None:
+    """Start the node's agent on its config, not waiting for it (wait_for_agent)."""
+    with open(node.log, "wb") as log:
+        node.process = subprocess.Popen(
+            [str(AGENT), "daemon", "-c", str(node.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own session: Ctrl-C reaches only the bench, which then stops agents in order.
+            start_new_session=True,
+        )
 
 
 def wait_for_agent(node: Node) -> None:

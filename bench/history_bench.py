@@ -51,11 +51,11 @@ sys.path.insert(0, str(BENCH))
 import agent_bench  # noqa: E402
 import fanout_bench  # noqa: E402
 from fanout_bench import (  # noqa: E402
-    AGENT,
     PYTHON,
     VENUSCTL,
     Node,
     mock_agent_config,
+    spawn_agent,
     stop_agents,
     wait_for_agent,
 )
@@ -151,14 +151,7 @@ def start_fleet(fleet: SshFleet, count: int, tasks: int) -> tuple[list[Node], in
             numbers = list(range(100 + index * per_thread, 100 + (index + 1) * per_thread))
             location = node.agent_dir / f"store{index}"
             written += grow_history(node.state_dir, index, location, numbers, miner)
-        with open(node.log, "wb") as log:
-            node.process = subprocess.Popen(
-                [str(AGENT), "daemon", "-c", str(node.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        spawn_agent(node)
     for node in nodes:
         wait_for_agent(node)
     return nodes, written

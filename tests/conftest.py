@@ -208,6 +208,18 @@ def wait_for_paused_thread_0(agent: Agent) -> None:
     wait_until(paused_at_c1done, AGENT_START_TIMEOUT, 0.1, f"{agent.name}: #0 paused at C1Done")
 
 
+def agent_host_table(
+    name: str, sshd: SshHost, agent: Agent | None, /, **overrides: object
+) -> dict[str, object]:
+    """The [[host]] table `name` for sshd host `sshd`, with `agent`'s config and socket when
+    there is one, then `overrides`."""
+    table: dict[str, object] = {"name": name, "address": sshd.address, "port": sshd.port}
+    if agent is not None:
+        table.update(config=str(agent.config), socket=str(agent.socket))
+    table.update(overrides)
+    return table
+
+
 @dataclass
 class Fleet:
     """The running test fleet and how to write inventories for it."""
@@ -220,13 +232,9 @@ class Fleet:
 
     def host_table(self, sshd_name: str, /, **overrides: object) -> dict[str, object]:
         """The [[host]] table for sshd `sshd_name` (with its agent's config and socket)."""
-        sshd = self.hosts[sshd_name]
-        table: dict[str, object] = {"name": sshd_name, "address": sshd.address, "port": sshd.port}
-        agent = self.agents.get(sshd_name)
-        if agent is not None:
-            table.update(config=str(agent.config), socket=str(agent.socket))
-        table.update(overrides)
-        return table
+        return agent_host_table(
+            sshd_name, self.hosts[sshd_name], self.agents.get(sshd_name), **overrides
+        )
 
     def inventory(
         self, path: Path, *hosts: str | dict, health: dict | None = None, **defaults: object

@@ -27,7 +27,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import CALM_AGENT_CONFIG, fleet_agent, fleet_defaults, write_inventory
+from agent_helpers import process_alive
+from conftest import (
+    CALM_AGENT_CONFIG,
+    agent_host_table,
+    fleet_agent,
+    fleet_defaults,
+    write_inventory,
+)
 from damocles_standin import FROZEN, StandinServer, ThreadSpec, Worker, release_of
 from helpers import make_user, remove_user, wait_until
 from sshfleet import SshFleet
@@ -60,12 +67,7 @@ class KeeperFleet:
 
     def table(self, name: str, **overrides: object) -> dict[str, object]:
         sshd = self.ssh.hosts[[h.name for h in self.ssh.hosts].index(name)]
-        table: dict[str, object] = {"name": name, "address": sshd.address, "port": sshd.port}
-        agent = self.agents.get(name)
-        if agent is not None:
-            table.update(config=str(agent.config), socket=str(agent.socket))
-        table.update(overrides)
-        return table
+        return agent_host_table(name, sshd, self.agents.get(name), **overrides)
 
     def inventory(self, path: Path, *hosts: str | dict, **defaults: object) -> Path:
         tables = [self.table(host) if isinstance(host, str) else host for host in hosts]
@@ -120,7 +122,7 @@ class Keeper:
         if not text or not self.socket.exists():
             return None
         pid = int(text)
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def info(self) -> dict:
         status, out, err = vc(["keeper", "--json"])
@@ -136,15 +138,7 @@ class Keeper:
             return
         os.kill(pid, signal.SIGCONT)  # a test may have left it stopped
         os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not _alive(pid), 15, 0.05, f"keeper {pid} to exit")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+        wait_until(lambda: not process_alive(pid), 15, 0.05, f"keeper {pid} to exit")
 
 
 @pytest.fixture
@@ -437,7 +431,11 @@ def test_a_host_key_changed_between_runs_is_refused_as_without_the_keeper(tmp_pa
     for pid in sessions:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not any(_alive(pid) for pid in sessions), 10, 0.05, "old sessions gone")
+
+    def gone() -> bool:
+        return not any(process_alive(pid) for pid in sessions)
+
+    wait_until(gone, 10, 0.05, "old sessions gone")
     warm = vc(["--json", "list"], path)
     cold = vc(["--no-persist", "--json", "list"], path)
     assert warm[0] == cold[0] == 1
@@ -541,7 +539,7 @@ def test_the_keeper_ends_after_persist_without_a_request(tmp_path, fleet, keeper
     pid = keeper.pid()
     assert pid is not None
     port = fleet.last_login_port("k1")
-    wait_until(lambda: not _alive(pid), 10, 0.1, "the idle keeper to exit")
+    wait_until(lambda: not process_alive(pid), 10, 0.1, "the idle keeper to exit")
     assert not keeper.socket.exists()
     assert "exiting: no request for 2s" in keeper.log_text()
     assert fleet.closed("k1", port)  # its connection closed first

@@ -28,6 +28,7 @@ import pytest
 from conftest import (
     VENUSCTL_COMMAND,
     WORKER_TABLE,
+    agent_host_table,
     fleet_agent,
     run,
     run_json,
@@ -134,10 +135,7 @@ class Ux:
             agent.start()
 
     def table(self, name: str, **overrides) -> dict:
-        sshd, agent = self.sshd[name], self.agents[name]
-        table = {"name": name, "address": sshd.address, "port": sshd.port}
-        table.update(config=str(agent.config), socket=str(agent.socket), **overrides)
-        return table
+        return agent_host_table(name, self.sshd[name], self.agents[name], **overrides)
 
     def inventory(self, path: Path, *tables: dict) -> Path:
         return self.fleet.inventory(path, *tables)
