@@ -4801,8 +4801,6 @@ class DamoclesAgent:
     STATUS_CALLS = ((api.Method.LIST, []), (api.Method.VERSION, []))
 
     def send_status_ahead(self) -> bool:
-        if not self.rpc.reusable:
-            return False
         return self.rpc.send_ahead([(method.value, params) for method, params in self.STATUS_CALLS])
 
     def status(self) -> HostStatus:
