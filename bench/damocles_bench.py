@@ -105,6 +105,7 @@ def main() -> int:
                 [sys.executable, str(REPO / "venusctl.py"), "-i", str(inventory), "list"],
                 check=True,
                 capture_output=True,
+                env=dict(os.environ, VENUSCTL_PERSIST="0"),  # a cold run; no keeper left behind
             ),
         )
         results["ssh HOST curl (process)"] = median_ms(

@@ -370,6 +370,9 @@ def bench_environment() -> dict[str, str]:
     # An operator's shell does not set this; with it, every run recompiles the project's
     # modules instead of using cached bytecode.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # Every run connects itself (the cold case; keeper_environment turns the keeper on),
+    # and no connection keeper outlives the bench.
+    env["VENUSCTL_PERSIST"] = "0"
     return env
 
 
@@ -802,7 +805,7 @@ def keeper_environment(root: Path) -> dict[str, str]:
     runtime = root / "run"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env["XDG_RUNTIME_DIR"] = str(runtime)
-    env.pop("VENUSCTL_PERSIST", None)  # the default: 10m
+    env.pop("VENUSCTL_PERSIST", None)  # the default: 10m, stopped by the bench at its end
     return env
 
 

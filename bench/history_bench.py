@@ -54,6 +54,7 @@ from fanout_bench import (  # noqa: E402
     PYTHON,
     VENUSCTL,
     Node,
+    bench_environment,
     mock_agent_config,
     spawn_agent,
     stop_agents,
@@ -164,6 +165,7 @@ def venusctl(inventory: Path, *argv: str) -> tuple[float, subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=300,
+        env=bench_environment(),  # each run connects itself, and starts no keeper
     )
     return time.perf_counter() - started, done
 
