@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from agent_helpers import (
@@ -483,6 +484,61 @@ def test_report_follows_a_pause_at_once_and_a_restart_reports_the_loaded_records
             assert report["pid"] == agent.proc.pid
             assert (report["summary"]["Paused"], report["summary"]["Errors"]) == (1, 1)
             assert report["summary"]["Empty"] <= 1  # thread 0 keeps its sector
+        finally:
+            agent.close()
+
+
+def _voluntary_switches(pid: int) -> int:
+    """How many times the process's threads went to sleep and were woken (Linux /proc)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_an_agent_at_rest_sleeps_until_asked():
+    """No wakeups while nothing happens, with a kept connection open: the control
+    server does not poll (socketserver's loop wakes twice a second) and the reporter
+    waits for a change instead of looking every second. A control host running a few
+    hundred of them, or a worker at rest, pays nothing for an idle agent."""
+    with short_tmp() as folder:
+        config = write_config(
+            folder, threads=2, mock='duration = "1h"\nwait_duration = "1h"', worker=""
+        )
+        agent = Agent(config).start()
+        try:
+            agent.wait_for(
+                lambda i: all(x["thread_state"]["state"] == "Running" for x in i),
+                what="both threads in an hour-long stage",
+            )
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as kept:
+                kept.settimeout(5)
+                kept.connect(str(agent.socket))
+                request = post(json.dumps(
+                    {"jsonrpc": "2.0", "id": 1, "method": "VenusWorker.WorkerList", "params": []}
+                ).encode())  # fmt: skip
+                kept.sendall(request)
+                assert b'"result"' in kept.recv(65536)
+                report = folder / "state/report.json"
+                wait_until(
+                    lambda: json.loads(report.read_text())["summary"]["Empty"] == 0,
+                    5,
+                    what="the report of both tasks",
+                )
+                time.sleep(1.5)  # past the reporter's CHANGE_CHECK after that rewrite
+                before = _voluntary_switches(agent.proc.pid)
+                time.sleep(3)
+                woken = _voluntary_switches(agent.proc.pid) - before
+                # Before: 6 polls of the server loop and 3 looks of the reporter.
+                assert woken <= 2, f"{woken} wakeups in 3 s at rest"
+                kept.sendall(request)  # and it still answers at once on the kept one
+                assert b'"result"' in kept.recv(65536)
         finally:
             agent.close()
 

@@ -123,6 +123,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._stores: list[TaskStore] = []
         self._stop = threading.Event()
+        self._moved = threading.Event()  # a sealing thread changed: see _report_loop
         self._workers: list[threading.Thread] = []
         self.counter: SectorCounter | None = None
         self.history: HistoryFolder | None = None
@@ -164,6 +165,7 @@ class Daemon:
                 history=history,
                 strict_modes=self.config.strict_modes,
             )
+            thread.on_change = self._moved.set
             self.threads.append(thread)
         self._establish_counter(counter, counter_found)
         self._check_ranges(counter)
@@ -380,23 +382,30 @@ class Daemon:
 
         Without the early rewrite, `worker report` (and a fleet tool reading the file
         while the daemon is down) would show a fresh start's threads as Empty, or miss a
-        thread that paused on an error, for up to a whole ping_interval.
+        thread that paused on an error, for up to a whole ping_interval. The loop sleeps
+        until a thread changes (on_change) or the heartbeat is due, so an agent at rest
+        does not wake; while threads keep changing it looks at most once a CHANGE_CHECK.
         """
         interval = self.config.ping_interval
         tick = min(interval, CHANGE_CHECK)
         last_write = time.monotonic()  # not the wall clock: a clock step must not stop it
-        while not self._stop.wait(tick):
+        while True:
+            moved = self._moved.wait(max(0.0, interval - (time.monotonic() - last_write)))
+            if self._stop.is_set():
+                return
+            self._moved.clear()  # before the counts: a change from now on wakes it again
             due = time.monotonic() - last_write >= interval - tick / 2
             if not due:
                 counts = _summary(self.threads)
                 due = _sticky(counts) != _sticky((self._report or {}).get("summary", {}))
-            if not due:
-                continue
-            last_write = time.monotonic()
-            try:
-                self.write_report()
-            except OSError as exc:  # keep trying: a full disk may recover
-                log.error("cannot write heartbeat report: %s", exc)
+            if due:
+                last_write = time.monotonic()
+                try:
+                    self.write_report()
+                except OSError as exc:  # keep trying: a full disk may recover
+                    log.error("cannot write heartbeat report: %s", exc)
+            if moved and self._stop.wait(tick):
+                return
 
     # ------------------------------------------------------------ stop
 
@@ -404,6 +413,7 @@ class Daemon:
         """Stop everything; with `signals`, a second SIGTERM/SIGINT cuts the wait short."""
         notify("STOPPING=1")
         self._stop.set()
+        self._moved.set()  # the reporter's wait
         if self.server is not None:
             self.server.stop()
         for thread in self.threads:

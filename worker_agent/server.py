@@ -42,6 +42,7 @@ import io
 import json
 import logging
 import os
+import selectors
 import socket
 import socketserver
 import stat
@@ -243,6 +244,8 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
     # socketserver's default backlog of 5 makes a burst of clients (a fleet
     # tool, health checks from cron) fail at once with EAGAIN on a Unix socket.
     request_queue_size = 128
+    # handle_request() never waits: ControlServer._serve calls it once the socket is ready.
+    timeout = 0
 
     def __init__(
         self,
@@ -391,17 +394,39 @@ class ControlServer:
             )
         except OSError as exc:
             raise ServerError(f"cannot listen on {path}: {exc.strerror or exc}") from None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="control-server", daemon=True
-        )
+        self._wake_read, self._wake_write = os.pipe()  # close-on-exec, as every fd here
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="control-server", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def _serve(self) -> None:
+        """Accept connections until stop() writes to the wake pipe.
+
+        Not socketserver's serve_forever: that one wakes every poll_interval (0.5 s) to
+        look for a shutdown request, so an idle agent would never sleep; on a control host
+        holding a few hundred kept connections, or a worker at rest, the wakeups add up.
+        """
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server.socket, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while not self._stopping:
+                ready = selector.select()
+                if self._stopping:
+                    break
+                if any(key.fileobj is self._server.socket for key, _ in ready):
+                    self._server.handle_request()  # ready: accepts without waiting
+
     def stop(self) -> None:
         """Stop accepting, close the socket and remove its file."""
-        if self._thread.is_alive():
-            self._server.shutdown()  # waits for serve_forever, so only when it runs
+        if not self._stopping:
+            self._stopping = True
+            os.write(self._wake_write, b"x")  # a pipe's first byte never blocks
+            if self._thread.is_alive():
+                self._thread.join()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
         self._server.server_close()
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(self.path).st_mode):

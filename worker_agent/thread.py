@@ -219,6 +219,9 @@ class SealingThread:
         self._version = 0
         self._view_version = -1
         self._view: dict = {}
+        # Called (under the thread's lock: it must not block) after each change: the
+        # daemon's reporter sleeps until then instead of looking every second.
+        self.on_change: Callable[[], None] | None = None
         self._view_times: tuple[float | None, float | None] = (None, None)
         self._view_retry = 0
         self._json_key: tuple | None = None
@@ -250,11 +253,17 @@ class SealingThread:
     def _mono(self) -> float:
         return self.clock.monotonic()
 
+    def _changed(self) -> None:
+        """What info() shows has changed (call with the lock held)."""
+        self._version += 1
+        if self.on_change is not None:
+            self.on_change()
+
     def _set_activity(self, state: ThreadState, proc: str | None = None) -> None:
         with self._cond:
             if self._activity.state != state or self._activity.proc != proc:
                 self._activity = _Activity(state, self._mono(), proc)
-                self._version += 1
+                self._changed()
 
     def _commit(
         self,
@@ -299,7 +308,7 @@ class SealingThread:
                     after()
                 if activity is not None:
                     self._activity = _Activity(activity, self._mono())
-                self._version += 1
+                self._changed()
                 self._cond.notify_all()
 
     def _save(
@@ -335,7 +344,7 @@ class SealingThread:
             first = self._write_error is None
             again = f" (retrying every {WRITE_RETRY:g}s)" if retrying else ""
             self._write_error = f"{Level.CRITICAL}: {problem}{again}"
-            self._version += 1
+            self._changed()
         if first:
             log.error("thread #%d: %s%s", self.index, problem, again)
         self._set_activity(ThreadState.Waiting)
@@ -347,7 +356,7 @@ class SealingThread:
             if self._write_error is None:
                 return
             self._write_error = None
-            self._version += 1
+            self._changed()
         log.info("thread #%d: the disk takes writes again", self.index)
 
     def _entry(
@@ -929,7 +938,7 @@ class SealingThread:
                 self._activity = _Activity(
                     ThreadState.Paused if record.paused else ThreadState.Idle, self._mono()
                 )
-                self._version += 1
+                self._changed()
                 self._cond.notify_all()
         log.info("thread #%d: store usable again", self.index)
         if record.paused:
