@@ -8299,12 +8299,16 @@ def _wire_fields(kind: type) -> tuple[str, ...] | None:
     return names
 
 
+_WIRE_CLASSES: dict[str, type] = {}
+
+
 def _wire_class(name: str) -> type:
     cls = globals().get(name)
     if not _is_wire_class(cls):
         cls = getattr(api, name, None)
     if not _is_wire_class(cls):
         raise ValueError(f"not a value the keeper carries: {name}")
+    _WIRE_CLASSES[name] = cls
     return cls
 
 
@@ -8320,7 +8324,12 @@ def to_wire(value: Any, tracebacks: bool = False) -> Any:
         return [to_wire(item, tracebacks) for item in value]
     names = _WIRE_FIELDS.get(kind) or _wire_fields(kind)
     if names is not None:
-        return {"dc": kind.__name__, "v": [to_wire(getattr(value, n), tracebacks) for n in names]}
+        # Most fields are plain: taken as they are here, not through a call each.
+        fields = [getattr(value, name) for name in names]
+        return {
+            "dc": kind.__name__,
+            "v": [v if type(v) in _PLAIN else to_wire(v, tracebacks) for v in fields],
+        }
     if isinstance(value, enum.Enum):
         return {"enum": kind.__name__, "v": value.value}
     if isinstance(value, BaseException):
@@ -8341,7 +8350,9 @@ def from_wire(value: Any) -> Any:
     if kind is not dict:
         return value
     if "dc" in value:
-        return _wire_class(value["dc"])(*[from_wire(item) for item in value["v"]])
+        cls = _WIRE_CLASSES.get(value["dc"]) or _wire_class(value["dc"])
+        items = value["v"]
+        return cls(*[v if type(v) in _PLAIN else from_wire(v) for v in items])
     if "enum" in value:
         cls = getattr(api, value["enum"], None) or globals().get(value["enum"])
         if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
