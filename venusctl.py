@@ -7115,6 +7115,14 @@ def _auth_failure(target: SshTarget, tried: list[str], notes: list[str]) -> str:
 _TRANSPORT_CLASS: list[type] = []
 
 
+# AES-GCM before paramiko's own first choice, aes128-ctr with HMAC-SHA2 (the order of
+# Mozilla's OpenSSH guidelines after chacha20-poly1305, which paramiko lacks): an AEAD
+# cipher checks a packet in the one call that decrypts it, where CTR pays a Python HMAC
+# and a byte-by-byte compare per packet, 5-10 % of a warm 300-host fan-out's CPU here.
+# A server without GCM (OpenSSH before 6.2, or its Ciphers) gets paramiko's order.
+AEAD_CIPHERS = ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
+
+
 def ssh_transport_class() -> type:
     """paramiko.Transport plus `open_streamlocal` and a per-connection host key order,
     built on first use (lazy import).
@@ -7141,6 +7149,12 @@ def ssh_transport_class() -> type:
         @property
         def preferred_keys(self) -> tuple[str, ...]:
             return self.host_key_order or super().preferred_keys
+
+        @property
+        def preferred_ciphers(self) -> tuple[str, ...]:
+            offered = super().preferred_ciphers
+            first = tuple(name for name in AEAD_CIPHERS if name in offered)
+            return first + tuple(name for name in offered if name not in first)
 
         def open_streamlocal(self, socket_path: str, timeout: float) -> Any:
             if not self.active:

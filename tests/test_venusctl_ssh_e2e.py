@@ -52,8 +52,11 @@ class Reach:
         self.other_ca = keygen(root / "other_ca")
         self.user_ca = keygen(root / "user_ca")
         self.hosts = {}
-        for name in ("plain", "certified", "wrongname", "expired", "usercert", "bastion"):
-            options = {"LogLevel": "DEBUG1"} if name == "bastion" else {}
+        names = ("plain", "certified", "wrongname", "expired", "usercert", "bastion", "aead")
+        for name in (*names, "ctronly"):
+            options = {"LogLevel": "DEBUG1"} if name in ("bastion", "aead", "ctronly") else {}
+            if name == "ctronly":  # an sshd whose admin allows only CTR (no GCM)
+                options["Ciphers"] = "aes128-ctr,aes256-ctr"
             if name == "usercert":
                 # no authorized_keys at all: only a certificate by the user CA gets in
                 options |= {
@@ -151,6 +154,26 @@ def test_a_host_certificate_is_checked_name_validity_and_ca(tmp_path, capsys, ss
     # signed by a CA this file does not trust for it: its plain key is unknown, and why
     assert rows["certified"]["kind"] == "unknown-host-key"
     assert "no matching @cert-authority line" in rows["certified"]["message"]
+
+
+# -- the cipher -------------------------------------------------------------------------------
+
+
+def kex_ciphers(sshd) -> list[str]:
+    """The ciphers sshd's own log says each connection agreed on (LogLevel DEBUG1)."""
+    text = sshd.log_path.read_text(errors="replace")
+    return re.findall(r"kex: client->server cipher: (\S+)", text)
+
+
+def test_aes_gcm_is_agreed_and_an_sshd_without_it_still_answers(tmp_path, capsys, ssh_fleet, reach):
+    """AES-GCM first (an AEAD cipher costs a warm fan-out less CPU per packet); where the
+    server's Ciphers leave it out, paramiko's CTR with HMAC, and the host answers the same."""
+    path = inventory(tmp_path, ssh_fleet, reach, "aead", "ctronly")
+    status, document = run_json(capsys, path, "list")
+    assert status == 0, document
+    assert [entry["via"] for entry in document["hosts"]] == ["stream", "stream"]
+    assert kex_ciphers(reach.hosts["aead"])[-1] == "aes256-gcm@openssh.com"
+    assert kex_ciphers(reach.hosts["ctronly"])[-1] == "aes128-ctr"
 
 
 # -- @revoked, global and several user files, patterns, hashes -----------------------------------
