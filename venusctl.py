@@ -1302,11 +1302,13 @@ def parse_inventory(text: str, path: Path) -> Inventory:
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise InventoryError(f"{locator.where('host')}: hosts must be [[host]] tables")
     hosts: list[Host] = []
+    names: set[str] = set()  # not a scan of `hosts`: that was quadratic in the fleet's size
     for position, table in enumerate(tables):
         host = _parse_host(table, position, merged_defaults, groups, locator, path.parent)
-        if host.name in (seen.name for seen in hosts):
+        if host.name in names:
             where = locator.where("name", "host", position)
             raise InventoryError(f"{where}: duplicate host name {host.name!r}")
+        names.add(host.name)
         hosts.append(host)
     health = _parse_health(document.get("health", {}), locator, path.parent)
     inventory = Inventory(path=path, hosts=tuple(hosts), health=health)
