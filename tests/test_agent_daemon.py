@@ -188,6 +188,44 @@ def test_http_edges(agent):
     assert raw_http(agent.socket, b"\x16\x03\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
 
 
+def test_header_lines_are_read_strictly_and_the_daemon_keeps_serving(agent):
+    """The agent reads headers itself: `Name: value` in any case, the first of a repeated
+    name; a line that is not a header, obsolete folding, too many or too long lines, a
+    version other than HTTP/1.x: an error reply, never a guess."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerVersion"}'
+    plain = b"POST / HTTP/1.1\r\ncontent-LENGTH:   %d  \r\nX-A: 1\r\nX-A: 2\r\n\r\n" % len(body)
+    status, reply = one_response(agent.socket, plain + body)
+    assert status == 200 and json.loads(reply)["result"] == "0.1.0"
+    # the first Content-Length counts: the second (a smuggling attempt) is not the length
+    twice = b"POST / HTTP/1.1\r\nContent-Length: %d\r\nContent-Length: 5\r\n\r\n" % len(body)
+    assert one_response(agent.socket, twice + body)[0] == 200
+    head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n" % len(body)
+    refused = {
+        b"Bad header line": [head + b"no colon here\r\n\r\n", head + b" folded: x\r\n\r\n",
+                             head + b"Space : x\r\n\r\n", head + b": no name\r\n\r\n"],
+        b"Too many headers": [head + b"X: y\r\n" * 101 + b"\r\n"],
+        b"Line too long": [head + b"X: " + b"y" * 65536 + b"\r\n\r\n"],
+        b"Bad request version": [b"POST / HTTP/1.x\r\n\r\n", b"POST / HTTP/1.\xb2\r\n\r\n"],
+        b"Invalid HTTP version": [b"POST / HTTP/2.0\r\n\r\n", b"POST / HTTP/0.9\r\n\r\n"],
+    }  # fmt: skip
+    codes = {b"Bad header line": b"400", b"Too many headers": b"431", b"Line too long": b"431",
+             b"Bad request version": b"400", b"Invalid HTTP version": b"505"}  # fmt: skip
+    for message, requests in refused.items():
+        for request in requests:
+            answer = raw_http(agent.socket, request + body)
+            expected = b"400" if request.startswith(b"POST / HTTP/0.9") else codes[message]
+            assert answer.startswith(b"HTTP/1.1 " + expected), (request[:60], answer[:80])
+            assert message in answer and b"Connection: close" in answer
+    # HTTP/1.0 closes after its reply unless it asks for keep-alive; Expect gets its 100
+    once = b"POST / HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body)
+    assert raw_http(agent.socket, once + body + once + body).count(b" 200 OK") == 1
+    kept = once.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n")
+    assert raw_http(agent.socket, kept + body + once + body, timeout=2).count(b" 200 OK") == 2
+    expect = head + b"Expect: 100-continue\r\n\r\n"
+    assert raw_http(agent.socket, expect + body, timeout=2).startswith(b"HTTP/1.1 100 Continue")
+    assert agent.call("WorkerVersion") == "0.1.0"
+
+
 def test_a_body_over_1_mib_is_refused_without_being_read(agent):
     head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % ((1 << 20) + 1)
     reply = raw_http(agent.socket, head + b"[" * 4096)
