@@ -4,7 +4,10 @@
   at most ``MAX_BODY`` (413, connection closed, body never read). A request
   that is not HTTP/1.x gets 400 and the connection is closed: that includes
   HTTP/0.9 and any request line without a version (``GET /``), which the
-  standard library would otherwise serve.
+  standard library would otherwise serve; HTTP/2+ gets 505. Header lines are
+  read here, not by email.parser: one that is not ``Name: value`` is 400,
+  more than MAX_HEADERS or one over MAX_HEADER_LINE 431; a repeated name
+  keeps its first value.
 - Keep-alive: requests may follow each other on one connection. One deadline
   covers a whole request, request line, headers and body: ``request_timeout``
   (10 s by default, ``[worker] request_timeout``) from its first byte. A client
