@@ -155,10 +155,8 @@ health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import dataclasses
-import difflib
 import enum
 import fnmatch
 import functools
@@ -166,22 +164,17 @@ import gc
 import getpass
 import glob
 import hashlib
-import hmac
 import importlib
 import json
 import math
 import os
 import re
 import shlex
-import shutil
 import socket
 import stat
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -192,7 +185,9 @@ from worker_agent.api import ThreadActivity, ThreadState, WorkerInfo
 
 # paramiko, tomlkit and tabulate are imported inside the functions that need
 # them: a `local` run never pays for paramiko (~0.13-0.2 s of imports, see
-# DESIGN.md field notes), a --json run never pays for tabulate (~0.05 s).
+# DESIGN.md field notes), a --json run never pays for tabulate (~0.05 s). So are
+# subprocess, shutil, tempfile, difflib, traceback, base64 and hmac (~10 ms of
+# imports together), which a warm run through the keeper does not use.
 
 __all__ = [
     "ExitStatus",
@@ -707,6 +702,8 @@ def known_name(
 def close_names(word: str, names: Sequence[str], count: int = 3) -> list[str]:
     """The names most like `word` (difflib's ratio, at least CLOSE_ENOUGH), best first;
     equally close ones in their given order, so a message is the same on every run."""
+    import difflib
+
     scores = []
     for position, name in enumerate(names):
         matcher = difflib.SequenceMatcher(None, word, name)
@@ -6349,6 +6346,9 @@ class KnownHostsLine:
 
 
 def _hashed_name_matches(field: str, name: str) -> bool:
+    import base64
+    import hmac
+
     parts = field.split("|")
     if len(parts) != 4:
         return False
@@ -6361,12 +6361,17 @@ def _hashed_name_matches(field: str, name: str) -> bool:
 
 def hashed_name(name: str) -> str:
     """`|1|salt|hash` as `ssh-keygen -H` and HashKnownHosts write it."""
+    import base64
+    import hmac
+
     salt = os.urandom(20)
     digest = hmac.new(salt, name.lower().encode(), hashlib.sha1).digest()
     return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
 
 
 def parse_known_hosts_line(text: str, path: str, number: int) -> KnownHostsLine | None:
+    import base64
+
     fields = text.split()
     if not fields or fields[0].startswith("#"):
         return None
@@ -6445,6 +6450,8 @@ class KnownHostsFile:
         return found
 
     def append(self, name: str, key_type: str, blob: bytes, hashed: bool) -> None:
+        import base64
+
         field = hashed_name(name) if hashed else name
         text = f"{field} {key_type} {base64.b64encode(blob).decode()}\n"
         with self.lock:
@@ -6459,6 +6466,8 @@ class KnownHostsFile:
 
 
 def fingerprint(key: Any) -> str:
+    import base64
+
     blob = key if isinstance(key, bytes) else key.asbytes()
     digest = hashlib.sha256(blob).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
@@ -6786,12 +6795,14 @@ class ProxyCommandSocket(socket.socket):
     last line is the reason a failure shows. Closing it stops the command.
     """
 
-    process: subprocess.Popen
+    process: Any  # its subprocess.Popen
     command: str
     _stderr: bytes
 
     @classmethod
     def start(cls, command: str, environ: Mapping[str, str]) -> ProxyCommandSocket:
+        import subprocess
+
         argv = proxy_command_argv(command, environ)
         ours, theirs = socket.socketpair()
         try:
@@ -6819,6 +6830,8 @@ class ProxyCommandSocket(socket.socket):
 
     def failure(self) -> JumpHostError | None:
         """Why the command ended (its exit status and last stderr line), if it did."""
+        import subprocess
+
         try:
             status = self.process.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
@@ -6829,6 +6842,8 @@ class ProxyCommandSocket(socket.socket):
         return JumpHostError(f"ProxyCommand exited with status {status}{said}")
 
     def close(self) -> None:
+        import subprocess
+
         super().close()
         process = getattr(self, "process", None)
         if process is not None and process.poll() is None:
@@ -6941,6 +6956,8 @@ class Identity:
 def public_blob_of(path: str) -> bytes | None:
     """A key file's public key blob, without its passphrase: `path.pub`, or the public
     part an OpenSSH-format private key keeps in the clear."""
+    import base64
+
     try:
         fields = Path(f"{path}.pub").read_text(encoding="utf-8").split()
         return base64.b64decode(fields[1])
@@ -6969,6 +6986,8 @@ def public_blob_of(path: str) -> bytes | None:
 
 def _certificate_blobs(target: SshTarget, identity_file: str) -> list[tuple[str, bytes]]:
     """(path, certificate blob) of the CertificateFiles and `identity-cert.pub`."""
+    import base64
+
     found = []
     for path in (*target.certificate_files, f"{identity_file}-cert.pub"):
         try:
@@ -7423,6 +7442,8 @@ class LocalSession:
         return CliAgent(self.host, self._run, via="local-exec")
 
     def _run(self, argv: list[str]) -> CommandResult:
+        import subprocess
+
         deadline = Deadline.after(self.host.command_timeout, "command")
         try:
             done = subprocess.run(
@@ -8219,6 +8240,8 @@ def keeper_paths(environ: Mapping[str, str], make: bool = True) -> KeeperPaths:
         _private_folder(logind, "runtime folder")
         folder = logind / "venusctl"
     else:
+        import tempfile
+
         folder = Path(tempfile.gettempdir()) / f"venusctl-{uid}"
     if make:
         with contextlib.suppress(FileExistsError):
@@ -8387,6 +8410,8 @@ def from_wire(value: Any) -> Any:
 
 
 def _error_to_wire(error: BaseException, tracebacks: bool) -> dict[str, Any]:
+    import traceback
+
     document: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
     if isinstance(error, HostError):
         # Its fields (kind, code, seconds, stream and fallback ...) make it whole again.
@@ -9246,6 +9271,8 @@ class KeeperClient:
 
     def _start(self, paths: KeeperPaths) -> _Lines | None:
         """Start a keeper (first use) and wait for it to listen, KEEPER_START_WAIT at most."""
+        import subprocess
+
         with contextlib.suppress(OSError):
             if os.stat(paths.log).st_size > KEEPER_LOG_BYTES:
                 os.replace(paths.log, f"{paths.log}.1")
@@ -9477,6 +9504,12 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
+def _terminal_size() -> os.terminal_size:
+    import shutil
+
+    return shutil.get_terminal_size()
+
+
 @dataclass
 class Environment:
     """All venusctl takes from outside its arguments, so a test (or a program embedding it)
@@ -9491,7 +9524,7 @@ class Environment:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     isatty: Callable[[Any], bool] = _isatty  # is this stream a terminal?
     # The terminal's size, for tables cut to fit (honours $COLUMNS).
-    terminal_size: Callable[[], os.terminal_size] = shutil.get_terminal_size
+    terminal_size: Callable[[], os.terminal_size] = _terminal_size
     clock: Callable[[], float] = time.monotonic  # deadlines and intervals
     now: Callable[[], float] = time.time  # timestamps: watch frames, health's report
     sleep: Callable[[float], None] = time.sleep
@@ -9573,6 +9606,8 @@ class Context:
         self.out.write(json.dumps(document, indent=2) + "\n")
 
     def report_traceback(self, host: Host, error: BaseException) -> None:
+        import traceback
+
         if self.debug:
             # An error that came from the keeper carries the keeper's traceback.
             text = getattr(error, "remote_traceback", None)
@@ -10811,6 +10846,7 @@ def stream_command(
 
 def _stream_local(argv: list[str], out: LineWriter, err: LineWriter, timeout: float | None) -> int:
     import selectors
+    import subprocess
 
     try:
         process = subprocess.Popen(
@@ -10903,6 +10939,8 @@ def ssh_argv(target: SshTarget, command: Sequence[str]) -> list[str]:
 def command_ssh(ctx: Context, args: argparse.Namespace) -> ExitStatus | int:
     """OpenSSH to HOST with the inventory's user, port, key, known_hosts, jump hosts and
     options: an interactive session, or COMMAND; ssh's own exit status (255: ssh failed)."""
+    import shutil
+
     host = resolve_target(ctx.inventory, args.host)
     if host.transport == "local":
         raise UsageError(f"{host.name} is this machine (transport local): no SSH to it")
@@ -10926,8 +10964,11 @@ def command_ssh(ctx: Context, args: argparse.Namespace) -> ExitStatus | int:
 def run_attached(ctx: Context, argv: list[str], environ: Mapping[str, str]) -> int:
     """Run argv on this run's terminal (its stdin, stdout, stderr), or through pipes when
     the streams are not files (a test's, an embedding program's); its exit status."""
+    import subprocess
 
     def fd(stream: Any) -> Any:
+        import subprocess
+
         try:
             stream.fileno()
             return stream
@@ -10988,6 +11029,8 @@ def write_textfile(path: Path, text: str) -> None:
     node_exporter (and two overlapping cron runs) only ever see the old file
     or the new one, complete. Raises OSError when it cannot.
     """
+    import tempfile
+
     folder = path.parent if str(path.parent) else Path(".")
     # A dot name: node_exporter reads only *.prom, never a half-written temp file.
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
@@ -12914,6 +12957,8 @@ def _main(argv: list[str], env: Environment) -> int:
         return int(ExitStatus.FAILED)
     except Exception as error:
         if "--debug" in argv:
+            import traceback
+
             env.stderr.write(escape_lines(traceback.format_exc()))
         return _fail(argv, env, describe_unexpected(error), ExitStatus.FAILED, "internal-error")
 
