@@ -8093,18 +8093,23 @@ class SessionPool:
                 return
             del self._sessions[key]
             agent = self._agents.pop(key, None)
-        if agent is not None:
-            agent.close()
-        session.close()
+        _close_host(agent, session)
 
     def _forget_key(self, key: Any) -> None:
         with self._lock:
             agent = self._agents.pop(key, None)
             session = self._sessions.pop(key, None)
-        if agent is not None:
-            agent.close()
-        if session is not None:
-            session.close()
+        _close_host(agent, session)
+
+
+def _close_host(agent: Any, session: LocalSession | SshSession | None) -> None:
+    """Close a host's kept agent channel and its session. Over SSH the channel ends with
+    its connection: closed first, it would send two packets (EOF and CLOSE) for nothing;
+    that was 90 of the 130-170 ms a cold 300-host run spent closing before it exited."""
+    if agent is not None and not isinstance(session, SshSession):
+        agent.close()
+    if session is not None:
+        session.close()
 
 
 # =============================================================================
