@@ -54,12 +54,26 @@ def thread_view(status: venusctl.HostStatus) -> list[tuple]:
     return [(t.index, t.location, t.job_state, t.paused) for t in status.threads]
 
 
+def settled(pool: venusctl.SessionPool, hosts: list[venusctl.Host]) -> list[list[tuple]]:
+    """The hosts' thread views once they stop moving: a calm agent's first stages take
+    200 ms each before its hour-long chain wait (under a full run's load, longer)."""
+    views = None
+    deadline = time.monotonic() + 30
+    while True:
+        now = [thread_view(pool.status(host)) for host in hosts]
+        if now == views:
+            return now
+        assert time.monotonic() < deadline, f"the agents never settled: {now}"
+        views = now
+        time.sleep(0.5)
+
+
 def test_the_replies_are_in_before_the_fan_out_asks_for_them(folder):
     agents = start_agents(folder, 3)
     hosts = local_hosts(folder, agents)
     pool = venusctl.SessionPool(venusctl.SshContext({}))
     try:
-        before = [thread_view(pool.status(host)) for host in hosts]  # the channels are kept
+        before = settled(pool, hosts)  # and the channels are kept
         pool.send_ahead(hosts)
         time.sleep(ANSWERED)
         for agent in agents:
