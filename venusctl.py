@@ -163,7 +163,6 @@ import functools
 import gc
 import getpass
 import glob
-import hashlib
 import importlib
 import json
 import math
@@ -186,8 +185,8 @@ from worker_agent.api import ThreadActivity, ThreadState, WorkerInfo
 # paramiko, tomlkit and tabulate are imported inside the functions that need
 # them: a `local` run never pays for paramiko (~0.13-0.2 s of imports, see
 # DESIGN.md field notes), a --json run never pays for tabulate (~0.05 s). So are
-# subprocess, shutil, tempfile, difflib, traceback, base64 and hmac (~10 ms of
-# imports together), which a warm run through the keeper does not use.
+# subprocess, shutil, tempfile, difflib, traceback, base64, hmac and hashlib
+# (~12 ms of imports together), which a warm run through the keeper does not use.
 
 __all__ = [
     "ExitStatus",
@@ -5910,9 +5909,29 @@ def local_user() -> str:
     return getpass.getuser()
 
 
+class _Tokens(dict):
+    """A host's %-tokens. %C, a SHA-1 over four of them, is worked out only when a path
+    uses it: with keeper_code's hash, it made every run, a warm one too, import hashlib."""
+
+    def __init__(self, values: dict[str, str], control: str) -> None:
+        super().__init__(values)
+        self._control = control
+
+    def __contains__(self, key: object) -> bool:
+        return key == "C" or super().__contains__(key)
+
+    def __missing__(self, key: str) -> str:
+        if key != "C":
+            raise KeyError(key)
+        import hashlib
+
+        value = self["C"] = hashlib.sha1(self._control.encode()).hexdigest()
+        return value
+
+
 def _token_values(name: str, hostname: str, port: int, user: str, alias: str | None) -> dict:
     local = socket.gethostname()
-    return {
+    values = {
         "h": hostname,
         "n": name,
         "p": str(port),
@@ -5923,8 +5942,8 @@ def _token_values(name: str, hostname: str, port: int, user: str, alias: str | N
         "k": alias or name,
         "L": local.split(".")[0],
         "l": local,
-        "C": hashlib.sha1(f"{local}{hostname}{port}{user}".encode()).hexdigest(),
     }
+    return _Tokens(values, f"{local}{hostname}{port}{user}")
 
 
 def _expand_path(text: str, tokens: Mapping[str, str], directive: str) -> str:
@@ -6347,6 +6366,7 @@ class KnownHostsLine:
 
 def _hashed_name_matches(field: str, name: str) -> bool:
     import base64
+    import hashlib
     import hmac
 
     parts = field.split("|")
@@ -6362,6 +6382,7 @@ def _hashed_name_matches(field: str, name: str) -> bool:
 def hashed_name(name: str) -> str:
     """`|1|salt|hash` as `ssh-keygen -H` and HashKnownHosts write it."""
     import base64
+    import hashlib
     import hmac
 
     salt = os.urandom(20)
@@ -6467,6 +6488,7 @@ class KnownHostsFile:
 
 def fingerprint(key: Any) -> str:
     import base64
+    import hashlib
 
     blob = key if isinstance(key, bytes) else key.asbytes()
     digest = hashlib.sha256(blob).digest()
@@ -8269,12 +8291,18 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=1)
 def keeper_code() -> str:
-    """What a keeper must run to serve this run: a hash of this file and the api module."""
-    digest = hashlib.sha256()
+    """What a keeper must run to serve this run: a checksum of this file and the api
+    module. Only the same user can start a keeper, so it tells versions apart and needs
+    no cryptographic hash: CRC-32 (zlib comes with argparse) where SHA-256 cost each warm
+    run hashlib's import and ~1 ms over 600 KB."""
+    import zlib
+
+    checksum = 0
     for path in (__file__, api.__file__):
         with open(path, "rb") as source:
-            digest.update(source.read())
-    return digest.hexdigest()[:16]
+            text = source.read()
+        checksum = zlib.crc32(len(text).to_bytes(8, "big") + text, checksum)
+    return f"crc32-{checksum:08x}"
 
 
 def keeper_hello() -> dict[str, Any]:

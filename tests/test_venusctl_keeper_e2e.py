@@ -205,6 +205,10 @@ def test_a_warm_run_imports_no_paramiko_and_the_keeper_is_a_detached_process(
     assert done.stdout.splitlines()[1].startswith("k1 ")
     assert "| json" in done.stderr  # the import list is there
     assert "paramiko" not in done.stderr
+    # nor what only a cold run, an error or another command uses (imported where used)
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+    late = {"subprocess", "difflib", "traceback", "hmac", "hashlib", "tomlkit"}
+    assert not late & imported, sorted(late & imported)
     pid = keeper.pid()
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     parent, session, tty = int(stat[1]), int(stat[3]), int(stat[4])
