@@ -11700,17 +11700,15 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
-def _parse_count(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
-        raise ValueError(f"invalid count {text!r}: must be a whole number >= 1")
+def _parse_count(text: str, least: int = 1, note: str = "") -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < least:
+        raise ValueError(f"invalid count {text!r}: must be a whole number >= {least}{note}")
     return int(text)
 
 
 def _parse_entry_count(text: str) -> int:
     """history -n K: a whole number >= 0 (0: every entry)."""
-    if not re.fullmatch(r"[0-9]{1,9}", text):
-        raise ValueError(f"invalid count {text!r}: must be a whole number >= 0 (0: all)")
-    return int(text)
+    return _parse_count(text, 0, " (0: all)")
 
 
 def _parse_lines(text: str) -> int | None:
