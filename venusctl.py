@@ -11000,8 +11000,6 @@ def run_attached(ctx: Context, argv: list[str], environ: Mapping[str, str]) -> i
     import subprocess
 
     def fd(stream: Any) -> Any:
-        import subprocess
-
         try:
             stream.fileno()
             return stream
