@@ -164,8 +164,8 @@ class Daemon:
                 problem=problem,
                 history=history,
                 strict_modes=self.config.strict_modes,
+                on_change=self._moved.set,
             )
-            thread.on_change = self._moved.set
             self.threads.append(thread)
         self._establish_counter(counter, counter_found)
         self._check_ranges(counter)

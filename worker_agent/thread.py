@@ -186,11 +186,14 @@ class SealingThread:
         problem: str | None = None,
         history=None,
         strict_modes: bool = True,
+        on_change: Callable[[], None] | None = None,
     ):
         """`problem`: why the store cannot be used (the daemon could not create or lock it).
 
         `history`: the thread's history.HistoryLog (None: none is kept). `strict_modes`:
         the daemon's [worker] strict_modes, for a store opened again by a resume.
+        `on_change`: called after each change of what info() shows, with the thread's lock
+        held, so it must not block (the daemon's reporter sleeps until then).
         """
         self.config = config
         self.strict_modes = strict_modes
@@ -219,9 +222,7 @@ class SealingThread:
         self._version = 0
         self._view_version = -1
         self._view: dict = {}
-        # Called (under the thread's lock: it must not block) after each change: the
-        # daemon's reporter sleeps until then instead of looking every second.
-        self.on_change: Callable[[], None] | None = None
+        self.on_change = on_change
         self._view_times: tuple[float | None, float | None] = (None, None)
         self._view_retry = 0
         self._json_key: tuple | None = None
