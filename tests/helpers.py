@@ -200,22 +200,24 @@ def make_user(prefix: str) -> str:
     return name
 
 
+def processes_with(field: str, value: int) -> set[int]:
+    """The processes whose /proc status line `field` (Uid, PPid ...) has `value` first."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = [line for line in status.read_text().splitlines() if line.startswith(field)]
+        except OSError:  # the process ended meanwhile
+            continue
+        if lines and lines[0].split()[:2] == [f"{field}:", str(value)]:
+            found.add(int(status.parent.name))
+    return found
+
+
 def remove_user(name: str) -> None:
     """userdel, once the user's last processes (sshd's sessions, ending) are gone."""
     import pwd
 
     uid = pwd.getpwnam(name).pw_uid
-
-    def no_process_left() -> bool:
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                uids = [line for line in status.read_text().splitlines() if line.startswith("Uid:")]
-            except OSError:  # the process ended meanwhile
-                continue
-            if uids and int(uids[0].split()[1]) == uid:
-                return False
-        return True
-
-    wait_until(no_process_left, 15, 0.1, f"{name}'s processes to end")
+    wait_until(lambda: not processes_with("Uid", uid), 15, 0.1, f"{name}'s processes to end")
     done = subprocess.run(["userdel", name], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -26,7 +26,7 @@ from conftest import (
     run_json,
     write_inventory,
 )
-from helpers import wait_until
+from helpers import processes_with, wait_until
 from sshfleet import SshFleet
 
 import venusctl
@@ -73,20 +73,6 @@ def test_list_shows_every_host_of_the_fleet_over_stream(tmp_path, capsys, ssh_fl
     assert re.fullmatch(DURATION, w1[6]), w1[6]  # fresh: no "!"
 
 
-def _children(pid: int) -> set[int]:
-    """The processes whose parent is `pid` (sshd's one per connection), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:  # gone meanwhile
-                continue
-            if f"\nPPid:\t{pid}\n" in status:
-                found.add(int(entry.name))
-    return found
-
-
 def _tasks(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
@@ -100,13 +86,13 @@ def test_a_run_ends_every_login_it_made_and_the_agents_see_their_channel_end(
     names = ("w1", "w2")
     listeners = {name: int(ssh_fleet.hosts[name].pid_path.read_text()) for name in names}
     agents = {name: ssh_fleet.agents[name].proc.pid for name in names}
-    logins = {name: _children(pid) for name, pid in listeners.items()}
+    logins = {name: processes_with("PPid", pid) for name, pid in listeners.items()}
     threads = {name: _tasks(pid) for name, pid in agents.items()}
     path = ssh_fleet.inventory(tmp_path, *names)
     status, document = run_json(capsys, path, "list")
     assert status == 0 and [entry["via"] for entry in document["hosts"]] == ["stream"] * 2
     wait_until(
-        lambda: all(_children(listeners[name]) <= logins[name] for name in names),
+        lambda: all(processes_with("PPid", listeners[name]) <= logins[name] for name in names),
         5,
         what="the run's logins ended on every host",
     )
