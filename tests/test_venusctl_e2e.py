@@ -104,6 +104,42 @@ def test_a_run_ends_every_login_it_made_and_the_agents_see_their_channel_end(
     assert run_json(capsys, path, "list")[0] == 0  # and they answer as ever
 
 
+def _thread_wakeups(tid: int) -> int:
+    """How many times one thread of this process went to sleep and was woken (Linux /proc)."""
+    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for thread {tid}")
+
+
+def test_a_kept_connections_reader_sleeps_until_the_host_sends(tmp_path, ssh_fleet):
+    """An established connection's paramiko reader thread waits on its socket, looking
+    for work every SSH_READER_POLL (keepalives) rather than paramiko's 0.1 s: a 300-host
+    run woke 3,000 times a second that way. It still reads an answer at once, and a
+    closed connection's login ends."""
+    (host,) = venusctl.load_inventory(ssh_fleet.inventory(tmp_path, "w1")).hosts
+    listener = int(ssh_fleet.hosts["w1"].pid_path.read_text())
+    logins = processes_with("PPid", listener)
+    pool = venusctl.SessionPool(venusctl.SshContext())
+    try:
+        assert pool.status(host).threads  # connected; the agent channel is kept
+        reader = pool.session(host).transport
+        before = _thread_wakeups(reader.native_id)
+        time.sleep(3)
+        woken = _thread_wakeups(reader.native_id) - before
+        assert woken <= 3, f"{woken} wakeups in 3 s of an idle connection (0.1 s polls: 30)"
+        started = time.monotonic()
+        assert pool.status(host).threads  # the reply wakes it
+        assert time.monotonic() - started < 1.0
+    finally:
+        pool.close()
+    wait_until(
+        lambda: processes_with("PPid", listener) <= logins,
+        venusctl.SSH_READER_POLL + 5,
+        what="the closed connection's login ended",
+    )
+
+
 def test_list_json_says_how_each_host_was_reached(tmp_path, capsys, ssh_fleet):
     tables = [ssh_fleet.host_table("w1"), ssh_fleet.host_table("nostream")]
     status, document = run_json(capsys, ssh_fleet.inventory(tmp_path, *tables), "list")
