@@ -382,6 +382,24 @@ def test_a_user_certificate_from_certificate_file(tmp_path, capsys, ssh_fleet, r
     assert status == 0, document
 
 
+def test_a_certificate_for_one_host_is_not_offered_to_the_next(tmp_path, capsys, ssh_fleet, reach):
+    """A run parses its key file once and shares the key: the certificate one host's
+    CertificateFile adds goes on a copy. Host plain knows the key itself and no CA; had
+    the certificate stuck to the shared key, plain would be offered it and refuse."""
+    certificate = sign(
+        reach.user_ca, Path(f"{reach.fleet.client_key}.pub"), reach.fleet.user, False
+    )
+    kept = tmp_path / "usercert-cert.pub"
+    certificate.rename(kept)  # not beside the key: only usercert's CertificateFile names it
+    config = tmp_path / "ssh_config"
+    usercert = reach.hosts["usercert"]
+    config.write_text(f"Host {usercert.address}\n  CertificateFile {kept}\n")
+    for order in (("usercert", "plain"), ("plain", "usercert")):  # the shared key used after
+        path = inventory(tmp_path, ssh_fleet, reach, *order, ssh_config=config)
+        status, document = run_json(capsys, path, "--forks", "1", "list")
+        assert status == 0 and errors(document) == {"usercert": None, "plain": None}, order
+
+
 # -- ssh_config: Include, Match, the default files; IPv6 ------------------------------------------
 
 
