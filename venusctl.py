@@ -7405,7 +7405,6 @@ class SshContext:
 
     def open_transport(self, target: SshTarget, deadline: Deadline) -> Any:
         """An authenticated SSH transport to `target`, by its route."""
-        import_paramiko()
         known = self.known_hosts(target)  # a bad line fails before any connection
         if target.proxy_command is not None:
             sock = ProxyCommandSocket.start(target.proxy_command, self.environ)
@@ -7420,6 +7419,9 @@ class SshContext:
                 target.address_family,
             )
         try:
+            # After the connect: sshd's start of the session (fork, re-exec, host keys) goes
+            # on while the first connection of the run imports paramiko (~60 ms).
+            import_paramiko()
             return start_ssh(sock, target, known, deadline, self.private_key)
         except BaseException:
             sock.close()

@@ -771,6 +771,30 @@ def test_a_run_parses_its_key_file_once_for_all_hosts(tmp_path, ssh_fleet):
     assert opens_of_the_key("w1", "w2", "w3") == once
 
 
+# A venusctl run that says, for its first TCP connect, whether paramiko was imported by then.
+IMPORTED_AT_CONNECT = """
+import sys
+seen = []
+def look(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple) and not seen:
+        seen.append("paramiko" in sys.modules)
+sys.addaudithook(look)
+import venusctl
+status = venusctl.main(sys.argv[1:])
+print(status, seen)
+"""
+
+
+def test_a_run_connects_before_it_imports_paramiko(tmp_path, ssh_fleet):
+    """The hosts' sshd start their sessions (fork, re-exec, host keys) on the other core
+    while the run imports paramiko, instead of after it."""
+    path = ssh_fleet.inventory(tmp_path, "w1", "w2")
+    argv = [sys.executable, "-c", IMPORTED_AT_CONNECT, "--no-persist", "-i", str(path), "list"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == "0 [False]", done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:-1]] == ["w1", "w2"]
+
+
 def test_console_script_bad_inventory_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "inventory.toml"
     bad.write_text('[[host]]\nname = "a"\naddress = "10.0.0.1"\nport = 0\n')
