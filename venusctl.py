@@ -289,6 +289,7 @@ __all__ = [
     "pause_argv",
     "resume_argv",
     "SshContext",
+    "SSH_READER_POLL",
     "SshSession",
     "connect_tcp",
     "connect_ssh",
