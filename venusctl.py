@@ -8390,9 +8390,6 @@ class _Lines:
 # operation with a new one needs nothing here. Each goes as its class name and its fields
 # in order: the keeper made it with this very code (its hello says so), and no name is a
 # dataclass of both modules (a test checks), so the name says which.
-_WIRE_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
 def _is_wire_class(kind: Any) -> bool:
     return (
         isinstance(kind, type)
@@ -8401,25 +8398,20 @@ def _is_wire_class(kind: Any) -> bool:
     )
 
 
+@functools.cache
 def _wire_fields(kind: type) -> tuple[str, ...] | None:
-    names = _WIRE_FIELDS.get(kind)
-    if names is None:
-        if not _is_wire_class(kind):
-            return None
-        names = _WIRE_FIELDS[kind] = tuple(spec.name for spec in dataclasses.fields(kind))
-    return names
+    if not _is_wire_class(kind):
+        return None
+    return tuple(spec.name for spec in dataclasses.fields(kind))
 
 
-_WIRE_CLASSES: dict[str, type] = {}
-
-
+@functools.cache  # a name that is not a wire class raises, and is not kept
 def _wire_class(name: str) -> type:
     cls = globals().get(name)
     if not _is_wire_class(cls):
         cls = getattr(api, name, None)
     if not _is_wire_class(cls):
         raise ValueError(f"not a value the keeper carries: {name}")
-    _WIRE_CLASSES[name] = cls
     return cls
 
 
@@ -8433,7 +8425,7 @@ def to_wire(value: Any, tracebacks: bool = False) -> Any:
         return value
     if kind is list:
         return [to_wire(item, tracebacks) for item in value]
-    names = _WIRE_FIELDS.get(kind) or _wire_fields(kind)
+    names = _wire_fields(kind)
     if names is not None:
         # Most fields are plain: taken as they are here, not through a call each.
         fields = [getattr(value, name) for name in names]
@@ -8461,7 +8453,7 @@ def from_wire(value: Any) -> Any:
     if kind is not dict:
         return value
     if "dc" in value:
-        cls = _WIRE_CLASSES.get(value["dc"]) or _wire_class(value["dc"])
+        cls = _wire_class(value["dc"])
         items = value["v"]
         return cls(*[v if type(v) in _PLAIN else from_wire(v) for v in items])
     if "enum" in value:
