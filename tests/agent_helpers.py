@@ -1,7 +1,8 @@
 """Helpers for the worker_agent tests: configs, raw HTTP, a fake clock, slow clients.
 
-Agent (a real daemon process) and wait_until live in helpers.py, shared with the venusctl
-tests; they are imported here so the agent tests keep importing them from this module.
+Agent (a real daemon process), wait_until and voluntary_switches live in helpers.py,
+shared with the venusctl tests; they are imported here so the agent tests keep importing
+them from this module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from helpers import REPO, Agent, wait_until  # noqa: F401 - re-exported
+from helpers import REPO, Agent, voluntary_switches, wait_until  # noqa: F401 - re-exported
 
 from worker_agent.cli import main as cli_main
 from worker_agent.client import AgentClient

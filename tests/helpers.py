@@ -4,6 +4,7 @@
   tests, from the wire JSON a real agent sends;
 - `wait_until`: poll a condition within one deadline;
 - `stop_process`: SIGTERM, then SIGKILL if it is ignored;
+- `processes_with`, `voluntary_switches`: what /proc says of processes and threads;
 - `Agent`: a real `venus-worker daemon` process.
 """
 
@@ -211,6 +212,28 @@ def processes_with(field: str, value: int) -> set[int]:
         if lines and lines[0].split()[:2] == [f"{field}:", str(value)]:
             found.add(int(status.parent.name))
     return found
+
+
+def voluntary_switches(pid: int, tid: int | None = None) -> int:
+    """How many times process `pid`'s threads (or only its thread `tid`) went to sleep and
+    were woken: Linux's voluntary_ctxt_switches in /proc."""
+    tasks = Path(f"/proc/{pid}/task")
+    if tid is not None:  # that thread must be there: no silent 0 for one that ended
+        return _switches((tasks / str(tid) / "status").read_text())
+    total = 0
+    for task in tasks.iterdir():
+        try:
+            total += _switches((task / "status").read_text())
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return total
+
+
+def _switches(status: str) -> int:
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line in /proc status")
 
 
 def remove_user(name: str) -> None:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from agent_helpers import (
@@ -31,6 +30,7 @@ from agent_helpers import (
     running_agent,
     seed_fault,
     short_tmp,
+    voluntary_switches,
     wait_until,
     write_config,
 )
@@ -526,20 +526,6 @@ def test_report_follows_a_pause_at_once_and_a_restart_reports_the_loaded_records
             agent.close()
 
 
-def _voluntary_switches(pid: int) -> int:
-    """How many times the process's threads went to sleep and were woken (Linux /proc)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            status = (task / "status").read_text()
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-        for line in status.splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                total += int(line.split()[1])
-    return total
-
-
 def test_an_agent_at_rest_sleeps_until_asked():
     """No wakeups while nothing happens, with a kept connection open: the control
     server does not poll (socketserver's loop wakes twice a second) and the reporter
@@ -570,9 +556,9 @@ def test_an_agent_at_rest_sleeps_until_asked():
                     what="the report of both tasks",
                 )
                 time.sleep(1.5)  # past the reporter's CHANGE_CHECK after that rewrite
-                before = _voluntary_switches(agent.proc.pid)
+                before = voluntary_switches(agent.proc.pid)
                 time.sleep(3)
-                woken = _voluntary_switches(agent.proc.pid) - before
+                woken = voluntary_switches(agent.proc.pid) - before
                 # Before: 6 polls of the server loop and 3 looks of the reporter.
                 assert woken <= 2, f"{woken} wakeups in 3 s at rest"
                 kept.sendall(request)  # and it still answers at once on the kept one

@@ -27,7 +27,7 @@ from conftest import (
     run_json,
     write_inventory,
 )
-from helpers import processes_with, wait_until
+from helpers import processes_with, voluntary_switches, wait_until
 from sshfleet import SshFleet
 
 import venusctl
@@ -105,14 +105,6 @@ def test_a_run_ends_every_login_it_made_and_the_agents_see_their_channel_end(
     assert run_json(capsys, path, "list")[0] == 0  # and they answer as ever
 
 
-def _thread_wakeups(tid: int) -> int:
-    """How many times one thread of this process went to sleep and was woken (Linux /proc)."""
-    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no voluntary_ctxt_switches for thread {tid}")
-
-
 def test_a_kept_connections_reader_sleeps_until_the_host_sends(tmp_path, ssh_fleet):
     """An established connection's paramiko reader thread waits on its socket, looking
     for work every SSH_READER_POLL (keepalives) rather than paramiko's 0.1 s: a 300-host
@@ -125,9 +117,9 @@ def test_a_kept_connections_reader_sleeps_until_the_host_sends(tmp_path, ssh_fle
     try:
         assert pool.status(host).threads  # connected; the agent channel is kept
         reader = pool.session(host).transport
-        before = _thread_wakeups(reader.native_id)
+        before = voluntary_switches(os.getpid(), reader.native_id)
         time.sleep(3)
-        woken = _thread_wakeups(reader.native_id) - before
+        woken = voluntary_switches(os.getpid(), reader.native_id) - before
         assert woken <= 3, f"{woken} wakeups in 3 s of an idle connection (0.1 s polls: 30)"
         started = time.monotonic()
         assert pool.status(host).threads  # the reply wakes it
