@@ -7,6 +7,7 @@ venusctl.main runs in-process (capsys); a few tests run the console script.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -730,15 +731,20 @@ def test_console_script_list_with_inventory_from_the_environment(tmp_path, ssh_f
     assert done.stdout.splitlines()[1].startswith("w1  ")
 
 
-# A venusctl run that counts its opens of one file (argv[1]): Python's audit events see each.
-COUNTING_OPENS = """
-import sys
-path, opened = sys.argv[1], []
-sys.addaudithook(lambda event, args: event == "open" and str(args[0]) == path and opened.append(1))
-import venusctl
-status = venusctl.main(sys.argv[2:])
-print(status, len(opened))
-"""
+def audited_run(look: str, *argv: str) -> tuple[int, list, list[str], str]:
+    """`venusctl ARGV` in a process of its own, with `look(event, args)` (source code) as an
+    audit hook that fills the list `seen`: Python's audit events see every open and connect
+    of the run. (exit status, seen, the lines it printed, its stderr)."""
+    code = "\n".join(
+        ("import sys", "seen = []", look, "sys.addaudithook(look)", "import venusctl")
+        + ("status = venusctl.main(sys.argv[1:])", "print(status, repr(seen))")
+    )
+    argv = [sys.executable, "-c", code, *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.stdout, done.stderr
+    *printed, last = done.stdout.splitlines()
+    status, seen = last.split(" ", 1)
+    return int(status), ast.literal_eval(seen), printed, done.stderr
 
 
 def test_a_run_parses_its_key_file_once_for_all_hosts(tmp_path, ssh_fleet):
@@ -746,45 +752,32 @@ def test_a_run_parses_its_key_file_once_for_all_hosts(tmp_path, ssh_fleet):
     authentication parsed it again before, 40 ms of CPU in a 300-host run. Three hosts
     open it as often as one does."""
     key = str(ssh_fleet.ssh.client_key)
+    look = f"def look(event, args):\n    if event == 'open' and str(args[0]) == {key!r}:\n"
+    look += "        seen.append(1)"
 
     def opens_of_the_key(*names: str) -> int:
         path = ssh_fleet.inventory(tmp_path / f"{len(names)}.toml", *names)
-        argv = [sys.executable, "-c", COUNTING_OPENS, key, "--no-persist", "-i", str(path)]
-        done = subprocess.run([*argv, "--json", "list"], capture_output=True, text=True, timeout=60)
-        *listing, counted = done.stdout.splitlines()
-        status, opens = counted.split()
-        assert status == "0", done.stderr
-        document = json.loads("\n".join(listing))
+        argv = ("--no-persist", "-i", str(path), "--json", "list")
+        status, opens, printed, err = audited_run(look, *argv)
+        assert status == 0, err
+        document = json.loads("\n".join(printed))
         assert [entry["via"] for entry in document["hosts"]] == ["stream"] * len(names)
-        return int(opens)
+        return len(opens)
 
     once = opens_of_the_key("w1")
     assert once > 0
     assert opens_of_the_key("w1", "w2", "w3") == once
 
 
-# A venusctl run that says, for its first TCP connect, whether paramiko was imported by then.
-IMPORTED_AT_CONNECT = """
-import sys
-seen = []
-def look(event, args):
-    if event == "socket.connect" and isinstance(args[1], tuple) and not seen:
-        seen.append("paramiko" in sys.modules)
-sys.addaudithook(look)
-import venusctl
-status = venusctl.main(sys.argv[1:])
-print(status, seen)
-"""
-
-
 def test_a_run_connects_before_it_imports_paramiko(tmp_path, ssh_fleet):
     """The hosts' sshd start their sessions (fork, re-exec, host keys) on the other core
     while the run imports paramiko, instead of after it."""
+    look = "def look(event, args):\n    if event == 'socket.connect' and isinstance(args[1], tuple)"
+    look += " and not seen:\n        seen.append('paramiko' in sys.modules)"
     path = ssh_fleet.inventory(tmp_path, "w1", "w2")
-    argv = [sys.executable, "-c", IMPORTED_AT_CONNECT, "--no-persist", "-i", str(path), "list"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert done.stdout.splitlines()[-1] == "0 [False]", done.stderr
-    assert [line.split()[0] for line in done.stdout.splitlines()[1:-1]] == ["w1", "w2"]
+    status, imported, printed, err = audited_run(look, "--no-persist", "-i", str(path), "list")
+    assert (status, imported) == (0, [False]), err
+    assert [line.split()[0] for line in printed[1:]] == ["w1", "w2"]
 
 
 def test_console_script_bad_inventory_is_one_line_and_exit_2(tmp_path):
