@@ -7203,7 +7203,7 @@ def ssh_transport_class() -> type:
         def preferred_keys(self) -> tuple[str, ...]:
             return self.host_key_order or super().preferred_keys
 
-        @property
+        @functools.cached_property  # asked 4 times a connection; fixed once it is made
         def preferred_ciphers(self) -> tuple[str, ...]:
             offered = super().preferred_ciphers
             first = tuple(name for name in AEAD_CIPHERS if name in offered)
