@@ -1294,15 +1294,19 @@ def parse_inventory(text: str, path: Path) -> Inventory:
                 f"{locator.where(key, 'defaults')}: unknown key 'defaults.{key}'"
                 f" (known: {', '.join(BUILTIN_DEFAULTS)}, persist)"
             )
-        merged_defaults[key] = _check_value(key, value, locator.where(key, "defaults"))
+        where = functools.partial(locator.where, key, "defaults")
+        merged_defaults[key] = _check_value(key, value, where)
     groups = _parse_groups(document.get("group", {}), locator)
     tables = document.get("host", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise InventoryError(f"{locator.where('host')}: hosts must be [[host]] tables")
     hosts: list[Host] = []
     names: set[str] = set()  # not a scan of `hosts`: that was quadratic in the fleet's size
+    # Most hosts share their key, known_hosts and ssh_config files: each path is made
+    # absolute once (pathlib, 900 times for 300 hosts, was ~3 ms of every run).
+    local_path = functools.cache(functools.partial(_local_path, base=path.parent))
     for position, table in enumerate(tables):
-        host = _parse_host(table, position, merged_defaults, groups, locator, path.parent)
+        host = _parse_host(table, position, merged_defaults, groups, locator, local_path)
         if host.name in names:
             where = locator.where("name", "host", position)
             raise InventoryError(f"{where}: duplicate host name {host.name!r}")
@@ -1513,8 +1517,10 @@ def _parse_host(
     defaults: dict[str, Any],
     groups: dict[str, dict[str, tuple[Any, str]]],
     locator: _KeyLocator,
-    base: Path,
+    local_path: Callable[[str | None], str | None],
 ) -> Host:
+    """One [[host]] table; `local_path` makes a path on this machine absolute (from the
+    inventory's folder)."""
     label = f"host[{position}]" + (
         f" ({table['name']})" if isinstance(table.get("name"), str) else ""
     )
@@ -1524,9 +1530,8 @@ def _parse_host(
             only = " (a [defaults] setting: the keeper's idle time)" if key == "persist" else ""
             where = locator.where(key, "host", position)
             raise InventoryError(f"{where}: {label}: unknown key {key!r}{only}")
-        if _value_problem(key, value):  # the line is looked up for a message only
-            _check_value(key, value, locator.where(key, "host", position))
-        own[key] = value
+        where = functools.partial(locator.where, key, "host", position)
+        own[key] = _check_value(key, value, where)
     # [defaults], then the host's [group.NAME] tables, then its own table
     values = {**defaults, **_group_values(own.get("groups", ()), groups, label), **own}
     if "name" not in table:
@@ -1535,12 +1540,12 @@ def _parse_host(
         header = locator.where(None, "host", position)
         raise InventoryError(f"{header}: {label}: missing 'address'")
     for key in LOCAL_PATH_KEYS:
-        values[key] = _local_path(values[key], base)
+        values[key] = local_path(values[key])
     _check_backend(table, values, label, locator, position)
     if values["transport"] == "local":
         # For a local agent, config and socket are paths on this machine too.
-        values["config"] = _local_path(values["config"], base)
-        values["socket"] = _local_path(values["socket"], base)
+        values["config"] = local_path(values["config"])
+        values["socket"] = local_path(values["socket"])
     return Host(
         name=values["name"],
         address=values.get("address"),
@@ -1615,11 +1620,14 @@ def _local_path(value: str | None, base: Path) -> str | None:
     return str(expanded if expanded.is_absolute() else base / expanded)
 
 
-def _check_value(key: str, value: Any, where: str) -> Any:
-    """Validate one inventory value; returns it (unchanged) or raises InventoryError."""
+def _check_value(key: str, value: Any, where: str | Callable[[], str]) -> Any:
+    """Validate one inventory value; returns it (unchanged) or raises InventoryError.
+    `where` may be a function: the line is then looked up for the message only, so a valid
+    inventory is never indexed line by line (~1 ms at 300 hosts)."""
     problem = _value_problem(key, value)
     if problem:
-        raise InventoryError(f"{where}: {key}: {problem}, got {value!r}")
+        place = where() if callable(where) else where
+        raise InventoryError(f"{place}: {key}: {problem}, got {value!r}")
     return value
 
 
