@@ -6,11 +6,14 @@ is in test_venusctl_e2e.py / test_venusctl_local.py.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
 import shlex
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -772,3 +775,22 @@ def test_all_names_every_public_name_the_tests_use():
     assert sorted(public - set(venusctl.__all__)) == []
     assert [name for name in venusctl.__all__ if not hasattr(venusctl, name)] == []
     assert len(venusctl.__all__) == len(set(venusctl.__all__))
+
+
+def test_only_a_process_of_venusctls_own_collects_less_often(capsys):
+    """main() called by another program leaves that program's collector as it was; run as
+    the console script (main() on sys.argv), venusctl collects its young objects every
+    GC_YOUNG_THRESHOLD allocations, after freezing what its imports made."""
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert venusctl.main(["--version"]) == 0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, frozen)
+    capsys.readouterr()
+    script = (
+        "import gc, sys, venusctl; sys.argv[1:] = ['--version']; status = venusctl.main();"
+        " print(status, gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+    )
+    root = Path(venusctl.__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.splitlines()[-1] == f"0 {venusctl.GC_YOUNG_THRESHOLD} True", done.stderr
