@@ -76,9 +76,21 @@ def forwarded_unix_socket(fleet, host, remote_path, local_path):
 
 
 def exchange_line(socket_path, line):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+    """Send `line` to `socket_path` and read the reply. ssh -L binds its socket before it
+    listens on it: a connect refused in between is tried again (nothing was forwarded)."""
+    deadline = time.monotonic() + SSH_TIMEOUT
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.settimeout(SSH_TIMEOUT)
-        client.connect(str(socket_path))
+        try:
+            client.connect(str(socket_path))
+            break
+        except ConnectionRefusedError:
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    with client:
         client.sendall(line)
         return client.makefile("rb").read()
 
