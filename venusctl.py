@@ -185,7 +185,7 @@ from worker_agent.api import ThreadActivity, ThreadState, WorkerInfo
 
 # paramiko, tomlkit and tabulate are imported inside the functions that need
 # them: a `local` run never pays for paramiko (~0.13-0.2 s of imports, see
-# DESIGN.md field notes), a --json run never pays for tabulate (~0.05 s). So are
+# DESIGN.md field notes), a --json run never pays for tabulate (~5 ms). So are
 # subprocess, shutil, tempfile, difflib, traceback, base64, hmac and hashlib
 # (~12 ms of imports together), which a warm run through the keeper does not use.
 
@@ -3100,9 +3100,10 @@ _PREFETCHED: set[str] = set()
 
 def prefetch(module: str) -> None:
     """Import `module` in a thread of its own, once, while this one waits on hosts: the
-    table module after a fan-out (tabulate's import is ~15 ms, most of it importlib.metadata,
-    which it imports for its version) is then there when the answers are. A module that
-    fails to import here fails again, with its message, where it is imported for use."""
+    table module after a fan-out (tabulate 0.9's import is ~5 ms; setup.cfg keeps it below
+    0.10, whose import of importlib.metadata costs 25-45 ms) is then there when the answers
+    are. A module that fails to import here fails again, with its message, where it is
+    imported for use."""
     if module in _PREFETCHED or module in sys.modules:
         return
     _PREFETCHED.add(module)
