@@ -394,9 +394,19 @@ def timed_run(argv: list[str], env: dict[str, str], stdin_path: Path | None = No
 def require(done: subprocess.CompletedProcess, ok: bool, what: str) -> None:
     if done.returncode != 0 or not ok:
         raise BenchError(
-            f"{what}: exit {done.returncode}\n--- stdout\n{done.stdout[-2000:]}"
-            f"\n--- stderr\n{done.stderr[-2000:]}"
+            f"{what}: exit {done.returncode}\n--- rows unlike the header\n{odd_rows(done.stdout)}"
+            f"\n--- stdout (its end)\n{done.stdout[-2000:]}\n--- stderr\n{done.stderr[-2000:]}"
         )
+
+
+def odd_rows(table: str) -> str:
+    """The rows of a table with another number of words than its header (an error row,
+    say), wherever they are: the end of stdout alone hid the one that failed a run."""
+    lines = table.splitlines()
+    if not lines:
+        return ""
+    odd = [line for line in lines[1:] if len(line.split()) != len(lines[0].split())]
+    return "\n".join(odd[:20])
 
 
 def venusctl_list(inventory: Path, names: list[str], env: dict[str, str]) -> Callable[[], float]:
