@@ -64,6 +64,18 @@ def report(age: float | None = 2.5, summary: dict | None = None, **fields: Any) 
     return api.Report.from_json(document)
 
 
+def read_toml(text: str) -> dict[str, Any]:
+    """TOML text as plain values, read by tomllib (Python 3.11+), else by tomlkit: Python
+    3.10, which setup.cfg supports, has no tomllib (venusctl reads with tomlkit there too)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomlkit
+
+        return tomlkit.parse(text).unwrap()
+    return tomllib.loads(text)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     """predicate()'s first true value within one deadline, else AssertionError naming `what`."""
     deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import promtools
 import pytest
+from helpers import read_toml
 from sshfleet import SshFleet
 
 from worker_agent import __version__
@@ -587,13 +588,11 @@ def test_the_agent_runs_as_the_service_user_and_the_socket_group_steers_it(site,
 
 
 def test_the_agent_writes_its_metrics_in_node_exporters_folder(site, deployed):
-    import tomllib
-
     service = site.accounts.service_user
     # The service group may add files; the sticky bit keeps the others' files theirs.
     assert _owner(site.textfile_dir) == ("root", service, 0o1775)
     textfile = site.textfile_dir / "venus-worker.prom"
-    config = tomllib.loads(site.config.read_text())
+    config = read_toml(site.config.read_text())
     assert config["worker"]["metrics_textfile"] == str(textfile)
     writable = unit_directives(site.unit.read_text())["ReadWritePaths"][0].split()
     assert str(site.textfile_dir) in writable
@@ -1164,8 +1163,6 @@ def _toml_filters():
 
 
 def test_toml_filters_write_what_the_agent_reads(tmp_path):
-    import tomllib
-
     from worker_agent.config import load_config
 
     toml = _toml_filters()
@@ -1191,7 +1188,7 @@ def test_toml_filters_write_what_the_agent_reads(tmp_path):
         f"sealing = {toml.toml_value({'max_retries': 3})}\n\n"
         + toml.toml_tables({k: v for k, v in processors.items() if k != "unset"}, "processors")
     )
-    parsed = tomllib.loads(text)
+    parsed = read_toml(text)
     assert parsed["processors"] == {k: v for k, v in processors.items() if k != "unset"}
     assert toml.toml_tables(processors, "processors") == toml.toml_tables(
         {k: v for k, v in processors.items() if k != "unset"}, "processors"
