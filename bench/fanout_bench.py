@@ -402,11 +402,9 @@ def require(done: subprocess.CompletedProcess, ok: bool, what: str) -> None:
 def odd_rows(table: str) -> str:
     """The rows of a table with another number of words than its header (an error row,
     say), wherever they are: the end of stdout alone hid the one that failed a run."""
-    lines = table.splitlines()
-    if not lines:
-        return ""
-    odd = [line for line in lines[1:] if len(line.split()) != len(lines[0].split())]
-    return "\n".join(odd[:20])
+    header, *rows = table.splitlines() or [""]
+    width = len(header.split())
+    return "\n".join([row for row in rows if len(row.split()) != width][:20])
 
 
 def venusctl_list(inventory: Path, names: list[str], env: dict[str, str]) -> Callable[[], float]:
