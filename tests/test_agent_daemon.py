@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import email.utils
 import grp
 import json
+import math
 import os
 import platform
 import re
@@ -224,6 +226,25 @@ def test_header_lines_are_read_strictly_and_the_daemon_keeps_serving(agent):
     expect = head + b"Expect: 100-continue\r\n\r\n"
     assert raw_http(agent.socket, expect + body, timeout=2).startswith(b"HTTP/1.1 100 Continue")
     assert agent.call("WorkerVersion") == "0.1.0"
+
+
+def test_a_replys_date_field_is_the_time_it_was_sent(agent):
+    """The Date field (RFC 9110) is formatted once a second: it is still this second's,
+    and the next second's reply has the next second."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"VenusWorker.WorkerVersion"}'
+
+    def date_of_a_reply() -> float:
+        head = raw_http(agent.socket, post(body, "Connection: close\r\n")).split(b"\r\n\r\n")[0]
+        (field,) = [line for line in head.split(b"\r\n") if line.lower().startswith(b"date:")]
+        sent = email.utils.parsedate_to_datetime(field.split(b":", 1)[1].strip().decode())
+        assert sent.tzinfo is not None and field.endswith(b" GMT")
+        return sent.timestamp()
+
+    for _ in range(3):
+        before = math.floor(time.time())
+        sent = date_of_a_reply()
+        assert before <= sent <= time.time()
+        time.sleep(0.6)
 
 
 def test_a_body_over_1_mib_is_refused_without_being_read(agent):

@@ -159,7 +159,9 @@ def handle_body(body: bytes, methods: Mapping[str, Handler]) -> bytes | None:
     except (ValueError, UnicodeDecodeError) as exc:
         reply: Any = _error_reply(None, RpcError(RpcCode.PARSE_ERROR, f"parse error: {exc}"))
         return _encode(reply)
-    if _too_deep(payload):
+    # A value nests no deeper than the body has '[' and '{' (a status request has 5):
+    # only a body with more is walked.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(payload):
         return _encode(_error_reply(None, RpcError(RpcCode.PARSE_ERROR, too_deep)))
     if isinstance(payload, list):
         if not payload:
