@@ -46,6 +46,10 @@ each method with one untimed warm-up first:
   (m) true   the same running `true`: the multiplexed sessions alone
   (c) floor  as above: paramiko connect + auth to every host, plus `import paramiko`
 
+At the largest size, 10 more warm runs then show where a warm run's CPU went: venusctl's
+own, the keeper's, the fleet's sshd processes and agents (which on a real fleet run on
+other machines, here on the same cores), and the cores' busy and idle time in all.
+
 venusctl is the installed `venusctl` command here (as an operator runs it: its module
 byte-compiled), with a runtime folder of the bench's own for the keeper.
 
@@ -61,10 +65,12 @@ keeper) is stopped on exit, Ctrl-C included. Only 127.0.0.x addresses are used.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -903,6 +909,76 @@ def keeper_methods(
     }
 
 
+CPU_SPLIT_RUNS = 10  # extra warm runs at the largest size, each with its CPU accounted
+
+
+def process_ticks(pid: int) -> int:
+    """CPU time (user + system, clock ticks) of a process, its ended threads included."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0  # gone: its ticks no longer count
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, idle) clock ticks of all cores so far, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq = map(int, stat.readline().split()[1:8])
+    return user + nice + system + irq + softirq, idle + iowait
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """`roots` and every process below them (sshd's per-connection processes)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as stat:
+                parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+    found, grew = set(roots), True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= below
+        grew = bool(below)
+    return found
+
+
+def cpu_split(run: Callable[[], float], env: dict[str, str], nodes: list[Node]) -> dict:
+    """Where the CPU of a warm run goes on this machine, median ms over CPU_SPLIT_RUNS runs:
+    the run itself, the keeper, the fleet's sshd processes and agents (on a real fleet
+    those are other machines' CPU), and the cores' busy and idle time in all."""
+    groups = {
+        "keeper": {int(keeper_info(env)["pid"])},
+        "sshd": descendants({int(node.host.pid_path.read_text()) for node in nodes}),
+        "agents": {node.process.pid for node in nodes if node.process is not None},
+    }
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    runs: dict[str, list[float]] = {name: [] for name in ["wall", "run", *groups, "busy", "idle"]}
+    for _ in range(CPU_SPLIT_RUNS):
+        before = {name: sum(map(process_ticks, pids)) for name, pids in groups.items()}
+        busy, idle = machine_ticks()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        runs["wall"].append(run() * 1000)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        runs["busy"].append((machine_ticks()[0] - busy) * tick)
+        runs["idle"].append((machine_ticks()[1] - idle) * tick)
+        used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        runs["run"].append(used * 1000)
+        for name, pids in groups.items():
+            runs[name].append((sum(map(process_ticks, pids)) - before[name]) * tick)
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
+def print_cpu_split(size: int, split: dict) -> None:
+    print(
+        f"\nN = {size}, where a warm run's CPU went (median ms of {CPU_SPLIT_RUNS} more warm"
+        f" runs; {os.cpu_count()} cores):\n  wall {split['wall']:.0f}; venusctl {split['run']:.0f},"
+        f" keeper {split['keeper']:.0f}, fleet: sshd {split['sshd']:.0f} and agents"
+        f" {split['agents']:.0f}; all cores busy {split['busy']:.0f}, idle {split['idle']:.0f}"
+    )
+
+
 def run_keeper_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) -> None:
     """The warm-connection case: cold, first and warm venusctl against warm ControlMasters."""
     env = keeper_environment(root)
@@ -910,8 +986,12 @@ def run_keeper_bench(options, root: Path, fleet: SshFleet, nodes: list[Node]) ->
     try:
         for size in options.sizes:
             # Rounds go in the methods' order: "warm" always right after "first" left a keeper.
-            samples = measure(keeper_methods(size, fleet, nodes, root, env), options.runs)
+            methods = keeper_methods(size, fleet, nodes, root, env)
+            samples = measure(methods, options.runs)
             print_size_table(f"N = {size}, connections kept between runs", samples)
+            if size == max(options.sizes):
+                split = cpu_split(methods[KEEPER_METHODS["warm"]], env, nodes[:size])
+                print_cpu_split(size, split)
             held = len(keeper_info(env).get("connections", []))
             if held != size:
                 raise BenchError(f"the keeper holds {held} connections for {size} hosts")
