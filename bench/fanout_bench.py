@@ -912,14 +912,21 @@ def keeper_methods(
 CPU_SPLIT_RUNS = 10  # extra warm runs at the largest size, each with its CPU accounted
 
 
-def process_ticks(pid: int) -> int:
-    """CPU time (user + system, clock ticks) of a process, its ended threads included."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
+def process_ticks(pids: set[int]) -> dict[int, int]:
+    """CPU time (user + system, clock ticks) of each of these processes that is still
+    there, its ended threads included."""
+    ticks = {}
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0  # gone: its ticks no longer count
-    return int(fields[11]) + int(fields[12])
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def ticks_since(before: dict[int, int]) -> int:
+    """The ticks the processes of `before` used since, counting those still there."""
+    after = process_ticks(set(before))
+    return sum(ticks - before[pid] for pid, ticks in after.items())
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -956,17 +963,18 @@ def cpu_split(run: Callable[[], float], env: dict[str, str], nodes: list[Node]) 
     tick = 1000 / os.sysconf("SC_CLK_TCK")
     runs: dict[str, list[float]] = {name: [] for name in ["wall", "run", *groups, "busy", "idle"]}
     for _ in range(CPU_SPLIT_RUNS):
-        before = {name: sum(map(process_ticks, pids)) for name, pids in groups.items()}
+        before = {name: process_ticks(pids) for name, pids in groups.items()}
         busy, idle = machine_ticks()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         runs["wall"].append(run() * 1000)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        runs["busy"].append((machine_ticks()[0] - busy) * tick)
-        runs["idle"].append((machine_ticks()[1] - idle) * tick)
+        busy_after, idle_after = machine_ticks()
+        runs["busy"].append((busy_after - busy) * tick)
+        runs["idle"].append((idle_after - idle) * tick)
         used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         runs["run"].append(used * 1000)
-        for name, pids in groups.items():
-            runs[name].append((sum(map(process_ticks, pids)) - before[name]) * tick)
+        for name in groups:
+            runs[name].append(ticks_since(before[name]) * tick)
     return {name: statistics.median(values) for name, values in runs.items()}
 
 

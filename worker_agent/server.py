@@ -163,6 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.1"
     error_message_format = '{"error": "%(code)d %(message)s"}'
     error_content_type = "application/json"
+    _date: tuple[int, str] = (-1, "")  # (second, its Date field): date_time_string
 
     def setup(self) -> None:
         self.timeout = self.server.request_timeout
@@ -242,8 +243,6 @@ class _Handler(BaseHTTPRequestHandler):
         if cached[0] != second:
             cached = _Handler._date = (second, super().date_time_string(second))
         return cached[1]
-
-    _date: tuple[int, str] = (-1, "")
 
     def address_string(self) -> str:
         return "unix"  # Unix peers have no address; the base class would index into ""
