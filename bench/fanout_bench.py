@@ -88,6 +88,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from agent_bench import cpu_seconds  # noqa: E402
 from sshfleet import SshFleet, SshHost  # noqa: E402
 
 VENV_BIN = REPO / ".venv" / "bin"
@@ -912,21 +913,20 @@ def keeper_methods(
 CPU_SPLIT_RUNS = 10  # extra warm runs at the largest size, each with its CPU accounted
 
 
-def process_ticks(pids: set[int]) -> dict[int, int]:
-    """CPU time (user + system, clock ticks) of each of these processes that is still
-    there, its ended threads included."""
-    ticks = {}
+def processes_cpu(pids: set[int]) -> dict[int, float]:
+    """CPU seconds (user + system, ended threads included) of each of these processes
+    that is still there."""
+    used = {}
     for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-            ticks[pid] = int(fields[11]) + int(fields[12])
-    return ticks
+        with contextlib.suppress(OSError):
+            used[pid] = cpu_seconds(pid)
+    return used
 
 
-def ticks_since(before: dict[int, int]) -> int:
-    """The ticks the processes of `before` used since, counting those still there."""
-    after = process_ticks(set(before))
-    return sum(ticks - before[pid] for pid, ticks in after.items())
+def cpu_since(before: dict[int, float]) -> float:
+    """The CPU seconds the processes of `before` used since, counting those still there."""
+    after = processes_cpu(set(before))
+    return sum(seconds - before[pid] for pid, seconds in after.items())
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -963,7 +963,7 @@ def cpu_split(run: Callable[[], float], env: dict[str, str], nodes: list[Node]) 
     tick = 1000 / os.sysconf("SC_CLK_TCK")
     runs: dict[str, list[float]] = {name: [] for name in ["wall", "run", *groups, "busy", "idle"]}
     for _ in range(CPU_SPLIT_RUNS):
-        before = {name: process_ticks(pids) for name, pids in groups.items()}
+        before = {name: processes_cpu(pids) for name, pids in groups.items()}
         busy, idle = machine_ticks()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         runs["wall"].append(run() * 1000)
@@ -974,7 +974,7 @@ def cpu_split(run: Callable[[], float], env: dict[str, str], nodes: list[Node]) 
         used = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
         runs["run"].append(used * 1000)
         for name in groups:
-            runs[name].append(ticks_since(before[name]) * tick)
+            runs[name].append(cpu_since(before[name]) * 1000)
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
